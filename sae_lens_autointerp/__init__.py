@@ -1,0 +1,26 @@
+"""sae-lens-autointerp: explain and score SAELens SAE latents with LLMs.
+
+``import sae_lens_autointerp`` attaches ``explain()``, ``score()`` and the ``autointerp`` namespace to every
+``sae_lens.SAE`` (idempotent, see :mod:`sae_lens_autointerp.attach`).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import embedded
+from .attach import install as _install
+from .errors import AutointerpError, ConfigError, PluginError, UnknownPluginItemError
+from .plugin import get_registry, hookimpl
+
+_install()
+
+__all__ = [
+    "AutointerpError",
+    "ConfigError",
+    "PluginError",
+    "UnknownPluginItemError",
+    "embedded",
+    "get_registry",
+    "hookimpl",
+]
