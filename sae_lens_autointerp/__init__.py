@@ -11,11 +11,17 @@ __version__ = "0.1.0"
 from . import embedded
 from .attach import install as _install
 from .errors import AutointerpError, ConfigError, PluginError, UnknownPluginItemError
+from .harvest import ActivationStore, harvest
+from .namespace import AutointerpNamespace, for_sae
 from .plugin import get_registry, hookimpl
 
 _install()
 
 __all__ = [
+    "ActivationStore",
+    "AutointerpNamespace",
+    "for_sae",
+    "harvest",
     "AutointerpError",
     "ConfigError",
     "PluginError",

@@ -1,0 +1,258 @@
+"""Turn the ``dataset`` argument into a stream of fixed-length token sequences.
+
+Accepted forms: a Hugging Face dataset name (``split``, ``text_column``, ``streaming``, ``dataset_config``),
+a local ``.txt`` / ``.jsonl`` / ``.json`` / ``.parquet`` file or a folder of them, a list of strings, or a
+tensor of token ids (``[n_seq, seq_len]`` used as is, or 1-D, cut into sequences).
+
+Documents are tokenized without special tokens, joined with the separator token (EOS) and cut into
+sequences of ``ctx_len`` tokens; when the SAE was trained with ``prepend_bos`` each sequence starts with
+BOS. The last, shorter sequence is kept (padded and masked later), never dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst")
+JSONL_SUFFIXES = (".jsonl", ".json")
+PARQUET_SUFFIXES = (".parquet",)
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """A resolved ``dataset`` argument: how to iterate it and how to identify it in store keys."""
+
+    kind: str  # "hf", "files", "texts", "tokens"
+    source: Any
+    text_column: str
+    split: str
+    streaming: bool
+    dataset_config: str | None
+    fingerprint: dict[str, Any]
+
+
+def resolve_corpus(
+    dataset: Any,
+    *,
+    text_column: str = "text",
+    split: str = "train",
+    streaming: bool = True,
+    dataset_config: str | None = None,
+) -> CorpusSpec:
+    """Validate ``dataset`` cheaply (first record only) and describe it."""
+    common = dict(text_column=text_column, split=split, streaming=streaming, dataset_config=dataset_config)
+    if isinstance(dataset, torch.Tensor):
+        if dataset.numel() == 0:
+            raise ConfigError("the token tensor is empty; pass at least one token id")
+        if dataset.dtype.is_floating_point or dataset.ndim not in (1, 2):
+            raise ConfigError(
+                f"a token tensor must hold integer ids shaped [n_seq, seq_len] or [n_tokens], got "
+                f"{dataset.dtype} {tuple(dataset.shape)}"
+            )
+        tokens = dataset.detach().cpu().long()
+        digest = hashlib.sha256(tokens.numpy().tobytes()).hexdigest()
+        return CorpusSpec("tokens", tokens, fingerprint={"tokens": digest, "shape": list(tokens.shape)}, **common)
+    if isinstance(dataset, (list, tuple)):
+        if not dataset:
+            raise ConfigError("the corpus is an empty list; pass at least one non-empty string")
+        bad = [i for i, doc in enumerate(dataset) if not isinstance(doc, str)]
+        if bad:
+            raise ConfigError(f"a text corpus must be a list of strings; item {bad[0]} is {type(dataset[bad[0]]).__name__}")
+        if not any(doc.strip() for doc in dataset):
+            raise ConfigError("every string in the corpus is empty; pass some text")
+        digest = hashlib.sha256()
+        for doc in dataset:
+            digest.update(doc.encode("utf-8", "surrogatepass"))
+            digest.update(b"\0")
+        return CorpusSpec("texts", list(dataset), fingerprint={"texts": digest.hexdigest(), "n": len(dataset)}, **common)
+    if isinstance(dataset, (str, os.PathLike)):
+        path = Path(dataset).expanduser()
+        if path.exists():
+            files = _data_files(path)
+            spec = CorpusSpec("files", files, fingerprint=_files_fingerprint(files, text_column), **common)
+            first = next(iter(_iter_documents(spec)), None)
+            if first is None:
+                raise ConfigError(f"the corpus at {path} holds no text; point at a non-empty file")
+            return spec
+        if isinstance(dataset, os.PathLike) or str(dataset).endswith(TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES):
+            raise ConfigError(f"no such file or folder: {path}")
+        spec = CorpusSpec(
+            "hf",
+            str(dataset),
+            fingerprint={"hf": str(dataset), "config": dataset_config, "split": split, "column": text_column},
+            **common,
+        )
+        _check_hf_column(spec)
+        return spec
+    raise ConfigError(
+        f"dataset must be a Hugging Face dataset name, a local path, a list of strings or a tensor of token "
+        f"ids, got {type(dataset).__name__}"
+    )
+
+
+def _data_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES)
+    if not files:
+        raise ConfigError(f"the folder {path} has no .txt/.jsonl/.parquet files")
+    return files
+
+
+def _files_fingerprint(files: list[Path], text_column: str) -> dict[str, Any]:
+    entries = []
+    for f in files:
+        st = f.stat()
+        entries.append([str(f.resolve()), st.st_size, int(st.st_mtime)])
+    return {"files": entries, "column": text_column}
+
+
+def _check_hf_column(spec: CorpusSpec) -> None:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(spec.source, spec.dataset_config, split=spec.split, streaming=True)
+    except Exception as exc:
+        raise ConfigError(
+            f"could not open Hugging Face dataset {spec.source!r} (split {spec.split!r}): {exc}. Check the name, "
+            "split and network, or pass a local file / list of strings instead"
+        ) from exc
+    first = next(iter(ds), None)
+    if first is None:
+        raise ConfigError(f"dataset {spec.source!r} split {spec.split!r} is empty")
+    if spec.text_column not in first:
+        raise ConfigError(
+            f"dataset {spec.source!r} has no column {spec.text_column!r}; its columns are {sorted(first)}. "
+            "Pass text_column=..."
+        )
+
+
+def _iter_documents(spec: CorpusSpec) -> Iterator[str]:
+    if spec.kind == "texts":
+        yield from (doc for doc in spec.source if doc)
+    elif spec.kind == "files":
+        for path in spec.source:
+            yield from _iter_file(path, spec.text_column)
+    elif spec.kind == "hf":
+        import datasets
+
+        ds = datasets.load_dataset(spec.source, spec.dataset_config, split=spec.split, streaming=spec.streaming)
+        for row in ds:
+            text = row[spec.text_column]
+            if text:
+                yield text
+    else:  # pragma: no cover - tokens never reach here
+        raise AssertionError(spec.kind)
+
+
+def _iter_file(path: Path, text_column: str) -> Iterator[str]:
+    if path.suffix in TEXT_SUFFIXES:
+        # Paragraph by paragraph, so a huge file never sits in memory at once.
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            buffer: list[str] = []
+            for line in fh:
+                if line.strip():
+                    buffer.append(line)
+                elif buffer:
+                    yield "".join(buffer)
+                    buffer = []
+            if buffer:
+                yield "".join(buffer)
+    elif path.suffix in JSONL_SUFFIXES:
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{path}:{lineno} is not valid JSON ({exc}); one JSON object per line") from exc
+                if not isinstance(row, dict) or text_column not in row:
+                    keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+                    raise ConfigError(
+                        f"{path}:{lineno} has no field {text_column!r} (it has {keys}); pass text_column=..."
+                    )
+                if row[text_column]:
+                    yield str(row[text_column])
+    else:
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        if text_column not in pf.schema_arrow.names:
+            raise ConfigError(
+                f"{path} has no column {text_column!r}; its columns are {pf.schema_arrow.names}. Pass text_column=..."
+            )
+        for batch in pf.iter_batches(columns=[text_column], batch_size=1024):
+            for text in batch.column(0).to_pylist():
+                if text:
+                    yield str(text)
+
+
+def iter_sequences(
+    spec: CorpusSpec,
+    tokenizer: Any,
+    *,
+    ctx_len: int,
+    prepend_bos: bool,
+    bos_id: int | None,
+    separator_id: int | None,
+    tokenize_batch: int = 64,
+) -> Iterator[list[int]]:
+    """Yield token sequences of exactly ``ctx_len`` ids, except possibly the last one (shorter)."""
+    if spec.kind == "tokens":
+        yield from _token_tensor_sequences(spec.source, ctx_len)
+        return
+    use_bos = prepend_bos and bos_id is not None
+    body = ctx_len - 1 if use_bos else ctx_len
+    if body < 1:
+        raise ConfigError(f"ctx_len={ctx_len} leaves no room for text; use ctx_len >= 2")
+    buffer: list[int] = []
+    docs = _iter_documents(spec)
+    while True:
+        chunk = list(itertools.islice(docs, tokenize_batch))
+        if not chunk:
+            break
+        encoded = tokenizer(chunk, add_special_tokens=False)["input_ids"]
+        for ids in encoded:
+            if not ids:
+                continue
+            if buffer and separator_id is not None:
+                buffer.append(separator_id)
+            buffer.extend(ids)
+            n_full = len(buffer) // body
+            for i in range(n_full):
+                yield ([bos_id] if use_bos else []) + buffer[i * body : (i + 1) * body]
+            del buffer[: n_full * body]  # one copy per document, not one per sequence
+    if buffer:
+        yield ([bos_id] if use_bos else []) + buffer
+
+
+def _token_tensor_sequences(tokens: torch.Tensor, ctx_len: int) -> Iterator[list[int]]:
+    if tokens.ndim == 2:
+        if tokens.shape[1] > ctx_len:
+            raise ConfigError(
+                f"the token tensor has sequences of {tokens.shape[1]} tokens but ctx_len={ctx_len}; pass "
+                f"ctx_len={tokens.shape[1]} or cut the tensor"
+            )
+        for row in tokens:
+            yield row.tolist()
+    else:
+        for start in range(0, tokens.shape[0], ctx_len):
+            yield tokens[start : start + ctx_len].tolist()
+
+
+def batched(seqs: Iterable[Sequence[int]], batch_size: int) -> Iterator[list[Sequence[int]]]:
+    iterator = iter(seqs)
+    while batch := list(itertools.islice(iterator, batch_size)):
+        yield batch

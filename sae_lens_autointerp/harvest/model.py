@@ -1,0 +1,187 @@
+"""Model adapter: run a TransformerLens model up to the SAE's hook point and hand back the activations.
+
+Works with ``HookedTransformer``, ``HookedSAETransformer``, ``TransformerBridge`` and
+``SAETransformerBridge``. The forward pass is cut short by raising from the hook itself, so no layer after
+the hook runs (and no logits are computed). The activation is captured by closure, not through
+``hook.name`` (on a bridge that is the canonical name, e.g. ``blocks.3.hook_out``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+
+
+class _StopForward(Exception):
+    """Raised inside the hook once the activation is captured."""
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    """Where and how to read the SAE's input from the model."""
+
+    hook_name: str
+    layer: int | None  # block index of the hook, None for embedding-level hooks
+    head_index: int | None
+    prepend_bos: bool
+    context_size: int | None
+
+
+def hook_spec_for(sae: Any) -> HookSpec:
+    """Read the hook point and its options from ``sae.cfg.metadata`` (SAELens 6 layout)."""
+    md = sae.cfg.metadata
+    hook_name = md.get("hook_name")
+    if not hook_name:
+        raise ConfigError(
+            "the SAE has no cfg.metadata.hook_name, so we cannot tell where to read its input; set it, e.g. "
+            "`sae.cfg.metadata.hook_name = 'blocks.8.hook_resid_pre'`"
+        )
+    match = re.search(r"blocks\.(\d+)\.", hook_name)
+    head_index = md.get("hook_head_index")
+    prepend_bos = md.get("prepend_bos")
+    return HookSpec(
+        hook_name=hook_name,
+        layer=int(match.group(1)) if match else None,
+        head_index=int(head_index) if head_index is not None else None,
+        prepend_bos=True if prepend_bos is None else bool(prepend_bos),
+        context_size=md.get("context_size"),
+    )
+
+
+def model_kind(model: Any) -> str:
+    """``"hooked"`` for HookedTransformer-likes, ``"bridge"`` for TransformerBridge-likes."""
+    from transformer_lens import HookedTransformer
+
+    if isinstance(model, HookedTransformer):
+        return "hooked"
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:  # transformer-lens 2.x
+        TransformerBridge = None  # type: ignore[assignment,misc]
+    if TransformerBridge is not None and isinstance(model, TransformerBridge):
+        return "bridge"
+    raise ConfigError(
+        f"model must be a HookedTransformer, HookedSAETransformer, TransformerBridge or SAETransformerBridge, "
+        f"got {type(model).__name__}"
+    )
+
+
+class ModelAdapter:
+    """Capture the SAE input activation for a batch of token ids, validated against the SAE up front."""
+
+    def __init__(self, model: Any, sae: Any) -> None:
+        self.model = model
+        self.kind = model_kind(model)
+        self.sae = sae
+        self.spec = hook_spec_for(sae)
+        self.tokenizer = getattr(model, "tokenizer", None)
+        if self.tokenizer is None:
+            raise ConfigError("the model has no tokenizer; load it with one (TransformerLens does by default)")
+        hook_names = set(model.hook_dict.keys())
+        if self.spec.hook_name not in hook_names:
+            close = difflib.get_close_matches(self.spec.hook_name, sorted(hook_names), n=5)
+            raise ConfigError(
+                f"hook {self.spec.hook_name!r} (from sae.cfg.metadata.hook_name) is not a hook point of this "
+                f"{type(model).__name__}. Closest: {close or 'none'}. Load the model the SAE was trained on, "
+                "or fix the SAE's metadata."
+            )
+        self.n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0) or None
+        self.device = torch.device(str(getattr(model.cfg, "device", "cpu") or "cpu"))
+
+    def special_token_ids(self) -> list[int]:
+        """Token ids whose activations are masked (BOS, EOS, padding and any other special token)."""
+        tok = self.tokenizer
+        ids = set(getattr(tok, "all_special_ids", []) or [])
+        for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(tok, attr, None)
+            if value is not None:
+                ids.add(int(value))
+        return sorted(ids)
+
+    def bos_token_id(self) -> int | None:
+        value = getattr(self.tokenizer, "bos_token_id", None)
+        if value is None:
+            value = getattr(self.tokenizer, "eos_token_id", None)
+        return None if value is None else int(value)
+
+    def separator_token_id(self) -> int | None:
+        """Placed between concatenated documents."""
+        value = getattr(self.tokenizer, "eos_token_id", None)
+        return self.bos_token_id() if value is None else int(value)
+
+    def pad_token_id(self) -> int:
+        value = getattr(self.tokenizer, "pad_token_id", None)
+        if value is None:
+            value = self.separator_token_id()
+        return 0 if value is None else int(value)
+
+    @torch.no_grad()
+    def capture(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Activations at the SAE's hook for ``tokens`` [batch, seq], shaped [batch, seq, d_in],
+        on the SAE's device and dtype. Nothing after the hook is computed."""
+        captured: list[torch.Tensor] = []
+
+        def hook_fn(activation: torch.Tensor, hook: Any) -> None:  # noqa: ARG001 - hook.name is unreliable
+            captured.append(activation)
+            raise _StopForward
+
+        tokens = tokens.to(self.device)
+        stop = None if self.spec.layer is None else self.spec.layer + 1
+        with self.model.hooks(fwd_hooks=[(self.spec.hook_name, hook_fn)]):
+            try:
+                # stop_at_layer is a second guard in case a wrapper swallows our exception.
+                self.model(tokens, return_type=None, stop_at_layer=stop)
+            except _StopForward:
+                pass
+        if not captured:
+            raise ConfigError(
+                f"hook {self.spec.hook_name!r} did not fire during the forward pass; is it behind "
+                "stop_at_layer or replaced by an attached SAE? Detach SAEs (reset_saes()) before harvesting."
+            )
+        act = captured[0]
+        if self.spec.head_index is not None:
+            if act.ndim != 4:
+                raise ConfigError(
+                    f"sae.cfg.metadata.hook_head_index={self.spec.head_index} but hook "
+                    f"{self.spec.hook_name!r} gives shape {tuple(act.shape)} (no head dimension)"
+                )
+            act = act[:, :, self.spec.head_index, :]
+        elif act.ndim == 4:  # per-head hook (hook_z etc.) read by a whole-layer SAE: heads concatenated
+            act = act.flatten(-2)
+        return act.to(device=self.sae.device, dtype=self.sae.dtype)
+
+    def check_width(self) -> None:
+        """Run two tokens through the model and check the SAE's ``d_in`` against the hook width."""
+        probe = torch.tensor([[self.pad_token_id(), self.pad_token_id()]], dtype=torch.long)
+        width = self.capture(probe).shape[-1]
+        d_in = int(self.sae.cfg.d_in)
+        if width != d_in:
+            raise ConfigError(
+                f"SAE d_in={d_in} but hook {self.spec.hook_name!r} of this model is {width} wide. The SAE was "
+                "trained on another model or hook; load the matching model, or set hook_head_index for per-head SAEs."
+            )
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identity of the model for store keys: its name, shape and a hash of a few weights."""
+        cfg = self.model.cfg
+        digest = hashlib.sha256()
+        for index, (name, param) in enumerate(self.model.named_parameters()):
+            if index >= 4:
+                break
+            flat = param.detach().reshape(-1)[:65536].float().cpu().contiguous()
+            digest.update(name.encode())
+            digest.update(flat.numpy().tobytes())
+        return {
+            "class": type(self.model).__name__,
+            "name": str(getattr(cfg, "model_name", "") or ""),
+            "n_layers": int(getattr(cfg, "n_layers", 0) or 0),
+            "d_model": int(getattr(cfg, "d_model", 0) or 0),
+            "weights_sha256": digest.hexdigest(),
+        }

@@ -1,0 +1,222 @@
+"""``harvest()``: stream a corpus through model + SAE into an :class:`ActivationStore` on disk.
+
+The store is keyed by a hash of the model, the SAE, the corpus and the settings: the same call later
+returns the finished store without recomputation, and an interrupted call resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from ..paths import cache_dir
+from .corpus import batched, iter_sequences, resolve_corpus
+from .model import ModelAdapter
+from .stats import HarvestSettings, LatentStats
+from .store import PAD_TOKEN, STORE_FORMAT_VERSION, ActivationStore, save_checkpoint
+
+DEFAULT_N_TOKENS = 1_000_000
+
+
+def sae_fingerprint(sae: Any) -> dict[str, Any]:
+    """Identity of an SAE: its config and a hash of every parameter."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(sae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    cfg = json.loads(json.dumps(sae.cfg.to_dict(), default=str, sort_keys=True))
+    cfg.pop("device", None)
+    return {"class": type(sae).__name__, "cfg": cfg, "weights_sha256": digest.hexdigest()}
+
+
+def _resolve_ctx_len(ctx_len: int | None, adapter: ModelAdapter) -> int:
+    if ctx_len is None:
+        ctx_len = int(adapter.spec.context_size or 128)
+        if adapter.n_ctx:
+            ctx_len = min(ctx_len, adapter.n_ctx)
+    if not isinstance(ctx_len, int) or ctx_len < 2:
+        raise ConfigError(f"ctx_len must be an integer >= 2, got {ctx_len!r}")
+    if adapter.n_ctx and ctx_len > adapter.n_ctx:
+        raise ConfigError(
+            f"ctx_len={ctx_len} is larger than the model's context window ({adapter.n_ctx} tokens); "
+            f"use ctx_len <= {adapter.n_ctx}"
+        )
+    return ctx_len
+
+
+def harvest(
+    sae: Any,
+    model: Any,
+    dataset: Any,
+    *,
+    n_tokens: int = DEFAULT_N_TOKENS,
+    ctx_len: int | None = None,
+    batch_size: int = 16,
+    example_len: int = 32,
+    peak_offset: int | None = None,
+    top_k: int = 50,
+    n_stratified: int = 100,
+    n_random_windows: int = 1000,
+    threshold: float = 0.0,
+    seed: int = 0,
+    text_column: str = "text",
+    split: str = "train",
+    streaming: bool = True,
+    dataset_config: str | None = None,
+    store_dir: str | os.PathLike[str] | None = None,
+    checkpoint_every_s: float = 30.0,
+    progress: bool = True,
+) -> ActivationStore:
+    """Harvest latent statistics of ``sae`` on ``dataset`` through ``model``.
+
+    Args:
+        n_tokens: tokens to read (rounded up to whole sequences of ``ctx_len``).
+        ctx_len: sequence length; default ``sae.cfg.metadata.context_size`` (or 128), capped by the model.
+        batch_size: sequences per forward pass.
+        example_len: tokens per example (the unit of top-k / sampling) and per stored window.
+        peak_offset: index of the peak inside stored windows (default ``3/4 * example_len``).
+        top_k / n_stratified / n_random_windows: sizes of the kept samples (see ``stats.py``).
+        store_dir: folder of the store; default ``~/.cache/sae-lens-autointerp/stores/<key>``.
+        checkpoint_every_s: seconds between checkpoints (0 = after every batch).
+    """
+    if not isinstance(n_tokens, int) or n_tokens < 1:
+        raise ConfigError(f"n_tokens must be a positive integer, got {n_tokens!r}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    adapter = ModelAdapter(model, sae)
+    ctx_len = _resolve_ctx_len(ctx_len, adapter)
+    if not 1 <= example_len <= ctx_len:
+        raise ConfigError(f"example_len must be between 1 and ctx_len={ctx_len}, got {example_len}")
+    if peak_offset is None:
+        peak_offset = (3 * example_len) // 4
+    if not 0 <= peak_offset < example_len:
+        raise ConfigError(f"peak_offset must be in [0, example_len), got {peak_offset}")
+    if min(top_k, n_stratified) < 1 or n_random_windows < 0:
+        raise ConfigError("top_k and n_stratified must be >= 1 and n_random_windows >= 0")
+    corpus = resolve_corpus(
+        dataset, text_column=text_column, split=split, streaming=streaming, dataset_config=dataset_config
+    )
+    adapter.check_width()
+    settings = HarvestSettings(
+        n_tokens=n_tokens,
+        ctx_len=ctx_len,
+        batch_size=batch_size,
+        example_len=example_len,
+        peak_offset=peak_offset,
+        top_k=top_k,
+        n_stratified=n_stratified,
+        n_random_windows=n_random_windows,
+        threshold=float(threshold),
+        seed=seed,
+    )
+    identity = {
+        "format_version": STORE_FORMAT_VERSION,
+        "model": adapter.fingerprint(),
+        "sae": sae_fingerprint(sae),
+        "corpus": corpus.fingerprint,
+        "hook": adapter.spec.__dict__,
+        "settings": settings.to_dict(),
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    folder = Path(store_dir) if store_dir is not None else cache_dir("stores") / key[:24]
+    folder.mkdir(parents=True, exist_ok=True)
+
+    meta: dict[str, Any] = {
+        **identity,
+        "key": key,
+        "d_sae": int(sae.cfg.d_sae),
+        "settings": settings.to_dict(),
+        "n_sequences_done": 0,
+        "n_batches_done": 0,
+        "n_valid_tokens": 0,
+        "complete": False,
+    }
+    stats = LatentStats(int(sae.cfg.d_sae), settings, device=sae.device)
+    if (folder / "meta.json").is_file():
+        previous = json.loads((folder / "meta.json").read_text())
+        if previous.get("key") != key:
+            raise ConfigError(
+                f"{folder} holds a store for other inputs (key {str(previous.get('key'))[:12]}…); pass another "
+                "store_dir or delete it"
+            )
+        if previous.get("complete"):
+            return ActivationStore(folder)
+        if (folder / "stats.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            stats = LatentStats.from_state_dict(load_file(str(folder / "stats.safetensors")), settings, sae.device)
+            meta = previous
+    return _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s, progress)
+
+
+def _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s, progress) -> ActivationStore:  # type: ignore[no-untyped-def]
+    from tqdm.auto import tqdm
+
+    ctx = settings.ctx_len
+    done_seqs = int(meta["n_sequences_done"])
+    token_path = folder / "tokens.bin"
+    with open(token_path, "ab"):
+        pass
+    os.truncate(token_path, done_seqs * ctx * 4)  # drop tokens written after the last checkpoint
+
+    special = torch.tensor(adapter.special_token_ids(), dtype=torch.long)
+    pad_id = adapter.pad_token_id()
+    sequences = iter_sequences(
+        corpus,
+        adapter.tokenizer,
+        ctx_len=ctx,
+        prepend_bos=adapter.spec.prepend_bos,
+        bos_id=adapter.bos_token_id(),
+        separator_id=adapter.separator_token_id(),
+    )
+    total = settings.n_sequences
+    # Skip what the checkpoint already covers (tokenizing again is cheap next to the forward pass).
+    for _ in range(done_seqs):
+        if next(sequences, None) is None:
+            break
+    bar = tqdm(total=total * ctx, initial=done_seqs * ctx, unit="tok", desc="harvest", disable=not progress)
+    last_checkpoint = time.monotonic()
+    with open(token_path, "ab") as token_file, torch.inference_mode():
+        for batch in batched(sequences, settings.batch_size):
+            batch = batch[: total - done_seqs]
+            if not batch:
+                break
+            tokens = torch.full((len(batch), ctx), pad_id, dtype=torch.long)
+            real = torch.zeros((len(batch), ctx), dtype=torch.bool)
+            for row, seq in enumerate(batch):
+                tokens[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+                real[row, : len(seq)] = True
+            width = int(real.sum(1).max())  # a short last batch runs only as wide as it is
+            valid = real & ~torch.isin(tokens, special)
+            acts = sae.encode(adapter.capture(tokens[:, :width]))
+            if width < ctx:
+                acts = torch.nn.functional.pad(acts, (0, 0, 0, ctx - width))
+            seq_ids = torch.arange(done_seqs, done_seqs + len(batch))
+            stats.update(acts, valid, seq_ids, int(meta["n_batches_done"]))
+            token_file.write(torch.where(real, tokens, PAD_TOKEN).to(torch.int32).numpy().tobytes())
+            done_seqs += len(batch)
+            meta["n_sequences_done"] = done_seqs
+            meta["n_batches_done"] = int(meta["n_batches_done"]) + 1
+            meta["n_valid_tokens"] = int(meta["n_valid_tokens"]) + int(valid.sum())
+            bar.update(len(batch) * ctx)
+            if time.monotonic() - last_checkpoint >= checkpoint_every_s:
+                token_file.flush()
+                os.fsync(token_file.fileno())
+                save_checkpoint(folder, stats, meta)
+                last_checkpoint = time.monotonic()
+            if done_seqs >= total:
+                break
+    bar.close()
+    if done_seqs == 0:
+        raise ConfigError("the corpus produced no tokens; pass non-empty text")
+    meta["complete"] = True
+    meta["n_tokens_requested_reached"] = done_seqs >= total
+    save_checkpoint(folder, stats, meta)
+    return ActivationStore(folder)

@@ -1,0 +1,244 @@
+"""The activation store on disk: safetensors + JSON + a raw int32 token file (never pickle).
+
+Layout of a store folder::
+
+    meta.json            settings, model / SAE / corpus fingerprints, totals, "complete"
+    stats.safetensors    LatentStats.state_dict() (see stats.py)
+    tokens.bin           int32 [n_sequences, ctx_len] token ids, -1 where padded
+
+While a harvest runs, the same three files are the checkpoint: ``stats.safetensors`` and ``meta.json`` are
+replaced atomically every few seconds, ``tokens.bin`` is append-only and truncated back to the checkpoint
+on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import ConfigError
+from .stats import HarvestSettings, LatentStats
+
+STORE_FORMAT_VERSION = 1
+PAD_TOKEN = -1
+
+
+@dataclass(frozen=True)
+class Example:
+    """One window of tokens with one latent's activations over it.
+
+    ``peak_index`` is where the example's maximum sits in ``tokens`` (always ``settings.peak_offset`` for
+    harvested examples; random windows have none). Padding (outside the sequence, BOS, ...) is token -1.
+    """
+
+    latent: int | None
+    tokens: np.ndarray  # int32 [window]
+    activations: np.ndarray  # float32 [window]
+    value: float  # max activation in the window for this latent
+    token_id: int  # global index (sequence * ctx_len + position) of the peak / window start
+    source: str  # "top", "stratified", "random"
+    peak_index: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RandomWindow:
+    """A window from the shared random pool with the sparse activations of every latent on it."""
+
+    start_id: int
+    tokens: np.ndarray  # int32 [window]
+    positions: np.ndarray  # int16 [nnz]
+    latents: np.ndarray  # int32 [nnz]
+    values: np.ndarray  # float32 [nnz]
+
+    def activations_of(self, latent: int) -> np.ndarray:
+        out = np.zeros(len(self.tokens), dtype=np.float32)
+        mask = self.latents == latent
+        out[self.positions[mask]] = self.values[mask]
+        return out
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def save_checkpoint(folder: Path, stats: LatentStats, meta: dict[str, Any]) -> None:
+    """Stats first, then meta: a meta.json always describes a stats file at least as new."""
+    tmp = folder / "stats.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in stats.state_dict().items()}, str(tmp))
+    os.replace(tmp, folder / "stats.safetensors")
+    write_json_atomic(folder / "meta.json", meta)
+
+
+class ActivationStore:
+    """Read access to a finished (or checkpointed) harvest."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise ConfigError(f"{self.path} is not an activation store (no meta.json); run sae.autointerp.harvest()")
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        if self.meta.get("format_version") != STORE_FORMAT_VERSION:
+            raise ConfigError(
+                f"{self.path} was written by store format {self.meta.get('format_version')}, this version reads "
+                f"{STORE_FORMAT_VERSION}; delete the folder to harvest again"
+            )
+        self.settings = HarvestSettings(**self.meta["settings"])
+
+    def __repr__(self) -> str:
+        return (
+            f"ActivationStore({str(self.path)!r}, d_sae={self.d_sae}, n_tokens={self.n_tokens}, "
+            f"complete={self.complete})"
+        )
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete"))
+
+    @property
+    def key(self) -> str:
+        return str(self.meta["key"])
+
+    @property
+    def n_sequences(self) -> int:
+        return int(self.meta["n_sequences_done"])
+
+    @property
+    def n_tokens(self) -> int:
+        """Valid (unmasked) tokens seen."""
+        return int(self.meta["n_valid_tokens"])
+
+    @cached_property
+    def stats(self) -> dict[str, torch.Tensor]:
+        return load_file(str(self.path / "stats.safetensors"))
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.meta["d_sae"])
+
+    @cached_property
+    def tokens(self) -> np.ndarray:
+        """All harvested sequences, memory-mapped: int32 [n_sequences, ctx_len], -1 = padding."""
+        ctx = self.settings.ctx_len
+        mm = np.memmap(self.path / "tokens.bin", dtype=np.int32, mode="r")
+        return mm[: self.n_sequences * ctx].reshape(self.n_sequences, ctx)
+
+    # ------------------------------------------------------------------ per latent
+    @property
+    def firing_counts(self) -> torch.Tensor:
+        """Number of tokens on which each latent is above the threshold."""
+        return self.stats["n_fire_tokens"]
+
+    @property
+    def frequency(self) -> torch.Tensor:
+        return self.stats["n_fire_tokens"].double() / max(self.n_tokens, 1)
+
+    @property
+    def max_activation(self) -> torch.Tensor:
+        top = self.stats["top_vals"][:, 0]
+        return torch.where(torch.isinf(top), torch.zeros_like(top), top)
+
+    @property
+    def mean_activation(self) -> torch.Tensor:
+        """Mean over all valid tokens (zeros included)."""
+        return self.stats["sum_acts"] / max(self.n_tokens, 1)
+
+    def check_latent(self, latent: int) -> int:
+        if not isinstance(latent, (int, np.integer)) or isinstance(latent, bool):
+            raise ConfigError(f"latent indices must be integers, got {latent!r}")
+        if not 0 <= int(latent) < self.d_sae:
+            raise ConfigError(f"latent {latent} is out of range: this SAE has d_sae={self.d_sae} (0..{self.d_sae - 1})")
+        return int(latent)
+
+    def window_tokens(self, start_id: int) -> np.ndarray:
+        """Tokens [window] starting at global token index ``start_id`` (may start before the sequence)."""
+        w, ctx = self.settings.example_len, self.settings.ctx_len
+        seq, pos = divmod(start_id, ctx) if start_id >= 0 else (None, None)
+        out = np.full(w, PAD_TOKEN, dtype=np.int32)
+        return out if seq is None else self._fill(out, seq, pos)
+
+    def _fill(self, out: np.ndarray, seq: int, start: int) -> np.ndarray:
+        ctx = self.settings.ctx_len
+        lo, hi = max(start, 0), min(start + len(out), ctx)
+        if hi > lo:
+            out[lo - start : hi - start] = self.tokens[seq, lo:hi]
+        return out
+
+    def _examples(self, latent: int, prefix: str, source: str) -> list[Example]:
+        latent = self.check_latent(latent)
+        ids = self.stats[f"{prefix}_ids"][latent]
+        vals = self.stats[f"{prefix}_vals"][latent]
+        windows = self.stats[f"{prefix}_windows"][latent]
+        lead, ctx, w = self.settings.peak_offset, self.settings.ctx_len, self.settings.example_len
+        out = []
+        for i in range(ids.shape[0]):
+            peak = int(ids[i])
+            if peak < 0:
+                continue
+            seq, pos = divmod(peak, ctx)
+            tokens = self._fill(np.full(w, PAD_TOKEN, dtype=np.int32), seq, pos - lead)
+            out.append(
+                Example(
+                    latent=latent,
+                    tokens=tokens,
+                    activations=windows[i].float().numpy(),
+                    value=float(vals[i]),
+                    token_id=peak,
+                    source=source,
+                    peak_index=lead,
+                )
+            )
+        return out
+
+    def top_examples(self, latent: int) -> list[Example]:
+        """The ``top_k`` most activating examples of ``latent``, largest first (exact over the harvest)."""
+        return self._examples(latent, "top", "top")
+
+    def stratified_examples(self, latent: int) -> list[Example]:
+        """A uniform sample of the firing examples of ``latent``, sorted by activation (largest first);
+        cut into equal parts it gives the rank quantiles of the activation distribution."""
+        examples = self._examples(latent, "res", "stratified")
+        return sorted(examples, key=lambda e: (-e.value, e.token_id))
+
+    def random_windows(self) -> list[RandomWindow]:
+        """The shared pool of random windows with their sparse activations (order is random)."""
+        st = self.stats
+        offsets = st["pool_offsets"].tolist()
+        out = []
+        for slot, start in enumerate(st["pool_ids"].tolist()):
+            if start < 0:
+                continue
+            a, b = offsets[slot], offsets[slot + 1]
+            out.append(
+                RandomWindow(
+                    start_id=start,
+                    tokens=self.window_tokens(start),
+                    positions=st["pool_pos"][a:b].numpy().astype(np.int64),
+                    latents=st["pool_latents"][a:b].numpy(),
+                    values=st["pool_values"][a:b].numpy(),
+                )
+            )
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        counts = self.firing_counts
+        return {
+            "path": str(self.path),
+            "d_sae": self.d_sae,
+            "n_tokens": self.n_tokens,
+            "n_sequences": self.n_sequences,
+            "dead_latents": int((counts == 0).sum()),
+            "mean_l0": float(counts.sum()) / max(self.n_tokens, 1),
+            "complete": self.complete,
+        }

@@ -1,0 +1,220 @@
+"""Harvest correctness: streaming statistics equal a brute-force dense computation over the same tokens."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import sae_lens_autointerp as sai
+from sae_lens_autointerp.harvest.corpus import iter_sequences, resolve_corpus
+from sae_lens_autointerp.harvest.model import ModelAdapter
+
+CTX = 64
+W = 16
+BATCH = 4
+N_TOKENS = 40 * CTX  # 40 sequences: 10 batches
+
+
+def dense_reference(model, sae, tokens: torch.Tensor, valid: torch.Tensor):
+    """Brute force: run_with_cache (not our capture code) on the same batches, keep everything dense."""
+    hook = sae.cfg.metadata.hook_name
+    layer = int(hook.split(".")[1])
+    parts = []
+    with torch.no_grad():
+        for start in range(0, tokens.shape[0], BATCH):
+            _, cache = model.run_with_cache(tokens[start : start + BATCH], names_filter=[hook], stop_at_layer=layer + 1)
+            parts.append(sae.encode(cache[hook]))
+    acts = torch.cat(parts)
+    return acts * valid.unsqueeze(-1)
+
+
+@pytest.fixture(scope="module")
+def harvested(bridge_model, bridge_sae, corpus_texts, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("store")
+    store = bridge_sae.autointerp.harvest(
+        bridge_model, corpus_texts, n_tokens=N_TOKENS, ctx_len=CTX, batch_size=BATCH, example_len=W,
+        top_k=10, n_stratified=12, n_random_windows=15, store_dir=folder, progress=False,
+    )
+    tokens = torch.from_numpy(np.array(store.tokens)).long()
+    adapter = ModelAdapter(bridge_model, bridge_sae)
+    special = torch.tensor(adapter.special_token_ids())
+    real = tokens >= 0
+    tokens = torch.where(real, tokens, adapter.pad_token_id())
+    valid = real & ~torch.isin(tokens, special)
+    dense = dense_reference(bridge_model, bridge_sae, tokens, valid)
+    return store, tokens, valid, dense
+
+
+def test_tokens_match_corpus(harvested, bridge_model, bridge_sae, corpus_texts):
+    store, tokens, _, _ = harvested
+    adapter = ModelAdapter(bridge_model, bridge_sae)
+    expected = list(iter_sequences(resolve_corpus(corpus_texts), adapter.tokenizer, ctx_len=CTX, prepend_bos=True,
+                                   bos_id=adapter.bos_token_id(), separator_id=adapter.separator_token_id()))[:40]
+    assert store.n_sequences == 40
+    for row, seq in zip(tokens.tolist(), expected):
+        assert row[: len(seq)] == seq
+    assert tokens[:, 0].eq(adapter.bos_token_id()).all()  # prepend_bos honoured
+
+
+def test_counts_equal_bruteforce(harvested):
+    store, _, valid, dense = harvested
+    st = store.stats
+    assert store.n_tokens == int(valid.sum())
+    assert torch.equal(st["n_fire_tokens"], (dense > 0).sum(dim=(0, 1)))
+    torch.testing.assert_close(st["sum_acts"], dense.double().sum(dim=(0, 1)), rtol=1e-6, atol=1e-6)
+    chunk_max = dense.view(dense.shape[0], CTX // W, W, -1).amax(dim=2).reshape(-1, dense.shape[-1])
+    assert torch.equal(st["n_fire_examples"], (chunk_max > 0).sum(dim=0))
+    assert (st["n_fire_tokens"] > 0).float().mean() > 0.5, "fixture SAE should have mostly live latents"
+
+
+def test_top_examples_equal_bruteforce(harvested):
+    store, _, _, dense = harvested
+    n_seq, _, d = dense.shape
+    k = store.settings.top_k
+    chunks = dense.view(n_seq, CTX // W, W, d)
+    chunk_max, chunk_arg = chunks.max(dim=2)
+    chunk_max = chunk_max.reshape(-1, d)
+    peak = (chunk_arg + W * torch.arange(CTX // W).view(1, -1, 1)).reshape(-1, d)
+    seq_of_chunk = torch.arange(n_seq).repeat_interleave(CTX // W)
+    checked = 0
+    for latent in range(d):
+        vals = chunk_max[:, latent]
+        n_firing = int((vals > 0).sum())
+        ref_vals, ref_idx = vals.topk(min(k, n_firing)) if n_firing else (vals[:0], vals[:0].long())
+        examples = store.top_examples(latent)
+        assert len(examples) == min(k, n_firing)
+        got = torch.tensor([e.value for e in examples])
+        assert torch.equal(got, ref_vals), f"latent {latent}: top values differ"
+        for e, i in zip(examples, ref_idx.tolist()):
+            if (vals == vals[i]).sum() > 1:
+                continue  # tied values: either example is a correct answer
+            assert e.token_id == int(seq_of_chunk[i]) * CTX + int(peak[i, latent])
+            seq, pos = divmod(e.token_id, CTX)
+            lo = pos - e.peak_index
+            ref_window = torch.zeros(W)
+            for j in range(W):
+                if 0 <= lo + j < CTX:
+                    ref_window[j] = dense[seq, lo + j, latent]
+            assert np.array_equal(e.activations, ref_window.half().float().numpy())
+            assert e.activations[e.peak_index] == np.float16(e.value)
+            checked += 1
+    assert checked > d  # most latents have several untied examples
+
+
+def test_stratified_sample_is_uniform_without_replacement(harvested):
+    store, _, _, dense = harvested
+    n_seq, _, d = dense.shape
+    chunk_max = dense.view(n_seq, CTX // W, W, d).amax(dim=2)
+    for latent in range(0, d, 7):
+        examples = store.stratified_examples(latent)
+        n_firing = int((chunk_max[..., latent] > 0).sum())
+        assert len(examples) == min(store.settings.n_stratified, n_firing)
+        chunk_ids = {(e.token_id // CTX, (e.token_id % CTX) // W) for e in examples}
+        assert len(chunk_ids) == len(examples), "drawn with replacement"
+        for e in examples:
+            seq, pos = divmod(e.token_id, CTX)
+            assert e.value == float(chunk_max[seq, pos // W, latent]) > 0
+            assert dense[seq, pos, latent] == e.value
+        assert [e.value for e in examples] == sorted((e.value for e in examples), reverse=True)
+
+
+def test_random_pool_holds_exact_sparse_activations(harvested):
+    store, tokens, _, dense = harvested
+    windows = store.random_windows()
+    assert len(windows) == store.settings.n_random_windows
+    assert len({w.start_id for w in windows}) == len(windows)
+    for win in windows:
+        seq, start = divmod(win.start_id, CTX)
+        assert start % W == 0
+        assert np.array_equal(win.tokens, tokens[seq, start : start + W].numpy())
+        ref = dense[seq, start : start + W]
+        pos, lat = (ref > 0).nonzero(as_tuple=True)
+        assert sorted(zip(win.positions.tolist(), win.latents.tolist())) == sorted(zip(pos.tolist(), lat.tolist()))
+        for latent in lat.unique().tolist()[:5]:
+            np.testing.assert_array_equal(win.activations_of(latent), ref[:, latent].numpy())
+
+
+def test_store_reloads_without_recomputation(harvested, bridge_model, bridge_sae, corpus_texts, monkeypatch):
+    store = harvested[0]
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the model ran although the store was complete")
+
+    monkeypatch.setattr(ModelAdapter, "capture", boom)
+    monkeypatch.setattr(ModelAdapter, "check_width", lambda self: None)
+    again = bridge_sae.autointerp.harvest(
+        bridge_model, corpus_texts, n_tokens=N_TOKENS, ctx_len=CTX, batch_size=BATCH, example_len=W,
+        top_k=10, n_stratified=12, n_random_windows=15, store_dir=store.path, progress=False,
+    )
+    assert again.key == store.key and again.complete
+    reopened = sai.ActivationStore(store.path)
+    for name, tensor in store.stats.items():
+        assert torch.equal(reopened.stats[name], tensor), name
+    assert not any(p.suffix == ".pkl" for p in store.path.iterdir())
+    json.loads((store.path / "meta.json").read_text())
+
+
+def test_default_store_location_is_content_addressed(bridge_model, bridge_sae, corpus_texts, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAE_AUTOINTERP_CACHE", str(tmp_path))
+    kwargs = dict(n_tokens=2 * CTX, ctx_len=CTX, batch_size=2, progress=False)
+    a = bridge_sae.autointerp.harvest(bridge_model, corpus_texts[:3], **kwargs)
+    b = bridge_sae.autointerp.harvest(bridge_model, corpus_texts[:3], **kwargs)
+    c = bridge_sae.autointerp.harvest(bridge_model, corpus_texts[3:6], **kwargs)
+    assert a.path == b.path != c.path
+    assert a.path.parent == tmp_path / "stores"
+
+
+def test_interrupted_harvest_resumes_exactly(bridge_model, bridge_sae, corpus_texts, tmp_path):
+    kwargs = dict(n_tokens=24 * CTX, ctx_len=CTX, batch_size=BATCH, example_len=W, top_k=5, n_stratified=6,
+                  n_random_windows=8, progress=False)
+    whole = bridge_sae.autointerp.harvest(bridge_model, corpus_texts, store_dir=tmp_path / "whole", **kwargs)
+
+    calls = {"n": 0}
+    original = ModelAdapter.capture
+
+    def crash_after_three(self, tokens):
+        calls["n"] += 1
+        if calls["n"] > 1 + 3:  # the width probe, then three batches
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, tokens)
+
+    ModelAdapter.capture = crash_after_three
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            bridge_sae.autointerp.harvest(bridge_model, corpus_texts, store_dir=tmp_path / "resumed",
+                                          checkpoint_every_s=0, **kwargs)
+    finally:
+        ModelAdapter.capture = original
+    partial = json.loads((tmp_path / "resumed" / "meta.json").read_text())
+    assert partial["n_batches_done"] == 3 and not partial["complete"]
+
+    counted = {"n": 0}
+
+    def counting(self, tokens):
+        counted["n"] += 1
+        return original(self, tokens)
+
+    ModelAdapter.capture = counting
+    try:
+        resumed = bridge_sae.autointerp.harvest(bridge_model, corpus_texts, store_dir=tmp_path / "resumed", **kwargs)
+    finally:
+        ModelAdapter.capture = original
+    assert counted["n"] == 6 - 3 + 1  # 3 remaining batches + the width probe
+    for name, tensor in whole.stats.items():
+        assert torch.equal(resumed.stats[name], tensor), name
+    assert np.array_equal(np.asarray(resumed.tokens), np.asarray(whole.tokens))
+
+
+def test_short_last_batch_and_sequence_are_kept(bridge_model, bridge_sae, tmp_path):
+    texts = ["alpha beta gamma delta " * 40]  # about 160 tokens: 2 full sequences + a short one
+    store = bridge_sae.autointerp.harvest(bridge_model, texts, n_tokens=10 * CTX, ctx_len=CTX, batch_size=2,
+                                          store_dir=tmp_path / "s", progress=False)
+    tokens = np.asarray(store.tokens)
+    n_text = len(bridge_model.tokenizer(texts[0], add_special_tokens=False)["input_ids"])
+    assert n_text % (CTX - 1) != 0
+    assert store.n_sequences == 3 == -(-n_text // (CTX - 1))
+    assert int((tokens >= 0).sum()) == n_text + 3  # every text token plus one BOS per sequence
+    assert store.n_tokens == n_text
