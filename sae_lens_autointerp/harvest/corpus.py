@@ -1,6 +1,7 @@
 """Turn the ``dataset`` argument into a stream of fixed-length token sequences.
 
-Accepted forms: a Hugging Face dataset name (``split``, ``text_column``, ``streaming``, ``dataset_config``),
+Accepted forms: a Hugging Face dataset name (``split``, ``text_column``, ``streaming``, ``dataset_config``)
+or a ``datasets.Dataset`` / ``IterableDataset`` object,
 a local ``.txt`` / ``.jsonl`` / ``.json`` / ``.parquet`` file or a folder of them, a list of strings, or a
 tensor of token ids (``[n_seq, seq_len]`` used as is, or 1-D, cut into sequences).
 
@@ -76,6 +77,11 @@ def resolve_corpus(
             digest.update(doc.encode("utf-8", "surrogatepass"))
             digest.update(b"\0")
         return CorpusSpec("texts", list(dataset), fingerprint={"texts": digest.hexdigest(), "n": len(dataset)}, **common)
+    if _is_hf_dataset(dataset):
+        fingerprint = getattr(dataset, "_fingerprint", None) or repr(dataset)
+        spec = CorpusSpec("hf", dataset, fingerprint={"hf_object": str(fingerprint), "column": text_column}, **common)
+        _check_hf_column(spec)
+        return spec
     if isinstance(dataset, (str, os.PathLike)):
         path = Path(dataset).expanduser()
         if path.exists():
@@ -118,22 +124,36 @@ def _files_fingerprint(files: list[Path], text_column: str) -> dict[str, Any]:
     return {"files": entries, "column": text_column}
 
 
-def _check_hf_column(spec: CorpusSpec) -> None:
+def _is_hf_dataset(obj: Any) -> bool:
+    try:
+        import datasets
+    except ImportError:
+        return False
+    return isinstance(obj, (datasets.Dataset, datasets.IterableDataset))
+
+
+def _open_hf(spec: CorpusSpec, streaming: bool) -> Any:
+    if not isinstance(spec.source, str):
+        return spec.source  # a datasets.Dataset / IterableDataset object
     import datasets
 
     try:
-        ds = datasets.load_dataset(spec.source, spec.dataset_config, split=spec.split, streaming=True)
+        return datasets.load_dataset(spec.source, spec.dataset_config, split=spec.split, streaming=streaming)
     except Exception as exc:
         raise ConfigError(
             f"could not open Hugging Face dataset {spec.source!r} (split {spec.split!r}): {exc}. Check the name, "
             "split and network, or pass a local file / list of strings instead"
         ) from exc
-    first = next(iter(ds), None)
+
+
+def _check_hf_column(spec: CorpusSpec) -> None:
+    name = spec.source if isinstance(spec.source, str) else type(spec.source).__name__
+    first = next(iter(_open_hf(spec, streaming=True)), None)
     if first is None:
-        raise ConfigError(f"dataset {spec.source!r} split {spec.split!r} is empty")
+        raise ConfigError(f"dataset {name!r} (split {spec.split!r}) is empty")
     if spec.text_column not in first:
         raise ConfigError(
-            f"dataset {spec.source!r} has no column {spec.text_column!r}; its columns are {sorted(first)}. "
+            f"dataset {name!r} has no column {spec.text_column!r}; its columns are {sorted(first)}. "
             "Pass text_column=..."
         )
 
@@ -145,10 +165,7 @@ def _iter_documents(spec: CorpusSpec) -> Iterator[str]:
         for path in spec.source:
             yield from _iter_file(path, spec.text_column)
     elif spec.kind == "hf":
-        import datasets
-
-        ds = datasets.load_dataset(spec.source, spec.dataset_config, split=spec.split, streaming=spec.streaming)
-        for row in ds:
+        for row in _open_hf(spec, streaming=spec.streaming):
             text = row[spec.text_column]
             if text:
                 yield text

@@ -85,7 +85,13 @@ class ModelAdapter:
         if self.tokenizer is None:
             raise ConfigError("the model has no tokenizer; load it with one (TransformerLens does by default)")
         hook_names = set(model.hook_dict.keys())
-        if self.spec.hook_name not in hook_names:
+        # The point we hook. SAETransformerBridge lists only canonical names (blocks.L.hook_out) in
+        # hook_dict, so resolve aliases such as blocks.L.hook_resid_post the way it does.
+        self.hook_point = self.spec.hook_name
+        resolve = getattr(model, "_resolve_hook_name", None)
+        if self.hook_point not in hook_names and callable(resolve):
+            self.hook_point = resolve(self.hook_point)
+        if self.hook_point not in hook_names:
             close = difflib.get_close_matches(self.spec.hook_name, sorted(hook_names), n=5)
             raise ConfigError(
                 f"hook {self.spec.hook_name!r} (from sae.cfg.metadata.hook_name) is not a hook point of this "
@@ -134,7 +140,7 @@ class ModelAdapter:
 
         tokens = tokens.to(self.device)
         stop = None if self.spec.layer is None else self.spec.layer + 1
-        with self.model.hooks(fwd_hooks=[(self.spec.hook_name, hook_fn)]):
+        with self.model.hooks(fwd_hooks=[(self.hook_point, hook_fn)]):
             try:
                 # stop_at_layer is a second guard in case a wrapper swallows our exception.
                 self.model(tokens, return_type=None, stop_at_layer=stop)
