@@ -20,4 +20,6 @@ def sae_autointerp_explainers() -> Mapping[str, Callable[..., Any]]:
 
 @hookimpl
 def sae_autointerp_llm_clients() -> Mapping[str, Callable[..., Any]]:
-    return {}
+    from .llm import BUILTIN_CLIENTS  # openai:, local, vllm: (backend libraries are imported on use)
+
+    return dict(BUILTIN_CLIENTS)

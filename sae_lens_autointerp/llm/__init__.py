@@ -1,0 +1,113 @@
+"""The LLM layer: one async protocol for every backend, with a response cache, usage / cost / budget
+accounting, retries and clear errors. See docs/llm.md.
+
+    from sae_lens_autointerp.llm import get_client, UsageTracker
+
+    usage = UsageTracker(prices={"gpt-4o-mini": (0.15, 0.60)}, budget_dollars=2.0)   # shared by a run
+    client = get_client("openai:gpt-4o-mini", usage=usage)       # or "local", "vllm:MODEL", an object
+    r = await client.chat([{"role": "user", "content": "Hi"}], max_tokens=16, stage="explain", latent=3)
+    c = await client.classify(messages, choices=("0", "1"), stage="detection", latent=3)
+    c.probs["1"], c.exact, r.usage, r.cached
+
+Backends register through the plugin hook ``sae_autointerp_llm_clients`` (prefix -> factory), like any
+third-party backend: ``"prefix:model"`` calls ``factory(model="model", **kwargs)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from ..errors import ConfigError
+from .base import BaseClient, classify_from_chat, classify_from_logprobs
+from .cache import ResponseCache
+from .errors import (
+    AuthenticationError,
+    BackendUnavailableError,
+    BudgetExceeded,
+    CacheMissError,
+    ContextOverflowError,
+    LLMConnectionError,
+    LLMError,
+    LLMTimeoutError,
+    MalformedResponseError,
+    UnknownModelError,
+)
+from .types import ChatRequest, ChatResponse, ClassifyResult, LLMClient, Message, TokenLogprob, Usage
+from .usage import Price, PriceTable, UsageTotals, UsageTracker
+
+
+def _openai_factory(model: str | None = None, **kwargs: Any) -> BaseClient:
+    from .openai_client import OpenAIClient
+
+    return OpenAIClient(model, **kwargs)
+
+
+def _local_factory(model: str | None = None, **kwargs: Any) -> BaseClient:
+    from .local import LlamaCppClient
+
+    return LlamaCppClient(model, **kwargs)
+
+
+def _vllm_factory(model: str | None = None, **kwargs: Any) -> BaseClient:
+    from .vllm_client import VLLMClient
+
+    return VLLMClient(model, **kwargs)
+
+
+#: The built-in backends, registered by ``sae_lens_autointerp.builtin`` through the plugin hook.
+BUILTIN_CLIENTS = {"openai": _openai_factory, "local": _local_factory, "vllm": _vllm_factory}
+
+
+def get_client(llm: str | LLMClient, **kwargs: Any) -> LLMClient:
+    """Resolve ``llm``: ``"local"``, ``"openai:MODEL"``, ``"vllm:MODEL"``, any ``"prefix:model"`` a plugin
+    registers, or an object implementing :class:`LLMClient` (returned as is; ``kwargs`` must then be empty).
+    """
+    if isinstance(llm, str):
+        prefix, _, model = llm.partition(":")
+        if not prefix:
+            raise ConfigError(f"llm={llm!r}: expected 'local', 'openai:MODEL', 'vllm:MODEL' or 'prefix:model'")
+        from ..plugin import get_registry
+
+        return get_registry().create("llm_clients", prefix, model=model or None, **kwargs)
+    missing = [m for m in ("chat", "classify") if not inspect.iscoroutinefunction(getattr(llm, m, None))]
+    if missing:
+        raise ConfigError(
+            f"llm={type(llm).__name__} does not implement the LLMClient protocol: it needs async methods "
+            f"{missing} (subclass sae_lens_autointerp.llm.BaseClient and implement _chat)"
+        )
+    if not hasattr(llm, "usage"):
+        raise ConfigError(f"llm={type(llm).__name__} has no `usage` (a UsageTracker); subclass BaseClient")
+    if kwargs:
+        raise ConfigError(f"llm_kwargs {sorted(kwargs)} only apply when llm is a name, not a client object")
+    return llm
+
+
+__all__ = [
+    "AuthenticationError",
+    "BackendUnavailableError",
+    "BaseClient",
+    "BudgetExceeded",
+    "CacheMissError",
+    "ChatRequest",
+    "ChatResponse",
+    "ClassifyResult",
+    "ContextOverflowError",
+    "LLMClient",
+    "LLMConnectionError",
+    "LLMError",
+    "LLMTimeoutError",
+    "MalformedResponseError",
+    "Message",
+    "Price",
+    "PriceTable",
+    "ResponseCache",
+    "TokenLogprob",
+    "UnknownModelError",
+    "Usage",
+    "UsageTotals",
+    "UsageTracker",
+    "classify_from_chat",
+    "classify_from_logprobs",
+    "get_client",
+]

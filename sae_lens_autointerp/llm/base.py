@@ -1,0 +1,265 @@
+""":class:`BaseClient`: response cache, usage, budget and classification shared by every backend.
+
+A backend subclasses it and implements ``_chat(request) -> ChatResponse`` (and, where it can read
+next-token probabilities directly, ``_classify``). The public calls do, in order: validate, look the request
+up in the response cache (a hit costs nothing and sends nothing), refuse in replay mode on a miss, reserve
+the worst case against the budget (:class:`BudgetExceeded` before anything is sent), call the backend,
+count usage / failures, and store the answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .cache import ResponseCache, resolve_cache
+from .errors import CacheMissError, LLMError
+from .types import (
+    ChatRequest,
+    ChatResponse,
+    ClassifyResult,
+    Message,
+    Usage,
+    response_from_json,
+    response_to_json,
+)
+from .usage import UsageTracker, estimate_prompt_tokens
+
+#: How many alternatives ``classify`` asks an OpenAI-compatible server for (OpenAI's maximum).
+CLASSIFY_TOP_LOGPROBS = 20
+
+
+class BaseClient:
+    """Common machinery; see the module docstring. ``name`` labels usage and prices (``"openai:gpt-4o"``);
+    ``cache_namespace`` is the model identity in cache keys (defaults to ``name``)."""
+
+    name: str = "base"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        cache: ResponseCache | str | bool | None = None,
+        replay: bool | None = None,
+        usage: UsageTracker | None = None,
+        cache_namespace: str | None = None,
+    ) -> None:
+        self.name = name
+        self.cache_namespace = cache_namespace or name
+        self.cache = resolve_cache(cache, replay)
+        self.usage = usage if usage is not None else UsageTracker()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, cache={self.cache!r})"
+
+    # -- public API ------------------------------------------------------------------------------------
+
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        top_p: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+        stage: str = "default",
+        latent: int | None = None,
+    ) -> ChatResponse:
+        """One chat completion. ``top_logprobs > 0`` implies ``logprobs``. Labels: ``stage``, ``latent``."""
+        request = ChatRequest.build(
+            messages,
+            temperature=float(temperature),
+            max_tokens=int(max_tokens),
+            top_p=float(top_p),
+            stop=stop,
+            seed=seed,
+            logprobs=bool(logprobs or top_logprobs),
+            top_logprobs=int(top_logprobs),
+            stage=stage,
+            latent=latent,
+        )
+        return await self.chat_request(request)
+
+    async def chat_request(self, request: ChatRequest) -> ChatResponse:
+        payload = {"messages": request.messages, "params": request.params()}
+        result = await self._through_cache("chat", payload, request, lambda: self._chat(request))
+        assert isinstance(result, ChatResponse)
+        return result
+
+    async def classify(
+        self,
+        messages: Sequence[Message],
+        choices: Sequence[str] = ("0", "1"),
+        *,
+        seed: int | None = None,
+        stage: str = "default",
+        latent: int | None = None,
+    ) -> ClassifyResult:
+        """Probabilities of the next token being each of ``choices`` (after the assistant turn starts),
+        renormalised over the choices. No text is generated where the backend reads logits directly.
+        A refusal or an answer that is none of the choices gives a result with ``ok == False`` (counted as a
+        failure in usage); transport errors raise."""
+        choices_t = tuple(str(c) for c in choices)
+        if len(choices_t) < 2 or len(set(choices_t)) != len(choices_t) or any(not c.strip() for c in choices_t):
+            raise ValueError(f"choices must be >= 2 distinct non-blank strings, got {choices!r}")
+        request = ChatRequest.build(
+            messages,
+            temperature=0.0,
+            max_tokens=1,
+            seed=seed,
+            logprobs=True,
+            top_logprobs=CLASSIFY_TOP_LOGPROBS,
+            stage=stage,
+            latent=latent,
+        )
+        payload = {"messages": request.messages, "choices": choices_t}
+        result = await self._through_cache("classify", payload, request, lambda: self._classify(request, choices_t))
+        assert isinstance(result, ClassifyResult)
+        return result
+
+    async def aclose(self) -> None:
+        """Release connections / engines. The client must not be used afterwards."""
+
+    async def __aenter__(self) -> BaseClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- for backends ----------------------------------------------------------------------------------
+
+    async def _chat(self, request: ChatRequest) -> ChatResponse:
+        raise NotImplementedError
+
+    async def _classify(self, request: ChatRequest, choices: tuple[str, ...]) -> ClassifyResult:
+        """Default: a one-token completion with top logprobs (see :func:`classify_from_chat`)."""
+        response = await self._chat(request)
+        return classify_from_chat(response, choices)
+
+    def seed_for(self, request: ChatRequest) -> int:
+        """The request's seed, or one derived from its content (never a global RNG)."""
+        if request.seed is not None:
+            return int(request.seed)
+        blob = json.dumps([self.cache_namespace, request.messages, request.params()], sort_keys=True)
+        return int(hashlib.sha256(blob.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    async def _through_cache(self, kind: str, payload: dict[str, Any], request: ChatRequest, call: Any) -> Any:
+        cache = self.cache
+        key = None
+        if cache is not None:
+            key = cache.key(self.cache_namespace, kind, payload)
+            hit = cache.get(key)
+            if hit is not None:
+                try:
+                    result = response_from_json(hit)
+                except (KeyError, TypeError, ValueError):
+                    result = None  # an entry from an incompatible version: treat as a miss
+                if result is not None:
+                    self.usage.record(self.name, request.stage, request.latent, result.usage, cached=True)
+                    return result
+            if cache.mode == "replay":
+                self.usage.record_failure(self.name, request.stage, request.latent)
+                raise CacheMissError(
+                    f"replay-only mode: no cached {kind} answer from {self.cache_namespace!r} for this request "
+                    f"(stage {request.stage!r}, latent {request.latent}) in {cache.root}; run once with the "
+                    "cache in 'readwrite' mode to record it"
+                )
+        reservation = self.usage.reserve(
+            self.name, request.stage, estimate_prompt_tokens(request.messages), request.max_tokens
+        )
+        try:
+            result = await call()
+        except LLMError:
+            self.usage.record_failure(self.name, request.stage, request.latent)
+            raise
+        finally:
+            self.usage.release(reservation)
+        self.usage.record(self.name, request.stage, request.latent, result.usage)
+        failed = result.refused if isinstance(result, ChatResponse) else not result.ok
+        if failed:
+            self.usage.record_failure(self.name, request.stage, request.latent)
+        if cache is not None and key is not None:
+            cache.put(key, response_to_json(result), {"model": self.cache_namespace, "kind": kind, **_jsonable(payload)})
+        return result
+
+
+def _jsonable(payload: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(payload))
+
+
+# -- classification helpers (shared by backends) ------------------------------------------------------
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    m = max(values)
+    return m + math.log(sum(math.exp(v - m) for v in values))
+
+
+def classify_from_logprobs(
+    choices: tuple[str, ...],
+    candidates: Mapping[str, float],
+    *,
+    method: str,
+    complete: bool,
+    usage: Usage,
+    text: str | None = None,
+) -> ClassifyResult | None:
+    """Turn ``{token text: logprob}`` at the answer position into a result. Tokens that equal a choice after
+    stripping whitespace count for it (``"1"`` and ``" 1"``: their probabilities add up). ``complete``: the
+    candidates are the full distribution (so an absent choice truly has probability ~0). Returns ``None``
+    when no choice is among the candidates."""
+    grouped: dict[str, list[float]] = {c: [] for c in choices}
+    for tok, lp in candidates.items():
+        key = tok.strip()
+        if key in grouped and lp is not None and math.isfinite(lp):
+            grouped[key].append(float(lp))
+    raw: dict[str, float | None] = {c: (_logsumexp(v) if v else None) for c, v in grouped.items()}
+    found = [lp for lp in raw.values() if lp is not None]
+    if not found:
+        return None
+    top = max(found)
+    weights = {c: (math.exp(lp - top) if lp is not None else 0.0) for c, lp in raw.items()}
+    z = sum(weights.values())
+    probs = {c: w / z for c, w in weights.items()}
+    exact = complete or all(lp is not None for lp in raw.values())
+    return ClassifyResult(choices, probs, raw, exact, method, usage, text=text)
+
+
+def match_choice(text: str, choices: tuple[str, ...]) -> str | None:
+    """The choice a generated answer gives: the longest choice the stripped text starts with."""
+    t = text.strip().strip("\"'`*").strip()
+    matches = [c for c in choices if t == c or t.startswith(c)]
+    return max(matches, key=len) if matches else None
+
+
+def classify_from_chat(response: ChatResponse, choices: tuple[str, ...]) -> ClassifyResult:
+    """Classification from a one-token completion: its top logprobs where the server gave them, else the
+    generated token matched to a choice (one-hot, ``exact=False``), else a failed result."""
+    usage = response.usage
+    if response.refused:
+        return ClassifyResult(choices, None, {c: None for c in choices}, False, "generation", usage,
+                              text=response.text, error=f"refused: {response.refusal or response.finish_reason}")
+    if response.logprobs:
+        first = response.logprobs[0]
+        candidates = dict(first.top_logprobs)
+        candidates.setdefault(first.token, first.logprob)
+        result = classify_from_logprobs(choices, candidates, method="top_logprobs", complete=False,
+                                        usage=usage, text=response.text)
+        if result is not None:
+            return result
+    choice = match_choice(response.text, choices)
+    if choice is None:
+        where = "" if response.logprobs else " (the server gave no logprobs)"
+        return ClassifyResult(choices, None, {c: None for c in choices}, False, "generation", usage,
+                              text=response.text,
+                              error=f"answer {response.text!r} is none of {list(choices)}{where}")
+    probs = {c: float(c == choice) for c in choices}
+    return ClassifyResult(choices, probs, {c: None for c in choices}, False, "generation", usage, text=response.text)

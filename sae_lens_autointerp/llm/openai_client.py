@@ -1,0 +1,351 @@
+"""``openai:MODEL`` — any OpenAI-compatible chat-completions endpoint through the openai SDK's async client.
+
+OpenAI, OpenRouter, a vLLM or llama.cpp server, ... : ``base_url`` / ``api_key`` arguments, else
+``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``. Concurrency is bounded by a semaphore; the SDK's own retries are
+off and replaced by ours, which are counted in the usage tracker: exponential backoff with jitter (honouring
+``Retry-After``) on 429, 408/409, 5xx, timeouts, dropped connections and malformed bodies (not JSON, no
+choices), ``max_retries`` times (default 6) before a clear error naming the base URL. The API key is only
+handed to the SDK: it is not in ``repr``, cache entries, usage or error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import weakref
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import ConfigError
+from .base import BaseClient
+from .errors import (
+    AuthenticationError,
+    ContextOverflowError,
+    LLMConnectionError,
+    LLMError,
+    LLMTimeoutError,
+    MalformedResponseError,
+    UnknownModelError,
+    redact,
+)
+from .types import ChatRequest, ChatResponse, TokenLogprob, Usage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_CONTEXT_PHRASES = ("context length", "context_length", "maximum context", "context window", "too many tokens",
+                    "exceeds the context", "exceed_context", "prompt is too long", "requested tokens", "n_ctx")
+_RETRY_STATUS = {408, 409, 425, 429}
+
+
+class _Retryable(Exception):
+    def __init__(self, kind: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind  # "connection" | "timeout" | "status" | "malformed"
+        self.retry_after = retry_after
+
+
+def public_url(url: str) -> str:
+    """``url`` without user info, query or fragment (safe to log and to use in cache keys)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+
+
+class OpenAIClient(BaseClient):
+    """Chat completions against an OpenAI-compatible server.
+
+    Args:
+        model: the model name the server knows (``"gpt-4o-mini"``, ``"meta-llama/..."``).
+        base_url, api_key: default ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` (a local server needs no key).
+        max_concurrency: requests in flight at once.
+        max_retries: retries after the first attempt (>= 0), with backoff ``backoff_initial * 2**i`` seconds
+            (at most ``backoff_max``) times a random jitter in [0.5, 1.5).
+        timeout: seconds per attempt.
+        max_tokens_param: ``"max_tokens"`` (widest support) or ``"max_completion_tokens"`` (OpenAI's newer
+            reasoning models reject ``max_tokens``).
+        extra_body: extra JSON fields for every request (e.g. OpenRouter's ``provider``).
+        cache, replay, usage, cache_namespace: see :class:`BaseClient`. The cache identity defaults to
+            ``"openai:<model>@<base url without credentials>"``.
+    """
+
+    def __init__(
+        self,
+        model: str | None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        max_concurrency: int = 8,
+        max_retries: int = 6,
+        timeout: float = 60.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        max_tokens_param: str = "max_tokens",
+        extra_body: dict[str, Any] | None = None,
+        default_headers: dict[str, str] | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        if not model:
+            raise ConfigError("the openai backend needs a model name, e.g. llm='openai:gpt-4o-mini'")
+        if max_concurrency < 1:
+            raise ConfigError("max_concurrency must be >= 1")
+        if max_retries < 0:
+            raise ConfigError("max_retries must be >= 0")
+        if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
+            raise ConfigError("max_tokens_param must be 'max_tokens' or 'max_completion_tokens'")
+        self.model = model
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "sk-no-key-required"
+        self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.max_tokens_param = max_tokens_param
+        self.extra_body = dict(extra_body or {})
+        self._default_headers = dict(default_headers or {})
+        self.logprobs_supported: bool | None = None  # learned from the first answer that should have them
+        self._jitter = random.Random()  # jitter only; results never depend on it
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[asyncio.Semaphore, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.requests_sent = 0  # HTTP attempts, retries included
+        namespace = base_kwargs.pop("cache_namespace", None) or f"openai:{model}@{public_url(self.base_url)}"
+        super().__init__(f"openai:{model}", cache_namespace=namespace, **base_kwargs)
+
+    def __repr__(self) -> str:
+        return f"OpenAIClient(model={self.model!r}, base_url={public_url(self.base_url)!r})"
+
+    # -- plumbing --------------------------------------------------------------------------------------
+
+    def _state(self) -> tuple[asyncio.Semaphore, Any]:
+        """Semaphore and SDK client of the running event loop (an httpx pool must not cross loops)."""
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            import httpx
+            import openai
+
+            client = openai.AsyncOpenAI(
+                api_key=self._api_key,
+                base_url=self.base_url,
+                max_retries=0,
+                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                default_headers=self._default_headers or None,
+            )
+            state = (asyncio.Semaphore(self.max_concurrency), client)
+            self._loops[loop] = state
+        return state
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        state = self._loops.pop(loop, None)
+        if state is not None:
+            await state[1].close()
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._api_key)
+
+    # -- the request -----------------------------------------------------------------------------------
+
+    def _body(self, request: ChatRequest, with_logprobs: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": request.message_dicts(),
+            "temperature": request.temperature,
+            self.max_tokens_param: request.max_tokens,
+        }
+        if request.top_p != 1.0:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.samples:
+            body["seed"] = self.seed_for(request)
+        if request.logprobs and with_logprobs:
+            body["logprobs"] = True
+            if request.top_logprobs:
+                body["top_logprobs"] = request.top_logprobs
+        return body
+
+    async def _chat(self, request: ChatRequest) -> ChatResponse:
+        with_logprobs = self.logprobs_supported is not False
+        try:
+            response = await self._send(request, with_logprobs)
+        except LLMError as exc:
+            # A server that rejects the logprobs fields: say so once, then go on without them.
+            if not (with_logprobs and request.logprobs and "logprob" in str(exc).lower()
+                    and not isinstance(exc, (LLMConnectionError, MalformedResponseError))):
+                raise
+            log.warning("%s rejects logprobs (%s); continuing without them", public_url(self.base_url), exc)
+            self.logprobs_supported = False
+            response = await self._send(request, False)
+        if request.logprobs and response.logprobs is None:
+            if self.logprobs_supported is None:
+                log.warning(
+                    "%s returned no logprobs for model %r; classify() falls back to matching the generated "
+                    "answer (one-hot, exact=False)", public_url(self.base_url), self.model)
+            self.logprobs_supported = False
+        elif request.logprobs:
+            self.logprobs_supported = True
+        return response
+
+    async def _send(self, request: ChatRequest, with_logprobs: bool) -> ChatResponse:
+        import openai
+
+        body = self._body(request, with_logprobs)
+        extra = dict(self.extra_body)
+        attempt = 0
+        while True:
+            try:
+                sem, client = self._state()
+                async with sem:
+                    self.requests_sent += 1
+                    raw = await client.chat.completions.with_raw_response.create(
+                        **{k: v for k, v in body.items() if k not in ("model", "messages")},
+                        model=body["model"],
+                        messages=body["messages"],
+                        extra_body=extra or None,
+                    )
+                    text = raw.text
+                return self._parse(text, request)
+            except openai.APITimeoutError as exc:
+                failure = _Retryable("timeout", f"no answer within {self.timeout:g} s ({exc})")
+            except openai.APIConnectionError as exc:
+                cause = exc.__cause__ or exc
+                failure = _Retryable("connection", f"{type(cause).__name__}: {cause}")
+            except openai.APIStatusError as exc:
+                failure = self._status_failure(exc)  # raises when not retryable
+            except _Retryable as exc:
+                failure = exc
+            attempt += 1
+            if attempt > self.max_retries:
+                raise self._final_error(failure, attempt) from None
+            self.usage.record_retry(self.name, request.stage, request.latent)
+            delay = min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 1)) * self._jitter.uniform(0.5, 1.5)
+            if failure.retry_after is not None:
+                delay = max(delay, min(failure.retry_after, self.backoff_max))
+            log.info("%s: %s; retry %d/%d in %.2f s", public_url(self.base_url), self._redact(str(failure)),
+                     attempt, self.max_retries, delay)
+            await asyncio.sleep(delay)
+
+    def _status_failure(self, exc: Any) -> _Retryable:
+        status = exc.status_code
+        message = self._redact(_error_message(exc))
+        url = public_url(self.base_url)
+        if status in _RETRY_STATUS or status >= 500:
+            retry_after = None
+            try:
+                retry_after = float(exc.response.headers.get("retry-after"))
+            except (TypeError, ValueError):
+                pass
+            return _Retryable("status", f"HTTP {status}: {message}", retry_after)
+        lowered = message.lower()
+        if status in (401, 403):
+            raise AuthenticationError(
+                f"{url} rejected the API key (HTTP {status}: {message}); set OPENAI_API_KEY or pass api_key="
+            )
+        if status in (400, 404, 422) and "model" in lowered and any(
+            p in lowered for p in ("not found", "does not exist", "unknown", "not exist", "invalid model")
+        ) or status == 404:
+            raise UnknownModelError(
+                f"model {self.model!r} is not served by {url} (HTTP {status}: {message}). "
+                "List what it serves with GET /models, and pass llm='openai:<one of them>'"
+            )
+        if status in (400, 413, 422) and any(p in lowered for p in _CONTEXT_PHRASES):
+            raise ContextOverflowError(
+                f"the prompt does not fit the context window of {self.model!r} at {url} (HTTP {status}: {message}). "
+                "Use fewer or shorter examples, or a smaller max_tokens"
+            )
+        raise LLMError(f"{url} rejected the request for {self.model!r} (HTTP {status}: {message})")
+
+    def _final_error(self, failure: _Retryable, attempts: int) -> LLMError:
+        url = public_url(self.base_url)
+        what = self._redact(str(failure))
+        if failure.kind == "timeout":
+            return LLMTimeoutError(f"{url} did not answer within {self.timeout:g} s in {attempts} attempts ({what})")
+        if failure.kind == "malformed":
+            return MalformedResponseError(f"{url} gave no usable completion in {attempts} attempts: {what}")
+        if failure.kind == "status":
+            return LLMConnectionError(f"{url} kept failing after {attempts} attempts: {what}")
+        return LLMConnectionError(
+            f"could not reach {url} after {attempts} attempts ({what}). Is the server running, and is "
+            "OPENAI_BASE_URL / base_url right?"
+        )
+
+    def _parse(self, text: str, request: ChatRequest) -> ChatResponse:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise _Retryable("malformed", f"the body is not JSON: {text[:120]!r}") from None
+        if not isinstance(data, dict):
+            raise _Retryable("malformed", f"the body is not a JSON object: {text[:120]!r}")
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise _Retryable("malformed", f"no choices in the answer: {text[:200]!r}")
+        choice = choices[0]
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise _Retryable("malformed", f"choice without a message: {text[:200]!r}")
+        content = message.get("content")
+        refusal = message.get("refusal") or None
+        if content is None and refusal is None and choice.get("finish_reason") != "content_filter":
+            raise _Retryable("malformed", f"message without content: {text[:200]!r}")
+        logprobs = None
+        lp = choice.get("logprobs")
+        if isinstance(lp, dict) and isinstance(lp.get("content"), list):
+            try:
+                logprobs = tuple(
+                    TokenLogprob(
+                        token=str(t["token"]),
+                        logprob=float(t["logprob"]),
+                        top_logprobs=_top_dict(t.get("top_logprobs")),
+                    )
+                    for t in lp["content"]
+                )
+            except (KeyError, TypeError, ValueError):
+                logprobs = None
+        raw_usage = data.get("usage") or {}
+        details = raw_usage.get("prompt_tokens_details") or {}
+        usage = Usage(
+            prompt_tokens=int(raw_usage.get("prompt_tokens") or 0),
+            completion_tokens=int(raw_usage.get("completion_tokens") or 0),
+            cached_tokens=int((details.get("cached_tokens") if isinstance(details, dict) else 0) or 0),
+        )
+        return ChatResponse(
+            text=content or "",
+            finish_reason=choice.get("finish_reason"),
+            usage=usage,
+            logprobs=logprobs if request.logprobs else None,
+            model=str(data.get("model") or self.model),
+            refusal=refusal,
+            logprobs_unavailable=bool(request.logprobs and logprobs is None),
+        )
+
+
+def _top_dict(items: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for a in items or []:
+        tok = str(a["token"])
+        lp = float(a["logprob"])
+        if tok not in out or lp > out[tok]:
+            out[tok] = lp
+    return out
+
+
+def _error_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:500]
+        if isinstance(err, str):
+            return err[:500]
+    try:
+        return exc.response.text[:500]
+    except Exception:
+        return str(exc)[:500]

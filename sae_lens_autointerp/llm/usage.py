@@ -1,0 +1,282 @@
+"""Token usage, dollar estimates and budgets, shared by a whole run.
+
+One :class:`UsageTracker` is passed to every client of a run (``get_client(..., usage=tracker)``); it keeps
+totals per stage (``"explain"``, each scorer) and per (stage, latent), turns them into dollars with a
+user-supplied :class:`PriceTable`, and enforces a budget in tokens or dollars: before a request is sent,
+the tracker reserves its worst case (estimated prompt tokens + ``max_tokens``); when that would pass the
+limit it raises :class:`BudgetExceeded` and refuses every later request, while everything already finished
+(or in flight) is kept. Responses served from the response cache cost nothing and are counted apart.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import BudgetExceeded
+from .types import Usage
+
+PER = 1_000_000  # prices are in dollars per million tokens, as providers list them
+
+
+@dataclass(frozen=True)
+class Price:
+    """Dollars per million tokens. ``cached_input`` defaults to ``input`` (no discount)."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+    def cost(self, usage: Usage) -> float:
+        cached_rate = self.input if self.cached_input is None else self.cached_input
+        fresh = max(usage.prompt_tokens - usage.cached_tokens, 0)
+        return (fresh * self.input + usage.cached_tokens * cached_rate + usage.completion_tokens * self.output) / PER
+
+
+class PriceTable:
+    """``{model: Price}``; looked up by the client's full name (``"openai:gpt-4o-mini"``), then the model
+    name after the prefix (``"gpt-4o-mini"``), then ``"*"``. Values may be :class:`Price`, a dict
+    ``{"input": .., "output": .., "cached_input": ..}`` or a tuple ``(input, output[, cached_input])``.
+    A model with no price costs ``nan`` dollars (unknown), and a dollar budget then refuses to run it."""
+
+    def __init__(self, prices: Mapping[str, Any] | None = None) -> None:
+        self._prices: dict[str, Price] = {}
+        for model, p in (prices or {}).items():
+            if isinstance(p, Price):
+                price = p
+            elif isinstance(p, Mapping):
+                price = Price(**p)
+            else:
+                price = Price(*p)
+            self._prices[model] = price
+
+    def get(self, model: str) -> Price | None:
+        if model in self._prices:
+            return self._prices[model]
+        short = model.split(":", 1)[1] if ":" in model else model
+        return self._prices.get(short, self._prices.get("*"))
+
+    def cost(self, model: str, usage: Usage) -> float:
+        price = self.get(model)
+        return math.nan if price is None else price.cost(usage)
+
+    def __bool__(self) -> bool:
+        return bool(self._prices)
+
+
+@dataclass
+class UsageTotals:
+    """Sums over a set of requests. ``requests`` counts requests sent (a request retried three times counts
+    once, and ``retries`` three); ``cache_hits`` / ``cache_hit_tokens`` count answers taken from the response
+    cache (tokens not spent again); ``failures`` counts errors after retries and malformed / refused answers."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_hits: int = 0
+    cache_hit_tokens: int = 0
+    retries: int = 0
+    failures: int = 0
+    cost: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["total_tokens"] = self.total_tokens
+        return d
+
+
+@dataclass
+class Reservation:
+    """The worst case of one in-flight request, held against the budget until it finishes."""
+
+    tokens: int
+    dollars: float
+    released: bool = False
+
+
+@dataclass
+class _Budget:
+    tokens: int | None = None
+    dollars: float | None = None
+    exhausted: str | None = None  # the message, once exhausted
+    reserved_tokens: int = 0
+    reserved_dollars: float = 0.0
+    refused: int = 0
+    stages: set[str] = field(default_factory=set)
+
+
+class UsageTracker:
+    """Per-stage / per-latent usage of one run, its cost, and its budget. Thread-safe."""
+
+    def __init__(
+        self,
+        prices: PriceTable | Mapping[str, Any] | None = None,
+        budget_tokens: int | None = None,
+        budget_dollars: float | None = None,
+    ) -> None:
+        self.prices = prices if isinstance(prices, PriceTable) else PriceTable(prices)
+        if budget_tokens is not None and budget_tokens < 0:
+            raise ValueError("budget_tokens must be >= 0")
+        if budget_dollars is not None and budget_dollars < 0:
+            raise ValueError("budget_dollars must be >= 0")
+        self._budget = _Budget(tokens=budget_tokens, dollars=budget_dollars)
+        self._lock = threading.Lock()
+        self._stage: dict[str, UsageTotals] = {}
+        self._latent: dict[tuple[str, int | None], UsageTotals] = {}
+        self._model: dict[str, UsageTotals] = {}
+        self._total = UsageTotals()
+
+    # -- budget ----------------------------------------------------------------------------------------
+
+    @property
+    def budget_exhausted(self) -> bool:
+        return self._budget.exhausted is not None
+
+    @property
+    def budget_message(self) -> str | None:
+        """Why the run stopped issuing requests (``None`` while within budget)."""
+        return self._budget.exhausted
+
+    def reserve(self, model: str, stage: str, prompt_tokens: int, max_tokens: int) -> Reservation:
+        """Hold a request's worst case against the budget, or raise :class:`BudgetExceeded`."""
+        worst = Usage(prompt_tokens=prompt_tokens, completion_tokens=max_tokens)
+        dollars = self.prices.cost(model, worst) if self._budget.dollars is not None else 0.0
+        with self._lock:
+            b = self._budget
+            if b.exhausted is None:
+                over = None
+                if b.tokens is not None and self._total.total_tokens + b.reserved_tokens + worst.total_tokens > b.tokens:
+                    over = (
+                        f"token budget {b.tokens:,} reached: {self._total.total_tokens:,} spent, "
+                        f"{b.reserved_tokens:,} in flight, next request needs up to {worst.total_tokens:,}"
+                    )
+                elif b.dollars is not None and math.isnan(dollars):
+                    over = f"dollar budget set but no price for model {model!r} in the price table"
+                elif b.dollars is not None and self._total.cost + b.reserved_dollars + dollars > b.dollars:
+                    over = (
+                        f"dollar budget ${b.dollars:.4f} reached: ${self._total.cost:.4f} spent, "
+                        f"${b.reserved_dollars:.4f} in flight, next request may cost ${dollars:.4f}"
+                    )
+                if over is not None:
+                    b.exhausted = (
+                        f"{over}. Stopped issuing new requests at stage {stage!r}; "
+                        f"{self._total.requests} finished requests are kept."
+                    )
+            if b.exhausted is not None:
+                b.refused += 1
+                b.stages.add(stage)
+                raise BudgetExceeded(b.exhausted)
+            b.reserved_tokens += worst.total_tokens
+            b.reserved_dollars += dollars
+            return Reservation(tokens=worst.total_tokens, dollars=dollars)
+
+    def release(self, reservation: Reservation | None) -> None:
+        if reservation is None or reservation.released:
+            return
+        with self._lock:
+            reservation.released = True
+            self._budget.reserved_tokens -= reservation.tokens
+            self._budget.reserved_dollars -= reservation.dollars
+
+    # -- recording -------------------------------------------------------------------------------------
+
+    def _rows(self, model: str, stage: str, latent: int | None) -> list[UsageTotals]:
+        return [
+            self._total,
+            self._stage.setdefault(stage, UsageTotals()),
+            self._latent.setdefault((stage, latent), UsageTotals()),
+            self._model.setdefault(model, UsageTotals()),
+        ]
+
+    def record(self, model: str, stage: str, latent: int | None, usage: Usage, *, cached: bool = False) -> None:
+        """Count one finished request (``cached=True``: served from the response cache, cost nothing)."""
+        cost = 0.0 if cached else self.prices.cost(model, usage)
+        with self._lock:
+            for t in self._rows(model, stage, latent):
+                if cached:
+                    t.cache_hits += 1
+                    t.cache_hit_tokens += usage.total_tokens
+                    continue
+                t.requests += 1
+                t.prompt_tokens += usage.prompt_tokens
+                t.completion_tokens += usage.completion_tokens
+                t.cached_tokens += usage.cached_tokens
+                if not math.isnan(cost):
+                    t.cost += cost
+
+    def record_retry(self, model: str, stage: str, latent: int | None) -> None:
+        with self._lock:
+            for t in self._rows(model, stage, latent):
+                t.retries += 1
+
+    def record_failure(self, model: str, stage: str, latent: int | None) -> None:
+        with self._lock:
+            for t in self._rows(model, stage, latent):
+                t.failures += 1
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def total(self) -> UsageTotals:
+        with self._lock:
+            return UsageTotals(**asdict(self._total))
+
+    def by_stage(self) -> dict[str, UsageTotals]:
+        with self._lock:
+            return {k: UsageTotals(**asdict(v)) for k, v in self._stage.items()}
+
+    def by_latent(self) -> dict[tuple[str, int | None], UsageTotals]:
+        with self._lock:
+            return {k: UsageTotals(**asdict(v)) for k, v in self._latent.items()}
+
+    def by_model(self) -> dict[str, UsageTotals]:
+        with self._lock:
+            return {k: UsageTotals(**asdict(v)) for k, v in self._model.items()}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per (stage, latent): ready for ``pandas.DataFrame(tracker.rows())`` or JSON."""
+        return [{"stage": s, "latent": lat, **t.as_dict()} for (s, lat), t in sorted(
+            self.by_latent().items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])
+        )]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able totals: run, per stage, per model, and the budget state."""
+        b = self._budget
+        return {
+            "total": self.total().as_dict(),
+            "stages": {k: v.as_dict() for k, v in self.by_stage().items()},
+            "models": {k: v.as_dict() for k, v in self.by_model().items()},
+            "budget": {
+                "tokens": b.tokens,
+                "dollars": b.dollars,
+                "exhausted": b.exhausted is not None,
+                "message": b.exhausted,
+                "refused_requests": b.refused,
+            },
+            "priced": bool(self.prices),
+        }
+
+    def format(self) -> str:
+        """A short human-readable report."""
+        lines = [f"{'stage':<16}{'requests':>9}{'prompt':>10}{'completion':>11}{'cached':>8}"
+                 f"{'hits':>6}{'retries':>8}{'fails':>6}{'cost $':>10}"]
+        items: Sequence[tuple[str, UsageTotals]] = [*sorted(self.by_stage().items()), ("TOTAL", self.total())]
+        for name, t in items:
+            cost = f"{t.cost:.4f}" if self.prices else "-"
+            lines.append(f"{name:<16}{t.requests:>9}{t.prompt_tokens:>10}{t.completion_tokens:>11}"
+                         f"{t.cached_tokens:>8}{t.cache_hits:>6}{t.retries:>8}{t.failures:>6}{cost:>10}")
+        if self._budget.exhausted:
+            lines.append(f"BUDGET: {self._budget.exhausted}")
+        return "\n".join(lines)
+
+
+def estimate_prompt_tokens(messages: Sequence[tuple[str, str]]) -> int:
+    """A deliberately generous token estimate for budget reservations (no tokenizer needed)."""
+    return sum(len(c) // 3 + 8 for _, c in messages) + 4
