@@ -1,0 +1,146 @@
+"""FAKE for fault injection only: a small misbehaving OpenAI-style HTTP server on 127.0.0.1.
+
+Each POST to /v1/chat/completions consumes the next scripted action (then "ok" forever):
+  ok | 500 | 503 | 429 | hang | drop | nonjson | empty | 404 | 400ctx | 401 | refusal | nologprobs
+It never models a real LLM: the real-server tests use llama.cpp and vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (nothing listens there once this returns)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FaultServer:
+    def __init__(self, script: list[str] | None = None, reply: str = "1", delay: float = 0.0,
+                 hang_s: float = 3.0, prompt_tokens: int = 10, completion_tokens: int = 2) -> None:
+        self.script = list(script or [])
+        self.reply = reply
+        self.delay = delay
+        self.hang_s = hang_s
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._json(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+
+            def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+                self._raw(status, json.dumps(obj).encode(), "application/json", headers)
+
+            def _raw(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with outer._lock:
+                    action = outer.script.pop(0) if outer.script else "ok"
+                    outer.requests.append(body)
+                    outer.headers.append(dict(self.headers))
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    self._act(action, body)
+                finally:
+                    with outer._lock:
+                        outer.in_flight -= 1
+
+            def _act(self, action: str, body: dict[str, Any]) -> None:
+                if outer.delay:
+                    time.sleep(outer.delay)
+                if action == "ok" or action == "nologprobs":
+                    self._json(200, outer.completion(body, logprobs=action == "ok"))
+                elif action in ("500", "503"):
+                    self._json(int(action), {"error": {"message": "internal error, try again"}})
+                elif action == "429":
+                    self._json(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0.05"})
+                elif action == "hang":
+                    outer._stop.wait(outer.hang_s)
+                    self.close_connection = True
+                elif action == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                elif action == "nonjson":
+                    self._raw(200, b"<html>502 bad gateway</html>", "text/html")
+                elif action == "empty":
+                    self._json(200, {"id": "x", "object": "chat.completion", "model": "fake-model", "choices": [],
+                                     "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1}})
+                elif action == "404":
+                    self._json(404, {"error": {"message": f"The model `{body.get('model')}` does not exist",
+                                               "code": "model_not_found"}})
+                elif action == "400ctx":
+                    self._json(400, {"error": {"message": "This model's maximum context length is 2048 tokens. "
+                                                          "However, you requested 5000 tokens."}})
+                elif action == "401":
+                    # echoes the key, as a careless proxy might: our errors must redact it
+                    self._json(401, {"error": {"message": f"Incorrect API key provided: "
+                                                          f"{self.headers.get('Authorization', '')}"}})
+                elif action == "refusal":
+                    c = outer.completion(body, logprobs=False)
+                    c["choices"][0]["message"] = {"role": "assistant", "content": None,
+                                                  "refusal": "I can't help with that."}
+                    self._json(200, c)
+                else:
+                    raise AssertionError(f"unknown action {action}")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def completion(self, body: dict[str, Any], logprobs: bool) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": self.reply}}
+        if logprobs and body.get("logprobs"):
+            k = int(body.get("top_logprobs") or 0)
+            top = [{"token": "1", "logprob": -0.1}, {"token": "0", "logprob": -2.4}, {"token": " 1", "logprob": -4.0}]
+            choice["logprobs"] = {"content": [{"token": self.reply, "logprob": -0.1, "top_logprobs": top[:k]}]}
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "model": body.get("model"), "choices": [choice],
+                "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                          "total_tokens": self.prompt_tokens + self.completion_tokens,
+                          "prompt_tokens_details": {"cached_tokens": 4}}}
+
+    @property
+    def count(self) -> int:
+        return len(self.requests)
+
+    def __enter__(self) -> FaultServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)
