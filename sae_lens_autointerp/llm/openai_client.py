@@ -128,14 +128,13 @@ class OpenAIClient(BaseClient):
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
         if state is None:
-            import httpx
             import openai
 
             client = openai.AsyncOpenAI(
                 api_key=self._api_key,
                 base_url=self.base_url,
                 max_retries=0,
-                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                timeout=self.timeout,
                 default_headers=self._default_headers or None,
             )
             state = (asyncio.Semaphore(self.max_concurrency), client)

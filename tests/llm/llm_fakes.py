@@ -66,7 +66,7 @@ class FaultServer:
                 with outer._lock:
                     action = outer.script.pop(0) if outer.script else "ok"
                     outer.requests.append(body)
-                    outer.headers.append(dict(self.headers))
+                    outer.headers.append({k.lower(): v for k, v in self.headers.items()})
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                 try:
