@@ -63,8 +63,8 @@ class _Engine:
             logits_all=False,
             verbose=False,
         )
-        self.n_ctx = self.llm.n_ctx()
-        self.n_batch = n_batch
+        self.n_ctx = min(n_ctx, self.llm.n_ctx())  # llama.cpp may round the window up; buffers use n_ctx
+        self.n_batch = self.llm.n_batch
         self.n_vocab = self.llm.n_vocab()
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
