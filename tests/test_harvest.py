@@ -64,7 +64,7 @@ def test_counts_equal_bruteforce(harvested):
     st = store.stats
     assert store.n_tokens == int(valid.sum())
     assert torch.equal(st["n_fire_tokens"], (dense > 0).sum(dim=(0, 1)))
-    torch.testing.assert_close(st["sum_acts"], dense.double().sum(dim=(0, 1)), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(st["sum_acts"], dense.double().sum(dim=(0, 1)), rtol=1e-5, atol=1e-4)
     chunk_max = dense.view(dense.shape[0], CTX // W, W, -1).amax(dim=2).reshape(-1, dense.shape[-1])
     assert torch.equal(st["n_fire_examples"], (chunk_max > 0).sum(dim=0))
     assert (st["n_fire_tokens"] > 0).float().mean() > 0.5, "fixture SAE should have mostly live latents"

@@ -23,6 +23,30 @@ from .stats import HarvestSettings, LatentStats
 from .store import PAD_TOKEN, STORE_FORMAT_VERSION, ActivationStore, save_checkpoint
 
 DEFAULT_N_TOKENS = 1_000_000
+_MALLOC_PINNED = False
+
+
+def _pin_malloc_thresholds() -> None:
+    """Stop glibc's dynamic mmap threshold from letting RSS creep up during long harvests.
+
+    Every batch allocates and frees tensors of tens of MB. glibc raises its mmap threshold after each such
+    free, after which those buffers come from the heap and fragment it: measured here, peak RSS grew by
+    ~40% between 8k and 32k tokens. Pinning the thresholds (what MALLOC_MMAP_THRESHOLD_ does) keeps big
+    buffers mmapped and returned to the OS, and RSS flat. No-op off glibc.
+    """
+    global _MALLOC_PINNED
+    if _MALLOC_PINNED:
+        return
+    _MALLOC_PINNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 1 << 20)
+        libc.mallopt(m_trim_threshold, 1 << 20)
+    except (OSError, AttributeError):
+        pass
 
 
 def sae_fingerprint(sae: Any) -> dict[str, Any]:
@@ -104,6 +128,7 @@ def harvest(
         dataset, text_column=text_column, split=split, streaming=streaming, dataset_config=dataset_config
     )
     adapter.check_width()
+    _pin_malloc_thresholds()
     settings = HarvestSettings(
         n_tokens=n_tokens,
         ctx_len=ctx_len,

@@ -87,18 +87,17 @@ class LatentStats:
         w = s.example_len
         valid = valid.to(acts.device)
         acts.masked_fill_(~valid.unsqueeze(-1), 0.0)
-        fires = acts > s.threshold
-        self.n_fire_tokens += fires.sum(dim=(0, 1))
-        self.sum_acts += acts.sum(dim=(0, 1), dtype=torch.float64)
+        flat = acts.view(batch * seq, d)
+        self.n_fire_tokens += (flat > s.threshold).sum(dim=0, dtype=torch.int32)
+        self.sum_acts += flat.sum(dim=0)  # float32 within a batch, float64 across batches
 
         n_chunks = -(-seq // w)
         padded = acts
         if n_chunks * w != seq:
             padded = torch.nn.functional.pad(acts, (0, 0, 0, n_chunks * w - seq))
-        chunk_max, chunk_arg = padded.view(batch, n_chunks, w, d).max(dim=2)  # [B, C, d]
+        chunk_view = padded.view(batch, n_chunks, w, d)
         n = batch * n_chunks
-        chunk_max = chunk_max.reshape(n, d)
-        peak_pos = (chunk_arg.reshape(batch, n_chunks, d) + w * torch.arange(n_chunks, device=acts.device).view(1, -1, 1)).reshape(n, d)
+        chunk_max = chunk_view.amax(dim=2).reshape(n, d)  # argmax only for chunks that enter a sample
         chunk_fires = chunk_max > s.threshold
         self.n_fire_examples += chunk_fires.sum(dim=0)
         seq_base = (seq_ids.to(acts.device).long() * s.ctx_len).repeat_interleave(n_chunks)  # [N]
@@ -108,71 +107,60 @@ class LatentStats:
         pool_keys = torch.rand((n,), generator=gen)
 
         cand_vals = torch.where(chunk_fires, chunk_max, float("-inf")).T  # [d, N]
-        sel_top = _select(self.top_vals, cand_vals, s.top_k)
         res_score = torch.where(chunk_fires, -keys, float("-inf")).T
-        sel_res = _select(-self.res_keys, res_score, s.n_stratified)
+        windows_view = acts.unfold(1, w, 1)  # [B, seq - w + 1, d, w], a view
 
-        def windows_for(sel: torch.Tensor, old_windows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-            is_new = sel >= k
-            out = old_windows.gather(1, sel.clamp(max=k - 1).unsqueeze(-1).expand(-1, -1, w)).clone()
-            lat, col = is_new.nonzero(as_tuple=True)
-            chunk = sel[lat, col] - k
-            pos = peak_pos[chunk, lat]
-            out[lat, col] = _gather_windows(acts, valid, chunk // n_chunks, pos, lat, s.peak_offset, w)
-            ids = torch.zeros_like(sel)
-            ids[lat, col] = seq_base[chunk] + pos
-            return out, ids
+        def enter(rows: torch.Tensor, chunks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Global peak ids and float16 windows of latent ``rows[i]`` in chunk ``chunks[i]``."""
+            b, c = chunks // n_chunks, chunks % n_chunks
+            pos = c * w + chunk_view[b, c, :, rows].argmax(dim=1)
+            start = pos - s.peak_offset
+            clamped = start.clamp(0, seq - w)
+            windows = windows_view[b, clamped, rows]
+            shift = start - clamped  # non-zero when the window sticks out of the sequence
+            edge = shift != 0
+            if bool(edge.any()):
+                idx = torch.arange(w, device=acts.device).unsqueeze(0) + shift[edge].unsqueeze(1)
+                inside = (idx >= 0) & (idx < w)
+                windows[edge] = torch.where(inside, windows[edge].gather(1, idx.clamp(0, w - 1)), 0.0)
+            return seq_base[chunks] + pos, windows.clamp(-65504, 65504).to(torch.float16)
 
-        new_top_vals = _take(self.top_vals, cand_vals, sel_top, s.top_k)
-        top_windows, new_ids = windows_for(sel_top, self.top_windows, s.top_k)
-        top_ids = torch.where(sel_top >= s.top_k, new_ids, self.top_ids.gather(1, sel_top.clamp(max=s.top_k - 1)))
-        empty = torch.isinf(new_top_vals)
-        self.top_vals = new_top_vals
-        self.top_ids = top_ids.masked_fill(empty, -1)
-        self.top_windows = top_windows.masked_fill(empty.unsqueeze(-1), 0)
+        # Top-k by activation value.
+        rows, slots, chunks = _replacements(self.top_vals, cand_vals)
+        if rows.numel():
+            self.top_vals[rows, slots] = cand_vals[rows, chunks]
+            self.top_ids[rows, slots], self.top_windows[rows, slots] = enter(rows, chunks)
+        # Uniform sample without replacement: keep the smallest random keys.
+        rows, slots, chunks = _replacements(-self.res_keys, res_score)
+        if rows.numel():
+            self.res_keys[rows, slots] = -res_score[rows, chunks]
+            self.res_vals[rows, slots] = cand_vals[rows, chunks]
+            self.res_ids[rows, slots], self.res_windows[rows, slots] = enter(rows, chunks)
 
-        res_keys = -_take(-self.res_keys, res_score, sel_res, s.n_stratified)
-        res_vals = _take(self.res_vals, cand_vals, sel_res, s.n_stratified)
-        res_windows, new_ids = windows_for(sel_res, self.res_windows, s.n_stratified)
-        res_ids = torch.where(sel_res >= s.n_stratified, new_ids, self.res_ids.gather(1, sel_res.clamp(max=s.n_stratified - 1)))
-        empty = torch.isinf(res_keys)
-        self.res_keys = res_keys
-        self.res_vals = res_vals.masked_fill(empty, 0)
-        self.res_ids = res_ids.masked_fill(empty, -1)
-        self.res_windows = res_windows.masked_fill(empty.unsqueeze(-1), 0)
+        self._update_pool(chunk_view, valid, pool_keys, seq_base)
 
-        self._update_pool(acts, valid, pool_keys, seq_base, n_chunks)
-
-    def _update_pool(self, acts: torch.Tensor, valid: torch.Tensor, keys: torch.Tensor, seq_base: torch.Tensor, n_chunks: int) -> None:
-        p = self.s.n_random_windows
-        if p == 0:
+    def _update_pool(self, chunks_view: torch.Tensor, valid: torch.Tensor, keys: torch.Tensor, seq_base: torch.Tensor) -> None:
+        """chunks_view: [batch, n_chunks, example_len, d_sae] (zero-padded at the end of the sequence)."""
+        if self.s.n_random_windows == 0:
             return
-        w = self.s.example_len
-        batch, seq, _ = acts.shape
+        batch, n_chunks, w, _ = chunks_view.shape
         chunk_valid = torch.zeros(batch, n_chunks * w, dtype=torch.bool)
-        chunk_valid[:, :seq] = valid.cpu()
+        chunk_valid[:, : valid.shape[1]] = valid.cpu()
         chunk_valid = chunk_valid.view(batch * n_chunks, w).any(dim=1)
-        cand = torch.where(chunk_valid, -keys, float("-inf"))
-        scores, sel = torch.cat([-self.pool_keys, cand]).topk(p)
-        old_entries = self.pool_entries
-        entries, ids = [], torch.full((p,), -1, dtype=torch.int64)
-        for slot, (score, index) in enumerate(zip(scores.tolist(), sel.tolist())):
-            if score == float("-inf"):
-                entries.append(_empty_entry())
-            elif index < p:
-                entries.append(old_entries[index])
-                ids[slot] = self.pool_ids[index]
-            else:
-                chunk = index - p
-                b, c = divmod(chunk, n_chunks)
-                start = c * w
-                window = acts[b, start : start + w]
-                pos, lat = (window > self.s.threshold).nonzero(as_tuple=True)
-                entries.append((pos.to(torch.int16).cpu(), lat.to(torch.int32).cpu(), window[pos, lat].float().cpu()))
-                ids[slot] = int(seq_base[chunk]) + start
-        self.pool_keys = -scores
-        self.pool_ids = ids
-        self.pool_entries = entries
+        cand = torch.where(chunk_valid, -keys, float("-inf")).unsqueeze(0)
+        _, slots, chunks = _replacements(-self.pool_keys.unsqueeze(0), cand)
+        if not slots.numel():
+            return
+        self.pool_keys[slots] = keys[chunks]
+        self.pool_ids[slots] = seq_base[chunks].cpu() + (chunks % n_chunks) * w
+        # One nonzero over all entering windows, then split per window.
+        windows = chunks_view.reshape(batch * n_chunks, w, -1)[chunks.to(chunks_view.device)]
+        which, pos, lat = (windows > self.s.threshold).nonzero(as_tuple=True)
+        values = windows[which, pos, lat].float().cpu()
+        counts = torch.bincount(which.cpu(), minlength=len(chunks)).tolist()
+        for slot, p_, l_, v_ in zip(slots.tolist(), pos.cpu().to(torch.int16).split(counts),
+                                    lat.cpu().to(torch.int32).split(counts), values.split(counts)):
+            self.pool_entries[slot] = (p_.clone(), l_.clone(), v_.clone())
 
     # ------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -216,24 +204,35 @@ def _empty_entry() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.zeros(0, dtype=torch.int16), torch.zeros(0, dtype=torch.int32), torch.zeros(0)
 
 
-def _select(old_score: torch.Tensor, cand_score: torch.Tensor, k: int) -> torch.Tensor:
-    """Column indices (into ``cat([old, cand], 1)``) of the ``k`` largest scores per row, sorted."""
-    return torch.cat([old_score, cand_score], dim=1).topk(k, dim=1).indices
+def _replacements(kept: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which candidates enter a per-row "k largest scores" set, and which slot each one takes.
 
-
-def _take(old: torch.Tensor, cand: torch.Tensor, sel: torch.Tensor, k: int) -> torch.Tensor:
-    """Values at ``sel`` of ``cat([old, cand], 1)`` without materialising the concatenation twice."""
-    from_old = old.gather(1, sel.clamp(max=k - 1))
-    from_cand = cand.gather(1, (sel - k).clamp(min=0))
-    return torch.where(sel >= k, from_cand, from_old)
-
-
-def _gather_windows(acts: torch.Tensor, valid: torch.Tensor, b: torch.Tensor, pos: torch.Tensor, lat: torch.Tensor, lead: int, w: int) -> torch.Tensor:
-    """acts[b, pos - lead : pos - lead + w, lat] for each row, zero outside the sequence or where masked."""
-    seq = acts.shape[1]
-    p = pos.unsqueeze(1) + (torch.arange(w, device=acts.device) - lead).unsqueeze(0)
-    inside = (p >= 0) & (p < seq)
-    pc = p.clamp(0, seq - 1)
-    values = acts[b.unsqueeze(1), pc, lat.unsqueeze(1)]
-    keep = inside & valid[b.unsqueeze(1), pc]
-    return torch.where(keep, values, 0.0).clamp(-65504, 65504).to(torch.float16)
+    ``kept`` [rows, k] are the scores in the slots (-inf = empty), ``cand`` [rows, n] the new scores.
+    Returns ``(rows, slots, cand_cols)``: write candidate ``cand_cols[i]`` of row ``rows[i]`` into slot
+    ``slots[i]``. Slots keep no order, so entries that stay are never moved (no rewrite of the state).
+    Candidates at -inf never enter.
+    """
+    k = kept.shape[1]
+    # Only candidates above the row's current minimum can enter; in steady state that is a few.
+    threshold = kept.min(dim=1, keepdim=True).values
+    hopeful = (cand > threshold).any(dim=0)
+    if not bool(hopeful.any()):
+        empty = torch.zeros(0, dtype=torch.long, device=kept.device)
+        return empty, empty, empty
+    cols = hopeful.nonzero().squeeze(1)
+    sel = torch.cat([kept, cand[:, cols]], dim=1).topk(k, dim=1, sorted=False).indices
+    scores = torch.cat([kept, cand[:, cols]], dim=1).gather(1, sel)
+    is_new = (sel >= k) & (scores > float("-inf"))
+    # Old slots that survive; entering candidates all point at a dummy column k, so writes never conflict.
+    stays = torch.zeros((kept.shape[0], k + 1), dtype=torch.bool, device=kept.device)
+    stays.scatter_(1, torch.where(sel < k, sel, k), True)
+    stays = stays[:, :k]
+    # Rows pair up: each row has as many freed slots as entering candidates (row-major nonzero order).
+    new_rows, new_cols = is_new.nonzero(as_tuple=True)
+    freed = ~stays
+    # A freed slot that no new candidate fills (fewer than k valid entries) stays as it is.
+    n_new = is_new.sum(dim=1, keepdim=True)
+    freed_rank = freed.long().cumsum(1)
+    take = freed & (freed_rank <= n_new)
+    free_rows, free_slots = take.nonzero(as_tuple=True)
+    return new_rows, free_slots, cols[sel[new_rows, new_cols] - k]

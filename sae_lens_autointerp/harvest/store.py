@@ -146,7 +146,7 @@ class ActivationStore:
 
     @property
     def max_activation(self) -> torch.Tensor:
-        top = self.stats["top_vals"][:, 0]
+        top = self.stats["top_vals"].max(dim=1).values
         return torch.where(torch.isinf(top), torch.zeros_like(top), top)
 
     @property
@@ -203,7 +203,7 @@ class ActivationStore:
 
     def top_examples(self, latent: int) -> list[Example]:
         """The ``top_k`` most activating examples of ``latent``, largest first (exact over the harvest)."""
-        return self._examples(latent, "top", "top")
+        return sorted(self._examples(latent, "top", "top"), key=lambda e: (-e.value, e.token_id))
 
     def stratified_examples(self, latent: int) -> list[Example]:
         """A uniform sample of the firing examples of ``latent``, sorted by activation (largest first);
