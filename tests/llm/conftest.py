@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 from llm_fakes import free_port
-from llm_servers import VLLM_ENV, VLLM_PYTHON, need_llama_server, start_server, stop_server, vllm_available
+from llm_servers import (
+    INSTALL_HINT,
+    VLLM_ENV,
+    VLLM_PYTHON,
+    need_llama_server,
+    start_server,
+    stop_server,
+    vllm_available,
+)
 
 
 @pytest.fixture(autouse=True)
