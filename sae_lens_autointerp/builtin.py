@@ -10,12 +10,23 @@ from .plugin import hookimpl
 
 @hookimpl
 def sae_autointerp_scorers() -> Mapping[str, Callable[..., Any]]:
-    return {}
+    from .scorers import DetectionScorer, FuzzingScorer, IntruderScorer, SimulationScorer
+
+    return {"detection": DetectionScorer, "fuzzing": FuzzingScorer, "simulation": SimulationScorer, "intruder": IntruderScorer}
 
 
 @hookimpl
 def sae_autointerp_explainers() -> Mapping[str, Callable[..., Any]]:
-    return {}
+    from functools import partial
+
+    from .explainers import LLMExplainer, TopTokensExplainer
+
+    return {
+        "default": partial(LLMExplainer, "default"),
+        "chain-of-thought": partial(LLMExplainer, "cot"),
+        "contrastive": partial(LLMExplainer, "contrastive"),
+        "top-tokens": TopTokensExplainer,
+    }
 
 
 @hookimpl

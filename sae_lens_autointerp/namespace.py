@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -9,6 +10,8 @@ if TYPE_CHECKING:
 
     from .harvest import ActivationStore
     from .plugin import PluginInfo
+    from .records import Explanation
+    from .results import ScoreResult
 
 
 class AutointerpNamespace:
@@ -38,13 +41,50 @@ class AutointerpNamespace:
 
         return get_registry().plugins()
 
-    def explain(self, *args: Any, **kwargs: Any) -> Any:
-        """Explain latents of this SAE with an LLM (see ``sae_lens_autointerp.pipeline``)."""
-        raise NotImplementedError("explain() lands with the explain/score pipeline")
+    def run(self, model: Any = None, dataset: Any = None, **kwargs: Any) -> ScoreResult:
+        """Explain and score latents; see :func:`sae_lens_autointerp.pipeline.run` for the options."""
+        from .pipeline import run
 
-    def score(self, *args: Any, **kwargs: Any) -> Any:
-        """Score explanations of this SAE's latents (see ``sae_lens_autointerp.pipeline``)."""
-        raise NotImplementedError("score() lands with the explain/score pipeline")
+        return run(self.sae, model, dataset, **kwargs)
+
+    def explain(
+        self,
+        model: Any = None,
+        dataset: Any = None,
+        latents: Iterable[int] | int | None = None,
+        llm: Any = "local",
+        explainer: str = "default",
+        **kwargs: Any,
+    ) -> dict[int, Explanation]:
+        """Explain ``latents`` of this SAE with ``llm``; returns ``{latent: Explanation}``.
+
+        ``dataset``: HF dataset name, local file, list of strings or token tensor (harvested once, cached).
+        ``llm``: ``"local"``, ``"openai:MODEL"``, ``"vllm:MODEL"`` or a client object. ``explainer``: any
+        registered explainer (``sae-autointerp plugins``). Latents that are dead, too rare or too dense are
+        left out (``sae.autointerp.run(...).skipped`` says why); failed explanations have ``.failed``.
+        """
+        from .pipeline import run
+
+        result = run(self.sae, model, dataset, latents=latents, llm=llm, explainer=explainer, scorers=(), **kwargs)
+        return result.explanations
+
+    def score(
+        self,
+        model: Any = None,
+        dataset: Any = None,
+        explanations: Mapping[int, Any] | None = None,
+        scorers: Iterable[str] = ("detection", "fuzzing"),
+        llm: Any = "local",
+        **kwargs: Any,
+    ) -> ScoreResult:
+        """Score ``explanations`` (``{latent: str | Explanation}``) with ``scorers``; returns a
+        :class:`ScoreResult` whose ``.table`` has one row per (latent, scorer). Without explanations, the
+        latents are explained first (``latents=``, ``explainer=``)."""
+        from .pipeline import run
+
+        if explanations is not None:
+            kwargs.setdefault("latents", sorted(int(k) for k in explanations))
+        return run(self.sae, model, dataset, explanations=explanations, scorers=scorers, llm=llm, **kwargs)
 
 
 def for_sae(sae: SAE) -> AutointerpNamespace:

@@ -1,0 +1,162 @@
+"""Choose, per latent, the examples the explainer sees and the (strictly disjoint) examples scorers test.
+
+Every random choice comes from one ``numpy.random.Generator`` derived from ``(seed, latent)``, so a latent's
+sample does not depend on which other latents run, in what order, or how many run concurrently.
+
+Activating examples come from the harvest's uniform sample of firing examples, sorted by activation and
+cut into ``n_quantiles`` equal groups (rank quantiles, quantile 0 = strongest). "quantiles" explainer
+sampling takes ``n_explain / n_quantiles`` from each group; scoring takes ``n_test_pos / n_quantiles`` from
+each group, from what the explainer did not see. "top" explainer sampling takes the exact top examples;
+"random" a uniform draw. Examples are identified by their chunk (sequence, chunk index): no example is
+ever both shown and tested.
+
+Non-activating examples: "random" windows from the harvest's random pool on which the latent is exactly 0
+(drawn without replacement); "similar" re-ranks those by sentence-embedding similarity to the activating
+examples (hard negatives, needs sentence-transformers; see ``negatives.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import ConfigError
+from .harvest.store import ActivationStore, Example
+
+ExplainStrategy = Literal["quantiles", "top", "random"]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    n_explain: int = 40
+    explain_strategy: ExplainStrategy = "quantiles"
+    n_test_pos: int = 50
+    n_test_neg: int = 50
+    n_quantiles: int = 10
+    negatives: str = "random"
+    min_activating: int = 10  # fewer firing examples than this: too rare to explain and test
+    max_frequency: float = 0.25  # firing on more tokens than this: too dense to explain
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.explain_strategy not in ("quantiles", "top", "random"):
+            raise ConfigError(f"explain_strategy must be 'quantiles', 'top' or 'random', got {self.explain_strategy!r}")
+        if min(self.n_explain, self.n_quantiles) < 1 or min(self.n_test_pos, self.n_test_neg) < 0:
+            raise ConfigError("n_explain and n_quantiles must be >= 1, n_test_pos and n_test_neg >= 0")
+
+
+@dataclass(frozen=True)
+class LatentSample:
+    """What one latent's explainer and scorers get. ``skipped`` is the reason when the latent is skipped."""
+
+    latent: int
+    explain: tuple[Example, ...] = ()
+    test_pos: tuple[Example, ...] = ()
+    test_neg: tuple[Example, ...] = ()
+    skipped: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def test(self) -> tuple[Example, ...]:
+        return self.test_pos + self.test_neg
+
+
+def latent_rng(seed: int, latent: int, purpose: str = "sample") -> np.random.Generator:
+    """The generator for one latent and one purpose (sampling, a scorer's shuffles, ...)."""
+    tag = int.from_bytes(purpose.encode()[:8].ljust(8, b"\0"), "little")
+    return np.random.default_rng([seed, latent, tag])
+
+
+def chunk_key(example: Example, settings: Any) -> tuple[int, int]:
+    seq, pos = divmod(example.token_id, settings.ctx_len)
+    return seq, pos // settings.example_len
+
+
+def sample_latent(store: ActivationStore, latent: int, config: SamplingConfig) -> LatentSample:
+    latent = store.check_latent(latent)
+    settings = store.settings
+    n_fire_examples = int(store.stats["n_fire_examples"][latent])
+    frequency = float(store.frequency[latent])
+    stats = {
+        "frequency": frequency,
+        "max_activation": float(store.max_activation[latent]),
+        "n_firing_examples": n_fire_examples,
+    }
+    if n_fire_examples == 0:
+        return LatentSample(latent, skipped="dead: never fired on the harvested tokens", stats=stats)
+    if n_fire_examples < config.min_activating:
+        return LatentSample(
+            latent,
+            skipped=f"too rare: {n_fire_examples} firing examples, need {config.min_activating} (harvest more tokens)",
+            stats=stats,
+        )
+    if frequency > config.max_frequency:
+        return LatentSample(
+            latent, skipped=f"too dense: fires on {frequency:.1%} of tokens (max_frequency={config.max_frequency})", stats=stats
+        )
+    rng = latent_rng(config.seed, latent)
+    pool = store.stratified_examples(latent)  # uniform sample, strongest first
+    groups = [list(g) for g in np.array_split(np.arange(len(pool)), config.n_quantiles)]
+    quantile_of = {}
+    for q, idx in enumerate(groups):
+        for i in idx:
+            quantile_of[chunk_key(pool[i], settings)] = q
+
+    def tag(ex: Example, label: bool) -> Example:
+        q = quantile_of.get(chunk_key(ex, settings))
+        return replace(ex, extra={**ex.extra, "label": label, "quantile": q if label else None})
+
+    shown: list[Example] = []
+    if config.explain_strategy == "top":
+        shown = store.top_examples(latent)[: config.n_explain]
+    elif config.explain_strategy == "random":
+        order = rng.permutation(len(pool))[: config.n_explain]
+        shown = [pool[i] for i in sorted(order)]
+    else:
+        per = _spread(config.n_explain, config.n_quantiles)
+        for q, idx in enumerate(groups):
+            take = rng.permutation(idx)[: per[q]]
+            shown.extend(pool[i] for i in sorted(take))
+    used = {chunk_key(e, settings) for e in shown}
+
+    test_pos: list[Example] = []
+    per_test = _spread(config.n_test_pos, config.n_quantiles)
+    for q, idx in enumerate(groups):
+        free = [i for i in idx if chunk_key(pool[i], settings) not in used]
+        take = rng.permutation(free)[: per_test[q]] if free else []
+        test_pos.extend(pool[i] for i in sorted(take))
+    test_neg = _random_negatives(store, latent, config.n_test_neg, rng)
+    return LatentSample(
+        latent,
+        explain=tuple(tag(e, True) for e in shown),
+        test_pos=tuple(tag(e, True) for e in test_pos),
+        test_neg=tuple(tag(e, False) for e in test_neg),
+        stats=stats,
+    )
+
+
+def _spread(total: int, parts: int) -> list[int]:
+    """``total`` split over ``parts`` as evenly as possible, the remainder to the strongest quantiles."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def _random_negatives(store: ActivationStore, latent: int, n: int, rng: np.random.Generator) -> list[Example]:
+    if n == 0:
+        return []
+    candidates = [w for w in store.random_windows() if not np.any(w.latents == latent)]
+    chosen = rng.permutation(len(candidates))[:n]
+    w = store.settings.example_len
+    return [
+        Example(
+            latent=latent,
+            tokens=candidates[i].tokens,
+            activations=np.zeros(w, dtype=np.float32),
+            value=0.0,
+            token_id=candidates[i].start_id,
+            source="random",
+        )
+        for i in sorted(chosen)
+    ]

@@ -1,0 +1,84 @@
+"""Intruder detection (no explanation needed): the LLM sees ``n_examples - 1`` activating examples of the
+latent and one excerpt where it does not fire, shuffled, and names the odd one out. A latent whose examples
+share a recognisable pattern makes the intruder easy to find. Score = accuracy over ``n_prompts`` prompts,
+with a Wilson interval; chance = 1 / n_examples.
+
+Variant used here: the intruder is a window from the harvest's random pool on which the latent is exactly
+zero (verified), rather than another latent's example (which may also activate this latent). Examples are
+shown without highlighting. The answer is read from the next-token distribution over the numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..llm.errors import BudgetExceeded
+from ..metrics import wilson
+from .common import flat
+from ..records import Context, Explanation, ScorerOutput, template_id
+from ..sampling import LatentSample, latent_rng
+
+SYSTEM = "You find the odd one out among text excerpts."
+QUESTION = (
+    "All excerpts but one share a common pattern (a topic, a word, a kind of token or context). Which excerpt "
+    "is the odd one out? Answer with its number only.\nAnswer:"
+)
+
+
+class IntruderScorer:
+    name = "intruder"
+    needs_explanation = False
+
+    def __init__(self, n_prompts: int = 10, n_examples: int = 5, concurrency: int = 8) -> None:
+        if not 2 <= n_examples <= 9:
+            raise ValueError("n_examples must be between 2 and 9 (single-token answers)")
+        self.n_prompts = n_prompts
+        self.n_examples = n_examples
+        self.concurrency = concurrency
+        self.prompt_id = template_id(SYSTEM, QUESTION, str(n_examples))
+
+    async def score(self, sample: LatentSample, explanation: Explanation | None, ctx: Context) -> ScorerOutput:
+        assert ctx.llm is not None, "intruder needs an LLM"
+        rng = latent_rng(ctx.seed, sample.latent, self.name)
+        k = self.n_examples - 1
+        pos = [sample.test_pos[i] for i in rng.permutation(len(sample.test_pos))]
+        neg = [sample.test_neg[i] for i in rng.permutation(len(sample.test_neg))]
+        n_prompts = min(self.n_prompts, len(pos) // k, len(neg))
+        choices = tuple(str(i + 1) for i in range(self.n_examples))
+        places = rng.integers(self.n_examples, size=n_prompts).tolist()  # drawn up front: order-independent
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def run(p: int) -> dict:
+            shown = pos[p * k : (p + 1) * k]
+            where = places[p]
+            excerpts = [ctx.renderer.render(e).text.replace("\n", "\\n") for e in shown]
+            excerpts.insert(where, ctx.renderer.render(neg[p]).text.replace("\n", "\\n"))
+            listing = "\n".join(f"{i + 1}. {t}" for i, t in enumerate(excerpts))
+            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Excerpts:\n{listing}\n\n{QUESTION}"}]
+            async with gate:
+                res = await ctx.llm.classify(messages, choices=choices, stage=self.name, latent=sample.latent)
+            if not res.ok:
+                return {"intruder": where + 1, "answer": None, "probability": None, "error": res.error}
+            answer = max(res.probs, key=res.probs.get)
+            return {"intruder": where + 1, "answer": int(answer), "probability": res.prob(str(where + 1)), "error": None}
+
+        results = await asyncio.gather(*(run(p) for p in range(n_prompts)), return_exceptions=True)
+        predictions = []
+        for res in results:
+            if isinstance(res, BudgetExceeded):
+                raise res
+            if isinstance(res, BaseException):
+                res = {"intruder": None, "answer": None, "probability": None, "error": f"{type(res).__name__}: {res}"}
+            predictions.append(res)
+        answered = [p for p in predictions if p["answer"] is not None]
+        correct = sum(p["answer"] == p["intruder"] for p in answered)
+        acc = wilson(correct, len(answered))
+        return ScorerOutput(
+            scorer=self.name,
+            score=None if not answered else correct / len(answered),
+            n_examples=len(predictions),
+            n_failed=len(predictions) - len(answered),
+            metrics={**flat("accuracy", acc), "chance_accuracy": 1 / self.n_examples},
+            predictions=predictions,
+            prompt_id=self.prompt_id,
+        )

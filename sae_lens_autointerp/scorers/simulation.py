@@ -1,0 +1,114 @@
+"""Simulation (Bills et al. 2023): from the explanation alone the LLM predicts, for every token of an
+excerpt, how strongly the latent fires (0-10). Score = Pearson correlation between predicted and true
+activations over all tested tokens concatenated (activating and non-activating excerpts), with a Fisher-z
+interval.
+
+The LLM answers a JSON-style list of integers, one per token (JSON mode). When the backend returns top
+logprobs and a predicted value is a single digit token, the prediction is the expected value over the
+digits 0-9 at that position (logprob mode), which is finer than the argmax. A list of the wrong length or
+out of range counts the excerpt as failed (never scored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+
+from ..llm.errors import BudgetExceeded
+from ..metrics import correlation
+from .common import flat
+from ..records import Context, Explanation, ScorerOutput, template_id
+from ..sampling import LatentSample, latent_rng
+from .common import parse_int_list
+
+SYSTEM = "You predict, token by token, how strongly a neuron in a language model fires, from a description of it."
+QUESTION = (
+    "For each token above, predict how strongly the neuron fires on it: 0 = not at all, 10 = maximally. "
+    "Most tokens are 0. Reply with only a list of {n} integers, one per token, like [0, 0, 7, 0]."
+)
+
+
+class SimulationScorer:
+    name = "simulation"
+    needs_explanation = True
+
+    def __init__(self, n_pos: int = 10, n_neg: int = 10, concurrency: int = 8) -> None:
+        self.n_pos = n_pos
+        self.n_neg = n_neg
+        self.concurrency = concurrency
+        self.prompt_id = template_id(SYSTEM, QUESTION)
+
+    def messages(self, explanation: str, tokens: tuple[str, ...]) -> list[dict[str, str]]:
+        listing = "\n".join(f"{i}: {tok!r}" for i, tok in enumerate(tokens))
+        body = f"Description: {explanation}\n\nTokens:\n{listing}\n\n" + QUESTION.format(n=len(tokens))
+        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": body}]
+
+    async def _simulate(self, ctx: Context, latent: int, explanation: str, tokens: tuple[str, ...]) -> tuple[list[float] | None, str | None]:
+        assert ctx.llm is not None
+        resp = await ctx.llm.chat(
+            self.messages(explanation, tokens), max_tokens=3 * len(tokens) + 8, logprobs=True, top_logprobs=10,
+            stage=self.name, latent=latent,
+        )
+        if resp.refused:
+            return None, f"refused: {resp.refusal or resp.finish_reason}"
+        values = parse_int_list(resp.text, len(tokens))
+        if values is None:
+            return None, f"no list of {len(tokens)} integers 0-10 in the answer: {resp.text[:80]!r}"
+        return _expected_values(values, resp.logprobs), None
+
+    async def score(self, sample: LatentSample, explanation: Explanation | None, ctx: Context) -> ScorerOutput:
+        if explanation is None or explanation.failed:
+            raise ValueError("simulation needs a (non-failed) explanation")
+        rng = latent_rng(ctx.seed, sample.latent, self.name)
+        pos = [sample.test_pos[i] for i in sorted(rng.permutation(len(sample.test_pos))[: self.n_pos])]
+        neg = [sample.test_neg[i] for i in sorted(rng.permutation(len(sample.test_neg))[: self.n_neg])]
+        rendered = [ctx.renderer.render(e) for e in pos + neg]
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def run(r):  # type: ignore[no-untyped-def]
+            async with gate:
+                return await self._simulate(ctx, sample.latent, explanation.text, r.tokens)
+
+        results = await asyncio.gather(*(run(r) for r in rendered), return_exceptions=True)
+        predicted, actual, predictions, n_failed = [], [], [], 0
+        for r, res in zip(rendered, results):
+            if isinstance(res, BudgetExceeded):
+                raise res
+            values, error = (None, f"{type(res).__name__}: {res}") if isinstance(res, BaseException) else res
+            if values is None:
+                n_failed += 1
+            else:
+                predicted.extend(values)
+                actual.extend(r.activations)
+            predictions.append({"token_id": r.token_id, "label": r.label, "quantile": r.quantile,
+                                "predicted": values, "actual": list(r.activations), "error": error})
+        est = correlation(predicted, actual)
+        score = None if not math.isfinite(est.value) else float(est.value)
+        return ScorerOutput(
+            scorer=self.name, score=score, n_examples=len(rendered), n_failed=n_failed,
+            metrics={**flat("pearson", est), "chance_pearson": 0.0, "n_tokens": len(predicted)},
+            predictions=predictions, prompt_id=self.prompt_id,
+        )
+
+
+def _expected_values(values: list[int], logprobs) -> list[float]:  # type: ignore[no-untyped-def]
+    """Replace each single-digit prediction by its expected value under the top logprobs, when available."""
+    if not logprobs:
+        return [float(v) for v in values]
+    digit_positions = [t for t in logprobs if t.token.strip().isdigit()]
+    out, j = [], 0
+    for v in values:
+        # Align the i-th integer with the i-th numeric token; "10" may be one token or two, so stop refining
+        # at the first mismatch rather than guess.
+        if j < len(digit_positions) and digit_positions[j].token.strip() == str(v):
+            top = digit_positions[j].top_logprobs
+            digits = {int(t.strip()): math.exp(lp) for t, lp in top.items() if t.strip().isdigit() and len(t.strip()) == 1}
+            total = sum(digits.values())
+            out.append(sum(d * p for d, p in digits.items()) / total if v < 10 and total > 0 else float(v))
+            j += 1
+        else:
+            out.append(float(v))
+            j = len(digit_positions)  # misaligned: keep plain integers for the rest
+    return out

@@ -1,0 +1,83 @@
+"""Turn stored examples into what prompts show: token strings aligned with activations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .harvest.store import PAD_TOKEN, Example
+
+
+@dataclass(frozen=True)
+class RenderedExample:
+    """An example as text pieces; ``activations[i]`` belongs to ``tokens[i]``."""
+
+    tokens: tuple[str, ...]
+    activations: tuple[float, ...]
+    label: bool | None
+    quantile: int | None
+    token_id: int
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+
+class Renderer:
+    """Decodes token ids one by one (cached) and drops padding and special tokens."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        self._cache: dict[int, str] = {}
+
+    def piece(self, token: int) -> str:
+        text = self._cache.get(token)
+        if text is None:
+            text = self.tokenizer.decode([token])
+            self._cache[token] = text
+        return text
+
+    def render(self, example: Example) -> RenderedExample:
+        keep = [i for i, t in enumerate(example.tokens.tolist()) if t != PAD_TOKEN and t not in self._special]
+        return RenderedExample(
+            tokens=tuple(self.piece(int(example.tokens[i])) for i in keep),
+            activations=tuple(float(example.activations[i]) for i in keep),
+            label=example.extra.get("label"),
+            quantile=example.extra.get("quantile"),
+            token_id=example.token_id,
+        )
+
+
+def highlight(tokens: tuple[str, ...], marked: np.ndarray | list[bool]) -> str:
+    """Join tokens, wrapping each run of marked tokens in ``<<`` ``>>``."""
+    out, inside = [], False
+    for tok, m in zip(tokens, marked):
+        if m and not inside:
+            out.append("<<")
+            inside = True
+        elif not m and inside:
+            out.append(">>")
+            inside = False
+        out.append(tok)
+    if inside:
+        out.append(">>")
+    return "".join(out).replace("\n", "\\n")
+
+
+def active_mask(example: RenderedExample, threshold: float) -> np.ndarray:
+    """Tokens above ``threshold`` x the example's maximum activation (the paper's 0.3 default)."""
+    acts = np.asarray(example.activations, dtype=np.float64)
+    if acts.size == 0 or acts.max() <= 0:
+        return np.zeros(acts.size, dtype=bool)
+    return acts >= threshold * acts.max()
+
+
+def discretize(activations: np.ndarray | tuple[float, ...], max_activation: float) -> np.ndarray:
+    """Activations as integers 0-10 relative to ``max_activation`` (as shown to the LLM)."""
+    acts = np.clip(np.asarray(activations, dtype=np.float64), 0, None)
+    if max_activation <= 0:
+        return np.zeros(acts.shape, dtype=np.int64)
+    return np.clip(np.round(10 * acts / max_activation), 0, 10).astype(np.int64)
