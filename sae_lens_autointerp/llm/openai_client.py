@@ -253,7 +253,8 @@ class OpenAIClient(BaseClient):
         ) or status == 404:
             raise UnknownModelError(
                 f"model {self.model!r} is not served by {url} (HTTP {status}: {message}). "
-                "List what it serves with GET /models, and pass llm='openai:<one of them>'"
+                "List what it serves with GET /models and pass llm='openai:<one of them>', or check the base URL "
+                "(it usually ends in /v1)"
             )
         if status in (400, 413, 422) and any(p in lowered for p in _CONTEXT_PHRASES):
             raise ContextOverflowError(
