@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from . import embedded
 from .attach import install as _install
 from .errors import AutointerpError, ConfigError, PluginError, UnknownPluginItemError
-from .harvest import ActivationStore, harvest
+from .harvest import ActivationStore
 from .namespace import AutointerpNamespace, for_sae
 from .plugin import get_registry, hookimpl
 
@@ -21,7 +21,6 @@ __all__ = [
     "ActivationStore",
     "AutointerpNamespace",
     "for_sae",
-    "harvest",
     "AutointerpError",
     "ConfigError",
     "PluginError",

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -53,6 +54,114 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_latents(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    out = []
+    for part in text.split(","):
+        if "-" in part.strip()[1:]:
+            a, b = part.split("-", 1)
+            out.extend(range(int(a), int(b) + 1))
+        elif part.strip():
+            out.append(int(part))
+    return out
+
+
+def pick_latents(store, n: int, min_examples: int = 20, max_frequency: float = 0.1) -> list[int]:  # type: ignore[no-untyped-def]
+    """``n`` latents spread over the frequency range, among those with enough examples to explain and test."""
+    counts = store.stats["n_fire_examples"]
+    freq = store.frequency
+    ok = [i for i in range(store.d_sae) if int(counts[i]) >= min_examples and float(freq[i]) <= max_frequency]
+    ok.sort(key=lambda i: float(freq[i]))
+    if len(ok) <= n:
+        return ok
+    return [ok[int(round(j * (len(ok) - 1) / max(n - 1, 1)))] for j in range(n)]
+
+
+def _finish(result, out_dir: Path, model) -> int:  # type: ignore[no-untyped-def]
+    from .report import text_report, write_html
+
+    print(text_report(result))
+    page = write_html(result, out_dir / "report.html")
+    print(f"\nresults: {result.path}\nreport:  {page}")
+    if result.stopped:
+        print(f"stopped early: {result.stopped}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from . import embedded
+    from .sampling import SamplingConfig
+
+    start = time.perf_counter()
+    model = embedded.load_model()
+    sae = embedded.load_sae()
+    corpus = embedded.load_corpus()
+    print(f"embedded default: SmolLM2-135M-Instruct (TransformerBridge), SAE {sae.cfg.metadata.hook_name} "
+          f"d_sae={sae.cfg.d_sae}, corpus {len(corpus)} documents (Python documentation, PSF licence)")
+    store = sae.autointerp.harvest(model, corpus, n_tokens=args.n_tokens, ctx_len=128, batch_size=16)
+    latents = _parse_latents(args.latents) or pick_latents(store, args.n_latents)
+    print(f"explaining and scoring latents {latents} with the local llama.cpp LLM ...")
+    out_dir = Path(args.out)
+    sampling = SamplingConfig(n_explain=args.n_explain, n_test_pos=args.n_test, n_test_neg=args.n_test)
+    result = sae.autointerp.run(
+        model, store=store, latents=latents, llm="local", explainer=args.explainer, scorers=args.scorers.split(","),
+        sampling=sampling, out_dir=out_dir,
+    )
+    code = _finish(result, out_dir, model)
+    print(f"demo took {time.perf_counter() - start:.0f} s")
+    return code
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from . import embedded
+    from .loading import load_model, load_sae
+    from .sampling import SamplingConfig
+
+    sae = embedded.load_sae(device=args.device) if args.sae == "embedded" else load_sae(args.sae, args.sae_id, device=args.device)
+    model = (
+        embedded.load_model(device=args.device)
+        if args.model == "embedded"
+        else load_model(args.model, sae=sae, kind=args.model_kind, device=args.device)
+    )
+    dataset = embedded.load_corpus() if args.dataset == "embedded" else args.dataset
+    store = sae.autointerp.harvest(model, dataset, n_tokens=args.n_tokens, ctx_len=args.ctx_len,
+                                   batch_size=args.batch_size, text_column=args.text_column, split=args.split)
+    latents = _parse_latents(args.latents) or pick_latents(store, args.n_latents)
+    out_dir = Path(args.out)
+    llm_kwargs = {"base_url": args.base_url} if args.base_url else {}
+    result = sae.autointerp.run(
+        model, store=store, latents=latents, llm=args.llm, llm_kwargs=llm_kwargs, explainer=args.explainer,
+        scorers=[s for s in args.scorers.split(",") if s], out_dir=out_dir, concurrency=args.concurrency,
+        budget_tokens=args.budget_tokens, budget_dollars=args.budget_dollars,
+        prices=json.loads(args.prices) if args.prices else None,
+        sampling=SamplingConfig(n_explain=args.n_explain, n_test_pos=args.n_test, n_test_neg=args.n_test, seed=args.seed),
+        seed=args.seed,
+    )
+    return _finish(result, out_dir, model)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import load, text_report, write_html
+
+    result = load(args.results)
+    print(text_report(result))
+    if args.html:
+        print(f"report: {write_html(result, args.html)}")
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, n_latents: int, n_test: int) -> None:
+    p.add_argument("--latents", default=None, help="comma-separated indices or ranges, e.g. 0,5,10-12")
+    p.add_argument("--n-latents", type=int, default=n_latents, help="without --latents: how many to pick")
+    p.add_argument("--explainer", default="default")
+    p.add_argument("--scorers", default="detection,fuzzing", help="comma-separated scorer names")
+    p.add_argument("--n-explain", type=int, default=40, help="examples shown to the explainer")
+    p.add_argument("--n-test", type=int, default=n_test, help="activating and non-activating test examples each")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sae-autointerp", description="Explain and score SAELens SAE latents.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +169,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list installed plugins and what each provides")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser("demo", help="explain and score a few latents of the embedded offline default")
+    _add_run_options(p, n_latents=4, n_test=20)
+    p.add_argument("--n-tokens", type=int, default=60_000)
+    p.add_argument("--out", default="autointerp-demo")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("run", help="explain and score latents of any SAELens SAE")
+    _add_run_options(p, n_latents=20, n_test=50)
+    p.add_argument("--sae", default="embedded", help="SAELens release, local SAE folder, or 'embedded'")
+    p.add_argument("--sae-id", default=None)
+    p.add_argument("--model", default="embedded", help="model name or local HF folder, or 'embedded'")
+    p.add_argument("--model-kind", default="auto", choices=["auto", "hooked", "bridge"])
+    p.add_argument("--dataset", default="embedded")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--split", default="train")
+    p.add_argument("--n-tokens", type=int, default=1_000_000)
+    p.add_argument("--ctx-len", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--llm", default="local", help="local, openai:MODEL, vllm:MODEL or a plugin's prefix:model")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (else OPENAI_BASE_URL)")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--budget-tokens", type=int, default=None)
+    p.add_argument("--budget-dollars", type=float, default=None)
+    p.add_argument("--prices", default=None, help='JSON {"model": [input $/M tokens, output $/M tokens]}')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="autointerp-out")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("report", help="print the table and score histograms of a results.jsonl; write HTML")
+    p.add_argument("results", help="results.jsonl or its folder")
+    p.add_argument("--html", default=None, help="also write an HTML page here")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("harvest", help="harvest latent activations into an activation store")
     p.add_argument("--sae", default="embedded", help="SAELens release, local SAE folder, or 'embedded'")

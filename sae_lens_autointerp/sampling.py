@@ -86,15 +86,15 @@ def sample_latent(store: ActivationStore, latent: int, config: SamplingConfig) -
     }
     if n_fire_examples == 0:
         return LatentSample(latent, skipped="dead: never fired on the harvested tokens", stats=stats)
+    if frequency > config.max_frequency:
+        return LatentSample(
+            latent, skipped=f"too dense: fires on {frequency:.1%} of tokens (max_frequency={config.max_frequency})", stats=stats
+        )
     if n_fire_examples < config.min_activating:
         return LatentSample(
             latent,
             skipped=f"too rare: {n_fire_examples} firing examples, need {config.min_activating} (harvest more tokens)",
             stats=stats,
-        )
-    if frequency > config.max_frequency:
-        return LatentSample(
-            latent, skipped=f"too dense: fires on {frequency:.1%} of tokens (max_frequency={config.max_frequency})", stats=stats
         )
     rng = latent_rng(config.seed, latent)
     pool = store.stratified_examples(latent)  # uniform sample, strongest first
