@@ -212,7 +212,11 @@ class ActivationStore:
         return sorted(examples, key=lambda e: (-e.value, e.token_id))
 
     def random_windows(self) -> list[RandomWindow]:
-        """The shared pool of random windows with their sparse activations (order is random)."""
+        """The shared pool of random windows with their sparse activations, ordered by position."""
+        return self._random_windows
+
+    @cached_property
+    def _random_windows(self) -> list[RandomWindow]:
         st = self.stats
         offsets = st["pool_offsets"].tolist()
         out = []
@@ -229,7 +233,7 @@ class ActivationStore:
                     values=st["pool_values"][a:b].numpy(),
                 )
             )
-        return out
+        return sorted(out, key=lambda w: w.start_id)
 
     def summary(self) -> dict[str, Any]:
         counts = self.firing_counts
