@@ -4,8 +4,9 @@ classification path (one forward pass, read P("0") / P("1") off the logits) over
     python benchmarks/llm.py [--n 32] [--repeats 3]
 
 Prompts look like detection-scoring prompts: shared instructions and explanation, then one 32-token text
-excerpt, "Answer 1 or 0". Every path sees the same prompts in the same order (the KV prefix cache helps all
-of them alike); the response cache is off. Printed: requests/s and tokens/s of free generation, and for the
+excerpt, "Answer 1 or 0". Every path has its own engine and sees the same prompts in the same order (the KV
+prefix cache helps all of them alike); paths are interleaved prompt by prompt so that load from other processes
+hits them alike; the response cache is off. Printed: requests/s and tokens/s of free generation, and for the
 answer-reading paths their requests/s and the speedup of ``classify`` over
   * ``chat(max_tokens=4)``: generating the answer and parsing it, as a scorer without logprobs does;
   * ``chat(max_tokens=1, logprobs=True, top_logprobs=2)``: our one-token generation with logprobs;
@@ -58,34 +59,47 @@ def main() -> None:
     from sae_lens_autointerp.embedded import gguf_path
     from sae_lens_autointerp.llm import get_client
 
-    client = get_client("local", cache=False, n_threads=args.n_threads)
     items = prompts(args.n)
 
     async def run() -> dict[str, list[float]]:
         import llama_cpp
 
+        # One engine per path, so each sees the same prompt sequence and KV-cache history as it would alone;
+        # the paths are interleaved prompt by prompt, so a load change on a shared machine hits all alike.
+        clients = {k: get_client("local", cache=False, n_threads=args.n_threads)
+                   for k in ("classify", "gen4", "gen1_logprobs", "free")}
         stock = llama_cpp.Llama(str(gguf_path()), n_ctx=2048, logits_all=True, verbose=False,
                                 n_threads=args.n_threads)
-        await client.chat(items[0], max_tokens=2)  # load + warm up
-        times: dict[str, list[float]] = {k: [] for k in ("classify", "gen4", "gen1_logprobs", "stock", "free")}
+        for c in clients.values():
+            await c.chat(items[0], max_tokens=2)  # load + warm up
+        calls = {
+            "classify": lambda m: clients["classify"].classify(m),
+            "gen4": lambda m: clients["gen4"].chat(m, max_tokens=4),
+            "gen1_logprobs": lambda m: clients["gen1_logprobs"].chat(m, max_tokens=1, logprobs=True, top_logprobs=2),
+            "free": lambda m: clients["free"].chat(m, max_tokens=32, temperature=0.7, seed=0),
+        }
+
+        async def stock_call(m):
+            return stock.create_chat_completion(m, max_tokens=1, temperature=0, logprobs=True, top_logprobs=2)
+
+        calls["stock"] = stock_call
+        times: dict[str, list[float]] = {k: [] for k in calls}
         tokens = {"prompt": 0, "completion": 0}
-        for _ in range(args.repeats):
-            dt, _ = await timed(lambda m: client.classify(m), items)
-            times["classify"].append(dt)
-            dt, _ = await timed(lambda m: client.chat(m, max_tokens=4), items)
-            times["gen4"].append(dt)
-            dt, _ = await timed(lambda m: client.chat(m, max_tokens=1, logprobs=True, top_logprobs=2), items)
-            times["gen1_logprobs"].append(dt)
-
-            async def stock_call(m):
-                return stock.create_chat_completion(m, max_tokens=1, temperature=0, logprobs=True, top_logprobs=2)
-
-            dt, _ = await timed(stock_call, items)
-            times["stock"].append(dt)
-            dt, rs = await timed(lambda m: client.chat(m, max_tokens=32, temperature=0.7, seed=0), items)
-            times["free"].append(dt)
-            tokens["prompt"] = sum(r.usage.prompt_tokens for r in rs)
-            tokens["completion"] = sum(r.usage.completion_tokens for r in rs)
+        for rep in range(args.repeats):
+            spent = dict.fromkeys(calls, 0.0)
+            tokens = {"prompt": 0, "completion": 0}
+            for i, m in enumerate(items):
+                order = list(calls)
+                order = order[i % len(order):] + order[: i % len(order)]
+                for key in order:
+                    t0 = time.perf_counter()
+                    out = await calls[key](m)
+                    spent[key] += time.perf_counter() - t0
+                    if key == "free":
+                        tokens["prompt"] += out.usage.prompt_tokens
+                        tokens["completion"] += out.usage.completion_tokens
+            for key, v in spent.items():
+                times[key].append(v)
         times["_tokens"] = [tokens["prompt"], tokens["completion"]]
         return times
 

@@ -282,11 +282,15 @@ class LlamaCppClient(BaseClient):
         return await self._run(_Engine.classify, request, choices)
 
     async def aclose(self) -> None:
-        self._executor.shutdown(wait=False)
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     def close(self) -> None:
+        """Wait for pending calls, then free the model (the client must not be used afterwards)."""
         self._executor.shutdown(wait=True)
-        self._engine = None
+        with self._engine_lock:
+            if self._engine is not None:
+                self._engine.llm.close()
+                self._engine = None
 
 
 def llama_server_command(
