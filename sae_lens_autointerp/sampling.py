@@ -108,6 +108,15 @@ def sample_latent(store: ActivationStore, latent: int, config: SamplingConfig) -
         q = quantile_of.get(chunk_key(ex, settings))
         return replace(ex, extra={**ex.extra, "label": label, "quantile": q if label else None})
 
+    per_explain = _spread(config.n_explain, config.n_quantiles)
+    per_test = _spread(config.n_test_pos, config.n_quantiles)
+    # A small quantile cannot give both sides their share: split it in proportion, so that rare latents
+    # still get test examples (and the explainer never takes all of them).
+    for q, idx in enumerate(groups):
+        want = per_explain[q] + per_test[q]
+        if len(idx) < want and want > 0:
+            per_test[q] = round(len(idx) * per_test[q] / want)
+            per_explain[q] = len(idx) - per_test[q]
     shown: list[Example] = []
     if config.explain_strategy == "top":
         shown = store.top_examples(latent)[: config.n_explain]
@@ -115,14 +124,12 @@ def sample_latent(store: ActivationStore, latent: int, config: SamplingConfig) -
         order = rng.permutation(len(pool))[: config.n_explain]
         shown = [pool[i] for i in sorted(order)]
     else:
-        per = _spread(config.n_explain, config.n_quantiles)
         for q, idx in enumerate(groups):
-            take = rng.permutation(idx)[: per[q]]
+            take = rng.permutation(idx)[: per_explain[q]]
             shown.extend(pool[i] for i in sorted(take))
     used = {chunk_key(e, settings) for e in shown}
 
     test_pos: list[Example] = []
-    per_test = _spread(config.n_test_pos, config.n_quantiles)
     for q, idx in enumerate(groups):
         free = [i for i in idx if chunk_key(pool[i], settings) not in used]
         take = rng.permutation(free)[: per_test[q]] if free else []

@@ -57,6 +57,14 @@ def test_explain_and_test_examples_are_disjoint_and_stratified(store, live_laten
         assert [e.token_id for e in again.explain + again.test] == [e.token_id for e in s.explain + s.test]
 
 
+def test_rare_latents_keep_test_examples(store):
+    counts = store.stats["n_fire_examples"]
+    rare = next(i for i in range(store.d_sae) if 12 <= counts[i] <= 30)
+    s = sample_latent(store, rare, SamplingConfig())  # wants 40 + 50 from a pool of at most 30
+    assert s.skipped is None and len(s.test_pos) >= len(s.explain) // 2 > 0
+    assert len(s.explain) + len(s.test_pos) == int(counts[rare])
+
+
 def test_dead_rare_and_dense_latents_are_skipped_with_a_reason(bridge_model, corpus_texts, tmp_path):
     sae = make_sae(576, 8, seed=2)
     with torch.no_grad():

@@ -32,6 +32,7 @@ class HookSpec:
     head_index: int | None
     prepend_bos: bool
     context_size: int | None
+    seqpos_slice: tuple[int | None, ...] | None = None  # positions the SAE was trained on; others are masked
 
 
 def hook_spec_for(sae: Any) -> HookSpec:
@@ -52,6 +53,7 @@ def hook_spec_for(sae: Any) -> HookSpec:
         head_index=int(head_index) if head_index is not None else None,
         prepend_bos=True if prepend_bos is None else bool(prepend_bos),
         context_size=md.get("context_size"),
+        seqpos_slice=tuple(md.get("seqpos_slice")) if md.get("seqpos_slice") else None,
     )
 
 

@@ -220,6 +220,10 @@ def _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s
                 real[row, : len(seq)] = True
             width = int(real.sum(1).max())  # a short last batch runs only as wide as it is
             valid = real & ~torch.isin(tokens, special)
+            if adapter.spec.seqpos_slice is not None:  # positions outside the SAE's training slice
+                in_slice = torch.zeros(ctx, dtype=torch.bool)
+                in_slice[slice(*adapter.spec.seqpos_slice)] = True
+                valid &= in_slice
             acts = sae.encode(adapter.capture(tokens[:, :width]))
             if width < ctx:
                 acts = torch.nn.functional.pad(acts, (0, 0, 0, ctx - width))
