@@ -54,7 +54,6 @@ def test_vllm_module_imports_without_vllm():
         assert "pip install" in str(info.value)
 
 
-@pytest.mark.slow
 def test_vllm_in_process(embedded_model_dir):
     out = run_in_vllm_venv(SCRIPT)
     assert out["text"] and out["finish"] in ("stop", "length")
