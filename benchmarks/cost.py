@@ -1,0 +1,154 @@
+"""LLM tokens and wall time per latent for explain + detection + fuzzing, against delphi's default prompts.
+
+Ours: the default protocol (40 quantile-stratified explainer examples; 50 activating + 50 non-activating
+detection examples; 50 fuzzing examples), run for real with the `local` backend; every request is recorded.
+Delphi: its default prompts (eai-delphi's own prompt builders, imported from a throwaway install, never
+copied) for the *same* examples: explainer with its few-shot system prompt, detection and fuzzing with 5
+examples per prompt (its default) over 100 samples each. Both sides are counted with the same tokenizer
+(SmolLM2's chat template) and the same rules: prompt tokens as sent; completion tokens = tokens of the
+answer (ours: the explanation, 1 token per classification; delphi: the explanation plus a list like
+[1,0,0,1,1] per prompt).
+
+Run:  python benchmarks/cost.py [--n-latents 3] [--examples-per-prompt 1] [--delphi PATH]
+It installs eai-delphi with --no-deps into ~/.cache/sae-lens-autointerp/delphi on first use (needs PyPI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class Recorder:
+    """Wraps a real client and records every request (messages) and answer length."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.usage = inner.usage
+        self.calls: list[tuple[str, list[dict], str]] = []
+
+    async def chat(self, messages, **kw):  # type: ignore[no-untyped-def]
+        r = await self.inner.chat(messages, **kw)
+        self.calls.append((kw.get("stage", ""), list(messages), r.text))
+        return r
+
+    async def classify(self, messages, choices=("0", "1"), **kw):  # type: ignore[no-untyped-def]
+        r = await self.inner.classify(messages, choices, **kw)
+        self.calls.append((kw.get("stage", ""), list(messages), "1"))  # one answer token at most
+        return r
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def load_delphi(path: Path):  # type: ignore[no-untyped-def]
+    if not (path / "delphi").is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(path), "eai-delphi"], check=True)
+    # Import only the prompt modules (plain strings and functions), not delphi's heavy package __init__s.
+    import types
+
+    for pkg in ("delphi", "delphi.explainers", "delphi.explainers.default", "delphi.scorers", "delphi.scorers.classifier",
+                "delphi.scorers.classifier.prompts"):
+        mod = types.ModuleType(pkg)
+        mod.__path__ = [str(path / pkg.replace(".", "/"))]
+        sys.modules[pkg] = mod
+    builder = importlib.import_module("delphi.explainers.default.prompt_builder")
+    detection = importlib.import_module("delphi.scorers.classifier.prompts.detection_prompt")
+    fuzz = importlib.import_module("delphi.scorers.classifier.prompts.fuzz_prompt")
+    return builder, detection, fuzz
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n-latents", type=int, default=3)
+    parser.add_argument("--examples-per-prompt", type=int, default=1)
+    parser.add_argument("--n-tokens", type=int, default=60_000)
+    parser.add_argument("--delphi", default=str(Path.home() / ".cache/sae-lens-autointerp/delphi"))
+    args = parser.parse_args()
+
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    import sae_lens_autointerp as sai
+    from sae_lens_autointerp.cli import pick_latents
+    from sae_lens_autointerp.llm import get_client
+    from sae_lens_autointerp.sampling import SamplingConfig, sample_latent
+    from sae_lens_autointerp.text import Renderer, active_mask, highlight
+
+    builder, det, fuzz = load_delphi(Path(args.delphi))
+    tok = AutoTokenizer.from_pretrained(sai.embedded.model_dir())
+
+    def count(messages: list[dict]) -> int:
+        return len(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+
+    def count_text(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    model = sai.embedded.load_model()
+    sae = sai.embedded.load_sae()
+    store = sae.autointerp.harvest(model, sai.embedded.load_corpus(), n_tokens=args.n_tokens, ctx_len=128, progress=False)
+    latents = pick_latents(store, args.n_latents, min_examples=100)
+    sampling = SamplingConfig()
+    kw = {"examples_per_prompt": args.examples_per_prompt}
+    client = Recorder(get_client("local", cache=False))
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        result = sae.autointerp.run(model, store=store, latents=latents, llm=client, scorers=["detection", "fuzzing"],
+                                    scorer_kwargs={"detection": kw, "fuzzing": kw}, sampling=sampling, out_dir=out,
+                                    progress=False, concurrency=1)
+        wall = time.perf_counter() - start
+    asyncio.run(client.aclose())
+
+    ours = {"prompt": 0, "completion": 0, "requests": 0}
+    for stage, messages, answer in client.calls:
+        ours["prompt"] += count(messages)
+        ours["completion"] += count_text(answer)
+        ours["requests"] += 1
+
+    renderer = Renderer(model.tokenizer)
+    delphi = {"prompt": 0, "completion": 0, "requests": 0}
+    rng = np.random.default_rng(0)
+    for record in result.records:
+        s = sample_latent(store, record["latent"], sampling)
+        explanation = (record.get("explanation") or {}).get("text") or "an explanation"
+        shown = "\n".join(highlight(r.tokens, active_mask(r, 0.3)) for r in map(renderer.render, s.explain))
+        delphi["prompt"] += count(builder.build_prompt(shown))
+        delphi["completion"] += count_text("[EXPLANATION]: " + explanation)
+        delphi["requests"] += 1
+        # Detection: 50 activating + 50 non-activating; fuzzing: 50 correctly + 50 randomly highlighted.
+        det_samples = [renderer.render(e).text for e in s.test]
+        fuzz_samples = [highlight(r.tokens, active_mask(r, 0.3)) for r in map(renderer.render, s.test)]
+        for module, samples in ((det, det_samples), (fuzz, fuzz_samples)):
+            order = rng.permutation(len(samples))
+            for i in range(0, len(samples), 5):
+                batch = [samples[j] for j in order[i : i + 5]]
+                examples = "\n".join(f"Example {k}: {t}" for k, t in enumerate(batch))
+                delphi["prompt"] += count(module.prompt(examples=examples, explanation=explanation))
+                delphi["completion"] += count_text("[" + ",".join("1" for _ in batch) + "]")
+                delphi["requests"] += 1
+
+    n = len(result.records)
+    print(f"{n} latents {latents}, default sampling (40 explain; 50+50 detection; 50 fuzzing), "
+          f"ours with examples_per_prompt={args.examples_per_prompt}; tokens counted with SmolLM2's chat template")
+    for name, d in (("ours", ours), ("delphi", delphi)):
+        total = d["prompt"] + d["completion"]
+        print(f"{name:>7}: {d['prompt'] / n:9.0f} prompt + {d['completion'] / n:6.0f} completion tokens per latent "
+              f"({total / n:9.0f} total, {d['requests'] / n:.0f} requests)")
+    ratio = (ours["prompt"] + ours["completion"]) / (delphi["prompt"] + delphi["completion"])
+    print(f"ratio ours / delphi: {ratio:.2f}x  (goal <= 0.5x)")
+    print(f"wall time with the local backend: {wall / n:.1f} s per latent (explain + detection + fuzzing)")
+
+
+if __name__ == "__main__":
+    main()
