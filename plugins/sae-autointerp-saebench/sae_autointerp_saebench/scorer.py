@@ -1,0 +1,113 @@
+"""The "saebench" scorer: 14 shuffled windows, the LLM lists the activating ones, accuracy (+ balanced)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sae_lens_autointerp.llm import BudgetExceeded
+from sae_lens_autointerp.metrics import binary_metrics
+from sae_lens_autointerp.records import Context, Explanation, ScorerOutput
+from sae_lens_autointerp.sampling import LatentSample, latent_rng
+
+from .protocol import SCORING_PROMPT_ID, SAEBenchConfig, parse_predictions, render, scoring_messages, select_examples
+
+HEADLINES = ("accuracy", "balanced_accuracy")
+
+
+class SAEBenchScorer:
+    """SAEBench's scoring phase (see ``protocol.py``).
+
+    ``score`` is SAEBench's number, the accuracy over the 14 windows, unless ``headline="balanced_accuracy"``.
+    ``metrics`` always holds both, with intervals, plus ``trivial_none_accuracy``: what answering "None"
+    scores on the same windows (10/14 = 0.714 with the default counts), the accuracy a useless explanation
+    gets. One prompt per latent: an answer that does not parse (or a refusal) makes all its windows failed
+    (``n_failed``), never right or wrong. Keyword arguments override :class:`SAEBenchConfig` fields.
+    """
+
+    name = "saebench"
+    needs_explanation = True
+
+    def __init__(self, headline: str = "accuracy", **config: Any) -> None:
+        if headline not in HEADLINES:
+            raise ValueError(f"headline must be one of {HEADLINES}, got {headline!r}")
+        self.headline = headline
+        self.config = SAEBenchConfig(**config)
+        self.prompt_id = SCORING_PROMPT_ID
+
+    async def score(self, sample: LatentSample, explanation: Explanation | None, ctx: Context) -> ScorerOutput:
+        if explanation is None or explanation.failed:
+            raise ValueError("the saebench scorer needs a (non-failed) explanation")
+        if ctx.llm is None:
+            raise ValueError("the saebench scorer needs an LLM (llm=...)")
+        latent, cfg = sample.latent, self.config
+        bench = select_examples(ctx.store, latent, ctx.seed, cfg, exclude_token_ids=explanation.examples_shown)
+        order = latent_rng(ctx.seed, latent, "saebench/shuffle").permutation(len(bench.scoring))
+        items = [bench.scoring[i] for i in order]
+        texts = [render(b, ctx.renderer, mark=False, act_threshold=bench.act_threshold) for b in items]
+        n = len(items)
+        demo_rng = latent_rng(ctx.seed, latent, "saebench/demo")
+        demo = sorted(int(i) + 1 for i in demo_rng.choice(n, size=min(cfg.n_correct_for_scoring, n), replace=False))
+
+        answer, error, chosen = None, None, None
+        try:
+            response = await ctx.llm.chat(
+                scoring_messages(explanation.text, texts, demo),
+                max_tokens=cfg.max_tokens_in_prediction,
+                temperature=cfg.temperature,
+                stage=self.name,
+                latent=latent,
+            )
+            answer = response.text
+            if response.refused:
+                error = f"refused: {response.refusal or response.finish_reason}"
+            else:
+                chosen = parse_predictions(response.text)
+                if chosen is None:
+                    error = f"unparseable answer: {response.text[:80]!r}"
+        except BudgetExceeded:
+            raise
+        except Exception as exc:  # a transport error fails this latent's windows, not the run
+            error = f"{type(exc).__name__}: {exc}"
+
+        picked = set(chosen or ())
+        predictions = [
+            {
+                "index": i + 1,
+                "kind": b.kind,
+                "token_id": b.token_id,
+                "value": b.value,
+                "label": b.label,
+                "prediction": None if chosen is None else (i + 1) in picked,
+                "probability": None,
+                "error": error if chosen is None else None,
+            }
+            for i, b in enumerate(items)
+        ]
+        labels = [p["label"] for p in predictions]
+        m = binary_metrics(labels, [p["prediction"] for p in predictions],
+                           rng=latent_rng(ctx.seed, latent, "saebench/ci"))
+        metrics: dict[str, Any] = m.to_dict()
+        n_neg = sum(1 for label in labels if not label)
+        metrics.update(
+            saebench_score=metrics["accuracy"],
+            trivial_none_accuracy=n_neg / n if n else None,
+            n_top=sum(b.kind == "top" for b in items),
+            n_iw=sum(b.kind == "iw" for b in items),
+            n_random=sum(b.kind == "random" for b in items),
+            act_threshold=bench.act_threshold,
+            answer=answer,
+            out_of_range=sorted(i for i in picked if not 1 <= i <= n),
+            selection_notes="; ".join(bench.notes),
+        )
+        score = metrics[self.headline]
+        return ScorerOutput(
+            scorer=self.name,
+            score=None if score is None or not np.isfinite(score) else float(score),
+            n_examples=n,
+            n_failed=m.n_failed,
+            metrics=metrics,
+            predictions=predictions,
+            prompt_id=self.prompt_id,
+        )
