@@ -35,6 +35,7 @@ def main() -> None:
     store = planted.sae.autointerp.harvest(model, planted_corpus(), n_tokens=20_000, ctx_len=64, progress=False)
     scorers = [s for s in args.scorers.split(",") if s]
     wins = {s: 0 for s in scorers}
+    auc_wins = {s: 0 for s in scorers}
     trials = {s: 0 for s in scorers}
     rows = []
     start = time.perf_counter()
@@ -45,22 +46,35 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as out:
                 result = planted.sae.score(model, store=store, explanations=expl, scorers=scorers, llm=args.llm,
                                            sampling=sampling, out_dir=out, progress=False, seed=seed)
-            for _, row in result.table.iterrows():
-                scores[(kind, row.latent, row.scorer)] = (row.score, row.n_failed)
+            for record in result.records:
+                for name, out in record["scores"].items():
+                    auc = (out.get("metrics") or {}).get("auc")
+                    scores[(kind, record["latent"], name)] = (out.get("score"), auc)
         for latent, name in enumerate(planted.names):
             for s in scorers:
-                t, _ = scores[("true", latent, s)]
-                m, _ = scores[("mismatched", latent, s)]
-                won = t is not None and m is not None and t > m
+                t, t_auc = scores[("true", latent, s)]
+                m, m_auc = scores[("mismatched", latent, s)]
+                won = _gt(t, m)
                 wins[s] += won
+                auc_wins[s] += _gt(t_auc, m_auc)
                 trials[s] += 1
-                rows.append({"seed": seed, "feature": name, "scorer": s, "true": t, "mismatched": m, "true_wins": won})
+                rows.append({"seed": seed, "feature": name, "scorer": s, "true": t, "mismatched": m, "true_wins": won,
+                             "true_auc": t_auc, "mismatched_auc": m_auc})
     for r in rows:
         print(json.dumps(r))
     print(f"\nLLM {args.llm}, {args.n_test}+{args.n_test} test examples per latent, {args.seeds} seed(s), "
           f"{time.perf_counter() - start:.0f} s")
     for s in scorers:
-        print(f"{s:>12}: true explanation wins on {wins[s]}/{trials[s]} latents")
+        line = f"{s:>12}: true explanation wins on {wins[s]}/{trials[s]} latents (headline score)"
+        if s in ("detection", "fuzzing"):
+            line += f", {auc_wins[s]}/{trials[s]} by AUC of P('1')"
+        print(line)
+
+
+def _gt(a, b) -> bool:  # type: ignore[no-untyped-def]
+    import math
+
+    return a is not None and b is not None and not math.isnan(a) and not math.isnan(b) and a > b
 
 
 if __name__ == "__main__":

@@ -159,7 +159,10 @@ def run(
         "run_key": run_key, "store": str(store.path), "explainer": explainer, "scorers": scorer_names,
         "sampling": asdict(sampling_cfg), "llm": llm_name, "seed": seed,
     }, indent=1, default=str))
-    runner = _Runner(ctx, explainer_obj, scorer_objs, sampling_cfg, results, run_key, given, progress)
+    from .negatives import make_source
+
+    negatives = make_source(sampling_cfg.negatives, renderer=ctx.renderer, sae=sae, model=model)
+    runner = _Runner(ctx, explainer_obj, scorer_objs, sampling_cfg, results, run_key, given, progress, negatives)
     try:
         records, stopped = run_sync(runner.run(latent_list, concurrency))
     finally:
@@ -184,8 +187,9 @@ def _run_key(store, explainer, explainer_kwargs, scorers, scorer_kwargs, samplin
 
 
 class _Runner:
-    def __init__(self, ctx, explainer, scorers, sampling, results, run_key, given, progress) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, ctx, explainer, scorers, sampling, results, run_key, given, progress, negatives) -> None:  # type: ignore[no-untyped-def]
         self.ctx, self.explainer, self.scorers, self.sampling = ctx, explainer, scorers, sampling
+        self.negatives = negatives
         self.results, self.run_key, self.given, self.progress = results, run_key, given, progress
         self.stopped: str | None = None
 
@@ -219,7 +223,7 @@ class _Runner:
 
     async def one(self, latent: int) -> dict[str, Any]:
         start = time.perf_counter()
-        sample = await asyncio.to_thread(sample_latent, self.ctx.store, latent, self.sampling)
+        sample = await asyncio.to_thread(sample_latent, self.ctx.store, latent, self.sampling, self.negatives)
         record: dict[str, Any] = {"run_key": self.run_key, "latent": latent, "stats": sample.stats}
         if sample.skipped:
             record["skipped"] = sample.skipped

@@ -10,9 +10,7 @@ each group, from what the explainer did not see. "top" explainer sampling takes 
 "random" a uniform draw. Examples are identified by their chunk (sequence, chunk index): no example is
 ever both shown and tested.
 
-Non-activating examples: "random" windows from the harvest's random pool on which the latent is exactly 0
-(drawn without replacement); "similar" re-ranks those by sentence-embedding similarity to the activating
-examples (hard negatives, needs sentence-transformers; see ``negatives.py``).
+Non-activating examples: see ``negatives.py`` ("random", "similar", "neighbours").
 """
 
 from __future__ import annotations
@@ -35,7 +33,7 @@ class SamplingConfig:
     n_test_pos: int = 50
     n_test_neg: int = 50
     n_quantiles: int = 10
-    negatives: str = "random"
+    negatives: str = "random"  # "random", "similar" or "neighbours" (negatives.py)
     min_activating: int = 10  # fewer firing examples than this: too rare to explain and test
     max_frequency: float = 0.25  # firing on more tokens than this: too dense to explain
     seed: int = 0
@@ -74,7 +72,8 @@ def chunk_key(example: Example, settings: Any) -> tuple[int, int]:
     return seq, pos // settings.example_len
 
 
-def sample_latent(store: ActivationStore, latent: int, config: SamplingConfig) -> LatentSample:
+def sample_latent(store: ActivationStore, latent: int, config: SamplingConfig, negatives: Any = None) -> LatentSample:
+    """``negatives``: a :class:`~sae_lens_autointerp.negatives.NegativeSource` (default: random pool windows)."""
     latent = store.check_latent(latent)
     settings = store.settings
     n_fire_examples = int(store.stats["n_fire_examples"][latent])
@@ -134,7 +133,11 @@ def sample_latent(store: ActivationStore, latent: int, config: SamplingConfig) -
         free = [i for i in idx if chunk_key(pool[i], settings) not in used]
         take = rng.permutation(free)[: per_test[q]] if free else []
         test_pos.extend(pool[i] for i in sorted(take))
-    test_neg = _random_negatives(store, latent, config.n_test_neg, rng)
+    if negatives is None:
+        from .negatives import RandomNegatives
+
+        negatives = RandomNegatives()
+    test_neg = negatives.draw(store, latent, config.n_test_neg, rng, shown + test_pos)
     return LatentSample(
         latent,
         explain=tuple(tag(e, True) for e in shown),
@@ -148,22 +151,3 @@ def _spread(total: int, parts: int) -> list[int]:
     """``total`` split over ``parts`` as evenly as possible, the remainder to the strongest quantiles."""
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
-
-
-def _random_negatives(store: ActivationStore, latent: int, n: int, rng: np.random.Generator) -> list[Example]:
-    if n == 0:
-        return []
-    candidates = [w for w in store.random_windows() if not np.any(w.latents == latent)]
-    chosen = rng.permutation(len(candidates))[:n]
-    w = store.settings.example_len
-    return [
-        Example(
-            latent=latent,
-            tokens=candidates[i].tokens,
-            activations=np.zeros(w, dtype=np.float32),
-            value=0.0,
-            token_id=candidates[i].start_id,
-            source="random",
-        )
-        for i in sorted(chosen)
-    ]

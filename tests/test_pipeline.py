@@ -214,3 +214,39 @@ def test_real_local_llm_end_to_end(bridge_model, bridge_sae, store, live_latents
     assert out["n_examples"] == len(sample_latent(store, latent, small).test)
     assert all(p["probability"] is None or 0 <= p["probability"] <= 1 for p in out["predictions"])
     assert result.usage["total"]["requests"] >= 8
+
+
+def test_hard_negatives_are_silent_and_harder(bridge_model, bridge_sae, store, live_latents):
+    from sae_lens_autointerp.embedders import embed
+    from sae_lens_autointerp.negatives import NeighbourNegatives, RandomNegatives, SimilarNegatives
+
+    renderer = Renderer(bridge_model.tokenizer)
+    latent = live_latents[0]
+    base = sample_latent(store, latent, SMALL)
+    positives = list(base.explain + base.test_pos)
+    rng = np.random.default_rng(0)
+    similar = SimilarNegatives(renderer).draw(store, latent, 10, rng, positives)
+    random_ = RandomNegatives().draw(store, latent, 10, np.random.default_rng(0), positives)
+    windows = {w.start_id: w for w in store.random_windows()}
+    assert len(similar) == 10 == len({e.token_id for e in similar})
+    assert all(not np.any(windows[e.token_id].latents == latent) for e in similar)
+
+    def text(e):
+        return "".join(renderer.piece(int(t)) for t in e.tokens if t >= 0)
+
+    query = embed([text(e) for e in positives]).mean(0)
+    sim = lambda exs: float(np.mean(embed([text(e) for e in exs]) @ query))  # noqa: E731
+    assert sim(similar) > sim(random_)
+
+    source = NeighbourNegatives(bridge_sae, bridge_model, n_neighbours=5)
+    neigh = source.draw(store, latent, 6, np.random.default_rng(0), positives)
+    assert neigh, "the fixture SAE has neighbours that fire where this latent does not"
+    ctx, w = store.settings.ctx_len, store.settings.example_len
+    for e in neigh:
+        assert e.extra["neighbour"] in source.neighbours(latent)
+        seq, pos = divmod(e.token_id, ctx)
+        tokens = torch.from_numpy(np.asarray(store.tokens[seq : seq + 1])).long().clamp_min(0)
+        _, cache = bridge_model.run_with_cache(tokens, names_filter=["blocks.3.hook_resid_post"], stop_at_layer=4)
+        acts = bridge_sae.encode(cache["blocks.3.hook_resid_post"])[0, :, latent]
+        lo = max(pos - e.peak_index, 0)
+        assert float(acts[lo : pos - e.peak_index + w].max()) <= 0  # verified silent, independently

@@ -1,0 +1,159 @@
+"""Sources of non-activating examples for scoring.
+
+- ``random``: windows of the harvest's random pool on which the latent is exactly zero, drawn without
+  replacement (the default; what delphi and SAEBench call random negatives, minus their duplicates).
+- ``similar``: the same silent pool windows, ranked by sentence-embedding similarity to the latent's
+  activating examples: hard negatives that share topic and style but not the feature.
+- ``neighbours``: examples on which the latent's decoder-cosine neighbours fire, kept only where this latent
+  is verified to be zero by recomputing its activations on the sequence (no assumption that neighbours are
+  exclusive).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .harvest.store import ActivationStore, Example
+
+
+class NegativeSource(Protocol):
+    name: str
+
+    def draw(self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, positives: list[Example]) -> list[Example]: ...
+
+
+def _silent(latent: int, window: Any, source: str) -> Example:
+    return Example(latent=latent, tokens=window.tokens, activations=np.zeros(len(window.tokens), dtype=np.float32),
+                   value=0.0, token_id=window.start_id, source=source)
+
+
+class RandomNegatives:
+    name = "random"
+
+    def draw(self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, positives: list[Example]) -> list[Example]:
+        if n == 0:
+            return []
+        candidates = [w for w in store.random_windows() if not np.any(w.latents == latent)]
+        chosen = rng.permutation(len(candidates))[:n]
+        return [_silent(latent, candidates[i], "random") for i in sorted(chosen)]
+
+
+class SimilarNegatives:
+    """Silent pool windows closest (cosine of sentence embeddings) to the mean of the activating examples."""
+
+    name = "similar"
+
+    def __init__(self, renderer: Any, embedder: str | None = None) -> None:
+        from .embedders import DEFAULT_EMBEDDER
+
+        self.renderer = renderer
+        self.embedder = embedder or DEFAULT_EMBEDDER
+        self._pool: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def _text(self, tokens: np.ndarray) -> str:
+        return "".join(self.renderer.piece(int(t)) for t in tokens if t >= 0)
+
+    def pool_embeddings(self, store: ActivationStore) -> np.ndarray:
+        from .embedders import embed
+
+        with self._lock:  # computed once per store, shared by every latent
+            if store.key not in self._pool:
+                self._pool[store.key] = embed([self._text(w.tokens) for w in store.random_windows()], self.embedder)
+            return self._pool[store.key]
+
+    def draw(self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, positives: list[Example]) -> list[Example]:
+        from .embedders import embed
+
+        if n == 0:
+            return []
+        windows = store.random_windows()
+        silent = [i for i, w in enumerate(windows) if not np.any(w.latents == latent)]
+        if not silent or not positives:
+            return []
+        query = embed([self._text(e.tokens) for e in positives], self.embedder).mean(axis=0)
+        sims = self.pool_embeddings(store)[silent] @ (query / max(np.linalg.norm(query), 1e-12))
+        order = np.lexsort((np.array([windows[i].start_id for i in silent]), -sims))[:n]
+        return [_silent(latent, windows[silent[j]], "similar") for j in order]
+
+
+class NeighbourNegatives:
+    """Examples of the ``n_neighbours`` latents with the most similar decoder directions, where this latent
+    is verified silent by re-running model + SAE on the example's sequence."""
+
+    name = "neighbours"
+
+    def __init__(self, sae: Any, model: Any, n_neighbours: int = 10, batch_size: int = 8) -> None:
+        if sae is None or model is None:
+            raise ConfigError("neighbour negatives need the SAE and the model (to verify the latent is silent)")
+        from .harvest.model import ModelAdapter
+
+        self.sae = sae
+        self.adapter = ModelAdapter(model, sae)
+        self.n_neighbours = n_neighbours
+        self.batch_size = batch_size
+        w = sae.W_dec.detach().float()
+        self._w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self._lock = threading.Lock()
+
+    def neighbours(self, latent: int) -> list[int]:
+        sims = self._w @ self._w[latent]
+        sims[latent] = -2.0
+        return sims.topk(min(self.n_neighbours, len(sims) - 1)).indices.tolist()
+
+    @torch.no_grad()
+    def _latent_acts(self, store: ActivationStore, latent: int, seqs: list[int]) -> dict[int, np.ndarray]:
+        out = {}
+        pad = self.adapter.pad_token_id()
+        for i in range(0, len(seqs), self.batch_size):
+            chunk = seqs[i : i + self.batch_size]
+            tokens = torch.from_numpy(np.asarray(store.tokens[chunk])).long()
+            tokens = torch.where(tokens >= 0, tokens, pad)
+            with self._lock:
+                acts = self.sae.encode(self.adapter.capture(tokens))[..., latent].float().cpu().numpy()
+            out.update(zip(chunk, acts))
+        return out
+
+    def draw(self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, positives: list[Example]) -> list[Example]:
+        if n == 0:
+            return []
+        ctx, w = store.settings.ctx_len, store.settings.example_len
+        taken = {e.token_id // ctx for e in positives}
+        candidates: list[Example] = []
+        for j in self.neighbours(latent):
+            pool = store.top_examples(j) + store.stratified_examples(j)
+            candidates.extend(pool[k] for k in rng.permutation(len(pool)))
+        seen, unique = set(), []
+        for e in candidates:
+            if e.token_id not in seen and e.token_id // ctx not in taken:
+                seen.add(e.token_id)
+                unique.append(e)
+        unique = unique[: 3 * n]  # enough to survive verification, bounded work
+        acts = self._latent_acts(store, latent, sorted({e.token_id // ctx for e in unique}))
+        out = []
+        for e in unique:
+            seq, pos = divmod(e.token_id, ctx)
+            lo = pos - (e.peak_index or 0)
+            window = acts[seq][max(lo, 0) : max(lo + w, 0)]
+            if window.size and np.all(window <= store.settings.threshold):
+                out.append(Example(latent=latent, tokens=e.tokens, activations=np.zeros(w, dtype=np.float32),
+                                   value=0.0, token_id=e.token_id, source="neighbour", peak_index=e.peak_index,
+                                   extra={"neighbour": e.latent}))
+            if len(out) == n:
+                break
+        return out
+
+
+def make_source(kind: str, *, renderer: Any = None, sae: Any = None, model: Any = None, embedder: str | None = None) -> NegativeSource:
+    if kind == "random":
+        return RandomNegatives()
+    if kind == "similar":
+        return SimilarNegatives(renderer, embedder)
+    if kind == "neighbours":
+        return NeighbourNegatives(sae, model)
+    raise ConfigError(f"negatives must be 'random', 'similar' or 'neighbours', got {kind!r}")
