@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-TABLE_COLUMNS = ["latent", "scorer", "score", "low", "high", "chance", "n_examples", "n_failed", "explanation"]
+TABLE_COLUMNS = ["latent", "scorer", "score", "low", "high", "chance", "auc", "n_examples", "n_failed", "explanation"]
 
 
 class ResultsFile:
@@ -62,7 +62,8 @@ class ScoreResult:
     """What ``sae.score()`` / ``sae.autointerp.run()`` return.
 
     ``table``: one row per (latent, scorer) with at least latent, scorer, score, n_examples, n_failed
-    (parse failures and refusals, excluded from the score), plus the interval and chance level.
+    (parse failures and refusals, excluded from the score), plus the score's 95% interval (low, high), its
+    chance level, and the AUC where the scorer has probabilities.
     ``records``: the full per-latent records (as in results.jsonl). ``skipped``: latent -> reason.
     """
 
@@ -115,6 +116,7 @@ def records_table(records: list[dict[str, Any]]) -> pd.DataFrame:
                     "low": low,
                     "high": high,
                     "chance": chance,
+                    "auc": (out.get("metrics") or {}).get("auc"),
                     "n_examples": out.get("n_examples", 0),
                     "n_failed": out.get("n_failed", 0),
                     "explanation": explanation,
@@ -122,7 +124,7 @@ def records_table(records: list[dict[str, Any]]) -> pd.DataFrame:
                 }
             )
     df = pd.DataFrame(rows, columns=[*TABLE_COLUMNS, "error"])
-    return df.astype({"score": float, "low": float, "high": float, "chance": float})
+    return df.astype({"score": float, "low": float, "high": float, "chance": float, "auc": float})
 
 
 def _interval(out: dict[str, Any]) -> tuple[Any, Any, Any]:

@@ -203,17 +203,24 @@ class TestBadInput:
 def test_real_local_llm_end_to_end(bridge_model, bridge_sae, store, live_latents, tmp_path):
     """The embedded llama.cpp model explains and scores for real (quality is not asserted here)."""
     small = SamplingConfig(n_explain=10, n_test_pos=4, n_test_neg=4, min_activating=10)
+    fresh = {"cache": tmp_path / "llm-cache"}  # a cold response cache: every request really reaches llama.cpp
     explanations = bridge_sae.explain(bridge_model, store=store, latents=live_latents[:1], llm="local", sampling=small,
-                                      out_dir=tmp_path / "e", progress=False)
+                                      llm_kwargs=fresh, out_dir=tmp_path / "e", progress=False)
     (latent, explanation), = explanations.items()
     assert explanation.latent == latent and explanation.prompt_id
     assert explanation.failed or explanation.text
     result = bridge_sae.score(bridge_model, store=store, explanations={latent: explanation.text or "Python keywords"},
-                              scorers=["detection"], llm="local", sampling=small, out_dir=tmp_path / "s", progress=False)
+                              scorers=["detection"], llm="local", llm_kwargs=fresh, sampling=small, out_dir=tmp_path / "s",
+                              progress=False)
     out = result.records[0]["scores"]["detection"]
     assert out["n_examples"] == len(sample_latent(store, latent, small).test)
     assert all(p["probability"] is None or 0 <= p["probability"] <= 1 for p in out["predictions"])
-    assert result.usage["total"]["requests"] >= 8
+    assert result.usage["total"]["requests"] == out["n_examples"]
+    again = bridge_sae.score(bridge_model, store=store, explanations={latent: explanation.text or "Python keywords"},
+                             scorers=["detection"], llm="local", llm_kwargs=fresh, sampling=small, out_dir=tmp_path / "s2",
+                             progress=False)
+    assert again.usage["total"]["requests"] == 0 and again.usage["total"]["cache_hits"] == out["n_examples"]
+    assert again.records[0]["scores"]["detection"]["predictions"] == out["predictions"]
 
 
 def test_hard_negatives_are_silent_and_harder(bridge_model, bridge_sae, store, live_latents):
