@@ -235,9 +235,7 @@ class _Runner:
                 record["skipped"] = "no explanation given for this latent"
                 return record
         elif self.explainer is not None:
-            explanation = await self.explainer.explain(sample, self.ctx)
-            if not isinstance(explanation, Explanation):
-                raise PluginError(f"explainer {self.explainer.name!r} returned {type(explanation).__name__}, not an Explanation")
+            explanation = await self._explain(sample)
         record["explanation"] = explanation.to_dict() if explanation is not None else None
         record["examples"] = {
             "explain": [e.token_id for e in sample.explain],
@@ -254,6 +252,24 @@ class _Runner:
         } if self.ctx.llm is not None else {}
         record["seconds"] = round(time.perf_counter() - start, 3)
         return record
+
+    async def _explain(self, sample: Any) -> Explanation:
+        """The explainer's answer; a crash or a wrong return type becomes a failed explanation naming the plugin
+        (never scored), so one broken explainer plugin does not take the run down."""
+        name = getattr(self.explainer, "name", "?")
+        try:
+            out = await self.explainer.explain(sample, self.ctx)
+        except BudgetExceeded:
+            raise
+        except Exception as exc:
+            error = f"crashed: {type(exc).__name__}: {exc}"
+        else:
+            if isinstance(out, Explanation):
+                return out
+            error = f"returned {type(out).__name__}, not an Explanation"
+        item = get_registry().items("explainers").get(name)
+        who = f"plugin {item.plugin!r}, " if item else ""
+        return Explanation(sample.latent, "", str(name), failed=True, error=f"{who}explainer {name!r} {error}")
 
     async def _score(self, name: str, scorer: Any, sample: Any, explanation: Explanation | None) -> ScorerOutput:
         if getattr(scorer, "needs_explanation", True) and (explanation is None or explanation.failed):
