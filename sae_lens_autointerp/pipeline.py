@@ -134,8 +134,18 @@ def run(
     # Resolve every plugin name before any expensive work, so a typo fails in a second.
     scorer_objs = {n: _make("scorers", n, (scorer_kwargs or {}).get(n)) for n in scorer_names}
     explainer_obj = _make("explainers", explainer, explainer_kwargs) if explainer else None
-    needs_llm = explainer_obj is not None or scorer_objs
+    needs_llm = explainer_obj is not None and getattr(explainer_obj, "needs_llm", True) or any(
+        getattr(s, "needs_llm", True) for s in scorer_objs.values()
+    )
     usage = UsageTracker(prices=prices, budget_tokens=budget_tokens, budget_dollars=budget_dollars)
+    own_client = isinstance(llm, str)
+    if not own_client and llm is not None and (budget_tokens is not None or budget_dollars is not None or prices or llm_kwargs):
+        raise ConfigError(
+            "budget_tokens / budget_dollars / prices / llm_kwargs apply when llm is a name; for a client object, "
+            "give it a UsageTracker(prices=..., budget_tokens=...) instead"
+        )
+    if needs_llm and llm is None:
+        raise ConfigError("these explainers / scorers need an LLM: pass llm='local', 'openai:MODEL', ...")
     if store is None:
         if model is None or dataset is None:
             raise ConfigError("pass model= and dataset= (or store= from sae.autointerp.harvest())")
@@ -144,9 +154,9 @@ def run(
         store = harvest(sae, model, dataset, progress=progress, **dict(harvest_kwargs or {}))
     if store.d_sae != d_sae:
         raise ConfigError(f"the store has d_sae={store.d_sae} but the SAE has {d_sae}; harvest this SAE")
-    client = get_client(llm, usage=usage, **dict(llm_kwargs or {})) if needs_llm and not _is_client(llm) else (llm if needs_llm else None)
-    if client is not None and _is_client(llm):
-        client = get_client(llm)
+    client = None
+    if needs_llm:
+        client = get_client(llm, usage=usage, **dict(llm_kwargs or {})) if own_client else get_client(llm)
     llm_name = getattr(client, "name", None)
     run_key = _run_key(store, explainer, explainer_kwargs, scorer_names, scorer_kwargs, sampling_cfg, llm_name, given, seed)
     folder = Path(out_dir) if out_dir is not None else cache_dir("runs") / run_key[:16]
@@ -166,15 +176,11 @@ def run(
     try:
         records, stopped = run_sync(runner.run(latent_list, concurrency))
     finally:
-        if client is not None and not _is_client(llm):
+        if client is not None and own_client:
             run_sync(client.aclose())
-    summary = usage.summary()
+    summary = (client.usage if client is not None else usage).summary()
     (folder / "usage.json").write_text(json.dumps(summary, indent=1, default=str))
     return ScoreResult(records=records, path=folder / "results.jsonl", usage=summary, stopped=stopped)
-
-
-def _is_client(llm: Any) -> bool:
-    return not isinstance(llm, str)
 
 
 def _run_key(store, explainer, explainer_kwargs, scorers, scorer_kwargs, sampling, llm_name, given, seed) -> str:  # type: ignore[no-untyped-def]

@@ -78,6 +78,8 @@ class Context:
 
 @runtime_checkable
 class Explainer(Protocol):
+    """``needs_llm`` (optional attribute, default True): False lets a run go without any LLM client."""
+
     name: str
 
     async def explain(self, sample: LatentSample, ctx: Context) -> Explanation: ...
@@ -85,6 +87,8 @@ class Explainer(Protocol):
 
 @runtime_checkable
 class Scorer(Protocol):
+    """``needs_llm`` (optional attribute, default True): False for scorers that use no LLM client."""
+
     name: str
     needs_explanation: bool
 

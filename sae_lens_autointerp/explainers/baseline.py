@@ -13,6 +13,7 @@ from ..sampling import LatentSample
 
 class TopTokensExplainer:
     name = "top-tokens"
+    needs_llm = False
 
     def __init__(self, n_tokens: int = 5, n_bigrams: int = 3) -> None:
         self.n_tokens = n_tokens
