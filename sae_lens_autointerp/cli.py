@@ -126,10 +126,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.model == "embedded"
         else load_model(args.model, sae=sae, kind=args.model_kind, device=args.device)
     )
+    from .pipeline import check_latents
+
+    chosen = _parse_latents(args.latents)
+    if chosen is not None:
+        check_latents(chosen, int(sae.cfg.d_sae))  # before the expensive harvest
     dataset = embedded.load_corpus() if args.dataset == "embedded" else args.dataset
     store = sae.autointerp.harvest(model, dataset, n_tokens=args.n_tokens, ctx_len=args.ctx_len,
                                    batch_size=args.batch_size, text_column=args.text_column, split=args.split)
-    latents = _parse_latents(args.latents) or pick_latents(store, args.n_latents)
+    latents = chosen or pick_latents(store, args.n_latents)
     out_dir = Path(args.out)
     llm_kwargs = {"base_url": args.base_url} if args.base_url else {}
     result = sae.autointerp.run(

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .errors import ConfigError
 from .results import ResultsFile, ScoreResult
 
 
@@ -18,7 +19,7 @@ def load(path: str | Path) -> ScoreResult:
     if path.is_dir():
         path = path / "results.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"no results at {path}; run `sae-autointerp run` or `demo` first")
+        raise ConfigError(f"no results at {path}; run `sae-autointerp run` or `demo` first")
     usage_file = path.parent / "usage.json"
     usage = json.loads(usage_file.read_text()) if usage_file.is_file() else {}
     return ScoreResult(records=ResultsFile(path).records(), path=path, usage=usage)
