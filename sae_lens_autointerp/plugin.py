@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import threading
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -239,7 +238,3 @@ def get_registry(refresh: bool = False) -> Registry:
         if _registry is None or refresh:
             _registry = Registry()
         return _registry
-
-
-def format_failure(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
