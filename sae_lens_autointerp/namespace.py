@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -33,6 +36,28 @@ class AutointerpNamespace:
         from .harvest import harvest
 
         return harvest(self.sae, model, dataset, **kwargs)
+
+    def results(self, path: str | os.PathLike[str] | None = None) -> ScoreResult:
+        """Results of a run: from ``path`` (a results.jsonl or its folder), or the latest run of this SAE
+        found under the default runs folder (runs given ``out_dir=`` elsewhere need their path)."""
+        from .report import load
+
+        if path is not None:
+            return load(path)
+        from .errors import ConfigError
+        from .harvest.run import sae_fingerprint
+        from .paths import cache_dir
+
+        mine = sae_fingerprint(self.sae)["weights_sha256"]
+        runs = sorted(cache_dir("runs").glob("*/run.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for run_file in runs:
+            try:
+                store_meta = json.loads((Path(json.loads(run_file.read_text())["store"]) / "meta.json").read_text())
+            except (OSError, ValueError, KeyError):
+                continue
+            if store_meta.get("sae", {}).get("weights_sha256") == mine:
+                return load(run_file.parent)
+        raise ConfigError("no run of this SAE in the default runs folder; pass the results path")
 
     @property
     def plugins(self) -> list[PluginInfo]:

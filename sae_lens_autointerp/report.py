@@ -22,7 +22,8 @@ def load(path: str | Path) -> ScoreResult:
         raise ConfigError(f"no results at {path}; run `sae-autointerp run` or `demo` first")
     usage_file = path.parent / "usage.json"
     usage = json.loads(usage_file.read_text()) if usage_file.is_file() else {}
-    return ScoreResult(records=ResultsFile(path).records(), path=path, usage=usage)
+    records = sorted(ResultsFile(path).records(), key=lambda r: r["latent"])  # file order = completion order
+    return ScoreResult(records=records, path=path, usage=usage)
 
 
 def text_table(result: ScoreResult) -> str:

@@ -181,6 +181,9 @@ def test_table_columns_and_string_explanations(bridge_model, bridge_sae, store, 
     assert len(table) == 4 and set(table["latent"]) == set(live_latents[:2])
     assert table["score"].between(0, 1).all()
     assert set(result.summary()["scorer"]) == {"detection", "fuzzing"}
+    reloaded = bridge_sae.autointerp.results(tmp_path)
+    by = ["latent", "scorer"]
+    assert reloaded.table.sort_values(by).reset_index(drop=True).equals(table.sort_values(by).reset_index(drop=True))
 
 
 class TestBadInput:
