@@ -108,6 +108,7 @@ for name, call in calls:
     except Exception as exc:
         out[name] = {{"error_type": type(exc).__name__, "message": str(exc)}}
 out["imported_after"] = sorted(m for m in ("sae_autointerp_saebench", "sae_autointerp_neuronpedia") if m in sys.modules)
+out["available"] = {{kind: sorted(sai.get_registry().items(kind)) for kind in ("scorers", "explainers")}}
 """
 
 
@@ -127,12 +128,15 @@ def test_installed_plugins_work_by_name_and_blocking_them_gives_a_clear_error(in
 
     blocked = run_script(body, prepared, env={"SAE_AUTOINTERP_BLOCK_PLUGINS": "saebench, neuronpedia"})
     assert blocked["saebench"]["error_type"] == "UnknownPluginItemError"
-    assert blocked["saebench"]["message"].startswith(
-        "unknown scorer 'saebench'. Available: detection, fuzzing, intruder, simulation.")
+    scorers, explainers = blocked["available"]["scorers"], blocked["available"]["explainers"]
+    assert "saebench" not in scorers and {"detection", "fuzzing"} <= set(scorers)
+    assert blocked["saebench"]["message"].startswith(f"unknown scorer 'saebench'. Available: {', '.join(scorers)}.")
     assert "SAE_AUTOINTERP_BLOCK_PLUGINS" in blocked["saebench"]["message"]
     assert blocked["neuronpedia"]["error_type"] == "UnknownPluginItemError"
+    assert "neuronpedia" not in explainers and "default" in explainers
     assert blocked["neuronpedia"]["message"].startswith(
-        "unknown explainer 'neuronpedia'. Available: chain-of-thought, contrastive, default, top-tokens.")
+        f"unknown explainer 'neuronpedia'. Available: {', '.join(explainers)}.")
+    assert "saebench" in out["available"]["scorers"] and "neuronpedia" in out["available"]["explainers"]
     assert blocked["imported_after"] == []
 
 
@@ -227,7 +231,8 @@ def test_broken_plugins_are_reported_by_name_and_builtins_finish(installed, prep
     assert infos["sai_garbage_scorer"]["provides"] == {"scorers": ["garbage"]} and infos["sai_garbage_scorer"]["error"] is None
     assert infos["sai_crashing_plugin"]["provides"] == {"scorers": ["crashing"], "explainers": ["crashing-explainer"]}
     assert infos["saebench"]["error"] is None and infos["builtin"]["error"] is None
-    assert set(out["failures"]) == {"sai_raises_at_import", "sai_garbage_hook"}
+    assert {"sai_raises_at_import", "sai_garbage_hook"} <= set(out["failures"])
+    assert not {"builtin", "saebench", "neuronpedia", "sai_garbage_scorer", "sai_crashing_plugin"} & set(out["failures"])
 
     scores = out["scores"]
     for builtin in ("detection", "fuzzing"):
