@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import threading
 import time
@@ -19,13 +20,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from .errors import ConfigError, PluginError
 from .harvest.store import ActivationStore
 from .llm import BudgetExceeded, UsageTracker, get_client
 from .paths import cache_dir
 from .plugin import get_registry
 from .records import Context, Explanation, ScorerOutput
-from .results import ResultsFile, ScoreResult
+from .results import ResultsFile, ScoreResult, _json_default
 from .sampling import SamplingConfig, sample_latent
 from .text import Renderer
 
@@ -290,10 +293,28 @@ class _Runner:
             who = f"plugin {plugin.plugin!r}, " if plugin else ""
             return ScorerOutput(scorer=name, score=None, n_examples=0, n_failed=0,
                                 error=f"{who}scorer {name!r} crashed: {type(exc).__name__}: {exc}")
-        if not isinstance(out, ScorerOutput):
+        problem = _check_output(out)
+        if problem is not None:
             plugin = get_registry().items("scorers").get(name)
             return ScorerOutput(scorer=name, score=None, n_examples=0, n_failed=0,
-                                error=f"plugin {plugin.plugin if plugin else '?'!r}: scorer {name!r} returned "
-                                      f"{type(out).__name__}, not a ScorerOutput")
+                                error=f"plugin {plugin.plugin if plugin else '?'!r}: scorer {name!r} {problem}")
         out.scorer = name
         return out
+
+
+def _check_output(out: Any) -> str | None:
+    """What is wrong with a scorer's return value for results.jsonl, or None (the plugin contract)."""
+    if not isinstance(out, ScorerOutput):
+        return f"returned {type(out).__name__}, not a ScorerOutput"
+    score = out.score
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score)):
+        return f"returned score={score!r}; a score is a finite number or None"
+    for field in ("n_examples", "n_failed"):
+        value = getattr(out, field)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            return f"returned {field}={value!r}; it must be a non-negative integer"
+    try:
+        json.dumps(out.to_dict(), default=_json_default, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"returned a ScorerOutput that cannot be written to results.jsonl: {type(exc).__name__}: {exc}"
+    return None

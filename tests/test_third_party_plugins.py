@@ -5,8 +5,8 @@ entry points exactly as a user's would be):
   ``sae.score`` / ``sae.autointerp.run`` with no import of the plugin in the user's code, and blocking them
   through ``SAE_AUTOINTERP_BLOCK_PLUGINS`` turns the same call into a clear "unknown scorer" error listing
   what is available;
-* deliberately broken plugins (one raises at import, one returns garbage from its hook, a scorer returns
-  garbage, a scorer and an explainer crash) are reported by name while the built-in scorers of the same run
+* deliberately broken plugins (one raises at import, one returns garbage from its hook, scorers return
+  garbage: a dict, a NaN score, metrics that are not JSON; a scorer and an explainer crash) are reported by name while the built-in scorers of the same run
   finish.
 
 The LLM is tests/scripted_llm.py's FAKE client (bookkeeping only; the plugins' own tests use the real local
@@ -160,6 +160,7 @@ BROKEN = {
     """,
     "sai_garbage_scorer": """
         from sae_lens_autointerp import hookimpl
+        from sae_lens_autointerp.records import ScorerOutput
 
         class Garbage:
             name = "garbage"
@@ -168,9 +169,17 @@ BROKEN = {
             async def score(self, sample, explanation, ctx):
                 return {"score": 1.0}  # not a ScorerOutput
 
+        class NanScore(Garbage):
+            async def score(self, sample, explanation, ctx):
+                return ScorerOutput("nan-score", float("nan"), 3, 0)
+
+        class Opaque(Garbage):
+            async def score(self, sample, explanation, ctx):
+                return ScorerOutput("opaque", 0.5, 3, 0, metrics={"thing": object()})
+
         @hookimpl
         def sae_autointerp_scorers():
-            return {"garbage": Garbage}
+            return {"garbage": Garbage, "nan-score": NanScore, "opaque": Opaque}
     """,
     "sai_crashing_plugin": """
         from sae_lens_autointerp import hookimpl
@@ -208,7 +217,7 @@ with contextlib.redirect_stdout(buf):
 out["plugins"] = json.loads(buf.getvalue())
 out["failures"] = dict(get_registry().failures)
 result = sae.score(model, store=store, explanations={{latents[0]: "common English words"}},
-                   scorers=["detection", "garbage", "crashing", "fuzzing", "saebench"],
+                   scorers=["detection", "garbage", "nan-score", "crashing", "opaque", "fuzzing", "saebench"],
                    llm=ScriptedClient(sensible), sampling=SMALL, out_dir={out_dir!r} + "/a", progress=False)
 out["scores"] = result.records[0]["scores"]
 result = sae.autointerp.run(model, store=store, latents=latents[:1], explainer="crashing-explainer",
@@ -228,7 +237,7 @@ def test_broken_plugins_are_reported_by_name_and_builtins_finish(installed, prep
     infos = {p["name"]: p for p in out["plugins"]}
     assert "broken on purpose" in infos["sai_raises_at_import"]["error"] and infos["sai_raises_at_import"]["version"] == "0.3.0"
     assert "expected a mapping" in infos["sai_garbage_hook"]["error"]
-    assert infos["sai_garbage_scorer"]["provides"] == {"scorers": ["garbage"]} and infos["sai_garbage_scorer"]["error"] is None
+    assert infos["sai_garbage_scorer"]["provides"] == {"scorers": ["garbage", "nan-score", "opaque"]} and infos["sai_garbage_scorer"]["error"] is None
     assert infos["sai_crashing_plugin"]["provides"] == {"scorers": ["crashing"], "explainers": ["crashing-explainer"]}
     assert infos["saebench"]["error"] is None and infos["builtin"]["error"] is None
     assert {"sai_raises_at_import", "sai_garbage_hook"} <= set(out["failures"])
@@ -240,6 +249,10 @@ def test_broken_plugins_are_reported_by_name_and_builtins_finish(installed, prep
     assert scores["saebench"]["score"] is not None and scores["saebench"]["n_examples"] == 14
     assert scores["garbage"]["score"] is None
     assert scores["garbage"]["error"] == "plugin 'sai_garbage_scorer': scorer 'garbage' returned dict, not a ScorerOutput"
+    assert scores["nan-score"]["score"] is None and scores["nan-score"]["error"] == (
+        "plugin 'sai_garbage_scorer': scorer 'nan-score' returned score=nan; a score is a finite number or None")
+    assert scores["opaque"]["error"].startswith(
+        "plugin 'sai_garbage_scorer': scorer 'opaque' returned a ScorerOutput that cannot be written to results.jsonl")
     assert scores["crashing"]["error"] == (
         "plugin 'sai_crashing_plugin', scorer 'crashing' crashed: ZeroDivisionError: scorer bug on purpose")
 
