@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import math
+import numbers
 import os
 import threading
 import time
@@ -19,8 +20,6 @@ from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
-
-import numpy as np
 
 from .errors import ConfigError, PluginError
 from .harvest.store import ActivationStore
@@ -307,11 +306,11 @@ def _check_output(out: Any) -> str | None:
     if not isinstance(out, ScorerOutput):
         return f"returned {type(out).__name__}, not a ScorerOutput"
     score = out.score
-    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score)):
+    if score is not None and (isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score)):
         return f"returned score={score!r}; a score is a finite number or None"
     for field in ("n_examples", "n_failed"):
         value = getattr(out, field)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             return f"returned {field}={value!r}; it must be a non-negative integer"
     try:
         json.dumps(out.to_dict(), default=_json_default, allow_nan=False)
