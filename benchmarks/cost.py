@@ -90,7 +90,8 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(sai.embedded.model_dir())
 
     def count(messages: list[dict]) -> int:
-        return len(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return len(tok(text, add_special_tokens=False)["input_ids"])
 
     def count_text(text: str) -> int:
         return len(tok(text, add_special_tokens=False)["input_ids"])
