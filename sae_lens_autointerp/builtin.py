@@ -11,8 +11,14 @@ from .plugin import hookimpl
 @hookimpl
 def sae_autointerp_scorers() -> Mapping[str, Callable[..., Any]]:
     from .scorers import DetectionScorer, FuzzingScorer, IntruderScorer, SimulationScorer
+    from .scorers.embedding import EmbeddingScorer
+    from .scorers.intervention import InterventionScorer
+    from .scorers.surprisal import SurprisalScorer
 
-    return {"detection": DetectionScorer, "fuzzing": FuzzingScorer, "simulation": SimulationScorer, "intruder": IntruderScorer}
+    return {
+        "detection": DetectionScorer, "fuzzing": FuzzingScorer, "simulation": SimulationScorer, "intruder": IntruderScorer,
+        "embedding": EmbeddingScorer, "surprisal": SurprisalScorer, "intervention": InterventionScorer,
+    }
 
 
 @hookimpl
@@ -20,12 +26,15 @@ def sae_autointerp_explainers() -> Mapping[str, Callable[..., Any]]:
     from functools import partial
 
     from .explainers import LLMExplainer, TopTokensExplainer
+    from .explainers.output_side import OutputExplainer
 
     return {
         "default": partial(LLMExplainer, "default"),
         "chain-of-thought": partial(LLMExplainer, "cot"),
         "contrastive": partial(LLMExplainer, "contrastive"),
         "top-tokens": TopTokensExplainer,
+        "output": partial(OutputExplainer, False),
+        "output+examples": partial(OutputExplainer, True),
     }
 
 

@@ -1,0 +1,135 @@
+"""Output-side explainers: explain a latent from what it does to the model's predictions.
+
+Two kinds of evidence, both computed from the model and the SAE (no activating examples needed):
+
+- *promoted tokens*: the tokens ``W_dec[i]`` raises most through the unembedding (direct path,
+  ``W_dec[i] @ W_U``, with the final norm's weight when the model keeps one; see
+  :func:`sae_lens_autointerp.steering.promoted_tokens`). Exact for the last layers, noisy for early ones.
+- *steered tokens* (``steer=True``): the tokens whose next-token probability rises most, on average over the
+  neutral prompts, when the latent is steered with ``alpha`` calibrated to ``target_kl`` (as in intervention
+  scoring). This includes every downstream layer.
+
+``"output"`` shows only these to the LLM; ``"output+examples"`` also shows the activating examples (marked
+``<<like this>>``, as the default explainer does). The answer is parsed like the LLM explainers' (last
+``Explanation:`` line, one retry). Without an LLM (``llm=None``) the explanation is a plain template listing
+the top tokens, which costs nothing and is a floor for the LLM versions; ``use_llm=False`` asks for that
+template always (and lets a run go without an LLM). The torch work is recorded in
+usage under stage ``"explain"`` (model = the subject model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..records import Context, Explanation, template_id
+from ..sampling import LatentSample
+from ..scorers.surprisal import record_usage
+from ..steering import NEUTRAL_PROMPTS, Steerer, model_name, promoted_tokens
+from ..text import active_mask, highlight
+from .llm_explainer import ANSWER_FORMAT, REMINDER, parse_explanation
+
+SYSTEM = (
+    "You study a neuron in a language model. You see what it does to the model's next-token predictions: "
+    "the tokens it makes more likely. Find what these tokens have in common, i.e. what the neuron makes the "
+    "model say."
+)
+SYSTEM_EXAMPLES = (
+    "You study a neuron in a language model. You see the tokens it makes more likely, and text excerpts where "
+    "it fires, with the tokens where it fires marked <<like this>>. Describe what the neuron does, using both."
+)
+
+
+class OutputExplainer:
+    def __init__(
+        self,
+        with_examples: bool = False,
+        *,
+        n_tokens: int = 12,
+        steer: bool = True,
+        target_kl: float = 1.0,
+        kl_tolerance: float = 0.1,
+        prompts: tuple[str, ...] = NEUTRAL_PROMPTS,
+        n_examples: int = 20,
+        highlight_threshold: float = 0.3,
+        max_tokens: int = 60,
+        temperature: float = 0.0,
+        use_llm: bool = True,
+    ) -> None:
+        self.with_examples = with_examples
+        self.needs_llm = self.use_llm = use_llm
+        self.name = "output+examples" if with_examples else "output"
+        self.n_tokens, self.steer = n_tokens, steer
+        self.target_kl, self.kl_tolerance, self.prompts = target_kl, kl_tolerance, tuple(prompts)
+        self.n_examples, self.highlight_threshold = n_examples, highlight_threshold
+        self.max_tokens, self.temperature = max_tokens, temperature
+        self.prompt_id = template_id(SYSTEM, SYSTEM_EXAMPLES, ANSWER_FORMAT, self.name, str(n_tokens), str(steer))
+
+    # ------------------------------------------------------------------ evidence
+
+    def evidence(self, latent: int, ctx: Context) -> dict[str, Any]:
+        """Promoted and steered tokens (ids, strings, scores), the calibration, and the tokens processed."""
+        if ctx.model is None or ctx.sae is None:
+            raise ValueError(f"the {self.name} explainer needs the model and the SAE (pass model= to explain/run)")
+        piece = ctx.renderer.piece
+        out: dict[str, Any] = {"promoted": [], "steered": [], "calibration": None, "tokens_processed": 0}
+        steerer = Steerer(ctx.model, ctx.sae)
+        with steerer.lock:
+            out["promoted"] = [(t, piece(t), s) for t, s in promoted_tokens(ctx.model, ctx.sae, latent, self.n_tokens)]
+            if self.steer:
+                rows = steerer.encode(self.prompts)
+                clean = steerer.log_probs(rows)
+                cal = steerer.calibrate(latent, rows, target_kl=self.target_kl, tolerance=self.kl_tolerance, clean=clean)
+                shift = steerer.probability_shift(rows, latent, cal.alpha, clean=clean)
+                top = shift.topk(self.n_tokens)
+                out["steered"] = [(int(t), piece(int(t)), float(s)) for s, t in zip(top.values, top.indices)]
+                out["calibration"] = cal.to_dict()
+        out["tokens_processed"] = steerer.tokens_processed
+        return out
+
+    def build_messages(self, sample: LatentSample, ctx: Context, evidence: dict[str, Any]) -> list[dict[str, str]]:
+        parts = ["Tokens the neuron promotes most directly (through the unembedding):",
+                 ", ".join(repr(s) for _, s, _ in evidence["promoted"])]
+        if evidence["steered"]:
+            parts += ["", "Tokens whose probability rises most when the neuron is amplified:",
+                      ", ".join(repr(s) for _, s, _ in evidence["steered"])]
+        if self.with_examples:
+            parts += ["", "Examples where the neuron fires:"]
+            for i, example in enumerate(sample.explain[: self.n_examples]):
+                r = ctx.renderer.render(example)
+                parts.append(f"{i + 1}. {highlight(r.tokens, active_mask(r, self.highlight_threshold))}")
+        parts += ["", ANSWER_FORMAT]
+        system = SYSTEM_EXAMPLES if self.with_examples else SYSTEM
+        return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(parts)}]
+
+    @staticmethod
+    def template(evidence: dict[str, Any], n: int = 5) -> str:
+        tokens = evidence["steered"] or evidence["promoted"]
+        words = list(dict.fromkeys(s.strip() for _, s, _ in tokens if s.strip()))[:n]
+        return "makes the model predict " + ", ".join(f'"{w}"' for w in words)
+
+    # ------------------------------------------------------------------ explainer protocol
+
+    async def explain(self, sample: LatentSample, ctx: Context) -> Explanation:
+        evidence = await asyncio.to_thread(self.evidence, sample.latent, ctx)
+        record_usage(ctx, model_name(ctx.model), "explain", sample.latent, evidence["tokens_processed"])
+        shown = tuple(e.token_id for e in sample.explain[: self.n_examples]) if self.with_examples else ()
+        if ctx.llm is None or not self.use_llm:
+            return Explanation(sample.latent, self.template(evidence), self.name, self.prompt_id, shown,
+                               raw=repr({k: evidence[k] for k in ("promoted", "steered")}))
+        messages = self.build_messages(sample, ctx, evidence)
+        raws, error = [], None
+        for attempt in range(2):
+            response = await ctx.llm.chat(messages, max_tokens=self.max_tokens, temperature=self.temperature,
+                                          stage="explain", latent=sample.latent)
+            raws.append(response.text)
+            if response.refused:
+                error = f"refused: {response.refusal or response.finish_reason}"
+            else:
+                text = parse_explanation(response.text)
+                if text is not None:
+                    return Explanation(sample.latent, text, self.name, self.prompt_id, shown, response.text, attempt + 1)
+                error = "no explanation in the answer"
+            messages = [*messages, {"role": "assistant", "content": response.text}, {"role": "user", "content": REMINDER}]
+        return Explanation(sample.latent, "", self.name, self.prompt_id, shown, "\n---\n".join(raws), 2, failed=True,
+                           error=error)

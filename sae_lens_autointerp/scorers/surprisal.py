@@ -1,0 +1,307 @@
+"""Surprisal scoring (Paulo et al. 2024): does the explanation make activating examples easier to predict?
+
+A causal LM (default: the embedded SmolLM2-135M-Instruct through ``transformers``; any Hugging Face causal
+LM by name or path) reads a few-shot prefix of (description, excerpt) pairs that ends with a description
+and ``Excerpt:``, then each test example. Each example's loss (mean next-token NLL over its tokens) is
+computed twice: after a prefix ending in the explanation, and after the same prefix ending in a
+placeholder description that says nothing (``NULL_DESCRIPTION``). The loss reduction
+``loss(without) - loss(with)`` should be larger for activating examples than for non-activating ones.
+
+Score = AUC of the loss reduction, activating vs non-activating (chance 0.5), with a DeLong interval
+(``auc``, ``auc_low``, ``auc_high``, ``chance_auc``). Each prefix is run once and its KV cache reused for
+every example batch (the placeholder prefix's cache is kept across latents); examples are re-tokenized
+with the scorer LM's tokenizer from their text, so any LM works. Torch work runs in a worker thread,
+serialised by a per-model lock. ``metrics`` also has ``tokens_processed`` (tokens through the LM) and
+``tokens_without_cache`` (what recomputing each prefix per example would cost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..metrics import binary_metrics
+from ..records import Context, Explanation, ScorerOutput, template_id
+from ..sampling import LatentSample, latent_rng
+from .common import flat
+
+HEADER = "Each excerpt below comes from a longer text and is preceded by a short description of what it contains.\n\n"
+FEW_SHOT: tuple[tuple[str, str], ...] = (
+    ("mentions of animals", "the farmer fed the horses and the goats before the dog woke up"),
+    ("numbers written with digits", "the invoice lists 14 chairs at 35 dollars each, 490 in total"),
+    ("words about cooking", "stir the onions in butter until soft, then add the garlic and simmer"),
+)
+NULL_DESCRIPTION = "an excerpt"
+ITEM = "Description: {description}\nExcerpt: {text}\n\n"
+QUERY = "Description: {description}\nExcerpt:"
+
+
+# ---------------------------------------------------------------------------------------- scorer LMs
+
+
+@dataclass
+class CausalLM:
+    """A Hugging Face causal LM, its tokenizer, and the lock that serialises its use across threads."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def pad_id(self) -> int:
+        for attr in ("pad_token_id", "eos_token_id"):
+            value = getattr(self.tokenizer, attr, None)
+            if value is not None:
+                return int(value)
+        return 0
+
+
+#: Serialises model loading: transformers' loading patches process-global state (meta-device init, skipped
+#: weight init), so two threads loading at once break each other.
+LOAD_LOCK = threading.Lock()
+
+
+def load_causal_lm(name: str | None = None, device: str = "cpu") -> CausalLM:
+    """``None`` / ``"local"`` / ``"embedded"``: the embedded SmolLM2-135M-Instruct (offline); otherwise any
+    ``transformers`` causal LM name or local path. Loaded once per process, float32, eval mode; thread-safe."""
+    with LOAD_LOCK:
+        return _load_causal_lm(name, device)
+
+
+@lru_cache(maxsize=2)
+def _load_causal_lm(name: str | None, device: str) -> CausalLM:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .. import embedded
+
+    if name in (None, "local", "embedded", embedded.MODEL_NAME):
+        path, label = str(embedded.model_dir()), embedded.MODEL_NAME
+    else:
+        path, label = name, name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    except OSError as exc:
+        raise ConfigError(f"could not load the causal LM {name!r}: {exc}") from exc
+    model.eval()
+    return CausalLM(label, model, tokenizer)
+
+
+def _context_ids(lm: CausalLM, text: str) -> list[int]:
+    """Token ids of a prefix, with the tokenizer's own BOS if it adds one."""
+    return list(lm.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def _piece_ids(lm: CausalLM, text: str, max_tokens: int | None = None) -> list[int]:
+    ids = list(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids[:max_tokens] if max_tokens else ids
+
+
+@torch.no_grad()
+def continuation_logprobs(
+    lm: CausalLM, contexts: Sequence[str], continuations: Sequence[str], batch_size: int = 8
+) -> tuple[list[float], list[int], int]:
+    """``log P(continuation | context)`` (summed over the continuation's tokens) for each pair.
+
+    Returns (log-probabilities, continuation lengths in tokens, tokens processed). Sequences are
+    context ids + continuation ids (tokenized apart, so the boundary is exact), right-padded in batches."""
+    rows = [(_context_ids(lm, c), _piece_ids(lm, x)) for c, x in zip(contexts, continuations)]
+    out: list[float] = []
+    processed = 0
+    with lm.lock:
+        for i in range(0, len(rows), batch_size):
+            batch = rows[i : i + batch_size]
+            seqs = [c + x for c, x in batch]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), lm.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for j, s in enumerate(seqs):
+                ids[j, : len(s)] = torch.tensor(s)
+                mask[j, : len(s)] = 1
+            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits.float()
+            logp = torch.log_softmax(logits, dim=-1)
+            processed += sum(len(s) for s in seqs)
+            for j, (c, x) in enumerate(batch):
+                pos = torch.arange(len(c) - 1, len(c) + len(x) - 1)
+                out.append(float(logp[j, pos, torch.tensor(x)].sum()) if x else 0.0)
+    return out, [len(x) for _, x in rows], processed
+
+
+@dataclass
+class _Prefix:
+    ids: list[int]
+    cache: Any  # the model's past_key_values for the prefix (batch 1)
+    last_logp: torch.Tensor  # [vocab] log-probs of the token after the prefix
+
+
+@torch.no_grad()
+def _run_prefix(lm: CausalLM, text: str) -> _Prefix:
+    ids = _context_ids(lm, text)
+    out = lm.model(input_ids=torch.tensor([ids], device=lm.device), use_cache=True)
+    cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
+    return _Prefix(ids, cache, torch.log_softmax(out.logits[0, -1].float(), dim=-1))
+
+
+def _cache_argument(model: Any) -> str:
+    """transformers >= 5.2x calls the KV-cache argument ``cache``; earlier versions ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@torch.no_grad()
+def example_losses(
+    lm: CausalLM, prefix: _Prefix, texts: Sequence[str], batch_size: int = 16, max_tokens: int = 64
+) -> tuple[list[float], int]:
+    """Mean NLL of each text's tokens after ``prefix``, reusing the prefix's KV cache. Returns (losses,
+    example tokens processed). A text with no tokens gets NaN."""
+    pieces = [_piece_ids(lm, " " + t.strip(), max_tokens) for t in texts]
+    losses: list[float] = []
+    processed = 0
+    p = len(prefix.ids)
+    for i in range(0, len(pieces), batch_size):
+        batch = pieces[i : i + batch_size]
+        width = max(1, max(len(x) for x in batch))
+        ids = torch.full((len(batch), width), lm.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), p + width), dtype=torch.long)
+        mask[:, :p] = 1
+        for j, x in enumerate(batch):
+            if x:
+                ids[j, : len(x)] = torch.tensor(x)
+                mask[j, p : p + len(x)] = 1
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_repeat_interleave(len(batch))
+        out = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=True,
+                       **{_cache_argument(lm.model): cache})
+        logp = torch.log_softmax(out.logits.float(), dim=-1)
+        processed += sum(len(x) for x in batch)
+        for j, x in enumerate(batch):
+            if not x:
+                losses.append(float("nan"))
+                continue
+            first = -float(prefix.last_logp[x[0]])
+            rest = -logp[j, torch.arange(len(x) - 1), torch.tensor(x[1:])] if len(x) > 1 else torch.zeros(0)
+            losses.append((first + float(rest.sum())) / len(x))
+    return losses, processed
+
+
+def record_usage(ctx: Context, model: str, stage: str, latent: int, prompt_tokens: int, completion_tokens: int = 0) -> None:
+    """Count local torch work in the run's usage accounting (when the run has an LLM client)."""
+    if ctx.llm is None or getattr(ctx.llm, "usage", None) is None:
+        return
+    from ..llm.types import Usage
+
+    ctx.llm.usage.record(model, stage, latent, Usage(prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens)))
+
+
+def auc_metrics(labels: Sequence[bool], values: Sequence[float], rng: np.random.Generator) -> dict[str, Any]:
+    """``auc`` / ``auc_low`` / ``auc_high`` / ``chance_auc`` / ``n_pos`` / ``n_neg`` of ``values`` ranking
+    activating above non-activating examples (non-finite values are counted as failed)."""
+    finite = [v is not None and np.isfinite(v) for v in values]
+    m = binary_metrics(labels, [True if ok else None for ok in finite],
+                       [float(v) if ok else None for v, ok in zip(values, finite)], rng=rng)
+    return {**flat("auc", m.auc), "chance_auc": 0.5, "n_pos": m.n_pos, "n_neg": m.n_neg, "notes": "; ".join(
+        n for n in m.notes if n.startswith("auc"))}
+
+
+# ---------------------------------------------------------------------------------------- the scorer
+
+
+class SurprisalScorer:
+    name = "surprisal"
+    needs_explanation = True
+    needs_llm = False  # local torch models only; a run's LLM client, if any, only lends its usage tracker
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: str = "cpu",
+        n_pos: int | None = None,
+        n_neg: int | None = None,
+        batch_size: int = 16,
+        max_example_tokens: int = 64,
+    ) -> None:
+        self.model_name = model
+        self.device = device
+        self.n_pos, self.n_neg = n_pos, n_neg
+        self.batch_size = batch_size
+        self.max_example_tokens = max_example_tokens
+        self.prompt_id = template_id(HEADER, ITEM, QUERY, NULL_DESCRIPTION, *(a + b for a, b in FEW_SHOT))
+        self._null: dict[str, _Prefix] = {}  # scorer LM name -> placeholder prefix (same for every latent)
+
+    @staticmethod
+    def prefix_text(description: str) -> str:
+        shots = "".join(ITEM.format(description=d, text=t) for d, t in FEW_SHOT)
+        return HEADER + shots + QUERY.format(description=description)
+
+    def _losses(self, explanation: str, texts: list[str]) -> dict[str, Any]:
+        lm = load_causal_lm(self.model_name, self.device)
+        with lm.lock:
+            null = self._null.get(lm.name)
+            processed = 0
+            if null is None:
+                null = self._null[lm.name] = _run_prefix(lm, self.prefix_text(NULL_DESCRIPTION))
+                processed += len(null.ids)
+            with_expl = _run_prefix(lm, self.prefix_text(explanation))
+            processed += len(with_expl.ids)
+            loss_with, n1 = example_losses(lm, with_expl, texts, self.batch_size, self.max_example_tokens)
+            loss_without, n2 = example_losses(lm, null, texts, self.batch_size, self.max_example_tokens)
+        processed += n1 + n2
+        without_cache = n1 + n2 + len(texts) * (len(with_expl.ids) + len(null.ids))
+        return {"with": loss_with, "without": loss_without, "tokens_processed": processed,
+                "tokens_without_cache": without_cache, "lm": lm.name}
+
+    async def score(self, sample: LatentSample, explanation: Explanation | None, ctx: Context) -> ScorerOutput:
+        if explanation is None or explanation.failed:
+            raise ValueError("surprisal needs a (non-failed) explanation")
+        start = time.perf_counter()
+        rng = latent_rng(ctx.seed, sample.latent, self.name)
+        pos, neg = list(sample.test_pos), list(sample.test_neg)
+        if self.n_pos is not None:
+            pos = [pos[i] for i in sorted(rng.permutation(len(pos))[: self.n_pos])]
+        if self.n_neg is not None:
+            neg = [neg[i] for i in sorted(rng.permutation(len(neg))[: self.n_neg])]
+        rendered = [ctx.renderer.render(e) for e in pos + neg]
+        labels = [bool(r.label) for r in rendered]
+        res = await asyncio.to_thread(self._losses, explanation.text, [r.text for r in rendered])
+        reduction = [wo - w for w, wo in zip(res["with"], res["without"])]
+        metrics = auc_metrics(labels, reduction, latent_rng(ctx.seed, sample.latent, self.name + "/ci"))
+        record_usage(ctx, res["lm"], self.name, sample.latent, res["tokens_processed"])
+        predictions = [
+            {"token_id": r.token_id, "label": r.label, "quantile": r.quantile, "loss_with": _j(w), "loss_without": _j(wo),
+             "reduction": _j(d), "error": None if np.isfinite(d) else "no tokens"}
+            for r, w, wo, d in zip(rendered, res["with"], res["without"], reduction)
+        ]
+        n_failed = sum(p["error"] is not None for p in predictions)
+        metrics.update({
+            "mean_reduction_pos": _mean([d for d, y in zip(reduction, labels) if y]),
+            "mean_reduction_neg": _mean([d for d, y in zip(reduction, labels) if not y]),
+            "scorer_model": res["lm"], "tokens_processed": res["tokens_processed"], "tokens_generated": 0,
+            "tokens_without_cache": res["tokens_without_cache"], "seconds": round(time.perf_counter() - start, 3),
+        })
+        return ScorerOutput(scorer=self.name, score=metrics["auc"], n_examples=len(rendered), n_failed=n_failed,
+                            metrics=metrics, predictions=predictions, prompt_id=self.prompt_id)
+
+
+def _j(x: float) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _mean(values: list[float]) -> float | None:
+    v = [x for x in values if np.isfinite(x)]
+    return float(np.mean(v)) if v else None
