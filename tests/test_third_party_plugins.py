@@ -224,14 +224,26 @@ result = sae.autointerp.run(model, store=store, latents=latents[:1], explainer="
                             scorers=["detection", "intruder"], llm=ScriptedClient(sensible), sampling=SMALL,
                             out_dir={out_dir!r} + "/b", progress=False)
 out["explained"] = result.records[0]
+# The authoring guide's example plugin (docs/plugins.md), installed like the others: no LLM at all.
+result = sae.score(model, store=store, explanations={{latents[0]: "the keyword def"}}, scorers=["lexical"], llm=None,
+                   sampling=SMALL, out_dir={out_dir!r} + "/c", progress=False)
+out["lexical"] = result.records[0]["scores"]["lexical"]
 """
 
 
-def test_broken_plugins_are_reported_by_name_and_builtins_finish(installed, prepared, tmp_path):
+def docs_example_plugin() -> str:
+    """The complete scorer plugin of docs/plugins.md (the python block between the example-plugin markers)."""
+    text = (REPO / "docs" / "plugins.md").read_text()
+    block = text.split("<!-- example-plugin:start")[1].split("<!-- example-plugin:end -->")[0]
+    return block.split("```python\n")[1].split("```")[0]
+
+
+def test_broken_plugins_are_reported_by_name_and_builtins_finish_and_the_docs_example_works(installed, prepared, tmp_path):
     root = tmp_path / "site"
     root.mkdir()
     for name, source in BROKEN.items():
         make_dist(root, name, source)
+    make_dist(root, "sae_autointerp_lexical", docs_example_plugin())
     out = run_script(RUN_WITH_BROKEN.format(out_dir=str(tmp_path / "runs")), prepared, extra_path=root)
 
     infos = {p["name"]: p for p in out["plugins"]}
@@ -255,6 +267,11 @@ def test_broken_plugins_are_reported_by_name_and_builtins_finish(installed, prep
         "plugin 'sai_garbage_scorer': scorer 'opaque' returned a ScorerOutput that cannot be written to results.jsonl")
     assert scores["crashing"]["error"] == (
         "plugin 'sai_crashing_plugin', scorer 'crashing' crashed: ZeroDivisionError: scorer bug on purpose")
+
+    lexical = out["lexical"]
+    assert lexical["error"] is None and lexical["n_failed"] == 0 and 0 <= lexical["score"] <= 1
+    assert lexical["n_examples"] == len(lexical["predictions"]) == 12
+    assert infos["sae_autointerp_lexical"]["provides"] == {"scorers": ["lexical"]}
 
     explained = out["explained"]
     assert explained["explanation"]["failed"]

@@ -22,6 +22,7 @@ from .formats import iter_neuronpedia, split_neuronpedia_id
 
 class NeuronpediaExplainer:
     name = "neuronpedia"
+    needs_llm = False  # a lookup: no LLM client is created for it
 
     def __init__(self, path: str | os.PathLike[str], *, neuronpedia_id: str | None = None,
                  model_id: str | None = None, source: str | None = None) -> None:
