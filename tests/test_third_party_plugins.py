@@ -5,13 +5,14 @@ entry points exactly as a user's would be):
   ``sae.score`` / ``sae.autointerp.run`` with no import of the plugin in the user's code, and blocking them
   through ``SAE_AUTOINTERP_BLOCK_PLUGINS`` turns the same call into a clear "unknown scorer" error listing
   what is available;
-* deliberately broken plugins (one raises at import, one returns garbage from its hook, scorers return
-  garbage: a dict, a NaN score, metrics that are not JSON; a scorer and an explainer crash) are reported by name while the built-in scorers of the same run
-  finish.
+* deliberately broken plugins (one raises at import, one needs a newer hookspec, one returns garbage from
+  its hook, scorers return garbage: a dict, a NaN score, metrics that are not JSON; a scorer and an explainer
+  crash) are reported by name while the built-in scorers of the same run finish;
+* the complete example plugin of docs/plugins.md installs and scores.
 
 The LLM is tests/scripted_llm.py's FAKE client (bookkeeping only; the plugins' own tests use the real local
-model too). The model is the embedded SmolLM2; the SAE the small random one of tests/conftest.py, saved to disk with
-its harvest once per module (the scripts open both, as a user would reopen a saved SAE and store).
+model too). The model is the embedded SmolLM2; the SAE the small random one of tests/conftest.py, saved to
+disk with its harvest once per module (the scripts open both, as a user reopens a saved SAE and store).
 """
 
 from __future__ import annotations
@@ -151,6 +152,15 @@ def make_dist(root: Path, name: str, source: str) -> None:
 
 BROKEN = {
     "sai_raises_at_import": "raise RuntimeError('this plugin is broken on purpose')\n",
+    "sai_from_the_future": """
+        from sae_lens_autointerp import hookimpl
+
+        SAE_AUTOINTERP_HOOKSPEC_VERSION = 99
+
+        @hookimpl
+        def sae_autointerp_scorers():
+            return {"future": object}
+    """,
     "sai_garbage_hook": """
         from sae_lens_autointerp import hookimpl
 
@@ -249,10 +259,12 @@ def test_broken_plugins_are_reported_by_name_and_builtins_finish_and_the_docs_ex
     infos = {p["name"]: p for p in out["plugins"]}
     assert "broken on purpose" in infos["sai_raises_at_import"]["error"] and infos["sai_raises_at_import"]["version"] == "0.3.0"
     assert "expected a mapping" in infos["sai_garbage_hook"]["error"]
+    assert "needs hookspec version 99" in infos["sai_from_the_future"]["error"]
+    assert infos["sai_from_the_future"]["provides"] == {}
     assert infos["sai_garbage_scorer"]["provides"] == {"scorers": ["garbage", "nan-score", "opaque"]} and infos["sai_garbage_scorer"]["error"] is None
     assert infos["sai_crashing_plugin"]["provides"] == {"scorers": ["crashing"], "explainers": ["crashing-explainer"]}
     assert infos["saebench"]["error"] is None and infos["builtin"]["error"] is None
-    assert {"sai_raises_at_import", "sai_garbage_hook"} <= set(out["failures"])
+    assert {"sai_raises_at_import", "sai_garbage_hook", "sai_from_the_future"} <= set(out["failures"])
     assert not {"builtin", "saebench", "neuronpedia", "sai_garbage_scorer", "sai_crashing_plugin"} & set(out["failures"])
 
     scores = out["scores"]
