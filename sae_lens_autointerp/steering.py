@@ -1,7 +1,8 @@
 """Steer one SAE latent and calibrate the steering strength to a target KL divergence.
 
 Steering latent ``i`` by ``alpha`` adds ``alpha * W_dec[i]`` to the activation at the SAE's hook
-(``sae.cfg.metadata.hook_name``) at every position after BOS. For an SAE whose decoder is affine (every
+(``sae.cfg.metadata.hook_name``; for transcoders the output hook ``hook_name_out``, where the decoder writes)
+at every position after BOS. For an SAE whose decoder is affine (every
 SAELens SAE with ``normalize_activations="none"``) that is exactly "replace the activation by the SAE
 reconstruction with latent ``i`` shifted by ``alpha``, plus the unchanged error term":
 ``x + alpha * W_dec[i] = decode(f + alpha e_i) + (x - decode(f))``. No other latent's contribution changes and
@@ -24,6 +25,7 @@ no KV cache, so it is exact for every TransformerLens model and cheap for the sh
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -106,6 +108,16 @@ class Steerer:
         self.device = self.adapter.device
         self.lock = model_lock(model)
         self.start = 1 if self.spec.prepend_bos else 0  # first steered position (BOS is never steered)
+        # Where the decoder writes: the SAE's own hook, or a transcoder's output hook.
+        self.head_index = self.spec.head_index
+        self.hook_point = self.adapter.hook_point
+        out = sae.cfg.metadata.get("hook_name_out") if hasattr(sae.cfg.metadata, "get") else None
+        if out:
+            resolve = getattr(model, "_resolve_hook_name", None)
+            point = out if out in model.hook_dict or not callable(resolve) else resolve(out)
+            if point not in model.hook_dict:
+                raise ConfigError(f"hook_name_out {out!r} (from sae.cfg.metadata) is not a hook point of this model")
+            self.hook_point, self.head_index = point, None
         self.tokens_processed = 0
         self.tokens_generated = 0
         self.n_forward = 0
@@ -131,8 +143,8 @@ class Steerer:
     def _add(self, act: torch.Tensor, delta: torch.Tensor, start: int) -> torch.Tensor:
         act = act.clone()
         delta = delta.to(device=act.device, dtype=act.dtype)
-        if self.spec.head_index is not None:
-            act[:, start:, self.spec.head_index, :] += delta
+        if self.head_index is not None:
+            act[:, start:, self.head_index, :] += delta
         elif act.ndim == 4:  # a whole-layer SAE reading a per-head hook: heads concatenated
             act[:, start:] += delta.view(act.shape[-2:])
         else:
@@ -149,7 +161,7 @@ class Steerer:
         def steer(act: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001
             return self._add(act, delta, start)
 
-        return [(self.adapter.hook_point, steer)]
+        return [(self.hook_point, steer)]
 
     @contextmanager
     def steering(self, latent: int | None, alpha: float) -> Iterator[None]:
@@ -191,8 +203,9 @@ class Steerer:
             captured.append(act.detach().clone())
             raise _StopForward
 
-        stop = None if self.spec.layer is None else self.spec.layer + 1
-        with self.lock, self.model.hooks(fwd_hooks=[*self.hooks(latent, alpha), (self.adapter.hook_point, capture)]):
+        match = re.search(r"blocks\.(\d+)\.", self.hook_point)
+        stop = int(match.group(1)) + 1 if match else None
+        with self.lock, self.model.hooks(fwd_hooks=[*self.hooks(latent, alpha), (self.hook_point, capture)]):
             try:
                 self.model(ids, return_type=None, stop_at_layer=stop)
             except _StopForward:
@@ -219,8 +232,8 @@ class Steerer:
         norms = []
         for i, r in enumerate(rows):
             a = act[i, self.start : len(r)]
-            if self.spec.head_index is not None:
-                a = a[:, self.spec.head_index]
+            if self.head_index is not None:
+                a = a[:, self.head_index]
             norms.append(a.reshape(a.shape[0], -1).norm(dim=-1))
         return float(torch.cat(norms).mean())
 
@@ -301,15 +314,28 @@ class Steerer:
 
     @torch.no_grad()
     def probability_shift(
-        self, rows: Sequence[Sequence[int]], latent: int, alpha: float, clean: Sequence[torch.Tensor] | None = None
+        self,
+        rows: Sequence[Sequence[int]],
+        latent: int,
+        alpha: float,
+        clean: Sequence[torch.Tensor] | None = None,
+        measure: str = "log_ratio",
+        eps: float = 1e-6,
     ) -> torch.Tensor:
-        """Mean rise in next-token probability over steered positions, ``[vocab]`` (steered minus clean)."""
+        """How much steering raises each token's next-token probability over the steered positions, ``[vocab]``.
+
+        ``"log_ratio"`` (default): ``log(mean steered prob + eps) - log(mean clean prob + eps)``, which finds
+        the tokens steering makes specifically likelier (``eps`` keeps never-seen tokens from dominating);
+        ``"difference"``: mean steered minus mean clean probability, which favours frequent tokens."""
+        if measure not in ("log_ratio", "difference"):
+            raise ConfigError(f"measure must be 'log_ratio' or 'difference', got {measure!r}")
         with self.lock:
             if clean is None:
                 clean = self.log_probs(rows)
             steered = self.log_probs(rows, latent, alpha)
-        diffs = [(q[self.start :].exp() - p[self.start :].exp()) for p, q in zip(clean, steered)]
-        return torch.cat(diffs).mean(0)
+        p = torch.cat([x[self.start :] for x in clean]).exp().mean(0)
+        q = torch.cat([x[self.start :] for x in steered]).exp().mean(0)
+        return torch.log(q + eps) - torch.log(p + eps) if measure == "log_ratio" else q - p
 
 
 def final_norm_weight(model: Any) -> torch.Tensor | None:

@@ -94,7 +94,7 @@ def test_surprisal_kv_cache_reuse_is_exact():
         assert loss == pytest.approx(float(direct), abs=1e-4)
 
 
-@pytest.mark.parametrize("which", ["bridge", "hooked"])
+@pytest.mark.parametrize("which", ["bridge", "hooked", "transcoder"])
 def test_steering_changes_only_the_chosen_latent(which, bridge_model, embedded_sae, hooked_model):
     """Steered minus clean activation at the hook is alpha * W_dec[i] at every steered position (none at BOS),
     i.e. the SAE reconstruction with latent i shifted by alpha, plus the unchanged error term."""
@@ -102,8 +102,15 @@ def test_steering_changes_only_the_chosen_latent(which, bridge_model, embedded_s
 
     if which == "bridge":
         model, sae, latent = bridge_model, embedded_sae, 7
-    else:
+    elif which == "hooked":
         model, sae, latent = hooked_model, make_sae(64, 32, hook="blocks.1.hook_resid_post", seed=3), 5
+    else:  # a transcoder writes to its output hook
+        from sae_lens.saes import Transcoder, TranscoderConfig
+        from sae_lens.saes.sae import SAEMetadata
+
+        model, latent = hooked_model, 2
+        sae = Transcoder(TranscoderConfig(d_in=64, d_sae=16, d_out=64, apply_b_dec_to_input=False, metadata=SAEMetadata(
+            hook_name="blocks.1.hook_resid_mid", hook_name_out="blocks.1.hook_mlp_out", prepend_bos=True)))
     steerer = Steerer(model, sae)
     rows = steerer.encode(NEUTRAL_PROMPTS[:3])
     alpha = 3.5
@@ -114,15 +121,16 @@ def test_steering_changes_only_the_chosen_latent(which, bridge_model, embedded_s
         diff = steered[i, : len(r)] - clean[i, : len(r)]
         assert torch.count_nonzero(diff[0]) == 0  # BOS is never steered
         torch.testing.assert_close(diff[1:], (alpha * w).expand(len(r) - 1, -1), atol=1e-4, rtol=1e-4)
-    # The same statement in SAE terms: decode(f + alpha e_i) + (x - decode(f)), with f = encode(x).
-    x = clean[:, 1:]
-    with torch.no_grad():
-        f = sae.encode(x)
-        shifted = f.clone()
-        shifted[..., latent] += alpha
-        expected = sae.decode(shifted) + (x - sae.decode(f))
-    for i, r in enumerate(rows):
-        torch.testing.assert_close(steered[i, 1 : len(r)], expected[i, : len(r) - 1], atol=1e-3, rtol=1e-4)
+    if which != "transcoder":
+        # The same statement in SAE terms: decode(f + alpha e_i) + (x - decode(f)), with f = encode(x).
+        x = clean[:, 1:]
+        with torch.no_grad():
+            f = sae.encode(x)
+            shifted = f.clone()
+            shifted[..., latent] += alpha
+            expected = sae.decode(shifted) + (x - sae.decode(f))
+        for i, r in enumerate(rows):
+            torch.testing.assert_close(steered[i, 1 : len(r)], expected[i, : len(r) - 1], atol=1e-3, rtol=1e-4)
     # and the steering reaches the output
     lp_clean, lp_steered = steerer.log_probs(rows), steerer.log_probs(rows, latent, alpha)
     assert torch.equal(lp_clean[0][0], lp_steered[0][0]) and not torch.allclose(lp_clean[0][1:], lp_steered[0][1:])

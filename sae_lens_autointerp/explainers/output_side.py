@@ -5,14 +5,15 @@ Two kinds of evidence, both computed from the model and the SAE (no activating e
 - *promoted tokens*: the tokens ``W_dec[i]`` raises most through the unembedding (direct path,
   ``W_dec[i] @ W_U``, with the final norm's weight when the model keeps one; see
   :func:`sae_lens_autointerp.steering.promoted_tokens`). Exact for the last layers, noisy for early ones.
-- *steered tokens* (``steer=True``): the tokens whose next-token probability rises most, on average over the
-  neutral prompts, when the latent is steered with ``alpha`` calibrated to ``target_kl`` (as in intervention
-  scoring). This includes every downstream layer.
+- *steered tokens* (``steer=True``): the tokens whose next-token probability rises most, relative to the
+  clean model (log ratio of the mean probabilities over the neutral prompts' positions, see
+  :meth:`~sae_lens_autointerp.steering.Steerer.probability_shift`), when the latent is steered with ``alpha``
+  calibrated to ``target_kl`` (as in intervention scoring). This includes every downstream layer.
 
 ``"output"`` shows only these to the LLM; ``"output+examples"`` also shows the activating examples (marked
 ``<<like this>>``, as the default explainer does). The answer is parsed like the LLM explainers' (last
 ``Explanation:`` line, one retry). Without an LLM (``llm=None``) the explanation is a plain template listing
-the top tokens, which costs nothing and is a floor for the LLM versions; ``use_llm=False`` asks for that
+the top promoted tokens, which costs nothing and is a floor for the LLM versions; ``use_llm=False`` asks for that
 template always (and lets a run go without an LLM). The torch work is recorded in
 usage under stage ``"explain"`` (model = the subject model).
 """
@@ -91,7 +92,7 @@ class OutputExplainer:
         parts = ["Tokens the neuron promotes most directly (through the unembedding):",
                  ", ".join(repr(s) for _, s, _ in evidence["promoted"])]
         if evidence["steered"]:
-            parts += ["", "Tokens whose probability rises most when the neuron is amplified:",
+            parts += ["", "Tokens whose probability rises most (relative to before) when the neuron is amplified:",
                       ", ".join(repr(s) for _, s, _ in evidence["steered"])]
         if self.with_examples:
             parts += ["", "Examples where the neuron fires:"]
@@ -104,7 +105,7 @@ class OutputExplainer:
 
     @staticmethod
     def template(evidence: dict[str, Any], n: int = 5) -> str:
-        tokens = evidence["steered"] or evidence["promoted"]
+        tokens = evidence["promoted"] or evidence["steered"]
         words = list(dict.fromkeys(s.strip() for _, s, _ in tokens if s.strip()))[:n]
         return "makes the model predict " + ", ".join(f'"{w}"' for w in words)
 
