@@ -104,9 +104,9 @@ def main() -> None:
         before = client.usage.by_latent()
         per_latent = []
         for lat in latents:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = asyncio.run(call(lat))
-            seconds = time.perf_counter() - t0
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
             after = client.usage.by_latent()
             tot = after.get((stage, lat))
             prev = before.get((stage, lat))
@@ -115,18 +115,20 @@ def main() -> None:
             before = after
             score = getattr(out, "score", None)
             shown = f"{score:.3f}" if isinstance(score, float) else repr(getattr(out, "text", ""))[:40]
-            per_latent.append((lat, seconds, prompt, completion, shown))
+            per_latent.append((lat, seconds, prompt, completion, shown, cpu))
         rows.append((name, load, per_latent))
 
     print(f"stack={args.stack}, latents {latents}, {args.n_test}+{args.n_test} test examples per latent, "
           f"torch threads {torch.get_num_threads()}, llm={args.llm}")
-    print(f"{'scorer':<16}{'load+1st s':>11}{'s/latent':>10}{'prompt tok':>12}{'gen tok':>9}   per latent (score)")
+    print(f"{'scorer':<16}{'load+1st s':>11}{'s/latent':>10}{'cpu s':>8}{'prompt tok':>12}{'gen tok':>9}   per latent (score)")
     for name, load, per in rows:
         sec = statistics.mean(p[1] for p in per)
+        cpu = statistics.mean(p[5] for p in per)
         prompt = statistics.mean(p[2] for p in per)
         completion = statistics.mean(p[3] for p in per)
-        detail = ", ".join(f"{lat}: {s:.1f}s {shown}" for lat, s, _, _, shown in per)
-        print(f"{name:<16}{load:>11.1f}{sec:>10.1f}{prompt:>12.0f}{completion:>9.0f}   {detail}")
+        detail = ", ".join(f"{lat}: {s:.1f}s {shown}" for lat, s, _, _, shown, _ in per)
+        print(f"{name:<16}{load:>11.1f}{sec:>10.1f}{cpu:>8.1f}{prompt:>12.0f}{completion:>9.0f}   {detail}")
+    print("s/latent = wall seconds, cpu s = process CPU seconds (all threads; on a shared machine wall time grows, CPU less).")
     print("prompt tok = tokens run through a model (embedder / scorer LM / steered subject model); gen tok = generated.")
     print("intervention: the clean continuations are generated once per scorer (paid in the warm-up) and reused.")
 

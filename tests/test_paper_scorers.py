@@ -198,7 +198,7 @@ def test_output_side_explainers(planted, planted_store, bridge_model):
     offline = get_registry().create("explainers", "output", steer=False)
     ctx = Context(llm=None, renderer=renderer, store=planted_store, sae=planted.sae, model=bridge_model)
     expl = asyncio.run(offline.explain(sample, ctx))
-    assert expl.explainer == "output" and not expl.failed and expl.text.startswith("makes the model predict")
+    assert expl.explainer == "output" and not expl.failed and expl.text.startswith("promotes the tokens")
     assert sum(m in expl.text for m in ("January", "March", "May", "June", "July", "August")) >= 3
 
     client = ScriptedClient(lambda request: "Explanation: months of the year")

@@ -107,7 +107,7 @@ class OutputExplainer:
     def template(evidence: dict[str, Any], n: int = 5) -> str:
         tokens = evidence["promoted"] or evidence["steered"]
         words = list(dict.fromkeys(s.strip() for _, s, _ in tokens if s.strip()))[:n]
-        return "makes the model predict " + ", ".join(f'"{w}"' for w in words)
+        return "promotes the tokens " + ", ".join(f'"{w}"' for w in words)
 
     # ------------------------------------------------------------------ explainer protocol
 

@@ -134,12 +134,15 @@ def continuation_logprobs(
             for j, s in enumerate(seqs):
                 ids[j, : len(s)] = torch.tensor(s)
                 mask[j, : len(s)] = 1
-            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits.float()
-            logp = torch.log_softmax(logits, dim=-1)
+            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits
             processed += sum(len(s) for s in seqs)
             for j, (c, x) in enumerate(batch):
-                pos = torch.arange(len(c) - 1, len(c) + len(x) - 1)
-                out.append(float(logp[j, pos, torch.tensor(x)].sum()) if x else 0.0)
+                if not x:
+                    out.append(0.0)
+                    continue
+                span = logits[j, len(c) - 1 : len(c) + len(x) - 1].float()
+                target = span.gather(-1, torch.tensor(x, device=span.device).unsqueeze(-1)).squeeze(-1)
+                out.append(float((target - torch.logsumexp(span, -1)).sum()))
     return out, [len(x) for _, x in rows], processed
 
 
@@ -168,34 +171,33 @@ def example_losses(
     lm: CausalLM, prefix: _Prefix, texts: Sequence[str], batch_size: int = 16, max_tokens: int = 64
 ) -> tuple[list[float], int]:
     """Mean NLL of each text's tokens after ``prefix``, reusing the prefix's KV cache. Returns (losses,
-    example tokens processed). A text with no tokens gets NaN."""
+    example tokens processed). A text with no tokens gets NaN. Texts are batched by length (less padding)."""
     pieces = [_piece_ids(lm, " " + t.strip(), max_tokens) for t in texts]
-    losses: list[float] = []
+    losses: list[float] = [float("nan")] * len(pieces)
     processed = 0
     p = len(prefix.ids)
-    for i in range(0, len(pieces), batch_size):
-        batch = pieces[i : i + batch_size]
-        width = max(1, max(len(x) for x in batch))
+    order = [i for i in sorted(range(len(pieces)), key=lambda i: len(pieces[i])) if pieces[i]]
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        batch = [pieces[i] for i in index]
+        width = max(len(x) for x in batch)
         ids = torch.full((len(batch), width), lm.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), p + width), dtype=torch.long)
         mask[:, :p] = 1
         for j, x in enumerate(batch):
-            if x:
-                ids[j, : len(x)] = torch.tensor(x)
-                mask[j, p : p + len(x)] = 1
+            ids[j, : len(x)] = torch.tensor(x)
+            mask[j, p : p + len(x)] = 1
         cache = copy.deepcopy(prefix.cache)
         cache.batch_repeat_interleave(len(batch))
         out = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=True,
                        **{_cache_argument(lm.model): cache})
-        logp = torch.log_softmax(out.logits.float(), dim=-1)
+        # NLL of token t+1 at position t: logsumexp - target logit (no [batch, seq, vocab] log-softmax copy)
+        logits = out.logits[:, :-1].float()
+        nll = torch.logsumexp(logits, -1) - logits.gather(-1, ids[:, 1:].unsqueeze(-1).to(logits.device)).squeeze(-1)
         processed += sum(len(x) for x in batch)
-        for j, x in enumerate(batch):
-            if not x:
-                losses.append(float("nan"))
-                continue
+        for j, (i, x) in enumerate(zip(index, batch)):
             first = -float(prefix.last_logp[x[0]])
-            rest = -logp[j, torch.arange(len(x) - 1), torch.tensor(x[1:])] if len(x) > 1 else torch.zeros(0)
-            losses.append((first + float(rest.sum())) / len(x))
+            losses[i] = (first + float(nll[j, : len(x) - 1].sum())) / len(x)
     return losses, processed
 
 
