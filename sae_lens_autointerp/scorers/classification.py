@@ -29,7 +29,7 @@ from ..sampling import LatentSample, latent_rng
 from ..text import active_mask, highlight
 from .common import digit_probabilities, parse_binary_list
 
-SYSTEM = "You check text excerpts against a description of what a neuron in a language model detects."
+SYSTEM = "Judge excerpts against a neuron description."  # short: it is sent with every example
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def _finite(x: float) -> float | None:
 
 class DetectionScorer(ClassificationScorer):
     name = "detection"
-    question_one = "Does the neuron fire somewhere in this excerpt? Answer 1 for yes or 0 for no.\nAnswer:"
+    question_one = "Does the neuron fire in this excerpt? Answer 1 for yes or 0 for no.\nAnswer:"
     question_many = (
         "For each excerpt, does the neuron fire somewhere in it? Reply with only a list of {n} digits, "
         "1 for yes and 0 for no, like [1, 0, 1]."
@@ -172,7 +172,7 @@ class DetectionScorer(ClassificationScorer):
 class FuzzingScorer(ClassificationScorer):
     name = "fuzzing"
     question_one = (
-        "Some tokens are marked <<like this>>. Are the marked tokens what the description is about? "
+        "Some tokens are marked <<like this>>. Do the marked tokens fit the description? "
         "Answer 1 for yes or 0 for no.\nAnswer:"
     )
     question_many = (
