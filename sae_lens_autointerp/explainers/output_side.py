@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ..errors import ConfigError
 from ..records import Context, Explanation, template_id
 from ..sampling import LatentSample
 from ..scorers.surprisal import record_usage
@@ -76,7 +77,10 @@ class OutputExplainer:
         out: dict[str, Any] = {"promoted": [], "steered": [], "calibration": None, "tokens_processed": 0}
         steerer = Steerer(ctx.model, ctx.sae)
         with steerer.lock:
-            out["promoted"] = [(t, piece(t), s) for t, s in promoted_tokens(ctx.model, ctx.sae, latent, self.n_tokens)]
+            try:
+                out["promoted"] = [(t, piece(t), s) for t, s in promoted_tokens(ctx.model, ctx.sae, latent, self.n_tokens)]
+            except ConfigError as exc:  # e.g. a per-head SAE: no direct path to the logits; steering still works
+                out["promoted_error"] = str(exc)
             if self.steer:
                 rows = steerer.encode(self.prompts)
                 clean = steerer.log_probs(rows)
@@ -89,8 +93,10 @@ class OutputExplainer:
         return out
 
     def build_messages(self, sample: LatentSample, ctx: Context, evidence: dict[str, Any]) -> list[dict[str, str]]:
-        parts = ["Tokens the neuron promotes most directly (through the unembedding):",
-                 ", ".join(repr(s) for _, s, _ in evidence["promoted"])]
+        parts: list[str] = []
+        if evidence["promoted"]:
+            parts += ["Tokens the neuron promotes most directly (through the unembedding):",
+                      ", ".join(repr(s) for _, s, _ in evidence["promoted"])]
         if evidence["steered"]:
             parts += ["", "Tokens whose probability rises most (relative to before) when the neuron is amplified:",
                       ", ".join(repr(s) for _, s, _ in evidence["steered"])]
@@ -115,6 +121,9 @@ class OutputExplainer:
         evidence = await asyncio.to_thread(self.evidence, sample.latent, ctx)
         record_usage(ctx, model_name(ctx.model), "explain", sample.latent, evidence["tokens_processed"])
         shown = tuple(e.token_id for e in sample.explain[: self.n_examples]) if self.with_examples else ()
+        if not evidence["promoted"] and not evidence["steered"]:
+            why = evidence.get("promoted_error") or "no output-side evidence (steer=False)"
+            return Explanation(sample.latent, "", self.name, self.prompt_id, shown, failed=True, error=why)
         if ctx.llm is None or not self.use_llm:
             return Explanation(sample.latent, self.template(evidence), self.name, self.prompt_id, shown,
                                raw=repr({k: evidence[k] for k in ("promoted", "steered")}))

@@ -202,12 +202,16 @@ def example_losses(
 
 
 def record_usage(ctx: Context, model: str, stage: str, latent: int, prompt_tokens: int, completion_tokens: int = 0) -> None:
-    """Count local torch work in the run's usage accounting (when the run has an LLM client)."""
-    if ctx.llm is None or getattr(ctx.llm, "usage", None) is None:
+    """Count local torch work in the run's usage accounting: the LLM client's tracker, else a ``usage``
+    tracker on the context (if the pipeline gives one); without either the counts live in the metrics only."""
+    tracker = getattr(ctx.llm, "usage", None) if ctx.llm is not None else None
+    if tracker is None:
+        tracker = getattr(ctx, "usage", None)
+    if tracker is None:
         return
     from ..llm.types import Usage
 
-    ctx.llm.usage.record(model, stage, latent, Usage(prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens)))
+    tracker.record(model, stage, latent, Usage(prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens)))
 
 
 def auc_metrics(labels: Sequence[bool], values: Sequence[float], rng: np.random.Generator) -> dict[str, Any]:
