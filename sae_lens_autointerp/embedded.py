@@ -223,7 +223,9 @@ def _compiled_sections(module_name: str) -> list[str]:
     for name in sorted(vars(module)):
         if name.startswith("__"):
             continue
-        obj = vars(module)[name]
+        # sys keeps the originals of hooks that tools replace at run time (pytest swaps sys.unraisablehook):
+        # prefer sys.__unraisablehook__ & co so the corpus does not depend on who imported it.
+        obj = vars(module).get(f"__{name}__", vars(module)[name])
         # Only objects defined here (not re-exports, nor names an interactive shell injected into builtins).
         owner = getattr(obj, "__module__", None)
         own = owner == module_name or (owner is None and module_name != "builtins")
