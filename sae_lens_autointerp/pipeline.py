@@ -166,7 +166,8 @@ def run(
     tokenizer = getattr(model, "tokenizer", None) if model is not None else None
     if tokenizer is None:
         raise ConfigError("pass model= (its tokenizer renders the examples)")
-    ctx = Context(llm=client, renderer=Renderer(tokenizer), store=store, seed=seed, sae=sae, model=model)
+    tracker = client.usage if client is not None else usage
+    ctx = Context(llm=client, renderer=Renderer(tokenizer), store=store, seed=seed, sae=sae, model=model, usage=tracker)
     (folder / "run.json").write_text(json.dumps({
         "run_key": run_key, "store": str(store.path), "explainer": explainer, "scorers": scorer_names,
         "sampling": asdict(sampling_cfg), "llm": llm_name, "seed": seed,
@@ -180,7 +181,7 @@ def run(
     finally:
         if client is not None and own_client:
             run_sync(client.aclose())
-    summary = (client.usage if client is not None else usage).summary()
+    summary = tracker.summary()
     (folder / "usage.json").write_text(json.dumps(summary, indent=1, default=str))
     return ScoreResult(records=records, path=folder / "results.jsonl", usage=summary, stopped=stopped)
 
@@ -255,9 +256,8 @@ class _Runner:
             scores[name] = (await self._score(name, scorer, sample, explanation)).to_dict()
         record["scores"] = scores
         record["usage"] = {
-            stage: totals.as_dict()
-            for (stage, lat), totals in self.ctx.llm.usage.by_latent().items() if lat == latent
-        } if self.ctx.llm is not None else {}
+            stage: totals.as_dict() for (stage, lat), totals in self.ctx.usage.by_latent().items() if lat == latent
+        }
         record["seconds"] = round(time.perf_counter() - start, 3)
         return record
 

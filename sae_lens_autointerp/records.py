@@ -74,6 +74,7 @@ class Context:
     seed: int = 0
     sae: Any = None
     model: Any = None
+    usage: Any = None  # the run's UsageTracker (the LLM client's, or the run's own when there is no client)
 
 
 @runtime_checkable

@@ -130,7 +130,7 @@ def records_table(records: list[dict[str, Any]]) -> pd.DataFrame:
 def _interval(out: dict[str, Any]) -> tuple[Any, Any, Any]:
     """(low, high, chance) of a scorer's headline metric (flat keys: NAME, NAME_low, NAME_high, chance_NAME)."""
     m = out.get("metrics") or {}
-    for key in ("balanced_accuracy", "pearson", "accuracy"):
+    for key in ("balanced_accuracy", "pearson", "accuracy", "auc", "mean_diff"):
         if f"{key}_low" in m:
             return m[f"{key}_low"], m.get(f"{key}_high"), m.get(f"chance_{key}")
     return None, None, None
