@@ -110,20 +110,28 @@ class LLMExplainer:
             raise ValueError(f"the {self.name} explainer needs an LLM (llm=...)")
         messages = self.build_messages(sample, ctx)
         shown = tuple(e.token_id for e in sample.explain)
-        raws = []
-        for attempt in range(2):
-            response = await ctx.llm.chat(
-                messages, max_tokens=self.max_tokens, temperature=self.temperature, stage="explain", latent=sample.latent
-            )
-            raws.append(response.text)
-            if response.refused:
-                error = f"refused: {response.refusal or response.finish_reason}"
-            else:
-                text = parse_explanation(response.text)
-                if text is not None:
-                    return Explanation(sample.latent, text, self.name, self.prompt_id, shown, response.text, attempt + 1)
-                error = "no explanation in the answer"
-            messages = [*messages, {"role": "assistant", "content": response.text}, {"role": "user", "content": REMINDER}]
-        return Explanation(
-            sample.latent, "", self.name, self.prompt_id, shown, "\n---\n".join(raws), 2, failed=True, error=error
-        )
+        return await ask_for_explanation(ctx, messages, sample.latent, self.name, self.prompt_id, shown,
+                                         max_tokens=self.max_tokens, temperature=self.temperature)
+
+
+async def ask_for_explanation(ctx: Context, messages: list[dict[str, str]], latent: int, explainer: str,
+                              prompt_id: str, shown: tuple[int, ...], *, max_tokens: int,
+                              temperature: float) -> Explanation:
+    """Ask ``ctx.llm``; an answer without an explanation is retried once with a reminder, then recorded as a
+    failed explanation (never scored). Refusals count as failures too."""
+    assert ctx.llm is not None
+    raws: list[str] = []
+    error = None
+    for attempt in range(2):
+        response = await ctx.llm.chat(messages, max_tokens=max_tokens, temperature=temperature, stage="explain",
+                                      latent=latent)
+        raws.append(response.text)
+        if response.refused:
+            error = f"refused: {response.refusal or response.finish_reason}"
+        else:
+            text = parse_explanation(response.text)
+            if text is not None:
+                return Explanation(latent, text, explainer, prompt_id, shown, response.text, attempt + 1)
+            error = "no explanation in the answer"
+        messages = [*messages, {"role": "assistant", "content": response.text}, {"role": "user", "content": REMINDER}]
+    return Explanation(latent, "", explainer, prompt_id, shown, "\n---\n".join(raws), 2, failed=True, error=error)

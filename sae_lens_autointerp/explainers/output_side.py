@@ -29,7 +29,7 @@ from ..sampling import LatentSample
 from ..scorers.surprisal import record_usage
 from ..steering import NEUTRAL_PROMPTS, Steerer, model_name, promoted_tokens
 from ..text import active_mask, highlight
-from .llm_explainer import ANSWER_FORMAT, REMINDER, parse_explanation
+from .llm_explainer import ANSWER_FORMAT, ask_for_explanation
 
 SYSTEM = (
     "You study a neuron in a language model. You see what it does to the model's next-token predictions: "
@@ -128,18 +128,5 @@ class OutputExplainer:
             return Explanation(sample.latent, self.template(evidence), self.name, self.prompt_id, shown,
                                raw=repr({k: evidence[k] for k in ("promoted", "steered")}))
         messages = self.build_messages(sample, ctx, evidence)
-        raws, error = [], None
-        for attempt in range(2):
-            response = await ctx.llm.chat(messages, max_tokens=self.max_tokens, temperature=self.temperature,
-                                          stage="explain", latent=sample.latent)
-            raws.append(response.text)
-            if response.refused:
-                error = f"refused: {response.refusal or response.finish_reason}"
-            else:
-                text = parse_explanation(response.text)
-                if text is not None:
-                    return Explanation(sample.latent, text, self.name, self.prompt_id, shown, response.text, attempt + 1)
-                error = "no explanation in the answer"
-            messages = [*messages, {"role": "assistant", "content": response.text}, {"role": "user", "content": REMINDER}]
-        return Explanation(sample.latent, "", self.name, self.prompt_id, shown, "\n---\n".join(raws), 2, failed=True,
-                           error=error)
+        return await ask_for_explanation(ctx, messages, sample.latent, self.name, self.prompt_id, shown,
+                                         max_tokens=self.max_tokens, temperature=self.temperature)

@@ -6,6 +6,8 @@ import math
 import re
 from collections.abc import Sequence
 
+import numpy as np
+
 from ..llm.types import TokenLogprob
 from ..metrics import Estimate
 
@@ -66,3 +68,11 @@ def flat(name: str, estimate: Estimate) -> dict[str, float | None]:
     """``{name: value, name_low: .., name_high: ..}``, JSON-safe, like ``BinaryMetrics.to_dict``."""
     d = estimate.to_dict()
     return {name: d["value"], f"{name}_low": d["low"], f"{name}_high": d["high"]}
+
+
+def subsample(examples, n: int | None, rng: np.random.Generator) -> list:  # type: ignore[no-untyped-def]
+    """``n`` of ``examples`` drawn without replacement, kept in their original order (all when n is None)."""
+    examples = list(examples)
+    if n is None:
+        return examples
+    return [examples[i] for i in sorted(rng.permutation(len(examples))[:n])]

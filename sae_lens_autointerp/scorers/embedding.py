@@ -22,6 +22,7 @@ import numpy as np
 from ..embedders import DEFAULT_EMBEDDER, embed, load_embedder
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
+from .common import subsample
 from .surprisal import LOAD_LOCK, auc_metrics, record_usage
 
 
@@ -69,11 +70,7 @@ class EmbeddingScorer:
             raise ValueError("embedding needs a (non-failed) explanation")
         start = time.perf_counter()
         rng = latent_rng(ctx.seed, sample.latent, self.name)
-        pos, neg = list(sample.test_pos), list(sample.test_neg)
-        if self.n_pos is not None:
-            pos = [pos[i] for i in sorted(rng.permutation(len(pos))[: self.n_pos])]
-        if self.n_neg is not None:
-            neg = [neg[i] for i in sorted(rng.permutation(len(neg))[: self.n_neg])]
+        pos, neg = subsample(sample.test_pos, self.n_pos, rng), subsample(sample.test_neg, self.n_neg, rng)
         rendered = [ctx.renderer.render(e) for e in pos + neg]
         labels = [bool(r.label) for r in rendered]
         sims, tokens = await asyncio.to_thread(self._similarities, explanation.text, [r.text for r in rendered])

@@ -18,10 +18,9 @@ import numpy as np
 
 from ..llm.errors import BudgetExceeded
 from ..metrics import correlation
-from .common import flat
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
-from .common import parse_int_list
+from .common import flat, parse_int_list, subsample
 
 SYSTEM = "You predict, token by token, how strongly a neuron in a language model fires, from a description of it."
 QUESTION = (
@@ -62,8 +61,7 @@ class SimulationScorer:
         if explanation is None or explanation.failed:
             raise ValueError("simulation needs a (non-failed) explanation")
         rng = latent_rng(ctx.seed, sample.latent, self.name)
-        pos = [sample.test_pos[i] for i in sorted(rng.permutation(len(sample.test_pos))[: self.n_pos])]
-        neg = [sample.test_neg[i] for i in sorted(rng.permutation(len(sample.test_neg))[: self.n_neg])]
+        pos, neg = subsample(sample.test_pos, self.n_pos, rng), subsample(sample.test_neg, self.n_neg, rng)
         rendered = [ctx.renderer.render(e) for e in pos + neg]
         gate = asyncio.Semaphore(self.concurrency)
 

@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from ..metrics import binary_metrics
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
-from .common import flat
+from .common import flat, subsample
 
 HEADER = "Each excerpt below comes from a longer text and is preceded by a short description of what it contains.\n\n"
 FEW_SHOT: tuple[tuple[str, str], ...] = (
@@ -277,11 +277,7 @@ class SurprisalScorer:
             raise ValueError("surprisal needs a (non-failed) explanation")
         start = time.perf_counter()
         rng = latent_rng(ctx.seed, sample.latent, self.name)
-        pos, neg = list(sample.test_pos), list(sample.test_neg)
-        if self.n_pos is not None:
-            pos = [pos[i] for i in sorted(rng.permutation(len(pos))[: self.n_pos])]
-        if self.n_neg is not None:
-            neg = [neg[i] for i in sorted(rng.permutation(len(neg))[: self.n_neg])]
+        pos, neg = subsample(sample.test_pos, self.n_pos, rng), subsample(sample.test_neg, self.n_neg, rng)
         rendered = [ctx.renderer.render(e) for e in pos + neg]
         labels = [bool(r.label) for r in rendered]
         res = await asyncio.to_thread(self._losses, explanation.text, [r.text for r in rendered])
