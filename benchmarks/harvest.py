@@ -7,7 +7,11 @@
    Reported as tokens/s and the ratio ours / baseline (goal >= 0.85).
 2. Memory: peak RSS of a fresh process harvesting N and 4N tokens (goal: <= 10% growth).
 
-Run:  python benchmarks/harvest.py [--n-tokens 32768] [--d-sae 16384] [--repeats 2]
+3. With --delphi: delphi's ``LatentCache`` (PyPI eai-delphi, installed with --no-deps into a throwaway
+   folder, never copied) on the same HF model weights, SAE and tokens, in a fresh process: tokens/s and
+   peak RSS at N and 4N tokens. (delphi runs the whole model and keeps every non-zero activation.)
+
+Run:  python benchmarks/harvest.py [--n-tokens 32768] [--d-sae 16384] [--repeats 2] [--delphi]
 Model: the embedded SmolLM2-135M (TransformerBridge); SAE: the embedded SAE, or with --d-sae a random
 SAELens StandardSAE of that width on the same hook (wider SAEs stress the statistics more).
 """
@@ -99,6 +103,46 @@ def child_rss(n_tokens: int, d_sae: int | None, ctx: int, batch: int) -> None:
     print(json.dumps({"tokens": tokens.numel(), "rss_before_mib": before / 1024, "peak_rss_mib": after / 1024}))
 
 
+def load_delphi_cache():  # type: ignore[no-untyped-def]
+    """delphi's LatentCache from a --no-deps install, without its heavy package __init__s."""
+    import importlib
+    import logging
+    import types
+    from pathlib import Path
+
+    root = Path.home() / ".cache/sae-lens-autointerp/delphi"
+    if not (root / "delphi").is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(root), "eai-delphi"], check=True)
+    sys.path.insert(0, str(root))
+    for pkg in ("delphi", "delphi.latents"):
+        mod = types.ModuleType(pkg)
+        mod.__path__ = [str(root / pkg.replace(".", "/"))]
+        sys.modules[pkg] = mod
+    sys.modules["delphi"].logger = logging.getLogger("delphi")  # type: ignore[attr-defined]
+    return importlib.import_module("delphi.latents.cache").LatentCache
+
+
+def child_delphi(n_tokens: int, d_sae: int | None, ctx: int, batch: int) -> None:
+    from transformers import AutoModelForCausalLM
+
+    import sae_lens_autointerp as sai
+
+    LatentCache = load_delphi_cache()
+    model, sae = load(d_sae)  # the bridge only to build the same token batches
+    tokens = token_batches(model, sae, n_tokens, ctx)
+    del model
+    hf = AutoModelForCausalLM.from_pretrained(sai.embedded.model_dir(), dtype=torch.float32).eval()
+    layer = int(sae.cfg.metadata.hook_name.split(".")[1])
+    cache = LatentCache(hf, {f"model.layers.{layer}": sae.encode}, batch_size=batch)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    cache.run(tokens.numel(), tokens)
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"tokens": tokens.numel(), "tok_s": tokens.numel() / elapsed, "rss_before_mib": before / 1024,
+                      "peak_rss_mib": after / 1024}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n-tokens", type=int, default=32768)
@@ -106,10 +150,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--d-sae", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--delphi", action="store_true", help="also run delphi's LatentCache (eai-delphi)")
     parser.add_argument("--child-rss", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-delphi", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_rss:
         child_rss(args.child_rss, args.d_sae, args.ctx_len, args.batch_size)
+        return
+    if args.child_delphi:
+        child_delphi(args.child_delphi, args.d_sae, args.ctx_len, args.batch_size)
         return
 
     torch.manual_seed(0)
@@ -137,6 +186,15 @@ def main() -> None:
               f"(after loading: {rss[factor]['rss_before_mib']:.1f} MiB)")
     growth = rss[4]["peak_rss_mib"] / rss[1]["peak_rss_mib"] - 1
     print(f"peak RSS growth x4 tokens: {100 * growth:+.1f}%  (goal <= 10%)")
+    if not args.delphi:
+        return
+    extra = ["--d-sae", str(args.d_sae)] if args.d_sae else []
+    for factor in (1, 4):
+        cmd = [sys.executable, __file__, "--child-delphi", str(args.n_tokens * factor), "--ctx-len", str(args.ctx_len),
+               "--batch-size", str(args.batch_size), *extra]
+        d = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        print(f"delphi LatentCache at {d['tokens']:>8} tokens: {d['tok_s']:9.0f} tok/s (ours {m:.0f}: "
+              f"{m / d['tok_s']:.2f}x), peak RSS {d['peak_rss_mib']:8.1f} MiB (ours {rss[factor]['peak_rss_mib']:.1f})")
 
 
 if __name__ == "__main__":
