@@ -50,3 +50,20 @@ def corpus_texts():
     from pydoc_data.topics import topics
 
     return [topics[k] for k in sorted(topics)][:80]
+
+
+@pytest.fixture(scope="session")
+def planted(bridge_model):
+    """A SAE whose latents fire exactly on month names, digits and "return" (sae_lens_autointerp.planted)."""
+    from sae_lens_autointerp.planted import build_planted_sae
+
+    return build_planted_sae(bridge_model)
+
+
+@pytest.fixture(scope="session")
+def planted_store(planted, bridge_model, tmp_path_factory):
+    """Harvested once per session and shared by the planted-feature tests."""
+    from sae_lens_autointerp.planted import planted_corpus
+
+    return planted.sae.autointerp.harvest(bridge_model, planted_corpus(), n_tokens=20_000, ctx_len=64,
+                                          store_dir=tmp_path_factory.mktemp("planted"), progress=False)

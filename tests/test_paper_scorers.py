@@ -10,22 +10,10 @@ import math
 import pytest
 import torch
 
-from sae_lens_autointerp.planted import build_planted_sae, planted_corpus
 from sae_lens_autointerp.sampling import SamplingConfig, sample_latent
 from sae_lens_autointerp.steering import NEUTRAL_PROMPTS, Steerer, model_name, promoted_tokens
 
 SMALL = SamplingConfig(n_explain=10, n_test_pos=10, n_test_neg=10)
-
-
-@pytest.fixture(scope="module")
-def planted(bridge_model):
-    return build_planted_sae(bridge_model)
-
-
-@pytest.fixture(scope="module")
-def planted_store(planted, bridge_model, tmp_path_factory):
-    return planted.sae.autointerp.harvest(bridge_model, planted_corpus(), n_tokens=20_000, ctx_len=64,
-                                          store_dir=tmp_path_factory.mktemp("planted"), progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sae_lens_autointerp.planted import build_planted_sae, planted_corpus
 from sae_lens_autointerp.sampling import SamplingConfig
-
-
-@pytest.fixture(scope="module")
-def planted(bridge_model):
-    return build_planted_sae(bridge_model)
-
-
-@pytest.fixture(scope="module")
-def planted_store(planted, bridge_model, tmp_path_factory):
-    return planted.sae.autointerp.harvest(bridge_model, planted_corpus(), n_tokens=20_000, ctx_len=64,
-                                          store_dir=tmp_path_factory.mktemp("planted"), progress=False)
 
 
 def test_planted_latents_fire_exactly_on_their_token_sets(planted, planted_store, bridge_model):
