@@ -6,14 +6,15 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import embedded
 from .attach import install as _install
 from .errors import AutointerpError, ConfigError, PluginError, UnknownPluginItemError
 from .harvest import ActivationStore
 from .namespace import AutointerpNamespace, for_sae
-from .plugin import get_registry, hookimpl
+from .hookspecs import hookimpl
+from .registry import get_registry
 
 _install()
 

@@ -1,11 +1,18 @@
-"""Built-in scorers, explainers and LLM clients, registered through the same hooks as third-party plugins."""
+"""Built-in scorers, explainers and LLM clients: a plugin like any third-party one.
+
+Registered through this distribution's own entry point (``builtin = "sae_lens_autointerp.builtin"`` in the
+group ``sae_lens_autointerp``, see pyproject.toml), never imported by the registry. Block it with
+``SAE_AUTOINTERP_BLOCK_PLUGINS=builtin``; on a name clash with a third-party plugin it wins.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .plugin import hookimpl
+from .hookspecs import HOOKSPEC_VERSION, hookimpl
+
+SAE_AUTOINTERP_HOOKSPEC_VERSION = HOOKSPEC_VERSION
 
 
 @hookimpl
