@@ -9,13 +9,15 @@ accounting, retries and clear errors. See docs/llm.md.
     c = await client.classify(messages, choices=("0", "1"), stage="detection", latent=3)
     c.probs["1"], c.exact, r.usage, r.cached
 
-Backends register through the plugin hook ``sae_autointerp_llm_clients`` (prefix -> factory), like any
-third-party backend: ``"prefix:model"`` calls ``factory(model="model", **kwargs)``.
+The built-in backends are :data:`BUILTIN_CLIENTS` (prefix -> factory); the built-in plugin registers them
+through the hook ``sae_autointerp_llm_clients``, like any third-party backend. This layer knows no plugin:
+``sae_lens_autointerp.registry.get_client`` resolves every prefix, a plugin's included.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
@@ -55,21 +57,38 @@ def _vllm_factory(model: str | None = None, **kwargs: Any) -> BaseClient:
     return VLLMClient(model, **kwargs)
 
 
-#: The built-in backends, registered by ``sae_lens_autointerp.builtin`` through the plugin hook.
+#: The built-in backends, registered by ``sae_lens_autointerp.builtin`` through the plugin hook and resolved
+#: directly by :func:`get_client`.
 BUILTIN_CLIENTS = {"openai": _openai_factory, "local": _local_factory, "vllm": _vllm_factory}
 
 
 def get_client(llm: str | LLMClient, **kwargs: Any) -> LLMClient:
-    """Resolve ``llm``: ``"local"``, ``"openai:MODEL"``, ``"vllm:MODEL"``, any ``"prefix:model"`` a plugin
-    registers, or an object implementing :class:`LLMClient` (returned as is; ``kwargs`` must then be empty).
-    """
-    if isinstance(llm, str):
-        prefix, _, model = llm.partition(":")
-        if not prefix:
-            raise ConfigError(f"llm={llm!r}: expected 'local', 'openai:MODEL', 'vllm:MODEL' or 'prefix:model'")
-        from ..plugin import get_registry
+    """Resolve ``llm`` to a client of a built-in backend: ``"local"``, ``"openai:MODEL"``, ``"vllm:MODEL"``
+    (from :data:`BUILTIN_CLIENTS`), or an object implementing :class:`LLMClient` (checked and returned as is;
+    ``kwargs`` must then be empty).
 
-        return get_registry().create("llm_clients", prefix, model=model or None, **kwargs)
+    This layer knows no plugin: a prefix that a plugin registers resolves through
+    :func:`sae_lens_autointerp.registry.get_client`, which also honours ``SAE_AUTOINTERP_BLOCK_PLUGINS``.
+    """
+    if not isinstance(llm, str):
+        return check_client(llm, kwargs)
+    prefix, _, model = llm.partition(":")
+    if not prefix:
+        raise ConfigError(f"llm={llm!r}: expected 'local', 'openai:MODEL', 'vllm:MODEL' or 'prefix:model'")
+    factory = BUILTIN_CLIENTS.get(prefix)
+    if factory is None:
+        raise ConfigError(
+            f"llm={llm!r}: sae_lens_autointerp.llm.get_client resolves only the built-in backends "
+            f"({', '.join(sorted(BUILTIN_CLIENTS))}); for a plugin's backend {prefix!r} use "
+            "sae_lens_autointerp.registry.get_client, which resolves every installed plugin"
+        )
+    return factory(model=model or None, **kwargs)
+
+
+def check_client(llm: Any, llm_kwargs: Mapping[str, Any] | None = None) -> LLMClient:
+    """``llm`` itself if it implements the :class:`LLMClient` protocol (async ``chat`` and ``classify``, a
+    ``usage`` tracker), else :class:`~sae_lens_autointerp.errors.ConfigError`; ``llm_kwargs`` must be empty
+    (they only apply when ``llm`` is a name)."""
     missing = [m for m in ("chat", "classify") if not inspect.iscoroutinefunction(getattr(llm, m, None))]
     if missing:
         raise ConfigError(
@@ -78,8 +97,8 @@ def get_client(llm: str | LLMClient, **kwargs: Any) -> LLMClient:
         )
     if not hasattr(llm, "usage"):
         raise ConfigError(f"llm={type(llm).__name__} has no `usage` (a UsageTracker); subclass BaseClient")
-    if kwargs:
-        raise ConfigError(f"llm_kwargs {sorted(kwargs)} only apply when llm is a name, not a client object")
+    if llm_kwargs:
+        raise ConfigError(f"llm_kwargs {sorted(llm_kwargs)} only apply when llm is a name, not a client object")
     return llm
 
 
@@ -107,6 +126,7 @@ __all__ = [
     "Usage",
     "UsageTotals",
     "UsageTracker",
+    "check_client",
     "classify_from_chat",
     "classify_from_logprobs",
     "get_client",

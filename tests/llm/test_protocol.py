@@ -27,7 +27,8 @@ from sae_lens_autointerp.llm import (
     get_client,
 )
 from sae_lens_autointerp.llm.openai_client import OpenAIClient, public_url
-from sae_lens_autointerp.plugin import get_registry
+from sae_lens_autointerp.registry import get_client as resolve_client
+from sae_lens_autointerp.registry import get_registry
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -78,12 +79,22 @@ def test_openai_resolution_and_env(monkeypatch):
 
 
 def test_unknown_prefix_lists_available():
-    with pytest.raises(UnknownPluginItemError, match="openai"):
+    with pytest.raises(UnknownPluginItemError, match=r"unknown llm client 'nosuch'\. Available: .*openai"):
+        resolve_client("nosuch:model")
+    # the backend layer knows no plugin: it points at the registry instead of guessing
+    with pytest.raises(ConfigError, match=r"only the built-in backends \(local, openai, vllm\).*registry\.get_client"):
         get_client("nosuch:model")
 
 
+def test_registry_resolves_builtin_prefixes_like_the_backend_layer():
+    c = resolve_client("openai:gpt-test", base_url="http://127.0.0.1:9/v1", cache=False)
+    assert isinstance(c, OpenAIClient) and c.model == "gpt-test"
+
+
 async def test_third_party_backend_through_the_registry(echo_plugin):
-    c = get_client("echo:m1", cache=False)
+    with pytest.raises(ConfigError, match="registry.get_client"):
+        get_client("echo:m1", cache=False)
+    c = resolve_client("echo:m1", cache=False)
     assert isinstance(c, EchoClient) and isinstance(c, LLMClient)
     r = await c.chat(MSG, max_tokens=5)
     assert r.text == "ih"
@@ -91,13 +102,14 @@ async def test_third_party_backend_through_the_registry(echo_plugin):
     assert k.ok and k.method == "top_logprobs" and k.probs["1"] > k.probs["0"]
 
 
-async def test_objects_pass_through_and_are_validated():
+@pytest.mark.parametrize("resolve", [get_client, resolve_client], ids=["llm.get_client", "registry.get_client"])
+async def test_objects_pass_through_and_are_validated(resolve):
     c = EchoClient(cache=False)
-    assert get_client(c) is c
-    with pytest.raises(ConfigError, match="chat"):
-        get_client(object())
-    with pytest.raises(ConfigError, match="llm_kwargs"):
-        get_client(c, cache=False)
+    assert resolve(c) is c
+    with pytest.raises(ConfigError, match=r"does not implement the LLMClient protocol: it needs async methods \['chat', 'classify'\]"):
+        resolve(object())
+    with pytest.raises(ConfigError, match=r"llm_kwargs \['cache'\] only apply when llm is a name"):
+        resolve(c, cache=False)
 
 
 def test_request_validation():
