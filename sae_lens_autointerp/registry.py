@@ -244,8 +244,8 @@ class Registry:
         if wrappers:
             try:
                 alone = call(plugin)
-            except Exception:
-                pass
+            except Exception as exc:  # the plugin fails on its own: its fault, as it shows without wrappers
+                first = exc
             else:  # the plugin is fine alone: a wrapper broke the call
                 guilty = []
                 for w in wrappers:
