@@ -7,6 +7,10 @@
 - ``neighbours``: examples on which the latent's decoder-cosine neighbours fire, kept only where this latent
   is verified to be zero by recomputing its activations on the sequence (no assumption that neighbours are
   exclusive).
+
+Every source takes ``avoid``, the spans of the latent's known activating windows and of the examples already
+chosen, and never returns a window that shares a token with them (nor two windows that share tokens); it
+returns the examples and how many otherwise eligible candidates it left out for overlapping.
 """
 
 from __future__ import annotations
@@ -18,13 +22,26 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .harvest.store import ActivationStore, Example
+from .harvest.store import ActivationStore, Example, RandomWindow
+from .spans import SpanSet
 
 
 class NegativeSource(Protocol):
     name: str
 
-    def draw(self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, positives: list[Example]) -> list[Example]: ...
+    def draw(
+        self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, avoid: SpanSet
+    ) -> tuple[list[Example], int]: ...
+
+
+def silent_windows(store: ActivationStore, latent: int, avoid: SpanSet) -> tuple[list[RandomWindow], int]:
+    """Random-pool windows where ``latent`` is exactly zero and that touch nothing in ``avoid`` (the pool's
+    windows are disjoint chunks, so they never overlap each other); and how many were left out for overlap."""
+    ctx_len = store.settings.ctx_len
+    windows = store.random_windows()
+    silent = [windows[i] for i in store.silent_window_indices(latent)]
+    kept = [w for w in silent if not avoid.overlaps(*w.span(ctx_len))]
+    return kept, len(silent) - len(kept)
 
 
 def _silent(latent: int, window: Any, source: str) -> Example:
@@ -35,12 +52,14 @@ def _silent(latent: int, window: Any, source: str) -> Example:
 class RandomNegatives:
     name = "random"
 
-    def draw(self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, positives: list[Example]) -> list[Example]:
+    def draw(
+        self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, avoid: SpanSet
+    ) -> tuple[list[Example], int]:
         if n == 0:
-            return []
-        candidates = [w for w in store.random_windows() if not np.any(w.latents == latent)]
+            return [], 0
+        candidates, excluded = silent_windows(store, latent, avoid)
         chosen = rng.permutation(len(candidates))[:n]
-        return [_silent(latent, candidates[i], "random") for i in sorted(chosen)]
+        return [_silent(latent, candidates[i], "random") for i in sorted(chosen)], excluded
 
 
 class SimilarNegatives:
@@ -67,19 +86,27 @@ class SimilarNegatives:
                 self._pool[store.key] = embed([self._text(w.tokens) for w in store.random_windows()], self.embedder)
             return self._pool[store.key]
 
-    def draw(self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, positives: list[Example]) -> list[Example]:
+    def draw(
+        self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, avoid: SpanSet,
+        positives: list[Example] | None = None,
+    ) -> tuple[list[Example], int]:
+        """``positives``: the examples to be similar to (default: the latent's stored firing examples)."""
         from .embedders import embed
 
         if n == 0:
-            return []
+            return [], 0
         windows = store.random_windows()
-        silent = [i for i, w in enumerate(windows) if not np.any(w.latents == latent)]
-        if not silent or not positives:
-            return []
+        index = {w.start_id: i for i, w in enumerate(windows)}
+        candidates, excluded = silent_windows(store, latent, avoid)
+        if positives is None:
+            positives = store.stratified_examples(latent) or store.top_examples(latent)
+        if not candidates or not positives:
+            return [], excluded
+        silent = [index[w.start_id] for w in candidates]
         query = embed([self._text(e.tokens) for e in positives], self.embedder).mean(axis=0)
         sims = self.pool_embeddings(store)[silent] @ (query / max(np.linalg.norm(query), 1e-12))
         order = np.lexsort((np.array([windows[i].start_id for i in silent]), -sims))[:n]
-        return [_silent(latent, windows[silent[j]], "similar") for j in order]
+        return [_silent(latent, windows[silent[j]], "similar") for j in order], excluded
 
 
 class NeighbourNegatives:
@@ -99,7 +126,6 @@ class NeighbourNegatives:
         self.batch_size = batch_size
         w = sae.W_dec.detach().float()
         self._w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        self._lock = threading.Lock()
 
     def neighbours(self, latent: int) -> list[int]:
         sims = self._w @ self._w[latent]
@@ -114,24 +140,32 @@ class NeighbourNegatives:
             chunk = seqs[i : i + self.batch_size]
             tokens = torch.from_numpy(np.asarray(store.tokens[chunk])).long()
             tokens = torch.where(tokens >= 0, tokens, pad)
-            with self._lock:
-                acts = self.sae.encode(self.adapter.capture(tokens))[..., latent].float().cpu().numpy()
+            # capture() holds the model's one hook lock (harvest.model.model_lock), shared with steering
+            acts = self.sae.encode(self.adapter.capture(tokens))[..., latent].float().cpu().numpy()
             out.update(zip(chunk, acts))
         return out
 
-    def draw(self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, positives: list[Example]) -> list[Example]:
+    def draw(
+        self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, avoid: SpanSet
+    ) -> tuple[list[Example], int]:
         if n == 0:
-            return []
+            return [], 0
         ctx, w = store.settings.ctx_len, store.settings.example_len
-        taken = {e.token_id // ctx for e in positives}
         candidates: list[Example] = []
         for j in self.neighbours(latent):
             pool = store.top_examples(j) + store.stratified_examples(j)
             candidates.extend(pool[k] for k in rng.permutation(len(pool)))
-        seen, unique = set(), []
+        taken = SpanSet()
+        seen, unique, excluded = set(), [], 0
         for e in candidates:
-            if e.token_id not in seen and e.token_id // ctx not in taken:
-                seen.add(e.token_id)
+            if e.token_id in seen:
+                continue
+            seen.add(e.token_id)
+            span = e.span(ctx)
+            if avoid.overlaps(*span):
+                excluded += 1
+            elif not taken.overlaps(*span):
+                taken.add(*span)
                 unique.append(e)
         unique = unique[: 3 * n]  # enough to survive verification, bounded work
         acts = self._latent_acts(store, latent, sorted({e.token_id // ctx for e in unique}))
@@ -146,7 +180,7 @@ class NeighbourNegatives:
                                    extra={"neighbour": e.latent}))
             if len(out) == n:
                 break
-        return out
+        return out, excluded
 
 
 def make_source(kind: str, *, renderer: Any = None, sae: Any = None, model: Any = None, embedder: str | None = None) -> NegativeSource:

@@ -7,8 +7,13 @@ Activating examples come from the harvest's uniform sample of firing examples, s
 cut into ``n_quantiles`` equal groups (rank quantiles, quantile 0 = strongest). "quantiles" explainer
 sampling takes ``n_explain / n_quantiles`` from each group; scoring takes ``n_test_pos / n_quantiles`` from
 each group, from what the explainer did not see. "top" explainer sampling takes the exact top examples;
-"random" a uniform draw. Examples are identified by their chunk (sequence, chunk index): no example is
-ever both shown and tested.
+"random" a uniform draw.
+
+Hold-out is by token position, not by example identity: a test example whose window shares any token of
+the corpus with an explainer example's window is excluded (adjacent chunks' windows overlap by up to 31 of
+32 tokens), and a non-activating example never overlaps any known activating window of the latent (its
+top and sampled firing examples) nor another chosen example. How many candidates each rule excluded is
+recorded in ``LatentSample.holdout``.
 
 Non-activating examples: see ``negatives.py`` ("random", "similar", "neighbours").
 """
@@ -22,6 +27,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .harvest.store import ActivationStore, Example
+from .spans import SpanSet
 
 ExplainStrategy = Literal["quantiles", "top", "random"]
 
@@ -55,6 +61,9 @@ class LatentSample:
     test_neg: tuple[Example, ...] = ()
     skipped: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    #: candidates left out because their window shares tokens with a held-out window:
+    #: ``test_pos`` (overlapping an explainer example), ``test_neg`` (overlapping an activating example).
+    holdout: dict[str, int] = field(default_factory=dict)
 
     @property
     def test(self) -> tuple[Example, ...]:
@@ -126,25 +135,45 @@ def sample_latent(store: ActivationStore, latent: int, config: SamplingConfig, n
         for q, idx in enumerate(groups):
             take = rng.permutation(idx)[: per_explain[q]]
             shown.extend(pool[i] for i in sorted(take))
-    used = {chunk_key(e, settings) for e in shown}
+    ctx_len = settings.ctx_len
+    shown_ids = {e.token_id for e in shown}
+    shown_spans = SpanSet(e.span(ctx_len) for e in shown)
 
     test_pos: list[Example] = []
+    excluded_pos = 0
     for q, idx in enumerate(groups):
-        free = [i for i in idx if chunk_key(pool[i], settings) not in used]
+        free = []
+        for i in idx:
+            if pool[i].token_id in shown_ids:
+                continue
+            if shown_spans.overlaps(*pool[i].span(ctx_len)):
+                excluded_pos += 1
+                continue
+            free.append(i)
         take = rng.permutation(free)[: per_test[q]] if free else []
         test_pos.extend(pool[i] for i in sorted(take))
     if negatives is None:
         from .negatives import RandomNegatives
 
         negatives = RandomNegatives()
-    test_neg = negatives.draw(store, latent, config.n_test_neg, rng, shown + test_pos)
+    # Every window known to activate the latent, plus the chosen ones: no negative may touch them.
+    avoid = activating_spans(store, latent)
+    for e in shown + test_pos:
+        avoid.add(*e.span(ctx_len))
+    test_neg, excluded_neg = negatives.draw(store, latent, config.n_test_neg, rng, avoid)
     return LatentSample(
         latent,
         explain=tuple(tag(e, True) for e in shown),
         test_pos=tuple(tag(e, True) for e in test_pos),
         test_neg=tuple(tag(e, False) for e in test_neg),
         stats=stats,
+        holdout={"test_pos": excluded_pos, "test_neg": excluded_neg},
     )
+
+
+def activating_spans(store: ActivationStore, latent: int) -> SpanSet:
+    """The spans of every stored firing example of ``latent`` (its exact top list and its uniform sample)."""
+    return SpanSet(store.example_spans(latent))
 
 
 def _spread(total: int, parts: int) -> list[int]:

@@ -26,8 +26,6 @@ no KV cache, so it is exact for every TransformerLens model and cheap for the sh
 from __future__ import annotations
 
 import re
-import threading
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +34,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
-from .harvest.model import ModelAdapter, _StopForward
+from .harvest.model import ModelAdapter, StopForward, model_lock
 
 #: Generic sentence beginnings the steered model continues (intervention scoring, output-side explainers).
 NEUTRAL_PROMPTS: tuple[str, ...] = (
@@ -49,20 +47,6 @@ NEUTRAL_PROMPTS: tuple[str, ...] = (
     "In the news this morning,",
     "She opened the door and",
 )
-
-_locks_guard = threading.Lock()
-_locks: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
-
-
-def model_lock(model: Any) -> threading.RLock:
-    """One lock per model object: torch forward passes with hooks must not interleave on a shared model."""
-    with _locks_guard:
-        lock = _locks.get(model)
-        if lock is None:
-            lock = threading.RLock()
-            _locks[model] = lock
-        return lock
-
 
 def model_name(model: Any) -> str:
     """A readable name of a TransformerLens model, for usage accounting."""
@@ -201,14 +185,14 @@ class Steerer:
 
         def capture(act: torch.Tensor, hook: Any) -> None:  # noqa: ARG001
             captured.append(act.detach().clone())
-            raise _StopForward
+            raise StopForward
 
         match = re.search(r"blocks\.(\d+)\.", self.hook_point)
         stop = int(match.group(1)) + 1 if match else None
         with self.lock, self.model.hooks(fwd_hooks=[*self.hooks(latent, alpha), (self.hook_point, capture)]):
             try:
                 self.model(ids, return_type=None, stop_at_layer=stop)
-            except _StopForward:
+            except StopForward:
                 pass
         return captured[0]
 

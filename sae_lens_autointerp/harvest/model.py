@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +21,27 @@ import torch
 from ..errors import ConfigError
 
 
-class _StopForward(Exception):
-    """Raised inside the hook once the activation is captured."""
+class StopForward(Exception):
+    """Raised inside a capture hook once the activation is captured (ends the forward pass early)."""
+
+
+_StopForward = StopForward  # old private name
+
+_locks_guard = threading.Lock()
+_locks: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """The one lock of a model object. TransformerLens hooks are installed on modules the whole model shares,
+    so every forward pass that adds hooks (harvest capture, neighbour negatives, steering, output explainers)
+    holds this lock: a capture hook must never fire inside another thread's steered forward, nor the reverse.
+    Re-entrant, so a holder may call other hook users."""
+    with _locks_guard:
+        lock = _locks.get(model)
+        if lock is None:
+            lock = threading.RLock()
+            _locks[model] = lock
+        return lock
 
 
 @dataclass(frozen=True)
@@ -138,15 +159,15 @@ class ModelAdapter:
 
         def hook_fn(activation: torch.Tensor, hook: Any) -> None:  # noqa: ARG001 - hook.name is unreliable
             captured.append(activation)
-            raise _StopForward
+            raise StopForward
 
         tokens = tokens.to(self.device)
         stop = None if self.spec.layer is None else self.spec.layer + 1
-        with self.model.hooks(fwd_hooks=[(self.hook_point, hook_fn)]):
+        with model_lock(self.model), self.model.hooks(fwd_hooks=[(self.hook_point, hook_fn)]):
             try:
                 # stop_at_layer is a second guard in case a wrapper swallows our exception.
                 self.model(tokens, return_type=None, stop_at_layer=stop)
-            except _StopForward:
+            except StopForward:
                 pass
         if not captured:
             raise ConfigError(

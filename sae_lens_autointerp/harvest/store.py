@@ -48,6 +48,19 @@ class Example:
     peak_index: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def span(self, ctx_len: int) -> tuple[int, int]:
+        """The global token ids ``[start, end)`` this example's window covers inside its sequence (padding
+        outside the sequence excluded). Two examples share a token exactly when their spans intersect."""
+        return window_span(self.token_id, self.token_id - (self.peak_index or 0), len(self.tokens), ctx_len)
+
+
+def window_span(anchor_id: int, start_id: int, length: int, ctx_len: int) -> tuple[int, int]:
+    """``[start, end)`` of a window of ``length`` tokens starting at global id ``start_id`` (which may lie
+    before the sequence start), clipped to the sequence of ``anchor_id`` (a token inside the window)."""
+    seq = anchor_id // ctx_len
+    lo, hi = max(start_id, seq * ctx_len), min(start_id + length, (seq + 1) * ctx_len)
+    return lo, max(lo, hi)
+
 
 @dataclass(frozen=True)
 class RandomWindow:
@@ -58,6 +71,9 @@ class RandomWindow:
     positions: np.ndarray  # int16 [nnz]
     latents: np.ndarray  # int32 [nnz]
     values: np.ndarray  # float32 [nnz]
+
+    def span(self, ctx_len: int) -> tuple[int, int]:
+        return window_span(self.start_id, self.start_id, len(self.tokens), ctx_len)
 
     def activations_of(self, latent: int) -> np.ndarray:
         out = np.zeros(len(self.tokens), dtype=np.float32)
@@ -140,11 +156,11 @@ class ActivationStore:
         """Number of tokens on which each latent is above the threshold."""
         return self.stats["n_fire_tokens"]
 
-    @property
+    @cached_property
     def frequency(self) -> torch.Tensor:
         return self.stats["n_fire_tokens"].double() / max(self.n_tokens, 1)
 
-    @property
+    @cached_property
     def max_activation(self) -> torch.Tensor:
         top = self.stats["top_vals"].max(dim=1).values
         return torch.where(torch.isinf(top), torch.zeros_like(top), top)
@@ -201,6 +217,14 @@ class ActivationStore:
             )
         return out
 
+    def example_spans(self, latent: int) -> list[tuple[int, int]]:
+        """The spans of every stored firing example of ``latent`` (top list and uniform sample), without
+        building the examples (see :meth:`Example.span`)."""
+        latent = self.check_latent(latent)
+        lead, ctx, w = self.settings.peak_offset, self.settings.ctx_len, self.settings.example_len
+        ids = torch.cat([self.stats["top_ids"][latent], self.stats["res_ids"][latent]]).tolist()
+        return [window_span(peak, peak - lead, w, ctx) for peak in ids if peak >= 0]
+
     def top_examples(self, latent: int) -> list[Example]:
         """The ``top_k`` most activating examples of ``latent``, largest first (exact over the harvest)."""
         return sorted(self._examples(latent, "top", "top"), key=lambda e: (-e.value, e.token_id))
@@ -214,6 +238,23 @@ class ActivationStore:
     def random_windows(self) -> list[RandomWindow]:
         """The shared pool of random windows with their sparse activations, ordered by position."""
         return self._random_windows
+
+    def silent_window_indices(self, latent: int) -> np.ndarray:
+        """Indices into :meth:`random_windows` of the windows where ``latent`` is exactly zero."""
+        order, sorted_latents = self._pool_firing
+        lo, hi = np.searchsorted(sorted_latents, [latent, latent + 1])
+        firing = np.zeros(len(self._random_windows), dtype=bool)
+        firing[order[lo:hi]] = True
+        return np.flatnonzero(~firing)
+
+    @cached_property
+    def _pool_firing(self) -> tuple[np.ndarray, np.ndarray]:
+        """(window index, latent) pairs of every non-zero in the pool, sorted by latent."""
+        windows = self._random_windows
+        index = np.concatenate([np.full(len(w.latents), i, dtype=np.int64) for i, w in enumerate(windows)] or [np.zeros(0, np.int64)])
+        latents = np.concatenate([w.latents for w in windows] or [np.zeros(0, np.int32)]).astype(np.int64)
+        order = np.argsort(latents, kind="stable")
+        return index[order], latents[order]
 
     @cached_property
     def _random_windows(self) -> list[RandomWindow]:
