@@ -148,8 +148,11 @@ class Registry:
         return name not in self._blocked and (self._allowed is None or name in self._allowed)
 
     def _load_entry_point(self, ep: importlib.metadata.EntryPoint, builtin: bool) -> None:
-        dist = ep.dist.name if ep.dist is not None else None
-        version = __version__ if builtin else (ep.dist.version if ep.dist is not None else None)
+        if builtin:  # the code that runs is this package: its own version, not possibly stale metadata
+            dist, version = DISTRIBUTION, __version__
+        else:
+            dist = ep.dist.name if ep.dist is not None else None
+            version = ep.dist.version if ep.dist is not None else None
         source = _Source(dist, version, builtin, "entry point")
         name = ep.name
         if name in self._sources:  # two distributions declare the same entry-point name: the first one stays
@@ -454,7 +457,8 @@ def _ambiguous_message(singular: str, name: str, found: Sequence[RegisteredItem]
     who = ", ".join(f"{f.plugin!r} ({_describe_item(f)})" for f in found)
     keep, rest = found[0].plugin, ",".join(f.plugin for f in found[1:])
     return (f"{singular} {name!r} is provided by {len(found)} plugins: {who}; refusing to guess which one to use. "
-            f"Keep one: for example {BLOCK_ENV_VAR}={rest} uses {keep!r}'s (or uninstall one of them)")
+            f"Keep one: {BLOCK_ENV_VAR}={rest} keeps plugin {keep!r} (or allow-list one with {LOAD_ENV_VAR}, "
+            f"or uninstall one)")
 
 
 def _trace_before(hook_name: str, hook_impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -63,6 +64,10 @@ def test_builtins_register_through_hooks():
     registry = Registry(load_entry_points=False)
     assert [p.name for p in registry.plugins()] == ["builtin"]
     assert {"local", "openai"} <= set(registry.items("llm_clients"))
+    # ... through this distribution's own entry point, like a third-party plugin (the registry imports none)
+    (ep,) = [ep for ep in importlib.metadata.entry_points(group="sae_lens_autointerp") if ep.name == "builtin"]
+    assert ep.value == "sae_lens_autointerp.builtin" and ep.dist.name == "sae-lens-autointerp"
+    assert Registry(load_entry_points=False, builtins=False).plugins() == []
 
 
 def test_entry_points_discovered_and_failures_reported_by_name(plugin_root):

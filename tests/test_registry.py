@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -201,7 +202,12 @@ def test_two_third_party_plugins_with_one_name_are_refused_on_use(site, monkeypa
     assert any("'twin'" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert not {"sai_dup_a", "sai_dup_b"} & set(registry.failures)
 
-    monkeypatch.setenv("SAE_AUTOINTERP_BLOCK_PLUGINS", "sai_dup_b")  # what the message says to do
+    # doing what the message says resolves it
+    blocked, kept = re.search(r"SAE_AUTOINTERP_BLOCK_PLUGINS=(\S+) keeps plugin '(\w+)'", message).groups()
+    assert {blocked, kept} == {"sai_dup_a", "sai_dup_b"}
+    monkeypatch.setenv("SAE_AUTOINTERP_BLOCK_PLUGINS", blocked)
+    assert Registry().provenance("scorers", "twin")["plugin"] == kept
+    monkeypatch.setenv("SAE_AUTOINTERP_BLOCK_PLUGINS", "sai_dup_b")
     assert Registry().provenance("scorers", "twin") == {"plugin": "sai_dup_a", "distribution": "sai-dup-a",
                                                          "version": "0.3.0"}
 
