@@ -17,13 +17,14 @@ SAE_AUTOINTERP_HOOKSPEC_VERSION = HOOKSPEC_VERSION
 
 @hookimpl
 def sae_autointerp_scorers() -> Mapping[str, Callable[..., Any]]:
-    from .scorers import DetectionScorer, FuzzingScorer, IntruderScorer, SimulationScorer
+    from .scorers import DetectionScorer, FuzzingActiveScorer, FuzzingScorer, IntruderScorer, SimulationScorer
     from .scorers.embedding import EmbeddingScorer
     from .scorers.intervention import InterventionScorer
     from .scorers.surprisal import SurprisalScorer
 
     return {
-        "detection": DetectionScorer, "fuzzing": FuzzingScorer, "simulation": SimulationScorer, "intruder": IntruderScorer,
+        "detection": DetectionScorer, "fuzzing": FuzzingScorer, "fuzzing-active": FuzzingActiveScorer,
+        "simulation": SimulationScorer, "intruder": IntruderScorer,
         "embedding": EmbeddingScorer, "surprisal": SurprisalScorer, "intervention": InterventionScorer,
     }
 

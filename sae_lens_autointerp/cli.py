@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from .plugin import get_registry
+    from .registry import get_registry
 
     infos = get_registry().plugins()
     if args.json:

@@ -13,10 +13,13 @@ Conventions
   F1 is ``2TP / (2TP + FP + FN)``: defined whenever there is an answered positive, and a genuine 0 when
   no positive is found (even though precision is then undefined).
 * Intervals (``confidence``, default 95 %): Wilson score for the proportions accuracy, precision, recall and
-  specificity; stratified percentile bootstrap for balanced accuracy and F1 (positives and negatives are
-  resampled separately, so every replicate keeps the class sizes; the number of correct answers in a
-  resampled stratum is binomial, which is how it is drawn); DeLong for AUC (Hanley-McNeil when a class has
-  a single example), clipped to [0, 1]. The bootstrap uses the ``rng`` passed in, else
+  specificity; for balanced accuracy ``(recall + specificity) / 2`` the per-class Wilson intervals combined by
+  MOVER (Newcombe / Zou's method of variance estimates recovery for a sum of independent proportions), which
+  keeps a width that reflects the sample size even when a class is answered all right or all wrong (a
+  percentile bootstrap collapses to [0.5, 0.5] for a judge that answers "1" to everything); stratified
+  percentile bootstrap for F1 (positives and negatives are resampled separately, so every replicate keeps the
+  class sizes; the number of correct answers in a resampled stratum is binomial, which is how it is drawn);
+  DeLong for AUC (Hanley-McNeil when a class has a single example), clipped to [0, 1]. The bootstrap uses the ``rng`` passed in, else
   ``numpy.random.default_rng(0)``; the global numpy RNG is never touched, so results are reproducible.
 * Chance levels (``BinaryMetrics.chance``), with prevalence ``p`` = answered positives / answered examples:
   balanced accuracy 0.5, AUC 0.5, specificity 0.5 and recall 0.5 (guessing "yes" at rate 0.5);
@@ -37,7 +40,8 @@ import pandas as pd
 from scipy import stats
 
 __all__ = [
-    "Estimate", "BinaryMetrics", "METRICS", "binary_metrics", "wilson", "correlation", "aggregate", "aggregate_table"
+    "Estimate", "BinaryMetrics", "METRICS", "binary_metrics", "balanced_accuracy", "wilson", "mover_sum",
+    "correlation", "aggregate", "aggregate_table",
 ]
 
 METRICS = ("balanced_accuracy", "accuracy", "precision", "recall", "f1", "specificity", "auc")
@@ -117,6 +121,26 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> Estimate:
     return Estimate(p, max(0.0, centre - half), min(1.0, centre + half))
 
 
+def mover_sum(parts: Sequence[Estimate], weights: Sequence[float]) -> Estimate:
+    """``sum(w * part)`` with a MOVER interval from the parts' own intervals (parts independent).
+
+    ``L = S - sqrt(sum((w (p - l))^2))`` over positive weights' lower distances (upper distances for negative
+    weights), likewise for ``U``: exact for normal parts, and it inherits the asymmetry and the
+    non-degeneracy of Wilson intervals at 0 and 1."""
+    value = sum(w * p.value for p, w in zip(parts, weights))
+    down = sum((w * (p.value - (p.low if w > 0 else p.high))) ** 2 for p, w in zip(parts, weights))
+    up = sum((w * ((p.high if w > 0 else p.low) - p.value)) ** 2 for p, w in zip(parts, weights))
+    return Estimate(value, value - math.sqrt(down), value + math.sqrt(up))
+
+
+def balanced_accuracy(tp: int, n_pos: int, tn: int, n_neg: int, confidence: float = 0.95) -> Estimate:
+    """``(TP / n_pos + TN / n_neg) / 2`` with the MOVER-Wilson interval (undefined without both classes)."""
+    if n_pos == 0 or n_neg == 0:
+        return UNDEFINED
+    est = mover_sum([wilson(tp, n_pos, confidence), wilson(tn, n_neg, confidence)], [0.5, 0.5])
+    return Estimate(est.value, max(0.0, est.low), min(1.0, est.high))
+
+
 def _percentile(value: float, boot: np.ndarray, confidence: float) -> Estimate:
     alpha = 1 - confidence
     low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
@@ -194,8 +218,7 @@ def binary_metrics(
         tp_b = rng.binomial(n_pos, tp / n_pos, n_boot)
         tn_b = rng.binomial(n_neg, tn / n_neg, n_boot) if n_neg else np.zeros(n_boot, dtype=np.int64)
         f1 = _percentile(2 * tp / (2 * tp + fp + fn), 2 * tp_b / (tp_b + n_pos + n_neg - tn_b), confidence)
-        if n_neg:
-            ba = _percentile((tp / n_pos + tn / n_neg) / 2, (tp_b / n_pos + tn_b / n_neg) / 2, confidence)
+        ba = balanced_accuracy(tp, n_pos, tn, n_neg, confidence)
 
     auc, n_auc = UNDEFINED, 0
     if probabilities is None:

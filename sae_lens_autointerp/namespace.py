@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from sae_lens import SAE
 
     from .harvest import ActivationStore
-    from .plugin import PluginInfo
+    from .registry import PluginInfo
     from .records import Explanation
     from .results import ScoreResult
 
@@ -62,7 +62,7 @@ class AutointerpNamespace:
     @property
     def plugins(self) -> list[PluginInfo]:
         """Installed plugins and what each provides."""
-        from .plugin import get_registry
+        from .registry import get_registry
 
         return get_registry().plugins()
 

@@ -1,9 +1,16 @@
 """Explain and score many latents: bounded concurrency, one record per finished latent, resumable.
 
 Torch work (harvest) runs first, in the caller's thread; LLM work then runs on an asyncio loop with at most
-``concurrency`` latents in flight (each scorer bounds its own requests too). Everything a run pays for is
-kept: LLM answers in the response cache, finished latents in results.jsonl. A budget that runs out stops
-new requests; finished latents stay, the rest run on the next call.
+``concurrency`` latents in flight (each scorer bounds its own requests too). Latents go in blocks of
+:data:`~sae_lens_autointerp.controls.CONTROL_BLOCK` (in the order given): first every latent of the block is
+sampled and explained, then scored, together with its controls (see ``controls.py``).
+
+Failures are of two kinds. The judge's (an unparseable answer, a refusal) are counted in ``n_failed`` and
+the latent finishes. Infrastructure failures (connection errors, timeouts after retries, malformed
+responses, replay-mode cache misses, the budget) never finish a latent: what it completed (its explanation,
+finished scorers) is written as an ``incomplete`` record, and the next run with the same run key redoes only
+what is missing, with the response cache serving every answer already paid for. After
+``max_consecutive_failures`` latents in a row fail that way, the run stops with one message (circuit breaker).
 """
 
 from __future__ import annotations
@@ -17,18 +24,27 @@ import os
 import threading
 import time
 from collections.abc import Coroutine, Iterable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ._version import __version__
+from .controls import (
+    CONTROL_BLOCK,
+    RelabelledClient,
+    check_fraction,
+    choose_control,
+    control_explanation,
+    control_sample,
+)
 from .errors import ConfigError, PluginError
 from .harvest.store import ActivationStore
-from .llm import BudgetExceeded, UsageTracker, get_client
+from .llm import BudgetExceeded, LLMError, UsageTracker
 from .paths import cache_dir
-from .plugin import get_registry
-from .records import Context, Explanation, ScorerOutput
+from .registry import get_client, get_registry
+from .records import PROMPT_VERSION, Context, Explanation, ScorerOutput
 from .results import ResultsFile, ScoreResult, _json_default
-from .sampling import SamplingConfig, sample_latent
+from .sampling import LatentSample, SamplingConfig, sample_latent
 from .text import Renderer
 
 T = TypeVar("T")
@@ -101,6 +117,30 @@ def _make(kind: str, name: str, kwargs: Mapping[str, Any] | None) -> Any:
     return obj
 
 
+def provenance(kind: str, name: str) -> dict[str, Any]:
+    """Which plugin, distribution and version provide ``name`` (stored with every record)."""
+    return dict(get_registry().provenance(kind, name))
+
+
+def client_identity(client: Any) -> dict[str, Any] | None:
+    """What about the LLM client changes answers (never a key): backend and model, where it is served
+    (the cache namespace holds the base URL without credentials), and the response-cache mode."""
+    if client is None:
+        return None
+    cache = getattr(client, "cache", None)
+    return {
+        "name": getattr(client, "name", type(client).__name__),
+        "served_by": getattr(client, "cache_namespace", None),
+        "cache_mode": getattr(cache, "mode", "off") if cache is not None else "off",
+    }
+
+
+def _positive_int(value: Any, name: str, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}; {hint}")
+    return value
+
+
 def run(
     sae: Any,
     model: Any = None,
@@ -123,19 +163,35 @@ def run(
     budget_dollars: float | None = None,
     prices: Mapping[str, Any] | None = None,
     seed: int = 0,
+    controls: float | bool = True,
+    max_consecutive_failures: int = 3,
     progress: bool = True,
 ) -> ScoreResult:
-    """Explain (unless ``explanations`` are given) and score ``latents``; see README for every option."""
+    """Explain (unless ``explanations`` are given) and score ``latents``; see README for every option.
+
+    ``controls``: the share of each latent's test examples also scored with another latent's explanation
+    (True = 0.2, False = off; see ``controls.py``). ``max_consecutive_failures``: infrastructure failures in a
+    row (latents left incomplete) that stop the run."""
     d_sae = int(sae.cfg.d_sae)
     latent_list = check_latents(latents, d_sae)
     given = coerce_explanations(explanations)
+    if isinstance(scorers, str):
+        raise ConfigError(f"scorers must be a list of names, got the string {scorers!r}; use scorers=[{scorers!r}]")
     scorer_names = list(scorers)
     if given is not None:
         explainer = None
+    concurrency = _positive_int(concurrency, "concurrency", "it is the number of latents in flight")
+    max_consecutive_failures = _positive_int(max_consecutive_failures, "max_consecutive_failures",
+                                             "it is how many latents in a row may fail on the backend")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    control_fraction = check_fraction(controls)
     sampling_cfg = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(seed=seed, **dict(sampling or {}))
     # Resolve every plugin name before any expensive work, so a typo fails in a second.
     scorer_objs = {n: _make("scorers", n, (scorer_kwargs or {}).get(n)) for n in scorer_names}
     explainer_obj = _make("explainers", explainer, explainer_kwargs) if explainer else None
+    providers = {"scorers": {n: provenance("scorers", n) for n in scorer_names},
+                 "explainer": provenance("explainers", explainer) if explainer else None}
     needs_llm = explainer_obj is not None and getattr(explainer_obj, "needs_llm", True) or any(
         getattr(s, "needs_llm", True) for s in scorer_objs.values()
     )
@@ -148,8 +204,11 @@ def run(
         )
     if needs_llm and llm is None:
         raise ConfigError("these explainers / scorers need an LLM: pass llm='local', 'openai:MODEL', ...")
+    tokenizer = getattr(model, "tokenizer", None) if model is not None else None
+    if tokenizer is None:
+        raise ConfigError("pass model= (its tokenizer renders the examples)")
     if store is None:
-        if model is None or dataset is None:
+        if dataset is None:
             raise ConfigError("pass model= and dataset= (or store= from sae.autointerp.harvest())")
         from .harvest import harvest
 
@@ -159,23 +218,28 @@ def run(
     client = None
     if needs_llm:
         client = get_client(llm, usage=usage, **dict(llm_kwargs or {})) if own_client else get_client(llm)
-    llm_name = getattr(client, "name", None)
-    run_key = _run_key(store, explainer, explainer_kwargs, scorer_names, scorer_kwargs, sampling_cfg, llm_name, given, seed)
+    ident = {
+        "store": store.key, "explainer": explainer, "explainer_kwargs": explainer_kwargs,
+        "explainer_prompt": getattr(explainer_obj, "prompt_id", None), "scorers": scorer_names,
+        "scorer_kwargs": scorer_kwargs, "scorer_prompts": {n: getattr(o, "prompt_id", None) for n, o in scorer_objs.items()},
+        "providers": providers, "sampling": asdict(sampling_cfg), "llm": client_identity(client), "seed": seed,
+        "controls": control_fraction, "prompt_version": PROMPT_VERSION,
+        "explanations": None if given is None else {k: v.text for k, v in sorted(given.items())},
+    }
+    run_key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
     folder = Path(out_dir) if out_dir is not None else cache_dir("runs") / run_key[:16]
     results = ResultsFile(folder / "results.jsonl")
-    tokenizer = getattr(model, "tokenizer", None) if model is not None else None
-    if tokenizer is None:
-        raise ConfigError("pass model= (its tokenizer renders the examples)")
     tracker = client.usage if client is not None else usage
     ctx = Context(llm=client, renderer=Renderer(tokenizer), store=store, seed=seed, sae=sae, model=model, usage=tracker)
     (folder / "run.json").write_text(json.dumps({
-        "run_key": run_key, "store": str(store.path), "explainer": explainer, "scorers": scorer_names,
-        "sampling": asdict(sampling_cfg), "llm": llm_name, "seed": seed,
+        "run_key": run_key, "store": str(store.path), "version": __version__, **ident,
+        "llm": getattr(client, "name", None), "llm_identity": ident["llm"],
     }, indent=1, default=str))
     from .negatives import make_source
 
     negatives = make_source(sampling_cfg.negatives, renderer=ctx.renderer, sae=sae, model=model)
-    runner = _Runner(ctx, explainer_obj, scorer_objs, sampling_cfg, results, run_key, given, progress, negatives)
+    runner = _Runner(ctx, explainer_obj, scorer_objs, providers, sampling_cfg, results, run_key, given, progress,
+                     negatives, control_fraction, max_consecutive_failures)
     try:
         records, stopped = run_sync(runner.run(latent_list, concurrency))
     finally:
@@ -183,122 +247,263 @@ def run(
             run_sync(client.aclose())
     summary = tracker.summary()
     (folder / "usage.json").write_text(json.dumps(summary, indent=1, default=str))
-    return ScoreResult(records=records, path=folder / "results.jsonl", usage=summary, stopped=stopped)
+    return ScoreResult(records=records, path=folder / "results.jsonl", usage=summary, stopped=stopped,
+                       incomplete=dict(runner.incomplete), run_key=run_key)
 
 
-def _run_key(store, explainer, explainer_kwargs, scorers, scorer_kwargs, sampling, llm_name, given, seed) -> str:  # type: ignore[no-untyped-def]
-    ident = {
-        "store": store.key, "explainer": explainer, "explainer_kwargs": explainer_kwargs, "scorers": scorers,
-        "scorer_kwargs": scorer_kwargs, "sampling": asdict(sampling), "llm": llm_name, "seed": seed,
-        "explanations": None if given is None else {k: v.text for k, v in sorted(given.items())},
-    }
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+class _Incomplete(Exception):
+    """A latent could not finish because of the infrastructure (never the judge)."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(f"{stage}: {type(error).__name__}: {error}")
+        self.stage, self.error = stage, error
+
+
+@dataclass
+class _Prepared:
+    sample: LatentSample
+    explanation: Explanation | None
+    scores: dict[str, Any] = field(default_factory=dict)  # finished in an earlier, incomplete attempt
+    controls: dict[str, Any] = field(default_factory=dict)
 
 
 class _Runner:
-    def __init__(self, ctx, explainer, scorers, sampling, results, run_key, given, progress, negatives) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, ctx: Context, explainer: Any, scorers: dict[str, Any], providers: dict[str, Any],
+                 sampling: SamplingConfig, results: ResultsFile, run_key: str, given: dict[int, Explanation] | None,
+                 progress: bool, negatives: Any, control_fraction: float, max_consecutive_failures: int) -> None:
         self.ctx, self.explainer, self.scorers, self.sampling = ctx, explainer, scorers, sampling
-        self.negatives = negatives
+        self.providers, self.negatives = providers, negatives
         self.results, self.run_key, self.given, self.progress = results, run_key, given, progress
+        self.control_fraction, self.max_failures = control_fraction, max_consecutive_failures
         self.stopped: str | None = None
+        self.incomplete: dict[int, str] = {}
+        self.fresh: dict[int, dict[str, Any]] = {}
+        self._failures_in_a_row = 0
+        self._bar: Any = None
 
     async def run(self, latents: list[int], concurrency: int) -> tuple[list[dict[str, Any]], str | None]:
         from tqdm.auto import tqdm
 
         done = self.results.done(self.run_key)
-        todo = [lat for lat in latents if lat not in done]
-        bar = tqdm(total=len(latents), initial=len(latents) - len(todo), unit="latent", desc="autointerp",
-                   disable=not self.progress)
-        queue = iter(todo)
-        fresh: dict[int, dict[str, Any]] = {}
+        partial = self.results.partial(self.run_key)
+        todo_total = [lat for lat in latents if lat not in done]
+        self._bar = tqdm(total=len(latents), initial=len(latents) - len(todo_total), unit="latent",
+                         desc="autointerp", disable=not self.progress)
+        blocks = [latents[i : i + CONTROL_BLOCK] for i in range(0, len(latents), CONTROL_BLOCK)]
+        for block in blocks:
+            todo = [lat for lat in block if lat not in done]
+            if not todo:
+                continue
+            if self.stopped:
+                break
+            prepared: dict[int, _Prepared] = {}
 
-        async def worker() -> None:
-            for latent in queue:
-                if self.stopped:
-                    return
-                try:
-                    record = await self.one(latent)
-                except BudgetExceeded as exc:
-                    self.stopped = str(exc)
-                    return
-                self.results.append(record)
-                fresh[latent] = record
-                bar.update(1)
+            async def prepare(latent: int) -> None:
+                item = await self._prepare(latent, partial.get(latent))
+                if item is not None:
+                    prepared[latent] = item
 
-        await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
-        bar.close()
-        merged = {**done, **fresh}
+            await _bounded(todo, prepare, concurrency, lambda: self.stopped is not None)
+            pool = {lat: _usable_text(done[lat].get("explanation")) for lat in block if lat in done}
+            pool.update({lat: p.explanation.text for lat, p in prepared.items()
+                         if p.explanation is not None and not p.explanation.failed})
+            pool = {k: v for k, v in pool.items() if v}
+
+            async def finish(latent: int) -> None:
+                await self._finish(latent, prepared[latent], pool)
+
+            await _bounded([lat for lat in todo if lat in prepared], finish, concurrency, lambda: self.stopped is not None)
+        for latent in todo_total:
+            if latent not in self.fresh and latent not in self.incomplete:
+                self.incomplete[latent] = f"not started: {self.stopped}" if self.stopped else "not started"
+        self._bar.close()
+        merged = {**done, **self.fresh}
         return [merged[lat] for lat in latents if lat in merged], self.stopped
 
-    async def one(self, latent: int) -> dict[str, Any]:
-        start = time.perf_counter()
+    # ------------------------------------------------------------------ per latent
+
+    def _base(self, latent: int, sample: LatentSample) -> dict[str, Any]:
+        return {"run_key": self.run_key, "latent": latent, "stats": sample.stats}
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.results.append(record)
+        self.fresh[record["latent"]] = record
+        self._failures_in_a_row = 0
+        self._bar.update(1)
+
+    def _failed(self, latent: int, record: dict[str, Any], failure: _Incomplete) -> None:
+        """Keep what the latent finished (an ``incomplete`` record the next run resumes from) and count the
+        infrastructure failure; trip the breaker after too many in a row."""
+        record["incomplete"] = {"stage": failure.stage, "error": f"{type(failure.error).__name__}: {failure.error}"}
+        self.results.append(record)
+        self.incomplete[latent] = str(failure)
+        if isinstance(failure.error, BudgetExceeded):
+            self.stopped = self.stopped or str(failure.error)
+            return
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row >= self.max_failures and not self.stopped:
+            who = (client_identity(self.ctx.llm) or {}).get("served_by") or getattr(self.ctx.llm, "name", "?")
+            self.stopped = (
+                f"stopped after {self._failures_in_a_row} latents in a row failed on the LLM backend {who}: "
+                f"{failure}. Finished latents and every answer already received are kept; rerun the same command "
+                "once the backend works again and only the unfinished latents are redone."
+            )
+
+    async def _prepare(self, latent: int, partial: dict[str, Any] | None) -> _Prepared | None:
         sample = await asyncio.to_thread(sample_latent, self.ctx.store, latent, self.sampling, self.negatives)
-        record: dict[str, Any] = {"run_key": self.run_key, "latent": latent, "stats": sample.stats}
         if sample.skipped:
-            record["skipped"] = sample.skipped
-            return record
+            self._write({**self._base(latent, sample), "skipped": sample.skipped})
+            return None
+        if partial is not None and partial.get("explanation") is not None:
+            explanation = _explanation_from(partial["explanation"])
+            return _Prepared(sample, explanation, dict(partial.get("scores") or {}), dict(partial.get("controls") or {}))
         explanation = None
         if self.given is not None:
             explanation = self.given.get(latent)
             if explanation is None:
-                record["skipped"] = "no explanation given for this latent"
-                return record
+                self._write({**self._base(latent, sample), "skipped": "no explanation given for this latent"})
+                return None
         elif self.explainer is not None:
-            explanation = await self._explain(sample)
+            try:
+                explanation = await self._explain(sample)
+            except LLMError as exc:
+                self._failed(latent, self._base(latent, sample), _Incomplete("explain", exc))
+                return None
+        return _Prepared(sample, explanation)
+
+    async def _finish(self, latent: int, item: _Prepared, pool: dict[int, str]) -> None:
+        start = time.perf_counter()
+        sample, explanation = item.sample, item.explanation
+        record = self._base(latent, sample)
         record["explanation"] = explanation.to_dict() if explanation is not None else None
         record["examples"] = {
             "explain": [e.token_id for e in sample.explain],
             "test_pos": [e.token_id for e in sample.test_pos],
             "test_neg": [e.token_id for e in sample.test_neg],
+            "excluded_overlap": dict(sample.holdout),
         }
-        scores: dict[str, Any] = {}
+        scores, controls = dict(item.scores), dict(item.controls)
+        usable = explanation is not None and not explanation.failed
+        source = choose_control(latent, pool, self.ctx.seed) if usable and self.control_fraction > 0 else None
+        failure: _Incomplete | None = None
         for name, scorer in self.scorers.items():
-            scores[name] = (await self._score(name, scorer, sample, explanation)).to_dict()
-        record["scores"] = scores
+            if failure is not None and getattr(scorer, "needs_llm", True):
+                continue  # the backend is failing: skip this latent's other LLM scorers, still run local ones
+            wants_control = getattr(scorer, "needs_explanation", True) and self.control_fraction > 0 and usable
+            try:
+                if name not in scores:
+                    scores[name] = await self._score(name, scorer, sample, explanation)
+                if wants_control and name not in controls:
+                    controls[name] = await self._control(name, scorer, sample, source, pool)
+            except LLMError as exc:
+                failure = _Incomplete(name, exc)
+                if isinstance(exc, BudgetExceeded):
+                    break
+        record["scores"], record["controls"] = scores, controls
+        if failure is not None:
+            self._failed(latent, record, failure)
+            return
         record["usage"] = {
             stage: totals.as_dict() for (stage, lat), totals in self.ctx.usage.by_latent().items() if lat == latent
         }
         record["seconds"] = round(time.perf_counter() - start, 3)
-        return record
+        self._write(record)
 
-    async def _explain(self, sample: Any) -> Explanation:
+    async def _explain(self, sample: LatentSample) -> Explanation:
         """The explainer's answer; a crash or a wrong return type becomes a failed explanation naming the plugin
-        (never scored), so one broken explainer plugin does not take the run down."""
+        (never scored), so one broken explainer plugin does not take the run down. Transport errors and the
+        budget propagate (the latent stays incomplete)."""
         name = getattr(self.explainer, "name", "?")
+        provider = self.providers["explainer"]
         try:
             out = await self.explainer.explain(sample, self.ctx)
-        except BudgetExceeded:
+        except LLMError:
             raise
         except Exception as exc:
             error = f"crashed: {type(exc).__name__}: {exc}"
         else:
             if isinstance(out, Explanation):
-                return out
+                return replace(out, provider=provider)
             error = f"returned {type(out).__name__}, not an Explanation"
-        item = get_registry().items("explainers").get(name)
-        who = f"plugin {item.plugin!r}, " if item else ""
-        return Explanation(sample.latent, "", str(name), failed=True, error=f"{who}explainer {name!r} {error}")
+        who = f"plugin {provider['plugin']!r}, " if provider else ""
+        return Explanation(sample.latent, "", str(name), failed=True, error=f"{who}explainer {name!r} {error}",
+                           provider=provider)
 
-    async def _score(self, name: str, scorer: Any, sample: Any, explanation: Explanation | None) -> ScorerOutput:
+    async def _score(self, name: str, scorer: Any, sample: LatentSample, explanation: Explanation | None,
+                     ctx: Context | None = None) -> dict[str, Any]:
+        """One scorer's output as a record entry (with its provider and its judge). A crash or an output that
+        breaks the contract becomes an entry with ``error`` naming the plugin; LLM errors propagate."""
+        provider = self.providers["scorers"][name]
+        needs_llm = getattr(scorer, "needs_llm", True)
+        extra = {"provider": provider, "judge_kind": "llm" if needs_llm else "local",
+                 "judge": getattr(self.ctx.llm, "name", None) if needs_llm else None}
         if getattr(scorer, "needs_explanation", True) and (explanation is None or explanation.failed):
             why = "no explanation" if explanation is None else f"explanation failed: {explanation.error}"
-            return ScorerOutput(scorer=name, score=None, n_examples=0, n_failed=0, error=why)
+            return {**ScorerOutput(scorer=name, score=None, n_examples=0, n_failed=0, error=why).to_dict(), **extra}
         try:
-            out = await scorer.score(sample, explanation, self.ctx)
-        except BudgetExceeded:
+            out = await scorer.score(sample, explanation, ctx or self.ctx)
+        except LLMError:
             raise
         except Exception as exc:  # one broken scorer must not take the others down
-            plugin = get_registry().items("scorers").get(name)
-            who = f"plugin {plugin.plugin!r}, " if plugin else ""
-            return ScorerOutput(scorer=name, score=None, n_examples=0, n_failed=0,
-                                error=f"{who}scorer {name!r} crashed: {type(exc).__name__}: {exc}")
-        problem = _check_output(out)
-        if problem is not None:
-            plugin = get_registry().items("scorers").get(name)
-            return ScorerOutput(scorer=name, score=None, n_examples=0, n_failed=0,
-                                error=f"plugin {plugin.plugin if plugin else '?'!r}: scorer {name!r} {problem}")
-        out.scorer = name
-        return out
+            out = ScorerOutput(scorer=name, score=None, n_examples=0, n_failed=0,
+                               error=f"plugin {provider['plugin']!r}, scorer {name!r} crashed: {type(exc).__name__}: {exc}")
+        else:
+            problem = _check_output(out)
+            if problem is not None:
+                out = ScorerOutput(scorer=name, score=None, n_examples=0, n_failed=0,
+                                   error=f"plugin {provider['plugin']!r}: scorer {name!r} {problem}")
+        entry = {**out.to_dict(), **extra, "scorer": name}
+        if entry.get("score") is not None and entry.get("metric") is None:
+            entry.update(_guess_headline(entry))
+        return entry
+
+    async def _control(self, name: str, scorer: Any, sample: LatentSample, source: int | None,
+                       pool: dict[int, str]) -> dict[str, Any]:
+        """The scorer on a subset of the same test examples with another latent's explanation."""
+        if source is None:
+            return {"score": None, "error": "no other latent of this block of the run has an explanation"}
+        subset = control_sample(sample, self.control_fraction, self.ctx.seed)
+        ctx = replace(self.ctx, llm=RelabelledClient(self.ctx.llm)) if self.ctx.llm is not None else self.ctx
+        entry = await self._score(name, scorer, subset, control_explanation(sample.latent, source, pool[source]), ctx)
+        return {"explanation_from": source, "explanation": pool[source],
+                **{k: entry.get(k) for k in ("score", "metric", "low", "high", "chance", "n_examples", "n_failed",
+                                             "error", "predictions")}}
+
+
+async def _bounded(items: list[int], job: Any, concurrency: int, stop: Any) -> None:
+    """Run ``job(item)`` for every item with at most ``concurrency`` in flight, until ``stop()``."""
+    queue = iter(items)
+
+    async def worker() -> None:
+        for item in queue:
+            if stop():
+                return
+            await job(item)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(items))))))
+
+
+def _usable_text(explanation: Mapping[str, Any] | None) -> str | None:
+    if not explanation or explanation.get("failed"):
+        return None
+    return explanation.get("text") or None
+
+
+def _explanation_from(d: Mapping[str, Any]) -> Explanation:
+    known = {f.name for f in fields(Explanation)}
+    e = {k: v for k, v in d.items() if k in known}
+    e["examples_shown"] = tuple(e.get("examples_shown") or ())
+    return Explanation(**e)
+
+
+def _guess_headline(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """For plugins that do not declare their headline: the metric whose value equals the score, if any."""
+    m = entry.get("metrics") or {}
+    for key in ("balanced_accuracy", "accuracy", "pearson", "auc", "mean_diff"):
+        if key in m and m[key] is not None and entry.get("score") is not None and abs(m[key] - entry["score"]) < 1e-12:
+            return {"metric": key, "low": m.get(f"{key}_low"), "high": m.get(f"{key}_high"),
+                    "chance": m.get(f"chance_{key}")}
+    return {}
 
 
 def _check_output(out: Any) -> str | None:
@@ -308,10 +513,10 @@ def _check_output(out: Any) -> str | None:
     score = out.score
     if score is not None and (isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score)):
         return f"returned score={score!r}; a score is a finite number or None"
-    for field in ("n_examples", "n_failed"):
-        value = getattr(out, field)
+    for field_name in ("n_examples", "n_failed"):
+        value = getattr(out, field_name)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            return f"returned {field}={value!r}; it must be a non-negative integer"
+            return f"returned {field_name}={value!r}; it must be a non-negative integer"
     try:
         json.dumps(out.to_dict(), default=_json_default, allow_nan=False)
     except (TypeError, ValueError) as exc:

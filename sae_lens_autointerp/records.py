@@ -13,6 +13,11 @@ if TYPE_CHECKING:
     from .text import Renderer
 
 
+#: Version of the built-in prompts and protocols: part of every run key, bumped when a built-in prompt, parser
+#: or sampling rule changes the answers (2: token-span hold-out, strict explanation parsing, controls).
+PROMPT_VERSION = 2
+
+
 def template_id(*parts: str) -> str:
     """A short, stable id of a prompt template (recorded with every result)."""
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:12]
@@ -32,6 +37,11 @@ class Explanation:
     n_attempts: int = 1
     failed: bool = False
     error: str | None = None
+    #: how the text was read from the answer: "labelled" (an ``Explanation:`` line), "first-sentence" (an
+    #: unlabelled short answer), or None (given by the user, or an explainer without an LLM)
+    parse: str | None = None
+    #: which plugin distribution made it: ``{"plugin", "distribution", "version"}`` (set by the pipeline)
+    provider: dict[str, str] | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -46,9 +56,13 @@ class Explanation:
 class ScorerOutput:
     """One scorer's result for one latent.
 
-    ``score`` is the headline number (see each scorer), ``metrics`` everything else (intervals, chance
-    levels), ``predictions`` one JSON-safe dict per example (or per prompt), ``n_failed`` the examples whose
-    answer could not be parsed or was refused (excluded from the metrics, never scored as right or wrong).
+    ``score`` is the headline number (see each scorer) and ``metric`` its name, with its interval
+    (``low``, ``high``) and its chance level (``chance``): tables, summaries and controls read these, so a
+    plugin's headline is shown with its own interval. ``metrics`` holds everything else, ``predictions`` one
+    JSON-safe dict per example (or per prompt), ``n_failed`` the examples whose answer could not be parsed
+    or was refused (the judge's failures: excluded from the metrics, never scored as right or wrong).
+    Transport errors are not judge failures: a scorer lets :class:`~sae_lens_autointerp.llm.LLMError`
+    propagate, and the latent is left incomplete for the next run.
     """
 
     scorer: str
@@ -59,9 +73,22 @@ class ScorerOutput:
     predictions: list[dict[str, Any]] = field(default_factory=list)
     prompt_id: str | None = None
     error: str | None = None
+    metric: str | None = None
+    low: float | None = None
+    high: float | None = None
+    chance: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @staticmethod
+    def headline(metrics: dict[str, Any], name: str, chance: float | None = None) -> dict[str, Any]:
+        """``metric`` / ``low`` / ``high`` / ``chance`` keyword arguments read from flat ``metrics``
+        (``NAME``, ``NAME_low``, ``NAME_high``, ``chance_NAME``)."""
+        return {
+            "metric": name, "low": metrics.get(f"{name}_low"), "high": metrics.get(f"{name}_high"),
+            "chance": metrics.get(f"chance_{name}", chance) if chance is None else chance,
+        }
 
 
 @dataclass

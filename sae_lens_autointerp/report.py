@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,13 @@ import pandas as pd
 from .errors import ConfigError
 from .results import ResultsFile, ScoreResult
 
+log = logging.getLogger(__name__)
+
 
 def load(path: str | Path) -> ScoreResult:
+    """The results of one run in a results.jsonl (or its folder): the run named in the folder's run.json, else
+    the run of the file's last record. Each latent's last record wins; incomplete latents are reported in
+    ``.incomplete``. Records of other runs in the same file are left out with a warning."""
     path = Path(path)
     if path.is_dir():
         path = path / "results.jsonl"
@@ -22,8 +29,26 @@ def load(path: str | Path) -> ScoreResult:
         raise ConfigError(f"no results at {path}; run `sae-autointerp run` or `demo` first")
     usage_file = path.parent / "usage.json"
     usage = json.loads(usage_file.read_text()) if usage_file.is_file() else {}
-    records = sorted(ResultsFile(path).records(), key=lambda r: r["latent"])  # file order = completion order
-    return ScoreResult(records=records, path=path, usage=usage)
+    results = ResultsFile(path)
+    all_records = results.records()
+    run_key = None
+    run_file = path.parent / "run.json"
+    if run_file.is_file():
+        try:
+            run_key = json.loads(run_file.read_text()).get("run_key")
+        except ValueError:
+            run_key = None
+    keys = [r.get("run_key") for r in all_records if r.get("run_key")]
+    if run_key not in keys:
+        run_key = keys[-1] if keys else None
+    others = {k for k in keys if k != run_key}
+    if others:
+        log.warning("%s holds records of %d other run(s); reading run %s only", path, len(others), str(run_key)[:12])
+    latest = results.latest(run_key) if run_key else {}
+    records = sorted((r for r in latest.values() if not r.get("incomplete")), key=lambda r: r["latent"])
+    incomplete = {k: f"{r['incomplete'].get('stage')}: {r['incomplete'].get('error')}"
+                  for k, r in latest.items() if r.get("incomplete")}
+    return ScoreResult(records=records, path=path, usage=usage, incomplete=incomplete, run_key=run_key)
 
 
 def text_table(result: ScoreResult) -> str:
@@ -32,7 +57,7 @@ def text_table(result: ScoreResult) -> str:
         return "no scored latents"
     wide = table.pivot_table(index="latent", columns="scorer", values="score", aggfunc="first")
     failed = table.groupby("latent")["n_failed"].sum().rename("n_failed")
-    expl = table.groupby("latent")["explanation"].first().fillna("").str.slice(0, 60).rename("explanation")
+    expl = table.groupby("latent")["explanation"].first().fillna("").map(_clean).str.slice(0, 60).rename("explanation")
     out = pd.concat([wide, failed, expl], axis=1)
     with pd.option_context("display.width", 200, "display.max_colwidth", 60, "display.float_format", "{:.3f}".format):
         return out.to_string()
@@ -45,18 +70,43 @@ def histogram(values: list[float], bins: int = 10, lo: float = 0.0, hi: float = 
     return "\n".join(f"{edges[i]:5.2f}-{edges[i + 1]:4.2f} | {'#' * int(round(width * c / top))} {c}" for i, c in enumerate(counts))
 
 
+def _clean(text: Any) -> str:
+    """Text from results data, safe for a terminal: ANSI escapes and other control characters removed."""
+    return _CONTROL_RE.sub("", _ANSI_RE.sub("", str(text)))
+
+
+_ANSI_RE = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def summary_text(result: ScoreResult) -> str:
+    summary = result.summary()
+    if summary.empty:
+        return ""
+    cols = ["scorer", "metric", "n_latents", "n_scored", "n_undefined", "n_failed", "mean", "low", "high", "chance",
+            "control", "lift", "lift_low", "lift_high"]
+    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200):
+        return summary[cols].to_string(index=False)
+
+
 def text_report(result: ScoreResult) -> str:
     parts = [text_table(result), ""]
     table = result.table.dropna(subset=["score"])
     if not table.empty:
-        summary = result.summary()
-        with pd.option_context("display.float_format", "{:.3f}".format):
-            parts += ["per scorer (mean score, 95% interval):", summary.to_string(index=False), ""]
+        parts += ["per scorer (mean score with 95% interval; control = another latent's explanation on the same "
+                  "examples; lift = score - control):", summary_text(result), ""]
         for scorer, group in table.groupby("scorer"):
-            lo = -1.0 if scorer == "simulation" else 0.0
-            parts += [f"{scorer} scores:", histogram(group["score"].tolist(), lo=lo), ""]
+            lo = -1.0 if group["metric"].eq("pearson").any() else 0.0
+            parts += [f"{_clean(scorer)} scores:", histogram(group["score"].tolist(), lo=lo), ""]
+    verdict = result.verdict()
+    if verdict:
+        parts += ["judge check:", *(f"  {_clean(line)}" for line in verdict), ""]
     if result.skipped:
-        parts.append(f"skipped {len(result.skipped)} latents: " + "; ".join(f"{k}: {v}" for k, v in list(result.skipped.items())[:10]))
+        parts.append(f"skipped {len(result.skipped)} latents: " + "; ".join(
+            f"{k}: {_clean(v)}" for k, v in list(result.skipped.items())[:10]))
+    if result.incomplete:
+        parts.append(f"INCOMPLETE: {len(result.incomplete)} latents did not finish (run the same command again to "
+                     "finish them): " + "; ".join(f"{k}: {_clean(v)}" for k, v in list(result.incomplete.items())[:5]))
     total = (result.usage or {}).get("total")
     if total:
         parts.append(f"LLM usage: {total.get('requests')} requests, {total.get('prompt_tokens')} prompt + "
@@ -65,30 +115,47 @@ def text_report(result: ScoreResult) -> str:
     return "\n".join(parts)
 
 
-def write_html(result: ScoreResult, path: str | Path, tokenizer: Any = None) -> Path:
-    """One page: the summary, then per latent its explanation, scores and shown examples."""
+def write_html(result: ScoreResult, path: str | Path) -> Path:
+    """One self-contained page: the judge check, the per-scorer summary (with controls and lifts), then per
+    latent its explanation, scores with intervals and controls. Every value from results data is escaped."""
     path = Path(path)
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {path}: the folder {path.parent} does not exist (create it first)")
+    esc = html.escape
+    controls_of = {r["latent"]: r.get("controls") or {} for r in result.records}
     rows = []
     for r in result.records:
-        latent = r["latent"]
+        latent = int(r["latent"])
         if r.get("skipped"):
-            rows.append(f"<tr><td>{latent}</td><td colspan=3><i>skipped: {html.escape(r['skipped'])}</i></td></tr>")
+            rows.append(f"<tr><td>{latent}</td><td colspan=4><i>skipped: {esc(str(r['skipped']))}</i></td></tr>")
             continue
-        expl = (r.get("explanation") or {})
-        text = html.escape(expl.get("text") or f"(failed: {expl.get('error')})")
-        scores = ", ".join(
-            f"{name} {out['score']:.2f}" if out.get("score") is not None else f"{name} – ({html.escape(str(out.get('error')))})"
-            for name, out in (r.get("scores") or {}).items()
-        )
-        failed = sum(out.get("n_failed", 0) for out in (r.get("scores") or {}).values())
-        freq = r.get("stats", {}).get("frequency", 0.0)
-        rows.append(f"<tr><td>{latent}</td><td>{text}</td><td>{scores}</td><td>{failed}</td><td>{freq:.4%}</td></tr>")
-    summary = result.summary() if not result.table.dropna(subset=["score"]).empty else pd.DataFrame()
+        expl = r.get("explanation") or {}
+        text = esc(str(expl.get("text") or f"(failed: {expl.get('error')})"))
+        cells = []
+        for name, out in (r.get("scores") or {}).items():
+            ctl = controls_of[latent].get(name) or {}
+            if out.get("score") is None:
+                cells.append(f"{esc(str(name))} – ({esc(str(out.get('error') or 'undefined'))})")
+                continue
+            low, high = out.get("low"), out.get("high")
+            interval = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+            control = f", control {ctl['score']:.2f}" if ctl.get("score") is not None else ""
+            cells.append(f"{esc(str(name))} {out['score']:.2f}{interval}{control}")
+        failed = sum(int(out.get("n_failed", 0) or 0) for out in (r.get("scores") or {}).values())
+        freq = float(r.get("stats", {}).get("frequency", 0.0) or 0.0)
+        rows.append(f"<tr><td>{latent}</td><td>{text}</td><td>{'<br>'.join(cells)}</td><td>{failed}</td>"
+                    f"<td>{freq:.4%}</td></tr>")
+    summary = result.summary()
+    verdict = "".join(f"<li>{esc(line)}</li>" for line in result.verdict())
+    incomplete = (f"<p class=warn>{len(result.incomplete)} latents are incomplete (run the same command again): "
+                  f"{esc('; '.join(f'{k}: {v}' for k, v in list(result.incomplete.items())[:10]))}</p>"
+                  if result.incomplete else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sae-lens-autointerp results</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}</style>
-</head><body><h1>sae-lens-autointerp results</h1><p>{html.escape(str(result.path))}</p>
-<h2>Per scorer</h2>{summary.to_html(index=False, float_format=lambda x: f"{x:.3f}") if not summary.empty else "<p>no scores</p>"}
-<h2>Latents</h2><table><tr><th>latent</th><th>explanation</th><th>scores</th><th>failed answers</th><th>frequency</th></tr>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}.warn{{color:#a00}}</style>
+</head><body><h1>sae-lens-autointerp results</h1><p>{esc(str(result.path))}</p>
+<h2>Judge check</h2><ul>{verdict or "<li>no scorer with a control in this run</li>"}</ul>{incomplete}
+<h2>Per scorer</h2>{summary.to_html(index=False, float_format=lambda x: f"{x:.3f}", escape=True) if not summary.empty else "<p>no scores</p>"}
+<h2>Latents</h2><table><tr><th>latent</th><th>explanation</th><th>scores [95% interval], control</th><th>failed answers</th><th>frequency</th></tr>
 {''.join(rows)}</table></body></html>"""
     path.write_text(page, encoding="utf-8")
     return path

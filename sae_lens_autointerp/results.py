@@ -1,7 +1,18 @@
-"""results.jsonl: one JSON record per finished latent, appended as soon as the latent is done.
+"""results.jsonl: one JSON record per latent, appended as soon as the latent is done (or left incomplete).
 
-A killed run loses at most the latents in flight; running it again skips every latent that has a record
-with the same ``run_key`` (same SAE, store, explainer, scorers, sampling and LLM).
+A killed run loses at most the latents in flight; running it again skips every latent that has a finished
+record with the same ``run_key`` (same store, explainer, scorers and their settings and prompts, sampling,
+LLM backend and cache mode, seed, controls, plugin versions). A record with ``incomplete`` (an infrastructure
+failure: the backend, the budget) is not finished: the next run resumes it from what it holds. Later records
+of a latent supersede earlier ones.
+
+``result.table``: one row per (latent, scorer) of finished latents: the headline ``metric`` and ``score`` with
+its 95% interval (``low``, ``high``) and ``chance``, the ``auc`` where graded probabilities exist, the
+``calibrated`` balanced accuracy (classification scorers), the ``control`` score (another latent's
+explanation on a subset of the same examples), ``lift`` = score - control with ``lift_low`` / ``lift_high``,
+``signal`` (the lift's interval lies above 0), ``n_examples``, ``n_failed``, the explanation and any error.
+``result.summary()``: per scorer the counts (``n_latents``, ``n_scored``, ``n_undefined``, ``n_failed``), the
+mean score with its interval, the chance level, the mean control and lift, and the judge check.
 """
 
 from __future__ import annotations
@@ -13,13 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-TABLE_COLUMNS = ["latent", "scorer", "score", "low", "high", "chance", "auc", "n_examples", "n_failed", "explanation"]
+TABLE_COLUMNS = [
+    "latent", "scorer", "metric", "score", "low", "high", "chance", "auc", "calibrated", "control", "lift", "lift_low",
+    "lift_high", "signal", "n_examples", "n_failed", "explanation", "error", "provider",
+]
+SUMMARY_COLUMNS = [
+    "scorer", "metric", "n_latents", "n_scored", "n_undefined", "n_failed", "mean", "low", "high", "chance",
+    "control", "lift", "lift_low", "lift_high", "n_controls", "identical_answers", "judge_ok", "judge_check",
+]
 
 
 class ResultsFile:
-    """Append-only JSONL with whole-line writes (flushed and fsynced), tolerant of a torn last line."""
+    """Append-only JSONL with whole-line writes (flushed and fsynced); an unreadable line is skipped."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -38,8 +57,17 @@ class ResultsFile:
                     continue  # a line torn by a crash; that latent simply runs again
         return out
 
+    def latest(self, run_key: str) -> dict[int, dict[str, Any]]:
+        """The last record of each latent of one run (finished or not)."""
+        return {r["latent"]: r for r in self.records() if r.get("run_key") == run_key and "latent" in r}
+
     def done(self, run_key: str) -> dict[int, dict[str, Any]]:
-        return {r["latent"]: r for r in self.records() if r.get("run_key") == run_key}
+        """Finished latents of one run: their last record has no ``incomplete``."""
+        return {k: r for k, r in self.latest(run_key).items() if not r.get("incomplete")}
+
+    def partial(self, run_key: str) -> dict[int, dict[str, Any]]:
+        """Latents whose last record is ``incomplete``: what they finished, to resume from."""
+        return {k: r for k, r in self.latest(run_key).items() if r.get("incomplete")}
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, default=_json_default, allow_nan=False) + "\n"
@@ -61,16 +89,18 @@ def _json_default(obj: Any) -> Any:
 class ScoreResult:
     """What ``sae.score()`` / ``sae.autointerp.run()`` return.
 
-    ``table``: one row per (latent, scorer) with at least latent, scorer, score, n_examples, n_failed
-    (parse failures and refusals, excluded from the score), plus the score's 95% interval (low, high), its
-    chance level, and the AUC where the scorer has probabilities.
-    ``records``: the full per-latent records (as in results.jsonl). ``skipped``: latent -> reason.
+    ``table``: one row per (latent, scorer) of the finished latents (see the module docstring for columns).
+    ``records``: the full per-latent records (as in results.jsonl). ``skipped``: latent -> reason (dead, too
+    rare, ...). ``incomplete``: latent -> why it could not finish (the backend, the budget); the same call
+    again finishes them. ``stopped``: why the run stopped early, if it did.
     """
 
     records: list[dict[str, Any]]
     path: Path | None = None
     usage: dict[str, Any] = field(default_factory=dict)
-    stopped: str | None = None  # why the run stopped early (budget), if it did
+    stopped: str | None = None
+    incomplete: dict[int, str] = field(default_factory=dict)
+    run_key: str | None = None
 
     @property
     def table(self) -> pd.DataFrame:
@@ -81,56 +111,172 @@ class ScoreResult:
         return {r["latent"]: r["skipped"] for r in self.records if r.get("skipped")}
 
     @property
+    def complete(self) -> bool:
+        return not self.incomplete
+
+    @property
     def explanations(self) -> dict[int, Any]:
         from .records import Explanation
 
+        known = set(Explanation.__dataclass_fields__)
         out = {}
         for r in self.records:
             if r.get("explanation"):
-                e = dict(r["explanation"])
+                e = {k: v for k, v in r["explanation"].items() if k in known}
                 e["examples_shown"] = tuple(e.get("examples_shown") or ())
                 out[r["latent"]] = Explanation(**e)
         return out
 
-    def summary(self) -> pd.DataFrame:
-        """Per scorer: latents scored, mean score with a 95% interval, failures."""
-        from .metrics import aggregate_table
+    def judge_checks(self) -> list[Any]:
+        """One :class:`~sae_lens_autointerp.controls.JudgeCheck` per scorer that reads an explanation."""
+        return judge_checks(self.records)
 
-        return aggregate_table(self.table.dropna(subset=["score"]))
+    def verdict(self) -> list[str]:
+        """Plain sentences: for each scorer, does it carry signal here, and if not, what to do."""
+        from .controls import judge_sentence
+
+        kinds = _judge_kinds(self.records)
+        return [judge_sentence(c, kinds.get(c.scorer, "llm")) for c in self.judge_checks()]
+
+    def summary(self) -> pd.DataFrame:
+        """Per scorer: latents attempted / scored / undefined / failed, the mean score with a 95% interval and
+        its chance level, the mean control and lift with the judge check. No latent is dropped silently."""
+        return summary_table(self.records)
 
     def __repr__(self) -> str:
-        return f"ScoreResult({len(self.records)} latents, path={str(self.path) if self.path else None!r})"
+        extra = f", {len(self.incomplete)} incomplete" if self.incomplete else ""
+        return f"ScoreResult({len(self.records)} latents{extra}, path={str(self.path) if self.path else None!r})"
+
+
+def _provider_text(entry: dict[str, Any]) -> str | None:
+    p = entry.get("provider") or {}
+    if not p:
+        return None
+    return " ".join(str(x) for x in (p.get("distribution") or p.get("plugin"), p.get("version")) if x)
+
+
+def _headline(out: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """(metric, low, high, chance) declared by the scorer, or for old records the metric whose value is the
+    score (never an interval that belongs to another metric)."""
+    if out.get("metric"):
+        return out["metric"], out.get("low"), out.get("high"), out.get("chance")
+    m = out.get("metrics") or {}
+    score = out.get("score")
+    for key in ("balanced_accuracy", "accuracy", "pearson", "auc", "mean_diff"):
+        if score is not None and m.get(key) is not None and abs(float(m[key]) - float(score)) < 1e-12:
+            return key, m.get(f"{key}_low"), m.get(f"{key}_high"), m.get(f"chance_{key}")
+    return None, None, None, None
 
 
 def records_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(_rows(records), columns=TABLE_COLUMNS)
+    floats = ("score", "low", "high", "chance", "auc", "calibrated", "control", "lift", "lift_low", "lift_high")
+    return df.astype({c: float for c in floats}).astype({"signal": object})
+
+
+def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The table's rows, plus the control's interval (``control_low`` / ``control_high``)."""
+    from .controls import lift
+
     rows = []
     for r in records:
+        if r.get("incomplete") or r.get("skipped"):
+            continue
         explanation = (r.get("explanation") or {}).get("text")
+        controls = r.get("controls") or {}
         for name, out in (r.get("scores") or {}).items():
-            low, high, chance = _interval(out)
+            metric, low, high, chance = _headline(out)
+            ctl = controls.get(name) or {}
+            est = lift(out.get("score"), low, high, ctl.get("score"), ctl.get("low"), ctl.get("high"))
+            metrics = out.get("metrics") or {}
             rows.append(
                 {
                     "latent": r["latent"],
                     "scorer": name,
+                    "metric": metric,
                     "score": out.get("score"),
                     "low": low,
                     "high": high,
                     "chance": chance,
-                    "auc": (out.get("metrics") or {}).get("auc"),
+                    "auc": metrics.get("auc"),
+                    "calibrated": metrics.get("balanced_accuracy_calibrated"),
+                    "control": ctl.get("score"),
+                    "lift": None if est is None else est.value,
+                    "lift_low": None if est is None else est.low,
+                    "lift_high": None if est is None else est.high,
+                    "signal": None if est is None or est.low != est.low else bool(est.low > 0),
                     "n_examples": out.get("n_examples", 0),
                     "n_failed": out.get("n_failed", 0),
                     "explanation": explanation,
                     "error": out.get("error"),
+                    "provider": _provider_text(out),
+                    "control_low": ctl.get("low"),
+                    "control_high": ctl.get("high"),
                 }
             )
-    df = pd.DataFrame(rows, columns=[*TABLE_COLUMNS, "error"])
-    return df.astype({"score": float, "low": float, "high": float, "chance": float, "auc": float})
+    return rows
 
 
-def _interval(out: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """(low, high, chance) of a scorer's headline metric (flat keys: NAME, NAME_low, NAME_high, chance_NAME)."""
-    m = out.get("metrics") or {}
-    for key in ("balanced_accuracy", "pearson", "accuracy", "auc", "mean_diff"):
-        if f"{key}_low" in m:
-            return m[f"{key}_low"], m.get(f"{key}_high"), m.get(f"chance_{key}")
-    return None, None, None
+def _judge_kinds(records: list[dict[str, Any]]) -> dict[str, str]:
+    kinds: dict[str, str] = {}
+    for r in records:
+        for name, out in (r.get("scores") or {}).items():
+            if out.get("judge_kind"):
+                kinds[name] = out["judge_kind"]
+    return kinds
+
+
+def judge_checks(records: list[dict[str, Any]]) -> list[Any]:
+    from .controls import answers_of, judge_check, lifts_per_latent
+
+    answers: dict[str, list[Any]] = {}
+    controlled: set[str] = set()
+    for r in records:
+        if r.get("incomplete") or r.get("skipped"):
+            continue
+        for name, out in (r.get("scores") or {}).items():
+            answers.setdefault(name, []).extend(answers_of(out))
+        controlled.update((r.get("controls") or {}).keys())
+    by_scorer: dict[str, list[dict[str, Any]]] = {}
+    for row in _rows(records):
+        by_scorer.setdefault(row["scorer"], []).append(row)
+    # scorers that read no explanation (intruder) have no control and no check
+    return [judge_check(name, lifts_per_latent(by_scorer[name]), answers.get(name, []))
+            for name in sorted(by_scorer) if name in controlled]
+
+
+def summary_table(records: list[dict[str, Any]], confidence: float = 0.95) -> pd.DataFrame:
+    from .controls import judge_sentence, mean_or_none
+    from .metrics import aggregate
+
+    table = records_table(records)
+    checks = {c.scorer: c for c in judge_checks(records)}
+    kinds = _judge_kinds(records)
+    rows = []
+    for name, group in table.groupby("scorer", sort=True):
+        scores = group["score"].to_numpy(dtype=float)
+        scored = np.isfinite(scores)
+        failed = group["error"].notna().to_numpy() & ~scored
+        est = aggregate(scores[scored], confidence=confidence)
+        check = checks.get(str(name))
+        chance = group["chance"].dropna()
+        metric = group["metric"].dropna()
+        rows.append({
+            "scorer": name,
+            "metric": metric.iloc[0] if len(metric) else None,
+            "n_latents": len(group),
+            "n_scored": int(scored.sum()),
+            "n_undefined": int((~scored & ~failed).sum()),
+            "n_failed": int(failed.sum()),
+            "mean": est.value, "low": est.low, "high": est.high,
+            "chance": float(chance.mean()) if len(chance) else None,
+            "control": mean_or_none(group["control"]),
+            "lift": None if check is None else check.to_dict()["lift"],
+            "lift_low": None if check is None else check.to_dict()["lift_low"],
+            "lift_high": None if check is None else check.to_dict()["lift_high"],
+            "n_controls": 0 if check is None else check.n_controls,
+            "identical_answers": None if check is None else check.identical_answers,
+            "judge_ok": None if check is None else check.can_tell,
+            "judge_check": None if check is None else judge_sentence(check, kinds.get(str(name), "llm")),
+        })
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)

@@ -41,3 +41,13 @@ def sensible(request: ChatRequest) -> str:
     if "odd one out" in user:
         return "1"
     return "1" if " the " in user else "0"
+
+
+def distinct(request: ChatRequest) -> str:
+    """Like :func:`sensible`, but every latent gets its own explanation text (so controls have a source)."""
+    import hashlib
+
+    if "Find what the marked tokens" in request.messages[0][1]:
+        digest = hashlib.sha256(request.messages[-1][1].encode()).hexdigest()[:6]
+        return f"Explanation: common English words, pattern {digest}"
+    return sensible(request)

@@ -43,8 +43,42 @@ def test_perfect():
         assert getattr(m, name).value == 1.0, name
     assert (m.n, m.n_answered, m.n_failed, m.n_pos, m.n_neg, m.coverage, m.n_auc) == (12, 12, 0, 5, 7, 1.0, 12)
     assert m.notes == ()
-    assert m.balanced_accuracy == Estimate(1.0, 1.0, 1.0)  # every bootstrap replicate is perfect too
+    # 5 + 7 examples cannot prove perfection: the interval reaches well below 1 (Wilson per class)
+    assert m.balanced_accuracy.value == m.balanced_accuracy.high == 1.0 and m.balanced_accuracy.low < 0.8
     assert_contains(m)
+
+
+def test_constant_judge_interval_does_not_collapse():
+    """A judge answering "1" to all 20 examples: balanced accuracy 0.5 with an interval as wide as 10 + 10
+    examples allow (a percentile bootstrap gives [0.5, 0.5] here, which reads as certainty)."""
+    from sae_lens_autointerp.metrics import wilson
+
+    labels = [True] * 10 + [False] * 10
+    m = binary_metrics(labels, [True] * 20)
+    ba = m.balanced_accuracy
+    assert ba.value == 0.5
+    assert ba.low < 0.4 and ba.high > 0.6, ba
+    # MOVER: the lower end moves by half the distance recall can fall (10/10 -> its Wilson lower bound),
+    # the upper end by half the distance specificity can rise (0/10 -> its Wilson upper bound)
+    assert ba.low == pytest.approx(0.5 - 0.5 * (1 - wilson(10, 10).low))
+    assert ba.high == pytest.approx(0.5 + 0.5 * wilson(0, 10).high)
+    # more examples, narrower interval
+    big = binary_metrics([True] * 200 + [False] * 200, [True] * 400).balanced_accuracy
+    assert big.value == 0.5 and big.high - big.low < (ba.high - ba.low) / 2
+
+
+def test_balanced_accuracy_interval_covers_at_nominal_rate():
+    """Simulated judges with known recall / specificity: the 95% interval holds the truth >= 93% of the time."""
+    from sae_lens_autointerp.metrics import balanced_accuracy
+
+    rng = np.random.default_rng(0)
+    for recall, spec, n in ((0.9, 0.6, 25), (0.99, 0.5, 50), (0.7, 0.7, 10)):
+        truth = (recall + spec) / 2
+        hits = 0
+        for _ in range(2000):
+            est = balanced_accuracy(int(rng.binomial(n, recall)), n, int(rng.binomial(n, spec)), n)
+            hits += est.low <= truth <= est.high
+        assert hits / 2000 >= 0.93, (recall, spec, n, hits / 2000)
 
 
 def test_all_wrong_and_inverted_probabilities():

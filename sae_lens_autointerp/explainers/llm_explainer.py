@@ -10,11 +10,13 @@ reminder, then recorded as a failed explanation (never scored).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..negatives import silent_windows
 from ..records import Context, Explanation, template_id
-from ..sampling import LatentSample, latent_rng
+from ..sampling import LatentSample, activating_spans, latent_rng
 from ..text import RenderedExample, active_mask, discretize, highlight
 
 SYSTEM = (
@@ -29,28 +31,103 @@ COT_FORMAT = (
     "End with one line: Explanation: <a short description, at most 15 words>"
 )
 CONTRAST_NOTE = "Examples where the neuron does NOT fire (nothing marked) are shown too; use the contrast."
-REMINDER = "Your answer did not contain a line starting with 'Explanation:'. " + ANSWER_FORMAT
+REMINDER = "Your answer was not usable ({reason}). " + ANSWER_FORMAT
+RETRY_TEMPERATURE = 0.7
 
 _SENTENCE_RE = re.compile(r"(.+?[.!?])(?:\s|$)|(.+)$")
-_EXPLANATION_RE = re.compile(r"^\W*explanation\W*:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+_EXPLANATION_RE = re.compile(r"^\W*explanation\W*:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
+_REFUSAL_RE = re.compile(
+    r"^\W*(i'?m sorry|i am sorry|sorry\b|i apologi[sz]e|i cannot|i can'?t|i can not|i'?m (not able|unable)|"
+    r"i am (not able|unable)|i do not know|i don'?t know|as an ai\b|unfortunately\b|i'?m afraid)",
+    re.IGNORECASE,
+)
+_FILLER_RE = re.compile(r"^\W*(sure|okay|ok|certainly|of course|here is|here's|here are|yes|no)\b\W*", re.IGNORECASE)
+_PLACEHOLDER_RE = re.compile(r"(?<!<)<(?!<)[^<>]{3,}(?<!>)>(?!>)")  # a template slot like <a short description>
+_MARKED_ONLY_RE = re.compile(r"^\W*<<[^<>]*>>\W*$")
+_LIST_MARKER_RE = re.compile(r"^\s*(\(?\d+[.)]|[-*\u2022]|\(?[a-z][.)])?\s*$", re.IGNORECASE)
+#: Phrases of our own prompts; an "explanation" made of them echoes the prompt instead of describing the latent.
+_PROMPT_PHRASES = (SYSTEM, ANSWER_FORMAT, COT_FORMAT, CONTRAST_NOTE)
+MAX_WORDS, MAX_CHARS = 40, 300
+
+
+@dataclass(frozen=True)
+class ParsedExplanation:
+    """What :func:`check_explanation` made of an answer: ``text`` (None when unusable) and ``reason``."""
+
+    text: str | None
+    reason: str | None = None
+    how: str | None = None  # "labelled" or "first-sentence"
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9<>]+", text.lower())
+
+
+def _echoes(candidate: str, prompt: str) -> bool:
+    """Most of the candidate's word trigrams (or the whole of a short one) occur in the prompt's own text."""
+    words, source = _words(candidate), " " + " ".join(_words(prompt)) + " "
+    if len(words) < 3:
+        return len(words) > 1 and f" {' '.join(words)} " in source
+    grams = [" ".join(words[i : i + 3]) for i in range(len(words) - 2)]
+    return sum(f" {g} " in source for g in grams) >= 0.5 * len(grams)
+
+
+def check_explanation(answer: str, prompt: str = "") -> ParsedExplanation:
+    """The explanation in an LLM answer, or why there is none usable.
+
+    Rejected, each with its reason: an empty answer; a refusal ("I'm sorry", "I cannot", ...); an echo of the
+    answer template (``<a short description ...>``) or of the prompt's instructions (``prompt``: the text of
+    the instructions, without the examples, plus our own template phrases); text that is only marked tokens
+    (``<<...>>``) or only a list marker (``1.``); filler ("Sure!"); more than 40 words / 300 characters.
+    The last ``Explanation:`` line wins; an answer without one is accepted only as one short sentence
+    (``how="first-sentence"``)."""
+    answer = (answer or "").strip()
+    if not answer:
+        return ParsedExplanation(None, "empty answer")
+    if _REFUSAL_RE.match(answer):
+        return ParsedExplanation(None, f"refusal: {answer[:60]!r}")
+    labelled = [m for m in _EXPLANATION_RE.findall(answer)]
+    if labelled:
+        candidate, how = labelled[-1], "labelled"
+    else:
+        lines = [line for line in answer.splitlines() if line.strip()]
+        first = _SENTENCE_RE.match(lines[0].strip()) if lines else None
+        candidate, how = ((first.group(1) or first.group(2) or "") if first else ""), "first-sentence"
+    candidate = candidate.strip().strip("\"'`*").strip()
+    if not candidate:
+        return ParsedExplanation(None, "empty explanation")
+    if _REFUSAL_RE.match(candidate):
+        return ParsedExplanation(None, f"refusal: {candidate[:60]!r}")
+    if _PLACEHOLDER_RE.search(candidate):
+        return ParsedExplanation(None, f"echo of the answer template: {candidate[:60]!r}")
+    if _MARKED_ONLY_RE.match(candidate):
+        return ParsedExplanation(None, f"only marked tokens, not a description: {candidate[:60]!r}")
+    if "like this>>" in candidate.lower() or _echoes(candidate, " ".join((prompt, *_PROMPT_PHRASES))):
+        return ParsedExplanation(None, f"echo of the prompt: {candidate[:60]!r}")
+    bare = re.sub(r"<<|>>", "", candidate)
+    if _LIST_MARKER_RE.match(bare) or not re.search(r"[^\W\d_]{2,}", bare):
+        return ParsedExplanation(None, f"a bare list marker or symbols, not a description: {candidate[:60]!r}")
+    if how == "first-sentence" and (_FILLER_RE.match(candidate) and len(_words(candidate)) <= 6):
+        return ParsedExplanation(None, f"filler, not a description: {candidate[:60]!r}")
+    if len(candidate.split()) > MAX_WORDS or len(candidate) > MAX_CHARS:
+        return ParsedExplanation(None, f"too long ({len(candidate.split())} words); the format asks for at most 15")
+    return ParsedExplanation(candidate, None, how)
 
 
 def parse_explanation(text: str) -> str | None:
-    """The explanation in an LLM answer, or None when there is none."""
-    matches = _EXPLANATION_RE.findall(text or "")
-    if matches:
-        candidate = matches[-1]
-    else:
-        # Small models often skip the label and answer in prose: take the first sentence, if it is short.
-        lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-        first = _SENTENCE_RE.match(lines[0].strip()) if lines else None
-        candidate = (first.group(1) or first.group(2) or "") if first else ""
-        if len(candidate.split()) > 40:
-            candidate = ""
-    candidate = candidate.strip().strip("\"'`*").strip()
-    if not candidate or len(candidate) > 300:
-        return None
-    return candidate
+    """The explanation in an LLM answer, or None when there is no usable one (see :func:`check_explanation`)."""
+    return check_explanation(text).text
+
+
+def instructions(messages: list[dict[str, str]]) -> str:
+    """The prompt's own words: system message and user lines that are not numbered examples."""
+    out = []
+    for m in messages:
+        if m["role"] == "system":
+            out.append(m["content"])
+        elif m["role"] == "user":
+            out += [line for line in m["content"].splitlines() if not re.match(r"^\s*(\d+\.|activations:)", line)]
+    return "\n".join(out)
 
 
 class LLMExplainer:
@@ -83,11 +160,14 @@ class LLMExplainer:
         lines = [self._format(i + 1, r, max_act) for i, r in enumerate(shown)]
         parts = ["Examples where the neuron fires:", *lines]
         if self.style == "contrastive":
+            # Silent pool windows that touch neither an activating window nor any test example (the scored
+            # negatives stay unseen), drawn like the random negatives.
             rng = latent_rng(ctx.seed, sample.latent, "contrast")
-            negs = list(sample.test_neg)  # never the scored ones: contrast examples come from the pool
-            pool = [w for w in ctx.store.random_windows() if not np.any(w.latents == sample.latent)]
-            used = {e.token_id for e in negs}
-            pool = [w for w in pool if w.start_id not in used]
+            ctx_len = ctx.store.settings.ctx_len
+            avoid = activating_spans(ctx.store, sample.latent)
+            for e in sample.explain + sample.test:
+                avoid.add(*e.span(ctx_len))
+            pool, _ = silent_windows(ctx.store, sample.latent, avoid)
             pick = rng.permutation(len(pool))[: self.n_contrast]
             parts += ["", CONTRAST_NOTE, "Examples where it does not fire:"]
             for j, i in enumerate(sorted(pick)):
@@ -117,21 +197,31 @@ class LLMExplainer:
 async def ask_for_explanation(ctx: Context, messages: list[dict[str, str]], latent: int, explainer: str,
                               prompt_id: str, shown: tuple[int, ...], *, max_tokens: int,
                               temperature: float) -> Explanation:
-    """Ask ``ctx.llm``; an answer without an explanation is retried once with a reminder, then recorded as a
-    failed explanation (never scored). Refusals count as failures too."""
+    """Ask ``ctx.llm``; an unusable answer (see :func:`check_explanation`) is retried once with a reminder
+    that names the problem, at temperature >= 0.7 and another seed, so the retry can differ from the first
+    answer (both are kept in the response cache); then it is recorded as a failed explanation with its
+    reason (never scored). Transport errors propagate: the latent is left for the next run."""
     assert ctx.llm is not None
     raws: list[str] = []
-    error = None
+    reasons: list[str] = []
+    prompt = instructions(messages)
     for attempt in range(2):
-        response = await ctx.llm.chat(messages, max_tokens=max_tokens, temperature=temperature, stage="explain",
-                                      latent=latent)
+        response = await ctx.llm.chat(
+            messages, max_tokens=max_tokens, stage="explain", latent=latent,
+            temperature=temperature if attempt == 0 else max(temperature, RETRY_TEMPERATURE),
+            seed=None if attempt == 0 else attempt,
+        )
         raws.append(response.text)
         if response.refused:
-            error = f"refused: {response.refusal or response.finish_reason}"
+            reason = f"refused: {response.refusal or response.finish_reason}"
         else:
-            text = parse_explanation(response.text)
-            if text is not None:
-                return Explanation(latent, text, explainer, prompt_id, shown, response.text, attempt + 1)
-            error = "no explanation in the answer"
-        messages = [*messages, {"role": "assistant", "content": response.text}, {"role": "user", "content": REMINDER}]
-    return Explanation(latent, "", explainer, prompt_id, shown, "\n---\n".join(raws), 2, failed=True, error=error)
+            parsed = check_explanation(response.text, prompt)
+            if parsed.text is not None:
+                return Explanation(latent, parsed.text, explainer, prompt_id, shown, response.text, attempt + 1,
+                                   parse=parsed.how)
+            reason = parsed.reason or "no explanation"
+        reasons.append(reason)
+        messages = [*messages, {"role": "assistant", "content": response.text},
+                    {"role": "user", "content": REMINDER.format(reason=reason)}]
+    return Explanation(latent, "", explainer, prompt_id, shown, "\n---\n".join(raws), 2, failed=True,
+                       error="; then ".join(reasons))

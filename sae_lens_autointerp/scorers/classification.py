@@ -1,35 +1,59 @@
 """Detection and fuzzing: the LLM sees the explanation and judges examples, one or several per prompt.
 
 With one example per prompt (the default) the answer is read off the next-token distribution
-(``LLMClient.classify``: P("1") vs P("0"), no generation), which also gives the probabilities for AUC.
-With several, the LLM answers a list like ``[1, 0, 1]``; probabilities come from the answer's top
-logprobs when the backend gives them. An answer that does not parse is retried once; then every example
-in that prompt counts as failed (``n_failed``), and is excluded from the metrics.
+(``LLMClient.classify``: P("1") vs P("0"), no generation). With several, the LLM answers a list like
+``[1, 0, 1]``; probabilities come from the answer's top logprobs when the backend gives them. An answer
+that does not parse is retried once with a reminder turn, at temperature 0.7 and another seed (so the retry
+can differ; both answers stay in the response cache); then every example in that prompt counts as failed
+(``n_failed``) and is excluded from the metrics.
+
+Every prediction records where its probability came from (``prob_source``): ``exact`` (the model's full
+next-token distribution), ``top_logprobs`` (a server's top-k list) or ``one-hot`` (no logprobs: the generated
+answer matched to "0"/"1"; ``probability`` is then None). The AUC uses graded probabilities only; without
+any it is absent, with the reason in ``notes``.
 
 Detection: activating examples (5 per activation decile by default) against non-activating ones, no
-highlighting. Score = balanced accuracy (chance 0.5); AUC from the probabilities.
+highlighting. Score = balanced accuracy (chance 0.5).
 
-Fuzzing (variant used here): activating examples only; a random half shows the tokens where the latent
-fires (>= 0.3 x the example's max) marked ``<<like this>>`` (label 1), the other half the same number of
-marks on tokens where it does not fire (label 0). The LLM judges whether the marks fit the explanation.
-Score = balanced accuracy (chance 0.5).
+Fuzzing (Paulo et al. 2024, delphi's default ``fuzz_type="default"``): activating examples with the tokens
+where the latent fires (>= 0.3 x the example's max) marked ``<<like this>>`` (label 1) against
+non-activating examples with as many marks at random positions as a random activating example has (label
+0). The LLM judges whether the marks fit the explanation. Score = balanced accuracy (chance 0.5). Directly
+comparable with delphi's and Neuronpedia's fuzz scores.
+
+Fuzzing-active (``fuzzing-active``; close to delphi's ``fuzz_type="active"``): activating examples only; a
+random half shows the true marks (label 1), the other half as many marks on tokens where the latent is
+exactly zero (label 0; never on weakly firing tokens below the highlight threshold): can the judge tell
+*which* tokens fire, not just *whether* the context fits?
+
+Calibrated decisions (one example per prompt, graded probabilities): a judge biased towards "1" is at
+chance at the 0.5 threshold even when its probabilities separate the classes. Contextual calibration (Zhao
+et al. 2021): one extra request per latent asks about a content-free excerpt ("N/A") under the same
+explanation; dividing both classes' probabilities by the content-free ones means answering 1 exactly when
+P("1") >= P_cf("1"). ``balanced_accuracy_calibrated`` (with its interval) is reported next to the raw
+``balanced_accuracy``, which stays the headline.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from ..llm.errors import BudgetExceeded
+from ..llm.types import ClassifyResult
 from ..metrics import binary_metrics
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
 from ..text import active_mask, highlight
-from .common import digit_probabilities, parse_binary_list
+from .common import digit_probabilities, gather_or_raise, parse_binary_list
 
 SYSTEM = "Judge excerpts against a neuron description."  # short: it is sent with every example
+CONTENT_FREE = "N/A"
+RETRY_TEMPERATURE = 0.7
+#: ClassifyResult.method -> where a prediction's probability came from
+PROB_SOURCE = {"logits": "exact", "top_logprobs": "top_logprobs", "generation": "one-hot"}
 
 
 @dataclass(frozen=True)
@@ -40,19 +64,28 @@ class Item:
     quantile: int | None
 
 
+def classify_probability(res: ClassifyResult, choice: str = "1") -> tuple[float | None, str]:
+    """(graded probability of ``choice`` or None, its source) of a successful classification."""
+    source = PROB_SOURCE.get(res.method, "one-hot")
+    return (None if source == "one-hot" else res.prob(choice)), source
+
+
 class ClassificationScorer:
     name = "classification"
     needs_explanation = True
     question_one = ""
     question_many = ""
 
-    def __init__(self, examples_per_prompt: int = 1, highlight_threshold: float = 0.3, concurrency: int = 8) -> None:
-        if examples_per_prompt < 1:
-            raise ValueError("examples_per_prompt must be >= 1")
+    def __init__(self, examples_per_prompt: int = 1, highlight_threshold: float = 0.3, concurrency: int = 8,
+                 calibrate: bool = True) -> None:
+        if not isinstance(examples_per_prompt, int) or examples_per_prompt < 1:
+            raise ValueError("examples_per_prompt must be an integer >= 1")
         self.examples_per_prompt = examples_per_prompt
         self.highlight_threshold = highlight_threshold
         self.concurrency = concurrency
-        self.prompt_id = template_id(SYSTEM, self.question_one, self.question_many, str(examples_per_prompt))
+        self.calibrate = calibrate
+        self.prompt_id = template_id(self.name, SYSTEM, self.question_one, self.question_many,
+                                     str(examples_per_prompt), CONTENT_FREE if calibrate else "")
 
     def items(self, sample: LatentSample, ctx: Context, rng: np.random.Generator) -> list[Item]:
         raise NotImplementedError
@@ -65,45 +98,63 @@ class ClassificationScorer:
             body = f"Description: {explanation}\n\nExcerpts:\n{listing}\n\n" + self.question_many.format(n=len(texts))
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": body}]
 
-    async def _judge(self, ctx: Context, latent: int, explanation: str, batch: list[Item]) -> list[dict]:
+    async def _judge(self, ctx: Context, latent: int, explanation: str, batch: list[Item]) -> list[dict[str, Any]]:
         messages = self.messages(explanation, [it.text for it in batch])
         preds: list[bool] | None = None
-        probs: list[float] | None = None
+        probs: list[float | None] = [None] * len(batch)
+        source = None
         error = None
         assert ctx.llm is not None
         if len(batch) == 1:
             res = await ctx.llm.classify(messages, choices=("0", "1"), stage=self.name, latent=latent)
             if res.ok:
-                probs = [res.prob("1")]
-                preds = [probs[0] >= 0.5]
+                p, source = classify_probability(res)
+                preds, probs = [res.prob("1") >= 0.5], [p]
             else:
                 error = res.error
         else:
-            for _attempt in range(2):
+            for attempt in range(2):
                 resp = await ctx.llm.chat(
-                    messages, max_tokens=4 * len(batch) + 8, logprobs=True, top_logprobs=5, stage=self.name, latent=latent
+                    messages, max_tokens=4 * len(batch) + 8, logprobs=True, top_logprobs=5, stage=self.name,
+                    latent=latent, temperature=0.0 if attempt == 0 else RETRY_TEMPERATURE,
+                    seed=None if attempt == 0 else attempt,
                 )
                 if resp.refused:
                     error = f"refused: {resp.refusal or resp.finish_reason}"
                     break
                 preds = parse_binary_list(resp.text, len(batch))
                 if preds is not None:
-                    probs = digit_probabilities(resp.logprobs, len(batch))
+                    graded = digit_probabilities(resp.logprobs, len(batch))
+                    source = "one-hot" if graded is None else "top_logprobs"
+                    probs = list(graded) if graded is not None else [None] * len(batch)
                     break
                 error = f"unparseable answer: {resp.text[:80]!r}"
-        out = []
-        for i, it in enumerate(batch):
-            out.append(
-                {
-                    "token_id": it.token_id,
-                    "label": it.label,
-                    "quantile": it.quantile,
-                    "prediction": None if preds is None else bool(preds[i]),
-                    "probability": None if probs is None else float(probs[i]),
-                    "error": None if preds is not None else error,
-                }
-            )
-        return out
+                messages = [*messages, {"role": "assistant", "content": resp.text}, {"role": "user", "content": (
+                    f"That was not a list of {len(batch)} digits. " + self.question_many.format(n=len(batch)))}]
+        return [
+            {
+                "token_id": it.token_id,
+                "label": it.label,
+                "quantile": it.quantile,
+                "prediction": None if preds is None else bool(preds[i]),
+                "probability": None if preds is None or probs[i] is None else float(probs[i]),  # type: ignore[arg-type]
+                "prob_source": None if preds is None else source,
+                "error": None if preds is not None else error,
+            }
+            for i, it in enumerate(batch)
+        ]
+
+    async def _content_free(self, ctx: Context, latent: int, explanation: str) -> tuple[float | None, str | None]:
+        """P_cf("1") for a content-free excerpt under this explanation, or (None, why not)."""
+        assert ctx.llm is not None
+        res = await ctx.llm.classify(self.messages(explanation, [CONTENT_FREE]), choices=("0", "1"),
+                                     stage=self.name, latent=latent)
+        if not res.ok:
+            return None, f"the content-free request failed: {res.error}"
+        p, source = classify_probability(res)
+        if p is None:
+            return None, "the backend gives no graded probabilities"
+        return p, None
 
     async def score(self, sample: LatentSample, explanation: Explanation | None, ctx: Context) -> ScorerOutput:
         if explanation is None or explanation.failed:
@@ -116,40 +167,59 @@ class ClassificationScorer:
         batches = [items[i : i + k] for i in range(0, len(items), k)]  # the last batch may be short
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def run(batch: list[Item]) -> list[dict]:
+        async def run(batch: list[Item]) -> list[dict[str, Any]]:
             async with gate:
                 return await self._judge(ctx, sample.latent, explanation.text, batch)
 
-        results = await asyncio.gather(*(run(b) for b in batches), return_exceptions=True)
-        predictions: list[dict] = []
-        for batch, res in zip(batches, results):
-            if isinstance(res, BudgetExceeded):
-                raise res
-            if isinstance(res, BaseException):
-                res = [
-                    {"token_id": it.token_id, "label": it.label, "quantile": it.quantile, "prediction": None,
-                     "probability": None, "error": f"{type(res).__name__}: {res}"}
-                    for it in batch
-                ]
-            predictions.extend(res)
-        metrics = binary_metrics(
-            [p["label"] for p in predictions],
-            [p["prediction"] for p in predictions],
-            [p["probability"] for p in predictions],
-            rng=latent_rng(ctx.seed, sample.latent, self.name + "/ci"),
-        )
+        # Transport errors (and the budget) propagate once every request has finished: what was answered is
+        # in the response cache, and the latent is redone, not scored from a partial set of answers.
+        results = await gather_or_raise([run(b) for b in batches])
+        predictions: list[dict[str, Any]] = [p for res in results for p in res]
+        labels = [p["label"] for p in predictions]
+        answered = [p["prediction"] for p in predictions]
+        graded = [p["probability"] for p in predictions]
+        content_free = None
+        if self.calibrate and k == 1 and any(g is not None for g in graded):  # no use for one-hot answers
+            content_free = await self._content_free(ctx, sample.latent, explanation.text)
+        metrics_obj = binary_metrics(labels, answered, graded, rng=latent_rng(ctx.seed, sample.latent, self.name + "/ci"))
+        metrics = metrics_obj.to_dict()
+        sources = sorted({p["prob_source"] for p in predictions if p["prob_source"]})
+        metrics["prob_sources"] = sources
+        if metrics_obj.n_answered and metrics_obj.n_auc == 0:
+            metrics["notes"] = "; ".join(filter(None, [
+                metrics["notes"], "auc: left out, the backend gave no graded probabilities (one-hot answers)"]))
+        metrics.update(self._calibrated(labels, answered, graded, content_free,
+                                        latent_rng(ctx.seed, sample.latent, self.name + "/ci-cal")))
         return ScorerOutput(
             scorer=self.name,
-            score=_finite(metrics.balanced_accuracy.value),
+            score=_finite(metrics_obj.balanced_accuracy.value),
             n_examples=len(predictions),
-            n_failed=metrics.n_failed,
-            metrics=metrics.to_dict(),
+            n_failed=metrics_obj.n_failed,
+            metrics=metrics,
             predictions=predictions,
             prompt_id=self.prompt_id,
+            **ScorerOutput.headline(metrics, "balanced_accuracy"),
         )
 
+    def _calibrated(self, labels: list[bool], answered: list[bool | None], graded: list[float | None],
+                    content_free: tuple[float | None, str | None] | None, rng: np.random.Generator) -> dict[str, Any]:
+        if content_free is None:
+            why = ("needs one example per prompt" if self.examples_per_prompt > 1 else "calibrate=False"
+                   if not self.calibrate else "the backend gave no graded probabilities")
+            return {"balanced_accuracy_calibrated": None, "calibration": f"not computed: {why}"}
+        threshold, why = content_free
+        if threshold is None:
+            return {"balanced_accuracy_calibrated": None, "calibration": f"not computed: {why}"}
+        decided = [None if a is None or g is None else g >= threshold for a, g in zip(answered, graded)]
+        cal = binary_metrics(labels, decided, rng=rng).balanced_accuracy
+        return {
+            "balanced_accuracy_calibrated": _finite(cal.value), "balanced_accuracy_calibrated_low": _finite(cal.low),
+            "balanced_accuracy_calibrated_high": _finite(cal.high), "calibration_threshold": float(threshold),
+            "calibration": f"contextual: answer 1 when P('1') >= P('1' | excerpt {CONTENT_FREE!r})",
+        }
 
-def _finite(x: float) -> float | None:
+
+def _finite(x: float | None) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
@@ -169,16 +239,45 @@ class DetectionScorer(ClassificationScorer):
         return out
 
 
+FUZZ_QUESTION_ONE = (
+    "Some tokens are marked <<like this>>. Do the marked tokens fit the description? "
+    "Answer 1 for yes or 0 for no.\nAnswer:"
+)
+FUZZ_QUESTION_MANY = (
+    "In each excerpt some tokens are marked <<like this>>. For each excerpt, are the marked tokens what the "
+    "description is about? Reply with only a list of {n} digits, 1 for yes and 0 for no, like [1, 0, 1]."
+)
+
+
 class FuzzingScorer(ClassificationScorer):
+    """The paper's fuzzing: true marks on activating examples vs random marks on non-activating ones."""
+
     name = "fuzzing"
-    question_one = (
-        "Some tokens are marked <<like this>>. Do the marked tokens fit the description? "
-        "Answer 1 for yes or 0 for no.\nAnswer:"
-    )
-    question_many = (
-        "In each excerpt some tokens are marked <<like this>>. For each excerpt, are the marked tokens what the "
-        "description is about? Reply with only a list of {n} digits, 1 for yes and 0 for no, like [1, 0, 1]."
-    )
+    question_one = FUZZ_QUESTION_ONE
+    question_many = FUZZ_QUESTION_MANY
+
+    def items(self, sample: LatentSample, ctx: Context, rng: np.random.Generator) -> list[Item]:
+        out, counts = [], []
+        for ex in sample.test_pos:
+            r = ctx.renderer.render(ex)
+            marked = active_mask(r, self.highlight_threshold)
+            counts.append(int(marked.sum()))
+            out.append(Item(highlight(r.tokens, marked), True, ex.token_id, r.quantile))
+        for ex in sample.test_neg:
+            r = ctx.renderer.render(ex)
+            k = min(int(counts[rng.integers(len(counts))]) if counts else 1, len(r.tokens))
+            fake = np.zeros(len(r.tokens), dtype=bool)
+            fake[rng.choice(len(r.tokens), size=k, replace=False)] = True
+            out.append(Item(highlight(r.tokens, fake), False, ex.token_id, r.quantile))
+        return out
+
+
+class FuzzingActiveScorer(ClassificationScorer):
+    """Activating examples only: true marks vs as many marks on tokens where the latent does not fire."""
+
+    name = "fuzzing-active"
+    question_one = FUZZ_QUESTION_ONE
+    question_many = FUZZ_QUESTION_MANY
 
     def items(self, sample: LatentSample, ctx: Context, rng: np.random.Generator) -> list[Item]:
         positives = list(sample.test_pos)
@@ -189,7 +288,7 @@ class FuzzingScorer(ClassificationScorer):
             marked = active_mask(r, self.highlight_threshold)
             label = i not in wrong
             if not label:
-                quiet = np.flatnonzero(~marked)
+                quiet = np.flatnonzero(np.asarray(r.activations) <= 0)  # silent, not just below the threshold
                 fake = np.zeros_like(marked)
                 fake[rng.choice(quiet, size=min(int(marked.sum()), len(quiet)), replace=False)] = True
                 marked = fake

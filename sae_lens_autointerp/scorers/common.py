@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -76,3 +78,14 @@ def subsample(examples, n: int | None, rng: np.random.Generator) -> list:  # typ
     if n is None:
         return examples
     return [examples[i] for i in sorted(rng.permutation(len(examples))[:n])]
+
+
+async def gather_or_raise(jobs: Sequence[Awaitable[Any]]) -> list[Any]:
+    """Run every job to the end, then raise the first exception if any did (a transport error, the budget,
+    a bug). Waiting for all first means every answer that was paid for is in the response cache before the
+    latent is left for the next run; nothing is scored from a partial set of answers."""
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    for res in results:
+        if isinstance(res, BaseException):
+            raise res
+    return list(results)

@@ -87,4 +87,4 @@ class EmbeddingScorer:
             for r, s in zip(rendered, sims)
         ]
         return ScorerOutput(scorer=self.name, score=metrics["auc"], n_examples=len(rendered), n_failed=0,
-                            metrics=metrics, predictions=predictions, prompt_id=self.prompt_id)
+                            metrics=metrics, predictions=predictions, prompt_id=self.prompt_id, **ScorerOutput.headline(metrics, "auc"))

@@ -137,4 +137,4 @@ class InterventionScorer:
         ]
         score = est.value if math.isfinite(est.value) else None
         return ScorerOutput(scorer=self.name, score=score, n_examples=len(predictions), n_failed=0, metrics=metrics,
-                            predictions=predictions, prompt_id=self.prompt_id)
+                            predictions=predictions, prompt_id=self.prompt_id, **ScorerOutput.headline(metrics, "mean_diff"))

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 
-from ..llm.errors import BudgetExceeded
 from ..metrics import wilson
-from .common import flat
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
+from .classification import classify_probability
+from .common import flat, gather_or_raise
 
 SYSTEM = "You find the odd one out among text excerpts."
 QUESTION = (
@@ -58,27 +58,33 @@ class IntruderScorer:
             async with gate:
                 res = await ctx.llm.classify(messages, choices=choices, stage=self.name, latent=sample.latent)
             if not res.ok:
-                return {"intruder": where + 1, "answer": None, "probability": None, "error": res.error}
+                return {"intruder": where + 1, "answer": None, "probability": None, "prob_source": None,
+                        "error": res.error}
             answer = max(res.probs, key=res.probs.get)
-            return {"intruder": where + 1, "answer": int(answer), "probability": res.prob(str(where + 1)), "error": None}
+            prob, source = classify_probability(res, str(where + 1))
+            return {"intruder": where + 1, "answer": int(answer), "probability": prob, "prob_source": source,
+                    "error": None}
 
-        results = await asyncio.gather(*(run(p) for p in range(n_prompts)), return_exceptions=True)
-        predictions = []
-        for res in results:
-            if isinstance(res, BudgetExceeded):
-                raise res
-            if isinstance(res, BaseException):
-                res = {"intruder": None, "answer": None, "probability": None, "error": f"{type(res).__name__}: {res}"}
-            predictions.append(res)
+        predictions = await gather_or_raise([run(p) for p in range(n_prompts)])
         answered = [p for p in predictions if p["answer"] is not None]
         correct = sum(p["answer"] == p["intruder"] for p in answered)
         acc = wilson(correct, len(answered))
+        metrics = {**flat("accuracy", acc), "chance_accuracy": 1 / self.n_examples,
+                   "identical_answers": _identical_share([p["answer"] for p in answered])}
         return ScorerOutput(
             scorer=self.name,
             score=None if not answered else correct / len(answered),
             n_examples=len(predictions),
             n_failed=len(predictions) - len(answered),
-            metrics={**flat("accuracy", acc), "chance_accuracy": 1 / self.n_examples},
+            metrics=metrics,
             predictions=predictions,
             prompt_id=self.prompt_id,
+            **ScorerOutput.headline(metrics, "accuracy"),
         )
+
+
+def _identical_share(answers: list[object]) -> float | None:
+    """Share of the most common answer (1.0: the judge always names the same position)."""
+    if not answers:
+        return None
+    return max(answers.count(a) for a in set(answers)) / len(answers)

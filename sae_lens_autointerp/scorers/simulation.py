@@ -16,11 +16,10 @@ import math
 
 import numpy as np
 
-from ..llm.errors import BudgetExceeded
 from ..metrics import correlation
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
-from .common import flat, parse_int_list, subsample
+from .common import flat, gather_or_raise, parse_int_list, subsample
 
 SYSTEM = "You predict, token by token, how strongly a neuron in a language model fires, from a description of it."
 QUESTION = (
@@ -44,18 +43,20 @@ class SimulationScorer:
         body = f"Description: {explanation}\n\nTokens:\n{listing}\n\n" + QUESTION.format(n=len(tokens))
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": body}]
 
-    async def _simulate(self, ctx: Context, latent: int, explanation: str, tokens: tuple[str, ...]) -> tuple[list[float] | None, str | None]:
+    async def _simulate(self, ctx: Context, latent: int, explanation: str,
+                        tokens: tuple[str, ...]) -> tuple[list[float] | None, str | None, str | None]:
         assert ctx.llm is not None
         resp = await ctx.llm.chat(
             self.messages(explanation, tokens), max_tokens=3 * len(tokens) + 8, logprobs=True, top_logprobs=10,
             stage=self.name, latent=latent,
         )
         if resp.refused:
-            return None, f"refused: {resp.refusal or resp.finish_reason}"
+            return None, f"refused: {resp.refusal or resp.finish_reason}", None
         values = parse_int_list(resp.text, len(tokens))
         if values is None:
-            return None, f"no list of {len(tokens)} integers 0-10 in the answer: {resp.text[:80]!r}"
-        return _expected_values(values, resp.logprobs), None
+            return None, f"no list of {len(tokens)} integers 0-10 in the answer: {resp.text[:80]!r}", None
+        # expected values over the digits where top logprobs line up, else the integers as written
+        return _expected_values(values, resp.logprobs), None, "top_logprobs" if resp.logprobs else "one-hot"
 
     async def score(self, sample: LatentSample, explanation: Explanation | None, ctx: Context) -> ScorerOutput:
         if explanation is None or explanation.failed:
@@ -69,25 +70,26 @@ class SimulationScorer:
             async with gate:
                 return await self._simulate(ctx, sample.latent, explanation.text, r.tokens)
 
-        results = await asyncio.gather(*(run(r) for r in rendered), return_exceptions=True)
+        results = await gather_or_raise([run(r) for r in rendered])
         predicted, actual, predictions, n_failed = [], [], [], 0
-        for r, res in zip(rendered, results):
-            if isinstance(res, BudgetExceeded):
-                raise res
-            values, error = (None, f"{type(res).__name__}: {res}") if isinstance(res, BaseException) else res
+        for r, (values, error, source) in zip(rendered, results):
             if values is None:
                 n_failed += 1
             else:
                 predicted.extend(values)
                 actual.extend(r.activations)
             predictions.append({"token_id": r.token_id, "label": r.label, "quantile": r.quantile,
-                                "predicted": values, "actual": list(r.activations), "error": error})
+                                "predicted": values, "actual": list(r.activations), "prob_source": source,
+                                "error": error})
         est = correlation(predicted, actual)
         score = None if not math.isfinite(est.value) else float(est.value)
+        metrics = {**flat("pearson", est), "chance_pearson": 0.0, "n_tokens": len(predicted)}
+        if score is None and predicted:
+            metrics["notes"] = "pearson undefined: constant predictions or activations (fewer than 4 tokens, or no variance)"
         return ScorerOutput(
             scorer=self.name, score=score, n_examples=len(rendered), n_failed=n_failed,
-            metrics={**flat("pearson", est), "chance_pearson": 0.0, "n_tokens": len(predicted)},
-            predictions=predictions, prompt_id=self.prompt_id,
+            metrics=metrics, predictions=predictions, prompt_id=self.prompt_id,
+            **ScorerOutput.headline(metrics, "pearson"),
         )
 
 

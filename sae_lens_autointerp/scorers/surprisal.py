@@ -297,7 +297,7 @@ class SurprisalScorer:
             "tokens_without_cache": res["tokens_without_cache"], "seconds": round(time.perf_counter() - start, 3),
         })
         return ScorerOutput(scorer=self.name, score=metrics["auc"], n_examples=len(rendered), n_failed=n_failed,
-                            metrics=metrics, predictions=predictions, prompt_id=self.prompt_id)
+                            metrics=metrics, predictions=predictions, prompt_id=self.prompt_id, **ScorerOutput.headline(metrics, "auc"))
 
 
 def _j(x: float) -> float | None:

@@ -43,7 +43,8 @@ def test_score_neuronpedia_explanations_then_export(model, sae, store, latents, 
     missing = by_latent[latents[2]]  # only the other SAE explains it
     assert missing["explanation"]["failed"] and "no Neuronpedia explanation" in missing["explanation"]["error"]
     assert missing["scores"]["detection"]["score"] is None and "explanation failed" in missing["scores"]["detection"]["error"]
-    assert all(r.stage == "detection" for r in client.requests)  # the explainer itself calls no LLM
+    # the explainer itself calls no LLM: only detection and its control (another latent's explanation)
+    assert {r.stage for r in client.requests} == {"detection", "detection:control"}
 
     report = export_explanations(result, tmp_path / "back.jsonl", neuronpedia_id="smollm2-135m/3-res-embedded")
     assert report.written == 2 and list(report.skipped) == [latents[2]]

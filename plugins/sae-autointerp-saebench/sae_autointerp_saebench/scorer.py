@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from sae_lens_autointerp.llm import BudgetExceeded
 from sae_lens_autointerp.metrics import binary_metrics
 from sae_lens_autointerp.records import Context, Explanation, ScorerOutput
 from sae_lens_autointerp.sampling import LatentSample, latent_rng
@@ -50,26 +49,23 @@ class SAEBenchScorer:
         demo_rng = latent_rng(ctx.seed, latent, "saebench/demo")
         demo = sorted(int(i) + 1 for i in demo_rng.choice(n, size=min(cfg.n_correct_for_scoring, n), replace=False))
 
-        answer, error, chosen = None, None, None
-        try:
-            response = await ctx.llm.chat(
-                scoring_messages(explanation.text, texts, demo),
-                max_tokens=cfg.max_tokens_in_prediction,
-                temperature=cfg.temperature,
-                stage=self.name,
-                latent=latent,
-            )
-            answer = response.text
-            if response.refused:
-                error = f"refused: {response.refusal or response.finish_reason}"
-            else:
-                chosen = parse_predictions(response.text)
-                if chosen is None:
-                    error = f"unparseable answer: {response.text[:80]!r}"
-        except BudgetExceeded:
-            raise
-        except Exception as exc:  # a transport error fails this latent's windows, not the run
-            error = f"{type(exc).__name__}: {exc}"
+        error, chosen = None, None
+        # Transport errors (sae_lens_autointerp.llm.LLMError) propagate: the latent is left incomplete and
+        # redone by the next run; only the judge's own failures (refusal, unparseable) are counted here.
+        response = await ctx.llm.chat(
+            scoring_messages(explanation.text, texts, demo),
+            max_tokens=cfg.max_tokens_in_prediction,
+            temperature=cfg.temperature,
+            stage=self.name,
+            latent=latent,
+        )
+        answer = response.text
+        if response.refused:
+            error = f"refused: {response.refusal or response.finish_reason}"
+        else:
+            chosen = parse_predictions(response.text)
+            if chosen is None:
+                error = f"unparseable answer: {response.text[:80]!r}"
 
         picked = set(chosen or ())
         predictions = [
@@ -102,6 +98,8 @@ class SAEBenchScorer:
             selection_notes="; ".join(bench.notes),
         )
         score = metrics[self.headline]
+        # The headline's own interval and chance: for accuracy, what answering "None" scores on these windows
+        chance = metrics["trivial_none_accuracy"] if self.headline == "accuracy" else metrics["chance_balanced_accuracy"]
         return ScorerOutput(
             scorer=self.name,
             score=None if score is None or not np.isfinite(score) else float(score),
@@ -110,4 +108,8 @@ class SAEBenchScorer:
             metrics=metrics,
             predictions=predictions,
             prompt_id=self.prompt_id,
+            metric=self.headline,
+            low=metrics[f"{self.headline}_low"],
+            high=metrics[f"{self.headline}_high"],
+            chance=chance,
         )

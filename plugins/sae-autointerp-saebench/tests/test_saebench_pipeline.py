@@ -55,6 +55,13 @@ def test_explainer_then_scorer(model, sae, store, latents, tmp_path):
         assert out["metrics"]["balanced_accuracy"] == 0.5 and out["metrics"]["saebench_score"] == out["score"]
         assert out["metrics"]["chance_accuracy"] == pytest.approx(10 / 14)
         assert out["n_examples"] == 14 and out["n_failed"] == 0
+    # the table shows SAEBench's own headline: accuracy, with its Wilson interval and the answer-"None" chance
+    # (not balanced accuracy's 0.5-0.5 interval, which would not even contain the score)
+    for row in result.table.itertuples():
+        assert row.metric == "accuracy" and row.chance == pytest.approx(10 / 14)
+        assert row.score == pytest.approx(10 / 14) and row.low < row.score < row.high and row.high - row.low > 0.3
+    summary = result.summary().set_index("scorer").loc["saebench"]
+    assert summary["chance"] == pytest.approx(10 / 14) and summary["n_scored"] == 2
 
 
 def test_perfect_answers_and_balanced_headline(model, sae, store, latents, tmp_path):
