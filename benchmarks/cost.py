@@ -1,13 +1,16 @@
 """LLM tokens and wall time per latent for explain + detection + fuzzing, against delphi's default prompts.
 
-Ours: the default protocol (40 quantile-stratified explainer examples; 50 activating + 50 non-activating
-detection examples; 50 fuzzing examples), run for real with the `local` backend; every request is recorded.
-Delphi: its default prompts (eai-delphi's own prompt builders, imported from a throwaway install, never
-copied) for the *same* examples: explainer with its few-shot system prompt, detection and fuzzing with 5
-examples per prompt (its default) over 100 samples each. Both sides are counted with the same tokenizer
-(SmolLM2's chat template) and the same rules: prompt tokens as sent; completion tokens = tokens of the
-answer (ours: the explanation, 1 token per classification; delphi: the explanation plus a list like
-[1,0,0,1,1] per prompt).
+Like for like: both sides make the same judgments on the same examples. Ours: the default protocol (40
+quantile-stratified explainer examples; detection on 50 activating + 50 non-activating examples; the
+paper's fuzzing on the same 50 + 50, the negatives with random marks), run for real with the `local`
+backend with controls and calibration off, every request recorded. Delphi: its default prompts
+(eai-delphi's own prompt builders, imported from a throwaway install, never copied) for *exactly the same
+texts* (the same marked excerpts our fuzzing sends), with 5 examples per prompt (its default). The script
+prints both sides' judgment counts and refuses to compare when they differ. Both sides are counted with
+the same tokenizer (SmolLM2's chat template) and the same rules: prompt tokens as sent; completion tokens =
+tokens of the answer (ours: the explanation, 1 token per classification; delphi: the explanation plus a
+list like [1,0,0,1,1] per prompt). A second run with our defaults (controls on 20% of the examples, one
+calibration request per scorer) prints what those trust features cost on top.
 
 Run:  python benchmarks/cost.py [--n-latents 3] [--examples-per-prompt 1] [--delphi PATH]
 It installs eai-delphi with --no-deps into ~/.cache/sae-lens-autointerp/delphi on first use (needs PyPI).
@@ -75,6 +78,7 @@ def main() -> None:
     parser.add_argument("--examples-per-prompt", type=int, default=1)
     parser.add_argument("--n-tokens", type=int, default=60_000)
     parser.add_argument("--delphi", default=str(Path.home() / ".cache/sae-lens-autointerp/delphi"))
+    parser.add_argument("--no-defaults", action="store_true", help="skip the second run with controls + calibration")
     args = parser.parse_args()
 
     import numpy as np
@@ -101,24 +105,39 @@ def main() -> None:
     store = sae.autointerp.harvest(model, sai.embedded.load_corpus(), n_tokens=args.n_tokens, ctx_len=128, progress=False)
     latents = pick_latents(store, args.n_latents, min_examples=100)
     sampling = SamplingConfig()
-    kw = {"examples_per_prompt": args.examples_per_prompt}
-    client = Recorder(get_client("local", cache=False))
-    with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        result = sae.autointerp.run(model, store=store, latents=latents, llm=client, scorers=["detection", "fuzzing"],
-                                    scorer_kwargs={"detection": kw, "fuzzing": kw}, sampling=sampling, out_dir=out,
-                                    progress=False, concurrency=1)
-        wall = time.perf_counter() - start
-    asyncio.run(client.aclose())
+    scorers = ["detection", "fuzzing"]
 
-    ours = {"prompt": 0, "completion": 0, "requests": 0}
-    for stage, messages, answer in client.calls:
-        ours["prompt"] += count(messages)
-        ours["completion"] += count_text(answer)
-        ours["requests"] += 1
+    def run_ours(controls: bool, calibrate: bool) -> tuple[Any, Recorder, float]:
+        kw = {"examples_per_prompt": args.examples_per_prompt, "calibrate": calibrate}
+        client = Recorder(get_client("local", cache=False))
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            result = sae.autointerp.run(model, store=store, latents=latents, llm=client, scorers=scorers,
+                                        scorer_kwargs={s: kw for s in scorers}, sampling=sampling, out_dir=out,
+                                        progress=False, concurrency=1, controls=controls)
+            wall = time.perf_counter() - start
+        asyncio.run(client.aclose())
+        return result, client, wall
+
+    def tally(calls: list[tuple[str, list[dict], str]]) -> dict[str, int]:
+        d = {"prompt": 0, "completion": 0, "requests": 0, "judgments": 0}
+        for stage, messages, answer in calls:
+            d["prompt"] += count(messages)
+            d["completion"] += count_text(answer)
+            d["requests"] += 1
+            d["judgments"] += 0 if stage == "explain" else max(1, answer.count(",") + 1 if answer.startswith("[") else 1)
+        return d
+
+    result, client, wall = run_ours(controls=False, calibrate=False)
+    ours = tally(client.calls)
+
+    from sae_lens_autointerp.records import Context
+    from sae_lens_autointerp.scorers import DetectionScorer, FuzzingScorer
+    from sae_lens_autointerp.sampling import latent_rng
 
     renderer = Renderer(model.tokenizer)
-    delphi = {"prompt": 0, "completion": 0, "requests": 0}
+    ctx = Context(llm=None, renderer=renderer, store=store)
+    delphi = {"prompt": 0, "completion": 0, "requests": 0, "judgments": 0}
     rng = np.random.default_rng(0)
     for record in result.records:
         s = sample_latent(store, record["latent"], sampling)
@@ -127,10 +146,9 @@ def main() -> None:
         delphi["prompt"] += count(builder.build_prompt(shown))
         delphi["completion"] += count_text("[EXPLANATION]: " + explanation)
         delphi["requests"] += 1
-        # Detection: 50 activating + 50 non-activating; fuzzing: 50 correctly + 50 randomly highlighted.
-        det_samples = [renderer.render(e).text for e in s.test]
-        fuzz_samples = [highlight(r.tokens, active_mask(r, 0.3)) for r in map(renderer.render, s.test)]
-        for module, samples in ((det, det_samples), (fuzz, fuzz_samples)):
+        # The very texts our scorers send: detection's plain excerpts, fuzzing's marked ones (same seed).
+        for module, scorer in ((det, DetectionScorer()), (fuzz, FuzzingScorer())):
+            samples = [it.text for it in scorer.items(s, ctx, latent_rng(0, s.latent, scorer.name))]
             order = rng.permutation(len(samples))
             for i in range(0, len(samples), 5):
                 batch = [samples[j] for j in order[i : i + 5]]
@@ -138,17 +156,29 @@ def main() -> None:
                 delphi["prompt"] += count(module.prompt(examples=examples, explanation=explanation))
                 delphi["completion"] += count_text("[" + ",".join("1" for _ in batch) + "]")
                 delphi["requests"] += 1
+                delphi["judgments"] += len(batch)
 
     n = len(result.records)
-    print(f"{n} latents {latents}, default sampling (40 explain; 50+50 detection; 50 fuzzing), "
+    print(f"{n} latents {latents}, default sampling (40 explain; detection 50+50; fuzzing 50+50), "
           f"ours with examples_per_prompt={args.examples_per_prompt}; tokens counted with SmolLM2's chat template")
+    if ours["judgments"] != delphi["judgments"]:
+        raise SystemExit(f"not like for like: ours made {ours['judgments']} judgments, delphi {delphi['judgments']}")
     for name, d in (("ours", ours), ("delphi", delphi)):
         total = d["prompt"] + d["completion"]
         print(f"{name:>7}: {d['prompt'] / n:9.0f} prompt + {d['completion'] / n:6.0f} completion tokens per latent "
-              f"({total / n:9.0f} total, {d['requests'] / n:.0f} requests)")
+              f"({total / n:9.0f} total, {d['requests'] / n:.0f} requests, {d['judgments'] / n:.0f} judgments)")
     ratio = (ours["prompt"] + ours["completion"]) / (delphi["prompt"] + delphi["completion"])
-    print(f"ratio ours / delphi: {ratio:.2f}x  (goal <= 0.5x)")
+    print(f"ratio ours / delphi, same judgments on the same texts: {ratio:.2f}x  (goal <= 0.5x)")
     print(f"wall time with the local backend: {wall / n:.1f} s per latent (explain + detection + fuzzing)")
+    if not args.no_defaults:
+        _, client2, wall2 = run_ours(controls=True, calibrate=True)
+        full = tally(client2.calls)
+        extra = (full["prompt"] + full["completion"]) / (ours["prompt"] + ours["completion"]) - 1
+        print(f"with our defaults (controls on 20% of the examples + calibration): "
+              f"{(full['prompt'] + full['completion']) / n:9.0f} tokens per latent ({full['judgments'] / n:.0f} "
+              f"judgments): +{extra:.0%} for the control and the judge check; ratio to delphi "
+              f"{(full['prompt'] + full['completion']) / (delphi['prompt'] + delphi['completion']):.2f}x; "
+              f"{wall2 / n:.1f} s per latent")
 
 
 if __name__ == "__main__":

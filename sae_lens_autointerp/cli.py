@@ -78,21 +78,36 @@ def pick_latents(store, n: int, min_examples: int = 20, max_frequency: float = 0
     return [ok[int(round(j * (len(ok) - 1) / max(n - 1, 1)))] for j in range(n)]
 
 
-def _finish(result, out_dir: Path, model) -> int:  # type: ignore[no-untyped-def]
+def _finish(result, out_dir: Path) -> int:  # type: ignore[no-untyped-def]
     from .report import text_report, write_html
 
     print(text_report(result))
     page = write_html(result, out_dir / "report.html")
     print(f"\nresults: {result.path}\nreport:  {page}")
+    return _exit_code(result)
+
+
+def _exit_code(result) -> int:  # type: ignore[no-untyped-def]
+    """0 when every latent finished; 1 when some are incomplete (the backend failed, the budget ran out)."""
     if result.stopped:
-        print(f"stopped early: {result.stopped}")
+        print(f"stopped early: {result.stopped}", file=sys.stderr)
+    if result.incomplete:
+        print(f"sae-autointerp: {len(result.incomplete)} latents are incomplete; run the same command again to "
+              "finish them (finished latents and cached answers are kept)", file=sys.stderr)
+        return 1
     return 0
 
 
+DEMO_SCORERS = ("embedding", "surprisal", "detection")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    """Explain with the embedded LLM and with the no-LLM top-tokens baseline, score both with an LLM-free
+    scorer pair and the embedded judge, with controls, and say in plain words which numbers carry signal."""
     import time
 
     from . import embedded
+    from .report import comparison_text, write_index
     from .sampling import SamplingConfig
 
     start = time.perf_counter()
@@ -103,15 +118,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"d_sae={sae.cfg.d_sae}, corpus {len(corpus)} documents (Python documentation, PSF licence)")
     store = sae.autointerp.harvest(model, corpus, n_tokens=args.n_tokens, ctx_len=128, batch_size=16)
     latents = _parse_latents(args.latents) or pick_latents(store, args.n_latents)
-    print(f"explaining and scoring latents {latents} with the local llama.cpp LLM ...")
+    scorers = [s for s in args.scorers.split(",") if s] if args.scorers else list(DEMO_SCORERS)
+    explainers = [e for e in args.explainers.split(",") if e]
     out_dir = Path(args.out)
     sampling = SamplingConfig(n_explain=args.n_explain, n_test_pos=args.n_test, n_test_neg=args.n_test)
-    result = sae.autointerp.run(
-        model, store=store, latents=latents, llm="local", explainer=args.explainer, scorers=args.scorers.split(","),
-        sampling=sampling, out_dir=out_dir,
-    )
-    code = _finish(result, out_dir, model)
-    print(f"demo took {time.perf_counter() - start:.0f} s")
+    results = {}
+    code = 0
+    for explainer in explainers:
+        print(f"\n== explainer {explainer!r} on latents {latents}: scorers {', '.join(scorers)} "
+              f"(controls on {args.controls:.0%} of the examples), judge = the embedded 135M LLM ==")
+        result = sae.autointerp.run(
+            model, store=store, latents=latents, llm="local", explainer=explainer, scorers=scorers,
+            sampling=sampling, out_dir=out_dir / explainer, controls=args.controls,
+        )
+        code = max(code, _finish(result, out_dir / explainer))
+        results[explainer] = result
+    print("\n" + comparison_text(results))
+    page = write_index(results, out_dir / "report.html")
+    print(f"\nreport: {page}\ndemo took {time.perf_counter() - start:.0f} s")
     return code
 
 
@@ -143,28 +167,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
         budget_tokens=args.budget_tokens, budget_dollars=args.budget_dollars,
         prices=json.loads(args.prices) if args.prices else None,
         sampling=SamplingConfig(n_explain=args.n_explain, n_test_pos=args.n_test, n_test_neg=args.n_test, seed=args.seed),
-        seed=args.seed,
+        seed=args.seed, controls=args.controls,
     )
-    return _finish(result, out_dir, model)
+    return _finish(result, out_dir)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
     from .report import load, text_report, write_html
 
     result = load(args.results)
+    if not result.records and not result.incomplete:
+        raise ConfigError(f"{args.results}: no readable result records (the file is empty or every line is corrupt)")
     print(text_report(result))
     if args.html:
         print(f"report: {write_html(result, args.html)}")
-    return 0
+    return 1 if result.incomplete else 0
 
 
-def _add_run_options(p: argparse.ArgumentParser, *, n_latents: int, n_test: int) -> None:
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
+    return value
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, n_latents: int, n_test: int, scorers: str | None) -> None:
     p.add_argument("--latents", default=None, help="comma-separated indices or ranges, e.g. 0,5,10-12")
     p.add_argument("--n-latents", type=int, default=n_latents, help="without --latents: how many to pick")
-    p.add_argument("--explainer", default="default")
-    p.add_argument("--scorers", default="detection,fuzzing", help="comma-separated scorer names")
+    p.add_argument("--scorers", default=scorers, help="comma-separated scorer names")
     p.add_argument("--n-explain", type=int, default=40, help="examples shown to the explainer")
     p.add_argument("--n-test", type=int, default=n_test, help="activating and non-activating test examples each")
+    p.add_argument("--controls", type=_fraction, default=0.2,
+                   help="share of each latent's test examples also scored with another latent's explanation "
+                        "(the control behind lift and the judge check); 0 turns controls off")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,14 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_plugins)
 
-    p = sub.add_parser("demo", help="explain and score a few latents of the embedded offline default")
-    _add_run_options(p, n_latents=4, n_test=20)
+    p = sub.add_parser("demo", help="explain and score a few latents of the embedded offline default, with controls")
+    _add_run_options(p, n_latents=4, n_test=20, scorers=None)
+    p.add_argument("--explainers", default="default,top-tokens",
+                   help="comma-separated explainers to compare (default: the embedded LLM and the top-tokens baseline)")
     p.add_argument("--n-tokens", type=int, default=60_000)
     p.add_argument("--out", default="autointerp-demo")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("run", help="explain and score latents of any SAELens SAE")
-    _add_run_options(p, n_latents=20, n_test=50)
+    _add_run_options(p, n_latents=20, n_test=50, scorers="detection,fuzzing")
+    p.add_argument("--explainer", default="default")
     p.add_argument("--sae", default="embedded", help="SAELens release, local SAE folder, or 'embedded'")
     p.add_argument("--sae-id", default=None)
     p.add_argument("--model", default="embedded", help="model name or local HF folder, or 'embedded'")

@@ -13,7 +13,7 @@ Per latent: ``lift = score - control`` with a MOVER interval built from the two 
 
 Per run and scorer, the judge check: the share of identical answers (the most common binary answer, or
 intruder position, over every answered example) and the mean lift over latents, with an interval that
-adds both sources of noise (:func:`pooled_lift`: each latent's own sampling error, from its lift interval,
+adds both sources of noise (:func:`pooled_mean`: each latent's own sampling error, from its lift interval,
 and the spread between latents, a random-effects moment estimate), so it never collapses when a few latents
 happen to have the same lift.
 The judge *cannot tell* when the mean lift's interval reaches 0 or 95% or more of its answers are identical;
@@ -163,8 +163,8 @@ def answers_of(scorer_output: Mapping[str, Any]) -> list[Any]:
     return out
 
 
-def pooled_lift(lifts: Sequence[Estimate], confidence: float = 0.95) -> Estimate:
-    """Mean of per-latent lifts with a random-effects interval: ``Var(mean) = (sum s_i^2) / n^2 + tau^2 / n``,
+def pooled_mean(lifts: Sequence[Estimate], confidence: float = 0.95) -> Estimate:
+    """Mean of per-latent estimates (lifts, scores) with a random-effects interval: ``Var(mean) = (sum s_i^2) / n^2 + tau^2 / n``,
     ``s_i`` the standard error behind latent i's interval (half its width / z), ``tau^2`` the between-latent
     variance beyond that (moment estimate, >= 0). Latents without an interval add only to the mean's spread."""
     values = np.array([e.value for e in lifts], dtype=float)
@@ -191,7 +191,7 @@ def pooled_lift(lifts: Sequence[Estimate], confidence: float = 0.95) -> Estimate
 
 def judge_check(scorer: str, lifts: Sequence[Estimate], answers: Sequence[Any]) -> JudgeCheck:
     values = [e.value for e in lifts]
-    mean = pooled_lift(lifts)
+    mean = pooled_mean(lifts)
     share = identical_share(answers)
     n = len(values)
     if share is not None and share >= IDENTICAL_LIMIT:
@@ -218,12 +218,18 @@ def judge_sentence(check: JudgeCheck, judge_kind: str = "llm") -> str:
         return f"{check.scorer}: carries signal ({check.reason})."
     if check.can_tell is None:
         return f"{check.scorer}: not checked: {check.reason}."
+    if check.identical_answers is not None and check.identical_answers >= IDENTICAL_LIMIT:
+        fix = {"llm": "score with a stronger LLM (llm='openai:...' or 'vllm:...', see docs/llm.md)"}.get(
+            judge_kind, "use a stronger scorer model (its model=... option, docs/scorers.md)")
+        return (f"{check.scorer}: the judge cannot tell right explanations from wrong ones ({check.reason}), so "
+                f"these scores carry no signal; {fix}.")
     fix = {
-        "llm": "score with a stronger LLM (llm='openai:...' or 'vllm:...', see docs/llm.md)",
-        "local": "use a stronger local model (the scorer's model=... option, see docs/scorers.md)",
-    }.get(judge_kind, "use a stronger judge")
-    return (f"{check.scorer}: the judge cannot tell right explanations from wrong ones ({check.reason}), so these "
-            f"scores carry no signal; {fix}.")
+        "llm": "use a stronger LLM as judge and explainer (llm='openai:...' or 'vllm:...', see docs/llm.md)",
+        "local": "use better explanations (a stronger explainer LLM, docs/llm.md) or a stronger scorer model "
+                 "(its model=... option, docs/scorers.md)",
+    }.get(judge_kind, "use better explanations or a stronger judge")
+    return (f"{check.scorer}: no signal: the right explanation scores no better than another latent's "
+            f"({check.reason}), so these scores cannot tell good explanations from wrong ones here; {fix}.")
 
 
 def lifts_per_latent(rows: Iterable[Mapping[str, Any]]) -> list[Estimate]:

@@ -240,11 +240,15 @@ def run(
     negatives = make_source(sampling_cfg.negatives, renderer=ctx.renderer, sae=sae, model=model)
     runner = _Runner(ctx, explainer_obj, scorer_objs, providers, sampling_cfg, results, run_key, given, progress,
                      negatives, control_fraction, max_consecutive_failures)
-    try:
-        records, stopped = run_sync(runner.run(latent_list, concurrency))
-    finally:
-        if client is not None and own_client:
-            run_sync(client.aclose())
+
+    async def run_and_close() -> tuple[list[dict[str, Any]], str | None]:
+        try:
+            return await runner.run(latent_list, concurrency)
+        finally:  # on the run's own loop: its HTTP connections belong to it
+            if client is not None and own_client:
+                await client.aclose()
+
+    records, stopped = run_sync(run_and_close())
     summary = tracker.summary()
     (folder / "usage.json").write_text(json.dumps(summary, indent=1, default=str))
     return ScoreResult(records=records, path=folder / "results.jsonl", usage=summary, stopped=stopped,

@@ -159,3 +159,78 @@ def write_html(result: ScoreResult, path: str | Path) -> Path:
 {''.join(rows)}</table></body></html>"""
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def comparison_table(results: dict[str, ScoreResult]) -> pd.DataFrame:
+    """One row per (explainer run, scorer): the summary's counts, mean, control, lift and judge check."""
+    frames = []
+    for name, result in results.items():
+        summary = result.summary()
+        if summary.empty:
+            continue
+        summary.insert(0, "explainer", name)
+        frames.append(summary)
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True)
+
+
+def conclusion(results: dict[str, ScoreResult]) -> list[str]:
+    """Two or three plain lines, computed from the runs: which scores carry signal here, which do not and why,
+    and what to run for numbers that mean something."""
+    table = comparison_table(results)
+    if table.empty:
+        return ["No latent was scored; nothing to conclude."]
+    lines = []
+    good, bad = [], []
+    for scorer, group in table.groupby("scorer", sort=False):
+        ok = group[group["judge_ok"] == True]  # noqa: E712 (object column)
+        if len(ok):
+            best = ok.sort_values("lift", ascending=False).iloc[0]
+            good.append(f"{scorer} (lift {best['lift']:+.2f}, 95% CI {best['lift_low']:+.2f} to "
+                        f"{best['lift_high']:+.2f}, {best['explainer']} explanations)")
+        elif (group["judge_ok"] == False).any():  # noqa: E712
+            worst = group[group["judge_ok"] == False].iloc[0]  # noqa: E712
+            why = (f"{worst['identical_answers']:.0%} identical answers" if worst["identical_answers"] is not None
+                   and worst["identical_answers"] >= 0.95 else
+                   f"lift {worst['lift']:+.2f}, 95% CI {worst['lift_low']:+.2f} to {worst['lift_high']:+.2f}")
+            bad.append(f"{scorer} ({why})")
+    if good:
+        lines.append("Signal on this machine: " + "; ".join(good) + ": the right explanation scores higher than "
+                     "another latent's on the same examples.")
+    if bad:
+        lines.append("No signal: " + "; ".join(bad) + ". Here the right explanation scores no better than another "
+                     "latent's, so these scores mean nothing (identical answers: the judge; otherwise the "
+                     "explanations, the judge, or both).")
+    lines.append("For detection / fuzzing / simulation scores that mean something, use a capable LLM: "
+                 "sae-autointerp run --llm openai:MODEL --base-url URL ... (docs/llm.md).")
+    return lines
+
+
+def comparison_text(results: dict[str, ScoreResult]) -> str:
+    table = comparison_table(results)
+    if table.empty:
+        return "no scores to compare"
+    cols = ["explainer", "scorer", "n_scored", "mean", "low", "high", "control", "lift", "lift_low", "lift_high",
+            "judge_ok"]
+    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200):
+        body = table[cols].to_string(index=False)
+    return "\n".join(["explainers compared (mean score [95% CI]; control = another latent's explanation; "
+                      "lift = score - control):", body, "", *conclusion(results)])
+
+
+def write_index(results: dict[str, ScoreResult], path: str | Path) -> Path:
+    """A page comparing several runs (the demo's explainers), linking each run's own report."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {path}: the folder {path.parent} does not exist (create it first)")
+    esc = html.escape
+    table = comparison_table(results)
+    links = "".join(f'<li><a href="{esc(name)}/report.html">{esc(name)}</a></li>' for name in results)
+    lines = "".join(f"<p>{esc(line)}</p>" for line in conclusion(results))
+    body = table.to_html(index=False, float_format=lambda x: f"{x:.3f}", escape=True) if not table.empty else ""
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sae-lens-autointerp comparison</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}</style>
+</head><body><h1>Explainers compared</h1>{lines}{body}<h2>Runs</h2><ul>{links}</ul></body></html>"""
+    path.write_text(page, encoding="utf-8")
+    return path

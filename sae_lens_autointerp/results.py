@@ -217,6 +217,14 @@ def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _num(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+    return v
+
+
 def _judge_kinds(records: list[dict[str, Any]]) -> dict[str, str]:
     kinds: dict[str, str] = {}
     for r in records:
@@ -246,8 +254,8 @@ def judge_checks(records: list[dict[str, Any]]) -> list[Any]:
 
 
 def summary_table(records: list[dict[str, Any]], confidence: float = 0.95) -> pd.DataFrame:
-    from .controls import judge_sentence, mean_or_none
-    from .metrics import aggregate
+    from .controls import judge_sentence, mean_or_none, pooled_mean
+    from .metrics import Estimate
 
     table = records_table(records)
     checks = {c.scorer: c for c in judge_checks(records)}
@@ -257,7 +265,10 @@ def summary_table(records: list[dict[str, Any]], confidence: float = 0.95) -> pd
         scores = group["score"].to_numpy(dtype=float)
         scored = np.isfinite(scores)
         failed = group["error"].notna().to_numpy() & ~scored
-        est = aggregate(scores[scored], confidence=confidence)
+        # each latent's own interval plus the spread between latents: never a zero-width interval when a few
+        # latents happen to score the same
+        est = pooled_mean([Estimate(float(r.score), _num(r.low), _num(r.high))
+                           for r in group.itertuples() if np.isfinite(r.score)], confidence)
         check = checks.get(str(name))
         chance = group["chance"].dropna()
         metric = group["metric"].dropna()

@@ -14,19 +14,32 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> su
 
 
 def test_demo_then_report(tmp_path):
+    """A reduced demo: two explainers, the LLM-free scorers and the embedded judge, with controls. The embedded
+    judge answers "1" to nearly everything, so the judge check must say that detection carries no signal."""
     out = tmp_path / "demo"
-    demo = cli("demo", "--n-latents", "1", "--n-tokens", "6000", "--n-explain", "8", "--n-test", "4",
-               "--scorers", "detection,fuzzing", "--out", str(out), env={"SAE_AUTOINTERP_LLM_CACHE": "off"})
+    demo = cli("demo", "--n-latents", "2", "--n-tokens", "6000", "--n-explain", "8", "--n-test", "4",
+               "--scorers", "embedding,detection", "--out", str(out), env={"SAE_AUTOINTERP_LLM_CACHE": "off"})
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert "embedded default: SmolLM2-135M-Instruct" in demo.stdout
-    assert "detection" in demo.stdout and "LLM usage:" in demo.stdout and "demo took" in demo.stdout
-    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(records) == 1 and set(records[0]["scores"]) == {"detection", "fuzzing"} or records[0].get("skipped")
-    html = (out / "report.html").read_text()
-    assert "<table>" in html and str(records[0]["latent"]) in html
-    report = cli("report", str(out), "--html", str(tmp_path / "again.html"))
+    assert "LLM usage:" in demo.stdout and "demo took" in demo.stdout
+    assert "explainers compared" in demo.stdout
+    assert "detection: the judge cannot tell right explanations from wrong ones" in demo.stdout
+    assert "No signal: detection" in demo.stdout and "docs/llm.md" in demo.stdout
+    for explainer in ("default", "top-tokens"):
+        records = [json.loads(line) for line in (out / explainer / "results.jsonl").read_text().splitlines()]
+        assert len(records) == 2 and not any(r.get("incomplete") for r in records)
+        for r in records:
+            assert set(r["scores"]) == {"embedding", "detection"}
+            assert r["explanation"]["explainer"] == explainer
+            if not r["explanation"]["failed"]:  # a control needs the other latent's explanation
+                assert set(r["controls"]) == {"embedding", "detection"}
+        html = (out / explainer / "report.html").read_text()
+        assert "Judge check" in html and str(records[0]["latent"]) in html
+    index = (out / "report.html").read_text()
+    assert "Explainers compared" in index and "top-tokens/report.html" in index
+    report = cli("report", str(out / "top-tokens"), "--html", str(tmp_path / "again.html"))
     assert report.returncode == 0, report.stderr[-2000:]
-    assert "per scorer" in report.stdout or "skipped" in report.stdout
+    assert "per scorer" in report.stdout and "judge check:" in report.stdout
     assert (tmp_path / "again.html").is_file()
 
 

@@ -223,18 +223,27 @@ def test_real_local_llm_end_to_end(bridge_model, bridge_sae, store, live_latents
                                       llm_kwargs=fresh, out_dir=tmp_path / "e", progress=False)
     (latent, explanation), = explanations.items()
     assert explanation.latent == latent and explanation.prompt_id
-    assert explanation.failed or explanation.text
+    # a usable explanation, or a failed one with its reason and both attempts kept (never an empty success)
+    if explanation.failed:
+        assert explanation.error and explanation.n_attempts == 2 and explanation.raw and not explanation.text
+    else:
+        assert explanation.text and explanation.parse in ("labelled", "first-sentence")
     result = bridge_sae.score(bridge_model, store=store, explanations={latent: explanation.text or "Python keywords"},
                               scorers=["detection"], llm="local", llm_kwargs=fresh, sampling=small, out_dir=tmp_path / "s",
                               progress=False)
     out = result.records[0]["scores"]["detection"]
     assert out["n_examples"] == len(sample_latent(store, latent, small).test)
-    assert all(p["probability"] is None or 0 <= p["probability"] <= 1 for p in out["predictions"])
-    assert result.usage["total"]["requests"] == out["n_examples"]
+    answered = [p for p in out["predictions"] if p["prediction"] is not None]
+    assert len(answered) == out["n_examples"] - out["n_failed"]
+    assert all(p["prob_source"] == "exact" and 0 <= p["probability"] <= 1 for p in answered)  # llama.cpp logits
+    # every example once, plus one content-free request for the calibrated threshold (graded probabilities);
+    # no control: a single latent has no other latent's explanation
+    assert result.usage["total"]["requests"] == out["n_examples"] + 1
+    assert out["metrics"]["calibration_threshold"] is not None and result.records[0]["controls"]["detection"]["error"]
     again = bridge_sae.score(bridge_model, store=store, explanations={latent: explanation.text or "Python keywords"},
                              scorers=["detection"], llm="local", llm_kwargs=fresh, sampling=small, out_dir=tmp_path / "s2",
                              progress=False)
-    assert again.usage["total"]["requests"] == 0 and again.usage["total"]["cache_hits"] == out["n_examples"]
+    assert again.usage["total"]["requests"] == 0 and again.usage["total"]["cache_hits"] == out["n_examples"] + 1
     assert again.records[0]["scores"]["detection"]["predictions"] == out["predictions"]
 
 
