@@ -122,14 +122,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     explainers = [e for e in args.explainers.split(",") if e]
     out_dir = Path(args.out)
     sampling = SamplingConfig(n_explain=args.n_explain, n_test_pos=args.n_test, n_test_neg=args.n_test)
+    # The embedding scorer costs < 1 s per latent: its control uses every test example (a tighter lift)
+    controls = {"*": args.controls, **({"embedding": 1.0} if "embedding" in scorers and args.controls else {})}
     results = {}
     code = 0
     for explainer in explainers:
         print(f"\n== explainer {explainer!r} on latents {latents}: scorers {', '.join(scorers)} "
-              f"(controls on {args.controls:.0%} of the examples), judge = the embedded 135M LLM ==")
+              f"(controls on {args.controls:.0%} of the examples, embedding's on all), judge = the embedded "
+              "135M LLM ==")
         result = sae.autointerp.run(
             model, store=store, latents=latents, llm="local", explainer=explainer, scorers=scorers,
-            sampling=sampling, out_dir=out_dir / explainer, controls=args.controls,
+            sampling=sampling, out_dir=out_dir / explainer, controls=controls,
         )
         code = max(code, _finish(result, out_dir / explainer))
         results[explainer] = result
@@ -215,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plugins)
 
     p = sub.add_parser("demo", help="explain and score a few latents of the embedded offline default, with controls")
-    _add_run_options(p, n_latents=4, n_test=20, scorers=None)
+    _add_run_options(p, n_latents=6, n_test=20, scorers=None)
     p.add_argument("--explainers", default="default,top-tokens",
                    help="comma-separated explainers to compare (default: the embedded LLM and the top-tokens baseline)")
     p.add_argument("--n-tokens", type=int, default=60_000)

@@ -41,17 +41,32 @@ STAGE_SUFFIX = ":control"
 IDENTICAL_LIMIT = 0.95
 
 
-def check_fraction(controls: float | bool | None) -> float:
-    """``controls=`` as a fraction in [0, 1]: True -> the default 0.2, False / None / 0 -> off."""
-    if controls is None or controls is False:
-        return 0.0
-    if controls is True:
-        return DEFAULT_FRACTION
-    if isinstance(controls, str) or not isinstance(controls, (int, float)) or not 0 <= float(controls) <= 1:
-        from .errors import ConfigError
+def check_fraction(controls: Any) -> dict[str, float]:
+    """``controls=`` as ``{scorer name or "*": fraction in [0, 1]}``. A number applies to every scorer (True: the
+    default 0.2; False / None / 0: off); a mapping sets fractions per scorer, ``"*"`` (default 0.2) the rest."""
+    from .errors import ConfigError
 
-        raise ConfigError(f"controls must be a fraction between 0 and 1 (or True / False), got {controls!r}")
-    return float(controls)
+    def one(value: Any, where: str) -> float:
+        if value is None or value is False:
+            return 0.0
+        if value is True:
+            return DEFAULT_FRACTION
+        if isinstance(value, str) or not isinstance(value, (int, float)) or not 0 <= float(value) <= 1:
+            raise ConfigError(f"controls{where} must be a fraction between 0 and 1 (or True / False), got {value!r}")
+        return float(value)
+
+    if isinstance(controls, Mapping):
+        out = {"*": DEFAULT_FRACTION}
+        for name, value in controls.items():
+            if not isinstance(name, str):
+                raise ConfigError(f"controls keys are scorer names (or '*'), got {name!r}")
+            out[name] = one(value, f"[{name!r}]")
+        return out
+    return {"*": one(controls, "")}
+
+
+def fraction_for(fractions: Mapping[str, float], scorer: str) -> float:
+    return float(fractions.get(scorer, fractions.get("*", DEFAULT_FRACTION)))
 
 
 def choose_control(latent: int, pool: Mapping[int, str], seed: int) -> int | None:

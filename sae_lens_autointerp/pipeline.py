@@ -34,6 +34,7 @@ from .controls import (
     RelabelledClient,
     check_fraction,
     choose_control,
+    fraction_for,
     control_explanation,
     control_sample,
 )
@@ -163,14 +164,14 @@ def run(
     budget_dollars: float | None = None,
     prices: Mapping[str, Any] | None = None,
     seed: int = 0,
-    controls: float | bool = True,
+    controls: float | bool | Mapping[str, float] = True,
     max_consecutive_failures: int = 3,
     progress: bool = True,
 ) -> ScoreResult:
     """Explain (unless ``explanations`` are given) and score ``latents``; see README for every option.
 
     ``controls``: the share of each latent's test examples also scored with another latent's explanation
-    (True = 0.2, False = off; see ``controls.py``). ``max_consecutive_failures``: infrastructure failures in a
+    (True = 0.2, False = off; ``{"embedding": 1.0}`` per scorer, ``"*"`` for the rest; see ``controls.py``). ``max_consecutive_failures``: infrastructure failures in a
     row (latents left incomplete) that stop the run."""
     d_sae = int(sae.cfg.d_sae)
     latent_list = check_latents(latents, d_sae)
@@ -185,7 +186,10 @@ def run(
                                              "it is how many latents in a row may fail on the backend")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
-    control_fraction = check_fraction(controls)
+    control_fractions = check_fraction(controls)
+    unknown = sorted(set(control_fractions) - {"*"} - set(scorer_names))
+    if unknown:
+        raise ConfigError(f"controls names scorers this run does not use: {unknown}; scorers: {scorer_names}")
     sampling_cfg = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(seed=seed, **dict(sampling or {}))
     # Resolve every plugin name before any expensive work, so a typo fails in a second.
     scorer_objs = {n: _make("scorers", n, (scorer_kwargs or {}).get(n)) for n in scorer_names}
@@ -223,7 +227,7 @@ def run(
         "explainer_prompt": getattr(explainer_obj, "prompt_id", None), "scorers": scorer_names,
         "scorer_kwargs": scorer_kwargs, "scorer_prompts": {n: getattr(o, "prompt_id", None) for n, o in scorer_objs.items()},
         "providers": providers, "sampling": asdict(sampling_cfg), "llm": client_identity(client), "seed": seed,
-        "controls": control_fraction, "prompt_version": PROMPT_VERSION,
+        "controls": control_fractions, "prompt_version": PROMPT_VERSION,
         "explanations": None if given is None else {k: v.text for k, v in sorted(given.items())},
     }
     run_key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
@@ -239,7 +243,7 @@ def run(
 
     negatives = make_source(sampling_cfg.negatives, renderer=ctx.renderer, sae=sae, model=model)
     runner = _Runner(ctx, explainer_obj, scorer_objs, providers, sampling_cfg, results, run_key, given, progress,
-                     negatives, control_fraction, max_consecutive_failures)
+                     negatives, control_fractions, max_consecutive_failures)
 
     async def run_and_close() -> tuple[list[dict[str, Any]], str | None]:
         try:
@@ -274,11 +278,12 @@ class _Prepared:
 class _Runner:
     def __init__(self, ctx: Context, explainer: Any, scorers: dict[str, Any], providers: dict[str, Any],
                  sampling: SamplingConfig, results: ResultsFile, run_key: str, given: dict[int, Explanation] | None,
-                 progress: bool, negatives: Any, control_fraction: float, max_consecutive_failures: int) -> None:
+                 progress: bool, negatives: Any, control_fractions: dict[str, float],
+                 max_consecutive_failures: int) -> None:
         self.ctx, self.explainer, self.scorers, self.sampling = ctx, explainer, scorers, sampling
         self.providers, self.negatives = providers, negatives
         self.results, self.run_key, self.given, self.progress = results, run_key, given, progress
-        self.control_fraction, self.max_failures = control_fraction, max_consecutive_failures
+        self.control_fractions, self.max_failures = control_fractions, max_consecutive_failures
         self.stopped: str | None = None
         self.incomplete: dict[int, str] = {}
         self.fresh: dict[int, dict[str, Any]] = {}
@@ -388,17 +393,19 @@ class _Runner:
         }
         scores, controls = dict(item.scores), dict(item.controls)
         usable = explanation is not None and not explanation.failed
-        source = choose_control(latent, pool, self.ctx.seed) if usable and self.control_fraction > 0 else None
+        controlled = usable and any(fraction_for(self.control_fractions, n) > 0 for n in self.scorers)
+        source = choose_control(latent, pool, self.ctx.seed) if controlled else None
         failure: _Incomplete | None = None
         for name, scorer in self.scorers.items():
             if failure is not None and getattr(scorer, "needs_llm", True):
                 continue  # the backend is failing: skip this latent's other LLM scorers, still run local ones
-            wants_control = getattr(scorer, "needs_explanation", True) and self.control_fraction > 0 and usable
+            fraction = fraction_for(self.control_fractions, name)
+            wants_control = getattr(scorer, "needs_explanation", True) and fraction > 0 and usable
             try:
                 if name not in scores:
                     scores[name] = await self._score(name, scorer, sample, explanation)
                 if wants_control and name not in controls:
-                    controls[name] = await self._control(name, scorer, sample, source, pool)
+                    controls[name] = await self._control(name, scorer, sample, source, pool, fraction)
             except LLMError as exc:
                 failure = _Incomplete(name, exc)
                 if isinstance(exc, BudgetExceeded):
@@ -440,7 +447,8 @@ class _Runner:
         provider = self.providers["scorers"][name]
         needs_llm = getattr(scorer, "needs_llm", True)
         extra = {"provider": provider, "judge_kind": "llm" if needs_llm else "local",
-                 "judge": getattr(self.ctx.llm, "name", None) if needs_llm else None}
+                 "judge": getattr(self.ctx.llm, "name", None) if needs_llm else None,
+                 "needs_explanation": bool(getattr(scorer, "needs_explanation", True))}
         if getattr(scorer, "needs_explanation", True) and (explanation is None or explanation.failed):
             why = "no explanation" if explanation is None else f"explanation failed: {explanation.error}"
             return {**ScorerOutput(scorer=name, score=None, n_examples=0, n_failed=0, error=why).to_dict(), **extra}
@@ -462,11 +470,11 @@ class _Runner:
         return entry
 
     async def _control(self, name: str, scorer: Any, sample: LatentSample, source: int | None,
-                       pool: dict[int, str]) -> dict[str, Any]:
+                       pool: dict[int, str], fraction: float) -> dict[str, Any]:
         """The scorer on a subset of the same test examples with another latent's explanation."""
         if source is None:
             return {"score": None, "error": "no other latent of this block of the run has an explanation"}
-        subset = control_sample(sample, self.control_fraction, self.ctx.seed)
+        subset = control_sample(sample, fraction, self.ctx.seed)
         ctx = replace(self.ctx, llm=RelabelledClient(self.ctx.llm)) if self.ctx.llm is not None else self.ctx
         entry = await self._score(name, scorer, subset, control_explanation(sample.latent, source, pool[source]), ctx)
         return {"explanation_from": source, "explanation": pool[source],

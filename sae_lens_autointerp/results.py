@@ -244,11 +244,13 @@ def judge_checks(records: list[dict[str, Any]]) -> list[Any]:
             continue
         for name, out in (r.get("scores") or {}).items():
             answers.setdefault(name, []).extend(answers_of(out))
-        controlled.update((r.get("controls") or {}).keys())
+            if out.get("needs_explanation", name in (r.get("controls") or {})):
+                controlled.add(name)
     by_scorer: dict[str, list[dict[str, Any]]] = {}
     for row in _rows(records):
         by_scorer.setdefault(row["scorer"], []).append(row)
-    # scorers that read no explanation (intruder) have no control and no check
+    # scorers that read no explanation (intruder) have no control and no check; with controls off the check
+    # says it was not made
     return [judge_check(name, lifts_per_latent(by_scorer[name]), answers.get(name, []))
             for name in sorted(by_scorer) if name in controlled]
 

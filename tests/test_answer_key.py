@@ -119,3 +119,24 @@ def test_simulation_correlates_with_the_truth(planted, planted_store, bridge_mod
     assert table["lift"].notna().all()
     if eps == 0:
         assert (table["lift"] > 0.5).all()
+
+
+def test_controls_per_scorer_and_off(planted, planted_store, bridge_model, key, tmp_path):
+    from sae_lens_autointerp.errors import ConfigError
+
+    result, client = _run(planted, planted_store, bridge_model, key, tmp_path / "a", ["detection", "fuzzing"], 0.0,
+                          controls={"detection": 1.0})
+    for r in result.records:
+        assert r["controls"]["detection"]["n_examples"] == r["scores"]["detection"]["n_examples"] == 60
+        assert r["controls"]["fuzzing"]["n_examples"] == 12  # the default fifth: 6 + 6
+        assert r["controls"]["detection"]["explanation_from"] != r["latent"]
+    assert {r.stage for r in client.requests} == {"detection", "fuzzing", "detection:control", "fuzzing:control"}
+    off, client = _run(planted, planted_store, bridge_model, key, tmp_path / "b", ["detection"], 0.0, controls=False)
+    assert all(r["controls"] == {} for r in off.records) and off.table["control"].isna().all()
+    assert off.verdict() == ["detection: not checked: no control was scored (controls are off, or no other latent "
+                             "of the run had an explanation)."]
+    assert off.summary()["judge_ok"].isna().all()
+    with pytest.raises(ConfigError, match="controls names scorers this run does not use"):
+        _run(planted, planted_store, bridge_model, key, tmp_path / "c", ["detection"], 0.0, controls={"fuzing": 1.0})
+    with pytest.raises(ConfigError, match="fraction between 0 and 1"):
+        _run(planted, planted_store, bridge_model, key, tmp_path / "d", ["detection"], 0.0, controls=1.5)
