@@ -20,7 +20,8 @@ from ..paths import cache_dir
 from .corpus import batched, iter_sequences, resolve_corpus
 from .model import ModelAdapter
 from .stats import HarvestSettings, LatentStats
-from .store import PAD_TOKEN, STORE_FORMAT_VERSION, ActivationStore, save_checkpoint
+from ..locks import folder_lock
+from .store import PAD_TOKEN, STORE_FORMAT_VERSION, ActivationStore, checkpoint_meta, save_checkpoint, seal
 
 DEFAULT_N_TOKENS = 1_000_000
 _MALLOC_PINNED = False
@@ -163,22 +164,26 @@ def harvest(
         "n_valid_tokens": 0,
         "complete": False,
     }
-    stats = LatentStats(int(sae.cfg.d_sae), settings, device=sae.device)
-    if (folder / "meta.json").is_file():
-        previous = json.loads((folder / "meta.json").read_text())
-        if previous.get("key") != key:
-            raise ConfigError(
-                f"{folder} holds a store for other inputs (key {str(previous.get('key'))[:12]}…); pass another "
-                "store_dir or delete it"
-            )
-        if previous.get("complete"):
-            return ActivationStore(folder)
-        if (folder / "stats.safetensors").is_file():
+    # One harvest per store at a time: a second process waits, then finds the finished store (or resumes it).
+    with folder_lock(folder, "harvest"):
+        if (folder / "meta.json").is_file():
+            previous = json.loads((folder / "meta.json").read_text())
+            if previous.get("key") != key:
+                raise ConfigError(
+                    f"{folder} holds a store for other inputs (key {str(previous.get('key'))[:12]}…); pass another "
+                    "store_dir or delete it"
+                )
+            if previous.get("complete"):
+                return ActivationStore(folder)
+        stats = LatentStats(int(sae.cfg.d_sae), settings, device=sae.device)
+        checkpoint = checkpoint_meta(folder)
+        if checkpoint is not None and checkpoint.get("key") == key and not checkpoint.get("complete"):
             from safetensors.torch import load_file
 
+            # The statistics and the counters they belong to come from the same file: never out of step.
             stats = LatentStats.from_state_dict(load_file(str(folder / "stats.safetensors")), settings, sae.device)
-            meta = previous
-    return _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s, progress)
+            meta = checkpoint
+        return _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s, progress)
 
 
 def _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s, progress) -> ActivationStore:  # type: ignore[no-untyped-def]
@@ -237,15 +242,20 @@ def _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s
             bar.update(len(batch) * ctx)
             if time.monotonic() - last_checkpoint >= checkpoint_every_s:
                 token_file.flush()
-                os.fsync(token_file.fileno())
+                os.fsync(token_file.fileno())  # the tokens a checkpoint counts are on disk before it
                 save_checkpoint(folder, stats, meta)
                 last_checkpoint = time.monotonic()
             if done_seqs >= total:
                 break
+        token_file.flush()
+        os.fsync(token_file.fileno())
     bar.close()
     if done_seqs == 0:
         raise ConfigError("the corpus produced no tokens; pass non-empty text")
     meta["complete"] = True
     meta["n_tokens_requested_reached"] = done_seqs >= total
     save_checkpoint(folder, stats, meta)
+    from .store import write_json_atomic
+
+    write_json_atomic(folder / "meta.json", seal(folder, meta))
     return ActivationStore(folder)

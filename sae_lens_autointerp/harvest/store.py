@@ -2,17 +2,22 @@
 
 Layout of a store folder::
 
-    meta.json            settings, model / SAE / corpus fingerprints, totals, "complete"
-    stats.safetensors    LatentStats.state_dict() (see stats.py)
+    meta.json            settings, model / SAE / corpus fingerprints, totals, "complete", checksums
+    stats.safetensors    LatentStats.state_dict() (see stats.py), with the checkpoint's meta in its header
     tokens.bin           int32 [n_sequences, ctx_len] token ids, -1 where padded
+    .lock                the advisory lock a harvest holds (locks.py)
 
-While a harvest runs, the same three files are the checkpoint: ``stats.safetensors`` and ``meta.json`` are
-replaced atomically every few seconds, ``tokens.bin`` is append-only and truncated back to the checkpoint
-on resume.
+While a harvest runs, the same files are the checkpoint. A checkpoint is one atomic step: the statistics
+and the counters they belong to (sequences and batches done) are written into one file, fsynced and renamed
+over the last one; ``meta.json`` is a readable copy written after it. ``tokens.bin`` is append-only and
+truncated back to the checkpoint on resume, so a kill at any moment resumes without counting a batch twice.
+A finished store records the sizes and SHA-256 of ``tokens.bin`` and ``stats.safetensors``; opening it checks
+them and names the folder when they do not match.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,9 +27,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError
+from ..locks import fsync_dir
 from .stats import HarvestSettings, LatentStats
 
 STORE_FORMAT_VERSION = 1
@@ -84,16 +91,52 @@ class RandomWindow:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(data, indent=1, sort_keys=True))
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
 def save_checkpoint(folder: Path, stats: LatentStats, meta: dict[str, Any]) -> None:
-    """Stats first, then meta: a meta.json always describes a stats file at least as new."""
+    """One atomic step: the statistics and ``meta`` (in the file's header) replace the last checkpoint
+    together; then ``meta.json``, a readable copy, follows (a kill in between loses nothing)."""
     tmp = folder / "stats.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in stats.state_dict().items()}, str(tmp))
+    save_file({k: v.contiguous() for k, v in stats.state_dict().items()}, str(tmp),
+              metadata={"checkpoint": json.dumps(meta, sort_keys=True, default=str)})
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
     os.replace(tmp, folder / "stats.safetensors")
+    fsync_dir(folder)
     write_json_atomic(folder / "meta.json", meta)
+
+
+def checkpoint_meta(folder: Path) -> dict[str, Any] | None:
+    """The meta the last checkpoint's statistics belong to (from the statistics file itself), or None."""
+    path = folder / "stats.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("checkpoint")
+    except Exception:  # a torn or foreign file: no usable checkpoint
+        return None
+    return json.loads(raw) if raw else None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def seal(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Record the finished files' sizes and checksums in ``meta`` (verified whenever the store is opened)."""
+    meta["files"] = {name: {"size": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
+                     for name in ("tokens.bin", "stats.safetensors")}
+    return meta
 
 
 class ActivationStore:
@@ -111,6 +154,26 @@ class ActivationStore:
                 f"{STORE_FORMAT_VERSION}; delete the folder to harvest again"
             )
         self.settings = HarvestSettings(**self.meta["settings"])
+        self._verify()
+
+    def _verify(self) -> None:
+        """Sizes always; the checksums recorded when the store was finished (about 1 s per 400 MB)."""
+        def corrupt(what: str) -> ConfigError:
+            return ConfigError(f"the activation store {self.path} is corrupt: {what}. Delete the folder and run "
+                               "sae.autointerp.harvest(...) (or `sae-autointerp harvest`) again to rebuild it")
+
+        ctx = self.settings.ctx_len
+        tokens = self.path / "tokens.bin"
+        if not tokens.is_file() or not (self.path / "stats.safetensors").is_file():
+            raise corrupt("tokens.bin or stats.safetensors is missing")
+        want = int(self.meta.get("n_sequences_done", 0)) * ctx * 4
+        have = tokens.stat().st_size
+        if have < want or (self.complete and have != want):
+            raise corrupt(f"tokens.bin holds {have} bytes, the metadata says {want}")
+        for name, rec in (self.meta.get("files") or {}).items():
+            path = self.path / name
+            if path.stat().st_size != rec["size"] or file_sha256(path) != rec["sha256"]:
+                raise corrupt(f"{name} does not match the checksum recorded when the store was finished")
 
     def __repr__(self) -> str:
         return (
