@@ -41,6 +41,7 @@ from .controls import (
 from .errors import ConfigError, PluginError
 from .harvest.store import ActivationStore
 from .llm import BudgetExceeded, LLMError, UsageTracker
+from .locks import folder_lock
 from .paths import cache_dir
 from .registry import get_client, get_registry
 from .records import PROMPT_VERSION, Context, Explanation, ScorerOutput
@@ -92,20 +93,40 @@ def check_latents(latents: Iterable[int] | int | None, d_sae: int) -> list[int]:
     return list(dict.fromkeys(out))
 
 
-def coerce_explanations(explanations: Mapping[int, Any] | None) -> dict[int, Explanation] | None:
+def coerce_explanations(explanations: Mapping[int, Any] | None, d_sae: int | None = None) -> dict[int, Explanation] | None:
     if explanations is None:
         return None
+    if not isinstance(explanations, Mapping):
+        raise ConfigError(f"explanations must map latent -> str or Explanation, got {type(explanations).__name__}")
     out = {}
     for latent, value in explanations.items():
+        if isinstance(latent, bool) or not isinstance(latent, numbers.Integral):
+            raise ConfigError(f"explanations keys are latent indices (integers), got {latent!r}")
+        latent = int(latent)
+        if d_sae is not None and not 0 <= latent < d_sae:
+            raise ConfigError(f"explanations has latent {latent}, out of range for d_sae={d_sae} (0..{d_sae - 1})")
         if isinstance(value, Explanation):
-            out[int(latent)] = value
+            out[latent] = value
         elif isinstance(value, str):
             if not value.strip():
                 raise ConfigError(f"the explanation of latent {latent} is empty")
-            out[int(latent)] = Explanation(int(latent), value.strip())
+            out[latent] = Explanation(latent, value.strip())
         else:
             raise ConfigError(f"explanations must map latent -> str or Explanation; latent {latent} has {type(value).__name__}")
     return out
+
+
+def sampling_config(sampling: SamplingConfig | Mapping[str, Any] | None, seed: int) -> SamplingConfig:
+    """``sampling=`` as a :class:`SamplingConfig` (a mapping's keys are checked by name)."""
+    if isinstance(sampling, SamplingConfig):
+        return sampling
+    if sampling is not None and not isinstance(sampling, Mapping):
+        raise ConfigError(f"sampling must be a SamplingConfig or a dict, got {type(sampling).__name__}")
+    known = [f.name for f in fields(SamplingConfig)]
+    unknown = sorted(set(sampling or {}) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown sampling option(s) {unknown}; valid: {', '.join(known)}")
+    return SamplingConfig(**{"seed": seed, **dict(sampling or {})})
 
 
 def _make(kind: str, name: str, kwargs: Mapping[str, Any] | None) -> Any:
@@ -175,7 +196,7 @@ def run(
     row (latents left incomplete) that stop the run."""
     d_sae = int(sae.cfg.d_sae)
     latent_list = check_latents(latents, d_sae)
-    given = coerce_explanations(explanations)
+    given = coerce_explanations(explanations, d_sae)
     if isinstance(scorers, str):
         raise ConfigError(f"scorers must be a list of names, got the string {scorers!r}; use scorers=[{scorers!r}]")
     scorer_names = list(scorers)
@@ -190,7 +211,12 @@ def run(
     unknown = sorted(set(control_fractions) - {"*"} - set(scorer_names))
     if unknown:
         raise ConfigError(f"controls names scorers this run does not use: {unknown}; scorers: {scorer_names}")
-    sampling_cfg = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(seed=seed, **dict(sampling or {}))
+    sampling_cfg = sampling_config(sampling, seed)
+    pool_sizes = (store.settings.n_stratified, store.settings.n_random_windows) if store is not None else (
+        int((harvest_kwargs or {}).get("n_stratified", 100)), int((harvest_kwargs or {}).get("n_random_windows", 1000)))
+    sampling_cfg.check_against(*pool_sizes)
+    if scorer_names and min(sampling_cfg.n_test_pos, sampling_cfg.n_test_neg) < 1:
+        raise ConfigError("scoring needs test examples: n_test_pos and n_test_neg must be >= 1")
     # Resolve every plugin name before any expensive work, so a typo fails in a second.
     scorer_objs = {n: _make("scorers", n, (scorer_kwargs or {}).get(n)) for n in scorer_names}
     explainer_obj = _make("explainers", explainer, explainer_kwargs) if explainer else None
@@ -211,6 +237,16 @@ def run(
     tokenizer = getattr(model, "tokenizer", None) if model is not None else None
     if tokenizer is None:
         raise ConfigError("pass model= (its tokenizer renders the examples)")
+    if isinstance(llm, str):  # a bad llm= fails in a second, needed or not
+        prefix = llm.partition(":")[0]
+        if not prefix:
+            raise ConfigError(f"llm={llm!r}: expected 'local', 'openai:MODEL', 'vllm:MODEL' or 'prefix:model'")
+        get_registry().get("llm_clients", prefix)
+    client = None
+    if needs_llm:  # resolved before any harvest
+        client = get_client(llm, usage=usage, **dict(llm_kwargs or {})) if own_client else get_client(llm)
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"out_dir {out_dir} is a file; pass a folder (it is created if missing)")
     if store is None:
         if dataset is None:
             raise ConfigError("pass model= and dataset= (or store= from sae.autointerp.harvest())")
@@ -219,9 +255,6 @@ def run(
         store = harvest(sae, model, dataset, progress=progress, **dict(harvest_kwargs or {}))
     if store.d_sae != d_sae:
         raise ConfigError(f"the store has d_sae={store.d_sae} but the SAE has {d_sae}; harvest this SAE")
-    client = None
-    if needs_llm:
-        client = get_client(llm, usage=usage, **dict(llm_kwargs or {})) if own_client else get_client(llm)
     ident = {
         "store": store.key, "explainer": explainer, "explainer_kwargs": explainer_kwargs,
         "explainer_prompt": getattr(explainer_obj, "prompt_id", None), "scorers": scorer_names,
@@ -235,10 +268,6 @@ def run(
     results = ResultsFile(folder / "results.jsonl")
     tracker = client.usage if client is not None else usage
     ctx = Context(llm=client, renderer=Renderer(tokenizer), store=store, seed=seed, sae=sae, model=model, usage=tracker)
-    (folder / "run.json").write_text(json.dumps({
-        "run_key": run_key, "store": str(store.path), "version": __version__, **ident,
-        "llm": getattr(client, "name", None), "llm_identity": ident["llm"],
-    }, indent=1, default=str))
     from .negatives import make_source
 
     negatives = make_source(sampling_cfg.negatives, renderer=ctx.renderer, sae=sae, model=model)
@@ -252,11 +281,39 @@ def run(
             if client is not None and own_client:
                 await client.aclose()
 
-    records, stopped = run_sync(run_and_close())
+    # One run folder, one run: a concurrent run of the same key waits here, then finds its latents done.
+    with folder_lock(folder, "run"):
+        _claim(folder, run_key, ident)
+        (folder / "run.json").write_text(json.dumps({
+            "run_key": run_key, "store": str(store.path), "version": __version__, **ident,
+            "llm": getattr(client, "name", None), "llm_identity": ident["llm"],
+        }, indent=1, default=str))
+        records, stopped = run_sync(run_and_close())
     summary = tracker.summary()
     (folder / "usage.json").write_text(json.dumps(summary, indent=1, default=str))
     return ScoreResult(records=records, path=folder / "results.jsonl", usage=summary, stopped=stopped,
                        incomplete=dict(runner.incomplete), run_key=run_key)
+
+
+def _claim(folder: Path, run_key: str, ident: dict[str, Any]) -> None:
+    """A folder that holds another run's results is refused, naming both runs and what differs."""
+    run_file = folder / "run.json"
+    if not run_file.is_file():
+        return
+    try:
+        previous = json.loads(run_file.read_text())
+    except ValueError:
+        return
+    other = previous.get("run_key")
+    if not other or other == run_key:
+        return
+    differ = sorted(k for k in ident if json.dumps(previous.get(k), sort_keys=True, default=str)
+                    != json.dumps(ident[k], sort_keys=True, default=str))
+    raise ConfigError(
+        f"{folder} holds the results of another run ({other[:12]}, explainer {previous.get('explainer')!r}, scorers "
+        f"{previous.get('scorers')}); this run is {run_key[:12]} and differs in: {', '.join(differ) or 'its identity'}. "
+        f"Results of two runs are never mixed: pass another out_dir, or delete {folder}"
+    )
 
 
 class _Incomplete(Exception):
@@ -293,6 +350,7 @@ class _Runner:
     async def run(self, latents: list[int], concurrency: int) -> tuple[list[dict[str, Any]], str | None]:
         from tqdm.auto import tqdm
 
+        self.results.repair()
         done = self.results.done(self.run_key)
         partial = self.results.partial(self.run_key)
         todo_total = [lat for lat in latents if lat not in done]

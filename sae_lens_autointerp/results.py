@@ -18,6 +18,7 @@ mean score with its interval, the chance level, the mean control and lift, and t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger("sae_lens_autointerp")
 
 TABLE_COLUMNS = [
     "latent", "scorer", "metric", "score", "low", "high", "chance", "auc", "calibrated", "control", "lift", "lift_low",
@@ -44,18 +47,48 @@ class ResultsFile:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._repaired = False
 
     def records(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
-        out = []
-        with self.path.open(encoding="utf-8") as fh:
+        out, bad = [], 0
+        with self.path.open(encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 try:
-                    out.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError:
-                    continue  # a line torn by a crash; that latent simply runs again
+                    bad += 1  # a torn or foreign line: its latent runs again
+                    continue
+                if isinstance(record, dict):
+                    out.append(record)
+                else:
+                    bad += 1
+        if bad:
+            log.warning("%s: %d unreadable line(s) skipped (their latents run again)", self.path, bad)
         return out
+
+    def repair(self) -> None:
+        """A torn last line (a crash mid-write) is moved to ``results.jsonl.corrupt`` with a warning, so the next
+        record starts on a clean line instead of being glued to the fragment."""
+        if self._repaired or not self.path.is_file():
+            return
+        self._repaired = True
+        with self.path.open("rb+") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            fh.seek(0)
+            data = fh.read()
+            cut = data.rfind(b"\n") + 1
+            with open(self.path.with_name(self.path.name + ".corrupt"), "ab") as aside:
+                aside.write(data[cut:] + b"\n")
+            fh.truncate(cut)
+        log.warning("%s ended in a torn line (%d bytes, moved to %s.corrupt); its latent runs again", self.path,
+                    len(data) - cut, self.path.name)
 
     def latest(self, run_key: str) -> dict[int, dict[str, Any]]:
         """The last record of each latent of one run (finished or not)."""
@@ -71,6 +104,7 @@ class ResultsFile:
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, default=_json_default, allow_nan=False) + "\n"
+        self.repair()
         with self._lock, self.path.open("a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
@@ -78,10 +112,8 @@ class ResultsFile:
 
 
 def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
         return obj.tolist()
-    if isinstance(obj, float):
-        return None
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 

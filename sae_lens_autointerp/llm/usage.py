@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import ConfigError
 from .errors import BudgetExceeded
 from .types import Usage
 
@@ -123,10 +124,15 @@ class UsageTracker:
         budget_dollars: float | None = None,
     ) -> None:
         self.prices = prices if isinstance(prices, PriceTable) else PriceTable(prices)
-        if budget_tokens is not None and budget_tokens < 0:
-            raise ValueError("budget_tokens must be >= 0")
-        if budget_dollars is not None and budget_dollars < 0:
-            raise ValueError("budget_dollars must be >= 0")
+        for name, value in (("budget_tokens", budget_tokens), ("budget_dollars", budget_dollars)):
+            if value is not None and (isinstance(value, (bool, str)) or not isinstance(value, (int, float))
+                                      or value < 0):
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if budget_dollars is not None and not self.prices:
+            raise ConfigError(
+                "budget_dollars needs prices to turn tokens into dollars: pass prices={'MODEL': [input, output]} "
+                "($ per million tokens), or budget_tokens= instead"
+            )
         self._budget = _Budget(tokens=budget_tokens, dollars=budget_dollars)
         self._lock = threading.Lock()
         self._stage: dict[str, UsageTotals] = {}

@@ -251,6 +251,10 @@ def test_budget_reservations_release_and_refuse():
 
 
 def test_dollar_budget_needs_a_price():
-    u = UsageTracker(budget_dollars=1.0)
+    from sae_lens_autointerp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="budget_dollars needs prices"):  # refused up front, before any work
+        UsageTracker(budget_dollars=1.0)
+    u = UsageTracker(prices={"openai:other": (1.0, 1.0)}, budget_dollars=1.0)
     with pytest.raises(BudgetExceeded, match="no price"):
         u.reserve("openai:unpriced", "explain", 10, 10)
