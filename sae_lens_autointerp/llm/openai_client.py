@@ -64,9 +64,12 @@ class OpenAIClient(BaseClient):
         model: the model name the server knows (``"gpt-4o-mini"``, ``"meta-llama/..."``).
         base_url, api_key: default ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` (a local server needs no key).
         max_concurrency: requests in flight at once.
-        max_retries: retries after the first attempt (>= 0), with backoff ``backoff_initial * 2**i`` seconds
-            (at most ``backoff_max``) times a random jitter in [0.5, 1.5).
-        timeout: seconds per attempt.
+        max_retries: retries after the first attempt (>= 0) for 429 / 5xx answers, with backoff
+            ``backoff_initial * 2**i`` seconds (at most ``backoff_max``) times a random jitter in [0.5, 1.5).
+        max_connection_retries / max_timeout_retries: fewer retries for a refused or dropped connection (2) and
+            for an attempt that ran past ``timeout`` (1): a server that is down or hanging is reported in
+            seconds, not minutes (the run's breaker then stops the run).
+        timeout: seconds per attempt (reading the answer); connect_timeout: seconds to connect (5).
         max_tokens_param: ``"max_tokens"`` (widest support) or ``"max_completion_tokens"`` (OpenAI's newer
             reasoning models reject ``max_tokens``).
         extra_body: extra JSON fields for every request (e.g. OpenRouter's ``provider``).
@@ -82,7 +85,10 @@ class OpenAIClient(BaseClient):
         api_key: str | None = None,
         max_concurrency: int = 8,
         max_retries: int = 6,
+        max_connection_retries: int = 2,
+        max_timeout_retries: int = 1,
         timeout: float = 60.0,
+        connect_timeout: float = 5.0,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         max_tokens_param: str = "max_tokens",
@@ -103,7 +109,11 @@ class OpenAIClient(BaseClient):
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "sk-no-key-required"
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
+        self.retry_limits = {"connection": min(max_connection_retries, max_retries),
+                             "timeout": min(max_timeout_retries, max_retries),
+                             "malformed": min(2, max_retries), "status": max_retries}
         self.timeout = timeout
+        self.connect_timeout = min(connect_timeout, timeout)
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.max_tokens_param = max_tokens_param
@@ -116,6 +126,11 @@ class OpenAIClient(BaseClient):
         )
         self.requests_sent = 0  # HTTP attempts, retries included
         namespace = base_kwargs.pop("cache_namespace", None) or f"openai:{model}@{public_url(self.base_url)}"
+        if self.extra_body:  # provider routing etc. changes the answers: part of the cache and run identity
+            import hashlib
+
+            blob = json.dumps(self.extra_body, sort_keys=True, default=str).encode()
+            namespace += "#" + hashlib.sha256(blob).hexdigest()[:12]
         super().__init__(f"openai:{model}", cache_namespace=namespace, **base_kwargs)
 
     def __repr__(self) -> str:
@@ -130,11 +145,13 @@ class OpenAIClient(BaseClient):
         if state is None:
             import openai
 
+            import httpx
+
             client = openai.AsyncOpenAI(
                 api_key=self._api_key,
                 base_url=self.base_url,
                 max_retries=0,
-                timeout=self.timeout,
+                timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
                 default_headers=self._default_headers or None,
             )
             state = (asyncio.Semaphore(self.max_concurrency), client)
@@ -199,6 +216,7 @@ class OpenAIClient(BaseClient):
         body = self._body(request, with_logprobs)
         extra = dict(self.extra_body)
         attempt = 0
+        tries: dict[str, int] = {}
         while True:
             try:
                 sem, client = self._state()
@@ -222,7 +240,8 @@ class OpenAIClient(BaseClient):
             except _Retryable as exc:
                 failure = exc
             attempt += 1
-            if attempt > self.max_retries:
+            tries[failure.kind] = tries.get(failure.kind, 0) + 1  # each kind of failure has its own retry budget
+            if attempt > self.max_retries or tries[failure.kind] > self.retry_limits.get(failure.kind, self.max_retries):
                 raise self._final_error(failure, attempt) from None
             self.usage.record_retry(self.name, request.stage, request.latent)
             delay = min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 1)) * self._jitter.uniform(0.5, 1.5)
