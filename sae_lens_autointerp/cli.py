@@ -55,16 +55,37 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
 
 
 def _parse_latents(text: str | None) -> list[int] | None:
+    """``0,5,10-12`` -> [0, 5, 10, 11, 12]; a bad spec is a one-line error."""
+    from .errors import ConfigError
+
     if not text:
         return None
     out = []
-    for part in text.split(","):
-        if "-" in part.strip()[1:]:
-            a, b = part.split("-", 1)
-            out.extend(range(int(a), int(b) + 1))
-        elif part.strip():
-            out.append(int(part))
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise ConfigError(f"--latents {text!r}: expected comma-separated indices or ranges, e.g. 0,5,10-12") from None
     return out
+
+
+def _parse_prices(text: str | None) -> dict | None:  # type: ignore[type-arg]
+    from .errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        prices = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--prices is not JSON ({exc}); expected e.g. '{{\"gpt-4o-mini\": [0.15, 0.6]}}'") from None
+    if not isinstance(prices, dict):
+        raise ConfigError("--prices must be a JSON object: {\"MODEL\": [input $/M tokens, output $/M tokens]}")
+    return prices
 
 
 def pick_latents(store, n: int, min_examples: int = 20, max_frequency: float = 0.1) -> list[int]:  # type: ignore[no-untyped-def]
@@ -145,33 +166,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from . import embedded
     from .loading import load_model, load_sae
+    from .pipeline import preflight
     from .sampling import SamplingConfig
 
+    chosen = _parse_latents(args.latents)  # argument errors before loading anything
+    prices = _parse_prices(args.prices)
     sae = embedded.load_sae(device=args.device) if args.sae == "embedded" else load_sae(args.sae, args.sae_id, device=args.device)
     model = (
         embedded.load_model(device=args.device)
         if args.model == "embedded"
         else load_model(args.model, sae=sae, kind=args.model_kind, device=args.device)
     )
-    from .pipeline import check_latents
-
-    chosen = _parse_latents(args.latents)
-    if chosen is not None:
-        check_latents(chosen, int(sae.cfg.d_sae))  # before the expensive harvest
+    out_dir = Path(args.out)
+    options = dict(
+        llm=args.llm, llm_kwargs={"base_url": args.base_url} if args.base_url else {}, explainer=args.explainer,
+        scorers=[s for s in args.scorers.split(",") if s], out_dir=out_dir, concurrency=args.concurrency,
+        budget_tokens=args.budget_tokens, budget_dollars=args.budget_dollars, prices=prices,
+        sampling=SamplingConfig(n_explain=args.n_explain, n_test_pos=args.n_test, n_test_neg=args.n_test, seed=args.seed),
+        seed=args.seed, controls=args.controls,
+    )
+    preflight(sae, model, latents=chosen, **options)  # every other bad input, before the expensive harvest
     dataset = embedded.load_corpus() if args.dataset == "embedded" else args.dataset
     store = sae.autointerp.harvest(model, dataset, n_tokens=args.n_tokens, ctx_len=args.ctx_len,
                                    batch_size=args.batch_size, text_column=args.text_column, split=args.split)
     latents = chosen or pick_latents(store, args.n_latents)
-    out_dir = Path(args.out)
-    llm_kwargs = {"base_url": args.base_url} if args.base_url else {}
-    result = sae.autointerp.run(
-        model, store=store, latents=latents, llm=args.llm, llm_kwargs=llm_kwargs, explainer=args.explainer,
-        scorers=[s for s in args.scorers.split(",") if s], out_dir=out_dir, concurrency=args.concurrency,
-        budget_tokens=args.budget_tokens, budget_dollars=args.budget_dollars,
-        prices=json.loads(args.prices) if args.prices else None,
-        sampling=SamplingConfig(n_explain=args.n_explain, n_test_pos=args.n_test, n_test_neg=args.n_test, seed=args.seed),
-        seed=args.seed, controls=args.controls,
-    )
+    result = sae.autointerp.run(model, store=store, latents=latents, **options)
     return _finish(result, out_dir)
 
 
@@ -271,9 +290,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_loaders() -> None:
+    """The CLI prints its own progress: no per-file "Loading weights" bars from transformers / the hub."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import AutointerpError
+
+    _quiet_loaders()
 
     try:
         return int(args.func(args) or 0)

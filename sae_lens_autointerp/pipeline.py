@@ -163,10 +163,31 @@ def _positive_int(value: Any, name: str, hint: str) -> int:
     return value
 
 
-def run(
+@dataclass
+class _Plan:
+    """Everything a run resolved from its arguments before any expensive work."""
+
+    d_sae: int
+    latents: list[int]
+    given: dict[int, Explanation] | None
+    scorer_names: list[str]
+    explainer: str | None
+    scorer_objs: dict[str, Any]
+    explainer_obj: Any
+    providers: dict[str, Any]
+    sampling: SamplingConfig
+    control_fractions: dict[str, float]
+    usage: UsageTracker
+    needs_llm: bool
+    own_client: bool
+    tokenizer: Any
+    concurrency: int
+    max_consecutive_failures: int
+
+
+def preflight(
     sae: Any,
-    model: Any = None,
-    dataset: Any = None,
+    model: Any,
     *,
     store: ActivationStore | None = None,
     latents: Iterable[int] | int | None = None,
@@ -187,13 +208,10 @@ def run(
     seed: int = 0,
     controls: float | bool | Mapping[str, float] = True,
     max_consecutive_failures: int = 3,
-    progress: bool = True,
-) -> ScoreResult:
-    """Explain (unless ``explanations`` are given) and score ``latents``; see README for every option.
-
-    ``controls``: the share of each latent's test examples also scored with another latent's explanation
-    (True = 0.2, False = off; ``{"embedding": 1.0}`` per scorer, ``"*"`` for the rest; see ``controls.py``). ``max_consecutive_failures``: infrastructure failures in a
-    row (latents left incomplete) that stop the run."""
+) -> _Plan:
+    """Check every argument of :func:`run` that can be checked without a harvest or an LLM call, and resolve
+    the plugins: a bad input fails in a second, before any expensive work (the CLI calls this before it
+    harvests)."""
     d_sae = int(sae.cfg.d_sae)
     latent_list = check_latents(latents, d_sae)
     given = coerce_explanations(explanations, d_sae)
@@ -242,11 +260,59 @@ def run(
         if not prefix:
             raise ConfigError(f"llm={llm!r}: expected 'local', 'openai:MODEL', 'vllm:MODEL' or 'prefix:model'")
         get_registry().get("llm_clients", prefix)
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"out_dir {out_dir} is a file; pass a folder (it is created if missing)")
+    return _Plan(d_sae, latent_list, given, scorer_names, explainer, scorer_objs, explainer_obj, providers,
+                 sampling_cfg, control_fractions, usage, needs_llm, own_client, tokenizer, concurrency,
+                 max_consecutive_failures)
+
+
+def run(
+    sae: Any,
+    model: Any = None,
+    dataset: Any = None,
+    *,
+    store: ActivationStore | None = None,
+    latents: Iterable[int] | int | None = None,
+    llm: Any = "local",
+    explainer: str | None = "default",
+    scorers: Iterable[str] = DEFAULT_SCORERS,
+    explanations: Mapping[int, Any] | None = None,
+    explainer_kwargs: Mapping[str, Any] | None = None,
+    scorer_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    llm_kwargs: Mapping[str, Any] | None = None,
+    sampling: SamplingConfig | Mapping[str, Any] | None = None,
+    harvest_kwargs: Mapping[str, Any] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    concurrency: int = 4,
+    budget_tokens: int | None = None,
+    budget_dollars: float | None = None,
+    prices: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    controls: float | bool | Mapping[str, float] = True,
+    max_consecutive_failures: int = 3,
+    progress: bool = True,
+) -> ScoreResult:
+    """Explain (unless ``explanations`` are given) and score ``latents``; see README for every option.
+
+    ``controls``: the share of each latent's test examples also scored with another latent's explanation
+    (True = 0.2, False = off; ``{"embedding": 1.0}`` per scorer, ``"*"`` for the rest; see ``controls.py``). ``max_consecutive_failures``: infrastructure failures in a
+    row (latents left incomplete) that stop the run."""
+    plan = preflight(
+        sae, model, store=store, latents=latents, llm=llm, explainer=explainer, scorers=scorers,
+        explanations=explanations, explainer_kwargs=explainer_kwargs, scorer_kwargs=scorer_kwargs,
+        llm_kwargs=llm_kwargs, sampling=sampling, harvest_kwargs=harvest_kwargs, out_dir=out_dir,
+        concurrency=concurrency, budget_tokens=budget_tokens, budget_dollars=budget_dollars, prices=prices, seed=seed,
+        controls=controls, max_consecutive_failures=max_consecutive_failures,
+    )
+    d_sae, latent_list, given, scorer_names = plan.d_sae, plan.latents, plan.given, plan.scorer_names
+    explainer, scorer_objs, explainer_obj, providers = plan.explainer, plan.scorer_objs, plan.explainer_obj, plan.providers
+    sampling_cfg, control_fractions, usage, needs_llm = plan.sampling, plan.control_fractions, plan.usage, plan.needs_llm
+    own_client, tokenizer = plan.own_client, plan.tokenizer
+    concurrency, max_consecutive_failures = plan.concurrency, plan.max_consecutive_failures
     client = None
     if needs_llm:  # resolved before any harvest
         client = get_client(llm, usage=usage, **dict(llm_kwargs or {})) if own_client else get_client(llm)
-    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise ConfigError(f"out_dir {out_dir} is a file; pass a folder (it is created if missing)")
     if store is None:
         if dataset is None:
             raise ConfigError("pass model= and dataset= (or store= from sae.autointerp.harvest())")

@@ -50,3 +50,32 @@ def test_errors_are_one_clear_line(tmp_path):
     assert "harvest" not in res.stderr  # refused before any harvesting
     res = cli("report", str(tmp_path / "nothing"))
     assert res.returncode == 2 and res.stderr.startswith("sae-autointerp: error: no results at")
+
+
+def test_bad_run_arguments_fail_in_one_line_before_any_harvest(tmp_path):
+    cases = [
+        (["--latents", "abc"], "--latents 'abc': expected comma-separated indices"),
+        (["--prices", "{oops"], "--prices is not JSON"),
+        (["--llm", "nosuch:model", "--latents", "1"], "unknown llm client 'nosuch'"),
+        (["--scorers", "detecton", "--latents", "1"], "unknown scorer 'detecton'"),
+        (["--budget-dollars", "1", "--llm", "openai:m", "--latents", "1"], "budget_dollars needs prices"),
+    ]
+    for extra, message in cases:
+        res = cli("run", "--n-tokens", "256", "--out", str(tmp_path), *extra)
+        assert res.returncode == 2, (extra, res.stderr[-1500:])
+        assert res.stderr.count("\n") == 1 and message in res.stderr, (extra, res.stderr)
+        assert "harvest" not in res.stderr and "Traceback" not in res.stderr
+
+
+def test_offline_hub_sae_is_one_line(tmp_path):
+    res = cli("run", "--sae", "gpt2-small-res-jb", "--sae-id", "blocks.8.hook_resid_pre", "--model", "gpt2",
+              "--out", str(tmp_path), env={"HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "could not load the SAE 'gpt2-small-res-jb / blocks.8.hook_resid_pre'" in res.stderr
+    assert "sae.save_model(PATH) as --sae PATH" in res.stderr
+
+
+def test_report_of_unreadable_results_is_an_error(tmp_path):
+    (tmp_path / "results.jsonl").write_text("not json\n{torn")
+    res = cli("report", str(tmp_path))
+    assert res.returncode == 2 and "no readable result records" in res.stderr

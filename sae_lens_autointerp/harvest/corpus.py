@@ -109,6 +109,12 @@ def resolve_corpus(
 
 def _data_files(path: Path) -> list[Path]:
     if path.is_file():
+        if path.suffix not in TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES:
+            raise ConfigError(
+                f"{path}: unsupported file type {path.suffix or '(none)'!r}; the corpus reads "
+                f"{', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES)} (convert it, or load it with "
+                "datasets.load_dataset(...) and pass the Dataset)"
+            )
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES)
     if not files:

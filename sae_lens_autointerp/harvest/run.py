@@ -128,6 +128,12 @@ def harvest(
     corpus = resolve_corpus(
         dataset, text_column=text_column, split=split, streaming=streaming, dataset_config=dataset_config
     )
+    if corpus.kind == "tokens":  # ids the model cannot embed: refused before any forward pass
+        vocab = int(getattr(adapter.model.cfg, "d_vocab", 0) or 0) or len(adapter.tokenizer)
+        low, high = int(corpus.source.min()), int(corpus.source.max())
+        if low < 0 or high >= vocab:
+            raise ConfigError(f"the token tensor holds ids from {low} to {high}, but this model's vocabulary is "
+                              f"0..{vocab - 1}; tokenize with the model's own tokenizer")
     adapter.check_width()
     _pin_malloc_thresholds()
     settings = HarvestSettings(
