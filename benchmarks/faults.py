@@ -2,8 +2,8 @@
 
 Each fault hits a real run (the embedded SAE and model, given explanations, detection through the OpenAI
 client) against the labelled FAKE fault server of tests/llm/llm_fakes.py on 127.0.0.1, which answers the
-first requests normally and then fails: a refused port (the server is shut down), HTTP 500 forever, a
-hanging server, empty `choices`, a body that is not JSON. Then the same run is repeated against a healthy
+first requests normally and then fails: every connection dropped (the server died), HTTP 500 forever, a
+hanging server, empty `choices`, a body that is not JSON; and a port where nothing listens from the start. Then the same run is repeated against a healthy
 server and we count what it redoes. The last row kills a run with SIGKILL halfway (a subprocess) and reruns.
 
 Goal (issue 10): 0 latents lost, only unfinished latents redone, the outage stopped within 3 consecutive
@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -57,19 +56,13 @@ def run_once(sae, model, store, latents, base_url, out, **kw):
     return result, time.perf_counter() - start, client
 
 
-def outage(name, script, sae, model, store, latents, root: Path, shutdown_after: int | None = None):
+def outage(name, script, sae, model, store, latents, root: Path):
     out = root / name
-    with FaultServer(script=script, hang_s=120) as server:  # a hang lasts past the 5 s read timeout
-        if shutdown_after is not None:  # a refused port: the server goes away mid-run
-            def watch() -> None:
-                while server.count < shutdown_after:
-                    time.sleep(0.01)
-                server.httpd.shutdown()
-                server.httpd.server_close()
-            threading.Thread(target=watch, daemon=True).start()
+    port = free_port()  # the healthy server comes back at the same address (the run key includes it)
+    with FaultServer(script=script, hang_s=120, port=port) as server:  # a hang outlasts the 5 s read timeout
         result, seconds, _ = run_once(sae, model, store, latents, server.base_url, out)
     done_before = finished(out)
-    with FaultServer() as healthy:  # same cache folder: answers paid for are reused
+    with FaultServer(port=port) as healthy:  # same cache folder: answers paid for are reused
         before_lines = len(lines(out))
         _, _, client = run_once(sae, model, store, latents, healthy.base_url, out)
         rerun_requests = healthy.count
@@ -102,7 +95,8 @@ sae.score(model, store=store, explanations={lat: f"explanation {lat}" for lat in
 
 def killed(sae, model, store, latents, root: Path):
     out = root / "kill -9 mid-run"
-    with FaultServer(delay=0.05) as server:
+    port = free_port()
+    with FaultServer(delay=0.05, port=port) as server:
         proc = subprocess.Popen([sys.executable, "-c", KILLED, str(store.path), str(out), ",".join(map(str, latents)),
                                  str(Path(__file__).parent), server.base_url], stderr=subprocess.DEVNULL)
         start = time.perf_counter()
@@ -112,7 +106,7 @@ def killed(sae, model, store, latents, root: Path):
         proc.wait()
         seconds = time.perf_counter() - start
     done_before = finished(out)
-    with FaultServer() as healthy:
+    with FaultServer(port=port) as healthy:
         before_lines = len(lines(out))
         run_once(sae, model, store, latents, healthy.base_url, out)
         rerun_requests = healthy.count
@@ -139,9 +133,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        rows.append(outage("refused port", [], sae, model, store, latents, root, shutdown_after=N_OK))
-        for name, action in (("HTTP 500", "500"), ("hanging server", "hang"), ("empty choices", "empty"),
-                             ("malformed JSON", "nonjson")):
+        for name, action in (("server dies (connections dropped)", "drop"), ("HTTP 500", "500"),
+                             ("hanging server", "hang"), ("empty choices", "empty"), ("malformed JSON", "nonjson")):
             rows.append(outage(name, ["ok"] * N_OK + [action] * 100_000, sae, model, store, latents, root))
         rows.append(killed(sae, model, store, latents, root))
         port = free_port()

@@ -373,8 +373,10 @@ def _claim(folder: Path, run_key: str, ident: dict[str, Any]) -> None:
     other = previous.get("run_key")
     if not other or other == run_key:
         return
-    differ = sorted(k for k in ident if json.dumps(previous.get(k), sort_keys=True, default=str)
-                    != json.dumps(ident[k], sort_keys=True, default=str))
+    def canonical(value: Any) -> str:  # as run.json holds it (JSON object keys are strings)
+        return json.dumps(json.loads(json.dumps(value, default=str)), sort_keys=True)
+
+    differ = sorted(k for k in ident if canonical(previous.get(k)) != canonical(ident[k]))
     raise ConfigError(
         f"{folder} holds the results of another run ({other[:12]}, explainer {previous.get('explainer')!r}, scorers "
         f"{previous.get('scorers')}); this run is {run_key[:12]} and differs in: {', '.join(differ) or 'its identity'}. "

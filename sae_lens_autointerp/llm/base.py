@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .cache import ResponseCache, resolve_cache
-from .errors import CacheMissError, LLMError
+from .errors import BudgetExceeded, CacheMissError, LLMConnectionError, LLMError, MalformedResponseError
 from .types import (
     ChatRequest,
     ChatResponse,
@@ -30,6 +31,11 @@ from .usage import UsageTracker, estimate_prompt_tokens
 
 #: How many alternatives ``classify`` asks an OpenAI-compatible server for (OpenAI's maximum).
 CLASSIFY_TOP_LOGPROBS = 20
+#: After this many transport failures in a row (each after its own retries), requests are not sent for
+#: FAIL_FAST_FOR_S seconds: they fail at once with the last error, so a dead or hanging backend is reported
+#: in one timeout, not one timeout per queued request. Any success resets the count.
+FAIL_FAST_AFTER = 5
+FAIL_FAST_FOR_S = 30.0
 
 
 class BaseClient:
@@ -51,6 +57,8 @@ class BaseClient:
         self.cache_namespace = cache_namespace or name
         self.cache = resolve_cache(cache, replay)
         self.usage = usage if usage is not None else UsageTracker()
+        self._transport_failures = 0
+        self._last_transport_failure: tuple[float, str] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, cache={self.cache!r})"
@@ -172,16 +180,21 @@ class BaseClient:
                     f"(stage {request.stage!r}, latent {request.latent}) in {cache.root}; run once with the "
                     "cache in 'readwrite' mode to record it"
                 )
+        self._fail_fast(request)
         reservation = self.usage.reserve(
             self.name, request.stage, estimate_prompt_tokens(request.messages), request.max_tokens
         )
         try:
             result = await call()
-        except LLMError:
+        except LLMError as exc:
             self.usage.record_failure(self.name, request.stage, request.latent)
+            if isinstance(exc, (LLMConnectionError, MalformedResponseError)) and not isinstance(exc, BudgetExceeded):
+                self._transport_failures += 1
+                self._last_transport_failure = (time.monotonic(), str(exc))
             raise
         finally:
             self.usage.release(reservation)
+        self._transport_failures = 0
         self.usage.record(self.name, request.stage, request.latent, result.usage)
         failed = result.refused if isinstance(result, ChatResponse) else not result.ok
         if failed:
@@ -189,6 +202,17 @@ class BaseClient:
         if cache is not None and key is not None:
             cache.put(key, response_to_json(result), {"model": self.cache_namespace, "kind": kind, **_jsonable(payload)})
         return result
+
+
+    def _fail_fast(self, request: ChatRequest) -> None:
+        last = self._last_transport_failure
+        if self._transport_failures < FAIL_FAST_AFTER or last is None or time.monotonic() - last[0] > FAIL_FAST_FOR_S:
+            return
+        self.usage.record_failure(self.name, request.stage, request.latent)
+        raise LLMConnectionError(
+            f"not sent: the last {self._transport_failures} requests to {self.cache_namespace} failed (last: {last[1]}); "
+            f"failing fast for {FAIL_FAST_FOR_S:.0f} s"
+        )
 
 
 def _jsonable(payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ def free_port() -> int:
 
 class FaultServer:
     def __init__(self, script: list[str] | None = None, reply: str = "1", delay: float = 0.0,
-                 hang_s: float = 3.0, prompt_tokens: int = 10, completion_tokens: int = 2) -> None:
+                 hang_s: float = 3.0, prompt_tokens: int = 10, completion_tokens: int = 2, port: int = 0) -> None:
         self.script = list(script or [])
         self.reply = reply
         self.delay = delay
@@ -113,7 +113,8 @@ class FaultServer:
                 else:
                     raise AssertionError(f"unknown action {action}")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"

@@ -256,3 +256,23 @@ def test_extra_body_is_part_of_the_cache_identity(tmp_path):
     c = client("http://127.0.0.1:9/v1", cache=tmp_path / "c", extra_body={"provider": {"order": ["y"]}})
     assert len({a.cache_namespace, b.cache_namespace, c.cache_namespace}) == 3
     assert KEY not in b.cache_namespace
+
+
+async def test_a_dead_backend_fails_fast_after_five_failures():
+    """Queued requests to a backend that just failed five times in a row are not sent: each would wait for its
+    own timeouts and retries. A success resets it."""
+    import time
+
+    from sae_lens_autointerp.llm.base import FAIL_FAST_AFTER
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    c = client(url, max_retries=5)
+    for _ in range(FAIL_FAST_AFTER):
+        with pytest.raises(LLMConnectionError, match="could not reach"):
+            await c.chat(MSG, max_tokens=2)
+    sent = c.requests_sent
+    start = time.perf_counter()
+    with pytest.raises(LLMConnectionError, match="not sent: the last 5 requests"):
+        await c.chat(MSG, max_tokens=2)
+    assert c.requests_sent == sent and time.perf_counter() - start < 0.5
+    assert c.usage.total().failures == FAIL_FAST_AFTER + 1
