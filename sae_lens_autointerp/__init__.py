@@ -10,6 +10,7 @@ from ._version import __version__
 
 from . import embedded
 from .attach import install as _install
+from .config import HarvestConfig, RunConfig
 from .errors import AutointerpError, ConfigError, PluginError, UnknownPluginItemError
 from .harvest import ActivationStore
 from .namespace import AutointerpNamespace, for_sae
@@ -19,11 +20,14 @@ from .registry import get_registry
 _install()
 
 __all__ = [
+    "__version__",
     "ActivationStore",
     "AutointerpNamespace",
     "for_sae",
     "AutointerpError",
     "ConfigError",
+    "HarvestConfig",
+    "RunConfig",
     "PluginError",
     "UnknownPluginItemError",
     "embedded",
