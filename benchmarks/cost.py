@@ -119,17 +119,22 @@ def main() -> None:
         asyncio.run(client.aclose())
         return result, client, wall
 
-    def tally(calls: list[tuple[str, list[dict], str]]) -> dict[str, int]:
+    def tally(calls: list[tuple[str, list[dict], str]], records: list[dict]) -> dict[str, int]:
         d = {"prompt": 0, "completion": 0, "requests": 0, "judgments": 0}
         for stage, messages, answer in calls:
             d["prompt"] += count(messages)
             d["completion"] += count_text(answer)
             d["requests"] += 1
-            d["judgments"] += 0 if stage == "explain" else max(1, answer.count(",") + 1 if answer.startswith("[") else 1)
+        # judgments = examples judged (main and control), from the records, whatever the answers looked like
+        for r in records:
+            for name, out in (r.get("scores") or {}).items():
+                d["judgments"] += int(out.get("n_examples") or 0)
+            for name, out in (r.get("controls") or {}).items():
+                d["judgments"] += int(out.get("n_examples") or 0)
         return d
 
     result, client, wall = run_ours(controls=False, calibrate=False)
-    ours = tally(client.calls)
+    ours = tally(client.calls, result.records)
 
     from sae_lens_autointerp.records import Context
     from sae_lens_autointerp.scorers import DetectionScorer, FuzzingScorer
@@ -146,6 +151,8 @@ def main() -> None:
         delphi["prompt"] += count(builder.build_prompt(shown))
         delphi["completion"] += count_text("[EXPLANATION]: " + explanation)
         delphi["requests"] += 1
+        if (record.get("explanation") or {}).get("failed"):
+            continue  # ours scores nothing for a failed explanation; so the comparison scores nothing either
         # The very texts our scorers send: detection's plain excerpts, fuzzing's marked ones (same seed).
         for module, scorer in ((det, DetectionScorer()), (fuzz, FuzzingScorer())):
             samples = [it.text for it in scorer.items(s, ctx, latent_rng(0, s.latent, scorer.name))]
@@ -159,6 +166,8 @@ def main() -> None:
                 delphi["judgments"] += len(batch)
 
     n = len(result.records)
+    failed = sum(bool((r.get("explanation") or {}).get("failed")) for r in result.records)
+    print(f"{failed} of {n} explanations failed (the 135M model): their latents are explained, not scored, on both sides")
     print(f"{n} latents {latents}, default sampling (40 explain; detection 50+50; fuzzing 50+50), "
           f"ours with examples_per_prompt={args.examples_per_prompt}; tokens counted with SmolLM2's chat template")
     if ours["judgments"] != delphi["judgments"]:
@@ -171,8 +180,8 @@ def main() -> None:
     print(f"ratio ours / delphi, same judgments on the same texts: {ratio:.2f}x  (goal <= 0.5x)")
     print(f"wall time with the local backend: {wall / n:.1f} s per latent (explain + detection + fuzzing)")
     if not args.no_defaults:
-        _, client2, wall2 = run_ours(controls=True, calibrate=True)
-        full = tally(client2.calls)
+        result2, client2, wall2 = run_ours(controls=True, calibrate=True)
+        full = tally(client2.calls, result2.records)
         extra = (full["prompt"] + full["completion"]) / (ours["prompt"] + ours["completion"]) - 1
         print(f"with our defaults (controls on 20% of the examples + calibration): "
               f"{(full['prompt'] + full['completion']) / n:9.0f} tokens per latent ({full['judgments'] / n:.0f} "
