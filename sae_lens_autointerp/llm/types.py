@@ -9,38 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from .usage import UsageTracker
+# ``Usage`` lives with the tracker that sums it (usage.py imports nothing from here, so the two modules
+# form no import cycle); it is re-exported here, where responses carry it.
+from .usage import Usage, UsageTracker
 
 #: A chat message: ``{"role": "system" | "user" | "assistant", "content": "..."}``.
 Message = Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Tokens of one request (or a sum of requests).
-
-    ``cached_tokens`` are prompt tokens the *server* (or the local engine) took from its prefix cache, as
-    reported in OpenAI's ``prompt_tokens_details.cached_tokens``; they are included in ``prompt_tokens``.
-    Responses served from our own response cache are counted separately by :class:`UsageTracker`.
-    """
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.prompt_tokens + other.prompt_tokens,
-            self.completion_tokens + other.completion_tokens,
-            self.cached_tokens + other.cached_tokens,
-        )
 
 
 @dataclass(frozen=True)
