@@ -178,3 +178,22 @@ def test_walker_counts_the_parent_package_init(tmp_path):
         "pkg/sub/b.py": "B = 2\n",
     })
     assert cycles(import_graph(pkg)) == [["pkg.a", "pkg.sub"]]
+
+
+def test_local_lm_helpers_keep_their_old_import_paths():
+    """The helpers moved out of scorers/surprisal.py (an explainer must not import a scorer) are the same
+    objects under their old names."""
+    from sae_lens_autointerp import local_lm, metrics
+    from sae_lens_autointerp.scorers import common, surprisal
+
+    for name in ("LOAD_LOCK", "CausalLM", "load_causal_lm", "continuation_logprobs", "record_usage"):
+        assert getattr(surprisal, name) is getattr(local_lm, name)
+    assert surprisal._piece_ids is local_lm.piece_ids and surprisal._context_ids is local_lm.context_ids
+    assert surprisal.auc_metrics is metrics.auc_metrics and common.flat is metrics.flat
+
+
+def test_no_explainer_imports_a_scorer():
+    graph = import_graph(PACKAGE_DIR)
+    wrong = {(m, t) for m, targets in graph.items() if m.startswith("sae_lens_autointerp.explainers")
+             for t in targets if t.startswith("sae_lens_autointerp.scorers")}
+    assert wrong == set()

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..llm.types import TokenLogprob
-from ..metrics import Estimate
+from ..metrics import flat as flat  # re-exported: scorers and plugins import it from here
 
 _LIST_RE = re.compile(r"\[([^\[\]]*)\]")
 
@@ -64,12 +64,6 @@ def parse_int_list(text: str, n: int, low: int = 0, high: int = 10) -> list[int]
         if all(low <= v <= high for v in values):
             return values
     return None
-
-
-def flat(name: str, estimate: Estimate) -> dict[str, float | None]:
-    """``{name: value, name_low: .., name_high: ..}``, JSON-safe, like ``BinaryMetrics.to_dict``."""
-    d = estimate.to_dict()
-    return {name: d["value"], f"{name}_low": d["low"], f"{name}_high": d["high"]}
 
 
 def subsample(examples, n: int | None, rng: np.random.Generator) -> list:  # type: ignore[no-untyped-def]
