@@ -79,10 +79,10 @@ def outage(name, script, sae, model, store, latents, root: Path):
 
 KILLED = """
 import sys, sae_lens_autointerp as sai
-from sae_lens_autointerp.harvest.store import ActivationStore
+from sae_lens_autointerp.harvest.store import LatentStore
 sys.path.insert(0, sys.argv[4])
 model, sae = sai.embedded.load_model(), sai.embedded.load_sae()
-store = ActivationStore(sys.argv[1])
+store = LatentStore(sys.argv[1])
 latents = [int(x) for x in sys.argv[3].split(",")]
 from sae_lens_autointerp.llm.openai_client import OpenAIClient
 from pathlib import Path

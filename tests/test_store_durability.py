@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sae_lens_autointerp.errors import ConfigError
-from sae_lens_autointerp.harvest.store import ActivationStore
+from sae_lens_autointerp.harvest.store import LatentStore
 
 HARVEST = textwrap.dedent("""
     import json, sys
@@ -46,7 +46,7 @@ def test_two_processes_harvesting_one_store_do_not_corrupt_it(tmp_path):
     reference = _harvest_in(alone)
     out, err = reference.communicate(timeout=600)
     assert reference.returncode == 0, err[-2000:]
-    a, b = ActivationStore(shared), ActivationStore(alone)
+    a, b = LatentStore(shared), LatentStore(alone)
     assert (shared / "tokens.bin").stat().st_size == 40 * 128 * 4  # not twice
     assert np.array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
     for name in ("n_fire_tokens", "top_ids", "res_ids", "pool_ids"):
@@ -94,10 +94,10 @@ def test_a_corrupt_store_is_refused_by_name(bridge_model, embedded_sae, tmp_path
     data[100] ^= 0xFF
     tokens.write_bytes(bytes(data))
     with pytest.raises(ConfigError, match=rf"store {tmp_path} is corrupt: tokens.bin does not match.*harvest"):
-        ActivationStore(store.path)
+        LatentStore(store.path)
     tokens.write_bytes(bytes(data[:-4]))
     with pytest.raises(ConfigError, match="tokens.bin holds"):
-        ActivationStore(store.path)
+        LatentStore(store.path)
 
 
 def test_a_changed_weight_is_another_model(bridge_model):

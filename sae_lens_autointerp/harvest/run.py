@@ -1,4 +1,4 @@
-"""``harvest()``: stream a corpus through model + SAE into an :class:`ActivationStore` on disk.
+"""``harvest()``: stream a corpus through model + SAE into a :class:`LatentStore` on disk.
 
 The store is keyed by a hash of the model, the SAE, the corpus and the settings: the same call later
 returns the finished store without recomputation, and an interrupted call resumes from its last checkpoint.
@@ -21,7 +21,7 @@ from .corpus import batched, iter_sequences, resolve_corpus
 from .model import ModelAdapter
 from .stats import HarvestSettings, LatentStats
 from ..locks import folder_lock
-from .store import PAD_TOKEN, STORE_FORMAT_VERSION, ActivationStore, checkpoint_meta, save_checkpoint, seal
+from .store import PAD_TOKEN, STORE_FORMAT_VERSION, LatentStore, checkpoint_meta, save_checkpoint, seal
 
 DEFAULT_N_TOKENS = 1_000_000
 _MALLOC_PINNED = False
@@ -98,7 +98,7 @@ def harvest(
     store_dir: str | os.PathLike[str] | None = None,
     checkpoint_every_s: float = 30.0,
     progress: bool = True,
-) -> ActivationStore:
+) -> LatentStore:
     """Harvest latent statistics of ``sae`` on ``dataset`` through ``model``.
 
     Args:
@@ -180,7 +180,7 @@ def harvest(
                     "store_dir or delete it"
                 )
             if previous.get("complete"):
-                return ActivationStore(folder)
+                return LatentStore(folder)
         stats = LatentStats(int(sae.cfg.d_sae), settings, device=sae.device)
         checkpoint = checkpoint_meta(folder)
         if checkpoint is not None and checkpoint.get("key") == key and not checkpoint.get("complete"):
@@ -192,7 +192,7 @@ def harvest(
         return _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s, progress)
 
 
-def _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s, progress) -> ActivationStore:  # type: ignore[no-untyped-def]
+def _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s, progress) -> LatentStore:  # type: ignore[no-untyped-def]
     from tqdm.auto import tqdm
 
     ctx = settings.ctx_len
@@ -264,4 +264,4 @@ def _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s
     from .store import write_json_atomic
 
     write_json_atomic(folder / "meta.json", seal(folder, meta))
-    return ActivationStore(folder)
+    return LatentStore(folder)
