@@ -224,8 +224,9 @@ def ours(model, sae, tokens: torch.Tensor, batch: int) -> dict[str, float]:
     folder = tempfile.mkdtemp(prefix="bench-harvest-")
     try:
         start = clocks()
+        # pin_malloc: as the CLI runs it (the README's RSS numbers); a library call leaves malloc alone
         sae.autointerp.harvest(model, tokens, n_tokens=tokens.numel(), ctx_len=tokens.shape[1], batch_size=batch,
-                               store_dir=folder, progress=False)
+                               store_dir=folder, progress=False, pin_malloc=True)
         return rates(tokens.numel(), start)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

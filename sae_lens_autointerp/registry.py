@@ -18,7 +18,8 @@ Environment variables (read when a :class:`Registry` is built, i.e. once per pro
 * ``SAE_AUTOINTERP_BLOCK_PLUGINS=a,b``: never load these entry points (``builtin`` blocks the built-ins);
 * ``SAE_AUTOINTERP_LOAD_PLUGINS=a,b``: load only these entry points (``builtin`` must be named to keep the
   built-ins); a name that no installed distribution declares is reported in :attr:`Registry.failures`;
-* ``SAE_AUTOINTERP_TRACE_PLUGINS=1``: print every hook call and its result to stderr.
+* ``SAE_AUTOINTERP_TRACE_PLUGINS=1``: log every hook call and its result to the logger
+  ``sae_lens_autointerp.trace``, which then (and only then) writes to stderr.
 
 Hooks are called through pluggy's hook callers, once per registry: each plugin's implementation through
 ``pm.subset_hook_caller(hook, remove_plugins=<every other plugin except the wrappers>)``, so pluggy's
@@ -64,6 +65,9 @@ TRACE_ENV_VAR = "SAE_AUTOINTERP_TRACE_PLUGINS"
 KINDS = ("scorers", "explainers", "llm_clients")
 
 logger = logging.getLogger(__name__)
+#: Hook-call tracing. Setting SAE_AUTOINTERP_TRACE_PLUGINS asks for the trace on stderr, so only then does
+#: this logger get a handler (:func:`_trace_to_stderr`); the library adds no handler otherwise.
+trace_logger = logging.getLogger("sae_lens_autointerp.trace")
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class Registry:
         for name in self._blocked:
             self.pm.set_blocked(name)
         if os.environ.get(TRACE_ENV_VAR, "").strip() not in ("", "0"):
+            _trace_to_stderr()
             self.pm.add_hookcall_monitoring(_trace_before, _trace_after)
         self._load(load_entry_points=load_entry_points, builtins=builtins)
         self.pm.check_pending()
@@ -461,22 +466,39 @@ def _ambiguous_message(singular: str, name: str, found: Sequence[RegisteredItem]
             f"or uninstall one)")
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only in typeshed
+    """Writes to whatever ``sys.stderr`` is when a record comes (a redirect, pytest's capture), like
+    :data:`logging.lastResort`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _trace_to_stderr() -> None:
+    if not any(isinstance(h, _StderrHandler) for h in trace_logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("[sae_lens_autointerp] %(message)s"))
+        trace_logger.addHandler(handler)
+    trace_logger.setLevel(logging.DEBUG)
+    trace_logger.propagate = False  # the trace is its own channel: not repeated by the host's root handlers
+
+
 def _trace_before(hook_name: str, hook_impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
     who = ", ".join(f"{i.plugin_name}{' (wrapper)' if i.hookwrapper or i.wrapper else ''}" for i in hook_impls)
-    print(f"[sae_lens_autointerp] calling {hook_name} on {who or 'no plugin'}"
-          + (f" with {dict(kwargs)}" if kwargs else ""), file=sys.stderr, flush=True)
+    trace_logger.debug("calling %s on %s%s", hook_name, who or "no plugin", f" with {dict(kwargs)}" if kwargs else "")
 
 
 def _trace_after(outcome: pluggy.Result[Any], hook_name: str, hook_impls: Sequence[pluggy.HookImpl],
                  kwargs: Mapping[str, Any]) -> None:
     exc = outcome.exception
     if exc is not None:
-        print(f"[sae_lens_autointerp] {hook_name} raised {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        trace_logger.debug("%s raised %s: %s", hook_name, type(exc).__name__, exc)
         return
     result = outcome.get_result()
     shown = ([sorted(r) if isinstance(r, Mapping) else type(r).__name__ for r in result]
              if isinstance(result, list) else type(result).__name__)
-    print(f"[sae_lens_autointerp] {hook_name} returned {shown}", file=sys.stderr, flush=True)
+    trace_logger.debug("%s returned %s", hook_name, shown)
 
 
 _lock = threading.Lock()

@@ -2,11 +2,11 @@
 
 from typing import TYPE_CHECKING
 
-from .run import harvest
+from .run import harvest, pin_malloc_thresholds
 from .stats import HarvestSettings
 from .store import Example, LatentStore, RandomWindow, deprecated_store_alias
 
-__all__ = ["Example", "HarvestSettings", "LatentStore", "RandomWindow", "harvest"]
+__all__ = ["Example", "HarvestSettings", "LatentStore", "RandomWindow", "harvest", "pin_malloc_thresholds"]
 
 if TYPE_CHECKING:
     from .store import ActivationStore as ActivationStore  # deprecated alias of LatentStore
