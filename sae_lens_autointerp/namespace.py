@@ -11,9 +11,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sae_lens import SAE
 
-    from .harvest import ActivationStore
-    from .registry import PluginInfo
+    from .harvest import LatentStore
+    from .harvest.corpus import CorpusLike
+    from .harvest.model import SubjectModel
+    from .llm.types import LLMSpec
     from .records import Explanation
+    from .registry import PluginInfo
     from .results import ScoreResult
 
 
@@ -31,7 +34,7 @@ class AutointerpNamespace:
     def __repr__(self) -> str:
         return f"<autointerp namespace of {type(self.sae).__name__} d_sae={self.sae.cfg.d_sae}>"
 
-    def harvest(self, model: Any, dataset: Any, **kwargs: Any) -> ActivationStore:
+    def harvest(self, model: SubjectModel, dataset: CorpusLike, **kwargs: Any) -> LatentStore:
         """Stream ``dataset`` through ``model`` and this SAE; see :func:`sae_lens_autointerp.harvest.harvest`."""
         from .harvest import harvest
 
@@ -66,7 +69,7 @@ class AutointerpNamespace:
 
         return get_registry().plugins()
 
-    def run(self, model: Any = None, dataset: Any = None, **kwargs: Any) -> ScoreResult:
+    def run(self, model: SubjectModel | None = None, dataset: CorpusLike | None = None, **kwargs: Any) -> ScoreResult:
         """Explain and score latents; see :func:`sae_lens_autointerp.pipeline.run` for the options."""
         from .pipeline import run
 
@@ -74,10 +77,10 @@ class AutointerpNamespace:
 
     def explain(
         self,
-        model: Any = None,
-        dataset: Any = None,
+        model: SubjectModel | None = None,
+        dataset: CorpusLike | None = None,
         latents: Iterable[int] | int | None = None,
-        llm: Any = "local",
+        llm: LLMSpec = "local",
         explainer: str = "default",
         **kwargs: Any,
     ) -> dict[int, Explanation]:
@@ -95,11 +98,11 @@ class AutointerpNamespace:
 
     def score(
         self,
-        model: Any = None,
-        dataset: Any = None,
-        explanations: Mapping[int, Any] | None = None,
+        model: SubjectModel | None = None,
+        dataset: CorpusLike | None = None,
+        explanations: Mapping[int, str | Explanation] | None = None,
         scorers: Iterable[str] = ("detection", "fuzzing"),
-        llm: Any = "local",
+        llm: LLMSpec = "local",
         **kwargs: Any,
     ) -> ScoreResult:
         """Score ``explanations`` (``{latent: str | Explanation}``) with ``scorers``; returns a

@@ -19,11 +19,19 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import datasets
+
+#: What ``dataset=`` accepts (see the module docstring).
+CorpusLike: TypeAlias = (
+    "str | os.PathLike[str] | Sequence[str] | torch.Tensor | datasets.Dataset | datasets.IterableDataset"
+)
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".json")
@@ -44,7 +52,7 @@ class CorpusSpec:
 
 
 def resolve_corpus(
-    dataset: Any,
+    dataset: CorpusLike,
     *,
     text_column: str = "text",
     split: str = "train",

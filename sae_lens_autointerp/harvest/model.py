@@ -15,11 +15,19 @@ import re
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
+
+#: The models a harvest runs: ``HookedTransformer`` / ``HookedSAETransformer`` or ``TransformerBridge`` /
+#: ``SAETransformerBridge`` (each a subclass of the first).
+SubjectModel: TypeAlias = "HookedTransformer | TransformerBridge"
 
 
 class StopForward(Exception):

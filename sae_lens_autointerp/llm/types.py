@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 # ``Usage`` lives with the tracker that sums it (usage.py imports nothing from here, so the two modules
 # form no import cycle); it is re-exported here, where responses carry it.
@@ -172,6 +172,11 @@ class LLMClient(Protocol):
     ) -> ClassifyResult: ...
 
     async def aclose(self) -> None: ...
+
+
+#: What ``llm=`` accepts: ``"local"``, ``"openai:MODEL"``, ``"vllm:MODEL"``, a plugin's ``"prefix:model"``, or a
+#: client object (None where no stage needs an LLM).
+LLMSpec: TypeAlias = "str | LLMClient | None"
 
 
 def normalize_messages(messages: Sequence[Message]) -> tuple[tuple[str, str], ...]:
