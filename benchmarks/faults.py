@@ -138,7 +138,6 @@ def main() -> None:
             rows.append(outage(name, ["ok"] * N_OK + [action] * 100_000, sae, model, store, latents, root))
         rows.append(killed(sae, model, store, latents, root))
         port = free_port()
-        start = time.perf_counter()
         result, seconds, _ = run_once(sae, model, store, latents, f"http://127.0.0.1:{port}/v1", root / "dead")
         rows.append({"fault": "dead from the start", "seconds to a clear failure": round(seconds, 1),
                      "stopped by the breaker": bool(result.stopped), "finished before": 0,

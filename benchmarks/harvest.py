@@ -43,7 +43,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-
 DEFAULT_HOOK = "blocks.3.hook_resid_post"  # the embedded SAE's hook
 
 
@@ -395,8 +394,6 @@ def measure(args: argparse.Namespace, model, sae, tokens: torch.Tensor, info: di
             ratio("baseline / delphi", pick(base), pick(delphi))
     elif not clean:
         print("no repeat ran undisturbed (every one had a measurement below all cores busy): rerun on a quieter machine")
-    m = max(x["wall"] for x in mine)
-
     rss = {}
     for factor in (1, 4):
         rss[factor] = run_child(args, "--child-rss", args.n_tokens * factor)

@@ -73,11 +73,13 @@ def _load_causal_lm(name: str | None, device: str) -> CausalLM:
     if name in (None, "local", "embedded", embedded.MODEL_NAME):
         path, label = str(embedded.model_dir()), embedded.MODEL_NAME
     else:
-        assert name is not None
+        assert name is not None  # (narrowing for the type checker: None took the first branch)
         path, label = name, name
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+        # as an nn.Module: transformers wraps PreTrainedModel.to in a decorator whose type reads as unbound
+        model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = model.to(device)
     except OSError as exc:
         raise ConfigError(f"could not load the causal LM {name!r}: {exc}") from exc
     model.eval()

@@ -46,7 +46,7 @@ class AutointerpNamespace:
         from .report import load
 
         if path is not None:
-            return load(path)
+            return load(Path(path))
         from .errors import ConfigError
         from .harvest.run import sae_fingerprint
         from .paths import cache_dir

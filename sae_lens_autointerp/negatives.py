@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .harvest.store import LatentStore, Example, RandomWindow
+from .harvest.store import Example, LatentStore, RandomWindow
 from .spans import SpanSet
 
 
@@ -134,7 +134,7 @@ class NeighbourNegatives:
 
     @torch.no_grad()
     def _latent_acts(self, store: LatentStore, latent: int, seqs: list[int]) -> dict[int, np.ndarray]:
-        out = {}
+        out: dict[int, np.ndarray] = {}
         pad = self.adapter.pad_token_id()
         for i in range(0, len(seqs), self.batch_size):
             chunk = seqs[i : i + self.batch_size]

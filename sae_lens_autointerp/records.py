@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    import torch
     from sae_lens import SAE
 
+    from .harvest.model import SubjectModel
     from .harvest.store import LatentStore
     from .llm.types import LLMClient
     from .llm.usage import UsageTracker
@@ -113,7 +113,7 @@ class Context:
     store: LatentStore
     seed: int = 0
     sae: SAE | None = None
-    model: torch.nn.Module | None = None
+    model: SubjectModel | None = None
     usage: UsageTracker | None = None
 
 

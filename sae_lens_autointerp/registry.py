@@ -44,7 +44,7 @@ import threading
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import pluggy
 
@@ -153,6 +153,8 @@ class Registry:
         return name not in self._blocked and (self._allowed is None or name in self._allowed)
 
     def _load_entry_point(self, ep: importlib.metadata.EntryPoint, builtin: bool) -> None:
+        dist: str | None
+        version: str | None
         if builtin:  # the code that runs is this package: its own version, not possibly stale metadata
             dist, version = DISTRIBUTION, __version__
         else:
@@ -261,8 +263,8 @@ class Registry:
                         call(plugin, w.plugin)
                     except Exception as exc:
                         guilty.append((w.plugin_name, exc))
-                for who, exc in guilty or [(w.plugin_name, first) for w in wrappers]:
-                    book(who, f"hook {hook_name} wrapper failed around plugin {name!r}: {type(exc).__name__}: {exc}")
+                for who, error in guilty or [(w.plugin_name, first) for w in wrappers]:
+                    book(who, f"hook {hook_name} wrapper failed around plugin {name!r}: {type(error).__name__}: {error}")
                 return alone
         book(name, f"hook {hook_name} failed: {type(first).__name__}: {first}")
         return None
@@ -423,7 +425,8 @@ def _validate_provided(provided: Any, kind: str) -> dict[str, Callable[..., Any]
 
 def _entry_points() -> tuple[list[importlib.metadata.EntryPoint], list[importlib.metadata.EntryPoint]]:
     """This distribution's own entry points (the built-ins) and every other distribution's."""
-    own, others = [], []
+    own: list[importlib.metadata.EntryPoint] = []
+    others: list[importlib.metadata.EntryPoint] = []
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         is_own = ep.dist is not None and _normalize(ep.dist.name) == _normalize(DISTRIBUTION)
         (own if is_own else others).append(ep)
@@ -466,7 +469,13 @@ def _ambiguous_message(singular: str, name: str, found: Sequence[RegisteredItem]
             f"or uninstall one)")
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only in typeshed
+if TYPE_CHECKING:  # StreamHandler is generic in typeshed only (subscripting it fails at run time on 3.10)
+    _StreamHandler = logging.StreamHandler[TextIO]
+else:
+    _StreamHandler = logging.StreamHandler
+
+
+class _StderrHandler(_StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a record comes (a redirect, pytest's capture), like
     :data:`logging.lastResort`."""
 

@@ -57,8 +57,9 @@ def test_two_processes_harvesting_one_store_do_not_corrupt_it(tmp_path):
 def test_a_kill_between_the_checkpoint_writes_does_not_double_count(bridge_model, embedded_sae, tmp_path, monkeypatch):
     """Stats written, meta.json not: the resume must not count those batches twice (mean L0 stays 32 for the
     TopK-32 SAE)."""
-    import sae_lens_autointerp.harvest.store as store_mod
     from pydoc_data.topics import topics
+
+    import sae_lens_autointerp.harvest.store as store_mod
 
     texts = [topics[k] for k in sorted(topics)][:60]
     real = store_mod.write_json_atomic
@@ -102,8 +103,8 @@ def test_a_corrupt_store_is_refused_by_name(bridge_model, embedded_sae, tmp_path
 
 def test_a_changed_weight_is_another_model(bridge_model):
     """The store key covers every parameter: a changed layer-2 weight must not reuse layer-0's store."""
-    from sae_lens_autointerp.harvest.model import ModelAdapter
     from sae_factories import make_sae
+    from sae_lens_autointerp.harvest.model import ModelAdapter
 
     sae = make_sae(576, 8, seed=0)
     sae.cfg.metadata.hook_name = "blocks.3.hook_resid_post"

@@ -12,17 +12,23 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import ConfigError
 from ..locks import folder_lock
 from ..paths import cache_dir
-from .corpus import batched, iter_sequences, resolve_corpus
+from .corpus import CorpusSpec, batched, iter_sequences, resolve_corpus
 from .model import ModelAdapter
 from .stats import HarvestSettings, LatentStats
 from .store import PAD_TOKEN, STORE_FORMAT_VERSION, LatentStore, checkpoint_meta, save_checkpoint, seal
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+    from .corpus import CorpusLike
+    from .model import SubjectModel
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,7 @@ def _wants_pinned_malloc(pin_malloc: bool | None) -> bool:
     return os.environ.get(PIN_MALLOC_ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def sae_fingerprint(sae: Any) -> dict[str, Any]:
+def sae_fingerprint(sae: SAE) -> dict[str, Any]:
     """Identity of an SAE: its config and a hash of every parameter."""
     digest = hashlib.sha256()
     for name, tensor in sorted(sae.state_dict().items()):
@@ -96,9 +102,9 @@ def _resolve_ctx_len(ctx_len: int | None, adapter: ModelAdapter) -> int:
 
 
 def harvest(
-    sae: Any,
-    model: Any,
-    dataset: Any,
+    sae: SAE,
+    model: SubjectModel,
+    dataset: CorpusLike,
     *,
     n_tokens: int = DEFAULT_N_TOKENS,
     ctx_len: int | None = None,
@@ -216,7 +222,17 @@ def harvest(
         return _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s, progress)
 
 
-def _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s, progress) -> LatentStore:  # type: ignore[no-untyped-def]
+def _run(
+    adapter: ModelAdapter,
+    sae: SAE,
+    corpus: CorpusSpec,
+    settings: HarvestSettings,
+    stats: LatentStats,
+    meta: dict[str, Any],
+    folder: Path,
+    checkpoint_every_s: float,
+    progress: bool,
+) -> LatentStore:
     from tqdm.auto import tqdm
 
     ctx = settings.ctx_len

@@ -250,9 +250,11 @@ class LatentStore:
     def window_tokens(self, start_id: int) -> np.ndarray:
         """Tokens [window] starting at global token index ``start_id`` (may start before the sequence)."""
         w, ctx = self.settings.example_len, self.settings.ctx_len
-        seq, pos = divmod(start_id, ctx) if start_id >= 0 else (None, None)
         out = np.full(w, PAD_TOKEN, dtype=np.int32)
-        return out if seq is None else self._fill(out, seq, pos)
+        if start_id < 0:
+            return out
+        seq, pos = divmod(start_id, ctx)
+        return self._fill(out, seq, pos)
 
     def _fill(self, out: np.ndarray, seq: int, start: int) -> np.ndarray:
         ctx = self.settings.ctx_len

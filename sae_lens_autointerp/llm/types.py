@@ -156,7 +156,8 @@ class LLMClient(Protocol):
     :class:`sae_lens_autointerp.llm.BaseClient` and write only ``_chat`` (and optionally ``_classify``).
 
     Both calls take keyword parameters ``temperature``, ``max_tokens``, ``top_p``, ``stop``, ``seed``,
-    ``logprobs``, ``top_logprobs`` (chat) and ``seed`` (classify), plus the labels ``stage`` and ``latent``.
+    ``logprobs``, ``top_logprobs`` (chat) and ``seed`` (classify), plus the labels ``stage`` and ``latent``
+    (an implementation may take them as ``**params``).
     They raise :class:`~sae_lens_autointerp.llm.BudgetExceeded` before sending anything once the budget is
     spent, and other :class:`~sae_lens_autointerp.llm.LLMError` subclasses on transport failures (after
     retries).
@@ -165,10 +166,29 @@ class LLMClient(Protocol):
     name: str
     usage: UsageTracker
 
-    async def chat(self, messages: Sequence[Message], **params: Any) -> ChatResponse: ...
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        temperature: float = ...,
+        max_tokens: int = ...,
+        top_p: float = ...,
+        stop: str | Sequence[str] | None = ...,
+        seed: int | None = ...,
+        logprobs: bool = ...,
+        top_logprobs: int = ...,
+        stage: str = ...,
+        latent: int | None = ...,
+    ) -> ChatResponse: ...
 
     async def classify(
-        self, messages: Sequence[Message], choices: Sequence[str] = ("0", "1"), **params: Any
+        self,
+        messages: Sequence[Message],
+        choices: Sequence[str] = ("0", "1"),
+        *,
+        seed: int | None = ...,
+        stage: str = ...,
+        latent: int | None = ...,
     ) -> ClassifyResult: ...
 
     async def aclose(self) -> None: ...

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from sae_lens_autointerp.harvest.store import PAD_TOKEN, LatentStore, Example
+from sae_lens_autointerp.harvest.store import PAD_TOKEN, Example, LatentStore
 from sae_lens_autointerp.records import template_id
 from sae_lens_autointerp.sampling import latent_rng
 from sae_lens_autointerp.text import Renderer
