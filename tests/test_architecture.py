@@ -197,3 +197,12 @@ def test_no_explainer_imports_a_scorer():
     wrong = {(m, t) for m, targets in graph.items() if m.startswith("sae_lens_autointerp.explainers")
              for t in targets if t.startswith("sae_lens_autointerp.scorers")}
     assert wrong == set()
+
+
+def test_records_imports_no_package_facade():
+    """The plain-data module names the modules it needs (``llm.types``, ...), never the ``llm`` package
+    facade that holds every backend, nor the package root."""
+    modules = package_modules(PACKAGE_DIR)
+    path, is_package = modules["sae_lens_autointerp.records"]
+    targets = {t for t, _ in module_imports(path, "sae_lens_autointerp.records", is_package, set(modules))}
+    assert targets and not targets & {"sae_lens_autointerp.llm", "sae_lens_autointerp"}
