@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from . import embedded
 from ._version import __version__
 from .attach import install as _install
+from .config import HarvestConfig, RunConfig
 from .errors import AutointerpError, ConfigError, PluginError, UnknownPluginItemError
 from .harvest import LatentStore
 from .harvest.store import deprecated_store_alias as _deprecated_store_alias
@@ -27,8 +28,10 @@ __all__ = [
     "AutointerpError",
     "AutointerpNamespace",
     "ConfigError",
+    "HarvestConfig",
     "LatentStore",
     "PluginError",
+    "RunConfig",
     "UnknownPluginItemError",
     "__version__",
     "embedded",

@@ -163,34 +163,72 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+SOURCE_DEFAULTS = {"sae": "embedded", "sae_id": None, "model": "embedded", "model_kind": "auto",
+                   "dataset": "embedded", "text_column": "text", "split": "train"}
+
+
+def _run_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The RunConfig of ``sae-autointerp run``, and where its SAE / model / data come from: from ``--config``
+    (a RunConfig file or an earlier run's run.json), else from the flags. With ``--config``, only the flags
+    given explicitly override it (``--out``, ``--latents``, ``--llm``, ``--base-url``, ``--concurrency``)."""
+    from .config import HarvestConfig, RunConfig
+    from .sampling import SamplingConfig
+
+    explicit = {k: getattr(args, k) for k in SOURCE_DEFAULTS if getattr(args, k) is not None}
+    if args.config:
+        cfg = RunConfig.from_json(args.config)
+        path = Path(args.config)
+        run_json = path / "run.json" if path.is_dir() else path
+        saved = json.loads(run_json.read_text()).get("source") or {}
+        source = {**SOURCE_DEFAULTS, **saved, **explicit}
+        changes: dict = {}  # type: ignore[type-arg]
+        if args.latents:
+            changes["latents"] = _parse_latents(args.latents)
+        if args.llm is not None:
+            changes["llm"] = args.llm
+        if args.base_url:
+            changes["llm_kwargs"] = {**cfg.llm_kwargs, "base_url": args.base_url}
+        if args.concurrency is not None:
+            changes["concurrency"] = args.concurrency
+        if args.out is not None:
+            changes["out_dir"] = args.out
+        return cfg.with_(**changes), source
+    source = {**SOURCE_DEFAULTS, **explicit}
+    cfg = RunConfig(
+        latents=_parse_latents(args.latents), llm=args.llm or "local",
+        llm_kwargs={"base_url": args.base_url} if args.base_url else {}, explainer=args.explainer,
+        scorers=tuple(s for s in args.scorers.split(",") if s), out_dir=args.out or "autointerp-out",
+        concurrency=args.concurrency or 4, budget_tokens=args.budget_tokens, budget_dollars=args.budget_dollars,
+        prices=_parse_prices(args.prices),
+        sampling=SamplingConfig(n_explain=args.n_explain, n_test_pos=args.n_test, n_test_neg=args.n_test, seed=args.seed),
+        harvest=HarvestConfig(n_tokens=args.n_tokens, ctx_len=args.ctx_len, batch_size=args.batch_size,
+                              text_column=source["text_column"], split=source["split"]),
+        seed=args.seed, controls=args.controls,
+    )
+    return cfg, source
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from . import embedded
     from .loading import load_model, load_sae
     from .pipeline import preflight
-    from .sampling import SamplingConfig
 
-    chosen = _parse_latents(args.latents)  # argument errors before loading anything
-    prices = _parse_prices(args.prices)
-    sae = embedded.load_sae(device=args.device) if args.sae == "embedded" else load_sae(args.sae, args.sae_id, device=args.device)
-    model = (
-        embedded.load_model(device=args.device)
-        if args.model == "embedded"
-        else load_model(args.model, sae=sae, kind=args.model_kind, device=args.device)
-    )
-    out_dir = Path(args.out)
-    options = dict(
-        llm=args.llm, llm_kwargs={"base_url": args.base_url} if args.base_url else {}, explainer=args.explainer,
-        scorers=[s for s in args.scorers.split(",") if s], out_dir=out_dir, concurrency=args.concurrency,
-        budget_tokens=args.budget_tokens, budget_dollars=args.budget_dollars, prices=prices,
-        sampling=SamplingConfig(n_explain=args.n_explain, n_test_pos=args.n_test, n_test_neg=args.n_test, seed=args.seed),
-        seed=args.seed, controls=args.controls,
-    )
-    preflight(sae, model, latents=chosen, **options)  # every other bad input, before the expensive harvest
-    dataset = embedded.load_corpus() if args.dataset == "embedded" else args.dataset
-    store = sae.autointerp.harvest(model, dataset, n_tokens=args.n_tokens, ctx_len=args.ctx_len,
-                                   batch_size=args.batch_size, text_column=args.text_column, split=args.split)
-    latents = chosen or pick_latents(store, args.n_latents)
-    result = sae.autointerp.run(model, store=store, latents=latents, **options)
+    cfg, source = _run_config(args)  # argument errors before loading anything
+    sae = (embedded.load_sae(device=args.device) if source["sae"] == "embedded"
+           else load_sae(source["sae"], source["sae_id"], device=args.device))
+    model = (embedded.load_model(device=args.device) if source["model"] == "embedded"
+             else load_model(source["model"], sae=sae, kind=source["model_kind"], device=args.device))
+    preflight(sae, model, cfg)  # every other bad input, before the expensive harvest
+    dataset = embedded.load_corpus() if source["dataset"] == "embedded" else source["dataset"]
+    store = sae.autointerp.harvest(model, dataset, **cfg.harvest.to_dict())
+    if cfg.latents is None:
+        cfg = cfg.with_(latents=tuple(pick_latents(store, args.n_latents)))
+    result = sae.autointerp.run(model, store=store, config=cfg)
+    out_dir = Path(cfg.out_dir or result.path.parent)
+    run_json = out_dir / "run.json"  # how to load the SAE, model and data again: `run --config` reads it
+    record = json.loads(run_json.read_text())
+    record["source"] = source
+    run_json.write_text(json.dumps(record, indent=1, default=str))
     return _finish(result, out_dir)
 
 
@@ -253,25 +291,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="explain and score latents of any SAELens SAE")
     _add_run_options(p, n_latents=20, n_test=50, scorers="detection,fuzzing")
+    p.add_argument("--config", default=None,
+                   help="a RunConfig JSON or an earlier run's run.json (or its folder): reproduce that run")
     p.add_argument("--explainer", default="default")
-    p.add_argument("--sae", default="embedded", help="SAELens release, local SAE folder, or 'embedded'")
+    p.add_argument("--sae", default=None, help="SAELens release, local SAE folder, or 'embedded' (default)")
     p.add_argument("--sae-id", default=None)
-    p.add_argument("--model", default="embedded", help="model name or local HF folder, or 'embedded'")
-    p.add_argument("--model-kind", default="auto", choices=["auto", "hooked", "bridge"])
-    p.add_argument("--dataset", default="embedded")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--split", default="train")
+    p.add_argument("--model", default=None, help="model name or local HF folder, or 'embedded' (default)")
+    p.add_argument("--model-kind", default=None, choices=["auto", "hooked", "bridge"])
+    p.add_argument("--dataset", default=None, help="HF dataset name, local file/folder, or 'embedded' (default)")
+    p.add_argument("--text-column", default=None)
+    p.add_argument("--split", default=None)
     p.add_argument("--n-tokens", type=int, default=1_000_000)
     p.add_argument("--ctx-len", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--llm", default="local", help="local, openai:MODEL, vllm:MODEL or a plugin's prefix:model")
+    p.add_argument("--llm", default=None, help="local (default), openai:MODEL, vllm:MODEL or a plugin's prefix:model")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (else OPENAI_BASE_URL)")
-    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--concurrency", type=int, default=None, help="latents in flight (default 4)")
     p.add_argument("--budget-tokens", type=int, default=None)
     p.add_argument("--budget-dollars", type=float, default=None)
     p.add_argument("--prices", default=None, help='JSON {"model": [input $/M tokens, output $/M tokens]}')
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="autointerp-out")
+    p.add_argument("--out", default=None, help="run folder (default autointerp-out)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_run)
 

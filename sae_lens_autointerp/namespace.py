@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sae_lens import SAE
 
+    from .config import HarvestConfig, RunConfig
     from .harvest import LatentStore
     from .harvest.corpus import CorpusLike
     from .harvest.model import SubjectModel
@@ -34,10 +35,19 @@ class AutointerpNamespace:
     def __repr__(self) -> str:
         return f"<autointerp namespace of {type(self.sae).__name__} d_sae={self.sae.cfg.d_sae}>"
 
-    def harvest(self, model: SubjectModel, dataset: CorpusLike, **kwargs: Any) -> LatentStore:
-        """Stream ``dataset`` through ``model`` and this SAE; see :func:`sae_lens_autointerp.harvest.harvest`."""
+    def harvest(
+        self, model: SubjectModel, dataset: CorpusLike, *, config: HarvestConfig | None = None, **kwargs: Any
+    ) -> LatentStore:
+        """Stream ``dataset`` through ``model`` and this SAE; see :func:`sae_lens_autointerp.harvest.harvest`.
+        ``config=HarvestConfig(...)`` gives the settings as one object (keywords override its fields)."""
         from .harvest import harvest
 
+        if config is not None:
+            from dataclasses import replace
+
+            settings = {k: v for k, v in kwargs.items() if k in config.to_dict()}
+            kwargs = {**replace(config, **settings).to_dict(),
+                      **{k: v for k, v in kwargs.items() if k not in settings}}
         return harvest(self.sae, model, dataset, **kwargs)
 
     def results(self, path: str | os.PathLike[str] | None = None) -> ScoreResult:
@@ -69,31 +79,43 @@ class AutointerpNamespace:
 
         return get_registry().plugins()
 
-    def run(self, model: SubjectModel | None = None, dataset: CorpusLike | None = None, **kwargs: Any) -> ScoreResult:
-        """Explain and score latents; see :func:`sae_lens_autointerp.pipeline.run` for the options."""
+    def run(
+        self,
+        model: SubjectModel | None = None,
+        dataset: CorpusLike | None = None,
+        *,
+        config: RunConfig | None = None,
+        **kwargs: Any,
+    ) -> ScoreResult:
+        """Explain and score latents; ``config=RunConfig(...)`` and/or keyword arguments (which override the
+        config's fields); see :func:`sae_lens_autointerp.pipeline.run` for the options."""
         from .pipeline import run
 
-        return run(self.sae, model, dataset, **kwargs)
+        return run(self.sae, model, dataset, config=config, **kwargs)
 
     def explain(
         self,
         model: SubjectModel | None = None,
         dataset: CorpusLike | None = None,
         latents: Iterable[int] | int | None = None,
-        llm: LLMSpec = "local",
-        explainer: str = "default",
+        llm: LLMSpec = None,
+        explainer: str | None = None,
         **kwargs: Any,
     ) -> dict[int, Explanation]:
         """Explain ``latents`` of this SAE with ``llm``; returns ``{latent: Explanation}``.
 
         ``dataset``: HF dataset name, local file, list of strings or token tensor (harvested once, cached).
-        ``llm``: ``"local"``, ``"openai:MODEL"``, ``"vllm:MODEL"`` or a client object. ``explainer``: any
-        registered explainer (``sae-autointerp plugins``). Latents that are dead, too rare or too dense are
-        left out (``sae.autointerp.run(...).skipped`` says why); failed explanations have ``.failed``.
+        ``llm``: ``"local"`` (the default), ``"openai:MODEL"``, ``"vllm:MODEL"`` or a client object.
+        ``explainer``: any registered explainer (default ``"default"``; ``sae-autointerp plugins``). Latents
+        that are dead, too rare or too dense are left out (``sae.autointerp.run(...).skipped`` says why);
+        failed explanations have ``.failed`` and ``.error``. ``config=RunConfig(...)`` works here too.
         """
         from .pipeline import run
 
-        result = run(self.sae, model, dataset, latents=latents, llm=llm, explainer=explainer, scorers=(), **kwargs)
+        given: dict[str, Any] = {
+            k: v for k, v in (("latents", latents), ("llm", llm), ("explainer", explainer)) if v is not None
+        }
+        result = run(self.sae, model, dataset, scorers=(), **given, **kwargs)
         return result.explanations
 
     def score(
@@ -101,18 +123,21 @@ class AutointerpNamespace:
         model: SubjectModel | None = None,
         dataset: CorpusLike | None = None,
         explanations: Mapping[int, str | Explanation] | None = None,
-        scorers: Iterable[str] = ("detection", "fuzzing"),
-        llm: LLMSpec = "local",
+        scorers: Iterable[str] | None = None,
+        llm: LLMSpec = None,
         **kwargs: Any,
     ) -> ScoreResult:
-        """Score ``explanations`` (``{latent: str | Explanation}``) with ``scorers``; returns a
-        :class:`ScoreResult` whose ``.table`` has one row per (latent, scorer). Without explanations, the
-        latents are explained first (``latents=``, ``explainer=``)."""
+        """Score ``explanations`` (``{latent: str | Explanation}``) with ``scorers`` (default detection and
+        fuzzing); returns a :class:`ScoreResult` whose ``.table`` has one row per (latent, scorer) with its
+        interval, chance level, control and lift. Without explanations, the latents are explained first
+        (``latents=``, ``explainer=``). ``llm`` defaults to ``"local"``; ``config=RunConfig(...)`` works too."""
         from .pipeline import run
 
         if explanations is not None:
             kwargs.setdefault("latents", sorted(int(k) for k in explanations))
-        return run(self.sae, model, dataset, explanations=explanations, scorers=scorers, llm=llm, **kwargs)
+            kwargs["explanations"] = explanations
+        given: dict[str, Any] = {k: v for k, v in (("scorers", scorers), ("llm", llm)) if v is not None}
+        return run(self.sae, model, dataset, **given, **kwargs)
 
 
 def for_sae(sae: SAE) -> AutointerpNamespace:

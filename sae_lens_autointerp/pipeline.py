@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._version import __version__
+from .config import CONFIG_FORMAT, RunConfig
 from .controls import (
     CONTROL_BLOCK,
     RelabelledClient,
@@ -157,6 +158,21 @@ def client_identity(client: Any) -> dict[str, Any] | None:
     }
 
 
+def versions() -> dict[str, str | None]:
+    """The versions of what a run depends on (recorded in run.json)."""
+    import importlib.metadata
+    import platform
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("sae-lens-autointerp", "sae-lens", "transformer-lens", "torch", "transformers", "llama-cpp-python",
+                 "sentence-transformers", "openai"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
 def _positive_int(value: Any, name: str, hint: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}; {hint}")
@@ -165,8 +181,9 @@ def _positive_int(value: Any, name: str, hint: str) -> int:
 
 @dataclass
 class _Plan:
-    """Everything a run resolved from its arguments before any expensive work."""
+    """Everything a run resolved from its configuration before any expensive work."""
 
+    config: RunConfig
     d_sae: int
     latents: list[int]
     given: dict[int, Explanation] | None
@@ -179,92 +196,105 @@ class _Plan:
     control_fractions: dict[str, float]
     usage: UsageTracker
     needs_llm: bool
-    own_client: bool
+    llm: Any  # a backend name, a client object, or None
     tokenizer: Any
-    concurrency: int
-    max_consecutive_failures: int
 
 
-def preflight(
-    sae: Any,
-    model: Any,
-    *,
-    store: ActivationStore | None = None,
-    latents: Iterable[int] | int | None = None,
-    llm: Any = "local",
-    explainer: str | None = "default",
-    scorers: Iterable[str] = DEFAULT_SCORERS,
-    explanations: Mapping[int, Any] | None = None,
-    explainer_kwargs: Mapping[str, Any] | None = None,
-    scorer_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-    llm_kwargs: Mapping[str, Any] | None = None,
-    sampling: SamplingConfig | Mapping[str, Any] | None = None,
-    harvest_kwargs: Mapping[str, Any] | None = None,
-    out_dir: str | os.PathLike[str] | None = None,
-    concurrency: int = 4,
-    budget_tokens: int | None = None,
-    budget_dollars: float | None = None,
-    prices: Mapping[str, Any] | None = None,
-    seed: int = 0,
-    controls: float | bool | Mapping[str, float] = True,
-    max_consecutive_failures: int = 3,
-) -> _Plan:
-    """Check every argument of :func:`run` that can be checked without a harvest or an LLM call, and resolve
-    the plugins: a bad input fails in a second, before any expensive work (the CLI calls this before it
-    harvests)."""
+class _Unset:
+    def __repr__(self) -> str:
+        return "<from the config>"
+
+
+#: Default of run()'s keyword sugar: "take the field from ``config`` (or RunConfig's default)".
+UNSET: Any = _Unset()
+
+
+def build_config(config: RunConfig | None, options: Mapping[str, Any]) -> tuple[RunConfig, Any, Any]:
+    """(the run's RunConfig, a client object passed as ``llm=`` or None, explanation objects or None): the
+    keyword arguments given override ``config``'s fields (each validated by RunConfig)."""
+    if config is not None and not isinstance(config, RunConfig):
+        raise ConfigError(f"config must be a RunConfig, got {type(config).__name__} (RunConfig.from_json(path) reads one)")
+    opts = {k: v for k, v in options.items() if v is not UNSET}
+    client = None
+    if opts.get("llm") is not None and not isinstance(opts["llm"], str):
+        client = opts["llm"]
+        opts["llm"] = None
+    objects = opts.get("explanations")
+    if "harvest_kwargs" in opts:
+        opts["harvest"] = dict(opts.pop("harvest_kwargs") or {})
+    for name in ("llm_kwargs", "explainer_kwargs", "scorer_kwargs"):
+        if name in opts and opts[name] is None:
+            opts[name] = {}
+    if "scorers" in opts and not isinstance(opts["scorers"], str):
+        opts["scorers"] = tuple(opts["scorers"])
+    base = config or RunConfig()
+    seed = opts.get("seed", base.seed)
+    if opts.get("sampling") is None:
+        opts.pop("sampling", None)
+        if config is None:  # the sampling seed follows the run's seed unless a sampling config says otherwise
+            opts["sampling"] = SamplingConfig(seed=seed)
+    elif not isinstance(opts["sampling"], SamplingConfig):
+        opts["sampling"] = sampling_config(opts["sampling"], seed)
+    if "latents" in opts and opts["latents"] is not None and not isinstance(opts["latents"], (int, numbers.Integral)):
+        opts["latents"] = tuple(opts["latents"])
+    try:
+        return replace(base, **opts), client, objects
+    except TypeError as exc:  # a wrong type the dataclass machinery met before our checks
+        raise ConfigError(f"bad run option: {exc}") from None
+
+
+def preflight(sae: Any, model: Any, config: RunConfig, *, store: ActivationStore | None = None, llm: Any = None,
+              explanations: Mapping[int, Any] | None = None) -> _Plan:
+    """Check everything about a run that can be checked without a harvest or an LLM call, and resolve the
+    plugins: a bad input fails in a second, before any expensive work (the CLI calls this before it
+    harvests). ``llm``: a client object that replaces ``config.llm``; ``explanations``: Explanation objects
+    that replace ``config.explanations`` (the texts)."""
+    cfg = config
     d_sae = int(sae.cfg.d_sae)
-    latent_list = check_latents(latents, d_sae)
-    given = coerce_explanations(explanations, d_sae)
-    if isinstance(scorers, str):
-        raise ConfigError(f"scorers must be a list of names, got the string {scorers!r}; use scorers=[{scorers!r}]")
-    scorer_names = list(scorers)
-    if given is not None:
-        explainer = None
-    concurrency = _positive_int(concurrency, "concurrency", "it is the number of latents in flight")
-    max_consecutive_failures = _positive_int(max_consecutive_failures, "max_consecutive_failures",
-                                             "it is how many latents in a row may fail on the backend")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
-    control_fractions = check_fraction(controls)
+    latent_list = check_latents(cfg.latents, d_sae)
+    given = coerce_explanations(explanations if explanations is not None else cfg.explanations, d_sae)
+    scorer_names = list(cfg.scorers)
+    explainer = None if given is not None else cfg.explainer
+    control_fractions = check_fraction(cfg.controls)
     unknown = sorted(set(control_fractions) - {"*"} - set(scorer_names))
     if unknown:
         raise ConfigError(f"controls names scorers this run does not use: {unknown}; scorers: {scorer_names}")
-    sampling_cfg = sampling_config(sampling, seed)
-    pool_sizes = (store.settings.n_stratified, store.settings.n_random_windows) if store is not None else (
-        int((harvest_kwargs or {}).get("n_stratified", 100)), int((harvest_kwargs or {}).get("n_random_windows", 1000)))
+    sampling_cfg = cfg.sampling
+    pool_sizes = ((store.settings.n_stratified, store.settings.n_random_windows) if store is not None
+                  else (cfg.harvest.n_stratified, cfg.harvest.n_random_windows))
     sampling_cfg.check_against(*pool_sizes)
     if scorer_names and min(sampling_cfg.n_test_pos, sampling_cfg.n_test_neg) < 1:
         raise ConfigError("scoring needs test examples: n_test_pos and n_test_neg must be >= 1")
     # Resolve every plugin name before any expensive work, so a typo fails in a second.
-    scorer_objs = {n: _make("scorers", n, (scorer_kwargs or {}).get(n)) for n in scorer_names}
-    explainer_obj = _make("explainers", explainer, explainer_kwargs) if explainer else None
+    scorer_objs = {n: _make("scorers", n, cfg.scorer_kwargs.get(n)) for n in scorer_names}
+    explainer_obj = _make("explainers", explainer, cfg.explainer_kwargs) if explainer else None
     providers = {"scorers": {n: provenance("scorers", n) for n in scorer_names},
                  "explainer": provenance("explainers", explainer) if explainer else None}
     needs_llm = explainer_obj is not None and getattr(explainer_obj, "needs_llm", True) or any(
         getattr(s, "needs_llm", True) for s in scorer_objs.values()
     )
-    usage = UsageTracker(prices=prices, budget_tokens=budget_tokens, budget_dollars=budget_dollars)
-    own_client = isinstance(llm, str)
-    if not own_client and llm is not None and (budget_tokens is not None or budget_dollars is not None or prices or llm_kwargs):
+    usage = UsageTracker(prices=cfg.prices, budget_tokens=cfg.budget_tokens, budget_dollars=cfg.budget_dollars)
+    backend = llm if llm is not None else cfg.llm
+    if llm is not None and (cfg.budget_tokens is not None or cfg.budget_dollars is not None or cfg.prices
+                            or cfg.llm_kwargs):
         raise ConfigError(
             "budget_tokens / budget_dollars / prices / llm_kwargs apply when llm is a name; for a client object, "
             "give it a UsageTracker(prices=..., budget_tokens=...) instead"
         )
-    if needs_llm and llm is None:
+    if needs_llm and backend is None:
         raise ConfigError("these explainers / scorers need an LLM: pass llm='local', 'openai:MODEL', ...")
     tokenizer = getattr(model, "tokenizer", None) if model is not None else None
     if tokenizer is None:
         raise ConfigError("pass model= (its tokenizer renders the examples)")
-    if isinstance(llm, str):  # a bad llm= fails in a second, needed or not
-        prefix = llm.partition(":")[0]
+    if isinstance(backend, str):  # a bad llm= fails in a second, needed or not
+        prefix = backend.partition(":")[0]
         if not prefix:
-            raise ConfigError(f"llm={llm!r}: expected 'local', 'openai:MODEL', 'vllm:MODEL' or 'prefix:model'")
+            raise ConfigError(f"llm={backend!r}: expected 'local', 'openai:MODEL', 'vllm:MODEL' or 'prefix:model'")
         get_registry().get("llm_clients", prefix)
-    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise ConfigError(f"out_dir {out_dir} is a file; pass a folder (it is created if missing)")
-    return _Plan(d_sae, latent_list, given, scorer_names, explainer, scorer_objs, explainer_obj, providers,
-                 sampling_cfg, control_fractions, usage, needs_llm, own_client, tokenizer, concurrency,
-                 max_consecutive_failures)
+    if cfg.out_dir is not None and Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
+        raise ConfigError(f"out_dir {cfg.out_dir} is a file; pass a folder (it is created if missing)")
+    return _Plan(cfg, d_sae, latent_list, given, scorer_names, explainer, scorer_objs, explainer_obj, providers,
+                 sampling_cfg, control_fractions, usage, needs_llm, backend, tokenizer)
 
 
 def run(
@@ -272,65 +302,73 @@ def run(
     model: Any = None,
     dataset: Any = None,
     *,
+    config: RunConfig | None = None,
     store: ActivationStore | None = None,
-    latents: Iterable[int] | int | None = None,
-    llm: Any = "local",
-    explainer: str | None = "default",
-    scorers: Iterable[str] = DEFAULT_SCORERS,
-    explanations: Mapping[int, Any] | None = None,
-    explainer_kwargs: Mapping[str, Any] | None = None,
-    scorer_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-    llm_kwargs: Mapping[str, Any] | None = None,
-    sampling: SamplingConfig | Mapping[str, Any] | None = None,
-    harvest_kwargs: Mapping[str, Any] | None = None,
-    out_dir: str | os.PathLike[str] | None = None,
-    concurrency: int = 4,
-    budget_tokens: int | None = None,
-    budget_dollars: float | None = None,
-    prices: Mapping[str, Any] | None = None,
-    seed: int = 0,
-    controls: float | bool | Mapping[str, float] = True,
-    max_consecutive_failures: int = 3,
+    latents: Iterable[int] | int | None = UNSET,
+    llm: Any = UNSET,
+    explainer: str | None = UNSET,
+    scorers: Iterable[str] = UNSET,
+    explanations: Mapping[int, Any] | None = UNSET,
+    explainer_kwargs: Mapping[str, Any] | None = UNSET,
+    scorer_kwargs: Mapping[str, Mapping[str, Any]] | None = UNSET,
+    llm_kwargs: Mapping[str, Any] | None = UNSET,
+    sampling: SamplingConfig | Mapping[str, Any] | None = UNSET,
+    harvest_kwargs: Mapping[str, Any] | None = UNSET,
+    out_dir: str | os.PathLike[str] | None = UNSET,
+    concurrency: int = UNSET,
+    budget_tokens: int | None = UNSET,
+    budget_dollars: float | None = UNSET,
+    prices: Mapping[str, Any] | None = UNSET,
+    seed: int = UNSET,
+    controls: float | bool | Mapping[str, float] = UNSET,
+    max_consecutive_failures: int = UNSET,
     progress: bool = True,
 ) -> ScoreResult:
     """Explain (unless ``explanations`` are given) and score ``latents``; see README for every option.
 
-    ``controls``: the share of each latent's test examples also scored with another latent's explanation
-    (True = 0.2, False = off; ``{"embedding": 1.0}`` per scorer, ``"*"`` for the rest; see ``controls.py``). ``max_consecutive_failures``: infrastructure failures in a
-    row (latents left incomplete) that stop the run."""
-    plan = preflight(
-        sae, model, store=store, latents=latents, llm=llm, explainer=explainer, scorers=scorers,
-        explanations=explanations, explainer_kwargs=explainer_kwargs, scorer_kwargs=scorer_kwargs,
-        llm_kwargs=llm_kwargs, sampling=sampling, harvest_kwargs=harvest_kwargs, out_dir=out_dir,
-        concurrency=concurrency, budget_tokens=budget_tokens, budget_dollars=budget_dollars, prices=prices, seed=seed,
-        controls=controls, max_consecutive_failures=max_consecutive_failures,
-    )
+    ``config``: a :class:`~sae_lens_autointerp.config.RunConfig`; every keyword given next to it overrides
+    that field (without ``config`` the keywords build one; the defaults are RunConfig's). ``llm`` may also be a
+    client object. ``controls``: the share of each latent's test examples also scored with another latent's
+    explanation (True = 0.2, False = off; ``{"embedding": 1.0}`` per scorer, ``"*"`` for the rest).
+    ``max_consecutive_failures``: infrastructure failures in a row (latents left incomplete) that stop the run.
+    """
+    options = dict(latents=latents, llm=llm, explainer=explainer, scorers=scorers, explanations=explanations,
+                   explainer_kwargs=explainer_kwargs, scorer_kwargs=scorer_kwargs, llm_kwargs=llm_kwargs,
+                   sampling=sampling, harvest_kwargs=harvest_kwargs, out_dir=out_dir, concurrency=concurrency,
+                   budget_tokens=budget_tokens, budget_dollars=budget_dollars, prices=prices, seed=seed,
+                   controls=controls, max_consecutive_failures=max_consecutive_failures)
+    cfg, client_object, objects = build_config(config, options)
+    plan = preflight(sae, model, cfg, store=store, llm=client_object, explanations=objects)
     d_sae, latent_list, given, scorer_names = plan.d_sae, plan.latents, plan.given, plan.scorer_names
     explainer, scorer_objs, explainer_obj, providers = plan.explainer, plan.scorer_objs, plan.explainer_obj, plan.providers
     sampling_cfg, control_fractions, usage, needs_llm = plan.sampling, plan.control_fractions, plan.usage, plan.needs_llm
-    own_client, tokenizer = plan.own_client, plan.tokenizer
-    concurrency, max_consecutive_failures = plan.concurrency, plan.max_consecutive_failures
+    tokenizer, llm, seed = plan.tokenizer, plan.llm, cfg.seed
+    own_client = isinstance(llm, str)
     client = None
     if needs_llm:  # resolved before any harvest
-        client = get_client(llm, usage=usage, **dict(llm_kwargs or {})) if own_client else get_client(llm)
+        client = get_client(llm, usage=usage, **cfg.llm_kwargs) if own_client else get_client(llm)
     if store is None:
         if dataset is None:
             raise ConfigError("pass model= and dataset= (or store= from sae.autointerp.harvest())")
         from .harvest import harvest
 
-        store = harvest(sae, model, dataset, progress=progress, **dict(harvest_kwargs or {}))
+        store = harvest(sae, model, dataset, progress=progress, **cfg.harvest.to_dict())
     if store.d_sae != d_sae:
         raise ConfigError(f"the store has d_sae={store.d_sae} but the SAE has {d_sae}; harvest this SAE")
+    # The run key: the RunConfig fields that change answers, the store, the client's identity and the
+    # versions of the prompts and plugins (out_dir, latents, concurrency, budgets and harvest settings do not
+    # change a latent's answers; the store key covers the harvest).
     ident = {
-        "store": store.key, "explainer": explainer, "explainer_kwargs": explainer_kwargs,
+        "store": store.key, "explainer": explainer, "explainer_kwargs": cfg.explainer_kwargs or None,
         "explainer_prompt": getattr(explainer_obj, "prompt_id", None), "scorers": scorer_names,
-        "scorer_kwargs": scorer_kwargs, "scorer_prompts": {n: getattr(o, "prompt_id", None) for n, o in scorer_objs.items()},
+        "scorer_kwargs": cfg.scorer_kwargs or None,
+        "scorer_prompts": {n: getattr(o, "prompt_id", None) for n, o in scorer_objs.items()},
         "providers": providers, "sampling": asdict(sampling_cfg), "llm": client_identity(client), "seed": seed,
         "controls": control_fractions, "prompt_version": PROMPT_VERSION,
         "explanations": None if given is None else {k: v.text for k, v in sorted(given.items())},
     }
     run_key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
-    folder = Path(out_dir) if out_dir is not None else cache_dir("runs") / run_key[:16]
+    folder = Path(cfg.out_dir) if cfg.out_dir is not None else cache_dir("runs") / run_key[:16]
     results = ResultsFile(folder / "results.jsonl")
     tracker = client.usage if client is not None else usage
     ctx = Context(llm=client, renderer=Renderer(tokenizer), store=store, seed=seed, sae=sae, model=model, usage=tracker)
@@ -338,11 +376,11 @@ def run(
 
     negatives = make_source(sampling_cfg.negatives, renderer=ctx.renderer, sae=sae, model=model)
     runner = _Runner(ctx, explainer_obj, scorer_objs, providers, sampling_cfg, results, run_key, given, progress,
-                     negatives, control_fractions, max_consecutive_failures)
+                     negatives, control_fractions, cfg.max_consecutive_failures)
 
     async def run_and_close() -> tuple[list[dict[str, Any]], str | None]:
         try:
-            return await runner.run(latent_list, concurrency)
+            return await runner.run(latent_list, cfg.concurrency)
         finally:  # on the run's own loop: its HTTP connections belong to it
             if client is not None and own_client:
                 await client.aclose()
@@ -351,8 +389,9 @@ def run(
     with folder_lock(folder, "run"):
         _claim(folder, run_key, ident)
         (folder / "run.json").write_text(json.dumps({
-            "run_key": run_key, "store": str(store.path), "version": __version__, **ident,
-            "llm": getattr(client, "name", None), "llm_identity": ident["llm"],
+            "run_key": run_key, "store": str(store.path), "version": __version__, "versions": versions(),
+            **ident, "llm": getattr(client, "name", None), "llm_identity": ident["llm"],
+            "config": cfg.to_dict(), "format": CONFIG_FORMAT,
         }, indent=1, default=str))
         records, stopped = run_sync(run_and_close())
     summary = tracker.summary()

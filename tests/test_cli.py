@@ -79,3 +79,20 @@ def test_report_of_unreadable_results_is_an_error(tmp_path):
     (tmp_path / "results.jsonl").write_text("not json\n{torn")
     res = cli("report", str(tmp_path))
     assert res.returncode == 2 and "no readable result records" in res.stderr
+
+
+def test_run_then_reproduce_from_its_run_json(tmp_path):
+    args = ["--explainer", "top-tokens", "--scorers", "embedding", "--n-tokens", "6000", "--n-explain", "8",
+            "--n-test", "4", "--n-latents", "3", "--seed", "7"]
+    first = cli("run", *args, "--out", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    saved = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert saved["source"]["sae"] == "embedded" and saved["config"]["seed"] == 7
+    assert len(saved["config"]["latents"]) == 3  # the picked latents are part of the saved config
+    again = cli("run", "--config", str(tmp_path / "a"), "--out", str(tmp_path / "b"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    redo = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert redo["run_key"] == saved["run_key"] and redo["config"] == {**saved["config"], "out_dir": str(tmp_path / "b")}
+    lines = lambda folder: sorted((json.loads(x)["latent"], json.loads(x)["scores"]["embedding"]["score"])  # noqa: E731
+                                  for x in (folder / "results.jsonl").read_text().splitlines())
+    assert lines(tmp_path / "a") == lines(tmp_path / "b")
