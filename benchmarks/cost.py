@@ -137,8 +137,8 @@ def main() -> None:
     ours = tally(client.calls, result.records)
 
     from sae_lens_autointerp.records import Context
-    from sae_lens_autointerp.scorers import DetectionScorer, FuzzingScorer
     from sae_lens_autointerp.sampling import latent_rng
+    from sae_lens_autointerp.scorers import DetectionScorer, FuzzingScorer
 
     renderer = Renderer(model.tokenizer)
     ctx = Context(llm=None, renderer=renderer, store=store)

@@ -79,10 +79,10 @@ def outage(name, script, sae, model, store, latents, root: Path):
 
 KILLED = """
 import sys, sae_lens_autointerp as sai
-from sae_lens_autointerp.harvest.store import ActivationStore
+from sae_lens_autointerp.harvest.store import LatentStore
 sys.path.insert(0, sys.argv[4])
 model, sae = sai.embedded.load_model(), sai.embedded.load_sae()
-store = ActivationStore(sys.argv[1])
+store = LatentStore(sys.argv[1])
 latents = [int(x) for x in sys.argv[3].split(",")]
 from sae_lens_autointerp.llm.openai_client import OpenAIClient
 from pathlib import Path
@@ -138,7 +138,6 @@ def main() -> None:
             rows.append(outage(name, ["ok"] * N_OK + [action] * 100_000, sae, model, store, latents, root))
         rows.append(killed(sae, model, store, latents, root))
         port = free_port()
-        start = time.perf_counter()
         result, seconds, _ = run_once(sae, model, store, latents, f"http://127.0.0.1:{port}/v1", root / "dead")
         rows.append({"fault": "dead from the start", "seconds to a clear failure": round(seconds, 1),
                      "stopped by the breaker": bool(result.stopped), "finished before": 0,

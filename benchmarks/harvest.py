@@ -43,7 +43,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-
 DEFAULT_HOOK = "blocks.3.hook_resid_post"  # the embedded SAE's hook
 
 
@@ -224,8 +223,9 @@ def ours(model, sae, tokens: torch.Tensor, batch: int) -> dict[str, float]:
     folder = tempfile.mkdtemp(prefix="bench-harvest-")
     try:
         start = clocks()
+        # pin_malloc: as the CLI runs it (the README's RSS numbers); a library call leaves malloc alone
         sae.autointerp.harvest(model, tokens, n_tokens=tokens.numel(), ctx_len=tokens.shape[1], batch_size=batch,
-                               store_dir=folder, progress=False)
+                               store_dir=folder, progress=False, pin_malloc=True)
         return rates(tokens.numel(), start)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -394,8 +394,6 @@ def measure(args: argparse.Namespace, model, sae, tokens: torch.Tensor, info: di
             ratio("baseline / delphi", pick(base), pick(delphi))
     elif not clean:
         print("no repeat ran undisturbed (every one had a measurement below all cores busy): rerun on a quieter machine")
-    m = max(x["wall"] for x in mine)
-
     rss = {}
     for factor in (1, 4):
         rss[factor] = run_child(args, "--child-rss", args.n_tokens * factor)

@@ -85,7 +85,7 @@ def main() -> None:
         calls["stock"] = stock_call
         times: dict[str, list[float]] = {k: [] for k in calls}
         tokens = {"prompt": 0, "completion": 0}
-        for rep in range(args.repeats):
+        for _repeat in range(args.repeats):
             spent = dict.fromkeys(calls, 0.0)
             tokens = {"prompt": 0, "completion": 0}
             for i, m in enumerate(items):

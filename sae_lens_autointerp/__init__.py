@@ -1,36 +1,48 @@
 """sae-lens-autointerp: explain and score SAELens SAE latents with LLMs.
 
 ``import sae_lens_autointerp`` attaches ``explain()``, ``score()`` and the ``autointerp`` namespace to every
-``sae_lens.SAE`` (idempotent, see :mod:`sae_lens_autointerp.attach`).
+``sae_lens.SAE`` (idempotent, see :mod:`sae_lens_autointerp.attach`). That is the only thing the import
+changes: no logging handler, warnings filter, environment variable, thread count or allocator setting
+(tests/test_side_effects.py). Messages go to the ``sae_lens_autointerp`` logger, which has no handler of its
+own.
 """
 
 from __future__ import annotations
 
-from ._version import __version__
+from typing import TYPE_CHECKING
 
 from . import embedded
+from ._version import __version__
 from .attach import install as _install
 from .config import HarvestConfig, RunConfig
 from .errors import AutointerpError, ConfigError, PluginError, UnknownPluginItemError
-from .harvest import ActivationStore
-from .namespace import AutointerpNamespace, for_sae
+from .harvest import LatentStore
+from .harvest.store import deprecated_store_alias as _deprecated_store_alias
 from .hookspecs import hookimpl
+from .namespace import AutointerpNamespace, for_sae
 from .registry import get_registry
 
 _install()
 
 __all__ = [
-    "__version__",
-    "ActivationStore",
-    "AutointerpNamespace",
-    "for_sae",
     "AutointerpError",
+    "AutointerpNamespace",
     "ConfigError",
     "HarvestConfig",
-    "RunConfig",
+    "LatentStore",
     "PluginError",
+    "RunConfig",
     "UnknownPluginItemError",
+    "__version__",
     "embedded",
+    "for_sae",
     "get_registry",
     "hookimpl",
 ]
+
+if TYPE_CHECKING:
+    from .harvest import ActivationStore as ActivationStore  # deprecated alias of LatentStore
+else:
+
+    def __getattr__(name: str) -> type[LatentStore]:
+        return _deprecated_store_alias(__name__, name)

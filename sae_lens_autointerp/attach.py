@@ -16,17 +16,19 @@ if TYPE_CHECKING:
     from sae_lens import SAE
 
     from .namespace import AutointerpNamespace
+    from .records import Explanation
+    from .results import ScoreResult
 
 _MARK = "__sae_autointerp__"
 
 
-def _explain(self: SAE, *args: Any, **kwargs: Any) -> Any:
+def _explain(self: SAE, *args: Any, **kwargs: Any) -> dict[int, Explanation]:
     from .namespace import AutointerpNamespace
 
     return AutointerpNamespace(self).explain(*args, **kwargs)
 
 
-def _score(self: SAE, *args: Any, **kwargs: Any) -> Any:
+def _score(self: SAE, *args: Any, **kwargs: Any) -> ScoreResult:
     from .namespace import AutointerpNamespace
 
     return AutointerpNamespace(self).score(*args, **kwargs)

@@ -57,7 +57,7 @@ def model_dir() -> Path:
         return target
     source = gguf_path()
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
@@ -65,6 +65,7 @@ def model_dir() -> Path:
     # The GGUF quantization marker would make transformers try to re-quantize on load.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    assert isinstance(config, LlamaConfig), type(config)  # SmolLM2 is a Llama model
     rebuilt = LlamaForCausalLM(config)
     rebuilt.load_state_dict(loaded.state_dict(), strict=True)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -283,7 +284,6 @@ def _pack(key: str, sections: list[str], seen: set[str]) -> list[tuple[str, str]
 
 def _build_corpus() -> list[str]:
     import hashlib
-
     import pydoc_data.topics
 
     keyed: list[tuple[str, str]] = []

@@ -21,7 +21,8 @@ pluggy hook caller, with the wrappers around it (see ``sae_lens_autointerp.regis
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pluggy
 
@@ -36,7 +37,7 @@ HOOKSPEC_VERSION = 1
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-Factories = Optional[Mapping[str, Callable[..., Any]]]
+Factories = Mapping[str, Callable[..., Any]] | None
 
 
 class AutointerpSpecs:

@@ -268,6 +268,24 @@ def binary_metrics(
     )
 
 
+
+def flat(name: str, estimate: Estimate) -> dict[str, float | None]:
+    """``{name: value, name_low: .., name_high: ..}``, JSON-safe, like ``BinaryMetrics.to_dict``."""
+    d = estimate.to_dict()
+    return {name: d["value"], f"{name}_low": d["low"], f"{name}_high": d["high"]}
+
+
+def auc_metrics(labels: Sequence[bool], values: Sequence[float], rng: np.random.Generator) -> dict[str, Any]:
+    """``auc`` / ``auc_low`` / ``auc_high`` / ``chance_auc`` / ``n_pos`` / ``n_neg`` / ``notes`` of ``values``
+    ranking activating above non-activating examples (non-finite values are counted as failed). The summary
+    of the scorers that rank examples by a local model's number (embedding similarity, surprisal)."""
+    finite = [v is not None and bool(np.isfinite(v)) for v in values]
+    m = binary_metrics(labels, [True if ok else None for ok in finite],
+                       [float(v) if ok else None for v, ok in zip(values, finite)], rng=rng)
+    return {**flat("auc", m.auc), "chance_auc": 0.5, "n_pos": m.n_pos, "n_neg": m.n_neg, "notes": "; ".join(
+        n for n in m.notes if n.startswith("auc"))}
+
+
 def correlation(
     predicted: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray, *, confidence: float = 0.95
 ) -> Estimate:

@@ -12,9 +12,12 @@ if TYPE_CHECKING:
     from sae_lens import SAE
 
     from .config import HarvestConfig, RunConfig
-    from .harvest import ActivationStore
-    from .registry import PluginInfo
+    from .harvest import LatentStore
+    from .harvest.corpus import CorpusLike
+    from .harvest.model import SubjectModel
+    from .llm.types import LLMSpec
     from .records import Explanation
+    from .registry import PluginInfo
     from .results import ScoreResult
 
 
@@ -32,7 +35,9 @@ class AutointerpNamespace:
     def __repr__(self) -> str:
         return f"<autointerp namespace of {type(self.sae).__name__} d_sae={self.sae.cfg.d_sae}>"
 
-    def harvest(self, model: Any, dataset: Any, *, config: HarvestConfig | None = None, **kwargs: Any) -> ActivationStore:
+    def harvest(
+        self, model: SubjectModel, dataset: CorpusLike, *, config: HarvestConfig | None = None, **kwargs: Any
+    ) -> LatentStore:
         """Stream ``dataset`` through ``model`` and this SAE; see :func:`sae_lens_autointerp.harvest.harvest`.
         ``config=HarvestConfig(...)`` gives the settings as one object (keywords override its fields)."""
         from .harvest import harvest
@@ -51,7 +56,7 @@ class AutointerpNamespace:
         from .report import load
 
         if path is not None:
-            return load(path)
+            return load(Path(path))
         from .errors import ConfigError
         from .harvest.run import sae_fingerprint
         from .paths import cache_dir
@@ -74,7 +79,14 @@ class AutointerpNamespace:
 
         return get_registry().plugins()
 
-    def run(self, model: Any = None, dataset: Any = None, *, config: RunConfig | None = None, **kwargs: Any) -> ScoreResult:
+    def run(
+        self,
+        model: SubjectModel | None = None,
+        dataset: CorpusLike | None = None,
+        *,
+        config: RunConfig | None = None,
+        **kwargs: Any,
+    ) -> ScoreResult:
         """Explain and score latents; ``config=RunConfig(...)`` and/or keyword arguments (which override the
         config's fields); see :func:`sae_lens_autointerp.pipeline.run` for the options."""
         from .pipeline import run
@@ -83,10 +95,10 @@ class AutointerpNamespace:
 
     def explain(
         self,
-        model: Any = None,
-        dataset: Any = None,
+        model: SubjectModel | None = None,
+        dataset: CorpusLike | None = None,
         latents: Iterable[int] | int | None = None,
-        llm: Any = None,
+        llm: LLMSpec = None,
         explainer: str | None = None,
         **kwargs: Any,
     ) -> dict[int, Explanation]:
@@ -100,17 +112,19 @@ class AutointerpNamespace:
         """
         from .pipeline import run
 
-        given = {k: v for k, v in (("latents", latents), ("llm", llm), ("explainer", explainer)) if v is not None}
+        given: dict[str, Any] = {
+            k: v for k, v in (("latents", latents), ("llm", llm), ("explainer", explainer)) if v is not None
+        }
         result = run(self.sae, model, dataset, scorers=(), **given, **kwargs)
         return result.explanations
 
     def score(
         self,
-        model: Any = None,
-        dataset: Any = None,
-        explanations: Mapping[int, Any] | None = None,
+        model: SubjectModel | None = None,
+        dataset: CorpusLike | None = None,
+        explanations: Mapping[int, str | Explanation] | None = None,
         scorers: Iterable[str] | None = None,
-        llm: Any = None,
+        llm: LLMSpec = None,
         **kwargs: Any,
     ) -> ScoreResult:
         """Score ``explanations`` (``{latent: str | Explanation}``) with ``scorers`` (default detection and
@@ -122,7 +136,7 @@ class AutointerpNamespace:
         if explanations is not None:
             kwargs.setdefault("latents", sorted(int(k) for k in explanations))
             kwargs["explanations"] = explanations
-        given = {k: v for k, v in (("scorers", scorers), ("llm", llm)) if v is not None}
+        given: dict[str, Any] = {k: v for k, v in (("scorers", scorers), ("llm", llm)) if v is not None}
         return run(self.sae, model, dataset, **given, **kwargs)
 
 

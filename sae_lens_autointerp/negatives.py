@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .harvest.store import ActivationStore, Example, RandomWindow
+from .harvest.store import Example, LatentStore, RandomWindow
 from .spans import SpanSet
 
 
@@ -30,11 +30,11 @@ class NegativeSource(Protocol):
     name: str
 
     def draw(
-        self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, avoid: SpanSet
+        self, store: LatentStore, latent: int, n: int, rng: np.random.Generator, avoid: SpanSet
     ) -> tuple[list[Example], int]: ...
 
 
-def silent_windows(store: ActivationStore, latent: int, avoid: SpanSet) -> tuple[list[RandomWindow], int]:
+def silent_windows(store: LatentStore, latent: int, avoid: SpanSet) -> tuple[list[RandomWindow], int]:
     """Random-pool windows where ``latent`` is exactly zero and that touch nothing in ``avoid`` (the pool's
     windows are disjoint chunks, so they never overlap each other); and how many were left out for overlap."""
     ctx_len = store.settings.ctx_len
@@ -53,7 +53,7 @@ class RandomNegatives:
     name = "random"
 
     def draw(
-        self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, avoid: SpanSet
+        self, store: LatentStore, latent: int, n: int, rng: np.random.Generator, avoid: SpanSet
     ) -> tuple[list[Example], int]:
         if n == 0:
             return [], 0
@@ -78,7 +78,7 @@ class SimilarNegatives:
     def _text(self, tokens: np.ndarray) -> str:
         return "".join(self.renderer.piece(int(t)) for t in tokens if t >= 0)
 
-    def pool_embeddings(self, store: ActivationStore) -> np.ndarray:
+    def pool_embeddings(self, store: LatentStore) -> np.ndarray:
         from .embedders import embed
 
         with self._lock:  # computed once per store, shared by every latent
@@ -87,7 +87,7 @@ class SimilarNegatives:
             return self._pool[store.key]
 
     def draw(
-        self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, avoid: SpanSet,
+        self, store: LatentStore, latent: int, n: int, rng: np.random.Generator, avoid: SpanSet,
         positives: list[Example] | None = None,
     ) -> tuple[list[Example], int]:
         """``positives``: the examples to be similar to (default: the latent's stored firing examples)."""
@@ -133,8 +133,8 @@ class NeighbourNegatives:
         return sims.topk(min(self.n_neighbours, len(sims) - 1)).indices.tolist()
 
     @torch.no_grad()
-    def _latent_acts(self, store: ActivationStore, latent: int, seqs: list[int]) -> dict[int, np.ndarray]:
-        out = {}
+    def _latent_acts(self, store: LatentStore, latent: int, seqs: list[int]) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
         pad = self.adapter.pad_token_id()
         for i in range(0, len(seqs), self.batch_size):
             chunk = seqs[i : i + self.batch_size]
@@ -146,7 +146,7 @@ class NeighbourNegatives:
         return out
 
     def draw(
-        self, store: ActivationStore, latent: int, n: int, rng: np.random.Generator, avoid: SpanSet
+        self, store: LatentStore, latent: int, n: int, rng: np.random.Generator, avoid: SpanSet
     ) -> tuple[list[Example], int]:
         if n == 0:
             return [], 0

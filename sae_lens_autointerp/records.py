@@ -7,8 +7,12 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from .harvest.store import ActivationStore
-    from .llm import LLMClient
+    from sae_lens import SAE
+
+    from .harvest.model import SubjectModel
+    from .harvest.store import LatentStore
+    from .llm.types import LLMClient
+    from .llm.usage import UsageTracker
     from .sampling import LatentSample
     from .text import Renderer
 
@@ -93,15 +97,24 @@ class ScorerOutput:
 
 @dataclass
 class Context:
-    """What explainers and scorers may use besides the latent's sample."""
+    """What explainers and scorers may use besides the latent's sample.
+
+    ``llm``: the run's LLM client (None when no stage needs one); ``renderer``: token ids to text;
+    ``store``: the whole harvest (for explainers that look beyond the sample; scorers should test on the
+    sample's held-out examples); ``seed``: the run's seed, for :func:`~sae_lens_autointerp.sampling.latent_rng`;
+    ``sae`` / ``model``: the SAE and the subject model (a TransformerLens ``HookedTransformer`` /
+    ``HookedSAETransformer`` or a ``TransformerBridge``), for scorers that steer or read the model;
+    ``usage``: the run's :class:`~sae_lens_autointerp.llm.UsageTracker` (the LLM client's, or the run's own
+    when there is no client).
+    """
 
     llm: LLMClient | None
     renderer: Renderer
-    store: ActivationStore
+    store: LatentStore
     seed: int = 0
-    sae: Any = None
-    model: Any = None
-    usage: Any = None  # the run's UsageTracker (the LLM client's, or the run's own when there is no client)
+    sae: SAE | None = None
+    model: SubjectModel | None = None
+    usage: UsageTracker | None = None
 
 
 @runtime_checkable

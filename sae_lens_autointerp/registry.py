@@ -18,7 +18,8 @@ Environment variables (read when a :class:`Registry` is built, i.e. once per pro
 * ``SAE_AUTOINTERP_BLOCK_PLUGINS=a,b``: never load these entry points (``builtin`` blocks the built-ins);
 * ``SAE_AUTOINTERP_LOAD_PLUGINS=a,b``: load only these entry points (``builtin`` must be named to keep the
   built-ins); a name that no installed distribution declares is reported in :attr:`Registry.failures`;
-* ``SAE_AUTOINTERP_TRACE_PLUGINS=1``: print every hook call and its result to stderr.
+* ``SAE_AUTOINTERP_TRACE_PLUGINS=1``: log every hook call and its result to the logger
+  ``sae_lens_autointerp.trace``, which then (and only then) writes to stderr.
 
 Hooks are called through pluggy's hook callers, once per registry: each plugin's implementation through
 ``pm.subset_hook_caller(hook, remove_plugins=<every other plugin except the wrappers>)``, so pluggy's
@@ -43,7 +44,7 @@ import threading
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import pluggy
 
@@ -64,6 +65,9 @@ TRACE_ENV_VAR = "SAE_AUTOINTERP_TRACE_PLUGINS"
 KINDS = ("scorers", "explainers", "llm_clients")
 
 logger = logging.getLogger(__name__)
+#: Hook-call tracing. Setting SAE_AUTOINTERP_TRACE_PLUGINS asks for the trace on stderr, so only then does
+#: this logger get a handler (:func:`_trace_to_stderr`); the library adds no handler otherwise.
+trace_logger = logging.getLogger("sae_lens_autointerp.trace")
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class Registry:
         for name in self._blocked:
             self.pm.set_blocked(name)
         if os.environ.get(TRACE_ENV_VAR, "").strip() not in ("", "0"):
+            _trace_to_stderr()
             self.pm.add_hookcall_monitoring(_trace_before, _trace_after)
         self._load(load_entry_points=load_entry_points, builtins=builtins)
         self.pm.check_pending()
@@ -148,6 +153,8 @@ class Registry:
         return name not in self._blocked and (self._allowed is None or name in self._allowed)
 
     def _load_entry_point(self, ep: importlib.metadata.EntryPoint, builtin: bool) -> None:
+        dist: str | None
+        version: str | None
         if builtin:  # the code that runs is this package: its own version, not possibly stale metadata
             dist, version = DISTRIBUTION, __version__
         else:
@@ -256,8 +263,8 @@ class Registry:
                         call(plugin, w.plugin)
                     except Exception as exc:
                         guilty.append((w.plugin_name, exc))
-                for who, exc in guilty or [(w.plugin_name, first) for w in wrappers]:
-                    book(who, f"hook {hook_name} wrapper failed around plugin {name!r}: {type(exc).__name__}: {exc}")
+                for who, error in guilty or [(w.plugin_name, first) for w in wrappers]:
+                    book(who, f"hook {hook_name} wrapper failed around plugin {name!r}: {type(error).__name__}: {error}")
                 return alone
         book(name, f"hook {hook_name} failed: {type(first).__name__}: {first}")
         return None
@@ -418,7 +425,8 @@ def _validate_provided(provided: Any, kind: str) -> dict[str, Callable[..., Any]
 
 def _entry_points() -> tuple[list[importlib.metadata.EntryPoint], list[importlib.metadata.EntryPoint]]:
     """This distribution's own entry points (the built-ins) and every other distribution's."""
-    own, others = [], []
+    own: list[importlib.metadata.EntryPoint] = []
+    others: list[importlib.metadata.EntryPoint] = []
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         is_own = ep.dist is not None and _normalize(ep.dist.name) == _normalize(DISTRIBUTION)
         (own if is_own else others).append(ep)
@@ -461,22 +469,45 @@ def _ambiguous_message(singular: str, name: str, found: Sequence[RegisteredItem]
             f"or uninstall one)")
 
 
+if TYPE_CHECKING:  # StreamHandler is generic in typeshed only (subscripting it fails at run time on 3.10)
+    _StreamHandler = logging.StreamHandler[TextIO]
+else:
+    _StreamHandler = logging.StreamHandler
+
+
+class _StderrHandler(_StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (a redirect, pytest's capture), like
+    :data:`logging.lastResort`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _trace_to_stderr() -> None:
+    if not any(isinstance(h, _StderrHandler) for h in trace_logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("[sae_lens_autointerp] %(message)s"))
+        trace_logger.addHandler(handler)
+    trace_logger.setLevel(logging.DEBUG)
+    trace_logger.propagate = False  # the trace is its own channel: not repeated by the host's root handlers
+
+
 def _trace_before(hook_name: str, hook_impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
     who = ", ".join(f"{i.plugin_name}{' (wrapper)' if i.hookwrapper or i.wrapper else ''}" for i in hook_impls)
-    print(f"[sae_lens_autointerp] calling {hook_name} on {who or 'no plugin'}"
-          + (f" with {dict(kwargs)}" if kwargs else ""), file=sys.stderr, flush=True)
+    trace_logger.debug("calling %s on %s%s", hook_name, who or "no plugin", f" with {dict(kwargs)}" if kwargs else "")
 
 
 def _trace_after(outcome: pluggy.Result[Any], hook_name: str, hook_impls: Sequence[pluggy.HookImpl],
                  kwargs: Mapping[str, Any]) -> None:
     exc = outcome.exception
     if exc is not None:
-        print(f"[sae_lens_autointerp] {hook_name} raised {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        trace_logger.debug("%s raised %s: %s", hook_name, type(exc).__name__, exc)
         return
     result = outcome.get_result()
     shown = ([sorted(r) if isinstance(r, Mapping) else type(r).__name__ for r in result]
              if isinstance(result, list) else type(result).__name__)
-    print(f"[sae_lens_autointerp] {hook_name} returned {shown}", file=sys.stderr, flush=True)
+    trace_logger.debug("%s returned %s", hook_name, shown)
 
 
 _lock = threading.Lock()

@@ -235,8 +235,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.time()
     seed_everything(args.seed)
 
-    import safetensors.torch
     import sae_lens
+    import safetensors.torch
     import transformer_lens
     from sae_lens import SAE, SAETrainer
     from sae_lens.config import SAETrainerConfig

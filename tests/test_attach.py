@@ -111,7 +111,7 @@ def test_type_hints_are_shipped():
 
     assert importlib.resources.files("sae_lens_autointerp").joinpath("py.typed").is_file()
     hints = inspect.signature(sai.AutointerpNamespace.harvest)
-    assert hints.return_annotation in ("ActivationStore", sai.ActivationStore)
+    assert hints.return_annotation in ("LatentStore", sai.LatentStore)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert SAE.explain.__doc__ and SAE.autointerp.__doc__

@@ -150,7 +150,7 @@ def test_store_reloads_without_recomputation(harvested, bridge_model, bridge_sae
         top_k=10, n_stratified=12, n_random_windows=15, store_dir=store.path, progress=False,
     )
     assert again.key == store.key and again.complete
-    reopened = sai.ActivationStore(store.path)
+    reopened = sai.LatentStore(store.path)
     for name, tensor in store.stats.items():
         assert torch.equal(reopened.stats[name], tensor), name
     assert not any(p.suffix == ".pkl" for p in store.path.iterdir())

@@ -66,7 +66,13 @@ def test_surprisal_true_explanation_beats_mismatched(planted, planted_store, bri
 
 def test_surprisal_kv_cache_reuse_is_exact():
     """Losses computed on the reused prefix cache equal those of one plain forward over prefix + example."""
-    from sae_lens_autointerp.scorers.surprisal import SurprisalScorer, _piece_ids, _run_prefix, example_losses, load_causal_lm
+    from sae_lens_autointerp.scorers.surprisal import (
+        SurprisalScorer,
+        _piece_ids,
+        _run_prefix,
+        example_losses,
+        load_causal_lm,
+    )
 
     lm = load_causal_lm()
     prefix = _run_prefix(lm, SurprisalScorer.prefix_text("names of months"))
@@ -170,11 +176,10 @@ def test_intervention_scorer_schema_and_usage(planted, planted_store, bridge_mod
 
 
 def test_output_side_explainers(planted, planted_store, bridge_model):
-    from scripted_llm import ScriptedClient
-
     from sae_lens_autointerp.plugin import get_registry
     from sae_lens_autointerp.records import Context
     from sae_lens_autointerp.text import Renderer
+    from scripted_llm import ScriptedClient
 
     # The planted decoders point at their token sets' embeddings; SmolLM2 ties W_U to W_E.
     for latent in (0, 1):

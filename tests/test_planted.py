@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from sae_lens_autointerp.sampling import SamplingConfig
 

@@ -250,7 +250,7 @@ def test_wrappers_run_around_every_plugins_call(site):
 
     new_before, old_before = len(sai_wrap_new.CALLS), len(sai_wrap_old.CALLS)
     registry = Registry()
-    scorers, explainers = registry.items("scorers"), registry.items("explainers")
+    scorers, _ = registry.items("scorers"), registry.items("explainers")  # both hooks run through the wrappers
     # the new-style wrapper's edit took effect: pluggy ran it around sai_hider's implementation
     assert scorers["visible"].plugin == "sai_hider" and "hidden-x" not in scorers
     new_calls = sai_wrap_new.CALLS[new_before:]
@@ -464,7 +464,7 @@ def _imports(path: Path) -> list[tuple[str, str]]:
 
 def test_layering():
     spec_imports = {name for name, _ in _imports(PACKAGE / "hookspecs.py")}
-    assert spec_imports == {"__future__", "typing", "pluggy"}
+    assert spec_imports == {"__future__", "collections.abc", "typing", "pluggy"}
     forbidden = ("builtin", "scorers", "explainers", "llm", "plugin", "sae_lens_autointerp")
     for name, where in _imports(PACKAGE / "registry.py"):
         if where in ("module", "Registry"):

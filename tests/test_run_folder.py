@@ -37,9 +37,9 @@ def test_a_folder_with_another_run_is_refused(planted, planted_store, bridge_mod
 RUN = textwrap.dedent("""
     import json, sys
     import sae_lens_autointerp as sai
-    from sae_lens_autointerp.harvest.store import ActivationStore
+    from sae_lens_autointerp.harvest.store import LatentStore
     model, sae = sai.embedded.load_model(), sai.embedded.load_sae()
-    store = ActivationStore(sys.argv[1])
+    store = LatentStore(sys.argv[1])
     result = sae.autointerp.run(model, store=store, latents=list(range(40)), llm=None, explainer="top-tokens",
                                 scorers=["embedding"], out_dir=sys.argv[2], progress=False, concurrency=2,
                                 sampling={"n_explain": 8, "n_test_pos": 4, "n_test_neg": 4, "min_activating": 8})

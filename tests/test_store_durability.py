@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sae_lens_autointerp.errors import ConfigError
-from sae_lens_autointerp.harvest.store import ActivationStore
+from sae_lens_autointerp.harvest.store import LatentStore
 
 HARVEST = textwrap.dedent("""
     import json, sys
@@ -46,7 +46,7 @@ def test_two_processes_harvesting_one_store_do_not_corrupt_it(tmp_path):
     reference = _harvest_in(alone)
     out, err = reference.communicate(timeout=600)
     assert reference.returncode == 0, err[-2000:]
-    a, b = ActivationStore(shared), ActivationStore(alone)
+    a, b = LatentStore(shared), LatentStore(alone)
     assert (shared / "tokens.bin").stat().st_size == 40 * 128 * 4  # not twice
     assert np.array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
     for name in ("n_fire_tokens", "top_ids", "res_ids", "pool_ids"):
@@ -57,8 +57,9 @@ def test_two_processes_harvesting_one_store_do_not_corrupt_it(tmp_path):
 def test_a_kill_between_the_checkpoint_writes_does_not_double_count(bridge_model, embedded_sae, tmp_path, monkeypatch):
     """Stats written, meta.json not: the resume must not count those batches twice (mean L0 stays 32 for the
     TopK-32 SAE)."""
-    import sae_lens_autointerp.harvest.store as store_mod
     from pydoc_data.topics import topics
+
+    import sae_lens_autointerp.harvest.store as store_mod
 
     texts = [topics[k] for k in sorted(topics)][:60]
     real = store_mod.write_json_atomic
@@ -94,16 +95,16 @@ def test_a_corrupt_store_is_refused_by_name(bridge_model, embedded_sae, tmp_path
     data[100] ^= 0xFF
     tokens.write_bytes(bytes(data))
     with pytest.raises(ConfigError, match=rf"store {tmp_path} is corrupt: tokens.bin does not match.*harvest"):
-        ActivationStore(store.path)
+        LatentStore(store.path)
     tokens.write_bytes(bytes(data[:-4]))
     with pytest.raises(ConfigError, match="tokens.bin holds"):
-        ActivationStore(store.path)
+        LatentStore(store.path)
 
 
 def test_a_changed_weight_is_another_model(bridge_model):
     """The store key covers every parameter: a changed layer-2 weight must not reuse layer-0's store."""
-    from sae_lens_autointerp.harvest.model import ModelAdapter
     from sae_factories import make_sae
+    from sae_lens_autointerp.harvest.model import ModelAdapter
 
     sae = make_sae(576, 8, seed=0)
     sae.cfg.metadata.hook_name = "blocks.3.hook_resid_post"

@@ -41,7 +41,7 @@ from scripted_llm import ScriptedClient, sensible
 
 model = sai.embedded.load_model()
 sae = SAE.load_from_disk({sae_dir!r})
-store = sai.ActivationStore({store_dir!r})
+store = sai.LatentStore({store_dir!r})
 latents = {latents!r}
 SMALL = {{"n_explain": 10, "n_test_pos": 6, "n_test_neg": 6}}
 out = {{}}

@@ -24,9 +24,9 @@ import asyncio
 from typing import Any
 
 from ..errors import ConfigError
+from ..local_lm import record_usage
 from ..records import Context, Explanation, template_id
 from ..sampling import LatentSample
-from ..scorers.surprisal import record_usage
 from ..steering import NEUTRAL_PROMPTS, Steerer, model_name, promoted_tokens
 from ..text import active_mask, highlight
 from .llm_explainer import ANSWER_FORMAT, ask_for_explanation

@@ -1,7 +1,16 @@
-"""Harvesting latent activations with TransformerLens hooks into an on-disk activation store."""
+"""Harvesting latent activations with TransformerLens hooks into an on-disk latent store."""
 
-from .run import harvest
+from typing import TYPE_CHECKING
+
+from .run import harvest, pin_malloc_thresholds
 from .stats import HarvestSettings
-from .store import ActivationStore, Example, RandomWindow
+from .store import Example, LatentStore, RandomWindow, deprecated_store_alias
 
-__all__ = ["ActivationStore", "Example", "HarvestSettings", "RandomWindow", "harvest"]
+__all__ = ["Example", "HarvestSettings", "LatentStore", "RandomWindow", "harvest", "pin_malloc_thresholds"]
+
+if TYPE_CHECKING:
+    from .store import ActivationStore as ActivationStore  # deprecated alias of LatentStore
+else:
+
+    def __getattr__(name: str) -> type[LatentStore]:
+        return deprecated_store_alias(__name__, name)

@@ -19,11 +19,19 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import datasets
+
+#: What ``dataset=`` accepts (see the module docstring).
+CorpusLike: TypeAlias = (
+    "str | os.PathLike[str] | Sequence[str] | torch.Tensor | datasets.Dataset | datasets.IterableDataset"
+)
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".json")
@@ -44,7 +52,7 @@ class CorpusSpec:
 
 
 def resolve_corpus(
-    dataset: Any,
+    dataset: CorpusLike,
     *,
     text_column: str = "text",
     split: str = "train",
@@ -52,7 +60,7 @@ def resolve_corpus(
     dataset_config: str | None = None,
 ) -> CorpusSpec:
     """Validate ``dataset`` cheaply (first record only) and describe it."""
-    common = dict(text_column=text_column, split=split, streaming=streaming, dataset_config=dataset_config)
+    common: dict[str, Any] = dict(text_column=text_column, split=split, streaming=streaming, dataset_config=dataset_config)
     if isinstance(dataset, torch.Tensor):
         if dataset.numel() == 0:
             raise ConfigError("the token tensor is empty; pass at least one token id")
@@ -62,8 +70,8 @@ def resolve_corpus(
                 f"{dataset.dtype} {tuple(dataset.shape)}"
             )
         tokens = dataset.detach().cpu().long()
-        digest = hashlib.sha256(tokens.numpy().tobytes()).hexdigest()
-        return CorpusSpec("tokens", tokens, fingerprint={"tokens": digest, "shape": list(tokens.shape)}, **common)
+        token_digest = hashlib.sha256(tokens.numpy().tobytes()).hexdigest()
+        return CorpusSpec("tokens", tokens, fingerprint={"tokens": token_digest, "shape": list(tokens.shape)}, **common)
     if isinstance(dataset, (list, tuple)):
         if not dataset:
             raise ConfigError("the corpus is an empty list; pass at least one non-empty string")
@@ -236,8 +244,8 @@ def iter_sequences(
     if spec.kind == "tokens":
         yield from _token_tensor_sequences(spec.source, ctx_len)
         return
-    use_bos = prepend_bos and bos_id is not None
-    body = ctx_len - 1 if use_bos else ctx_len
+    bos: list[int] = [bos_id] if prepend_bos and bos_id is not None else []
+    body = ctx_len - len(bos)
     if body < 1:
         raise ConfigError(f"ctx_len={ctx_len} leaves no room for text; use ctx_len >= 2")
     buffer: list[int] = []
@@ -255,10 +263,10 @@ def iter_sequences(
             buffer.extend(ids)
             n_full = len(buffer) // body
             for i in range(n_full):
-                yield ([bos_id] if use_bos else []) + buffer[i * body : (i + 1) * body]
+                yield bos + buffer[i * body : (i + 1) * body]
             del buffer[: n_full * body]  # one copy per document, not one per sequence
     if buffer:
-        yield ([bos_id] if use_bos else []) + buffer
+        yield bos + buffer
 
 
 def _token_tensor_sequences(tokens: torch.Tensor, ctx_len: int) -> Iterator[list[int]]:

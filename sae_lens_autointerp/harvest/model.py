@@ -15,11 +15,19 @@ import re
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
+
+#: The models a harvest runs: ``HookedTransformer`` / ``HookedSAETransformer`` or ``TransformerBridge`` /
+#: ``SAETransformerBridge`` (each a subclass of the first).
+SubjectModel: TypeAlias = "HookedTransformer | TransformerBridge"
 
 
 class StopForward(Exception):
@@ -105,9 +113,10 @@ class ModelAdapter:
         self.kind = model_kind(model)
         self.sae = sae
         self.spec = hook_spec_for(sae)
-        self.tokenizer = getattr(model, "tokenizer", None)
-        if self.tokenizer is None:
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
             raise ConfigError("the model has no tokenizer; load it with one (TransformerLens does by default)")
+        self.tokenizer: Any = tokenizer  # a transformers PreTrainedTokenizerBase
         hook_names = set(model.hook_dict.keys())
         # The point we hook. SAETransformerBridge lists only canonical names (blocks.L.hook_out) in
         # hook_dict, so resolve aliases such as blocks.L.hook_resid_post the way it does.

@@ -1,4 +1,4 @@
-"""``harvest()``: stream a corpus through model + SAE into an :class:`ActivationStore` on disk.
+"""``harvest()``: stream a corpus through model + SAE into a :class:`LatentStore` on disk.
 
 The store is keyed by a hash of the model, the SAE, the corpus and the settings: the same call later
 returns the finished store without recomputation, and an interrupted call resumes from its last checkpoint.
@@ -8,49 +8,74 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import ConfigError
+from ..locks import folder_lock
 from ..paths import cache_dir
-from .corpus import batched, iter_sequences, resolve_corpus
+from .corpus import CorpusSpec, batched, iter_sequences, resolve_corpus
 from .model import ModelAdapter
 from .stats import HarvestSettings, LatentStats
-from ..locks import folder_lock
-from .store import PAD_TOKEN, STORE_FORMAT_VERSION, ActivationStore, checkpoint_meta, save_checkpoint, seal
+from .store import PAD_TOKEN, STORE_FORMAT_VERSION, LatentStore, checkpoint_meta, save_checkpoint, seal
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+    from .corpus import CorpusLike
+    from .model import SubjectModel
+
+log = logging.getLogger(__name__)
 
 DEFAULT_N_TOKENS = 1_000_000
+#: ``SAE_AUTOINTERP_PIN_MALLOC=1`` makes every :func:`harvest` pin glibc's malloc thresholds (see
+#: :func:`pin_malloc_thresholds`) unless it is called with ``pin_malloc=False``.
+PIN_MALLOC_ENV_VAR = "SAE_AUTOINTERP_PIN_MALLOC"
 _MALLOC_PINNED = False
 
 
-def _pin_malloc_thresholds() -> None:
-    """Stop glibc's dynamic mmap threshold from letting RSS creep up during long harvests.
+def pin_malloc_thresholds() -> bool:
+    """Pin glibc's malloc thresholds for this whole process (opt-in; once per process, cannot be undone).
 
-    Every batch allocates and frees tensors of tens of MB. glibc raises its mmap threshold after each such
-    free, after which those buffers come from the heap and fragment it: measured here, peak RSS grew by
-    ~40% between 8k and 32k tokens. Pinning the thresholds (what MALLOC_MMAP_THRESHOLD_ does) keeps big
-    buffers mmapped and returned to the OS, and RSS flat. No-op off glibc.
+    Why: every harvest batch allocates and frees tensors of tens of MB. glibc raises its dynamic mmap
+    threshold after each such free, after which those buffers come from the heap and fragment it: measured
+    on the embedded model, peak RSS grew by 40-48% between 8k and 32k harvested tokens without pinning, and
+    stayed flat with it (benchmarks/harvest.py: +1.7% from 32k to 131k tokens). Pinning ``M_MMAP_THRESHOLD``
+    and ``M_TRIM_THRESHOLD`` to 1 MiB (what ``MALLOC_MMAP_THRESHOLD_=1048576 MALLOC_TRIM_THRESHOLD_=1048576``
+    in the environment does before start-up) keeps big buffers mmapped and returned to the OS.
+
+    This changes the allocator of the host process, so a library call never does it on its own:
+    ``harvest(..., pin_malloc=True)``, ``SAE_AUTOINTERP_PIN_MALLOC=1`` or the ``sae-autointerp`` command (which
+    owns its process) turn it on. Returns whether the thresholds are pinned (False off glibc).
     """
     global _MALLOC_PINNED
     if _MALLOC_PINNED:
-        return
-    _MALLOC_PINNED = True
+        return True
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 1 << 20)
-        libc.mallopt(m_trim_threshold, 1 << 20)
+        ok = bool(libc.mallopt(m_mmap_threshold, 1 << 20)) & bool(libc.mallopt(m_trim_threshold, 1 << 20))
     except (OSError, AttributeError):
-        pass
+        return False  # not glibc
+    _MALLOC_PINNED = ok
+    log.debug("glibc malloc thresholds pinned to 1 MiB: %s", ok)
+    return ok
 
 
-def sae_fingerprint(sae: Any) -> dict[str, Any]:
+def _wants_pinned_malloc(pin_malloc: bool | None) -> bool:
+    if pin_malloc is not None:
+        return bool(pin_malloc)
+    return os.environ.get(PIN_MALLOC_ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def sae_fingerprint(sae: SAE) -> dict[str, Any]:
     """Identity of an SAE: its config and a hash of every parameter."""
     digest = hashlib.sha256()
     for name, tensor in sorted(sae.state_dict().items()):
@@ -77,9 +102,9 @@ def _resolve_ctx_len(ctx_len: int | None, adapter: ModelAdapter) -> int:
 
 
 def harvest(
-    sae: Any,
-    model: Any,
-    dataset: Any,
+    sae: SAE,
+    model: SubjectModel,
+    dataset: CorpusLike,
     *,
     n_tokens: int = DEFAULT_N_TOKENS,
     ctx_len: int | None = None,
@@ -98,7 +123,8 @@ def harvest(
     store_dir: str | os.PathLike[str] | None = None,
     checkpoint_every_s: float = 30.0,
     progress: bool = True,
-) -> ActivationStore:
+    pin_malloc: bool | None = None,
+) -> LatentStore:
     """Harvest latent statistics of ``sae`` on ``dataset`` through ``model``.
 
     Args:
@@ -110,6 +136,9 @@ def harvest(
         top_k / n_stratified / n_random_windows: sizes of the kept samples (see ``stats.py``).
         store_dir: folder of the store; default ``~/.cache/sae-lens-autointerp/stores/<key>``.
         checkpoint_every_s: seconds between checkpoints (0 = after every batch).
+        pin_malloc: pin glibc's malloc thresholds for the whole process first (see
+            :func:`pin_malloc_thresholds`: without it peak RSS grows 40-48% over long harvests). Default None:
+            only when ``SAE_AUTOINTERP_PIN_MALLOC=1``; the ``sae-autointerp`` command turns it on.
     """
     if not isinstance(n_tokens, int) or n_tokens < 1:
         raise ConfigError(f"n_tokens must be a positive integer, got {n_tokens!r}")
@@ -135,7 +164,8 @@ def harvest(
             raise ConfigError(f"the token tensor holds ids from {low} to {high}, but this model's vocabulary is "
                               f"0..{vocab - 1}; tokenize with the model's own tokenizer")
     adapter.check_width()
-    _pin_malloc_thresholds()
+    if _wants_pinned_malloc(pin_malloc):
+        pin_malloc_thresholds()
     settings = HarvestSettings(
         n_tokens=n_tokens,
         ctx_len=ctx_len,
@@ -180,7 +210,7 @@ def harvest(
                     "store_dir or delete it"
                 )
             if previous.get("complete"):
-                return ActivationStore(folder)
+                return LatentStore(folder)
         stats = LatentStats(int(sae.cfg.d_sae), settings, device=sae.device)
         checkpoint = checkpoint_meta(folder)
         if checkpoint is not None and checkpoint.get("key") == key and not checkpoint.get("complete"):
@@ -192,7 +222,17 @@ def harvest(
         return _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s, progress)
 
 
-def _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s, progress) -> ActivationStore:  # type: ignore[no-untyped-def]
+def _run(
+    adapter: ModelAdapter,
+    sae: SAE,
+    corpus: CorpusSpec,
+    settings: HarvestSettings,
+    stats: LatentStats,
+    meta: dict[str, Any],
+    folder: Path,
+    checkpoint_every_s: float,
+    progress: bool,
+) -> LatentStore:
     from tqdm.auto import tqdm
 
     ctx = settings.ctx_len
@@ -264,4 +304,4 @@ def _run(adapter, sae, corpus, settings, stats, meta, folder, checkpoint_every_s
     from .store import write_json_atomic
 
     write_json_atomic(folder / "meta.json", seal(folder, meta))
-    return ActivationStore(folder)
+    return LatentStore(folder)

@@ -1,4 +1,5 @@
-"""The activation store on disk: safetensors + JSON + a raw int32 token file (never pickle).
+"""The latent store on disk (:class:`LatentStore`, formerly ``ActivationStore``): safetensors + JSON + a raw
+int32 token file (never pickle).
 
 Layout of a store folder::
 
@@ -20,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -139,8 +141,13 @@ def seal(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-class ActivationStore:
-    """Read access to a finished (or checkpointed) harvest."""
+class LatentStore:
+    """Read access to a finished (or checkpointed) harvest: per-latent statistics, top and sampled examples,
+    the shared pool of random windows, and the corpus tokens they come from.
+
+    Formerly ``ActivationStore`` (one letter away from SAELens's unrelated ``ActivationsStore``); that name
+    still works for one release and warns with a :class:`DeprecationWarning`.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -177,7 +184,7 @@ class ActivationStore:
 
     def __repr__(self) -> str:
         return (
-            f"ActivationStore({str(self.path)!r}, d_sae={self.d_sae}, n_tokens={self.n_tokens}, "
+            f"LatentStore({str(self.path)!r}, d_sae={self.d_sae}, n_tokens={self.n_tokens}, "
             f"complete={self.complete})"
         )
 
@@ -243,9 +250,11 @@ class ActivationStore:
     def window_tokens(self, start_id: int) -> np.ndarray:
         """Tokens [window] starting at global token index ``start_id`` (may start before the sequence)."""
         w, ctx = self.settings.example_len, self.settings.ctx_len
-        seq, pos = divmod(start_id, ctx) if start_id >= 0 else (None, None)
         out = np.full(w, PAD_TOKEN, dtype=np.int32)
-        return out if seq is None else self._fill(out, seq, pos)
+        if start_id < 0:
+            return out
+        seq, pos = divmod(start_id, ctx)
+        return self._fill(out, seq, pos)
 
     def _fill(self, out: np.ndarray, seq: int, start: int) -> np.ndarray:
         ctx = self.settings.ctx_len
@@ -350,3 +359,25 @@ class ActivationStore:
             "mean_l0": float(counts.sum()) / max(self.n_tokens, 1),
             "complete": self.complete,
         }
+
+
+def deprecated_store_alias(module: str, name: str) -> type[LatentStore]:
+    """Module ``__getattr__`` body: ``ActivationStore`` is :class:`LatentStore` under its old name, with a
+    :class:`DeprecationWarning` pointing at the code that asked for it; any other name is missing."""
+    if name == "ActivationStore":
+        warnings.warn(
+            f"{module}.ActivationStore is deprecated and will be removed in the next release: use LatentStore "
+            "(same class, renamed: the old name was one letter away from SAELens's ActivationsStore)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return LatentStore
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    ActivationStore = LatentStore  #: deprecated alias (type checkers see the class; at run time it warns)
+else:
+
+    def __getattr__(name: str) -> type[LatentStore]:
+        return deprecated_store_alias(__name__, name)

@@ -24,13 +24,16 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from .base import BaseClient, classify_from_logprobs
 from .errors import BackendUnavailableError, ContextOverflowError
 from .types import ChatRequest, ChatResponse, ClassifyResult, TokenLogprob, Usage
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_types import ChatCompletionRequestMessage
 
 #: The name the served model answers to (``--model_alias``), and the client name of the embedded one.
 LOCAL_MODEL_ALIAS = "smollm2"
@@ -77,7 +80,8 @@ class _Engine:
     # -- helpers ---------------------------------------------------------------------------------------
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
-        prompt = self.formatter(messages=messages).prompt
+        # plain {role, content} dicts are what llama.cpp's message TypedDicts describe
+        prompt = self.formatter(messages=cast("list[ChatCompletionRequestMessage]", messages)).prompt
         return self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
     def piece(self, token: int) -> bytes:

@@ -145,13 +145,12 @@ class OpenAIClient(BaseClient):
         if state is None:
             import openai
 
-            import httpx
-
             client = openai.AsyncOpenAI(
                 api_key=self._api_key,
                 base_url=self.base_url,
                 max_retries=0,
-                timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+                # the SDK's own Timeout class (httpx's in openai 1.x, httpx2's in 3.x)
+                timeout=openai.Timeout(self.timeout, connect=self.connect_timeout),
                 default_headers=self._default_headers or None,
             )
             state = (asyncio.Semaphore(self.max_concurrency), client)

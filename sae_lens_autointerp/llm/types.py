@@ -9,38 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
-if TYPE_CHECKING:
-    from .usage import UsageTracker
+# ``Usage`` lives with the tracker that sums it (usage.py imports nothing from here, so the two modules
+# form no import cycle); it is re-exported here, where responses carry it.
+from .usage import Usage, UsageTracker
 
 #: A chat message: ``{"role": "system" | "user" | "assistant", "content": "..."}``.
 Message = Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Tokens of one request (or a sum of requests).
-
-    ``cached_tokens`` are prompt tokens the *server* (or the local engine) took from its prefix cache, as
-    reported in OpenAI's ``prompt_tokens_details.cached_tokens``; they are included in ``prompt_tokens``.
-    Responses served from our own response cache are counted separately by :class:`UsageTracker`.
-    """
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.prompt_tokens + other.prompt_tokens,
-            self.completion_tokens + other.completion_tokens,
-            self.cached_tokens + other.cached_tokens,
-        )
 
 
 @dataclass(frozen=True)
@@ -180,7 +156,8 @@ class LLMClient(Protocol):
     :class:`sae_lens_autointerp.llm.BaseClient` and write only ``_chat`` (and optionally ``_classify``).
 
     Both calls take keyword parameters ``temperature``, ``max_tokens``, ``top_p``, ``stop``, ``seed``,
-    ``logprobs``, ``top_logprobs`` (chat) and ``seed`` (classify), plus the labels ``stage`` and ``latent``.
+    ``logprobs``, ``top_logprobs`` (chat) and ``seed`` (classify), plus the labels ``stage`` and ``latent``
+    (an implementation may take them as ``**params``).
     They raise :class:`~sae_lens_autointerp.llm.BudgetExceeded` before sending anything once the budget is
     spent, and other :class:`~sae_lens_autointerp.llm.LLMError` subclasses on transport failures (after
     retries).
@@ -189,13 +166,37 @@ class LLMClient(Protocol):
     name: str
     usage: UsageTracker
 
-    async def chat(self, messages: Sequence[Message], **params: Any) -> ChatResponse: ...
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        temperature: float = ...,
+        max_tokens: int = ...,
+        top_p: float = ...,
+        stop: str | Sequence[str] | None = ...,
+        seed: int | None = ...,
+        logprobs: bool = ...,
+        top_logprobs: int = ...,
+        stage: str = ...,
+        latent: int | None = ...,
+    ) -> ChatResponse: ...
 
     async def classify(
-        self, messages: Sequence[Message], choices: Sequence[str] = ("0", "1"), **params: Any
+        self,
+        messages: Sequence[Message],
+        choices: Sequence[str] = ("0", "1"),
+        *,
+        seed: int | None = ...,
+        stage: str = ...,
+        latent: int | None = ...,
     ) -> ClassifyResult: ...
 
     async def aclose(self) -> None: ...
+
+
+#: What ``llm=`` accepts: ``"local"``, ``"openai:MODEL"``, ``"vllm:MODEL"``, a plugin's ``"prefix:model"``, or a
+#: client object (None where no stage needs an LLM).
+LLMSpec: TypeAlias = "str | LLMClient | None"
 
 
 def normalize_messages(messages: Sequence[Message]) -> tuple[tuple[str, str], ...]:

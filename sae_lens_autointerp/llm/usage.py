@@ -18,9 +18,33 @@ from typing import Any
 
 from ..errors import ConfigError
 from .errors import BudgetExceeded
-from .types import Usage
 
 PER = 1_000_000  # prices are in dollars per million tokens, as providers list them
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens of one request (or a sum of requests).
+
+    ``cached_tokens`` are prompt tokens the *server* (or the local engine) took from its prefix cache, as
+    reported in OpenAI's ``prompt_tokens_details.cached_tokens``; they are included in ``prompt_tokens``.
+    Responses served from our own response cache are counted separately by :class:`UsageTracker`.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+        )
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Awaitable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..llm.types import TokenLogprob
-from ..metrics import Estimate
+from ..metrics import flat as flat  # re-exported: scorers and plugins import it from here
 
 _LIST_RE = re.compile(r"\[([^\[\]]*)\]")
+T = TypeVar("T")
 
 
 def parse_binary_list(text: str, n: int) -> list[bool] | None:
@@ -66,18 +67,12 @@ def parse_int_list(text: str, n: int, low: int = 0, high: int = 10) -> list[int]
     return None
 
 
-def flat(name: str, estimate: Estimate) -> dict[str, float | None]:
-    """``{name: value, name_low: .., name_high: ..}``, JSON-safe, like ``BinaryMetrics.to_dict``."""
-    d = estimate.to_dict()
-    return {name: d["value"], f"{name}_low": d["low"], f"{name}_high": d["high"]}
-
-
-def subsample(examples, n: int | None, rng: np.random.Generator) -> list:  # type: ignore[no-untyped-def]
+def subsample(examples: Iterable[T], n: int | None, rng: np.random.Generator) -> list[T]:
     """``n`` of ``examples`` drawn without replacement, kept in their original order (all when n is None)."""
-    examples = list(examples)
+    items = list(examples)
     if n is None:
-        return examples
-    return [examples[i] for i in sorted(rng.permutation(len(examples))[:n])]
+        return items
+    return [items[i] for i in sorted(rng.permutation(len(items))[:n])]
 
 
 async def gather_or_raise(jobs: Sequence[Awaitable[Any]]) -> list[Any]:

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from ..embedders import DEFAULT_EMBEDDER, embed, load_embedder
+from ..local_lm import LOAD_LOCK, record_usage
+from ..metrics import auc_metrics
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
 from .common import subsample
-from .surprisal import LOAD_LOCK, auc_metrics, record_usage
 
 
 class EmbeddingScorer:

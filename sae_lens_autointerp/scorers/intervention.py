@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..local_lm import continuation_logprobs, load_causal_lm, record_usage
 from ..metrics import aggregate
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample
 from ..steering import NEUTRAL_PROMPTS, Steerer, model_name
 from .common import flat
-from .surprisal import continuation_logprobs, load_causal_lm, record_usage
 
 TEMPLATE = "\n\nThe text above is about"
 

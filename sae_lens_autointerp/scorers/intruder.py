@@ -11,6 +11,7 @@ shown without highlighting. The answer is read from the next-token distribution 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from ..metrics import wilson
 from ..records import Context, Explanation, ScorerOutput, template_id
@@ -39,6 +40,7 @@ class IntruderScorer:
 
     async def score(self, sample: LatentSample, explanation: Explanation | None, ctx: Context) -> ScorerOutput:
         assert ctx.llm is not None, "intruder needs an LLM"
+        llm = ctx.llm
         rng = latent_rng(ctx.seed, sample.latent, self.name)
         k = self.n_examples - 1
         pos = [sample.test_pos[i] for i in rng.permutation(len(sample.test_pos))]
@@ -48,7 +50,7 @@ class IntruderScorer:
         places = rng.integers(self.n_examples, size=n_prompts).tolist()  # drawn up front: order-independent
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def run(p: int) -> dict:
+        async def run(p: int) -> dict[str, Any]:
             shown = pos[p * k : (p + 1) * k]
             where = places[p]
             excerpts = [ctx.renderer.render(e).text.replace("\n", "\\n") for e in shown]
@@ -56,11 +58,12 @@ class IntruderScorer:
             listing = "\n".join(f"{i + 1}. {t}" for i, t in enumerate(excerpts))
             messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Excerpts:\n{listing}\n\n{QUESTION}"}]
             async with gate:
-                res = await ctx.llm.classify(messages, choices=choices, stage=self.name, latent=sample.latent)
-            if not res.ok:
+                res = await llm.classify(messages, choices=choices, stage=self.name, latent=sample.latent)
+            probs = res.probs
+            if probs is None:  # a refusal or an answer that is no excerpt number: a judge failure
                 return {"intruder": where + 1, "answer": None, "probability": None, "prob_source": None,
                         "error": res.error}
-            answer = max(res.probs, key=res.probs.get)
+            answer = max(probs, key=probs.__getitem__)
             prob, source = classify_probability(res, str(where + 1))
             return {"intruder": where + 1, "answer": int(answer), "probability": prob, "prob_source": source,
                     "error": None}

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
+from typing import Any
 
-import numpy as np
-
+from ..llm.types import TokenLogprob
 from ..metrics import correlation
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
+from ..text import RenderedExample
 from .common import flat, gather_or_raise, parse_int_list, subsample
 
 SYSTEM = "You predict, token by token, how strongly a neuron in a language model fires, from a description of it."
@@ -66,12 +68,15 @@ class SimulationScorer:
         rendered = [ctx.renderer.render(e) for e in pos + neg]
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def run(r):  # type: ignore[no-untyped-def]
+        async def run(r: RenderedExample) -> tuple[list[float] | None, str | None, str | None]:
             async with gate:
                 return await self._simulate(ctx, sample.latent, explanation.text, r.tokens)
 
         results = await gather_or_raise([run(r) for r in rendered])
-        predicted, actual, predictions, n_failed = [], [], [], 0
+        predicted: list[float] = []
+        actual: list[float] = []
+        predictions: list[dict[str, Any]] = []
+        n_failed = 0
         for r, (values, error, source) in zip(rendered, results):
             if values is None:
                 n_failed += 1
@@ -83,7 +88,7 @@ class SimulationScorer:
                                 "error": error})
         est = correlation(predicted, actual)
         score = None if not math.isfinite(est.value) else float(est.value)
-        metrics = {**flat("pearson", est), "chance_pearson": 0.0, "n_tokens": len(predicted)}
+        metrics: dict[str, Any] = {**flat("pearson", est), "chance_pearson": 0.0, "n_tokens": len(predicted)}
         if score is None and predicted:
             metrics["notes"] = "pearson undefined: constant predictions or activations (fewer than 4 tokens, or no variance)"
         return ScorerOutput(
@@ -93,12 +98,13 @@ class SimulationScorer:
         )
 
 
-def _expected_values(values: list[int], logprobs) -> list[float]:  # type: ignore[no-untyped-def]
+def _expected_values(values: list[int], logprobs: Sequence[TokenLogprob] | None) -> list[float]:
     """Replace each single-digit prediction by its expected value under the top logprobs, when available."""
     if not logprobs:
         return [float(v) for v in values]
     digit_positions = [t for t in logprobs if t.token.strip().isdigit()]
-    out, j = [], 0
+    out: list[float] = []
+    j = 0
     for v in values:
         # Align the i-th integer with the i-th numeric token; "10" may be one token or two, so stop refining
         # at the first mismatch rather than guess.

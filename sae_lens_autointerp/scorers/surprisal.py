@@ -20,21 +20,28 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..metrics import binary_metrics
+# The local-LM helpers and the AUC summary used to live here; they moved to neutral modules (explainers and
+# other scorers use them too) and stay importable from here under their old names.
+from ..local_lm import LOAD_LOCK as LOAD_LOCK
+from ..local_lm import CausalLM as CausalLM
+from ..local_lm import _load_causal_lm as _load_causal_lm
+from ..local_lm import context_ids as _context_ids
+from ..local_lm import continuation_logprobs as continuation_logprobs
+from ..local_lm import load_causal_lm as load_causal_lm
+from ..local_lm import piece_ids as _piece_ids
+from ..local_lm import record_usage as record_usage
+from ..metrics import auc_metrics as auc_metrics
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
-from .common import flat, subsample
+from .common import subsample
 
 HEADER = "Each excerpt below comes from a longer text and is preceded by a short description of what it contains.\n\n"
 FEW_SHOT: tuple[tuple[str, str], ...] = (
@@ -45,105 +52,6 @@ FEW_SHOT: tuple[tuple[str, str], ...] = (
 NULL_DESCRIPTION = "an excerpt"
 ITEM = "Description: {description}\nExcerpt: {text}\n\n"
 QUERY = "Description: {description}\nExcerpt:"
-
-
-# ---------------------------------------------------------------------------------------- scorer LMs
-
-
-@dataclass
-class CausalLM:
-    """A Hugging Face causal LM, its tokenizer, and the lock that serialises its use across threads."""
-
-    name: str
-    model: Any
-    tokenizer: Any
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def pad_id(self) -> int:
-        for attr in ("pad_token_id", "eos_token_id"):
-            value = getattr(self.tokenizer, attr, None)
-            if value is not None:
-                return int(value)
-        return 0
-
-
-#: Serialises model loading: transformers' loading patches process-global state (meta-device init, skipped
-#: weight init), so two threads loading at once break each other.
-LOAD_LOCK = threading.Lock()
-
-
-def load_causal_lm(name: str | None = None, device: str = "cpu") -> CausalLM:
-    """``None`` / ``"local"`` / ``"embedded"``: the embedded SmolLM2-135M-Instruct (offline); otherwise any
-    ``transformers`` causal LM name or local path. Loaded once per process, float32, eval mode; thread-safe."""
-    with LOAD_LOCK:
-        return _load_causal_lm(name, device)
-
-
-@lru_cache(maxsize=2)
-def _load_causal_lm(name: str | None, device: str) -> CausalLM:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .. import embedded
-
-    if name in (None, "local", "embedded", embedded.MODEL_NAME):
-        path, label = str(embedded.model_dir()), embedded.MODEL_NAME
-    else:
-        path, label = name, name
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
-    except OSError as exc:
-        raise ConfigError(f"could not load the causal LM {name!r}: {exc}") from exc
-    model.eval()
-    return CausalLM(label, model, tokenizer)
-
-
-def _context_ids(lm: CausalLM, text: str) -> list[int]:
-    """Token ids of a prefix, with the tokenizer's own BOS if it adds one."""
-    return list(lm.tokenizer(text, add_special_tokens=True)["input_ids"])
-
-
-def _piece_ids(lm: CausalLM, text: str, max_tokens: int | None = None) -> list[int]:
-    ids = list(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
-    return ids[:max_tokens] if max_tokens else ids
-
-
-@torch.no_grad()
-def continuation_logprobs(
-    lm: CausalLM, contexts: Sequence[str], continuations: Sequence[str], batch_size: int = 8
-) -> tuple[list[float], list[int], int]:
-    """``log P(continuation | context)`` (summed over the continuation's tokens) for each pair.
-
-    Returns (log-probabilities, continuation lengths in tokens, tokens processed). Sequences are
-    context ids + continuation ids (tokenized apart, so the boundary is exact), right-padded in batches."""
-    rows = [(_context_ids(lm, c), _piece_ids(lm, x)) for c, x in zip(contexts, continuations)]
-    out: list[float] = []
-    processed = 0
-    with lm.lock:
-        for i in range(0, len(rows), batch_size):
-            batch = rows[i : i + batch_size]
-            seqs = [c + x for c, x in batch]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), lm.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for j, s in enumerate(seqs):
-                ids[j, : len(s)] = torch.tensor(s)
-                mask[j, : len(s)] = 1
-            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits
-            processed += sum(len(s) for s in seqs)
-            for j, (c, x) in enumerate(batch):
-                if not x:
-                    out.append(0.0)
-                    continue
-                span = logits[j, len(c) - 1 : len(c) + len(x) - 1].float()
-                target = span.gather(-1, torch.tensor(x, device=span.device).unsqueeze(-1)).squeeze(-1)
-                out.append(float((target - torch.logsumexp(span, -1)).sum()))
-    return out, [len(x) for _, x in rows], processed
 
 
 @dataclass
@@ -199,29 +107,6 @@ def example_losses(
             first = -float(prefix.last_logp[x[0]])
             losses[i] = (first + float(nll[j, : len(x) - 1].sum())) / len(x)
     return losses, processed
-
-
-def record_usage(ctx: Context, model: str, stage: str, latent: int, prompt_tokens: int, completion_tokens: int = 0) -> None:
-    """Count local torch work in the run's usage accounting: the LLM client's tracker, else a ``usage``
-    tracker on the context (if the pipeline gives one); without either the counts live in the metrics only."""
-    tracker = getattr(ctx.llm, "usage", None) if ctx.llm is not None else None
-    if tracker is None:
-        tracker = getattr(ctx, "usage", None)
-    if tracker is None:
-        return
-    from ..llm.types import Usage
-
-    tracker.record(model, stage, latent, Usage(prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens)))
-
-
-def auc_metrics(labels: Sequence[bool], values: Sequence[float], rng: np.random.Generator) -> dict[str, Any]:
-    """``auc`` / ``auc_low`` / ``auc_high`` / ``chance_auc`` / ``n_pos`` / ``n_neg`` of ``values`` ranking
-    activating above non-activating examples (non-finite values are counted as failed)."""
-    finite = [v is not None and np.isfinite(v) for v in values]
-    m = binary_metrics(labels, [True if ok else None for ok in finite],
-                       [float(v) if ok else None for v, ok in zip(values, finite)], rng=rng)
-    return {**flat("auc", m.auc), "chance_auc": 0.5, "n_pos": m.n_pos, "n_neg": m.n_neg, "notes": "; ".join(
-        n for n in m.notes if n.startswith("auc"))}
 
 
 # ---------------------------------------------------------------------------------------- the scorer

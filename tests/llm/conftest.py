@@ -4,6 +4,7 @@ and stopped by PID (process group), with every wait bounded; and a fresh respons
 from __future__ import annotations
 
 import pytest
+
 from llm_fakes import free_port
 from llm_servers import (
     INSTALL_HINT,

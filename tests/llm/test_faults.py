@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from llm_fakes import FaultServer, free_port
 from sae_lens_autointerp.llm import (
     AuthenticationError,
     BudgetExceeded,
@@ -20,8 +21,6 @@ from sae_lens_autointerp.llm import (
     UsageTracker,
     get_client,
 )
-
-from llm_fakes import FaultServer, free_port
 
 MSG = [{"role": "user", "content": "Is this about months? Answer 0 or 1."}]
 KEY = "sk-test-SECRET-0123456789"

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from llm_fakes import FaultServer, free_port
 
+from llm_fakes import FaultServer, free_port
 from sae_lens_autointerp.llm import BaseClient, ChatRequest, ChatResponse, LLMConnectionError, Usage
 from sae_lens_autointerp.llm.openai_client import OpenAIClient
 from sae_lens_autointerp.sampling import SamplingConfig

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+
 from llm_servers import run_in_vllm_venv
 
 SCRIPT = r'''

@@ -7,7 +7,14 @@ from typing import Any
 from sae_lens_autointerp.records import Context, Explanation
 from sae_lens_autointerp.sampling import LatentSample
 
-from .protocol import GENERATION_PROMPT_ID, SAEBenchConfig, generation_messages, parse_explanation, render, select_examples
+from .protocol import (
+    GENERATION_PROMPT_ID,
+    SAEBenchConfig,
+    generation_messages,
+    parse_explanation,
+    render,
+    select_examples,
+)
 
 
 class SAEBenchExplainer:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from sae_lens_autointerp.harvest.store import PAD_TOKEN, ActivationStore, Example
+from sae_lens_autointerp.harvest.store import PAD_TOKEN, Example, LatentStore
 from sae_lens_autointerp.records import template_id
 from sae_lens_autointerp.sampling import latent_rng
 from sae_lens_autointerp.text import Renderer
@@ -133,7 +133,7 @@ class BenchSet:
 
 
 def select_examples(
-    store: ActivationStore,
+    store: LatentStore,
     latent: int,
     seed: int,
     config: SAEBenchConfig,
@@ -234,7 +234,7 @@ def _weighted_draw(pool: Sequence[Example], k: int, power: float, rng: np.random
     return [pool[int(i)] for i in chosen]
 
 
-def _window(store: ActivationStore, ex: Example, buffer: int) -> tuple[np.ndarray, np.ndarray]:
+def _window(store: LatentStore, ex: Example, buffer: int) -> tuple[np.ndarray, np.ndarray]:
     """Tokens ``[peak - buffer, peak + buffer]`` and the latent's activations on them (NaN where unknown)."""
     s = store.settings
     width = 2 * buffer + 1

@@ -11,7 +11,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 
-
 N_DOCS, CTX_LEN = 40, 128
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sae_autointerp_saebench import SAEBenchConfig, parse_explanation, parse_predictions, select_examples
+from sae_autointerp_saebench.protocol import BenchExample, _weighted_draw, render
 from sae_lens_autointerp.harvest.store import Example
 from sae_lens_autointerp.sampling import chunk_key
 from sae_lens_autointerp.text import Renderer
-from sae_autointerp_saebench import SAEBenchConfig, parse_explanation, parse_predictions, select_examples
-from sae_autointerp_saebench.protocol import BenchExample, _weighted_draw, render
 
 CFG = SAEBenchConfig()
 
