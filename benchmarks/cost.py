@@ -121,15 +121,15 @@ def main() -> None:
 
     def tally(calls: list[tuple[str, list[dict], str]], records: list[dict]) -> dict[str, int]:
         d = {"prompt": 0, "completion": 0, "requests": 0, "judgments": 0}
-        for stage, messages, answer in calls:
+        for _stage, messages, answer in calls:
             d["prompt"] += count(messages)
             d["completion"] += count_text(answer)
             d["requests"] += 1
         # judgments = examples judged (main and control), from the records, whatever the answers looked like
         for r in records:
-            for name, out in (r.get("scores") or {}).items():
+            for out in (r.get("scores") or {}).values():
                 d["judgments"] += int(out.get("n_examples") or 0)
-            for name, out in (r.get("controls") or {}).items():
+            for out in (r.get("controls") or {}).values():
                 d["judgments"] += int(out.get("n_examples") or 0)
         return d
 

@@ -7,6 +7,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .harvest.store import LatentStore
+    from .results import ScoreResult
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -60,7 +66,7 @@ def _parse_latents(text: str | None) -> list[int] | None:
 
     if not text:
         return None
-    out = []
+    out: list[int] = []
     try:
         for part in text.split(","):
             part = part.strip()
@@ -74,7 +80,7 @@ def _parse_latents(text: str | None) -> list[int] | None:
     return out
 
 
-def _parse_prices(text: str | None) -> dict | None:  # type: ignore[type-arg]
+def _parse_prices(text: str | None) -> dict[str, Any] | None:
     from .errors import ConfigError
 
     if not text:
@@ -88,7 +94,7 @@ def _parse_prices(text: str | None) -> dict | None:  # type: ignore[type-arg]
     return prices
 
 
-def pick_latents(store, n: int, min_examples: int = 20, max_frequency: float = 0.1) -> list[int]:  # type: ignore[no-untyped-def]
+def pick_latents(store: LatentStore, n: int, min_examples: int = 20, max_frequency: float = 0.1) -> list[int]:
     """``n`` latents spread over the frequency range, among those with enough examples to explain and test."""
     counts = store.stats["n_fire_examples"]
     freq = store.frequency
@@ -99,7 +105,7 @@ def pick_latents(store, n: int, min_examples: int = 20, max_frequency: float = 0
     return [ok[int(round(j * (len(ok) - 1) / max(n - 1, 1)))] for j in range(n)]
 
 
-def _finish(result, out_dir: Path) -> int:  # type: ignore[no-untyped-def]
+def _finish(result: ScoreResult, out_dir: Path) -> int:
     from .report import text_report, write_html
 
     print(text_report(result))
@@ -108,7 +114,7 @@ def _finish(result, out_dir: Path) -> int:  # type: ignore[no-untyped-def]
     return _exit_code(result)
 
 
-def _exit_code(result) -> int:  # type: ignore[no-untyped-def]
+def _exit_code(result: ScoreResult) -> int:
     """0 when every latent finished; 1 when some are incomplete (the backend failed, the budget ran out)."""
     if result.stopped:
         print(f"stopped early: {result.stopped}", file=sys.stderr)
@@ -167,7 +173,7 @@ SOURCE_DEFAULTS = {"sae": "embedded", "sae_id": None, "model": "embedded", "mode
                    "dataset": "embedded", "text_column": "text", "split": "train"}
 
 
-def _run_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _run_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
     """The RunConfig of ``sae-autointerp run``, and where its SAE / model / data come from: from ``--config``
     (a RunConfig file or an earlier run's run.json), else from the flags. With ``--config``, only the flags
     given explicitly override it (``--out``, ``--latents``, ``--llm``, ``--base-url``, ``--concurrency``)."""
@@ -181,9 +187,9 @@ def _run_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         run_json = path / "run.json" if path.is_dir() else path
         saved = json.loads(run_json.read_text()).get("source") or {}
         source = {**SOURCE_DEFAULTS, **saved, **explicit}
-        changes: dict = {}  # type: ignore[type-arg]
+        changes: dict[str, Any] = {}
         if args.latents:
-            changes["latents"] = _parse_latents(args.latents)
+            changes["latents"] = tuple(_parse_latents(args.latents) or ())
         if args.llm is not None:
             changes["llm"] = args.llm
         if args.base_url:
@@ -195,7 +201,7 @@ def _run_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         return cfg.with_(**changes), source
     source = {**SOURCE_DEFAULTS, **explicit}
     cfg = RunConfig(
-        latents=_parse_latents(args.latents), llm=args.llm or "local",
+        latents=None if args.latents is None else tuple(_parse_latents(args.latents) or ()), llm=args.llm or "local",
         llm_kwargs={"base_url": args.base_url} if args.base_url else {}, explainer=args.explainer,
         scorers=tuple(s for s in args.scorers.split(",") if s), out_dir=args.out or "autointerp-out",
         concurrency=args.concurrency or 4, budget_tokens=args.budget_tokens, budget_dollars=args.budget_dollars,

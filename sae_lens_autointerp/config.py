@@ -44,6 +44,17 @@ def _number(value: Any, name: str, *, low: float | None = None, optional: bool =
         raise ConfigError(f"{name} must be >= {low}, got {value!r}")
 
 
+def _plain(value: Any) -> Any:
+    """Paths as strings (so options like ``llm_kwargs={"cache": Path(...)}`` survive the JSON round trip)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
 def _json_ready(value: Any, name: str) -> None:
     try:
         json.dumps(value)
@@ -144,14 +155,14 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{name} must be a dict, got {type(value).__name__}")
-            set_(self, name, dict(value))
+            set_(self, name, _plain(dict(value)))
         for scorer, kwargs in self.scorer_kwargs.items():
             if not isinstance(kwargs, Mapping):
                 raise ConfigError(f"scorer_kwargs[{scorer!r}] must be a dict of that scorer's options, got {kwargs!r}")
         if self.explanations is not None:
             if not isinstance(self.explanations, Mapping):
                 raise ConfigError("explanations must map latent -> text")
-            texts = {}
+            texts: dict[int, str] = {}
             for latent, text in self.explanations.items():
                 key = int(latent) if isinstance(latent, str) and latent.isdigit() else latent
                 if isinstance(key, bool) or not isinstance(key, numbers.Integral) or key < 0:

@@ -35,17 +35,17 @@ from .controls import (
     RelabelledClient,
     check_fraction,
     choose_control,
-    fraction_for,
     control_explanation,
     control_sample,
+    fraction_for,
 )
 from .errors import ConfigError, PluginError
-from .harvest.store import ActivationStore
+from .harvest.store import LatentStore
 from .llm import BudgetExceeded, LLMError, UsageTracker
 from .locks import folder_lock
 from .paths import cache_dir
-from .registry import get_client, get_registry
 from .records import PROMPT_VERSION, Context, Explanation, ScorerOutput
+from .registry import get_client, get_registry
 from .results import ResultsFile, ScoreResult, _json_default
 from .sampling import LatentSample, SamplingConfig, sample_latent
 from .text import Renderer
@@ -99,7 +99,7 @@ def coerce_explanations(explanations: Mapping[int, Any] | None, d_sae: int | Non
         return None
     if not isinstance(explanations, Mapping):
         raise ConfigError(f"explanations must map latent -> str or Explanation, got {type(explanations).__name__}")
-    out = {}
+    out: dict[int, Explanation] = {}
     for latent, value in explanations.items():
         if isinstance(latent, bool) or not isinstance(latent, numbers.Integral):
             raise ConfigError(f"explanations keys are latent indices (integers), got {latent!r}")
@@ -243,7 +243,7 @@ def build_config(config: RunConfig | None, options: Mapping[str, Any]) -> tuple[
         raise ConfigError(f"bad run option: {exc}") from None
 
 
-def preflight(sae: Any, model: Any, config: RunConfig, *, store: ActivationStore | None = None, llm: Any = None,
+def preflight(sae: Any, model: Any, config: RunConfig, *, store: LatentStore | None = None, llm: Any = None,
               explanations: Mapping[int, Any] | None = None) -> _Plan:
     """Check everything about a run that can be checked without a harvest or an LLM call, and resolve the
     plugins: a bad input fails in a second, before any expensive work (the CLI calls this before it
@@ -303,7 +303,7 @@ def run(
     dataset: Any = None,
     *,
     config: RunConfig | None = None,
-    store: ActivationStore | None = None,
+    store: LatentStore | None = None,
     latents: Iterable[int] | int | None = UNSET,
     llm: Any = UNSET,
     explainer: str | None = UNSET,
@@ -470,29 +470,40 @@ class _Runner:
                 continue
             if self.stopped:
                 break
-            prepared: dict[int, _Prepared] = {}
-
-            async def prepare(latent: int) -> None:
-                item = await self._prepare(latent, partial.get(latent))
-                if item is not None:
-                    prepared[latent] = item
-
-            await _bounded(todo, prepare, concurrency, lambda: self.stopped is not None)
-            pool = {lat: _usable_text(done[lat].get("explanation")) for lat in block if lat in done}
-            pool.update({lat: p.explanation.text for lat, p in prepared.items()
-                         if p.explanation is not None and not p.explanation.failed})
-            pool = {k: v for k, v in pool.items() if v}
-
-            async def finish(latent: int) -> None:
-                await self._finish(latent, prepared[latent], pool)
-
-            await _bounded([lat for lat in todo if lat in prepared], finish, concurrency, lambda: self.stopped is not None)
+            prepared = await self._prepare_block(todo, partial, concurrency)
+            texts = {lat: _usable_text(done[lat].get("explanation")) for lat in block if lat in done}
+            texts.update({lat: p.explanation.text for lat, p in prepared.items()
+                          if p.explanation is not None and not p.explanation.failed})
+            pool: dict[int, str] = {k: v for k, v in texts.items() if v}
+            await self._finish_block(prepared, [lat for lat in todo if lat in prepared], pool, concurrency)
         for latent in todo_total:
             if latent not in self.fresh and latent not in self.incomplete:
                 self.incomplete[latent] = f"not started: {self.stopped}" if self.stopped else "not started"
         self._bar.close()
         merged = {**done, **self.fresh}
         return [merged[lat] for lat in latents if lat in merged], self.stopped
+
+    async def _prepare_block(self, todo: list[int], partial: dict[int, dict[str, Any]],
+                             concurrency: int) -> dict[int, _Prepared]:
+        """Sample and explain a block's latents (what a latent finished before is reused)."""
+        prepared: dict[int, _Prepared] = {}
+
+        async def prepare(latent: int) -> None:
+            item = await self._prepare(latent, partial.get(latent))
+            if item is not None:
+                prepared[latent] = item
+
+        await _bounded(todo, prepare, concurrency, lambda: self.stopped is not None)
+        return prepared
+
+    async def _finish_block(self, prepared: dict[int, _Prepared], latents: list[int], pool: dict[int, str],
+                            concurrency: int) -> None:
+        """Score a block's latents and their controls (control explanations from ``pool``)."""
+
+        async def finish(latent: int) -> None:
+            await self._finish(latent, prepared[latent], pool)
+
+        await _bounded(latents, finish, concurrency, lambda: self.stopped is not None)
 
     # ------------------------------------------------------------------ per latent
 
@@ -529,9 +540,8 @@ class _Runner:
             self._write({**self._base(latent, sample), "skipped": sample.skipped})
             return None
         if partial is not None and partial.get("explanation") is not None:
-            explanation = _explanation_from(partial["explanation"])
-            return _Prepared(sample, explanation, dict(partial.get("scores") or {}), dict(partial.get("controls") or {}))
-        explanation = None
+            return _Prepared(sample, _explanation_from(partial["explanation"]), dict(partial.get("scores") or {}), dict(partial.get("controls") or {}))
+        explanation: Explanation | None = None
         if self.given is not None:
             explanation = self.given.get(latent)
             if explanation is None:
@@ -579,9 +589,8 @@ class _Runner:
         if failure is not None:
             self._failed(latent, record, failure)
             return
-        record["usage"] = {
-            stage: totals.as_dict() for (stage, lat), totals in self.ctx.usage.by_latent().items() if lat == latent
-        }
+        usage = self.ctx.usage.by_latent() if self.ctx.usage is not None else {}
+        record["usage"] = {stage: totals.as_dict() for (stage, lat), totals in usage.items() if lat == latent}
         record["seconds"] = round(time.perf_counter() - start, 3)
         self._write(record)
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import ConfigError
-from .harvest.store import ActivationStore, Example
+from .harvest.store import Example, LatentStore
 from .spans import SpanSet
 
 ExplainStrategy = Literal["quantiles", "top", "random"]
@@ -103,7 +103,7 @@ def chunk_key(example: Example, settings: Any) -> tuple[int, int]:
     return seq, pos // settings.example_len
 
 
-def sample_latent(store: ActivationStore, latent: int, config: SamplingConfig, negatives: Any = None) -> LatentSample:
+def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negatives: Any = None) -> LatentSample:
     """``negatives``: a :class:`~sae_lens_autointerp.negatives.NegativeSource` (default: random pool windows)."""
     latent = store.check_latent(latent)
     settings = store.settings
@@ -172,7 +172,7 @@ def sample_latent(store: ActivationStore, latent: int, config: SamplingConfig, n
                 excluded_pos += 1
                 continue
             free.append(i)
-        take = rng.permutation(free)[: per_test[q]] if free else []
+        take = rng.permutation(free)[: per_test[q]] if free else np.empty(0, dtype=np.int64)
         test_pos.extend(pool[i] for i in sorted(take))
     if negatives is None:
         from .negatives import RandomNegatives
@@ -193,7 +193,7 @@ def sample_latent(store: ActivationStore, latent: int, config: SamplingConfig, n
     )
 
 
-def activating_spans(store: ActivationStore, latent: int) -> SpanSet:
+def activating_spans(store: LatentStore, latent: int) -> SpanSet:
     """The spans of every stored firing example of ``latent`` (its exact top list and its uniform sample)."""
     return SpanSet(store.example_spans(latent))
 

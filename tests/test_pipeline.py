@@ -8,14 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import sae_lens_autointerp as sai
+from sae_factories import make_sae
 from sae_lens_autointerp.errors import ConfigError, UnknownPluginItemError
 from sae_lens_autointerp.llm import UsageTracker
-from sae_lens_autointerp.records import Context
 from sae_lens_autointerp.sampling import SamplingConfig, activating_spans, chunk_key, sample_latent
 from sae_lens_autointerp.text import Renderer
 from scripted_llm import ScriptedClient, distinct, sensible
-from sae_factories import make_sae
 
 SMALL = SamplingConfig(n_explain=10, n_test_pos=10, n_test_neg=10, min_activating=10)
 

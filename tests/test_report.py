@@ -15,7 +15,7 @@ def _crafted(folder):
         "run_key": "k", "latent": 3, "stats": {"frequency": 0.01},
         "explanation": {"latent": 3, "text": f"months {EVIL} {ANSI}", "explainer": "x", "failed": False},
         "scores": {
-            f"<img src=x onerror=alert(2)>": {"score": 0.7, "low": 0.5, "high": 0.9, "metric": "auc", "chance": 0.5,
+            "<img src=x onerror=alert(2)>": {"score": 0.7, "low": 0.5, "high": 0.9, "metric": "auc", "chance": 0.5,
                                               "n_examples": 10, "n_failed": 0, "error": None},
             "detection": {"score": None, "n_examples": 0, "n_failed": 0, "error": f"crashed: {EVIL}"},
         },

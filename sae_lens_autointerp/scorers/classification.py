@@ -207,9 +207,9 @@ class ClassificationScorer:
             why = ("needs one example per prompt" if self.examples_per_prompt > 1 else "calibrate=False"
                    if not self.calibrate else "the backend gave no graded probabilities")
             return {"balanced_accuracy_calibrated": None, "calibration": f"not computed: {why}"}
-        threshold, why = content_free
+        threshold, reason = content_free
         if threshold is None:
-            return {"balanced_accuracy_calibrated": None, "calibration": f"not computed: {why}"}
+            return {"balanced_accuracy_calibrated": None, "calibration": f"not computed: {reason}"}
         decided = [None if a is None or g is None else g >= threshold for a, g in zip(answered, graded)]
         cal = binary_metrics(labels, decided, rng=rng).balanced_accuracy
         return {
