@@ -57,12 +57,20 @@ class Recorder:
 
 def load_delphi(path: Path):  # type: ignore[no-untyped-def]
     if not (path / "delphi").is_dir():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(path), "eai-delphi"], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(path), "eai-delphi"], check=True
+        )
     # Import only the prompt modules (plain strings and functions), not delphi's heavy package __init__s.
     import types
 
-    for pkg in ("delphi", "delphi.explainers", "delphi.explainers.default", "delphi.scorers", "delphi.scorers.classifier",
-                "delphi.scorers.classifier.prompts"):
+    for pkg in (
+        "delphi",
+        "delphi.explainers",
+        "delphi.explainers.default",
+        "delphi.scorers",
+        "delphi.scorers.classifier",
+        "delphi.scorers.classifier.prompts",
+    ):
         mod = types.ModuleType(pkg)
         mod.__path__ = [str(path / pkg.replace(".", "/"))]
         sys.modules[pkg] = mod
@@ -102,7 +110,9 @@ def main() -> None:
 
     model = sai.embedded.load_model()
     sae = sai.embedded.load_sae()
-    store = sae.autointerp.harvest(model, sai.embedded.load_corpus(), n_tokens=args.n_tokens, ctx_len=128, progress=False)
+    store = sae.autointerp.harvest(
+        model, sai.embedded.load_corpus(), n_tokens=args.n_tokens, ctx_len=128, progress=False
+    )
     latents = pick_latents(store, args.n_latents, min_examples=100)
     sampling = SamplingConfig()
     scorers = ["detection", "fuzzing"]
@@ -112,9 +122,19 @@ def main() -> None:
         client = Recorder(get_client("local", cache=False))
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            result = sae.autointerp.run(model, store=store, latents=latents, llm=client, scorers=scorers,
-                                        scorer_kwargs={s: kw for s in scorers}, sampling=sampling, out_dir=out,
-                                        progress=False, concurrency=1, controls=controls)
+            result = sae.autointerp.run(
+                model,
+                store=store,
+                latents=latents,
+                llm=client,
+                scorers=scorers,
+                scorer_kwargs={s: kw for s in scorers},
+                sampling=sampling,
+                out_dir=out,
+                progress=False,
+                concurrency=1,
+                controls=controls,
+            )
             wall = time.perf_counter() - start
         asyncio.run(client.aclose())
         return result, client, wall
@@ -167,15 +187,21 @@ def main() -> None:
 
     n = len(result.records)
     failed = sum(bool((r.get("explanation") or {}).get("failed")) for r in result.records)
-    print(f"{failed} of {n} explanations failed (the 135M model): their latents are explained, not scored, on both sides")
-    print(f"{n} latents {latents}, default sampling (40 explain; detection 50+50; fuzzing 50+50), "
-          f"ours with examples_per_prompt={args.examples_per_prompt}; tokens counted with SmolLM2's chat template")
+    print(
+        f"{failed} of {n} explanations failed (the 135M model): their latents are explained, not scored, on both sides"
+    )
+    print(
+        f"{n} latents {latents}, default sampling (40 explain; detection 50+50; fuzzing 50+50), "
+        f"ours with examples_per_prompt={args.examples_per_prompt}; tokens counted with SmolLM2's chat template"
+    )
     if ours["judgments"] != delphi["judgments"]:
         raise SystemExit(f"not like for like: ours made {ours['judgments']} judgments, delphi {delphi['judgments']}")
     for name, d in (("ours", ours), ("delphi", delphi)):
         total = d["prompt"] + d["completion"]
-        print(f"{name:>7}: {d['prompt'] / n:9.0f} prompt + {d['completion'] / n:6.0f} completion tokens per latent "
-              f"({total / n:9.0f} total, {d['requests'] / n:.0f} requests, {d['judgments'] / n:.0f} judgments)")
+        print(
+            f"{name:>7}: {d['prompt'] / n:9.0f} prompt + {d['completion'] / n:6.0f} completion tokens per latent "
+            f"({total / n:9.0f} total, {d['requests'] / n:.0f} requests, {d['judgments'] / n:.0f} judgments)"
+        )
     ratio = (ours["prompt"] + ours["completion"]) / (delphi["prompt"] + delphi["completion"])
     print(f"ratio ours / delphi, same judgments on the same texts: {ratio:.2f}x  (goal <= 0.5x)")
     print(f"wall time with the local backend: {wall / n:.1f} s per latent (explain + detection + fuzzing)")
@@ -183,11 +209,13 @@ def main() -> None:
         result2, client2, wall2 = run_ours(controls=True, calibrate=True)
         full = tally(client2.calls, result2.records)
         extra = (full["prompt"] + full["completion"]) / (ours["prompt"] + ours["completion"]) - 1
-        print(f"with our defaults (controls on 20% of the examples + calibration): "
-              f"{(full['prompt'] + full['completion']) / n:9.0f} tokens per latent ({full['judgments'] / n:.0f} "
-              f"judgments): +{extra:.0%} for the control and the judge check; ratio to delphi "
-              f"{(full['prompt'] + full['completion']) / (delphi['prompt'] + delphi['completion']):.2f}x; "
-              f"{wall2 / n:.1f} s per latent")
+        print(
+            f"with our defaults (controls on 20% of the examples + calibration): "
+            f"{(full['prompt'] + full['completion']) / n:9.0f} tokens per latent ({full['judgments'] / n:.0f} "
+            f"judgments): +{extra:.0%} for the control and the judge check; ratio to delphi "
+            f"{(full['prompt'] + full['completion']) / (delphi['prompt'] + delphi['completion']):.2f}x; "
+            f"{wall2 / n:.1f} s per latent"
+        )
 
 
 if __name__ == "__main__":

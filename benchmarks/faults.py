@@ -50,9 +50,18 @@ def run_once(sae, model, store, latents, base_url, out, **kw):
 
     client = OpenAIClient("fake-model", base_url=base_url, timeout=5.0, cache=out / "cache", backoff_max=0.5)
     start = time.perf_counter()
-    result = sae.score(model, store=store, explanations={lat: f"explanation {lat}" for lat in latents},
-                       scorers=["detection"], llm=client, sampling={"n_explain": 8, "n_test_pos": 5, "n_test_neg": 5},
-                       out_dir=out, progress=False, concurrency=2, **kw)
+    result = sae.score(
+        model,
+        store=store,
+        explanations={lat: f"explanation {lat}" for lat in latents},
+        scorers=["detection"],
+        llm=client,
+        sampling={"n_explain": 8, "n_test_pos": 5, "n_test_neg": 5},
+        out_dir=out,
+        progress=False,
+        concurrency=2,
+        **kw,
+    )
     return result, time.perf_counter() - start, client
 
 
@@ -69,11 +78,16 @@ def outage(name, script, sae, model, store, latents, root: Path):
     after = finished(out)
     redone = {r["latent"] for r in lines(out)[before_lines:] if not r.get("incomplete")}
     return {
-        "fault": name, "seconds to a clear failure": round(seconds, 1),
+        "fault": name,
+        "seconds to a clear failure": round(seconds, 1),
         "stopped by the breaker": bool(result.stopped and "in a row" in result.stopped),
-        "finished before": len(done_before), "incomplete": len(result.incomplete),
-        "lost": len(done_before - after), "redone on rerun": len(redone & done_before),
-        "finished on rerun": len(redone), "rerun requests": rerun_requests, "complete after rerun": after == set(latents),
+        "finished before": len(done_before),
+        "incomplete": len(result.incomplete),
+        "lost": len(done_before - after),
+        "redone on rerun": len(redone & done_before),
+        "finished on rerun": len(redone),
+        "rerun requests": rerun_requests,
+        "complete after rerun": after == set(latents),
     }
 
 
@@ -97,8 +111,19 @@ def killed(sae, model, store, latents, root: Path):
     out = root / "kill -9 mid-run"
     port = free_port()
     with FaultServer(delay=0.05, port=port) as server:
-        proc = subprocess.Popen([sys.executable, "-c", KILLED, str(store.path), str(out), ",".join(map(str, latents)),
-                                 str(Path(__file__).parent), server.base_url], stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                KILLED,
+                str(store.path),
+                str(out),
+                ",".join(map(str, latents)),
+                str(Path(__file__).parent),
+                server.base_url,
+            ],
+            stderr=subprocess.DEVNULL,
+        )
         start = time.perf_counter()
         while len(finished(out)) < len(latents) // 2 and proc.poll() is None:
             time.sleep(0.05)
@@ -112,10 +137,18 @@ def killed(sae, model, store, latents, root: Path):
         rerun_requests = healthy.count
     after = finished(out)
     redone = {r["latent"] for r in lines(out)[before_lines:] if not r.get("incomplete")}
-    return {"fault": "kill -9 mid-run", "seconds to a clear failure": round(seconds, 1), "stopped by the breaker": None,
-            "finished before": len(done_before), "incomplete": len(latents) - len(done_before),
-            "lost": len(done_before - after), "redone on rerun": len(redone & done_before),
-            "finished on rerun": len(redone), "rerun requests": rerun_requests, "complete after rerun": after == set(latents)}
+    return {
+        "fault": "kill -9 mid-run",
+        "seconds to a clear failure": round(seconds, 1),
+        "stopped by the breaker": None,
+        "finished before": len(done_before),
+        "incomplete": len(latents) - len(done_before),
+        "lost": len(done_before - after),
+        "redone on rerun": len(redone & done_before),
+        "finished on rerun": len(redone),
+        "rerun requests": rerun_requests,
+        "complete after rerun": after == set(latents),
+    }
 
 
 def main() -> None:
@@ -133,19 +166,36 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for name, action in (("server dies (connections dropped)", "drop"), ("HTTP 500", "500"),
-                             ("hanging server", "hang"), ("empty choices", "empty"), ("malformed JSON", "nonjson")):
+        for name, action in (
+            ("server dies (connections dropped)", "drop"),
+            ("HTTP 500", "500"),
+            ("hanging server", "hang"),
+            ("empty choices", "empty"),
+            ("malformed JSON", "nonjson"),
+        ):
             rows.append(outage(name, ["ok"] * N_OK + [action] * 100_000, sae, model, store, latents, root))
         rows.append(killed(sae, model, store, latents, root))
         port = free_port()
         result, seconds, _ = run_once(sae, model, store, latents, f"http://127.0.0.1:{port}/v1", root / "dead")
-        rows.append({"fault": "dead from the start", "seconds to a clear failure": round(seconds, 1),
-                     "stopped by the breaker": bool(result.stopped), "finished before": 0,
-                     "incomplete": len(result.incomplete), "lost": 0, "redone on rerun": 0, "finished on rerun": None,
-                     "rerun requests": None, "complete after rerun": None})
+        rows.append(
+            {
+                "fault": "dead from the start",
+                "seconds to a clear failure": round(seconds, 1),
+                "stopped by the breaker": bool(result.stopped),
+                "finished before": 0,
+                "incomplete": len(result.incomplete),
+                "lost": 0,
+                "redone on rerun": 0,
+                "finished on rerun": None,
+                "rerun requests": None,
+                "complete after rerun": None,
+            }
+        )
     with pd.option_context("display.width", 250, "display.max_columns", 20):
-        print(f"{len(latents)} latents, detection on 5 + 5 examples each (+ controls), concurrency 2, "
-              f"first {N_OK} requests answered, read timeout 5 s")
+        print(
+            f"{len(latents)} latents, detection on 5 + 5 examples each (+ controls), concurrency 2, "
+            f"first {N_OK} requests answered, read timeout 5 s"
+        )
         print(pd.DataFrame(rows).to_string(index=False))
 
 

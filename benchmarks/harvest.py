@@ -116,8 +116,11 @@ def calibrate(model, sae, tokens: torch.Tensor, density: float) -> dict:
         sae.W_enc.copy_(w)
         sae.b_enc.copy_(-cut)
         fired = (sae.encode(x) > 0).float().mean().item()
-    return {"residual_norm": x.norm(dim=-1).median().item(), "fired": fired,
-            "b_enc_sum": float(sae.b_enc.detach().double().sum())}
+    return {
+        "residual_norm": x.norm(dim=-1).median().item(),
+        "fired": fired,
+        "b_enc_sum": float(sae.b_enc.detach().double().sum()),
+    }
 
 
 def setup(args: argparse.Namespace):
@@ -132,8 +135,10 @@ def setup(args: argparse.Namespace):
 def save_inputs(folder: str, sae, tokens: torch.Tensor) -> None:
     """What the child processes share with the parent, so each gets the same SAE and tokens without
     re-tokenizing or calibrating (a calibration forward would count in their peak RSS)."""
-    torch.save({"tokens": tokens, "sae": {k: v.detach() for k, v in sae.state_dict().items()}},
-               os.path.join(folder, "inputs.pt"))
+    torch.save(
+        {"tokens": tokens, "sae": {k: v.detach() for k, v in sae.state_dict().items()}},
+        os.path.join(folder, "inputs.pt"),
+    )
 
 
 def load_inputs(args: argparse.Namespace, n_tokens: int, d_in: int):
@@ -166,7 +171,8 @@ def check_delphi_hook(model, hook: str, tokens: torch.Tensor) -> tuple[str, floa
     hf = AutoModelForCausalLM.from_pretrained(sai.embedded.model_dir(), dtype=torch.float32).eval()
     got = []
     hf.get_submodule(hookpoint).register_forward_hook(
-        lambda mod, inp, out: got.append(out[0] if isinstance(out, tuple) else out))
+        lambda mod, inp, out: got.append(out[0] if isinstance(out, tuple) else out)
+    )
     with torch.inference_mode():
         hf(tokens)
     diff = (got[0] - expected).abs().max().item() / expected.abs().max().item()
@@ -183,8 +189,11 @@ def delphi_hookpoint(hook: str) -> str:
     layer, kind = int(match.group(1)), match.group(2)
     if kind == "resid_pre":
         return "model.embed_tokens" if layer == 0 else f"model.layers.{layer - 1}"
-    return {"resid_post": f"model.layers.{layer}", "mlp_out": f"model.layers.{layer}.mlp",
-            "attn_out": f"model.layers.{layer}.self_attn"}[kind]
+    return {
+        "resid_post": f"model.layers.{layer}",
+        "mlp_out": f"model.layers.{layer}.mlp",
+        "attn_out": f"model.layers.{layer}.self_attn",
+    }[kind]
 
 
 def token_batches(model, sae, n_tokens: int, ctx: int):
@@ -194,8 +203,14 @@ def token_batches(model, sae, n_tokens: int, ctx: int):
 
     adapter = ModelAdapter(model, sae)
     seqs = []
-    for seq in iter_sequences(resolve_corpus(sai.embedded.load_corpus()), model.tokenizer, ctx_len=ctx, prepend_bos=True,
-                              bos_id=adapter.bos_token_id(), separator_id=adapter.separator_token_id()):
+    for seq in iter_sequences(
+        resolve_corpus(sai.embedded.load_corpus()),
+        model.tokenizer,
+        ctx_len=ctx,
+        prepend_bos=True,
+        bos_id=adapter.bos_token_id(),
+        separator_id=adapter.separator_token_id(),
+    ):
         if len(seq) == ctx:
             seqs.append(seq)
         if len(seqs) * ctx >= n_tokens:
@@ -224,8 +239,16 @@ def ours(model, sae, tokens: torch.Tensor, batch: int) -> dict[str, float]:
     try:
         start = clocks()
         # pin_malloc: as the CLI runs it (the README's RSS numbers); a library call leaves malloc alone
-        sae.autointerp.harvest(model, tokens, n_tokens=tokens.numel(), ctx_len=tokens.shape[1], batch_size=batch,
-                               store_dir=folder, progress=False, pin_malloc=True)
+        sae.autointerp.harvest(
+            model,
+            tokens,
+            n_tokens=tokens.numel(),
+            ctx_len=tokens.shape[1],
+            batch_size=batch,
+            store_dir=folder,
+            progress=False,
+            pin_malloc=True,
+        )
         return rates(tokens.numel(), start)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -251,7 +274,9 @@ def load_delphi_cache():  # type: ignore[no-untyped-def]
 
     root = Path.home() / ".cache/sae-lens-autointerp/delphi"
     if not (root / "delphi").is_dir():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(root), "eai-delphi"], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(root), "eai-delphi"], check=True
+        )
     sys.path.insert(0, str(root))
     for pkg in ("delphi", "delphi.latents"):
         mod = types.ModuleType(pkg)
@@ -283,15 +308,36 @@ def child_delphi(args: argparse.Namespace) -> None:
     where = cache.cache.latent_locations[hookpoint]
     kept = ~torch.isin(tokens[where[:, 0], where[:, 1]], special)
     n_kept = int((~torch.isin(tokens, special)).sum())
-    print(json.dumps({"tokens": tokens.numel(), **speed, "rss_before_mib": before,
-                      "peak_rss_mib": after, "hookpoint": hookpoint,
-                      "fired": int(kept.sum()) / n_kept / int(sae.cfg.d_sae),
-                      "fired_all": len(where) / tokens.numel() / int(sae.cfg.d_sae)}))
+    print(
+        json.dumps(
+            {
+                "tokens": tokens.numel(),
+                **speed,
+                "rss_before_mib": before,
+                "peak_rss_mib": after,
+                "hookpoint": hookpoint,
+                "fired": int(kept.sum()) / n_kept / int(sae.cfg.d_sae),
+                "fired_all": len(where) / tokens.numel() / int(sae.cfg.d_sae),
+            }
+        )
+    )
 
 
 def run_child(args: argparse.Namespace, flag: str, n_tokens: int) -> dict:
-    cmd = [sys.executable, __file__, flag, str(n_tokens), "--ctx-len", str(args.ctx_len), "--batch-size",
-           str(args.batch_size), "--hook", args.hook, "--inputs", args.inputs]
+    cmd = [
+        sys.executable,
+        __file__,
+        flag,
+        str(n_tokens),
+        "--ctx-len",
+        str(args.ctx_len),
+        "--batch-size",
+        str(args.batch_size),
+        "--hook",
+        args.hook,
+        "--inputs",
+        args.inputs,
+    ]
     cmd += ["--d-sae", str(args.d_sae)] if args.d_sae else []
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
@@ -310,8 +356,12 @@ def main() -> None:
     parser.add_argument("--ctx-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--d-sae", type=int, default=None, help="a random StandardSAE of this width at --hook")
-    parser.add_argument("--hook", default=DEFAULT_HOOK, help="hook of the random SAE (needs --d-sae unless the "
-                        f"default {DEFAULT_HOOK}, the embedded SAE's), e.g. blocks.28.hook_resid_post")
+    parser.add_argument(
+        "--hook",
+        default=DEFAULT_HOOK,
+        help="hook of the random SAE (needs --d-sae unless the "
+        f"default {DEFAULT_HOOK}, the embedded SAE's), e.g. blocks.28.hook_resid_post",
+    )
     parser.add_argument("--density", type=float, default=0.01, help="fraction of tokens each random latent fires on")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--delphi", action="store_true", help="also run delphi's LatentCache (eai-delphi)")
@@ -340,13 +390,17 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, model, sae, tokens: torch.Tensor, info: dict | None) -> None:
     layer = int(args.hook.split(".")[1])
-    print(f"model SmolLM2-135M bridge ({model.cfg.n_layers} layers), hook {sae.cfg.metadata.hook_name} (ours and the "
-          f"baseline stop after layer {layer + 1} of {model.cfg.n_layers}), {type(sae).__name__} d_sae {sae.cfg.d_sae}, "
-          f"{tokens.numel()} tokens in batches of {args.batch_size}x{args.ctx_len}, torch threads {torch.get_num_threads()}")
+    print(
+        f"model SmolLM2-135M bridge ({model.cfg.n_layers} layers), hook {sae.cfg.metadata.hook_name} (ours and the "
+        f"baseline stop after layer {layer + 1} of {model.cfg.n_layers}), {type(sae).__name__} d_sae {sae.cfg.d_sae}, "
+        f"{tokens.numel()} tokens in batches of {args.batch_size}x{args.ctx_len}, torch threads {torch.get_num_threads()}"
+    )
     if info:
-        print(f"random SAE calibrated on the first batch: median residual norm {info['residual_norm']:.1f}, "
-              f"{100 * info['fired']:.2f}% of latents fire per token (target {100 * args.density:g}%), "
-              f"sum(b_enc) {info['b_enc_sum']:.6f}")
+        print(
+            f"random SAE calibrated on the first batch: median residual norm {info['residual_norm']:.1f}, "
+            f"{100 * info['fired']:.2f}% of latents fire per token (target {100 * args.density:g}%), "
+            f"sum(b_enc) {info['b_enc_sum']:.6f}"
+        )
     if args.delphi:
         hookpoint, diff = check_delphi_hook(model, args.hook, tokens[:2])
         print(f"delphi hooks {hookpoint}: max relative difference to the bridge's {args.hook} {diff:.1e}")
@@ -357,8 +411,10 @@ def measure(args: argparse.Namespace, model, sae, tokens: torch.Tensor, info: di
         mine.append(ours(model, sae, tokens, args.batch_size))
         if args.delphi:
             delphi.append(run_child(args, "--child-delphi", args.n_tokens))
-    print(f"tokens/s over {args.repeats} repeats, wall clock | per CPU-second (all threads; less disturbed by "
-          "other jobs on the machine) | cores busy = CPU-s per wall-s (below the thread count: disturbed):")
+    print(
+        f"tokens/s over {args.repeats} repeats, wall clock | per CPU-second (all threads; less disturbed by "
+        "other jobs on the machine) | cores busy = CPU-s per wall-s (below the thread count: disturbed):"
+    )
     rows = [("baseline forward(stop_at_layer)+encode", base), ("sae.autointerp.harvest", mine)]
     if delphi:
         rows.append(("delphi LatentCache (whole model)", delphi))
@@ -368,14 +424,18 @@ def measure(args: argparse.Namespace, model, sae, tokens: torch.Tensor, info: di
         cores = ", ".join(f"{x['wall'] / x['cpu']:.2f}" for x in runs)
         print(f"  {name:<40} wall {wall} | cpu {cpu} | cores busy {cores}")
     if delphi:
-        print(f"  delphi fired on {100 * delphi[0]['fired']:.2f}% of (token, latent) pairs on non-special tokens, "
-              f"{100 * delphi[0]['fired_all']:.2f}% with BOS/EOS")
+        print(
+            f"  delphi fired on {100 * delphi[0]['fired']:.2f}% of (token, latent) pairs on non-special tokens, "
+            f"{100 * delphi[0]['fired_all']:.2f}% with BOS/EOS"
+        )
 
     def ratio(name: str, top: list[dict], bottom: list[dict], goal: str = "") -> None:
         per = {k: span([x[k] / y[k] for x, y in zip(top, bottom)]) for k in ("wall", "cpu")}
         best = {k: max(x[k] for x in top) / max(y[k] for y in bottom) for k in ("wall", "cpu")}
-        print(f"ratio {name:<20} per repeat: wall {per['wall']}x | cpu {per['cpu']}x;  best-of: wall "
-              f"{best['wall']:.2f}x | cpu {best['cpu']:.2f}x {goal}")
+        print(
+            f"ratio {name:<20} per repeat: wall {per['wall']}x | cpu {per['cpu']}x;  best-of: wall "
+            f"{best['wall']:.2f}x | cpu {best['cpu']:.2f}x {goal}"
+        )
 
     ratio("harvest / baseline", mine, base, "(goal >= 0.85)")
     if delphi:
@@ -383,8 +443,7 @@ def measure(args: argparse.Namespace, model, sae, tokens: torch.Tensor, info: di
         ratio("baseline / delphi", base, delphi)
     # repeats in which every measurement kept all torch threads busy (the other jobs left it alone)
     threads = torch.get_num_threads()
-    clean = [i for i in range(args.repeats)
-             if all(r[i]["wall"] / r[i]["cpu"] >= 0.95 * threads for _, r in rows)]
+    clean = [i for i in range(args.repeats) if all(r[i]["wall"] / r[i]["cpu"] >= 0.95 * threads for _, r in rows)]
     if clean and len(clean) < args.repeats:
         print(f"undisturbed repeats {[i + 1 for i in clean]} only (all cores busy >= {0.95 * threads:.2f}):")
         pick = lambda runs: [runs[i] for i in clean]  # noqa: E731
@@ -393,20 +452,26 @@ def measure(args: argparse.Namespace, model, sae, tokens: torch.Tensor, info: di
             ratio("harvest / delphi", pick(mine), pick(delphi))
             ratio("baseline / delphi", pick(base), pick(delphi))
     elif not clean:
-        print("no repeat ran undisturbed (every one had a measurement below all cores busy): rerun on a quieter machine")
+        print(
+            "no repeat ran undisturbed (every one had a measurement below all cores busy): rerun on a quieter machine"
+        )
     rss = {}
     for factor in (1, 4):
         rss[factor] = run_child(args, "--child-rss", args.n_tokens * factor)
-        print(f"peak RSS at {rss[factor]['tokens']:>8} tokens: {rss[factor]['peak_rss_mib']:8.1f} MiB "
-              f"(after loading: {rss[factor]['rss_before_mib']:.1f} MiB)")
+        print(
+            f"peak RSS at {rss[factor]['tokens']:>8} tokens: {rss[factor]['peak_rss_mib']:8.1f} MiB "
+            f"(after loading: {rss[factor]['rss_before_mib']:.1f} MiB)"
+        )
     growth = rss[4]["peak_rss_mib"] / rss[1]["peak_rss_mib"] - 1
     print(f"peak RSS growth x4 tokens: {100 * growth:+.1f}%  (goal <= 10%)")
     if not args.delphi:
         return
     for factor, runs in ((1, delphi), (4, [run_child(args, "--child-delphi", args.n_tokens * 4)])):
         x = runs[-1]
-        print(f"delphi LatentCache at {x['tokens']:>8} tokens: {x['wall']:6.0f} tok/s wall, {x['cpu']:6.0f} per "
-              f"CPU-s; peak RSS {x['peak_rss_mib']:8.1f} MiB (ours {rss[factor]['peak_rss_mib']:.1f})")
+        print(
+            f"delphi LatentCache at {x['tokens']:>8} tokens: {x['wall']:6.0f} tok/s wall, {x['cpu']:6.0f} per "
+            f"CPU-s; peak RSS {x['peak_rss_mib']:8.1f} MiB (ours {rss[factor]['peak_rss_mib']:.1f})"
+        )
 
 
 if __name__ == "__main__":

@@ -27,19 +27,24 @@ from pathlib import Path
 # does not import this script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-WORDS = ("the market opened in January and closed in March while the river rose over the old stone bridge "
-         "before dawn and the children sang songs about rain summer winter and the long road home").split()
+WORDS = (
+    "the market opened in January and closed in March while the river rose over the old stone bridge "
+    "before dawn and the children sang songs about rain summer winter and the long road home"
+).split()
 
 
 def prompts(n: int) -> list[list[dict[str, str]]]:
-    system = ("You are scoring an explanation of a feature of a language model. The feature is explained as: "
-              "\"names of months and seasons\". Read the text excerpt and answer 1 if the feature is present in "
-              "it, 0 if it is not. Answer with a single digit.")
+    system = (
+        "You are scoring an explanation of a feature of a language model. The feature is explained as: "
+        '"names of months and seasons". Read the text excerpt and answer 1 if the feature is present in '
+        "it, 0 if it is not. Answer with a single digit."
+    )
     out = []
     for i in range(n):
         excerpt = " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(24))
-        out.append([{"role": "system", "content": system},
-                    {"role": "user", "content": f"Text: {excerpt}\nAnswer (1 or 0):"}])
+        out.append(
+            [{"role": "system", "content": system}, {"role": "user", "content": f"Text: {excerpt}\nAnswer (1 or 0):"}]
+        )
     return out
 
 
@@ -66,10 +71,11 @@ def main() -> None:
 
         # One engine per path, so each sees the same prompt sequence and KV-cache history as it would alone;
         # the paths are interleaved prompt by prompt, so a load change on a shared machine hits all alike.
-        clients = {k: get_client("local", cache=False, n_threads=args.n_threads)
-                   for k in ("classify", "gen4", "gen1_logprobs", "free")}
-        stock = llama_cpp.Llama(str(gguf_path()), n_ctx=2048, logits_all=True, verbose=False,
-                                n_threads=args.n_threads)
+        clients = {
+            k: get_client("local", cache=False, n_threads=args.n_threads)
+            for k in ("classify", "gen4", "gen1_logprobs", "free")
+        }
+        stock = llama_cpp.Llama(str(gguf_path()), n_ctx=2048, logits_all=True, verbose=False, n_threads=args.n_threads)
         for c in clients.values():
             await c.chat(items[0], max_tokens=2)  # load + warm up
         calls = {
@@ -90,7 +96,7 @@ def main() -> None:
             tokens = {"prompt": 0, "completion": 0}
             for i, m in enumerate(items):
                 order = list(calls)
-                order = order[i % len(order):] + order[: i % len(order)]
+                order = order[i % len(order) :] + order[: i % len(order)]
                 for key in order:
                     t0 = time.perf_counter()
                     out = await calls[key](m)
@@ -107,14 +113,20 @@ def main() -> None:
     n = args.n
     med = {k: statistics.median(v) for k, v in times.items() if not k.startswith("_")}
     prompt_tok, completion_tok = times["_tokens"]
-    print(f"local backend (llama.cpp in process, SmolLM2-135M-Instruct Q4_1), {n} prompts x {args.repeats} repeats, "
-          "median")
-    print(f"  free generation (max_tokens=32): {n / med['free']:7.2f} requests/s  "
-          f"{completion_tok / med['free']:8.1f} generated tokens/s  {prompt_tok / med['free']:8.1f} prompt tokens/s")
+    print(
+        f"local backend (llama.cpp in process, SmolLM2-135M-Instruct Q4_1), {n} prompts x {args.repeats} repeats, "
+        "median"
+    )
+    print(
+        f"  free generation (max_tokens=32): {n / med['free']:7.2f} requests/s  "
+        f"{completion_tok / med['free']:8.1f} generated tokens/s  {prompt_tok / med['free']:8.1f} prompt tokens/s"
+    )
     print(f"  classify (P('0'), P('1') from logits): {n / med['classify']:7.2f} requests/s")
-    for key, label in (("gen4", "chat(max_tokens=4) + parse"),
-                       ("gen1_logprobs", "chat(max_tokens=1, top_logprobs=2)"),
-                       ("stock", "llama-cpp-python create_chat_completion(max_tokens=1, logprobs) [logits_all]")):
+    for key, label in (
+        ("gen4", "chat(max_tokens=4) + parse"),
+        ("gen1_logprobs", "chat(max_tokens=1, top_logprobs=2)"),
+        ("stock", "llama-cpp-python create_chat_completion(max_tokens=1, logprobs) [logits_all]"),
+    ):
         print(f"  {label:<80} {n / med[key]:7.2f} requests/s   classify speedup {med[key] / med['classify']:5.2f}x")
 
 

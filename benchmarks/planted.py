@@ -44,8 +44,17 @@ def main() -> None:
         scores = {}
         for kind, expl in (("true", planted.explanations), ("mismatched", planted.mismatched())):
             with tempfile.TemporaryDirectory() as out:
-                result = planted.sae.score(model, store=store, explanations=expl, scorers=scorers, llm=args.llm,
-                                           sampling=sampling, out_dir=out, progress=False, seed=seed)
+                result = planted.sae.score(
+                    model,
+                    store=store,
+                    explanations=expl,
+                    scorers=scorers,
+                    llm=args.llm,
+                    sampling=sampling,
+                    out_dir=out,
+                    progress=False,
+                    seed=seed,
+                )
             for record in result.records:
                 for name, out in record["scores"].items():
                     auc = (out.get("metrics") or {}).get("auc")
@@ -58,12 +67,24 @@ def main() -> None:
                 wins[s] += won
                 auc_wins[s] += _gt(t_auc, m_auc)
                 trials[s] += 1
-                rows.append({"seed": seed, "feature": name, "scorer": s, "true": t, "mismatched": m, "true_wins": won,
-                             "true_auc": t_auc, "mismatched_auc": m_auc})
+                rows.append(
+                    {
+                        "seed": seed,
+                        "feature": name,
+                        "scorer": s,
+                        "true": t,
+                        "mismatched": m,
+                        "true_wins": won,
+                        "true_auc": t_auc,
+                        "mismatched_auc": m_auc,
+                    }
+                )
     for r in rows:
         print(json.dumps(r))
-    print(f"\nLLM {args.llm}, {args.n_test}+{args.n_test} test examples per latent, {args.seeds} seed(s), "
-          f"{time.perf_counter() - start:.0f} s")
+    print(
+        f"\nLLM {args.llm}, {args.n_test}+{args.n_test} test examples per latent, {args.seeds} seed(s), "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     for s in scorers:
         line = f"{s:>12}: true explanation wins on {wins[s]}/{trials[s]} latents (headline score)"
         if s in ("detection", "fuzzing"):

@@ -69,7 +69,9 @@ def main() -> None:
         from sae_lens_autointerp.explainers import TopTokensExplainer
 
         sae = sai.embedded.load_sae()
-        store = sae.autointerp.harvest(model, sai.embedded.load_corpus(), n_tokens=args.n_tokens, ctx_len=128, progress=False)
+        store = sae.autointerp.harvest(
+            model, sai.embedded.load_corpus(), n_tokens=args.n_tokens, ctx_len=128, progress=False
+        )
         latents = pick_latents(store, args.n_latents, min_examples=2 * args.n_test)
         texts = {}
     if args.llm:
@@ -86,7 +88,9 @@ def main() -> None:
     explanations = {lat: Explanation(lat, texts[lat]) for lat in latents}
 
     rows = []
-    jobs = [("scorers", s) for s in args.scorers.split(",") if s] + [("explainers", e) for e in args.explainers.split(",") if e]
+    jobs = [("scorers", s) for s in args.scorers.split(",") if s] + [
+        ("explainers", e) for e in args.explainers.split(",") if e
+    ]
     for kind, name in jobs:
         kwargs = {} if kind == "scorers" or args.llm else {"use_llm": False}
         obj = get_registry().create(kind, name, **kwargs)
@@ -118,9 +122,13 @@ def main() -> None:
             per_latent.append((lat, seconds, prompt, completion, shown, cpu))
         rows.append((name, load, per_latent))
 
-    print(f"stack={args.stack}, latents {latents}, {args.n_test}+{args.n_test} test examples per latent, "
-          f"torch threads {torch.get_num_threads()}, llm={args.llm}")
-    print(f"{'scorer':<16}{'load+1st s':>11}{'s/latent':>10}{'cpu s':>8}{'prompt tok':>12}{'gen tok':>9}   per latent (score)")
+    print(
+        f"stack={args.stack}, latents {latents}, {args.n_test}+{args.n_test} test examples per latent, "
+        f"torch threads {torch.get_num_threads()}, llm={args.llm}"
+    )
+    print(
+        f"{'scorer':<16}{'load+1st s':>11}{'s/latent':>10}{'cpu s':>8}{'prompt tok':>12}{'gen tok':>9}   per latent (score)"
+    )
     for name, load, per in rows:
         sec = statistics.mean(p[1] for p in per)
         cpu = statistics.mean(p[5] for p in per)
@@ -128,8 +136,12 @@ def main() -> None:
         completion = statistics.mean(p[3] for p in per)
         detail = ", ".join(f"{lat}: {s:.1f}s {shown}" for lat, s, _, _, shown, _ in per)
         print(f"{name:<16}{load:>11.1f}{sec:>10.1f}{cpu:>8.1f}{prompt:>12.0f}{completion:>9.0f}   {detail}")
-    print("s/latent = wall seconds, cpu s = process CPU seconds (all threads; on a shared machine wall time grows, CPU less).")
-    print("prompt tok = tokens run through a model (embedder / scorer LM / steered subject model); gen tok = generated.")
+    print(
+        "s/latent = wall seconds, cpu s = process CPU seconds (all threads; on a shared machine wall time grows, CPU less)."
+    )
+    print(
+        "prompt tok = tokens run through a model (embedder / scorer LM / steered subject model); gen tok = generated."
+    )
     print("intervention: the clean continuations are generated once per scorer (paid in the warm-up) and reused.")
 
 

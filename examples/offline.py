@@ -28,8 +28,9 @@ for latent, explanation in explanations.items():
 # A 135M model sometimes gives no usable explanation; failed ones are recorded with their reason, never scored.
 usable = {k: v for k, v in explanations.items() if not v.failed}
 if usable:
-    result = sae.score(model=model, store=store, explanations=usable, scorers=["embedding", "detection"],
-                       llm="local", sampling=small)
+    result = sae.score(
+        model=model, store=store, explanations=usable, scorers=["embedding", "detection"], llm="local", sampling=small
+    )
     print(result.table[["latent", "scorer", "score", "low", "high", "chance", "control", "lift", "signal", "n_failed"]])
     print(result.summary()[["scorer", "n_scored", "mean", "low", "high", "control", "lift", "lift_low", "lift_high"]])
     for line in result.verdict():

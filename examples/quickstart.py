@@ -21,13 +21,21 @@ sae = SAE.from_pretrained("gpt2-small-res-jb", "blocks.8.hook_resid_pre")
 model = HookedTransformer.from_pretrained("gpt2", **(sae.cfg.metadata.model_from_pretrained_kwargs or {}))
 
 latents = [0, 5, 17]
-explanations = sae.explain(model=model, dataset="NeelNanda/pile-10k", latents=latents, llm=LLM,
-                           harvest_kwargs={"n_tokens": 500_000})
+explanations = sae.explain(
+    model=model, dataset="NeelNanda/pile-10k", latents=latents, llm=LLM, harvest_kwargs={"n_tokens": 500_000}
+)
 for latent, explanation in explanations.items():
     print(latent, explanation.text)
 
-result = sae.score(model=model, dataset="NeelNanda/pile-10k", explanations=explanations,
-                   scorers=["detection", "fuzzing"], llm=LLM, harvest_kwargs={"n_tokens": 500_000},
-                   budget_dollars=1.0, prices={"gpt-4o-mini": [0.15, 0.60]})
+result = sae.score(
+    model=model,
+    dataset="NeelNanda/pile-10k",
+    explanations=explanations,
+    scorers=["detection", "fuzzing"],
+    llm=LLM,
+    harvest_kwargs={"n_tokens": 500_000},
+    budget_dollars=1.0,
+    prices={"gpt-4o-mini": [0.15, 0.60]},
+)
 print(result.table[["latent", "scorer", "score", "low", "high", "n_examples", "n_failed"]])
 print(result.summary())

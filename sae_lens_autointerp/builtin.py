@@ -23,9 +23,14 @@ def sae_autointerp_scorers() -> Mapping[str, Callable[..., Any]]:
     from .scorers.surprisal import SurprisalScorer
 
     return {
-        "detection": DetectionScorer, "fuzzing": FuzzingScorer, "fuzzing-active": FuzzingActiveScorer,
-        "simulation": SimulationScorer, "intruder": IntruderScorer,
-        "embedding": EmbeddingScorer, "surprisal": SurprisalScorer, "intervention": InterventionScorer,
+        "detection": DetectionScorer,
+        "fuzzing": FuzzingScorer,
+        "fuzzing-active": FuzzingActiveScorer,
+        "simulation": SimulationScorer,
+        "intruder": IntruderScorer,
+        "embedding": EmbeddingScorer,
+        "surprisal": SurprisalScorer,
+        "intervention": InterventionScorer,
     }
 
 

@@ -90,7 +90,7 @@ def _parse_prices(text: str | None) -> dict[str, Any] | None:
     except ValueError as exc:
         raise ConfigError(f"--prices is not JSON ({exc}); expected e.g. '{{\"gpt-4o-mini\": [0.15, 0.6]}}'") from None
     if not isinstance(prices, dict):
-        raise ConfigError("--prices must be a JSON object: {\"MODEL\": [input $/M tokens, output $/M tokens]}")
+        raise ConfigError('--prices must be a JSON object: {"MODEL": [input $/M tokens, output $/M tokens]}')
     return prices
 
 
@@ -119,8 +119,11 @@ def _exit_code(result: ScoreResult) -> int:
     if result.stopped:
         print(f"stopped early: {result.stopped}", file=sys.stderr)
     if result.incomplete:
-        print(f"sae-autointerp: {len(result.incomplete)} latents are incomplete; run the same command again to "
-              "finish them (finished latents and cached answers are kept)", file=sys.stderr)
+        print(
+            f"sae-autointerp: {len(result.incomplete)} latents are incomplete; run the same command again to "
+            "finish them (finished latents and cached answers are kept)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -141,8 +144,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     model = embedded.load_model()
     sae = embedded.load_sae()
     corpus = embedded.load_corpus()
-    print(f"embedded default: SmolLM2-135M-Instruct (TransformerBridge), SAE {sae.cfg.metadata.hook_name} "
-          f"d_sae={sae.cfg.d_sae}, corpus {len(corpus)} documents (Python documentation, PSF licence)")
+    print(
+        f"embedded default: SmolLM2-135M-Instruct (TransformerBridge), SAE {sae.cfg.metadata.hook_name} "
+        f"d_sae={sae.cfg.d_sae}, corpus {len(corpus)} documents (Python documentation, PSF licence)"
+    )
     store = sae.autointerp.harvest(model, corpus, n_tokens=args.n_tokens, ctx_len=128, batch_size=16)
     latents = _parse_latents(args.latents) or pick_latents(store, args.n_latents)
     scorers = [s for s in args.scorers.split(",") if s] if args.scorers else list(DEMO_SCORERS)
@@ -154,12 +159,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     results = {}
     code = 0
     for explainer in explainers:
-        print(f"\n== explainer {explainer!r} on latents {latents}: scorers {', '.join(scorers)} "
-              f"(controls on {args.controls:.0%} of the examples, embedding's on all), judge = the embedded "
-              "135M LLM ==")
+        print(
+            f"\n== explainer {explainer!r} on latents {latents}: scorers {', '.join(scorers)} "
+            f"(controls on {args.controls:.0%} of the examples, embedding's on all), judge = the embedded "
+            "135M LLM =="
+        )
         result = sae.autointerp.run(
-            model, store=store, latents=latents, llm="local", explainer=explainer, scorers=scorers,
-            sampling=sampling, out_dir=out_dir / explainer, controls=controls,
+            model,
+            store=store,
+            latents=latents,
+            llm="local",
+            explainer=explainer,
+            scorers=scorers,
+            sampling=sampling,
+            out_dir=out_dir / explainer,
+            controls=controls,
         )
         code = max(code, _finish(result, out_dir / explainer))
         results[explainer] = result
@@ -169,8 +183,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
-SOURCE_DEFAULTS = {"sae": "embedded", "sae_id": None, "model": "embedded", "model_kind": "auto",
-                   "dataset": "embedded", "text_column": "text", "split": "train"}
+SOURCE_DEFAULTS = {
+    "sae": "embedded",
+    "sae_id": None,
+    "model": "embedded",
+    "model_kind": "auto",
+    "dataset": "embedded",
+    "text_column": "text",
+    "split": "train",
+}
 
 
 def _run_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
@@ -201,15 +222,28 @@ def _run_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
         return cfg.with_(**changes), source
     source = {**SOURCE_DEFAULTS, **explicit}
     cfg = RunConfig(
-        latents=None if args.latents is None else tuple(_parse_latents(args.latents) or ()), llm=args.llm or "local",
-        llm_kwargs={"base_url": args.base_url} if args.base_url else {}, explainer=args.explainer,
-        scorers=tuple(s for s in args.scorers.split(",") if s), out_dir=args.out or "autointerp-out",
-        concurrency=args.concurrency or 4, budget_tokens=args.budget_tokens, budget_dollars=args.budget_dollars,
+        latents=None if args.latents is None else tuple(_parse_latents(args.latents) or ()),
+        llm=args.llm or "local",
+        llm_kwargs={"base_url": args.base_url} if args.base_url else {},
+        explainer=args.explainer,
+        scorers=tuple(s for s in args.scorers.split(",") if s),
+        out_dir=args.out or "autointerp-out",
+        concurrency=args.concurrency or 4,
+        budget_tokens=args.budget_tokens,
+        budget_dollars=args.budget_dollars,
         prices=_parse_prices(args.prices),
-        sampling=SamplingConfig(n_explain=args.n_explain, n_test_pos=args.n_test, n_test_neg=args.n_test, seed=args.seed),
-        harvest=HarvestConfig(n_tokens=args.n_tokens, ctx_len=args.ctx_len, batch_size=args.batch_size,
-                              text_column=source["text_column"], split=source["split"]),
-        seed=args.seed, controls=args.controls,
+        sampling=SamplingConfig(
+            n_explain=args.n_explain, n_test_pos=args.n_test, n_test_neg=args.n_test, seed=args.seed
+        ),
+        harvest=HarvestConfig(
+            n_tokens=args.n_tokens,
+            ctx_len=args.ctx_len,
+            batch_size=args.batch_size,
+            text_column=source["text_column"],
+            split=source["split"],
+        ),
+        seed=args.seed,
+        controls=args.controls,
     )
     return cfg, source
 
@@ -220,10 +254,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import preflight
 
     cfg, source = _run_config(args)  # argument errors before loading anything
-    sae = (embedded.load_sae(device=args.device) if source["sae"] == "embedded"
-           else load_sae(source["sae"], source["sae_id"], device=args.device))
-    model = (embedded.load_model(device=args.device) if source["model"] == "embedded"
-             else load_model(source["model"], sae=sae, kind=source["model_kind"], device=args.device))
+    sae = (
+        embedded.load_sae(device=args.device)
+        if source["sae"] == "embedded"
+        else load_sae(source["sae"], source["sae_id"], device=args.device)
+    )
+    model = (
+        embedded.load_model(device=args.device)
+        if source["model"] == "embedded"
+        else load_model(source["model"], sae=sae, kind=source["model_kind"], device=args.device)
+    )
     preflight(sae, model, cfg)  # every other bad input, before the expensive harvest
     dataset = embedded.load_corpus() if source["dataset"] == "embedded" else source["dataset"]
     store = sae.autointerp.harvest(model, dataset, **cfg.harvest.to_dict())
@@ -267,9 +307,13 @@ def _add_run_options(p: argparse.ArgumentParser, *, n_latents: int, n_test: int,
     p.add_argument("--scorers", default=scorers, help="comma-separated scorer names")
     p.add_argument("--n-explain", type=int, default=40, help="examples shown to the explainer")
     p.add_argument("--n-test", type=int, default=n_test, help="activating and non-activating test examples each")
-    p.add_argument("--controls", type=_fraction, default=0.2,
-                   help="share of each latent's test examples also scored with another latent's explanation "
-                        "(the control behind lift and the judge check); 0 turns controls off")
+    p.add_argument(
+        "--controls",
+        type=_fraction,
+        default=0.2,
+        help="share of each latent's test examples also scored with another latent's explanation "
+        "(the control behind lift and the judge check); 0 turns controls off",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,8 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sae-autointerp", description="Explain and score SAELens SAE latents.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     loudness = parser.add_mutually_exclusive_group()
-    loudness.add_argument("-v", "--verbose", action="count", default=0,
-                          help="log more: -v progress messages (INFO), -vv debugging (DEBUG)")
+    loudness.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more: -v progress messages (INFO), -vv debugging (DEBUG)",
+    )
     loudness.add_argument("-q", "--quiet", action="store_true", help="log errors only (no warnings)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -289,16 +338,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="explain and score a few latents of the embedded offline default, with controls")
     _add_run_options(p, n_latents=6, n_test=20, scorers=None)
-    p.add_argument("--explainers", default="default,top-tokens",
-                   help="comma-separated explainers to compare (default: the embedded LLM and the top-tokens baseline)")
+    p.add_argument(
+        "--explainers",
+        default="default,top-tokens",
+        help="comma-separated explainers to compare (default: the embedded LLM and the top-tokens baseline)",
+    )
     p.add_argument("--n-tokens", type=int, default=60_000)
     p.add_argument("--out", default="autointerp-demo")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("run", help="explain and score latents of any SAELens SAE")
     _add_run_options(p, n_latents=20, n_test=50, scorers="detection,fuzzing")
-    p.add_argument("--config", default=None,
-                   help="a RunConfig JSON or an earlier run's run.json (or its folder): reproduce that run")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="a RunConfig JSON or an earlier run's run.json (or its folder): reproduce that run",
+    )
     p.add_argument("--explainer", default="default")
     p.add_argument("--sae", default=None, help="SAELens release, local SAE folder, or 'embedded' (default)")
     p.add_argument("--sae-id", default=None)

@@ -90,7 +90,9 @@ class HarvestConfig:
         _int(self.example_len, "harvest example_len", low=1)
         _int(self.peak_offset, "harvest peak_offset", low=0, optional=True)
         if self.peak_offset is not None and self.peak_offset >= self.example_len:
-            raise ConfigError(f"harvest peak_offset must be in [0, example_len={self.example_len}), got {self.peak_offset}")
+            raise ConfigError(
+                f"harvest peak_offset must be in [0, example_len={self.example_len}), got {self.peak_offset}"
+            )
         if self.ctx_len is not None and self.example_len > self.ctx_len:
             raise ConfigError(f"harvest example_len={self.example_len} must be <= ctx_len={self.ctx_len}")
         _int(self.top_k, "harvest top_k", low=1)
@@ -142,12 +144,16 @@ class RunConfig:
                 _int(latent, "latents[...]", low=0)
             set_(self, "latents", tuple(int(x) for x in latents))
         if self.llm is not None and not isinstance(self.llm, str):
-            raise ConfigError("RunConfig.llm is a backend name ('local', 'openai:MODEL', ...); pass a client object "
-                              "to run(llm=...) beside the config instead")
+            raise ConfigError(
+                "RunConfig.llm is a backend name ('local', 'openai:MODEL', ...); pass a client object "
+                "to run(llm=...) beside the config instead"
+            )
         if self.explainer is not None and not isinstance(self.explainer, str):
             raise ConfigError(f"explainer must be a name, got {self.explainer!r}")
         if isinstance(self.scorers, str):
-            raise ConfigError(f"scorers must be a list of names, got the string {self.scorers!r}; use [{self.scorers!r}]")
+            raise ConfigError(
+                f"scorers must be a list of names, got the string {self.scorers!r}; use [{self.scorers!r}]"
+            )
         set_(self, "scorers", tuple(self.scorers))
         if not all(isinstance(s, str) and s for s in self.scorers):
             raise ConfigError(f"scorers must be non-empty names, got {list(self.scorers)!r}")

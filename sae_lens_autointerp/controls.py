@@ -151,9 +151,14 @@ class JudgeCheck:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "scorer": self.scorer, "n_controls": self.n_controls, "lift": _finite(self.lift.value),
-            "lift_low": _finite(self.lift.low), "lift_high": _finite(self.lift.high),
-            "identical_answers": self.identical_answers, "judge_ok": self.can_tell, "judge_check": self.reason,
+            "scorer": self.scorer,
+            "n_controls": self.n_controls,
+            "lift": _finite(self.lift.value),
+            "lift_low": _finite(self.lift.low),
+            "lift_high": _finite(self.lift.high),
+            "identical_answers": self.identical_answers,
+            "judge_ok": self.can_tell,
+            "judge_check": self.reason,
         }
 
 
@@ -210,11 +215,18 @@ def judge_check(scorer: str, lifts: Sequence[Estimate], answers: Sequence[Any]) 
     share = identical_share(answers)
     n = len(values)
     if share is not None and share >= IDENTICAL_LIMIT:
-        return JudgeCheck(scorer, n, mean, share, False,
-                          f"the judge gave the same answer to {share:.0%} of the examples")
+        return JudgeCheck(
+            scorer, n, mean, share, False, f"the judge gave the same answer to {share:.0%} of the examples"
+        )
     if n == 0:
-        return JudgeCheck(scorer, 0, mean, share, None,
-                          "no control was scored (controls are off, or no other latent of the run had an explanation)")
+        return JudgeCheck(
+            scorer,
+            0,
+            mean,
+            share,
+            None,
+            "no control was scored (controls are off, or no other latent of the run had an explanation)",
+        )
     if not math.isfinite(mean.low) or not math.isfinite(mean.high):
         return JudgeCheck(scorer, n, mean, share, None, f"the lift over {n} control(s) has no interval")
     text = f"lift {mean.value:+.3f} (95% CI {mean.low:+.3f} to {mean.high:+.3f}) over another latent's explanation"
@@ -235,23 +247,34 @@ def judge_sentence(check: JudgeCheck, judge_kind: str = "llm") -> str:
         return f"{check.scorer}: not checked: {check.reason}."
     if check.identical_answers is not None and check.identical_answers >= IDENTICAL_LIMIT:
         fix = {"llm": "score with a stronger LLM (llm='openai:...' or 'vllm:...', see docs/llm.md)"}.get(
-            judge_kind, "use a stronger scorer model (its model=... option, docs/scorers.md)")
-        return (f"{check.scorer}: the judge cannot tell right explanations from wrong ones ({check.reason}), so "
-                f"these scores carry no signal; {fix}.")
+            judge_kind, "use a stronger scorer model (its model=... option, docs/scorers.md)"
+        )
+        return (
+            f"{check.scorer}: the judge cannot tell right explanations from wrong ones ({check.reason}), so "
+            f"these scores carry no signal; {fix}."
+        )
     fix = {
         "llm": "use a stronger LLM as judge and explainer (llm='openai:...' or 'vllm:...', see docs/llm.md)",
         "local": "use better explanations (a stronger explainer LLM, docs/llm.md) or a stronger scorer model "
-                 "(its model=... option, docs/scorers.md)",
+        "(its model=... option, docs/scorers.md)",
     }.get(judge_kind, "use better explanations or a stronger judge")
-    return (f"{check.scorer}: no signal: the right explanation scores no better than another latent's "
-            f"({check.reason}), so these scores cannot tell good explanations from wrong ones here; {fix}.")
+    return (
+        f"{check.scorer}: no signal: the right explanation scores no better than another latent's "
+        f"({check.reason}), so these scores cannot tell good explanations from wrong ones here; {fix}."
+    )
 
 
 def lifts_per_latent(rows: Iterable[Mapping[str, Any]]) -> list[Estimate]:
     out = []
     for row in rows:
-        est = lift(row.get("score"), row.get("low"), row.get("high"), row.get("control"), row.get("control_low"),
-                   row.get("control_high"))
+        est = lift(
+            row.get("score"),
+            row.get("low"),
+            row.get("high"),
+            row.get("control"),
+            row.get("control_low"),
+            row.get("control_high"),
+        )
         if est is not None:
             out.append(est)
     return out

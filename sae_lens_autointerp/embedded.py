@@ -133,8 +133,26 @@ _SKIP_MODULES = frozenset({"this", "antigravity", "__hello__", "__phello__"})
 # Compiled (builtin / extension) modules are the only ones imported, for their docstrings; these are skipped
 # because importing them touches the terminal or the GUI, or because they are test helpers.
 _SKIP_COMPILED = frozenset(
-    {"_tkinter", "readline", "_curses", "_curses_panel", "nis", "spwd", "ossaudiodev", "audioop", "_crypt",
-     "msvcrt", "winreg", "winsound", "_winapi", "_overlapped", "_msi", "_scproxy", "_gdbm", "_dbm"}
+    {
+        "_tkinter",
+        "readline",
+        "_curses",
+        "_curses_panel",
+        "nis",
+        "spwd",
+        "ossaudiodev",
+        "audioop",
+        "_crypt",
+        "msvcrt",
+        "winreg",
+        "winsound",
+        "_winapi",
+        "_overlapped",
+        "_msi",
+        "_scproxy",
+        "_gdbm",
+        "_dbm",
+    }
 )
 
 
@@ -256,7 +274,8 @@ def _compiled_module_names() -> list[str]:
     if dynload.is_dir():
         names.update(p.name.split(".")[0] for p in dynload.iterdir() if p.suffix in (".so", ".pyd"))
     return sorted(
-        n for n in names
+        n
+        for n in names
         if n not in _SKIP_COMPILED and not n.startswith(("_test", "_xx", "xx", "_ctypes_test")) and n != "_testcapi"
     )
 

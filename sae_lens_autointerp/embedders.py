@@ -34,11 +34,14 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, device: str = "cpu") -> Any:
     return SentenceTransformer(name, device=device)
 
 
-def embed(texts: list[str], name: str = DEFAULT_EMBEDDER, *, prompt: str | None = None, batch_size: int = 64) -> np.ndarray:
+def embed(
+    texts: list[str], name: str = DEFAULT_EMBEDDER, *, prompt: str | None = None, batch_size: int = 64
+) -> np.ndarray:
     """Unit-norm embeddings [len(texts), dim] (float32). ``prompt`` is prepended (e.g. a query prefix)."""
     model = load_embedder(name)
     inputs = [prompt + t for t in texts] if prompt else texts
     with _lock:
-        out = model.encode(inputs, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                           show_progress_bar=False)
+        out = model.encode(
+            inputs, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
     return np.asarray(out, dtype=np.float32)

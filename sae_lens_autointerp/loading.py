@@ -12,8 +12,9 @@ from .errors import ConfigError
 def _hub_error(exc: BaseException) -> bool:
     """An error of fetching from the Hugging Face hub (offline, unknown repo, network)."""
     mod = type(exc).__module__ or ""
-    return isinstance(exc, (OSError, ConnectionError)) or mod.startswith(("huggingface_hub", "requests", "urllib3",
-                                                                          "httpx", "httpcore"))
+    return isinstance(exc, (OSError, ConnectionError)) or mod.startswith(
+        ("huggingface_hub", "requests", "urllib3", "httpx", "httpcore")
+    )
 
 
 def _fetch(what: str, name: str, local_hint: str, load: Any) -> Any:
@@ -38,8 +39,12 @@ def load_sae(release: str, sae_id: str | None = None, device: str = "cpu") -> An
         return SAE.load_from_disk(str(Path(release).expanduser()), device=device)
     if sae_id is None:
         raise ConfigError(f"SAE release {release!r} needs --sae-id (e.g. blocks.8.hook_resid_pre)")
-    return _fetch("the SAE", f"{release} / {sae_id}", "pass a local folder saved with sae.save_model(PATH) as --sae PATH",
-                  lambda: SAE.from_pretrained(release, sae_id, device=device))
+    return _fetch(
+        "the SAE",
+        f"{release} / {sae_id}",
+        "pass a local folder saved with sae.save_model(PATH) as --sae PATH",
+        lambda: SAE.from_pretrained(release, sae_id, device=device),
+    )
 
 
 def load_model(name: str, *, sae: Any = None, kind: str = "auto", device: str = "cpu") -> Any:
@@ -57,8 +62,12 @@ def load_model(name: str, *, sae: Any = None, kind: str = "auto", device: str = 
         from transformer_lens.model_bridge import TransformerBridge
 
         path = str(Path(name).expanduser()) if local else name
-        return _fetch("the model", name, "pass a local Hugging Face model folder as --model PATH",
-                      lambda: TransformerBridge.boot_transformers(path, device=device))
+        return _fetch(
+            "the model",
+            name,
+            "pass a local Hugging Face model folder as --model PATH",
+            lambda: TransformerBridge.boot_transformers(path, device=device),
+        )
     if kind != "hooked":
         raise ConfigError(f"model kind must be 'auto', 'hooked' or 'bridge', got {kind!r}")
     from transformer_lens import HookedTransformer
@@ -68,5 +77,9 @@ def load_model(name: str, *, sae: Any = None, kind: str = "auto", device: str = 
         kwargs.update(sae.cfg.metadata.model_from_pretrained_kwargs or {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TL 3 deprecates from_pretrained; it still works
-        return _fetch("the model", name, "pass a local Hugging Face model folder as --model PATH --model-kind bridge",
-                      lambda: HookedTransformer.from_pretrained(name, device=device, **kwargs))
+        return _fetch(
+            "the model",
+            name,
+            "pass a local Hugging Face model folder as --model PATH --model-kind bridge",
+            lambda: HookedTransformer.from_pretrained(name, device=device, **kwargs),
+        )

@@ -26,8 +26,15 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .records import Context
 
-__all__ = ["LOAD_LOCK", "CausalLM", "context_ids", "continuation_logprobs", "load_causal_lm", "piece_ids",
-           "record_usage"]
+__all__ = [
+    "LOAD_LOCK",
+    "CausalLM",
+    "context_ids",
+    "continuation_logprobs",
+    "load_causal_lm",
+    "piece_ids",
+    "record_usage",
+]
 
 
 @dataclass
@@ -130,7 +137,9 @@ def continuation_logprobs(
     return out, [len(x) for _, x in rows], processed
 
 
-def record_usage(ctx: Context, model: str, stage: str, latent: int, prompt_tokens: int, completion_tokens: int = 0) -> None:
+def record_usage(
+    ctx: Context, model: str, stage: str, latent: int, prompt_tokens: int, completion_tokens: int = 0
+) -> None:
     """Count local torch work in the run's usage accounting: the LLM client's tracker, else a ``usage``
     tracker on the context (if the pipeline gives one); without either the counts live in the metrics only."""
     tracker = getattr(ctx.llm, "usage", None) if ctx.llm is not None else None
@@ -140,4 +149,6 @@ def record_usage(ctx: Context, model: str, stage: str, latent: int, prompt_token
         return
     from .llm.usage import Usage
 
-    tracker.record(model, stage, latent, Usage(prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens)))
+    tracker.record(
+        model, stage, latent, Usage(prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens))
+    )

@@ -40,8 +40,16 @@ import pandas as pd
 from scipy import stats
 
 __all__ = [
-    "Estimate", "BinaryMetrics", "METRICS", "binary_metrics", "balanced_accuracy", "wilson", "mover_sum",
-    "correlation", "aggregate", "aggregate_table",
+    "Estimate",
+    "BinaryMetrics",
+    "METRICS",
+    "binary_metrics",
+    "balanced_accuracy",
+    "wilson",
+    "mover_sum",
+    "correlation",
+    "aggregate",
+    "aggregate_table",
 ]
 
 METRICS = ("balanced_accuracy", "accuracy", "precision", "recall", "f1", "specificity", "auc")
@@ -268,7 +276,6 @@ def binary_metrics(
     )
 
 
-
 def flat(name: str, estimate: Estimate) -> dict[str, float | None]:
     """``{name: value, name_low: .., name_high: ..}``, JSON-safe, like ``BinaryMetrics.to_dict``."""
     d = estimate.to_dict()
@@ -280,10 +287,19 @@ def auc_metrics(labels: Sequence[bool], values: Sequence[float], rng: np.random.
     ranking activating above non-activating examples (non-finite values are counted as failed). The summary
     of the scorers that rank examples by a local model's number (embedding similarity, surprisal)."""
     finite = [v is not None and bool(np.isfinite(v)) for v in values]
-    m = binary_metrics(labels, [True if ok else None for ok in finite],
-                       [float(v) if ok else None for v, ok in zip(values, finite)], rng=rng)
-    return {**flat("auc", m.auc), "chance_auc": 0.5, "n_pos": m.n_pos, "n_neg": m.n_neg, "notes": "; ".join(
-        n for n in m.notes if n.startswith("auc"))}
+    m = binary_metrics(
+        labels,
+        [True if ok else None for ok in finite],
+        [float(v) if ok else None for v, ok in zip(values, finite)],
+        rng=rng,
+    )
+    return {
+        **flat("auc", m.auc),
+        "chance_auc": 0.5,
+        "n_pos": m.n_pos,
+        "n_neg": m.n_neg,
+        "notes": "; ".join(n for n in m.notes if n.startswith("auc")),
+    }
 
 
 def correlation(

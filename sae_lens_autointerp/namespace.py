@@ -46,8 +46,7 @@ class AutointerpNamespace:
             from dataclasses import replace
 
             settings = {k: v for k, v in kwargs.items() if k in config.to_dict()}
-            kwargs = {**replace(config, **settings).to_dict(),
-                      **{k: v for k, v in kwargs.items() if k not in settings}}
+            kwargs = {**replace(config, **settings).to_dict(), **{k: v for k, v in kwargs.items() if k not in settings}}
         return harvest(self.sae, model, dataset, **kwargs)
 
     def results(self, path: str | os.PathLike[str] | None = None) -> ScoreResult:

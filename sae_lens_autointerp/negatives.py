@@ -45,8 +45,14 @@ def silent_windows(store: LatentStore, latent: int, avoid: SpanSet) -> tuple[lis
 
 
 def _silent(latent: int, window: Any, source: str) -> Example:
-    return Example(latent=latent, tokens=window.tokens, activations=np.zeros(len(window.tokens), dtype=np.float32),
-                   value=0.0, token_id=window.start_id, source=source)
+    return Example(
+        latent=latent,
+        tokens=window.tokens,
+        activations=np.zeros(len(window.tokens), dtype=np.float32),
+        value=0.0,
+        token_id=window.start_id,
+        source=source,
+    )
 
 
 class RandomNegatives:
@@ -87,7 +93,12 @@ class SimilarNegatives:
             return self._pool[store.key]
 
     def draw(
-        self, store: LatentStore, latent: int, n: int, rng: np.random.Generator, avoid: SpanSet,
+        self,
+        store: LatentStore,
+        latent: int,
+        n: int,
+        rng: np.random.Generator,
+        avoid: SpanSet,
         positives: list[Example] | None = None,
     ) -> tuple[list[Example], int]:
         """``positives``: the examples to be similar to (default: the latent's stored firing examples)."""
@@ -175,15 +186,26 @@ class NeighbourNegatives:
             lo = pos - (e.peak_index or 0)
             window = acts[seq][max(lo, 0) : max(lo + w, 0)]
             if window.size and np.all(window <= store.settings.threshold):
-                out.append(Example(latent=latent, tokens=e.tokens, activations=np.zeros(w, dtype=np.float32),
-                                   value=0.0, token_id=e.token_id, source="neighbour", peak_index=e.peak_index,
-                                   extra={"neighbour": e.latent}))
+                out.append(
+                    Example(
+                        latent=latent,
+                        tokens=e.tokens,
+                        activations=np.zeros(w, dtype=np.float32),
+                        value=0.0,
+                        token_id=e.token_id,
+                        source="neighbour",
+                        peak_index=e.peak_index,
+                        extra={"neighbour": e.latent},
+                    )
+                )
             if len(out) == n:
                 break
         return out, excluded
 
 
-def make_source(kind: str, *, renderer: Any = None, sae: Any = None, model: Any = None, embedder: str | None = None) -> NegativeSource:
+def make_source(
+    kind: str, *, renderer: Any = None, sae: Any = None, model: Any = None, embedder: str | None = None
+) -> NegativeSource:
     if kind == "random":
         return RandomNegatives()
     if kind == "similar":

@@ -94,7 +94,9 @@ def check_latents(latents: Iterable[int] | int | None, d_sae: int) -> list[int]:
     return list(dict.fromkeys(out))
 
 
-def coerce_explanations(explanations: Mapping[int, Any] | None, d_sae: int | None = None) -> dict[int, Explanation] | None:
+def coerce_explanations(
+    explanations: Mapping[int, Any] | None, d_sae: int | None = None
+) -> dict[int, Explanation] | None:
     if explanations is None:
         return None
     if not isinstance(explanations, Mapping):
@@ -113,7 +115,9 @@ def coerce_explanations(explanations: Mapping[int, Any] | None, d_sae: int | Non
                 raise ConfigError(f"the explanation of latent {latent} is empty")
             out[latent] = Explanation(latent, value.strip())
         else:
-            raise ConfigError(f"explanations must map latent -> str or Explanation; latent {latent} has {type(value).__name__}")
+            raise ConfigError(
+                f"explanations must map latent -> str or Explanation; latent {latent} has {type(value).__name__}"
+            )
     return out
 
 
@@ -135,8 +139,10 @@ def _make(kind: str, name: str, kwargs: Mapping[str, Any] | None) -> Any:
     needed = ("explain",) if kind == "explainers" else ("score",)
     if not all(callable(getattr(obj, m, None)) for m in needed) or not getattr(obj, "name", None):
         plugin = get_registry().get(kind, name).plugin
-        raise PluginError(f"plugin {plugin!r}: {kind[:-1]} {name!r} returned a {type(obj).__name__} without "
-                          f"a name and async {needed[0]}()")
+        raise PluginError(
+            f"plugin {plugin!r}: {kind[:-1]} {name!r} returned a {type(obj).__name__} without "
+            f"a name and async {needed[0]}()"
+        )
     return obj
 
 
@@ -164,8 +170,16 @@ def versions() -> dict[str, str | None]:
     import platform
 
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in ("sae-lens-autointerp", "sae-lens", "transformer-lens", "torch", "transformers", "llama-cpp-python",
-                 "sentence-transformers", "openai"):
+    for dist in (
+        "sae-lens-autointerp",
+        "sae-lens",
+        "transformer-lens",
+        "torch",
+        "transformers",
+        "llama-cpp-python",
+        "sentence-transformers",
+        "openai",
+    ):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -213,7 +227,9 @@ def build_config(config: RunConfig | None, options: Mapping[str, Any]) -> tuple[
     """(the run's RunConfig, a client object passed as ``llm=`` or None, explanation objects or None): the
     keyword arguments given override ``config``'s fields (each validated by RunConfig)."""
     if config is not None and not isinstance(config, RunConfig):
-        raise ConfigError(f"config must be a RunConfig, got {type(config).__name__} (RunConfig.from_json(path) reads one)")
+        raise ConfigError(
+            f"config must be a RunConfig, got {type(config).__name__} (RunConfig.from_json(path) reads one)"
+        )
     opts = {k: v for k, v in options.items() if v is not UNSET}
     client = None
     if opts.get("llm") is not None and not isinstance(opts["llm"], str):
@@ -243,8 +259,15 @@ def build_config(config: RunConfig | None, options: Mapping[str, Any]) -> tuple[
         raise ConfigError(f"bad run option: {exc}") from None
 
 
-def preflight(sae: Any, model: Any, config: RunConfig, *, store: LatentStore | None = None, llm: Any = None,
-              explanations: Mapping[int, Any] | None = None) -> _Plan:
+def preflight(
+    sae: Any,
+    model: Any,
+    config: RunConfig,
+    *,
+    store: LatentStore | None = None,
+    llm: Any = None,
+    explanations: Mapping[int, Any] | None = None,
+) -> _Plan:
     """Check everything about a run that can be checked without a harvest or an LLM call, and resolve the
     plugins: a bad input fails in a second, before any expensive work (the CLI calls this before it
     harvests). ``llm``: a client object that replaces ``config.llm``; ``explanations``: Explanation objects
@@ -260,23 +283,31 @@ def preflight(sae: Any, model: Any, config: RunConfig, *, store: LatentStore | N
     if unknown:
         raise ConfigError(f"controls names scorers this run does not use: {unknown}; scorers: {scorer_names}")
     sampling_cfg = cfg.sampling
-    pool_sizes = ((store.settings.n_stratified, store.settings.n_random_windows) if store is not None
-                  else (cfg.harvest.n_stratified, cfg.harvest.n_random_windows))
+    pool_sizes = (
+        (store.settings.n_stratified, store.settings.n_random_windows)
+        if store is not None
+        else (cfg.harvest.n_stratified, cfg.harvest.n_random_windows)
+    )
     sampling_cfg.check_against(*pool_sizes)
     if scorer_names and min(sampling_cfg.n_test_pos, sampling_cfg.n_test_neg) < 1:
         raise ConfigError("scoring needs test examples: n_test_pos and n_test_neg must be >= 1")
     # Resolve every plugin name before any expensive work, so a typo fails in a second.
     scorer_objs = {n: _make("scorers", n, cfg.scorer_kwargs.get(n)) for n in scorer_names}
     explainer_obj = _make("explainers", explainer, cfg.explainer_kwargs) if explainer else None
-    providers = {"scorers": {n: provenance("scorers", n) for n in scorer_names},
-                 "explainer": provenance("explainers", explainer) if explainer else None}
-    needs_llm = explainer_obj is not None and getattr(explainer_obj, "needs_llm", True) or any(
-        getattr(s, "needs_llm", True) for s in scorer_objs.values()
+    providers = {
+        "scorers": {n: provenance("scorers", n) for n in scorer_names},
+        "explainer": provenance("explainers", explainer) if explainer else None,
+    }
+    needs_llm = (
+        explainer_obj is not None
+        and getattr(explainer_obj, "needs_llm", True)
+        or any(getattr(s, "needs_llm", True) for s in scorer_objs.values())
     )
     usage = UsageTracker(prices=cfg.prices, budget_tokens=cfg.budget_tokens, budget_dollars=cfg.budget_dollars)
     backend = llm if llm is not None else cfg.llm
-    if llm is not None and (cfg.budget_tokens is not None or cfg.budget_dollars is not None or cfg.prices
-                            or cfg.llm_kwargs):
+    if llm is not None and (
+        cfg.budget_tokens is not None or cfg.budget_dollars is not None or cfg.prices or cfg.llm_kwargs
+    ):
         raise ConfigError(
             "budget_tokens / budget_dollars / prices / llm_kwargs apply when llm is a name; for a client object, "
             "give it a UsageTracker(prices=..., budget_tokens=...) instead"
@@ -293,8 +324,23 @@ def preflight(sae: Any, model: Any, config: RunConfig, *, store: LatentStore | N
         get_registry().get("llm_clients", prefix)
     if cfg.out_dir is not None and Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
         raise ConfigError(f"out_dir {cfg.out_dir} is a file; pass a folder (it is created if missing)")
-    return _Plan(cfg, d_sae, latent_list, given, scorer_names, explainer, scorer_objs, explainer_obj, providers,
-                 sampling_cfg, control_fractions, usage, needs_llm, backend, tokenizer)
+    return _Plan(
+        cfg,
+        d_sae,
+        latent_list,
+        given,
+        scorer_names,
+        explainer,
+        scorer_objs,
+        explainer_obj,
+        providers,
+        sampling_cfg,
+        control_fractions,
+        usage,
+        needs_llm,
+        backend,
+        tokenizer,
+    )
 
 
 def run(
@@ -332,16 +378,41 @@ def run(
     explanation (True = 0.2, False = off; ``{"embedding": 1.0}`` per scorer, ``"*"`` for the rest).
     ``max_consecutive_failures``: infrastructure failures in a row (latents left incomplete) that stop the run.
     """
-    options = dict(latents=latents, llm=llm, explainer=explainer, scorers=scorers, explanations=explanations,
-                   explainer_kwargs=explainer_kwargs, scorer_kwargs=scorer_kwargs, llm_kwargs=llm_kwargs,
-                   sampling=sampling, harvest_kwargs=harvest_kwargs, out_dir=out_dir, concurrency=concurrency,
-                   budget_tokens=budget_tokens, budget_dollars=budget_dollars, prices=prices, seed=seed,
-                   controls=controls, max_consecutive_failures=max_consecutive_failures)
+    options = dict(
+        latents=latents,
+        llm=llm,
+        explainer=explainer,
+        scorers=scorers,
+        explanations=explanations,
+        explainer_kwargs=explainer_kwargs,
+        scorer_kwargs=scorer_kwargs,
+        llm_kwargs=llm_kwargs,
+        sampling=sampling,
+        harvest_kwargs=harvest_kwargs,
+        out_dir=out_dir,
+        concurrency=concurrency,
+        budget_tokens=budget_tokens,
+        budget_dollars=budget_dollars,
+        prices=prices,
+        seed=seed,
+        controls=controls,
+        max_consecutive_failures=max_consecutive_failures,
+    )
     cfg, client_object, objects = build_config(config, options)
     plan = preflight(sae, model, cfg, store=store, llm=client_object, explanations=objects)
     d_sae, latent_list, given, scorer_names = plan.d_sae, plan.latents, plan.given, plan.scorer_names
-    explainer, scorer_objs, explainer_obj, providers = plan.explainer, plan.scorer_objs, plan.explainer_obj, plan.providers
-    sampling_cfg, control_fractions, usage, needs_llm = plan.sampling, plan.control_fractions, plan.usage, plan.needs_llm
+    explainer, scorer_objs, explainer_obj, providers = (
+        plan.explainer,
+        plan.scorer_objs,
+        plan.explainer_obj,
+        plan.providers,
+    )
+    sampling_cfg, control_fractions, usage, needs_llm = (
+        plan.sampling,
+        plan.control_fractions,
+        plan.usage,
+        plan.needs_llm,
+    )
     tokenizer, llm, seed = plan.tokenizer, plan.llm, cfg.seed
     own_client = isinstance(llm, str)
     client = None
@@ -359,12 +430,19 @@ def run(
     # versions of the prompts and plugins (out_dir, latents, concurrency, budgets and harvest settings do not
     # change a latent's answers; the store key covers the harvest).
     ident = {
-        "store": store.key, "explainer": explainer, "explainer_kwargs": cfg.explainer_kwargs or None,
-        "explainer_prompt": getattr(explainer_obj, "prompt_id", None), "scorers": scorer_names,
+        "store": store.key,
+        "explainer": explainer,
+        "explainer_kwargs": cfg.explainer_kwargs or None,
+        "explainer_prompt": getattr(explainer_obj, "prompt_id", None),
+        "scorers": scorer_names,
         "scorer_kwargs": cfg.scorer_kwargs or None,
         "scorer_prompts": {n: getattr(o, "prompt_id", None) for n, o in scorer_objs.items()},
-        "providers": providers, "sampling": asdict(sampling_cfg), "llm": client_identity(client), "seed": seed,
-        "controls": control_fractions, "prompt_version": PROMPT_VERSION,
+        "providers": providers,
+        "sampling": asdict(sampling_cfg),
+        "llm": client_identity(client),
+        "seed": seed,
+        "controls": control_fractions,
+        "prompt_version": PROMPT_VERSION,
         "explanations": None if given is None else {k: v.text for k, v in sorted(given.items())},
     }
     run_key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
@@ -375,8 +453,20 @@ def run(
     from .negatives import make_source
 
     negatives = make_source(sampling_cfg.negatives, renderer=ctx.renderer, sae=sae, model=model)
-    runner = _Runner(ctx, explainer_obj, scorer_objs, providers, sampling_cfg, results, run_key, given, progress,
-                     negatives, control_fractions, cfg.max_consecutive_failures)
+    runner = _Runner(
+        ctx,
+        explainer_obj,
+        scorer_objs,
+        providers,
+        sampling_cfg,
+        results,
+        run_key,
+        given,
+        progress,
+        negatives,
+        control_fractions,
+        cfg.max_consecutive_failures,
+    )
 
     async def run_and_close() -> tuple[list[dict[str, Any]], str | None]:
         try:
@@ -388,16 +478,34 @@ def run(
     # One run folder, one run: a concurrent run of the same key waits here, then finds its latents done.
     with folder_lock(folder, "run"):
         _claim(folder, run_key, ident)
-        (folder / "run.json").write_text(json.dumps({
-            "run_key": run_key, "store": str(store.path), "version": __version__, "versions": versions(),
-            **ident, "llm": getattr(client, "name", None), "llm_identity": ident["llm"],
-            "config": cfg.to_dict(), "format": CONFIG_FORMAT,
-        }, indent=1, default=str))
+        (folder / "run.json").write_text(
+            json.dumps(
+                {
+                    "run_key": run_key,
+                    "store": str(store.path),
+                    "version": __version__,
+                    "versions": versions(),
+                    **ident,
+                    "llm": getattr(client, "name", None),
+                    "llm_identity": ident["llm"],
+                    "config": cfg.to_dict(),
+                    "format": CONFIG_FORMAT,
+                },
+                indent=1,
+                default=str,
+            )
+        )
         records, stopped = run_sync(run_and_close())
     summary = tracker.summary()
     (folder / "usage.json").write_text(json.dumps(summary, indent=1, default=str))
-    return ScoreResult(records=records, path=folder / "results.jsonl", usage=summary, stopped=stopped,
-                       incomplete=dict(runner.incomplete), run_key=run_key)
+    return ScoreResult(
+        records=records,
+        path=folder / "results.jsonl",
+        usage=summary,
+        stopped=stopped,
+        incomplete=dict(runner.incomplete),
+        run_key=run_key,
+    )
 
 
 def _claim(folder: Path, run_key: str, ident: dict[str, Any]) -> None:
@@ -412,6 +520,7 @@ def _claim(folder: Path, run_key: str, ident: dict[str, Any]) -> None:
     other = previous.get("run_key")
     if not other or other == run_key:
         return
+
     def canonical(value: Any) -> str:  # as run.json holds it (JSON object keys are strings)
         return json.dumps(json.loads(json.dumps(value, default=str)), sort_keys=True)
 
@@ -440,10 +549,21 @@ class _Prepared:
 
 
 class _Runner:
-    def __init__(self, ctx: Context, explainer: Any, scorers: dict[str, Any], providers: dict[str, Any],
-                 sampling: SamplingConfig, results: ResultsFile, run_key: str, given: dict[int, Explanation] | None,
-                 progress: bool, negatives: Any, control_fractions: dict[str, float],
-                 max_consecutive_failures: int) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        explainer: Any,
+        scorers: dict[str, Any],
+        providers: dict[str, Any],
+        sampling: SamplingConfig,
+        results: ResultsFile,
+        run_key: str,
+        given: dict[int, Explanation] | None,
+        progress: bool,
+        negatives: Any,
+        control_fractions: dict[str, float],
+        max_consecutive_failures: int,
+    ) -> None:
         self.ctx, self.explainer, self.scorers, self.sampling = ctx, explainer, scorers, sampling
         self.providers, self.negatives = providers, negatives
         self.results, self.run_key, self.given, self.progress = results, run_key, given, progress
@@ -461,8 +581,13 @@ class _Runner:
         done = self.results.done(self.run_key)
         partial = self.results.partial(self.run_key)
         todo_total = [lat for lat in latents if lat not in done]
-        self._bar = tqdm(total=len(latents), initial=len(latents) - len(todo_total), unit="latent",
-                         desc="autointerp", disable=not self.progress)
+        self._bar = tqdm(
+            total=len(latents),
+            initial=len(latents) - len(todo_total),
+            unit="latent",
+            desc="autointerp",
+            disable=not self.progress,
+        )
         blocks = [latents[i : i + CONTROL_BLOCK] for i in range(0, len(latents), CONTROL_BLOCK)]
         for block in blocks:
             todo = [lat for lat in block if lat not in done]
@@ -472,8 +597,13 @@ class _Runner:
                 break
             prepared = await self._prepare_block(todo, partial, concurrency)
             texts = {lat: _usable_text(done[lat].get("explanation")) for lat in block if lat in done}
-            texts.update({lat: p.explanation.text for lat, p in prepared.items()
-                          if p.explanation is not None and not p.explanation.failed})
+            texts.update(
+                {
+                    lat: p.explanation.text
+                    for lat, p in prepared.items()
+                    if p.explanation is not None and not p.explanation.failed
+                }
+            )
             pool: dict[int, str] = {k: v for k, v in texts.items() if v}
             await self._finish_block(prepared, [lat for lat in todo if lat in prepared], pool, concurrency)
         for latent in todo_total:
@@ -483,8 +613,9 @@ class _Runner:
         merged = {**done, **self.fresh}
         return [merged[lat] for lat in latents if lat in merged], self.stopped
 
-    async def _prepare_block(self, todo: list[int], partial: dict[int, dict[str, Any]],
-                             concurrency: int) -> dict[int, _Prepared]:
+    async def _prepare_block(
+        self, todo: list[int], partial: dict[int, dict[str, Any]], concurrency: int
+    ) -> dict[int, _Prepared]:
         """Sample and explain a block's latents (what a latent finished before is reused)."""
         prepared: dict[int, _Prepared] = {}
 
@@ -496,8 +627,9 @@ class _Runner:
         await _bounded(todo, prepare, concurrency, lambda: self.stopped is not None)
         return prepared
 
-    async def _finish_block(self, prepared: dict[int, _Prepared], latents: list[int], pool: dict[int, str],
-                            concurrency: int) -> None:
+    async def _finish_block(
+        self, prepared: dict[int, _Prepared], latents: list[int], pool: dict[int, str], concurrency: int
+    ) -> None:
         """Score a block's latents and their controls (control explanations from ``pool``)."""
 
         async def finish(latent: int) -> None:
@@ -540,7 +672,12 @@ class _Runner:
             self._write({**self._base(latent, sample), "skipped": sample.skipped})
             return None
         if partial is not None and partial.get("explanation") is not None:
-            return _Prepared(sample, _explanation_from(partial["explanation"]), dict(partial.get("scores") or {}), dict(partial.get("controls") or {}))
+            return _Prepared(
+                sample,
+                _explanation_from(partial["explanation"]),
+                dict(partial.get("scores") or {}),
+                dict(partial.get("controls") or {}),
+            )
         explanation: Explanation | None = None
         if self.given is not None:
             explanation = self.given.get(latent)
@@ -611,18 +748,23 @@ class _Runner:
                 return replace(out, provider=provider)
             error = f"returned {type(out).__name__}, not an Explanation"
         who = f"plugin {provider['plugin']!r}, " if provider else ""
-        return Explanation(sample.latent, "", str(name), failed=True, error=f"{who}explainer {name!r} {error}",
-                           provider=provider)
+        return Explanation(
+            sample.latent, "", str(name), failed=True, error=f"{who}explainer {name!r} {error}", provider=provider
+        )
 
-    async def _score(self, name: str, scorer: Any, sample: LatentSample, explanation: Explanation | None,
-                     ctx: Context | None = None) -> dict[str, Any]:
+    async def _score(
+        self, name: str, scorer: Any, sample: LatentSample, explanation: Explanation | None, ctx: Context | None = None
+    ) -> dict[str, Any]:
         """One scorer's output as a record entry (with its provider and its judge). A crash or an output that
         breaks the contract becomes an entry with ``error`` naming the plugin; LLM errors propagate."""
         provider = self.providers["scorers"][name]
         needs_llm = getattr(scorer, "needs_llm", True)
-        extra = {"provider": provider, "judge_kind": "llm" if needs_llm else "local",
-                 "judge": getattr(self.ctx.llm, "name", None) if needs_llm else None,
-                 "needs_explanation": bool(getattr(scorer, "needs_explanation", True))}
+        extra = {
+            "provider": provider,
+            "judge_kind": "llm" if needs_llm else "local",
+            "judge": getattr(self.ctx.llm, "name", None) if needs_llm else None,
+            "needs_explanation": bool(getattr(scorer, "needs_explanation", True)),
+        }
         if getattr(scorer, "needs_explanation", True) and (explanation is None or explanation.failed):
             why = "no explanation" if explanation is None else f"explanation failed: {explanation.error}"
             return {**ScorerOutput(scorer=name, score=None, n_examples=0, n_failed=0, error=why).to_dict(), **extra}
@@ -631,29 +773,45 @@ class _Runner:
         except LLMError:
             raise
         except Exception as exc:  # one broken scorer must not take the others down
-            out = ScorerOutput(scorer=name, score=None, n_examples=0, n_failed=0,
-                               error=f"plugin {provider['plugin']!r}, scorer {name!r} crashed: {type(exc).__name__}: {exc}")
+            out = ScorerOutput(
+                scorer=name,
+                score=None,
+                n_examples=0,
+                n_failed=0,
+                error=f"plugin {provider['plugin']!r}, scorer {name!r} crashed: {type(exc).__name__}: {exc}",
+            )
         else:
             problem = _check_output(out)
             if problem is not None:
-                out = ScorerOutput(scorer=name, score=None, n_examples=0, n_failed=0,
-                                   error=f"plugin {provider['plugin']!r}: scorer {name!r} {problem}")
+                out = ScorerOutput(
+                    scorer=name,
+                    score=None,
+                    n_examples=0,
+                    n_failed=0,
+                    error=f"plugin {provider['plugin']!r}: scorer {name!r} {problem}",
+                )
         entry = {**out.to_dict(), **extra, "scorer": name}
         if entry.get("score") is not None and entry.get("metric") is None:
             entry.update(_guess_headline(entry))
         return entry
 
-    async def _control(self, name: str, scorer: Any, sample: LatentSample, source: int | None,
-                       pool: dict[int, str], fraction: float) -> dict[str, Any]:
+    async def _control(
+        self, name: str, scorer: Any, sample: LatentSample, source: int | None, pool: dict[int, str], fraction: float
+    ) -> dict[str, Any]:
         """The scorer on a subset of the same test examples with another latent's explanation."""
         if source is None:
             return {"score": None, "error": "no other latent of this block of the run has an explanation"}
         subset = control_sample(sample, fraction, self.ctx.seed)
         ctx = replace(self.ctx, llm=RelabelledClient(self.ctx.llm)) if self.ctx.llm is not None else self.ctx
         entry = await self._score(name, scorer, subset, control_explanation(sample.latent, source, pool[source]), ctx)
-        return {"explanation_from": source, "explanation": pool[source],
-                **{k: entry.get(k) for k in ("score", "metric", "low", "high", "chance", "n_examples", "n_failed",
-                                             "error", "predictions")}}
+        return {
+            "explanation_from": source,
+            "explanation": pool[source],
+            **{
+                k: entry.get(k)
+                for k in ("score", "metric", "low", "high", "chance", "n_examples", "n_failed", "error", "predictions")
+            },
+        }
 
 
 async def _bounded(items: list[int], job: Any, concurrency: int, stop: Any) -> None:
@@ -687,8 +845,12 @@ def _guess_headline(entry: Mapping[str, Any]) -> dict[str, Any]:
     m = entry.get("metrics") or {}
     for key in ("balanced_accuracy", "accuracy", "pearson", "auc", "mean_diff"):
         if key in m and m[key] is not None and entry.get("score") is not None and abs(m[key] - entry["score"]) < 1e-12:
-            return {"metric": key, "low": m.get(f"{key}_low"), "high": m.get(f"{key}_high"),
-                    "chance": m.get(f"chance_{key}")}
+            return {
+                "metric": key,
+                "low": m.get(f"{key}_low"),
+                "high": m.get(f"{key}_high"),
+                "chance": m.get(f"chance_{key}"),
+            }
     return {}
 
 
@@ -697,7 +859,9 @@ def _check_output(out: Any) -> str | None:
     if not isinstance(out, ScorerOutput):
         return f"returned {type(out).__name__}, not a ScorerOutput"
     score = out.score
-    if score is not None and (isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score)):
+    if score is not None and (
+        isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score)
+    ):
         return f"returned score={score!r}; a score is a finite number or None"
     for field_name in ("n_examples", "n_failed"):
         value = getattr(out, field_name)

@@ -17,8 +17,20 @@ from typing import Any
 
 import torch
 
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
 #: name -> (true explanation, words whose tokens form the set)
 DEFAULT_FEATURES: dict[str, tuple[str, list[str]]] = {
@@ -41,7 +53,9 @@ class PlantedSAE:
         return {i: self.explanations[(i + 1) % n] for i in range(n)}
 
 
-def build_planted_sae(model: Any, features: dict[str, tuple[str, list[str]]] | None = None, margin: float = 1e-3) -> PlantedSAE:
+def build_planted_sae(
+    model: Any, features: dict[str, tuple[str, list[str]]] | None = None, margin: float = 1e-3
+) -> PlantedSAE:
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
@@ -73,7 +87,9 @@ def build_planted_sae(model: Any, features: dict[str, tuple[str, list[str]]] | N
         if not firing[i]:
             raise ValueError(f"feature {names[i]!r} is not linearly separable from the rest of the vocabulary")
     cfg = JumpReLUSAEConfig(
-        d_in=d, d_sae=len(sets), apply_b_dec_to_input=False,
+        d_in=d,
+        d_sae=len(sets),
+        apply_b_dec_to_input=False,
         metadata=SAEMetadata(hook_name="hook_embed", prepend_bos=True, context_size=128, model_name="planted"),
     )
     sae = JumpReLUSAE(cfg)
@@ -113,20 +129,31 @@ def planted_corpus(n_docs: int = 300, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     subjects = ["The committee", "Our team", "The library", "A volunteer", "The city council", "My neighbour"]
     verbs = ["met", "published a report", "opened a new branch", "planted trees", "held a vote", "moved house"]
-    prose = ["The weather was mild and people walked in the park.", "Nobody expected the discussion to last so long.",
-             "Coffee was served in the hall afterwards.", "The results surprised everyone involved.",
-             "Several questions remained open for a later meeting."]
+    prose = [
+        "The weather was mild and people walked in the park.",
+        "Nobody expected the discussion to last so long.",
+        "Coffee was served in the hall afterwards.",
+        "The results surprised everyone involved.",
+        "Several questions remained open for a later meeting.",
+    ]
     docs = []
     for i in range(n_docs):
         kind = i % 3
         if kind == 0:
             m = rng.choice(MONTHS)
-            docs.append(f"{rng.choice(subjects)} {rng.choice(verbs)} on {rng.randint(1, 28)} {m} {rng.randint(1950, 2024)}. "
-                        + " ".join(rng.sample(prose, 2)))
+            docs.append(
+                f"{rng.choice(subjects)} {rng.choice(verbs)} on {rng.randint(1, 28)} {m} {rng.randint(1950, 2024)}. "
+                + " ".join(rng.sample(prose, 2))
+            )
         elif kind == 1:
             name = rng.choice(["total", "area", "score", "count", "mean"])
-            docs.append(f"def {name}(values):\n    result = 0\n    for v in values:\n        result += v * {rng.randint(2, 99)}\n"
-                        f"    return result\n\n# " + rng.choice(prose))
+            docs.append(
+                f"def {name}(values):\n    result = 0\n    for v in values:\n        result += v * {rng.randint(2, 99)}\n"
+                f"    return result\n\n# " + rng.choice(prose)
+            )
         else:
-            docs.append(" ".join(rng.sample(prose, 3)) + f" In {rng.choice(MONTHS)} the group counted {rng.randint(10, 9999)} visitors.")
+            docs.append(
+                " ".join(rng.sample(prose, 3))
+                + f" In {rng.choice(MONTHS)} the group counted {rng.randint(10, 9999)} visitors."
+            )
     return docs

@@ -90,7 +90,9 @@ class ScorerOutput:
         """``metric`` / ``low`` / ``high`` / ``chance`` keyword arguments read from flat ``metrics``
         (``NAME``, ``NAME_low``, ``NAME_high``, ``chance_NAME``)."""
         return {
-            "metric": name, "low": metrics.get(f"{name}_low"), "high": metrics.get(f"{name}_high"),
+            "metric": name,
+            "low": metrics.get(f"{name}_low"),
+            "high": metrics.get(f"{name}_high"),
             "chance": metrics.get(f"chance_{name}", chance) if chance is None else chance,
         }
 

@@ -136,17 +136,23 @@ class Registry:
         own, others = _entry_points()
         chosen = [(ep, True) for ep in own if builtins] + [(ep, False) for ep in others if load_entry_points]
         if builtins and not own and self._wanted(BUILTIN):
-            self._fail(BUILTIN, f"the {DISTRIBUTION} distribution declares no entry point in the group "
-                                f"{ENTRY_POINT_GROUP!r} (stale or missing install metadata), so the built-ins are "
-                                f"not registered; reinstall it (pip install -e .)")
+            self._fail(
+                BUILTIN,
+                f"the {DISTRIBUTION} distribution declares no entry point in the group "
+                f"{ENTRY_POINT_GROUP!r} (stale or missing install metadata), so the built-ins are "
+                f"not registered; reinstall it (pip install -e .)",
+            )
         for ep, is_own in chosen:
             if self._wanted(ep.name):
                 self._load_entry_point(ep, builtin=is_own)
         if self._allowed is not None:
             declared = {ep.name for ep in own + others}
             for name in sorted(self._allowed - declared - self._blocked):
-                self._fail(name, f"named in {LOAD_ENV_VAR} but no installed distribution declares an entry point "
-                                 f"{name!r} in the group {ENTRY_POINT_GROUP!r}")
+                self._fail(
+                    name,
+                    f"named in {LOAD_ENV_VAR} but no installed distribution declares an entry point "
+                    f"{name!r} in the group {ENTRY_POINT_GROUP!r}",
+                )
                 self._sources.setdefault(name, _Source(None, None, False, "not installed"))
 
     def _wanted(self, name: str) -> bool:
@@ -228,13 +234,21 @@ class Registry:
                 src = self._source(name)
                 for item_name, factory in (provided or {}).items():
                     contenders.setdefault(item_name, []).append(
-                        RegisteredItem(item_name, kind, name, factory, src.distribution, src.version))
+                        RegisteredItem(item_name, kind, name, factory, src.distribution, src.version)
+                    )
             for item_name, found in contenders.items():
                 self._resolve(state, kind, item_name, found)
         return state
 
-    def _call_one(self, hook_name: str, kind: str, name: str, plugin: Any,
-                  wrappers: Sequence[pluggy.HookImpl], failures: dict[str, list[str]]) -> dict[str, Any] | None:
+    def _call_one(
+        self,
+        hook_name: str,
+        kind: str,
+        name: str,
+        plugin: Any,
+        wrappers: Sequence[pluggy.HookImpl],
+        failures: dict[str, list[str]],
+    ) -> dict[str, Any] | None:
         """``plugin``'s implementation of ``hook_name`` through pluggy, with every wrapper around it; a crash
         or a bad return is booked on the plugin, or on the wrapper when the plugin alone works."""
 
@@ -264,7 +278,9 @@ class Registry:
                     except Exception as exc:
                         guilty.append((w.plugin_name, exc))
                 for who, error in guilty or [(w.plugin_name, first) for w in wrappers]:
-                    book(who, f"hook {hook_name} wrapper failed around plugin {name!r}: {type(error).__name__}: {error}")
+                    book(
+                        who, f"hook {hook_name} wrapper failed around plugin {name!r}: {type(error).__name__}: {error}"
+                    )
                 return alone
         book(name, f"hook {hook_name} failed: {type(first).__name__}: {first}")
         return None
@@ -273,7 +289,7 @@ class Registry:
         singular = _singular(kind)
         builtins = [f for f in found if self._source(f.plugin).builtin]
         winners = builtins[:1] if builtins else (found if len(found) == 1 else [])
-        for f in (winners or found):
+        for f in winners or found:
             state.provides.setdefault(f.plugin, {}).setdefault(kind, []).append(item_name)
         if winners:
             winner = winners[0]
@@ -281,9 +297,11 @@ class Registry:
             for loser in found:
                 if loser is winner:
                     continue
-                message = (f"{singular} {item_name!r} already provided by plugin {winner.plugin!r} "
-                           f"({_describe_item(winner)}), which wins: built-ins take precedence, so plugin "
-                           f"{loser.plugin!r} ({_describe_item(loser)}) does not provide it; rename it")
+                message = (
+                    f"{singular} {item_name!r} already provided by plugin {winner.plugin!r} "
+                    f"({_describe_item(winner)}), which wins: built-ins take precedence, so plugin "
+                    f"{loser.plugin!r} ({_describe_item(loser)}) does not provide it; rename it"
+                )
                 state.failures.setdefault(loser.plugin, []).append(message)
                 logger.warning("plugin name clash: %s", message)
             return
@@ -355,9 +373,15 @@ class Registry:
         names = list(self._sources)
         names += [n for n, p in self.pm.list_name_plugin() if p is not None and n not in names]
         names += [n for n in failures if n not in names]
-        sources = {n: self._sources.get(n) or (self._source(n) if self.pm.get_plugin(n) is not None
-                                               else _Source(None, None, False, "registered in process"))
-                   for n in names}
+        sources = {
+            n: self._sources.get(n)
+            or (
+                self._source(n)
+                if self.pm.get_plugin(n) is not None
+                else _Source(None, None, False, "registered in process")
+            )
+            for n in names
+        }
         names.sort(key=lambda n: not sources[n].builtin)  # stable: built-ins first, then discovery order
         infos = []
         for name in names:
@@ -368,11 +392,15 @@ class Registry:
                 where = f"entry point {src.distribution or '?'}"
             else:
                 where = src.how
-            infos.append(PluginInfo(
-                name=name, version=src.version or "?", source=where,
-                provides={k: sorted(v) for k, v in state.provides.get(name, {}).items()},
-                error=failures.get(name),
-            ))
+            infos.append(
+                PluginInfo(
+                    name=name,
+                    version=src.version or "?",
+                    source=where,
+                    provides={k: sorted(v) for k, v in state.provides.get(name, {}).items()},
+                    error=failures.get(name),
+                )
+            )
         return infos
 
 
@@ -394,8 +422,10 @@ def get_client(llm: str | LLMClient, **kwargs: Any) -> LLMClient:
         return check_client(client)
     except ConfigError as exc:
         plugin = registry.get("llm_clients", prefix).plugin
-        raise PluginError(f"plugin {plugin!r}: llm client {prefix!r} returned a {type(client).__name__}, which is "
-                          f"not an LLMClient: {exc}") from exc
+        raise PluginError(
+            f"plugin {plugin!r}: llm client {prefix!r} returned a {type(client).__name__}, which is "
+            f"not an LLMClient: {exc}"
+        ) from exc
 
 
 def _merge(results: Any, kind: str) -> dict[str, Callable[..., Any]]:
@@ -464,9 +494,11 @@ def _describe_item(item: RegisteredItem) -> str:
 def _ambiguous_message(singular: str, name: str, found: Sequence[RegisteredItem]) -> str:
     who = ", ".join(f"{f.plugin!r} ({_describe_item(f)})" for f in found)
     keep, rest = found[0].plugin, ",".join(f.plugin for f in found[1:])
-    return (f"{singular} {name!r} is provided by {len(found)} plugins: {who}; refusing to guess which one to use. "
-            f"Keep one: {BLOCK_ENV_VAR}={rest} keeps plugin {keep!r} (or allow-list one with {LOAD_ENV_VAR}, "
-            f"or uninstall one)")
+    return (
+        f"{singular} {name!r} is provided by {len(found)} plugins: {who}; refusing to guess which one to use. "
+        f"Keep one: {BLOCK_ENV_VAR}={rest} keeps plugin {keep!r} (or allow-list one with {LOAD_ENV_VAR}, "
+        f"or uninstall one)"
+    )
 
 
 if TYPE_CHECKING:  # StreamHandler is generic in typeshed only (subscripting it fails at run time on 3.10)
@@ -498,15 +530,19 @@ def _trace_before(hook_name: str, hook_impls: Sequence[pluggy.HookImpl], kwargs:
     trace_logger.debug("calling %s on %s%s", hook_name, who or "no plugin", f" with {dict(kwargs)}" if kwargs else "")
 
 
-def _trace_after(outcome: pluggy.Result[Any], hook_name: str, hook_impls: Sequence[pluggy.HookImpl],
-                 kwargs: Mapping[str, Any]) -> None:
+def _trace_after(
+    outcome: pluggy.Result[Any], hook_name: str, hook_impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]
+) -> None:
     exc = outcome.exception
     if exc is not None:
         trace_logger.debug("%s raised %s: %s", hook_name, type(exc).__name__, exc)
         return
     result = outcome.get_result()
-    shown = ([sorted(r) if isinstance(r, Mapping) else type(r).__name__ for r in result]
-             if isinstance(result, list) else type(result).__name__)
+    shown = (
+        [sorted(r) if isinstance(r, Mapping) else type(r).__name__ for r in result]
+        if isinstance(result, list)
+        else type(result).__name__
+    )
     trace_logger.debug("%s returned %s", hook_name, shown)
 
 

@@ -46,8 +46,11 @@ def load(path: str | Path) -> ScoreResult:
         log.warning("%s holds records of %d other run(s); reading run %s only", path, len(others), str(run_key)[:12])
     latest = results.latest(run_key) if run_key else {}
     records = sorted((r for r in latest.values() if not r.get("incomplete")), key=lambda r: r["latent"])
-    incomplete = {k: f"{r['incomplete'].get('stage')}: {r['incomplete'].get('error')}"
-                  for k, r in latest.items() if r.get("incomplete")}
+    incomplete = {
+        k: f"{r['incomplete'].get('stage')}: {r['incomplete'].get('error')}"
+        for k, r in latest.items()
+        if r.get("incomplete")
+    }
     return ScoreResult(records=records, path=path, usage=usage, incomplete=incomplete, run_key=run_key)
 
 
@@ -67,7 +70,9 @@ def histogram(values: list[float], bins: int = 10, lo: float = 0.0, hi: float = 
     """A text histogram (the terminal has no plots)."""
     counts, edges = np.histogram(np.clip(values, lo, hi), bins=bins, range=(lo, hi))
     top = max(counts.max(), 1)
-    return "\n".join(f"{edges[i]:5.2f}-{edges[i + 1]:4.2f} | {'#' * int(round(width * c / top))} {c}" for i, c in enumerate(counts))
+    return "\n".join(
+        f"{edges[i]:5.2f}-{edges[i + 1]:4.2f} | {'#' * int(round(width * c / top))} {c}" for i, c in enumerate(counts)
+    )
 
 
 def _clean(text: Any) -> str:
@@ -83,8 +88,22 @@ def summary_text(result: ScoreResult) -> str:
     summary = result.summary()
     if summary.empty:
         return ""
-    cols = ["scorer", "metric", "n_latents", "n_scored", "n_undefined", "n_failed", "mean", "low", "high", "chance",
-            "control", "lift", "lift_low", "lift_high"]
+    cols = [
+        "scorer",
+        "metric",
+        "n_latents",
+        "n_scored",
+        "n_undefined",
+        "n_failed",
+        "mean",
+        "low",
+        "high",
+        "chance",
+        "control",
+        "lift",
+        "lift_low",
+        "lift_high",
+    ]
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200):
         return summary[cols].to_string(index=False)
 
@@ -93,8 +112,12 @@ def text_report(result: ScoreResult) -> str:
     parts = [text_table(result), ""]
     table = result.table.dropna(subset=["score"])
     if not table.empty:
-        parts += ["per scorer (mean score with 95% interval; control = another latent's explanation on the same "
-                  "examples; lift = score - control):", summary_text(result), ""]
+        parts += [
+            "per scorer (mean score with 95% interval; control = another latent's explanation on the same "
+            "examples; lift = score - control):",
+            summary_text(result),
+            "",
+        ]
         for scorer, group in table.groupby("scorer"):
             lo = -1.0 if group["metric"].eq("pearson").any() else 0.0
             parts += [f"{_clean(scorer)} scores:", histogram(group["score"].tolist(), lo=lo), ""]
@@ -102,16 +125,22 @@ def text_report(result: ScoreResult) -> str:
     if verdict:
         parts += ["judge check:", *(f"  {_clean(line)}" for line in verdict), ""]
     if result.skipped:
-        parts.append(f"skipped {len(result.skipped)} latents: " + "; ".join(
-            f"{k}: {_clean(v)}" for k, v in list(result.skipped.items())[:10]))
+        parts.append(
+            f"skipped {len(result.skipped)} latents: "
+            + "; ".join(f"{k}: {_clean(v)}" for k, v in list(result.skipped.items())[:10])
+        )
     if result.incomplete:
-        parts.append(f"INCOMPLETE: {len(result.incomplete)} latents did not finish (run the same command again to "
-                     "finish them): " + "; ".join(f"{k}: {_clean(v)}" for k, v in list(result.incomplete.items())[:5]))
+        parts.append(
+            f"INCOMPLETE: {len(result.incomplete)} latents did not finish (run the same command again to "
+            "finish them): " + "; ".join(f"{k}: {_clean(v)}" for k, v in list(result.incomplete.items())[:5])
+        )
     total = (result.usage or {}).get("total")
     if total:
-        parts.append(f"LLM usage: {total.get('requests')} requests, {total.get('prompt_tokens')} prompt + "
-                     f"{total.get('completion_tokens')} completion tokens, {total.get('cache_hits')} cache hits, "
-                     f"${total.get('cost', 0):.4f}")
+        parts.append(
+            f"LLM usage: {total.get('requests')} requests, {total.get('prompt_tokens')} prompt + "
+            f"{total.get('completion_tokens')} completion tokens, {total.get('cache_hits')} cache hits, "
+            f"${total.get('cost', 0):.4f}"
+        )
     return "\n".join(parts)
 
 
@@ -143,20 +172,25 @@ def write_html(result: ScoreResult, path: str | Path) -> Path:
             cells.append(f"{esc(str(name))} {out['score']:.2f}{interval}{control}")
         failed = sum(int(out.get("n_failed", 0) or 0) for out in (r.get("scores") or {}).values())
         freq = float(r.get("stats", {}).get("frequency", 0.0) or 0.0)
-        rows.append(f"<tr><td>{latent}</td><td>{text}</td><td>{'<br>'.join(cells)}</td><td>{failed}</td>"
-                    f"<td>{freq:.4%}</td></tr>")
+        rows.append(
+            f"<tr><td>{latent}</td><td>{text}</td><td>{'<br>'.join(cells)}</td><td>{failed}</td>"
+            f"<td>{freq:.4%}</td></tr>"
+        )
     summary = result.summary()
     verdict = "".join(f"<li>{esc(line)}</li>" for line in result.verdict())
-    incomplete = (f"<p class=warn>{len(result.incomplete)} latents are incomplete (run the same command again): "
-                  f"{esc('; '.join(f'{k}: {v}' for k, v in list(result.incomplete.items())[:10]))}</p>"
-                  if result.incomplete else "")
+    incomplete = (
+        f"<p class=warn>{len(result.incomplete)} latents are incomplete (run the same command again): "
+        f"{esc('; '.join(f'{k}: {v}' for k, v in list(result.incomplete.items())[:10]))}</p>"
+        if result.incomplete
+        else ""
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sae-lens-autointerp results</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}.warn{{color:#a00}}</style>
 </head><body><h1>sae-lens-autointerp results</h1><p>{esc(str(result.path))}</p>
 <h2>Judge check</h2><ul>{verdict or "<li>no scorer with a control in this run</li>"}</ul>{incomplete}
 <h2>Per scorer</h2>{summary.to_html(index=False, float_format=lambda x: f"{x:.3f}", escape=True) if not summary.empty else "<p>no scores</p>"}
 <h2>Latents</h2><table><tr><th>latent</th><th>explanation</th><th>scores [95% interval], control</th><th>failed answers</th><th>frequency</th></tr>
-{''.join(rows)}</table></body></html>"""
+{"".join(rows)}</table></body></html>"""
     path.write_text(page, encoding="utf-8")
     return path
 
@@ -187,23 +221,33 @@ def conclusion(results: dict[str, ScoreResult]) -> list[str]:
         ok = group[group["judge_ok"] == True]  # noqa: E712 (object column)
         if len(ok):
             best = ok.sort_values("lift", ascending=False).iloc[0]
-            good.append(f"{scorer} (lift {best['lift']:+.2f}, 95% CI {best['lift_low']:+.2f} to "
-                        f"{best['lift_high']:+.2f}, {best['explainer']} explanations)")
+            good.append(
+                f"{scorer} (lift {best['lift']:+.2f}, 95% CI {best['lift_low']:+.2f} to "
+                f"{best['lift_high']:+.2f}, {best['explainer']} explanations)"
+            )
         elif (group["judge_ok"] == False).any():  # noqa: E712
             worst = group[group["judge_ok"] == False].iloc[0]  # noqa: E712
-            why = (f"{worst['identical_answers']:.0%} identical answers" if worst["identical_answers"] is not None
-                   and worst["identical_answers"] >= 0.95 else
-                   f"lift {worst['lift']:+.2f}, 95% CI {worst['lift_low']:+.2f} to {worst['lift_high']:+.2f}")
+            why = (
+                f"{worst['identical_answers']:.0%} identical answers"
+                if worst["identical_answers"] is not None and worst["identical_answers"] >= 0.95
+                else f"lift {worst['lift']:+.2f}, 95% CI {worst['lift_low']:+.2f} to {worst['lift_high']:+.2f}"
+            )
             bad.append(f"{scorer} ({why})")
     if good:
-        lines.append("Signal on this machine: " + "; ".join(good) + ": the right explanation scores higher than "
-                     "another latent's on the same examples.")
+        lines.append(
+            "Signal on this machine: " + "; ".join(good) + ": the right explanation scores higher than "
+            "another latent's on the same examples."
+        )
     if bad:
-        lines.append("No signal: " + "; ".join(bad) + ". Here the right explanation scores no better than another "
-                     "latent's, so these scores mean nothing (identical answers: the judge; otherwise the "
-                     "explanations, the judge, or both).")
-    lines.append("For detection / fuzzing / simulation scores that mean something, use a capable LLM: "
-                 "sae-autointerp run --llm openai:MODEL --base-url URL ... (docs/llm.md).")
+        lines.append(
+            "No signal: " + "; ".join(bad) + ". Here the right explanation scores no better than another "
+            "latent's, so these scores mean nothing (identical answers: the judge; otherwise the "
+            "explanations, the judge, or both)."
+        )
+    lines.append(
+        "For detection / fuzzing / simulation scores that mean something, use a capable LLM: "
+        "sae-autointerp run --llm openai:MODEL --base-url URL ... (docs/llm.md)."
+    )
     return lines
 
 
@@ -211,12 +255,30 @@ def comparison_text(results: dict[str, ScoreResult]) -> str:
     table = comparison_table(results)
     if table.empty:
         return "no scores to compare"
-    cols = ["explainer", "scorer", "n_scored", "mean", "low", "high", "control", "lift", "lift_low", "lift_high",
-            "judge_ok"]
+    cols = [
+        "explainer",
+        "scorer",
+        "n_scored",
+        "mean",
+        "low",
+        "high",
+        "control",
+        "lift",
+        "lift_low",
+        "lift_high",
+        "judge_ok",
+    ]
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200):
         body = table[cols].to_string(index=False)
-    return "\n".join(["explainers compared (mean score [95% CI]; control = another latent's explanation; "
-                      "lift = score - control):", body, "", *conclusion(results)])
+    return "\n".join(
+        [
+            "explainers compared (mean score [95% CI]; control = another latent's explanation; "
+            "lift = score - control):",
+            body,
+            "",
+            *conclusion(results),
+        ]
+    )
 
 
 def write_index(results: dict[str, ScoreResult], path: str | Path) -> Path:

@@ -31,12 +31,45 @@ import pandas as pd
 log = logging.getLogger("sae_lens_autointerp")
 
 TABLE_COLUMNS = [
-    "latent", "scorer", "metric", "score", "low", "high", "chance", "auc", "calibrated", "control", "lift", "lift_low",
-    "lift_high", "signal", "n_examples", "n_failed", "explanation", "error", "provider",
+    "latent",
+    "scorer",
+    "metric",
+    "score",
+    "low",
+    "high",
+    "chance",
+    "auc",
+    "calibrated",
+    "control",
+    "lift",
+    "lift_low",
+    "lift_high",
+    "signal",
+    "n_examples",
+    "n_failed",
+    "explanation",
+    "error",
+    "provider",
 ]
 SUMMARY_COLUMNS = [
-    "scorer", "metric", "n_latents", "n_scored", "n_undefined", "n_failed", "mean", "low", "high", "chance",
-    "control", "lift", "lift_low", "lift_high", "n_controls", "identical_answers", "judge_ok", "judge_check",
+    "scorer",
+    "metric",
+    "n_latents",
+    "n_scored",
+    "n_undefined",
+    "n_failed",
+    "mean",
+    "low",
+    "high",
+    "chance",
+    "control",
+    "lift",
+    "lift_low",
+    "lift_high",
+    "n_controls",
+    "identical_answers",
+    "judge_ok",
+    "judge_check",
 ]
 
 
@@ -87,8 +120,12 @@ class ResultsFile:
             with open(self.path.with_name(self.path.name + ".corrupt"), "ab") as aside:
                 aside.write(data[cut:] + b"\n")
             fh.truncate(cut)
-        log.warning("%s ended in a torn line (%d bytes, moved to %s.corrupt); its latent runs again", self.path,
-                    len(data) - cut, self.path.name)
+        log.warning(
+            "%s ended in a torn line (%d bytes, moved to %s.corrupt); its latent runs again",
+            self.path,
+            len(data) - cut,
+            self.path.name,
+        )
 
     def latest(self, run_key: str) -> dict[int, dict[str, Any]]:
         """The last record of each latent of one run (finished or not)."""
@@ -283,8 +320,11 @@ def judge_checks(records: list[dict[str, Any]]) -> list[Any]:
         by_scorer.setdefault(row["scorer"], []).append(row)
     # scorers that read no explanation (intruder) have no control and no check; with controls off the check
     # says it was not made
-    return [judge_check(name, lifts_per_latent(by_scorer[name]), answers.get(name, []))
-            for name in sorted(by_scorer) if name in controlled]
+    return [
+        judge_check(name, lifts_per_latent(by_scorer[name]), answers.get(name, []))
+        for name in sorted(by_scorer)
+        if name in controlled
+    ]
 
 
 def summary_table(records: list[dict[str, Any]], confidence: float = 0.95) -> pd.DataFrame:
@@ -301,27 +341,33 @@ def summary_table(records: list[dict[str, Any]], confidence: float = 0.95) -> pd
         failed = group["error"].notna().to_numpy() & ~scored
         # each latent's own interval plus the spread between latents: never a zero-width interval when a few
         # latents happen to score the same
-        est = pooled_mean([Estimate(float(r.score), _num(r.low), _num(r.high))
-                           for r in group.itertuples() if np.isfinite(r.score)], confidence)
+        est = pooled_mean(
+            [Estimate(float(r.score), _num(r.low), _num(r.high)) for r in group.itertuples() if np.isfinite(r.score)],
+            confidence,
+        )
         check = checks.get(str(name))
         chance = group["chance"].dropna()
         metric = group["metric"].dropna()
-        rows.append({
-            "scorer": name,
-            "metric": metric.iloc[0] if len(metric) else None,
-            "n_latents": len(group),
-            "n_scored": int(scored.sum()),
-            "n_undefined": int((~scored & ~failed).sum()),
-            "n_failed": int(failed.sum()),
-            "mean": est.value, "low": est.low, "high": est.high,
-            "chance": float(chance.mean()) if len(chance) else None,
-            "control": mean_or_none(group["control"]),
-            "lift": None if check is None else check.to_dict()["lift"],
-            "lift_low": None if check is None else check.to_dict()["lift_low"],
-            "lift_high": None if check is None else check.to_dict()["lift_high"],
-            "n_controls": 0 if check is None else check.n_controls,
-            "identical_answers": None if check is None else check.identical_answers,
-            "judge_ok": None if check is None else check.can_tell,
-            "judge_check": None if check is None else judge_sentence(check, kinds.get(str(name), "llm")),
-        })
+        rows.append(
+            {
+                "scorer": name,
+                "metric": metric.iloc[0] if len(metric) else None,
+                "n_latents": len(group),
+                "n_scored": int(scored.sum()),
+                "n_undefined": int((~scored & ~failed).sum()),
+                "n_failed": int(failed.sum()),
+                "mean": est.value,
+                "low": est.low,
+                "high": est.high,
+                "chance": float(chance.mean()) if len(chance) else None,
+                "control": mean_or_none(group["control"]),
+                "lift": None if check is None else check.to_dict()["lift"],
+                "lift_low": None if check is None else check.to_dict()["lift_low"],
+                "lift_high": None if check is None else check.to_dict()["lift_high"],
+                "n_controls": 0 if check is None else check.n_controls,
+                "identical_answers": None if check is None else check.identical_answers,
+                "judge_ok": None if check is None else check.can_tell,
+                "judge_check": None if check is None else judge_sentence(check, kinds.get(str(name), "llm")),
+            }
+        )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)

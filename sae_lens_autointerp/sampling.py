@@ -49,7 +49,11 @@ class SamplingConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ConfigError(f"sampling {name} must be an integer, got {value!r}")
-        if isinstance(self.max_frequency, bool) or not isinstance(self.max_frequency, (int, float)) or not 0 < self.max_frequency <= 1:
+        if (
+            isinstance(self.max_frequency, bool)
+            or not isinstance(self.max_frequency, (int, float))
+            or not 0 < self.max_frequency <= 1
+        ):
             raise ConfigError(f"sampling max_frequency must be a number in (0, 1], got {self.max_frequency!r}")
         if self.explain_strategy not in ("quantiles", "top", "random"):
             raise ConfigError(f"explain_strategy must be 'quantiles', 'top' or 'random', got {self.explain_strategy!r}")
@@ -58,8 +62,10 @@ class SamplingConfig:
         if min(self.n_explain, self.n_quantiles) < 1 or min(self.n_test_pos, self.n_test_neg) < 0:
             raise ConfigError("n_explain and n_quantiles must be >= 1, n_test_pos and n_test_neg >= 0")
         if self.n_quantiles > self.n_explain + self.n_test_pos:
-            raise ConfigError(f"n_quantiles={self.n_quantiles} is more than the {self.n_explain + self.n_test_pos} "
-                              "activating examples drawn (n_explain + n_test_pos); use fewer quantiles")
+            raise ConfigError(
+                f"n_quantiles={self.n_quantiles} is more than the {self.n_explain + self.n_test_pos} "
+                "activating examples drawn (n_explain + n_test_pos); use fewer quantiles"
+            )
 
     def check_against(self, n_stratified: int, n_random_windows: int) -> None:
         """Refuse counts the harvest cannot supply (its uniform sample and random pool sizes), before any work."""
@@ -69,8 +75,10 @@ class SamplingConfig:
                 f"a sample of n_stratified={n_stratified} per latent; lower them or harvest with a larger n_stratified"
             )
         if self.n_test_neg > n_random_windows:
-            raise ConfigError(f"n_test_neg={self.n_test_neg} is more than the harvest's n_random_windows="
-                              f"{n_random_windows}; lower it or harvest with more random windows")
+            raise ConfigError(
+                f"n_test_neg={self.n_test_neg} is more than the harvest's n_random_windows="
+                f"{n_random_windows}; lower it or harvest with more random windows"
+            )
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,9 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
         return LatentSample(latent, skipped="dead: never fired on the harvested tokens", stats=stats)
     if frequency > config.max_frequency:
         return LatentSample(
-            latent, skipped=f"too dense: fires on {frequency:.1%} of tokens (max_frequency={config.max_frequency})", stats=stats
+            latent,
+            skipped=f"too dense: fires on {frequency:.1%} of tokens (max_frequency={config.max_frequency})",
+            stats=stats,
         )
     if n_fire_examples < config.min_activating:
         return LatentSample(

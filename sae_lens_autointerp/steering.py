@@ -48,6 +48,7 @@ NEUTRAL_PROMPTS: tuple[str, ...] = (
     "She opened the door and",
 )
 
+
 def model_name(model: Any) -> str:
     """A readable name of a TransformerLens model, for usage accounting."""
     cfg = getattr(model, "cfg", None)
@@ -69,8 +70,13 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "latent": self.latent, "alpha": self.alpha, "kl": self.kl, "target_kl": self.target_kl,
-            "tolerance": self.tolerance, "converged": self.converged, "n_evals": self.n_evals,
+            "latent": self.latent,
+            "alpha": self.alpha,
+            "kl": self.kl,
+            "target_kl": self.target_kl,
+            "tolerance": self.tolerance,
+            "converged": self.converged,
+            "n_evals": self.n_evals,
             "history": [list(h) for h in self.history],
         }
 
@@ -164,7 +170,9 @@ class Steerer:
         return ids.to(self.device), lengths
 
     @torch.no_grad()
-    def log_probs(self, rows: Sequence[Sequence[int]], latent: int | None = None, alpha: float = 0.0) -> list[torch.Tensor]:
+    def log_probs(
+        self, rows: Sequence[Sequence[int]], latent: int | None = None, alpha: float = 0.0
+    ) -> list[torch.Tensor]:
         """Next-token log-probabilities, one float32 ``[len(row), vocab]`` tensor per row.
 
         Rows are right-padded into one batch; padding comes after every real token, so with causal
@@ -266,8 +274,16 @@ class Steerer:
                 else:
                     hi, kl_hi = mid, kl_mid
         best_alpha, best_kl = min(history, key=lambda h: abs(h[1] - target_kl))
-        return Calibration(latent, best_alpha, best_kl, target_kl, tolerance, abs(best_kl - target_kl) <= tolerance,
-                           len(history), tuple(history))
+        return Calibration(
+            latent,
+            best_alpha,
+            best_kl,
+            target_kl,
+            tolerance,
+            abs(best_kl - target_kl) <= tolerance,
+            len(history),
+            tuple(history),
+        )
 
     @torch.no_grad()
     def generate(

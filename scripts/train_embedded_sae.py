@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=7e-4)
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--decay-fraction", type=float, default=0.2, help="linear LR decay over the last part")
-    p.add_argument("--dead-window", type=int, default=50, help="steps without firing before AuxK treats a latent as dead")
+    p.add_argument(
+        "--dead-window", type=int, default=50, help="steps without firing before AuxK treats a latent as dead"
+    )
     p.add_argument("--holdout-fraction", type=float, default=0.05)
     p.add_argument("--max-docs", type=int, default=None, help="use only the first N corpus documents (quick runs)")
     p.add_argument("--model-batch", type=int, default=32, help="sequences per model forward pass")
@@ -322,7 +324,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         d_in=sae_cfg.d_in, data_provider=provider, n_batches_for_norm_estimate=trainer_cfg.n_batches_for_norm_estimate
     )
     with torch.no_grad():
-        sample = train_acts[torch.randperm(train_acts.shape[0], generator=torch.Generator().manual_seed(args.seed))[:65536]]
+        sample = train_acts[
+            torch.randperm(train_acts.shape[0], generator=torch.Generator().manual_seed(args.seed))[:65536]
+        ]
         sae.b_dec.copy_(sample.mean(0) * trainer.activation_scaler.scaling_factor)
     print(f"training: {steps} steps x {args.batch_size} = {steps * args.batch_size} activations", flush=True)
     t0 = time.time()

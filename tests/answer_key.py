@@ -39,8 +39,11 @@ class AnswerKey:
         self.explanations = {text: latent for latent, text in planted.explanations.items()}
         self.renderer = Renderer(model.tokenizer)
         with torch.no_grad():  # the activation of each latent on each token of the vocabulary (hook_embed)
-            embed = model.W_E.detach().float() if hasattr(model, "W_E") else \
-                model.original_model.get_input_embeddings().weight.detach().float()
+            embed = (
+                model.W_E.detach().float()
+                if hasattr(model, "W_E")
+                else model.original_model.get_input_embeddings().weight.detach().float()
+            )
             self.table = planted.sae.encode(embed).float().numpy()  # [vocab, n_latents]
         self.windows: dict[str, list[int]] = {}  # rendered text (newlines escaped) -> token ids
         self.by_pieces: dict[tuple[str, ...], list[int]] = {}
@@ -135,7 +138,9 @@ class AnswerKeyClient(BaseClient):
                 p1 = 0.9 if answer else 0.1
             probs = {"0": 1 - p1, "1": p1}
         else:  # intruder: the excerpt where the latent under test (the request's label) does not fire
-            lines = [line.split(". ", 1)[1] for line in user.split("Excerpts:\n", 1)[1].split("\n\n", 1)[0].splitlines()]
+            lines = [
+                line.split(". ", 1)[1] for line in user.split("Excerpts:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+            ]
             odd = [i for i, t in enumerate(lines) if not self.key.fires(int(request.latent), t)]
             answer = odd[0] if len(odd) == 1 else int(rng.integers(len(lines)))
             if self._flip(rng):
@@ -159,9 +164,13 @@ class AnswerKeyClient(BaseClient):
                 values = rng.integers(0, 11, len(values))
             text = "[" + ", ".join(str(int(v)) for v in values) + "]"
         elif "Excerpts:\n" in user and "Description: " in user:  # batched detection / fuzzing
-            lines = [line.split(". ", 1)[1] for line in user.split("Excerpts:\n", 1)[1].split("\n\n", 1)[0].splitlines()]
+            lines = [
+                line.split(". ", 1)[1] for line in user.split("Excerpts:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+            ]
             answers = [int(self._truth(user, t) != self._flip(rng)) for t in lines]
             text = "[" + ", ".join(map(str, answers)) + "]"
         else:
             raise KeyError(f"FAKE answer key: no answer for this prompt: {user[:80]!r}")
-        return ChatResponse(text=text, finish_reason="stop", usage=Usage(len(user) // 4, len(text) // 2), model="answer-key")
+        return ChatResponse(
+            text=text, finish_reason="stop", usage=Usage(len(user) // 4, len(text) // 2), model="answer-key"
+        )

@@ -65,8 +65,14 @@ def planted_store(planted, bridge_model, tmp_path_factory):
     """Harvested once per session and shared by the planted-feature tests."""
     from sae_lens_autointerp.planted import planted_corpus
 
-    return planted.sae.autointerp.harvest(bridge_model, planted_corpus(), n_tokens=20_000, ctx_len=64,
-                                          store_dir=tmp_path_factory.mktemp("planted"), progress=False)
+    return planted.sae.autointerp.harvest(
+        bridge_model,
+        planted_corpus(),
+        n_tokens=20_000,
+        ctx_len=64,
+        store_dir=tmp_path_factory.mktemp("planted"),
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -81,5 +87,11 @@ def embedded_store(bridge_model, embedded_sae, tmp_path_factory):
     """The shipped SAE harvested on the embedded corpus (30k tokens), once per session."""
     import sae_lens_autointerp as sai
 
-    return embedded_sae.autointerp.harvest(bridge_model, sai.embedded.load_corpus(), n_tokens=30_000, ctx_len=128,
-                                           store_dir=tmp_path_factory.mktemp("embedded"), progress=False)
+    return embedded_sae.autointerp.harvest(
+        bridge_model,
+        sai.embedded.load_corpus(),
+        n_tokens=30_000,
+        ctx_len=128,
+        store_dir=tmp_path_factory.mktemp("embedded"),
+        progress=False,
+    )

@@ -13,8 +13,16 @@ def make_hooked(cls_name: str, tokenizer):
     from sae_lens import HookedSAETransformer
 
     cfg = transformer_lens.HookedTransformerConfig(
-        n_layers=2, d_model=64, n_ctx=96, d_head=16, n_heads=4, d_mlp=128, d_vocab=len(tokenizer),
-        act_fn="gelu", seed=0, default_prepend_bos=True,
+        n_layers=2,
+        d_model=64,
+        n_ctx=96,
+        d_head=16,
+        n_heads=4,
+        d_mlp=128,
+        d_vocab=len(tokenizer),
+        act_fn="gelu",
+        seed=0,
+        default_prepend_bos=True,
     )
     cls = HookedSAETransformer if cls_name == "HookedSAETransformer" else transformer_lens.HookedTransformer
     model = cls(cfg, tokenizer=tokenizer)
@@ -22,7 +30,9 @@ def make_hooked(cls_name: str, tokenizer):
     return model
 
 
-def make_sae(d_in: int, d_sae: int, hook: str = HOOK, seed: int = 0, context_size: int = 64, arch: str = "standard", **metadata):
+def make_sae(
+    d_in: int, d_sae: int, hook: str = HOOK, seed: int = 0, context_size: int = 64, arch: str = "standard", **metadata
+):
     """A SAELens SAE with random weights biased so that a few percent of latents fire per token."""
     from sae_lens.registry import get_sae_class
     from sae_lens.saes.sae import SAEMetadata
@@ -30,7 +40,8 @@ def make_sae(d_in: int, d_sae: int, hook: str = HOOK, seed: int = 0, context_siz
     sae_cls, cfg_cls = get_sae_class(arch)
     extra = {"k": 8} if "topk" in arch else {}
     cfg = cfg_cls(
-        d_in=d_in, d_sae=d_sae,
+        d_in=d_in,
+        d_sae=d_sae,
         metadata=SAEMetadata(hook_name=hook, prepend_bos=True, context_size=context_size, **metadata),
         **extra,
     )
@@ -42,5 +53,3 @@ def make_sae(d_in: int, d_sae: int, hook: str = HOOK, seed: int = 0, context_siz
             sae.b_enc.fill_(-1.0)
     sae.eval()
     return sae
-
-

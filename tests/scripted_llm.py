@@ -24,7 +24,9 @@ class ScriptedClient(BaseClient):
             raise KeyboardInterrupt("FAKE: simulated kill")
         self.requests.append(request)
         text = self.answer(request)
-        return ChatResponse(text=text, finish_reason="stop", usage=Usage(len(str(request.messages)) // 4, 3), model="scripted")
+        return ChatResponse(
+            text=text, finish_reason="stop", usage=Usage(len(str(request.messages)) // 4, 3), model="scripted"
+        )
 
 
 def sensible(request: ChatRequest) -> str:

@@ -23,9 +23,18 @@ def key(planted, planted_store, bridge_model):
 
 def _run(planted, store, model, key, tmp_path, scorers, eps, explanations=None, kwargs=None, controls=True):
     client = AnswerKeyClient(key, eps=eps)
-    result = planted.sae.score(model, store=store, explanations=explanations or planted.explanations,
-                               scorers=scorers, llm=client, sampling=SAMPLING, scorer_kwargs=kwargs or {},
-                               out_dir=tmp_path, progress=False, controls=controls)
+    result = planted.sae.score(
+        model,
+        store=store,
+        explanations=explanations or planted.explanations,
+        scorers=scorers,
+        llm=client,
+        sampling=SAMPLING,
+        scorer_kwargs=kwargs or {},
+        out_dir=tmp_path,
+        progress=False,
+        controls=controls,
+    )
     return result, client
 
 
@@ -43,7 +52,9 @@ def test_the_key_itself_is_right(key, planted, planted_store):
 
 @pytest.mark.parametrize("eps", [0.0, 0.15])
 @pytest.mark.parametrize("per_prompt", [1, 4])
-def test_classification_scorers_recover_one_minus_eps(planted, planted_store, bridge_model, key, tmp_path, eps, per_prompt):
+def test_classification_scorers_recover_one_minus_eps(
+    planted, planted_store, bridge_model, key, tmp_path, eps, per_prompt
+):
     scorers = ["detection", "fuzzing", "fuzzing-active"]
     kwargs = {s: {"examples_per_prompt": per_prompt} for s in scorers}
     result, client = _run(planted, planted_store, bridge_model, key, tmp_path, scorers, eps, kwargs=kwargs)
@@ -57,8 +68,13 @@ def test_classification_scorers_recover_one_minus_eps(planted, planted_store, br
     for scorer in scorers:  # pooled over the 3 latents (180 judgments), at 99.9% so the check is not a coin toss
         preds = [p for r in result.records for p in r["scores"][scorer]["predictions"]]
         pos, neg = [p for p in preds if p["label"]], [p for p in preds if not p["label"]]
-        est = balanced_accuracy(sum(p["prediction"] for p in pos), len(pos),
-                                sum(not p["prediction"] for p in neg), len(neg), confidence=0.999)
+        est = balanced_accuracy(
+            sum(p["prediction"] for p in pos),
+            len(pos),
+            sum(not p["prediction"] for p in neg),
+            len(neg),
+            confidence=0.999,
+        )
         assert est.low <= 1 - eps <= est.high, (scorer, est)
         if per_prompt == 1:
             assert row.auc == pytest.approx(row.score, abs=0.15)  # graded probabilities: the AUC exists
@@ -86,8 +102,9 @@ def test_classification_scorers_recover_one_minus_eps(planted, planted_store, br
 def test_mismatched_explanations_show_no_lift(planted, planted_store, bridge_model, key, tmp_path):
     """Every latent judged with another latent's explanation: the score is no better than the control, the
     lift's interval includes 0 and the judge check says this judge cannot tell (with these explanations)."""
-    result, _ = _run(planted, planted_store, bridge_model, key, tmp_path, ["detection"], 0.0,
-                     explanations=planted.mismatched())
+    result, _ = _run(
+        planted, planted_store, bridge_model, key, tmp_path, ["detection"], 0.0, explanations=planted.mismatched()
+    )
     summary = result.summary().set_index("scorer").loc["detection"]
     assert summary["lift_low"] <= 0 <= summary["lift_high"], summary
     assert summary["judge_ok"] is False or summary["judge_ok"] == False  # noqa: E712 (numpy bool)
@@ -96,8 +113,16 @@ def test_mismatched_explanations_show_no_lift(planted, planted_store, bridge_mod
 
 @pytest.mark.parametrize("eps", [0.0, 0.2])
 def test_intruder_recovers_one_minus_eps(planted, planted_store, bridge_model, key, tmp_path, eps):
-    result, _ = _run(planted, planted_store, bridge_model, key, tmp_path, ["intruder"], eps,
-                     kwargs={"intruder": {"n_prompts": 7, "n_examples": 5}})
+    result, _ = _run(
+        planted,
+        planted_store,
+        bridge_model,
+        key,
+        tmp_path,
+        ["intruder"],
+        eps,
+        kwargs={"intruder": {"n_prompts": 7, "n_examples": 5}},
+    )
     table = result.table
     for row in table.itertuples():
         assert row.metric == "accuracy" and row.chance == pytest.approx(0.2)
@@ -107,8 +132,16 @@ def test_intruder_recovers_one_minus_eps(planted, planted_store, bridge_model, k
 
 @pytest.mark.parametrize("eps", [0.0, 0.3])
 def test_simulation_correlates_with_the_truth(planted, planted_store, bridge_model, key, tmp_path, eps):
-    result, _ = _run(planted, planted_store, bridge_model, key, tmp_path, ["simulation"], eps,
-                     kwargs={"simulation": {"n_pos": 10, "n_neg": 10}})
+    result, _ = _run(
+        planted,
+        planted_store,
+        bridge_model,
+        key,
+        tmp_path,
+        ["simulation"],
+        eps,
+        kwargs={"simulation": {"n_pos": 10, "n_neg": 10}},
+    )
     table = result.table
     for row in table.itertuples():
         assert row.metric == "pearson" and row.chance == 0.0 and row.n_failed == 0
@@ -124,8 +157,16 @@ def test_simulation_correlates_with_the_truth(planted, planted_store, bridge_mod
 def test_controls_per_scorer_and_off(planted, planted_store, bridge_model, key, tmp_path):
     from sae_lens_autointerp.errors import ConfigError
 
-    result, client = _run(planted, planted_store, bridge_model, key, tmp_path / "a", ["detection", "fuzzing"], 0.0,
-                          controls={"detection": 1.0})
+    result, client = _run(
+        planted,
+        planted_store,
+        bridge_model,
+        key,
+        tmp_path / "a",
+        ["detection", "fuzzing"],
+        0.0,
+        controls={"detection": 1.0},
+    )
     for r in result.records:
         assert r["controls"]["detection"]["n_examples"] == r["scores"]["detection"]["n_examples"] == 60
         assert r["controls"]["fuzzing"]["n_examples"] == 12  # the default fifth: 6 + 6
@@ -133,8 +174,10 @@ def test_controls_per_scorer_and_off(planted, planted_store, bridge_model, key, 
     assert {r.stage for r in client.requests} == {"detection", "fuzzing", "detection:control", "fuzzing:control"}
     off, client = _run(planted, planted_store, bridge_model, key, tmp_path / "b", ["detection"], 0.0, controls=False)
     assert all(r["controls"] == {} for r in off.records) and off.table["control"].isna().all()
-    assert off.verdict() == ["detection: not checked: no control was scored (controls are off, or no other latent "
-                             "of the run had an explanation)."]
+    assert off.verdict() == [
+        "detection: not checked: no control was scored (controls are off, or no other latent "
+        "of the run had an explanation)."
+    ]
     assert off.summary()["judge_ok"].isna().all()
     with pytest.raises(ConfigError, match="controls names scorers this run does not use"):
         _run(planted, planted_store, bridge_model, key, tmp_path / "c", ["detection"], 0.0, controls={"fuzing": 1.0})

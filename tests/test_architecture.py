@@ -75,7 +75,9 @@ def module_imports(path: Path, name: str, is_package: bool, known: set[str]) -> 
     yield from walk(ast.parse(path.read_text(encoding="utf-8"), str(path)), "top")
 
 
-def import_graph(package_dir: Path, kinds: tuple[str, ...] = ("top", "function", "type_checking")) -> dict[str, set[str]]:
+def import_graph(
+    package_dir: Path, kinds: tuple[str, ...] = ("top", "function", "type_checking")
+) -> dict[str, set[str]]:
     """Module -> the package's modules it imports (of the given kinds), parent packages included."""
     modules = package_modules(package_dir)
     known = set(modules)
@@ -133,8 +135,11 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found, key=len, reverse=True)
 
 
-@pytest.mark.parametrize("kinds", [("top",), ("top", "function"), ("top", "function", "type_checking")],
-                         ids=["top-level", "+function-level", "+TYPE_CHECKING"])
+@pytest.mark.parametrize(
+    "kinds",
+    [("top",), ("top", "function"), ("top", "function", "type_checking")],
+    ids=["top-level", "+function-level", "+TYPE_CHECKING"],
+)
 def test_package_has_no_import_cycle(kinds):
     graph = import_graph(PACKAGE_DIR, kinds)
     assert len(graph) > 40 and "sae_lens_autointerp.records" in graph  # the walker sees the whole package
@@ -157,13 +162,16 @@ def test_walker_finds_a_cycle_through_each_kind_of_import(tmp_path, where):
         "function": "def f():\n    from .. import a\n",
         "type_checking": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..a import A\n",
     }[where]
-    pkg = _write(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/a.py": "from .sub.b import B\nA = 1\n",
-        "pkg/sub/__init__.py": "",
-        "pkg/sub/b.py": closing + "B = 2\n",
-        "pkg/c.py": "import pkg.a\n",  # imports into the loop, not part of it
-    })
+    pkg = _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": "from .sub.b import B\nA = 1\n",
+            "pkg/sub/__init__.py": "",
+            "pkg/sub/b.py": closing + "B = 2\n",
+            "pkg/c.py": "import pkg.a\n",  # imports into the loop, not part of it
+        },
+    )
     assert cycles(import_graph(pkg)) == [["pkg.a", "pkg.sub.b"]]
     if where != "top":  # only counted when asked for
         assert cycles(import_graph(pkg, ("top",))) == []
@@ -171,12 +179,15 @@ def test_walker_finds_a_cycle_through_each_kind_of_import(tmp_path, where):
 
 def test_walker_counts_the_parent_package_init(tmp_path):
     """``from .sub.b import B`` runs ``sub/__init__``: a loop through a package ``__init__`` is a cycle."""
-    pkg = _write(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/a.py": "from .sub.b import B\n",
-        "pkg/sub/__init__.py": "from ..a import *\n",
-        "pkg/sub/b.py": "B = 2\n",
-    })
+    pkg = _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": "from .sub.b import B\n",
+            "pkg/sub/__init__.py": "from ..a import *\n",
+            "pkg/sub/b.py": "B = 2\n",
+        },
+    )
     assert cycles(import_graph(pkg)) == [["pkg.a", "pkg.sub"]]
 
 
@@ -194,8 +205,13 @@ def test_local_lm_helpers_keep_their_old_import_paths():
 
 def test_no_explainer_imports_a_scorer():
     graph = import_graph(PACKAGE_DIR)
-    wrong = {(m, t) for m, targets in graph.items() if m.startswith("sae_lens_autointerp.explainers")
-             for t in targets if t.startswith("sae_lens_autointerp.scorers")}
+    wrong = {
+        (m, t)
+        for m, targets in graph.items()
+        if m.startswith("sae_lens_autointerp.explainers")
+        for t in targets
+        if t.startswith("sae_lens_autointerp.scorers")
+    }
     assert wrong == set()
 
 

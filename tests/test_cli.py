@@ -9,16 +9,35 @@ import sys
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sae_lens_autointerp.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "sae_lens_autointerp.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_demo_then_report(tmp_path):
     """A reduced demo: two explainers, the LLM-free scorers and the embedded judge, with controls. The embedded
     judge answers "1" to nearly everything, so the judge check must say that detection carries no signal."""
     out = tmp_path / "demo"
-    demo = cli("demo", "--n-latents", "2", "--n-tokens", "6000", "--n-explain", "8", "--n-test", "4",
-               "--scorers", "embedding,detection", "--out", str(out), env={"SAE_AUTOINTERP_LLM_CACHE": "off"})
+    demo = cli(
+        "demo",
+        "--n-latents",
+        "2",
+        "--n-tokens",
+        "6000",
+        "--n-explain",
+        "8",
+        "--n-test",
+        "4",
+        "--scorers",
+        "embedding,detection",
+        "--out",
+        str(out),
+        env={"SAE_AUTOINTERP_LLM_CACHE": "off"},
+    )
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert "embedded default: SmolLM2-135M-Instruct" in demo.stdout
     assert "LLM usage:" in demo.stdout and "demo took" in demo.stdout
@@ -68,8 +87,19 @@ def test_bad_run_arguments_fail_in_one_line_before_any_harvest(tmp_path):
 
 
 def test_offline_hub_sae_is_one_line(tmp_path):
-    res = cli("run", "--sae", "gpt2-small-res-jb", "--sae-id", "blocks.8.hook_resid_pre", "--model", "gpt2",
-              "--out", str(tmp_path), env={"HF_HUB_OFFLINE": "1"}, timeout=300)
+    res = cli(
+        "run",
+        "--sae",
+        "gpt2-small-res-jb",
+        "--sae-id",
+        "blocks.8.hook_resid_pre",
+        "--model",
+        "gpt2",
+        "--out",
+        str(tmp_path),
+        env={"HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert "could not load the SAE 'gpt2-small-res-jb / blocks.8.hook_resid_pre'" in res.stderr
     assert "sae.save_model(PATH) as --sae PATH" in res.stderr
@@ -82,8 +112,22 @@ def test_report_of_unreadable_results_is_an_error(tmp_path):
 
 
 def test_run_then_reproduce_from_its_run_json(tmp_path):
-    args = ["--explainer", "top-tokens", "--scorers", "embedding", "--n-tokens", "6000", "--n-explain", "8",
-            "--n-test", "4", "--n-latents", "3", "--seed", "7"]
+    args = [
+        "--explainer",
+        "top-tokens",
+        "--scorers",
+        "embedding",
+        "--n-tokens",
+        "6000",
+        "--n-explain",
+        "8",
+        "--n-test",
+        "4",
+        "--n-latents",
+        "3",
+        "--seed",
+        "7",
+    ]
     first = cli("run", *args, "--out", str(tmp_path / "a"))
     assert first.returncode == 0, first.stderr[-2000:]
     saved = json.loads((tmp_path / "a" / "run.json").read_text())
@@ -93,6 +137,9 @@ def test_run_then_reproduce_from_its_run_json(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     redo = json.loads((tmp_path / "b" / "run.json").read_text())
     assert redo["run_key"] == saved["run_key"] and redo["config"] == {**saved["config"], "out_dir": str(tmp_path / "b")}
-    lines = lambda folder: sorted((json.loads(x)["latent"], json.loads(x)["scores"]["embedding"]["score"])  # noqa: E731
-                                  for x in (folder / "results.jsonl").read_text().splitlines())
-    assert lines(tmp_path / "a") == lines(tmp_path / "b")
+
+    def scores(folder):
+        records = [json.loads(x) for x in (folder / "results.jsonl").read_text().splitlines()]
+        return sorted((r["latent"], r["scores"]["embedding"]["score"]) for r in records)
+
+    assert scores(tmp_path / "a") == scores(tmp_path / "b")

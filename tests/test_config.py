@@ -15,29 +15,41 @@ from scripted_llm import ScriptedClient, distinct
 
 
 def test_round_trip(tmp_path):
-    cfg = sai.RunConfig(latents=[3, 1], llm="openai:gpt-4o-mini", llm_kwargs={"base_url": "http://h/v1"},
-                        scorers=["detection", "embedding"], scorer_kwargs={"detection": {"examples_per_prompt": 5}},
-                        sampling={"n_explain": 20, "negatives": "similar"}, harvest={"n_tokens": 5000, "ctx_len": 64},
-                        explanations={7: "months"}, controls={"embedding": 1.0}, seed=3, budget_tokens=10_000)
+    cfg = sai.RunConfig(
+        latents=[3, 1],
+        llm="openai:gpt-4o-mini",
+        llm_kwargs={"base_url": "http://h/v1"},
+        scorers=["detection", "embedding"],
+        scorer_kwargs={"detection": {"examples_per_prompt": 5}},
+        sampling={"n_explain": 20, "negatives": "similar"},
+        harvest={"n_tokens": 5000, "ctx_len": 64},
+        explanations={7: "months"},
+        controls={"embedding": 1.0},
+        seed=3,
+        budget_tokens=10_000,
+    )
     back = sai.RunConfig.from_json(cfg.to_json(tmp_path / "c.json"))
     assert back == cfg and back.to_dict() == cfg.to_dict()
     assert back.latents == (3, 1) and back.sampling == SamplingConfig(n_explain=20, negatives="similar")
     assert back.harvest == sai.HarvestConfig(n_tokens=5000, ctx_len=64) and back.explanations == {7: "months"}
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"concurrency": 0}, "concurrency must be a positive integer, got 0"),
-    ({"seed": 1.5}, "seed must be an integer, got 1.5"),
-    ({"scorers": "detection"}, "scorers must be a list of names"),
-    ({"sampling": {"n_tests": 1}}, r"unknown sampling option\(s\) \['n_tests'\]"),
-    ({"harvest": {"n_tokens": -1}}, "harvest n_tokens must be a positive integer, got -1"),
-    ({"harvest": {"ctx_len": 16, "example_len": 32}}, "example_len=32 must be <= ctx_len=16"),
-    ({"harvest": {"nope": 1}}, r"unknown harvest option\(s\) \['nope'\]; valid: n_tokens"),
-    ({"llm": object()}, "pass a client object to run"),
-    ({"controls": "lots"}, "controls must be a fraction"),
-    ({"llm_kwargs": {"x": object()}}, "llm_kwargs must be JSON-serialisable"),
-    ({"explanations": {"a": "x"}}, "explanations keys are latent indices"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"concurrency": 0}, "concurrency must be a positive integer, got 0"),
+        ({"seed": 1.5}, "seed must be an integer, got 1.5"),
+        ({"scorers": "detection"}, "scorers must be a list of names"),
+        ({"sampling": {"n_tests": 1}}, r"unknown sampling option\(s\) \['n_tests'\]"),
+        ({"harvest": {"n_tokens": -1}}, "harvest n_tokens must be a positive integer, got -1"),
+        ({"harvest": {"ctx_len": 16, "example_len": 32}}, "example_len=32 must be <= ctx_len=16"),
+        ({"harvest": {"nope": 1}}, r"unknown harvest option\(s\) \['nope'\]; valid: n_tokens"),
+        ({"llm": object()}, "pass a client object to run"),
+        ({"controls": "lots"}, "controls must be a fraction"),
+        ({"llm_kwargs": {"x": object()}}, "llm_kwargs must be JSON-serialisable"),
+        ({"explanations": {"a": "x"}}, "explanations keys are latent indices"),
+    ],
+)
 def test_validation_names_the_field(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         sai.RunConfig(**kwargs)
@@ -60,34 +72,54 @@ def test_a_run_folder_reproduces_itself(planted, planted_store, bridge_model, tm
     """RunConfig.from_json(an earlier run.json) gives byte-identical prompts, the same run key and the same
     scores; only the folder differs."""
     first = ScriptedClient(distinct)
-    a = planted.sae.autointerp.run(bridge_model, store=planted_store, latents=[0, 1, 2], llm=first,
-                                   scorers=["detection", "fuzzing"], explainer="default",
-                                   scorer_kwargs={"fuzzing": {"examples_per_prompt": 3}},
-                                   sampling={"n_explain": 8, "n_test_pos": 6, "n_test_neg": 6}, seed=4,
-                                   out_dir=tmp_path / "a", progress=False)
+    a = planted.sae.autointerp.run(
+        bridge_model,
+        store=planted_store,
+        latents=[0, 1, 2],
+        llm=first,
+        scorers=["detection", "fuzzing"],
+        explainer="default",
+        scorer_kwargs={"fuzzing": {"examples_per_prompt": 3}},
+        sampling={"n_explain": 8, "n_test_pos": 6, "n_test_neg": 6},
+        seed=4,
+        out_dir=tmp_path / "a",
+        progress=False,
+    )
     run_json = json.loads((tmp_path / "a" / "run.json").read_text())
     assert run_json["config"]["seed"] == 4 and run_json["versions"]["sae-lens-autointerp"]
     cfg = sai.RunConfig.from_json(tmp_path / "a")
     second = ScriptedClient(distinct)
-    b = planted.sae.autointerp.run(bridge_model, store=planted_store, config=cfg, llm=second,
-                                   out_dir=tmp_path / "b", progress=False)
+    b = planted.sae.autointerp.run(
+        bridge_model, store=planted_store, config=cfg, llm=second, out_dir=tmp_path / "b", progress=False
+    )
     assert _fingerprint(first) == _fingerprint(second) and len(first.requests) == len(second.requests) > 0
     assert a.run_key == b.run_key
     assert a.table.drop(columns=["provider"]).equals(b.table.drop(columns=["provider"]))
 
 
 def test_keywords_and_config_build_the_same_run(planted, planted_store, bridge_model, tmp_path):
-    kwargs = dict(latents=[0, 1], llm=None, explainer="top-tokens", scorers=["embedding"],
-                  sampling={"n_explain": 8, "n_test_pos": 4, "n_test_neg": 4}, seed=2, controls=0.5, concurrency=2)
-    by_kwargs = planted.sae.autointerp.run(bridge_model, store=planted_store, out_dir=tmp_path / "k", progress=False,
-                                           **kwargs)
+    kwargs = dict(
+        latents=[0, 1],
+        llm=None,
+        explainer="top-tokens",
+        scorers=["embedding"],
+        sampling={"n_explain": 8, "n_test_pos": 4, "n_test_neg": 4},
+        seed=2,
+        controls=0.5,
+        concurrency=2,
+    )
+    by_kwargs = planted.sae.autointerp.run(
+        bridge_model, store=planted_store, out_dir=tmp_path / "k", progress=False, **kwargs
+    )
     cfg = sai.RunConfig(**{**kwargs, "sampling": SamplingConfig(n_explain=8, n_test_pos=4, n_test_neg=4, seed=2)})
-    by_config = planted.sae.autointerp.run(bridge_model, store=planted_store, config=cfg, out_dir=tmp_path / "c",
-                                           progress=False)
+    by_config = planted.sae.autointerp.run(
+        bridge_model, store=planted_store, config=cfg, out_dir=tmp_path / "c", progress=False
+    )
     assert by_kwargs.run_key == by_config.run_key
     # a keyword next to config= overrides that field
-    other = planted.sae.autointerp.run(bridge_model, store=planted_store, config=cfg, seed=5, out_dir=tmp_path / "o",
-                                       progress=False)
+    other = planted.sae.autointerp.run(
+        bridge_model, store=planted_store, config=cfg, seed=5, out_dir=tmp_path / "o", progress=False
+    )
     assert other.run_key != by_config.run_key
     saved = sai.RunConfig.from_json(tmp_path / "o")
     assert saved.seed == 5 and saved.sampling.seed == 2 and saved.controls == 0.5 and saved.concurrency == 2

@@ -57,7 +57,9 @@ def test_corpus_is_deterministic(corpus: list[str]) -> None:
         embedded.load_corpus(max_docs=-1)
 
 
-def test_corpus_cache_is_rebuilt_when_corrupt(monkeypatch: pytest.MonkeyPatch, tmp_path: Any, corpus: list[str]) -> None:
+def test_corpus_cache_is_rebuilt_when_corrupt(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, corpus: list[str]
+) -> None:
     monkeypatch.setenv("SAE_AUTOINTERP_CACHE", str(tmp_path))
     path = embedded._corpus_cache_file()
     path.write_text("{not json")

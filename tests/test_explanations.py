@@ -49,6 +49,7 @@ def test_usable_answers_are_kept(answer, text):
 def test_retry_is_a_different_request_and_both_answers_are_cached(bridge_model, planted, planted_store, tmp_path):
     """First answer: a refusal. The retry carries a reminder naming the problem, at temperature 0.7 with a seed,
     so it is not the cached first answer; it succeeds; both answers stay in the cache; a rerun costs nothing."""
+
     def answer(request):
         if request.stage != "explain":
             return "1"
@@ -57,8 +58,15 @@ def test_retry_is_a_different_request_and_both_answers_are_cached(bridge_model, 
     cache = ResponseCache(tmp_path / "cache")
     client = ScriptedClient(answer, cache=cache)
     sampling = SamplingConfig(n_explain=8, n_test_pos=4, n_test_neg=4)
-    explanations = planted.sae.explain(bridge_model, store=planted_store, latents=[0], llm=client, sampling=sampling,
-                                       out_dir=tmp_path / "a", progress=False)
+    explanations = planted.sae.explain(
+        bridge_model,
+        store=planted_store,
+        latents=[0],
+        llm=client,
+        sampling=sampling,
+        out_dir=tmp_path / "a",
+        progress=False,
+    )
     e = explanations[0]
     assert e.text == "names of months" and e.n_attempts == 2 and e.parse == "labelled" and not e.failed
     assert e.provider == {"plugin": "builtin", "distribution": "sae-lens-autointerp", "version": e.provider["version"]}
@@ -67,19 +75,37 @@ def test_retry_is_a_different_request_and_both_answers_are_cached(bridge_model, 
     assert "refusal" in retry.messages[-1][1] and retry.messages[-2][1] == "I'm sorry, I cannot do that."
     assert len(cache) == 2
     rerun = ScriptedClient(answer, cache=cache)
-    again = planted.sae.explain(bridge_model, store=planted_store, latents=[0], llm=rerun, sampling=sampling,
-                                out_dir=tmp_path / "b", progress=False)
+    again = planted.sae.explain(
+        bridge_model,
+        store=planted_store,
+        latents=[0],
+        llm=rerun,
+        sampling=sampling,
+        out_dir=tmp_path / "b",
+        progress=False,
+    )
     assert again[0].text == e.text and rerun.requests == []
 
 
 def test_always_unusable_answers_fail_the_explanation_and_are_counted(bridge_model, planted, planted_store, tmp_path):
     client = ScriptedClient(lambda r: "1." if r.stage == "explain" else "1")
     sampling = SamplingConfig(n_explain=8, n_test_pos=4, n_test_neg=4)
-    result = planted.sae.autointerp.run(bridge_model, store=planted_store, latents=[0, 1], llm=client,
-                                        scorers=["detection"], sampling=sampling, out_dir=tmp_path, progress=False)
+    result = planted.sae.autointerp.run(
+        bridge_model,
+        store=planted_store,
+        latents=[0, 1],
+        llm=client,
+        scorers=["detection"],
+        sampling=sampling,
+        out_dir=tmp_path,
+        progress=False,
+    )
     for record in result.records:
         e = record["explanation"]
         assert e["failed"] and e["n_attempts"] == 2 and e["error"].count("list marker") == 2
-        assert record["scores"]["detection"]["score"] is None and "explanation failed" in record["scores"]["detection"]["error"]
+        assert (
+            record["scores"]["detection"]["score"] is None
+            and "explanation failed" in record["scores"]["detection"]["error"]
+        )
     summary = result.summary().set_index("scorer").loc["detection"]
     assert summary["n_latents"] == 2 and summary["n_failed"] == 2 and summary["n_scored"] == 0

@@ -35,8 +35,17 @@ def dense_reference(model, sae, tokens: torch.Tensor, valid: torch.Tensor):
 def harvested(bridge_model, bridge_sae, corpus_texts, tmp_path_factory):
     folder = tmp_path_factory.mktemp("store")
     store = bridge_sae.autointerp.harvest(
-        bridge_model, corpus_texts, n_tokens=N_TOKENS, ctx_len=CTX, batch_size=BATCH, example_len=W,
-        top_k=10, n_stratified=12, n_random_windows=15, store_dir=folder, progress=False,
+        bridge_model,
+        corpus_texts,
+        n_tokens=N_TOKENS,
+        ctx_len=CTX,
+        batch_size=BATCH,
+        example_len=W,
+        top_k=10,
+        n_stratified=12,
+        n_random_windows=15,
+        store_dir=folder,
+        progress=False,
     )
     tokens = torch.from_numpy(np.array(store.tokens)).long()
     adapter = ModelAdapter(bridge_model, bridge_sae)
@@ -51,8 +60,16 @@ def harvested(bridge_model, bridge_sae, corpus_texts, tmp_path_factory):
 def test_tokens_match_corpus(harvested, bridge_model, bridge_sae, corpus_texts):
     store, tokens, _, _ = harvested
     adapter = ModelAdapter(bridge_model, bridge_sae)
-    expected = list(iter_sequences(resolve_corpus(corpus_texts), adapter.tokenizer, ctx_len=CTX, prepend_bos=True,
-                                   bos_id=adapter.bos_token_id(), separator_id=adapter.separator_token_id()))[:40]
+    expected = list(
+        iter_sequences(
+            resolve_corpus(corpus_texts),
+            adapter.tokenizer,
+            ctx_len=CTX,
+            prepend_bos=True,
+            bos_id=adapter.bos_token_id(),
+            separator_id=adapter.separator_token_id(),
+        )
+    )[:40]
     assert store.n_sequences == 40
     for row, seq in zip(tokens.tolist(), expected):
         assert row[: len(seq)] == seq
@@ -146,8 +163,17 @@ def test_store_reloads_without_recomputation(harvested, bridge_model, bridge_sae
     monkeypatch.setattr(ModelAdapter, "capture", boom)
     monkeypatch.setattr(ModelAdapter, "check_width", lambda self: None)
     again = bridge_sae.autointerp.harvest(
-        bridge_model, corpus_texts, n_tokens=N_TOKENS, ctx_len=CTX, batch_size=BATCH, example_len=W,
-        top_k=10, n_stratified=12, n_random_windows=15, store_dir=store.path, progress=False,
+        bridge_model,
+        corpus_texts,
+        n_tokens=N_TOKENS,
+        ctx_len=CTX,
+        batch_size=BATCH,
+        example_len=W,
+        top_k=10,
+        n_stratified=12,
+        n_random_windows=15,
+        store_dir=store.path,
+        progress=False,
     )
     assert again.key == store.key and again.complete
     reopened = sai.LatentStore(store.path)
@@ -168,8 +194,16 @@ def test_default_store_location_is_content_addressed(bridge_model, bridge_sae, c
 
 
 def test_interrupted_harvest_resumes_exactly(bridge_model, bridge_sae, corpus_texts, tmp_path):
-    kwargs = dict(n_tokens=24 * CTX, ctx_len=CTX, batch_size=BATCH, example_len=W, top_k=5, n_stratified=6,
-                  n_random_windows=8, progress=False)
+    kwargs = dict(
+        n_tokens=24 * CTX,
+        ctx_len=CTX,
+        batch_size=BATCH,
+        example_len=W,
+        top_k=5,
+        n_stratified=6,
+        n_random_windows=8,
+        progress=False,
+    )
     whole = bridge_sae.autointerp.harvest(bridge_model, corpus_texts, store_dir=tmp_path / "whole", **kwargs)
 
     calls = {"n": 0}
@@ -184,8 +218,9 @@ def test_interrupted_harvest_resumes_exactly(bridge_model, bridge_sae, corpus_te
     ModelAdapter.capture = crash_after_three
     try:
         with pytest.raises(KeyboardInterrupt):
-            bridge_sae.autointerp.harvest(bridge_model, corpus_texts, store_dir=tmp_path / "resumed",
-                                          checkpoint_every_s=0, **kwargs)
+            bridge_sae.autointerp.harvest(
+                bridge_model, corpus_texts, store_dir=tmp_path / "resumed", checkpoint_every_s=0, **kwargs
+            )
     finally:
         ModelAdapter.capture = original
     partial = json.loads((tmp_path / "resumed" / "meta.json").read_text())
@@ -210,8 +245,9 @@ def test_interrupted_harvest_resumes_exactly(bridge_model, bridge_sae, corpus_te
 
 def test_short_last_batch_and_sequence_are_kept(bridge_model, bridge_sae, tmp_path):
     texts = ["alpha beta gamma delta " * 40]  # about 160 tokens: 2 full sequences + a short one
-    store = bridge_sae.autointerp.harvest(bridge_model, texts, n_tokens=10 * CTX, ctx_len=CTX, batch_size=2,
-                                          store_dir=tmp_path / "s", progress=False)
+    store = bridge_sae.autointerp.harvest(
+        bridge_model, texts, n_tokens=10 * CTX, ctx_len=CTX, batch_size=2, store_dir=tmp_path / "s", progress=False
+    )
     tokens = np.asarray(store.tokens)
     n_text = len(bridge_model.tokenizer(texts[0], add_special_tokens=False)["input_ids"])
     assert n_text % (CTX - 1) != 0

@@ -38,11 +38,25 @@ def test_span_set_matches_brute_force():
 
 def test_example_span_is_clipped_to_its_sequence():
     tokens = np.zeros(32, dtype=np.int32)
-    ex = Example(latent=0, tokens=tokens, activations=np.zeros(32, np.float32), value=1.0, token_id=128 * 5 + 3,
-                 source="top", peak_index=24)
+    ex = Example(
+        latent=0,
+        tokens=tokens,
+        activations=np.zeros(32, np.float32),
+        value=1.0,
+        token_id=128 * 5 + 3,
+        source="top",
+        peak_index=24,
+    )
     assert ex.span(128) == (128 * 5, 128 * 5 + 11)  # 24 tokens before the peak would reach into sequence 4
-    late = Example(latent=0, tokens=tokens, activations=tokens.astype(np.float32), value=1.0, token_id=128 * 5 + 125,
-                   source="top", peak_index=24)
+    late = Example(
+        latent=0,
+        tokens=tokens,
+        activations=tokens.astype(np.float32),
+        value=1.0,
+        token_id=128 * 5 + 125,
+        source="top",
+        peak_index=24,
+    )
     assert late.span(128) == (128 * 5 + 101, 128 * 6)
 
 
@@ -85,8 +99,9 @@ def test_holdout_counts_what_it_excludes(embedded_store):
             continue
         shown = SpanSet(e.span(ctx) for e in s.explain)
         ids = {e.token_id for e in s.explain}
-        overlapping = [e for e in store.stratified_examples(latent)
-                       if e.token_id not in ids and shown.overlaps(*e.span(ctx))]
+        overlapping = [
+            e for e in store.stratified_examples(latent) if e.token_id not in ids and shown.overlaps(*e.span(ctx))
+        ]
         assert len(overlapping) == s.holdout["test_pos"]
         assert not {e.token_id for e in overlapping} & {e.token_id for e in s.test_pos}
         avoid = activating_spans(store, latent)

@@ -12,7 +12,16 @@ import sae_lens_autointerp as sai
 from sae_factories import make_hooked, make_sae
 from sae_lens_autointerp.errors import ConfigError
 
-TINY = dict(n_tokens=6 * 32, ctx_len=32, batch_size=3, example_len=8, top_k=4, n_stratified=4, n_random_windows=4, progress=False)
+TINY = dict(
+    n_tokens=6 * 32,
+    ctx_len=32,
+    batch_size=3,
+    example_len=8,
+    top_k=4,
+    n_stratified=4,
+    n_random_windows=4,
+    progress=False,
+)
 
 
 def _hooked_reference(model, sae, tokens):

@@ -26,9 +26,17 @@ def embedded_sae():
 def _true_vs_mismatched(planted, store, model, scorer, tmp_path, scorer_kwargs=None):
     scores, records = {}, {}
     for kind, explanations in (("true", planted.explanations), ("mismatched", planted.mismatched())):
-        result = planted.sae.score(model, store=store, explanations=explanations, scorers=[scorer], llm=None,
-                                   sampling=SMALL, scorer_kwargs={scorer: scorer_kwargs or {}},
-                                   out_dir=tmp_path / kind, progress=False)
+        result = planted.sae.score(
+            model,
+            store=store,
+            explanations=explanations,
+            scorers=[scorer],
+            llm=None,
+            sampling=SMALL,
+            scorer_kwargs={scorer: scorer_kwargs or {}},
+            out_dir=tmp_path / kind,
+            progress=False,
+        )
         table = result.table.set_index("latent")
         assert table["error"].isna().all(), table["error"].tolist()
         scores[kind] = table["score"]
@@ -56,8 +64,9 @@ def test_embedding_true_explanation_beats_mismatched(planted, planted_store, bri
 
 
 def test_surprisal_true_explanation_beats_mismatched(planted, planted_store, bridge_model, tmp_path):
-    wins, scores, records = _true_vs_mismatched(planted, planted_store, bridge_model, "surprisal", tmp_path,
-                                                {"max_example_tokens": 48})
+    wins, scores, records = _true_vs_mismatched(
+        planted, planted_store, bridge_model, "surprisal", tmp_path, {"max_example_tokens": 48}
+    )
     assert wins >= 2, f"true explanation won on {wins}/3 latents: {scores}"
     for out in records["true"].values():
         _check_auc_output(out)
@@ -103,8 +112,17 @@ def test_steering_changes_only_the_chosen_latent(which, bridge_model, embedded_s
         from sae_lens.saes.sae import SAEMetadata
 
         model, latent = hooked_model, 2
-        sae = Transcoder(TranscoderConfig(d_in=64, d_sae=16, d_out=64, apply_b_dec_to_input=False, metadata=SAEMetadata(
-            hook_name="blocks.1.hook_resid_mid", hook_name_out="blocks.1.hook_mlp_out", prepend_bos=True)))
+        sae = Transcoder(
+            TranscoderConfig(
+                d_in=64,
+                d_sae=16,
+                d_out=64,
+                apply_b_dec_to_input=False,
+                metadata=SAEMetadata(
+                    hook_name="blocks.1.hook_resid_mid", hook_name_out="blocks.1.hook_mlp_out", prepend_bos=True
+                ),
+            )
+        )
     steerer = Steerer(model, sae)
     rows = steerer.encode(NEUTRAL_PROMPTS[:3])
     alpha = 3.5
@@ -154,8 +172,13 @@ def test_intervention_scorer_schema_and_usage(planted, planted_store, bridge_mod
         name = "none"
         usage = UsageTracker()
 
-    ctx = Context(llm=UsageOnly(), renderer=Renderer(bridge_model.tokenizer), store=planted_store, sae=planted.sae,
-                  model=bridge_model)
+    ctx = Context(
+        llm=UsageOnly(),
+        renderer=Renderer(bridge_model.tokenizer),
+        store=planted_store,
+        sae=planted.sae,
+        model=bridge_model,
+    )
     scorer = InterventionScorer(prompts=NEUTRAL_PROMPTS[:4], max_new_tokens=6)
     sample = sample_latent(planted_store, 0, SMALL)
     out = asyncio.run(scorer.score(sample, Explanation(0, planted.explanations[0]), ctx))
@@ -165,12 +188,16 @@ def test_intervention_scorer_schema_and_usage(planted, planted_store, bridge_mod
     assert m["mean_diff_low"] <= out.score <= m["mean_diff_high"] and m["mean_diff_se"] > 0
     assert m["calibrated"] and abs(m["kl"] - 1.0) <= 0.1
     assert all(p["steered"] != p["clean"] for p in out.predictions)
-    assert out.predictions[0]["diff"] == pytest.approx(out.predictions[0]["logp_steered"] - out.predictions[0]["logp_clean"])
+    assert out.predictions[0]["diff"] == pytest.approx(
+        out.predictions[0]["logp_steered"] - out.predictions[0]["logp_clean"]
+    )
     usage = UsageOnly.usage.by_latent()[("intervention", 0)]
     # the first latent also pays for the clean continuations (4 prompts x 6 tokens), later ones reuse them
     assert usage.prompt_tokens == m["tokens_processed"] and usage.completion_tokens == m["tokens_generated"] == 48
     assert set(UsageOnly.usage.by_model()) == {m["subject_model"], m["scorer_model"]}
-    again = asyncio.run(scorer.score(sample_latent(planted_store, 2, SMALL), Explanation(2, planted.explanations[2]), ctx))
+    again = asyncio.run(
+        scorer.score(sample_latent(planted_store, 2, SMALL), Explanation(2, planted.explanations[2]), ctx)
+    )
     assert again.metrics["tokens_generated"] == UsageOnly.usage.by_latent()[("intervention", 2)].completion_tokens == 24
     assert [p["clean"] for p in again.predictions] == [p["clean"] for p in out.predictions]
 

@@ -21,7 +21,12 @@ SMALL = SamplingConfig(n_explain=10, n_test_pos=10, n_test_neg=10, min_activatin
 @pytest.fixture(scope="module")
 def store(bridge_model, bridge_sae, corpus_texts, tmp_path_factory):
     return bridge_sae.autointerp.harvest(
-        bridge_model, corpus_texts, n_tokens=120 * 64, ctx_len=64, batch_size=8, store_dir=tmp_path_factory.mktemp("s"),
+        bridge_model,
+        corpus_texts,
+        n_tokens=120 * 64,
+        ctx_len=64,
+        batch_size=8,
+        store_dir=tmp_path_factory.mktemp("s"),
         progress=False,
     )
 
@@ -73,7 +78,9 @@ def test_dead_rare_and_dense_latents_are_skipped_with_a_reason(bridge_model, cor
         sae.b_enc[1] = 1e6  # fires everywhere
         sae.W_enc[:, 2] = 0
         sae.b_enc[2] = -1.0  # dead too, but let's make 3 rare instead:
-    store = sae.autointerp.harvest(bridge_model, corpus_texts[:20], n_tokens=20 * 64, ctx_len=64, store_dir=tmp_path, progress=False)
+    store = sae.autointerp.harvest(
+        bridge_model, corpus_texts[:20], n_tokens=20 * 64, ctx_len=64, store_dir=tmp_path, progress=False
+    )
     reasons = {i: sample_latent(store, i, SamplingConfig(min_activating=10**6)).skipped for i in range(3)}
     assert reasons[0].startswith("dead") and reasons[2].startswith("dead")
     assert reasons[1].startswith("too dense")
@@ -90,9 +97,17 @@ def test_same_seed_gives_byte_identical_prompts(bridge_model, bridge_sae, store,
     for seed, folder in [(0, "a"), (0, "b"), (1, "c")]:
         client = ScriptedClient(sensible)
         bridge_sae.autointerp.run(
-            bridge_model, store=store, latents=live_latents[:2], llm=client, explainer="contrastive",
-            scorers=["detection", "fuzzing", "simulation", "intruder"], sampling=SamplingConfig(seed=seed),
-            seed=seed, out_dir=tmp_path / folder, progress=False, concurrency=2,
+            bridge_model,
+            store=store,
+            latents=live_latents[:2],
+            llm=client,
+            explainer="contrastive",
+            scorers=["detection", "fuzzing", "simulation", "intruder"],
+            sampling=SamplingConfig(seed=seed),
+            seed=seed,
+            out_dir=tmp_path / folder,
+            progress=False,
+            concurrency=2,
         )
         client.requests.sort(key=lambda r: repr(r.messages))  # concurrency reorders requests, not their content
         digests.append(_prompts(client))
@@ -107,8 +122,16 @@ def test_parse_failures_are_counted_not_scored(bridge_model, bridge_sae, store, 
         return sensible(request)
 
     client = ScriptedClient(flaky)
-    result = bridge_sae.score(bridge_model, store=store, explanations={live_latents[0]: "common English words"},
-                              scorers=["detection"], llm=client, sampling=SMALL, out_dir=tmp_path, progress=False)
+    result = bridge_sae.score(
+        bridge_model,
+        store=store,
+        explanations={live_latents[0]: "common English words"},
+        scorers=["detection"],
+        llm=client,
+        sampling=SMALL,
+        out_dir=tmp_path,
+        progress=False,
+    )
     out = result.records[0]["scores"]["detection"]
     failed = [p for p in out["predictions"] if p["prediction"] is None]
     assert out["n_failed"] == len(failed) > 0
@@ -121,9 +144,17 @@ def test_parse_failures_are_counted_not_scored(bridge_model, bridge_sae, store, 
 
 def test_batched_prompts_with_a_short_last_batch(bridge_model, bridge_sae, store, live_latents, tmp_path):
     client = ScriptedClient(sensible)
-    result = bridge_sae.score(bridge_model, store=store, explanations={live_latents[0]: "words"},
-                              scorers=["detection"], scorer_kwargs={"detection": {"examples_per_prompt": 7}},
-                              llm=client, sampling=SMALL, out_dir=tmp_path, progress=False)
+    result = bridge_sae.score(
+        bridge_model,
+        store=store,
+        explanations={live_latents[0]: "words"},
+        scorers=["detection"],
+        scorer_kwargs={"detection": {"examples_per_prompt": 7}},
+        llm=client,
+        sampling=SMALL,
+        out_dir=tmp_path,
+        progress=False,
+    )
     out = result.records[0]["scores"]["detection"]
     n = len(sample_latent(store, live_latents[0], SMALL).test)
     assert n % 7 != 0, "the test needs a short last batch"
@@ -146,13 +177,31 @@ def test_killed_run_resumes_without_redoing_finished_latents(bridge_model, bridg
     # a block is explained first (4 requests), then scored latent by latent: killed inside the third latent
     killer = ScriptedClient(distinct, fail_after=4 + sum(scoring[:2]) + 3)
     with pytest.raises(KeyboardInterrupt):
-        bridge_sae.autointerp.run(bridge_model, store=store, latents=latents, llm=killer, scorers=["detection"],
-                                  sampling=SMALL, out_dir=tmp_path, progress=False, concurrency=1)
+        bridge_sae.autointerp.run(
+            bridge_model,
+            store=store,
+            latents=latents,
+            llm=killer,
+            scorers=["detection"],
+            sampling=SMALL,
+            out_dir=tmp_path,
+            progress=False,
+            concurrency=1,
+        )
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2
     client = ScriptedClient(distinct)
-    result = bridge_sae.autointerp.run(bridge_model, store=store, latents=latents, llm=client, scorers=["detection"],
-                                       sampling=SMALL, out_dir=tmp_path, progress=False, concurrency=1)
+    result = bridge_sae.autointerp.run(
+        bridge_model,
+        store=store,
+        latents=latents,
+        llm=client,
+        scorers=["detection"],
+        sampling=SMALL,
+        out_dir=tmp_path,
+        progress=False,
+        concurrency=1,
+    )
     assert len(client.requests) == 2 + sum(scoring[2:])  # the two unfinished latents only (this client caches nothing)
     assert [r["latent"] for r in result.records] == latents
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4
@@ -160,32 +209,57 @@ def test_killed_run_resumes_without_redoing_finished_latents(bridge_model, bridg
 
 def test_budget_stops_new_requests_and_keeps_finished(bridge_model, bridge_sae, store, live_latents, tmp_path):
     client = ScriptedClient(sensible, usage=UsageTracker(budget_tokens=6000))
-    result = bridge_sae.autointerp.run(bridge_model, store=store, latents=live_latents, llm=client, scorers=["detection"],
-                                       sampling=SMALL, out_dir=tmp_path, progress=False, concurrency=1)
+    result = bridge_sae.autointerp.run(
+        bridge_model,
+        store=store,
+        latents=live_latents,
+        llm=client,
+        scorers=["detection"],
+        sampling=SMALL,
+        out_dir=tmp_path,
+        progress=False,
+        concurrency=1,
+    )
     assert result.stopped and "budget" in result.stopped.lower()
     assert 0 < len(result.records) < len(live_latents)
     assert client.usage.total().total_tokens <= 6000
 
 
-def test_a_crashing_scorer_does_not_take_the_others_down(bridge_model, bridge_sae, store, live_latents, tmp_path, monkeypatch):
+def test_a_crashing_scorer_does_not_take_the_others_down(
+    bridge_model, bridge_sae, store, live_latents, tmp_path, monkeypatch
+):
     from sae_lens_autointerp.scorers import FuzzingScorer
 
     async def boom(self, sample, explanation, ctx):
         raise RuntimeError("scorer bug")
 
     monkeypatch.setattr(FuzzingScorer, "score", boom)
-    result = bridge_sae.score(bridge_model, store=store, explanations={live_latents[0]: "words"},
-                              scorers=["detection", "fuzzing"], llm=ScriptedClient(sensible), sampling=SMALL,
-                              out_dir=tmp_path, progress=False)
+    result = bridge_sae.score(
+        bridge_model,
+        store=store,
+        explanations={live_latents[0]: "words"},
+        scorers=["detection", "fuzzing"],
+        llm=ScriptedClient(sensible),
+        sampling=SMALL,
+        out_dir=tmp_path,
+        progress=False,
+    )
     scores = result.records[0]["scores"]
     assert scores["detection"]["score"] is not None
     assert "plugin 'builtin', scorer 'fuzzing' crashed: RuntimeError: scorer bug" in scores["fuzzing"]["error"]
 
 
 def test_table_columns_and_string_explanations(bridge_model, bridge_sae, store, live_latents, tmp_path):
-    result = bridge_sae.score(bridge_model, store=store, explanations={live_latents[0]: "words", live_latents[1]: "more words"},
-                              scorers=["detection", "fuzzing"], llm=ScriptedClient(sensible), sampling=SMALL,
-                              out_dir=tmp_path, progress=False)
+    result = bridge_sae.score(
+        bridge_model,
+        store=store,
+        explanations={live_latents[0]: "words", live_latents[1]: "more words"},
+        scorers=["detection", "fuzzing"],
+        llm=ScriptedClient(sensible),
+        sampling=SMALL,
+        out_dir=tmp_path,
+        progress=False,
+    )
     table = result.table
     assert {"latent", "scorer", "score", "n_examples", "n_failed"} <= set(table.columns)
     assert len(table) == 4 and set(table["latent"]) == set(live_latents[:2])
@@ -200,7 +274,9 @@ class TestBadInput:
     def test_unknown_scorer_fails_before_harvest(self, bridge_model, bridge_sae, corpus_texts, monkeypatch):
         import sys
 
-        monkeypatch.setattr(sys.modules["sae_lens_autointerp.harvest"], "harvest", lambda *a, **k: pytest.fail("harvest ran"))
+        monkeypatch.setattr(
+            sys.modules["sae_lens_autointerp.harvest"], "harvest", lambda *a, **k: pytest.fail("harvest ran")
+        )
         with pytest.raises(UnknownPluginItemError, match=r"unknown scorer 'detecton'\. Available: detection, "):
             bridge_sae.score(bridge_model, corpus_texts, explanations={0: "x"}, scorers=["detecton"])
 
@@ -217,18 +293,34 @@ def test_real_local_llm_end_to_end(bridge_model, bridge_sae, store, live_latents
     """The embedded llama.cpp model explains and scores for real (quality is not asserted here)."""
     small = SamplingConfig(n_explain=10, n_test_pos=4, n_test_neg=4, min_activating=10)
     fresh = {"cache": tmp_path / "llm-cache"}  # a cold response cache: every request really reaches llama.cpp
-    explanations = bridge_sae.explain(bridge_model, store=store, latents=live_latents[:1], llm="local", sampling=small,
-                                      llm_kwargs=fresh, out_dir=tmp_path / "e", progress=False)
-    (latent, explanation), = explanations.items()
+    explanations = bridge_sae.explain(
+        bridge_model,
+        store=store,
+        latents=live_latents[:1],
+        llm="local",
+        sampling=small,
+        llm_kwargs=fresh,
+        out_dir=tmp_path / "e",
+        progress=False,
+    )
+    ((latent, explanation),) = explanations.items()
     assert explanation.latent == latent and explanation.prompt_id
     # a usable explanation, or a failed one with its reason and both attempts kept (never an empty success)
     if explanation.failed:
         assert explanation.error and explanation.n_attempts == 2 and explanation.raw and not explanation.text
     else:
         assert explanation.text and explanation.parse in ("labelled", "first-sentence")
-    result = bridge_sae.score(bridge_model, store=store, explanations={latent: explanation.text or "Python keywords"},
-                              scorers=["detection"], llm="local", llm_kwargs=fresh, sampling=small, out_dir=tmp_path / "s",
-                              progress=False)
+    result = bridge_sae.score(
+        bridge_model,
+        store=store,
+        explanations={latent: explanation.text or "Python keywords"},
+        scorers=["detection"],
+        llm="local",
+        llm_kwargs=fresh,
+        sampling=small,
+        out_dir=tmp_path / "s",
+        progress=False,
+    )
     out = result.records[0]["scores"]["detection"]
     assert out["n_examples"] == len(sample_latent(store, latent, small).test)
     answered = [p for p in out["predictions"] if p["prediction"] is not None]
@@ -238,9 +330,17 @@ def test_real_local_llm_end_to_end(bridge_model, bridge_sae, store, live_latents
     # no control: a single latent has no other latent's explanation
     assert result.usage["total"]["requests"] == out["n_examples"] + 1
     assert out["metrics"]["calibration_threshold"] is not None and result.records[0]["controls"]["detection"]["error"]
-    again = bridge_sae.score(bridge_model, store=store, explanations={latent: explanation.text or "Python keywords"},
-                             scorers=["detection"], llm="local", llm_kwargs=fresh, sampling=small, out_dir=tmp_path / "s2",
-                             progress=False)
+    again = bridge_sae.score(
+        bridge_model,
+        store=store,
+        explanations={latent: explanation.text or "Python keywords"},
+        scorers=["detection"],
+        llm="local",
+        llm_kwargs=fresh,
+        sampling=small,
+        out_dir=tmp_path / "s2",
+        progress=False,
+    )
     assert again.usage["total"]["requests"] == 0 and again.usage["total"]["cache_hits"] == out["n_examples"] + 1
     assert again.records[0]["scores"]["detection"]["predictions"] == out["predictions"]
 

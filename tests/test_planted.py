@@ -30,9 +30,17 @@ def test_llm_scorers_on_planted_features_are_scored_and_reported(planted, plante
     sampling = SamplingConfig(n_explain=10, n_test_pos=10, n_test_neg=10)
     aucs = {}
     for kind, explanations in (("true", planted.explanations), ("mismatched", planted.mismatched())):
-        result = planted.sae.score(bridge_model, store=planted_store, explanations=explanations, scorers=["detection"],
-                                   llm="local", llm_kwargs={"cache": tmp_path / "llm-cache"}, sampling=sampling,
-                                   out_dir=tmp_path / kind, progress=False)
+        result = planted.sae.score(
+            bridge_model,
+            store=planted_store,
+            explanations=explanations,
+            scorers=["detection"],
+            llm="local",
+            llm_kwargs={"cache": tmp_path / "llm-cache"},
+            sampling=sampling,
+            out_dir=tmp_path / kind,
+            progress=False,
+        )
         for record in result.records:
             out = record["scores"]["detection"]
             answered = [p for p in out["predictions"] if p["prediction"] is not None]

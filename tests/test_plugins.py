@@ -48,7 +48,11 @@ def sae_autointerp_scorers():
 def run_cli(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "sae_lens_autointerp.cli", *args], capture_output=True, text=True, env=full_env, timeout=120
+        [sys.executable, "-m", "sae_lens_autointerp.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
     )
 
 
@@ -84,7 +88,9 @@ def test_entry_points_discovered_and_failures_reported_by_name(plugin_root):
 
 
 def test_block_env_var(plugin_root):
-    out = run_cli(plugin_root, "plugins", "--json", env={"SAE_AUTOINTERP_BLOCK_PLUGINS": "sai_echo_plugin, sai_broken_plugin"})
+    out = run_cli(
+        plugin_root, "plugins", "--json", env={"SAE_AUTOINTERP_BLOCK_PLUGINS": "sai_echo_plugin, sai_broken_plugin"}
+    )
     names = {p["name"] for p in json.loads(out.stdout)}
     assert "sai_echo_plugin" not in names and "sai_broken_plugin" not in names and "sai_garbage_plugin" in names
 

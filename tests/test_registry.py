@@ -33,7 +33,10 @@ ENV_VARS = ("SAE_AUTOINTERP_BLOCK_PLUGINS", "SAE_AUTOINTERP_LOAD_PLUGINS", "SAE_
 
 # module name -> (distribution name, version, source)
 DISTS = {
-    "sai_clash_builtin": ("sai-clash-builtin", "0.3.0", """
+    "sai_clash_builtin": (
+        "sai-clash-builtin",
+        "0.3.0",
+        """
         from sae_lens_autointerp import hookimpl
 
         class Impostor:
@@ -45,8 +48,12 @@ DISTS = {
         @hookimpl
         def sae_autointerp_scorers():
             return {"detection": Impostor, "clash-only": Own}
-    """),
-    "sai_dup_a": ("sai-dup-a", "0.3.0", """
+    """,
+    ),
+    "sai_dup_a": (
+        "sai-dup-a",
+        "0.3.0",
+        """
         from sae_lens_autointerp import hookimpl
 
         class TwinA:
@@ -55,8 +62,12 @@ DISTS = {
         @hookimpl
         def sae_autointerp_scorers():
             return {"twin": TwinA, "only-a": TwinA}
-    """),
-    "sai_dup_b": ("sai-dup-b", "0.4.0", """
+    """,
+    ),
+    "sai_dup_b": (
+        "sai-dup-b",
+        "0.4.0",
+        """
         from sae_lens_autointerp import hookimpl
 
         class TwinB:
@@ -65,8 +76,12 @@ DISTS = {
         @hookimpl
         def sae_autointerp_scorers():
             return {"twin": TwinB, "only-b": TwinB}
-    """),
-    "sai_hider": ("sai-hider", "1.0.0", """
+    """,
+    ),
+    "sai_hider": (
+        "sai-hider",
+        "1.0.0",
+        """
         from sae_lens_autointerp import hookimpl
 
         class Visible:
@@ -75,9 +90,13 @@ DISTS = {
         @hookimpl
         def sae_autointerp_scorers():
             return {"visible": Visible, "hidden-x": Visible}
-    """),
+    """,
+    ),
     # a new-style wrapper around every plugin's scorers hook: drops names starting with "hidden-"
-    "sai_wrap_new": ("sai-wrap-new", "1.0.0", """
+    "sai_wrap_new": (
+        "sai-wrap-new",
+        "1.0.0",
+        """
         from sae_lens_autointerp import hookimpl
 
         CALLS = []
@@ -87,9 +106,13 @@ DISTS = {
             results = yield
             CALLS.append([sorted(r) for r in results])
             return [{k: v for k, v in r.items() if not k.startswith("hidden-")} for r in results]
-    """),
+    """,
+    ),
     # an old-style hookwrapper around every plugin's explainers hook: only records what it saw
-    "sai_wrap_old": ("sai-wrap-old", "1.0.0", """
+    "sai_wrap_old": (
+        "sai-wrap-old",
+        "1.0.0",
+        """
         from sae_lens_autointerp import hookimpl
 
         CALLS = []
@@ -98,8 +121,12 @@ DISTS = {
         def sae_autointerp_explainers():
             outcome = yield
             CALLS.append([sorted(r) for r in outcome.get_result()])
-    """),
-    "sai_future": ("sai-future", "0.3.0", """
+    """,
+    ),
+    "sai_future": (
+        "sai-future",
+        "0.3.0",
+        """
         from sae_lens_autointerp import hookimpl
 
         SAE_AUTOINTERP_HOOKSPEC_VERSION = 99
@@ -107,9 +134,13 @@ DISTS = {
         @hookimpl
         def sae_autointerp_scorers():
             return {"future": object}
-    """),
+    """,
+    ),
     "sai_raises": ("sai-raises", "0.3.0", "raise RuntimeError('this plugin is broken on purpose')\n"),
-    "sai_garbage": ("sai-garbage", "0.3.0", """
+    "sai_garbage": (
+        "sai-garbage",
+        "0.3.0",
+        """
         from sae_lens_autointerp import hookimpl
 
         @hookimpl
@@ -119,14 +150,19 @@ DISTS = {
         @hookimpl
         def sae_autointerp_explainers():
             return {"fine-explainer": dict}
-    """),
-    "sai_typo": ("sai-typo", "0.3.0", """
+    """,
+    ),
+    "sai_typo": (
+        "sai-typo",
+        "0.3.0",
+        """
         from sae_lens_autointerp import hookimpl
 
         @hookimpl
         def sae_autointerp_scorer():  # misspelled hook name
             return {}
-    """),
+    """,
+    ),
 }
 
 
@@ -190,8 +226,11 @@ def test_two_third_party_plugins_with_one_name_are_refused_on_use(site, monkeypa
         registry = Registry()
         items = registry.items("scorers")
     assert "twin" not in items and items["only-a"].plugin == "sai_dup_a" and items["only-b"].plugin == "sai_dup_b"
-    for use in (lambda: registry.get("scorers", "twin"), lambda: registry.create("scorers", "twin"),
-                lambda: registry.provenance("scorers", "twin")):
+    for use in (
+        lambda: registry.get("scorers", "twin"),
+        lambda: registry.create("scorers", "twin"),
+        lambda: registry.provenance("scorers", "twin"),
+    ):
         with pytest.raises(PluginError) as info:
             use()
         assert not isinstance(info.value, UnknownPluginItemError)
@@ -208,8 +247,11 @@ def test_two_third_party_plugins_with_one_name_are_refused_on_use(site, monkeypa
     monkeypatch.setenv("SAE_AUTOINTERP_BLOCK_PLUGINS", blocked)
     assert Registry().provenance("scorers", "twin")["plugin"] == kept
     monkeypatch.setenv("SAE_AUTOINTERP_BLOCK_PLUGINS", "sai_dup_b")
-    assert Registry().provenance("scorers", "twin") == {"plugin": "sai_dup_a", "distribution": "sai-dup-a",
-                                                         "version": "0.3.0"}
+    assert Registry().provenance("scorers", "twin") == {
+        "plugin": "sai_dup_a",
+        "distribution": "sai-dup-a",
+        "version": "0.3.0",
+    }
 
 
 # -- provenance ---------------------------------------------------------------------------------------------
@@ -220,12 +262,21 @@ def test_provenance_of_builtin_and_third_party_items(site):
     version = sae_lens_autointerp.__version__
     assert version == importlib.metadata.version("sae-lens-autointerp")
     assert registry.provenance("scorers", "detection") == {
-        "plugin": "builtin", "distribution": "sae-lens-autointerp", "version": version}
+        "plugin": "builtin",
+        "distribution": "sae-lens-autointerp",
+        "version": version,
+    }
     assert registry.provenance("llm_clients", "openai")["distribution"] == "sae-lens-autointerp"
-    assert registry.provenance("scorers", "only-b") == {"plugin": "sai_dup_b", "distribution": "sai-dup-b",
-                                                        "version": "0.4.0"}
+    assert registry.provenance("scorers", "only-b") == {
+        "plugin": "sai_dup_b",
+        "distribution": "sai-dup-b",
+        "version": "0.4.0",
+    }
     assert registry.provenance("explainers", "fine-explainer") == {
-        "plugin": "sai_garbage", "distribution": "sai-garbage", "version": "0.3.0"}
+        "plugin": "sai_garbage",
+        "distribution": "sai-garbage",
+        "version": "0.3.0",
+    }
     with pytest.raises(UnknownPluginItemError, match=r"unknown scorer 'nope'\. Available: "):
         registry.provenance("scorers", "nope")
 
@@ -308,7 +359,8 @@ def test_hooks_are_called_once_per_registry_and_failures_are_not_repeated():
             registry.get("scorers", "nope")
     assert counter.calls == {"scorers": 1, "explainers": 1, "llm_clients": 1}
     assert registry.failures == {
-        "garbage": "hook sae_autointerp_scorers failed: PluginError: expected a mapping of name -> factory, got list"}
+        "garbage": "hook sae_autointerp_scorers failed: PluginError: expected a mapping of name -> factory, got list"
+    }
 
     class Late:
         @hookimpl
@@ -345,8 +397,9 @@ def test_a_failing_wrapper_is_booked_on_the_wrapper_and_a_failing_plugin_on_the_
     assert registry.get("scorers", "good").plugin == "good"
     failures = registry.failures
     assert set(failures) == {"bad-wrapper", "crashing"}
-    assert failures["bad-wrapper"] == ("hook sae_autointerp_scorers wrapper failed around plugin 'good': "
-                                       "RuntimeError: wrapper bug")
+    assert failures["bad-wrapper"] == (
+        "hook sae_autointerp_scorers wrapper failed around plugin 'good': RuntimeError: wrapper bug"
+    )
     assert failures["crashing"] == "hook sae_autointerp_scorers failed: ZeroDivisionError: hook bug"
 
 
@@ -398,12 +451,14 @@ def test_block_env_var_blocks_builtins(monkeypatch):
 def test_hookspec_gate_and_failure_isolation(site):
     registry = Registry()
     failures = registry.failures
-    assert failures["sai_future"] == ("PluginError: needs hookspec version 99, this sae-lens-autointerp has 1; "
-                                      "upgrade sae-lens-autointerp")
+    assert failures["sai_future"] == (
+        "PluginError: needs hookspec version 99, this sae-lens-autointerp has 1; upgrade sae-lens-autointerp"
+    )
     assert not registry.pm.has_plugin("sai_future") and "future" not in registry.items("scorers")
     assert failures["sai_raises"] == "RuntimeError: this plugin is broken on purpose"
-    assert failures["sai_garbage"] == ("hook sae_autointerp_scorers failed: PluginError: expected a mapping of "
-                                       "name -> factory, got str")
+    assert failures["sai_garbage"] == (
+        "hook sae_autointerp_scorers failed: PluginError: expected a mapping of name -> factory, got str"
+    )
     assert registry.get("explainers", "fine-explainer").plugin == "sai_garbage"  # its other hook still works
     assert "unknown hook 'sae_autointerp_scorer'" in failures["sai_typo"] and not registry.pm.has_plugin("sai_typo")
     assert registry.get("scorers", "detection").plugin == "builtin" and "builtin" not in failures
@@ -514,8 +569,11 @@ def test_fresh_interpreter_precedence_and_provenance(site_dir):
     proc = _fresh(site_dir, ["-c", FRESH], {})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
-    assert out["detection"] == {"plugin": "builtin", "distribution": "sae-lens-autointerp",
-                                "version": sae_lens_autointerp.__version__}
+    assert out["detection"] == {
+        "plugin": "builtin",
+        "distribution": "sae-lens-autointerp",
+        "version": sae_lens_autointerp.__version__,
+    }
     assert out["only_a"] == {"plugin": "sai_dup_a", "distribution": "sai-dup-a", "version": "0.3.0"}
     assert "sai-clash-builtin 0.3.0" in out["failures"]["sai_clash_builtin"]
     assert "sai-dup-a 0.3.0" in out["twin"] and "sai-dup-b 0.4.0" in out["twin"]
@@ -523,12 +581,17 @@ def test_fresh_interpreter_precedence_and_provenance(site_dir):
 
 
 def test_fresh_interpreter_cli_with_trace_and_allow_list(site_dir):
-    proc = _fresh(site_dir, ["-m", "sae_lens_autointerp.cli", "plugins", "--json"],
-                  {"SAE_AUTOINTERP_TRACE_PLUGINS": "1", "SAE_AUTOINTERP_LOAD_PLUGINS": "sai_dup_b,sai_nosuch"})
+    proc = _fresh(
+        site_dir,
+        ["-m", "sae_lens_autointerp.cli", "plugins", "--json"],
+        {"SAE_AUTOINTERP_TRACE_PLUGINS": "1", "SAE_AUTOINTERP_LOAD_PLUGINS": "sai_dup_b,sai_nosuch"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     infos = {p["name"]: p for p in json.loads(proc.stdout)}  # the trace goes to stderr, stdout stays JSON
     assert sorted(infos) == ["sai_dup_b", "sai_nosuch"]
-    assert infos["sai_dup_b"]["provides"] == {"scorers": ["only-b", "twin"]} and infos["sai_dup_b"]["version"] == "0.4.0"
+    assert (
+        infos["sai_dup_b"]["provides"] == {"scorers": ["only-b", "twin"]} and infos["sai_dup_b"]["version"] == "0.4.0"
+    )
     assert "SAE_AUTOINTERP_LOAD_PLUGINS" in infos["sai_nosuch"]["error"]
     assert "[sae_lens_autointerp] calling sae_autointerp_scorers on sai_dup_b" in proc.stderr
     assert "[sae_lens_autointerp] sae_autointerp_scorers returned [['only-b', 'twin']]" in proc.stderr

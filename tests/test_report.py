@@ -12,11 +12,21 @@ ANSI = "\x1b[2J\x1b[31mred\x1b]0;title\x07"
 
 def _crafted(folder):
     record = {
-        "run_key": "k", "latent": 3, "stats": {"frequency": 0.01},
+        "run_key": "k",
+        "latent": 3,
+        "stats": {"frequency": 0.01},
         "explanation": {"latent": 3, "text": f"months {EVIL} {ANSI}", "explainer": "x", "failed": False},
         "scores": {
-            "<img src=x onerror=alert(2)>": {"score": 0.7, "low": 0.5, "high": 0.9, "metric": "auc", "chance": 0.5,
-                                              "n_examples": 10, "n_failed": 0, "error": None},
+            "<img src=x onerror=alert(2)>": {
+                "score": 0.7,
+                "low": 0.5,
+                "high": 0.9,
+                "metric": "auc",
+                "chance": 0.5,
+                "n_examples": 10,
+                "n_failed": 0,
+                "error": None,
+            },
             "detection": {"score": None, "n_examples": 0, "n_failed": 0, "error": f"crashed: {EVIL}"},
         },
         "controls": {},

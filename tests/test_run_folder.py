@@ -21,16 +21,43 @@ def _lines(folder):
 
 
 def test_a_folder_with_another_run_is_refused(planted, planted_store, bridge_model, tmp_path):
-    planted.sae.score(bridge_model, store=planted_store, explanations=planted.explanations, scorers=["embedding"],
-                      llm=None, sampling=SMALL, out_dir=tmp_path, progress=False)
-    with pytest.raises(ConfigError, match=r"holds the results of another run .* differs in: scorer_kwargs, "
-                                          r"scorer_prompts.*pass another out_dir"):
-        planted.sae.score(bridge_model, store=planted_store, explanations=planted.explanations, scorers=["embedding"],
-                          scorer_kwargs={"embedding": {"query_prompt": "query: "}}, llm=None, sampling=SMALL,
-                          out_dir=tmp_path, progress=False)
+    planted.sae.score(
+        bridge_model,
+        store=planted_store,
+        explanations=planted.explanations,
+        scorers=["embedding"],
+        llm=None,
+        sampling=SMALL,
+        out_dir=tmp_path,
+        progress=False,
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"holds the results of another run .* differs in: scorer_kwargs, "
+        r"scorer_prompts.*pass another out_dir",
+    ):
+        planted.sae.score(
+            bridge_model,
+            store=planted_store,
+            explanations=planted.explanations,
+            scorers=["embedding"],
+            scorer_kwargs={"embedding": {"query_prompt": "query: "}},
+            llm=None,
+            sampling=SMALL,
+            out_dir=tmp_path,
+            progress=False,
+        )
     assert len(_lines(tmp_path)) == 3  # nothing of the second run was written
-    again = planted.sae.score(bridge_model, store=planted_store, explanations=planted.explanations,
-                              scorers=["embedding"], llm=None, sampling=SMALL, out_dir=tmp_path, progress=False)
+    again = planted.sae.score(
+        bridge_model,
+        store=planted_store,
+        explanations=planted.explanations,
+        scorers=["embedding"],
+        llm=None,
+        sampling=SMALL,
+        out_dir=tmp_path,
+        progress=False,
+    )
     assert len(again.records) == 3 and len(_lines(tmp_path)) == 3  # the same run: all done, nothing redone
 
 
@@ -48,8 +75,15 @@ RUN = textwrap.dedent("""
 
 
 def test_two_identical_concurrent_runs_compute_each_latent_once(embedded_store, tmp_path):
-    procs = [subprocess.Popen([sys.executable, "-c", RUN, str(embedded_store.path), str(tmp_path / "run")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RUN, str(embedded_store.path), str(tmp_path / "run")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=900) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     lines = _lines(tmp_path / "run")
@@ -58,17 +92,32 @@ def test_two_identical_concurrent_runs_compute_each_latent_once(embedded_store, 
 
 
 def test_a_torn_last_line_is_moved_aside(planted, planted_store, bridge_model, tmp_path):
-    first = planted.sae.score(bridge_model, store=planted_store, explanations={0: planted.explanations[0]},
-                              scorers=["embedding"], llm=None, sampling=SMALL, out_dir=tmp_path, progress=False,
-                              controls=False)
+    first = planted.sae.score(
+        bridge_model,
+        store=planted_store,
+        explanations={0: planted.explanations[0]},
+        scorers=["embedding"],
+        llm=None,
+        sampling=SMALL,
+        out_dir=tmp_path,
+        progress=False,
+        controls=False,
+    )
     path = tmp_path / "results.jsonl"
     key = first.run_key
     torn = json.dumps({"run_key": key, "latent": 1, "scores": {}})[:40]  # a crash mid-write
     path.write_text(path.read_text() + torn)
-    result = planted.sae.score(bridge_model, store=planted_store,
-                               explanations={0: planted.explanations[0], 1: planted.explanations[1]},
-                               scorers=["embedding"], llm=None, sampling=SMALL, out_dir=tmp_path / "x",
-                               progress=False, controls=False)
+    result = planted.sae.score(
+        bridge_model,
+        store=planted_store,
+        explanations={0: planted.explanations[0], 1: planted.explanations[1]},
+        scorers=["embedding"],
+        llm=None,
+        sampling=SMALL,
+        out_dir=tmp_path / "x",
+        progress=False,
+        controls=False,
+    )
     assert result.complete  # (another folder: a different run key)
     from sae_lens_autointerp.results import ResultsFile
 
@@ -116,14 +165,29 @@ def test_bad_input_is_refused_before_the_harvest(no_harvest, planted, bridge_mod
 def test_out_dir_that_is_a_file(no_harvest, planted, bridge_model, tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
-        planted.sae.score(bridge_model, ["text"], explanations={0: "months"}, scorers=["embedding"], llm=None,
-                          out_dir=tmp_path / "f", progress=False)
+        planted.sae.score(
+            bridge_model,
+            ["text"],
+            explanations={0: "months"},
+            scorers=["embedding"],
+            llm=None,
+            out_dir=tmp_path / "f",
+            progress=False,
+        )
 
 
 def test_scripted_client_is_not_closed_twice(planted, planted_store, bridge_model, tmp_path):
     """A client object the caller owns stays usable after a run (the run closes only the clients it made)."""
     client = ScriptedClient(sensible)
     for out in ("a", "b"):
-        planted.sae.score(bridge_model, store=planted_store, explanations={0: planted.explanations[0]},
-                          scorers=["detection"], llm=client, sampling=SMALL, out_dir=tmp_path / out, progress=False)
+        planted.sae.score(
+            bridge_model,
+            store=planted_store,
+            explanations={0: planted.explanations[0]},
+            scorers=["detection"],
+            llm=client,
+            sampling=SMALL,
+            out_dir=tmp_path / out,
+            progress=False,
+        )
     assert len(client.requests) == 2 * 8

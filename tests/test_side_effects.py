@@ -37,7 +37,9 @@ class _Spy:
 ctypes.CDLL = _Spy
 """
 
-SNAPSHOT = CDLL_SPY + """
+SNAPSHOT = (
+    CDLL_SPY
+    + """
 import faulthandler, gc, json, locale, logging, os, signal, socket, sys, threading, warnings
 
 # The dependencies' own import-time effects are theirs (a user imports sae_lens to have an SAE at all):
@@ -79,13 +81,18 @@ after["loggers"] = {n: v for n, v in after["loggers"].items() if n in before["lo
 changed = {k: [before[k], after[k]] for k in before if before[k] != after[k]}
 print("RESULT " + json.dumps({"changed": changed, "new_loggers": new_loggers, "cdll": CALLS}, default=str))
 """
+)
 
 
 def _python(code: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                **(env or {})}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env=full_env, cwd=ROOT)
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        **(env or {}),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -104,7 +111,9 @@ def test_import_changes_no_process_wide_setting():
     assert out["cdll"] == []  # no allocator call at import
 
 
-HARVEST = CDLL_SPY + """
+HARVEST = (
+    CDLL_SPY
+    + """
 import json, os, sys
 import sae_lens_autointerp as sai
 from sae_lens_autointerp.harvest import run
@@ -123,6 +132,7 @@ for kwargs, env in {cases!r}:
     out.append(CALLS.count("mallopt"))
 print("RESULT " + json.dumps(out))
 """
+)
 
 HARVEST_CASES = [  # (harvest keyword arguments, SAE_AUTOINTERP_PIN_MALLOC, pinned)
     ({}, "", False),
@@ -135,14 +145,18 @@ HARVEST_CASES = [  # (harvest keyword arguments, SAE_AUTOINTERP_PIN_MALLOC, pinn
 
 
 def test_harvest_pins_malloc_only_when_asked(tmp_path):
-    code = HARVEST.format(tests=str(ROOT / "tests"), cases=[c[:2] for c in HARVEST_CASES], store=str(tmp_path / "store"))
+    code = HARVEST.format(
+        tests=str(ROOT / "tests"), cases=[c[:2] for c in HARVEST_CASES], store=str(tmp_path / "store")
+    )
     mallopt_calls = _result(_python(code))
     pins = 2 if sys.platform.startswith("linux") else 0  # M_MMAP_THRESHOLD and M_TRIM_THRESHOLD (glibc only)
     assert mallopt_calls == [pins if pinned else 0 for *_, pinned in HARVEST_CASES]
     assert (tmp_path / "store" / "meta.json").is_file()  # the harvests ran
 
 
-CLI = CDLL_SPY + """
+CLI = (
+    CDLL_SPY
+    + """
 import json, logging, sys
 from sae_lens_autointerp import cli
 from sae_lens_autointerp.harvest import run
@@ -158,12 +172,16 @@ for flags in {cases!r}:
     out.append({{"code": code, "level": log.level, "mallopt": CALLS.count("mallopt"), "handlers": len(log.handlers)}})
 print("RESULT " + json.dumps(out))
 """
+)
 
 CLI_CASES = [  # (flags, package logger level, lines shown on stderr)
     ([], 30, ["WARNING: a warning line"]),
     (["-v"], 20, ["INFO: an info line", "WARNING: a warning line"]),
-    (["-vv"], 10, ["DEBUG: glibc malloc thresholds pinned to 1 MiB: True", "INFO: an info line",
-                   "WARNING: a warning line"]),
+    (
+        ["-vv"],
+        10,
+        ["DEBUG: glibc malloc thresholds pinned to 1 MiB: True", "INFO: an info line", "WARNING: a warning line"],
+    ),
     (["--quiet"], 40, []),
 ]
 
@@ -188,14 +206,20 @@ def test_cli_logging_flags_and_malloc_opt_in():
 def test_cli_version():
     import sae_lens_autointerp
 
-    proc = subprocess.run([sys.executable, "-m", "sae_lens_autointerp.cli", "--version"], capture_output=True,
-                          text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    proc = subprocess.run(
+        [sys.executable, "-m", "sae_lens_autointerp.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == f"sae-autointerp {sae_lens_autointerp.__version__}"
 
 
-@pytest.mark.parametrize("module", ["sae_lens_autointerp", "sae_lens_autointerp.harvest",
-                                    "sae_lens_autointerp.harvest.store"])
+@pytest.mark.parametrize(
+    "module", ["sae_lens_autointerp", "sae_lens_autointerp.harvest", "sae_lens_autointerp.harvest.store"]
+)
 def test_activation_store_is_a_deprecated_alias_of_latent_store(module):
     import importlib
 

@@ -28,8 +28,13 @@ HARVEST = textwrap.dedent("""
 
 
 def _harvest_in(folder, *extra):
-    return subprocess.Popen([sys.executable, "-c", HARVEST, str(folder), *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={"HF_HUB_OFFLINE": "1", **_env()})
+    return subprocess.Popen(
+        [sys.executable, "-c", HARVEST, str(folder), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", **_env()},
+    )
 
 
 def _env():
@@ -72,8 +77,9 @@ def test_a_kill_between_the_checkpoint_writes_does_not_double_count(bridge_model
         real(path, data)
 
     monkeypatch.setattr(store_mod, "write_json_atomic", dies_on_the_third)
-    kwargs = dict(n_tokens=40 * 128, ctx_len=128, batch_size=4, store_dir=tmp_path, checkpoint_every_s=0,
-                  progress=False)
+    kwargs = dict(
+        n_tokens=40 * 128, ctx_len=128, batch_size=4, store_dir=tmp_path, checkpoint_every_s=0, progress=False
+    )
     with pytest.raises(KeyboardInterrupt):
         embedded_sae.autointerp.harvest(bridge_model, texts, **kwargs)
     monkeypatch.setattr(store_mod, "write_json_atomic", real)
@@ -88,8 +94,9 @@ def test_a_corrupt_store_is_refused_by_name(bridge_model, embedded_sae, tmp_path
     from pydoc_data.topics import topics
 
     texts = [topics[k] for k in sorted(topics)][:20]
-    store = embedded_sae.autointerp.harvest(bridge_model, texts, n_tokens=10 * 128, ctx_len=128, store_dir=tmp_path,
-                                            progress=False)
+    store = embedded_sae.autointerp.harvest(
+        bridge_model, texts, n_tokens=10 * 128, ctx_len=128, store_dir=tmp_path, progress=False
+    )
     tokens = tmp_path / "tokens.bin"
     data = bytearray(tokens.read_bytes())
     data[100] ^= 0xFF

@@ -55,11 +55,19 @@ def run_script(body: str, prepared: dict, extra_path: Path | None = None, env: d
     full_env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})})
     if extra_path is not None:
         full_env["PYTHONPATH"] = f"{extra_path}{os.pathsep}{full_env.get('PYTHONPATH', '')}"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300,
-                          cwd=str(extra_path or TESTS))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=300,
+        cwd=str(extra_path or TESTS),
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"script failed:\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    assert proc.returncode == 0 and lines, (
+        f"script failed:\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    )
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +78,21 @@ def installed() -> None:
         try:
             importlib.metadata.distribution(dist)
         except importlib.metadata.PackageNotFoundError:
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e",
-                            str(REPO / "plugins" / dist)], check=True, timeout=300)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--no-deps",
+                    "--no-build-isolation",
+                    "-e",
+                    str(REPO / "plugins" / dist),
+                ],
+                check=True,
+                timeout=300,
+            )
     importlib.invalidate_caches()
 
 
@@ -80,8 +101,9 @@ def prepared(bridge_model, bridge_sae, corpus_texts, tmp_path_factory) -> dict:
     """The SAE saved to disk and one harvest, both made here once and opened by every script."""
     root = tmp_path_factory.mktemp("third_party")
     bridge_sae.save_model(str(root / "sae"))
-    store = bridge_sae.autointerp.harvest(bridge_model, corpus_texts, n_tokens=60 * 64, ctx_len=64, batch_size=8,
-                                          store_dir=root / "store", progress=False)
+    store = bridge_sae.autointerp.harvest(
+        bridge_model, corpus_texts, n_tokens=60 * 64, ctx_len=64, batch_size=8, store_dir=root / "store", progress=False
+    )
     counts = store.stats["n_fire_examples"]
     live = sorted((i for i in range(store.d_sae) if counts[i] >= 30), key=lambda i: float(store.frequency[i]))
     return {"sae_dir": str(root / "sae"), "store_dir": str(store.path), "latents": live[:2]}
@@ -136,7 +158,8 @@ def test_installed_plugins_work_by_name_and_blocking_them_gives_a_clear_error(in
     assert blocked["neuronpedia"]["error_type"] == "UnknownPluginItemError"
     assert "neuronpedia" not in explainers and "default" in explainers
     assert blocked["neuronpedia"]["message"].startswith(
-        f"unknown explainer 'neuronpedia'. Available: {', '.join(explainers)}.")
+        f"unknown explainer 'neuronpedia'. Available: {', '.join(explainers)}."
+    )
     assert "saebench" in out["available"]["scorers"] and "neuronpedia" in out["available"]["explainers"]
     assert blocked["imported_after"] == []
 
@@ -248,7 +271,9 @@ def docs_example_plugin() -> str:
     return block.split("```python\n")[1].split("```")[0]
 
 
-def test_broken_plugins_are_reported_by_name_and_builtins_finish_and_the_docs_example_works(installed, prepared, tmp_path):
+def test_broken_plugins_are_reported_by_name_and_builtins_finish_and_the_docs_example_works(
+    installed, prepared, tmp_path
+):
     root = tmp_path / "site"
     root.mkdir()
     for name, source in BROKEN.items():
@@ -257,28 +282,41 @@ def test_broken_plugins_are_reported_by_name_and_builtins_finish_and_the_docs_ex
     out = run_script(RUN_WITH_BROKEN.format(out_dir=str(tmp_path / "runs")), prepared, extra_path=root)
 
     infos = {p["name"]: p for p in out["plugins"]}
-    assert "broken on purpose" in infos["sai_raises_at_import"]["error"] and infos["sai_raises_at_import"]["version"] == "0.3.0"
+    assert (
+        "broken on purpose" in infos["sai_raises_at_import"]["error"]
+        and infos["sai_raises_at_import"]["version"] == "0.3.0"
+    )
     assert "expected a mapping" in infos["sai_garbage_hook"]["error"]
     assert "needs hookspec version 99" in infos["sai_from_the_future"]["error"]
     assert infos["sai_from_the_future"]["provides"] == {}
-    assert infos["sai_garbage_scorer"]["provides"] == {"scorers": ["garbage", "nan-score", "opaque"]} and infos["sai_garbage_scorer"]["error"] is None
+    assert (
+        infos["sai_garbage_scorer"]["provides"] == {"scorers": ["garbage", "nan-score", "opaque"]}
+        and infos["sai_garbage_scorer"]["error"] is None
+    )
     assert infos["sai_crashing_plugin"]["provides"] == {"scorers": ["crashing"], "explainers": ["crashing-explainer"]}
     assert infos["saebench"]["error"] is None and infos["builtin"]["error"] is None
     assert {"sai_raises_at_import", "sai_garbage_hook", "sai_from_the_future"} <= set(out["failures"])
-    assert not {"builtin", "saebench", "neuronpedia", "sai_garbage_scorer", "sai_crashing_plugin"} & set(out["failures"])
+    assert not {"builtin", "saebench", "neuronpedia", "sai_garbage_scorer", "sai_crashing_plugin"} & set(
+        out["failures"]
+    )
 
     scores = out["scores"]
     for builtin in ("detection", "fuzzing"):
         assert scores[builtin]["score"] is not None and scores[builtin]["error"] is None
     assert scores["saebench"]["score"] is not None and scores["saebench"]["n_examples"] == 14
     assert scores["garbage"]["score"] is None
-    assert scores["garbage"]["error"] == "plugin 'sai_garbage_scorer': scorer 'garbage' returned dict, not a ScorerOutput"
+    assert (
+        scores["garbage"]["error"] == "plugin 'sai_garbage_scorer': scorer 'garbage' returned dict, not a ScorerOutput"
+    )
     assert scores["nan-score"]["score"] is None and scores["nan-score"]["error"] == (
-        "plugin 'sai_garbage_scorer': scorer 'nan-score' returned score=nan; a score is a finite number or None")
+        "plugin 'sai_garbage_scorer': scorer 'nan-score' returned score=nan; a score is a finite number or None"
+    )
     assert scores["opaque"]["error"].startswith(
-        "plugin 'sai_garbage_scorer': scorer 'opaque' returned a ScorerOutput that cannot be written to results.jsonl")
+        "plugin 'sai_garbage_scorer': scorer 'opaque' returned a ScorerOutput that cannot be written to results.jsonl"
+    )
     assert scores["crashing"]["error"] == (
-        "plugin 'sai_crashing_plugin', scorer 'crashing' crashed: ZeroDivisionError: scorer bug on purpose")
+        "plugin 'sai_crashing_plugin', scorer 'crashing' crashed: ZeroDivisionError: scorer bug on purpose"
+    )
 
     lexical = out["lexical"]
     assert lexical["error"] is None and lexical["n_failed"] == 0 and 0 <= lexical["score"] <= 1
@@ -288,6 +326,7 @@ def test_broken_plugins_are_reported_by_name_and_builtins_finish_and_the_docs_ex
     explained = out["explained"]
     assert explained["explanation"]["failed"]
     assert explained["explanation"]["error"] == (
-        "plugin 'sai_crashing_plugin', explainer 'crashing-explainer' crashed: KeyError: 'explainer bug on purpose'")
+        "plugin 'sai_crashing_plugin', explainer 'crashing-explainer' crashed: KeyError: 'explainer bug on purpose'"
+    )
     assert "explanation failed" in explained["scores"]["detection"]["error"]
     assert explained["scores"]["intruder"]["error"] is None  # needs no explanation: still scored

@@ -23,9 +23,7 @@ SYSTEM = (
     "You study a neuron in a language model. You get text excerpts; tokens where the neuron fires are "
     "marked <<like this>>. Find what the marked tokens and their contexts have in common."
 )
-ANSWER_FORMAT = (
-    "Reply with one line: Explanation: <a short description, at most 15 words, of what the neuron detects>"
-)
+ANSWER_FORMAT = "Reply with one line: Explanation: <a short description, at most 15 words, of what the neuron detects>"
 COT_FORMAT = (
     "First list, briefly, the marked tokens and what surrounds them; then say what they share. "
     "End with one line: Explanation: <a short description, at most 15 words>"
@@ -181,7 +179,9 @@ class LLMExplainer:
         line = f"{index}. {highlight(example.tokens, marked)}"
         if self.show_activations:
             levels = discretize(example.activations, max_act)
-            pairs = [f"{example.tokens[i].strip() or repr(example.tokens[i])} ({levels[i]})" for i in np.flatnonzero(marked)]
+            pairs = [
+                f"{example.tokens[i].strip() or repr(example.tokens[i])} ({levels[i]})" for i in np.flatnonzero(marked)
+            ]
             line += "\n   activations: " + ", ".join(pairs)
         return line
 
@@ -190,13 +190,29 @@ class LLMExplainer:
             raise ValueError(f"the {self.name} explainer needs an LLM (llm=...)")
         messages = self.build_messages(sample, ctx)
         shown = tuple(e.token_id for e in sample.explain)
-        return await ask_for_explanation(ctx, messages, sample.latent, self.name, self.prompt_id, shown,
-                                         max_tokens=self.max_tokens, temperature=self.temperature)
+        return await ask_for_explanation(
+            ctx,
+            messages,
+            sample.latent,
+            self.name,
+            self.prompt_id,
+            shown,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+        )
 
 
-async def ask_for_explanation(ctx: Context, messages: list[dict[str, str]], latent: int, explainer: str,
-                              prompt_id: str, shown: tuple[int, ...], *, max_tokens: int,
-                              temperature: float) -> Explanation:
+async def ask_for_explanation(
+    ctx: Context,
+    messages: list[dict[str, str]],
+    latent: int,
+    explainer: str,
+    prompt_id: str,
+    shown: tuple[int, ...],
+    *,
+    max_tokens: int,
+    temperature: float,
+) -> Explanation:
     """Ask ``ctx.llm``; an unusable answer (see :func:`check_explanation`) is retried once with a reminder
     that names the problem, at temperature >= 0.7 and another seed, so the retry can differ from the first
     answer (both are kept in the response cache); then it is recorded as a failed explanation with its
@@ -207,7 +223,10 @@ async def ask_for_explanation(ctx: Context, messages: list[dict[str, str]], late
     prompt = instructions(messages)
     for attempt in range(2):
         response = await ctx.llm.chat(
-            messages, max_tokens=max_tokens, stage="explain", latent=latent,
+            messages,
+            max_tokens=max_tokens,
+            stage="explain",
+            latent=latent,
             temperature=temperature if attempt == 0 else max(temperature, RETRY_TEMPERATURE),
             seed=None if attempt == 0 else attempt,
         )
@@ -217,11 +236,16 @@ async def ask_for_explanation(ctx: Context, messages: list[dict[str, str]], late
         else:
             parsed = check_explanation(response.text, prompt)
             if parsed.text is not None:
-                return Explanation(latent, parsed.text, explainer, prompt_id, shown, response.text, attempt + 1,
-                                   parse=parsed.how)
+                return Explanation(
+                    latent, parsed.text, explainer, prompt_id, shown, response.text, attempt + 1, parse=parsed.how
+                )
             reason = parsed.reason or "no explanation"
         reasons.append(reason)
-        messages = [*messages, {"role": "assistant", "content": response.text},
-                    {"role": "user", "content": REMINDER.format(reason=reason)}]
-    return Explanation(latent, "", explainer, prompt_id, shown, "\n---\n".join(raws), 2, failed=True,
-                       error="; then ".join(reasons))
+        messages = [
+            *messages,
+            {"role": "assistant", "content": response.text},
+            {"role": "user", "content": REMINDER.format(reason=reason)},
+        ]
+    return Explanation(
+        latent, "", explainer, prompt_id, shown, "\n---\n".join(raws), 2, failed=True, error="; then ".join(reasons)
+    )

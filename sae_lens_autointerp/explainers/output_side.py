@@ -78,13 +78,17 @@ class OutputExplainer:
         steerer = Steerer(ctx.model, ctx.sae)
         with steerer.lock:
             try:
-                out["promoted"] = [(t, piece(t), s) for t, s in promoted_tokens(ctx.model, ctx.sae, latent, self.n_tokens)]
+                out["promoted"] = [
+                    (t, piece(t), s) for t, s in promoted_tokens(ctx.model, ctx.sae, latent, self.n_tokens)
+                ]
             except ConfigError as exc:  # e.g. a per-head SAE: no direct path to the logits; steering still works
                 out["promoted_error"] = str(exc)
             if self.steer:
                 rows = steerer.encode(self.prompts)
                 clean = steerer.log_probs(rows)
-                cal = steerer.calibrate(latent, rows, target_kl=self.target_kl, tolerance=self.kl_tolerance, clean=clean)
+                cal = steerer.calibrate(
+                    latent, rows, target_kl=self.target_kl, tolerance=self.kl_tolerance, clean=clean
+                )
                 shift = steerer.probability_shift(rows, latent, cal.alpha, clean=clean)
                 top = shift.topk(self.n_tokens)
                 out["steered"] = [(int(t), piece(int(t)), float(s)) for s, t in zip(top.values, top.indices)]
@@ -95,11 +99,16 @@ class OutputExplainer:
     def build_messages(self, sample: LatentSample, ctx: Context, evidence: dict[str, Any]) -> list[dict[str, str]]:
         parts: list[str] = []
         if evidence["promoted"]:
-            parts += ["Tokens the neuron promotes most directly (through the unembedding):",
-                      ", ".join(repr(s) for _, s, _ in evidence["promoted"])]
+            parts += [
+                "Tokens the neuron promotes most directly (through the unembedding):",
+                ", ".join(repr(s) for _, s, _ in evidence["promoted"]),
+            ]
         if evidence["steered"]:
-            parts += ["", "Tokens whose probability rises most (relative to before) when the neuron is amplified:",
-                      ", ".join(repr(s) for _, s, _ in evidence["steered"])]
+            parts += [
+                "",
+                "Tokens whose probability rises most (relative to before) when the neuron is amplified:",
+                ", ".join(repr(s) for _, s, _ in evidence["steered"]),
+            ]
         if self.with_examples:
             parts += ["", "Examples where the neuron fires:"]
             for i, example in enumerate(sample.explain[: self.n_examples]):
@@ -125,8 +134,22 @@ class OutputExplainer:
             why = evidence.get("promoted_error") or "no output-side evidence (steer=False)"
             return Explanation(sample.latent, "", self.name, self.prompt_id, shown, failed=True, error=why)
         if ctx.llm is None or not self.use_llm:
-            return Explanation(sample.latent, self.template(evidence), self.name, self.prompt_id, shown,
-                               raw=repr({k: evidence[k] for k in ("promoted", "steered")}))
+            return Explanation(
+                sample.latent,
+                self.template(evidence),
+                self.name,
+                self.prompt_id,
+                shown,
+                raw=repr({k: evidence[k] for k in ("promoted", "steered")}),
+            )
         messages = self.build_messages(sample, ctx, evidence)
-        return await ask_for_explanation(ctx, messages, sample.latent, self.name, self.prompt_id, shown,
-                                         max_tokens=self.max_tokens, temperature=self.temperature)
+        return await ask_for_explanation(
+            ctx,
+            messages,
+            sample.latent,
+            self.name,
+            self.prompt_id,
+            shown,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+        )

@@ -60,7 +60,9 @@ def resolve_corpus(
     dataset_config: str | None = None,
 ) -> CorpusSpec:
     """Validate ``dataset`` cheaply (first record only) and describe it."""
-    common: dict[str, Any] = dict(text_column=text_column, split=split, streaming=streaming, dataset_config=dataset_config)
+    common: dict[str, Any] = dict(
+        text_column=text_column, split=split, streaming=streaming, dataset_config=dataset_config
+    )
     if isinstance(dataset, torch.Tensor):
         if dataset.numel() == 0:
             raise ConfigError("the token tensor is empty; pass at least one token id")
@@ -77,14 +79,18 @@ def resolve_corpus(
             raise ConfigError("the corpus is an empty list; pass at least one non-empty string")
         bad = [i for i, doc in enumerate(dataset) if not isinstance(doc, str)]
         if bad:
-            raise ConfigError(f"a text corpus must be a list of strings; item {bad[0]} is {type(dataset[bad[0]]).__name__}")
+            raise ConfigError(
+                f"a text corpus must be a list of strings; item {bad[0]} is {type(dataset[bad[0]]).__name__}"
+            )
         if not any(doc.strip() for doc in dataset):
             raise ConfigError("every string in the corpus is empty; pass some text")
         digest = hashlib.sha256()
         for doc in dataset:
             digest.update(doc.encode("utf-8", "surrogatepass"))
             digest.update(b"\0")
-        return CorpusSpec("texts", list(dataset), fingerprint={"texts": digest.hexdigest(), "n": len(dataset)}, **common)
+        return CorpusSpec(
+            "texts", list(dataset), fingerprint={"texts": digest.hexdigest(), "n": len(dataset)}, **common
+        )
     if _is_hf_dataset(dataset):
         fingerprint = getattr(dataset, "_fingerprint", None) or repr(dataset)
         spec = CorpusSpec("hf", dataset, fingerprint={"hf_object": str(fingerprint), "column": text_column}, **common)
@@ -124,7 +130,9 @@ def _data_files(path: Path) -> list[Path]:
                 "datasets.load_dataset(...) and pass the Dataset)"
             )
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES)
+    files = sorted(
+        p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
+    )
     if not files:
         raise ConfigError(f"the folder {path} has no .txt/.jsonl/.parquet files")
     return files

@@ -218,8 +218,9 @@ class ModelAdapter:
             digest.update(str(tuple(param.shape)).encode())
             digest.update(param.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
         vocab = getattr(self.tokenizer, "get_vocab", None)
-        tokens = hashlib.sha256(json.dumps(sorted(vocab().items()) if callable(vocab) else [],
-                                           ensure_ascii=False).encode()).hexdigest()
+        tokens = hashlib.sha256(
+            json.dumps(sorted(vocab().items()) if callable(vocab) else [], ensure_ascii=False).encode()
+        ).hexdigest()
         return {
             "class": type(self.model).__name__,
             "name": str(getattr(cfg, "model_name", "") or ""),

@@ -161,8 +161,10 @@ def harvest(
         vocab = int(getattr(adapter.model.cfg, "d_vocab", 0) or 0) or len(adapter.tokenizer)
         low, high = int(corpus.source.min()), int(corpus.source.max())
         if low < 0 or high >= vocab:
-            raise ConfigError(f"the token tensor holds ids from {low} to {high}, but this model's vocabulary is "
-                              f"0..{vocab - 1}; tokenize with the model's own tokenizer")
+            raise ConfigError(
+                f"the token tensor holds ids from {low} to {high}, but this model's vocabulary is "
+                f"0..{vocab - 1}; tokenize with the model's own tokenizer"
+            )
     adapter.check_width()
     if _wants_pinned_malloc(pin_malloc):
         pin_malloc_thresholds()

@@ -139,7 +139,9 @@ class LatentStats:
 
         self._update_pool(chunk_view, valid, pool_keys, seq_base)
 
-    def _update_pool(self, chunks_view: torch.Tensor, valid: torch.Tensor, keys: torch.Tensor, seq_base: torch.Tensor) -> None:
+    def _update_pool(
+        self, chunks_view: torch.Tensor, valid: torch.Tensor, keys: torch.Tensor, seq_base: torch.Tensor
+    ) -> None:
         """chunks_view: [batch, n_chunks, example_len, d_sae] (zero-padded at the end of the sequence)."""
         if self.s.n_random_windows == 0:
             return
@@ -158,8 +160,12 @@ class LatentStats:
         which, pos, lat = (windows > self.s.threshold).nonzero(as_tuple=True)
         values = windows[which, pos, lat].float().cpu()
         counts = torch.bincount(which.cpu(), minlength=len(chunks)).tolist()
-        for slot, p_, l_, v_ in zip(slots.tolist(), pos.cpu().to(torch.int16).split(counts),
-                                    lat.cpu().to(torch.int32).split(counts), values.split(counts)):
+        for slot, p_, l_, v_ in zip(
+            slots.tolist(),
+            pos.cpu().to(torch.int16).split(counts),
+            lat.cpu().to(torch.int32).split(counts),
+            values.split(counts),
+        ):
             self.pool_entries[slot] = (p_.clone(), l_.clone(), v_.clone())
 
     # ------------------------------------------------------------- persistence
@@ -179,16 +185,33 @@ class LatentStats:
             "pool_keys": self.pool_keys,
             "pool_ids": self.pool_ids,
             "pool_offsets": torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),
-            "pool_pos": torch.cat([e[0] for e in self.pool_entries]) if self.pool_entries else torch.zeros(0, dtype=torch.int16),
-            "pool_latents": torch.cat([e[1] for e in self.pool_entries]) if self.pool_entries else torch.zeros(0, dtype=torch.int32),
+            "pool_pos": torch.cat([e[0] for e in self.pool_entries])
+            if self.pool_entries
+            else torch.zeros(0, dtype=torch.int16),
+            "pool_latents": torch.cat([e[1] for e in self.pool_entries])
+            if self.pool_entries
+            else torch.zeros(0, dtype=torch.int32),
             "pool_values": torch.cat([e[2] for e in self.pool_entries]) if self.pool_entries else torch.zeros(0),
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor], settings: HarvestSettings, device: torch.device | str = "cpu") -> LatentStats:
+    def from_state_dict(
+        cls, state: dict[str, torch.Tensor], settings: HarvestSettings, device: torch.device | str = "cpu"
+    ) -> LatentStats:
         d_sae = state["n_fire_tokens"].shape[0]
         out = cls(d_sae, settings, device)
-        for name in ("n_fire_tokens", "n_fire_examples", "sum_acts", "top_vals", "top_ids", "top_windows", "res_keys", "res_vals", "res_ids", "res_windows"):
+        for name in (
+            "n_fire_tokens",
+            "n_fire_examples",
+            "sum_acts",
+            "top_vals",
+            "top_ids",
+            "top_windows",
+            "res_keys",
+            "res_vals",
+            "res_ids",
+            "res_windows",
+        ):
             setattr(out, name, state[name].to(device))
         out.pool_keys = state["pool_keys"].clone()
         out.pool_ids = state["pool_ids"].clone()

@@ -104,8 +104,11 @@ def save_checkpoint(folder: Path, stats: LatentStats, meta: dict[str, Any]) -> N
     """One atomic step: the statistics and ``meta`` (in the file's header) replace the last checkpoint
     together; then ``meta.json``, a readable copy, follows (a kill in between loses nothing)."""
     tmp = folder / "stats.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in stats.state_dict().items()}, str(tmp),
-              metadata={"checkpoint": json.dumps(meta, sort_keys=True, default=str)})
+    save_file(
+        {k: v.contiguous() for k, v in stats.state_dict().items()},
+        str(tmp),
+        metadata={"checkpoint": json.dumps(meta, sort_keys=True, default=str)},
+    )
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, folder / "stats.safetensors")
@@ -136,8 +139,10 @@ def file_sha256(path: Path) -> str:
 
 def seal(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Record the finished files' sizes and checksums in ``meta`` (verified whenever the store is opened)."""
-    meta["files"] = {name: {"size": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
-                     for name in ("tokens.bin", "stats.safetensors")}
+    meta["files"] = {
+        name: {"size": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
+        for name in ("tokens.bin", "stats.safetensors")
+    }
     return meta
 
 
@@ -165,9 +170,12 @@ class LatentStore:
 
     def _verify(self) -> None:
         """Sizes always; the checksums recorded when the store was finished (about 1 s per 400 MB)."""
+
         def corrupt(what: str) -> ConfigError:
-            return ConfigError(f"the activation store {self.path} is corrupt: {what}. Delete the folder and run "
-                               "sae.autointerp.harvest(...) (or `sae-autointerp harvest`) again to rebuild it")
+            return ConfigError(
+                f"the activation store {self.path} is corrupt: {what}. Delete the folder and run "
+                "sae.autointerp.harvest(...) (or `sae-autointerp harvest`) again to rebuild it"
+            )
 
         ctx = self.settings.ctx_len
         tokens = self.path / "tokens.bin"
@@ -184,8 +192,7 @@ class LatentStore:
 
     def __repr__(self) -> str:
         return (
-            f"LatentStore({str(self.path)!r}, d_sae={self.d_sae}, n_tokens={self.n_tokens}, "
-            f"complete={self.complete})"
+            f"LatentStore({str(self.path)!r}, d_sae={self.d_sae}, n_tokens={self.n_tokens}, complete={self.complete})"
         )
 
     @property
@@ -323,7 +330,9 @@ class LatentStore:
     def _pool_firing(self) -> tuple[np.ndarray, np.ndarray]:
         """(window index, latent) pairs of every non-zero in the pool, sorted by latent."""
         windows = self._random_windows
-        index = np.concatenate([np.full(len(w.latents), i, dtype=np.int64) for i, w in enumerate(windows)] or [np.zeros(0, np.int64)])
+        index = np.concatenate(
+            [np.full(len(w.latents), i, dtype=np.int64) for i, w in enumerate(windows)] or [np.zeros(0, np.int64)]
+        )
         latents = np.concatenate([w.latents for w in windows] or [np.zeros(0, np.int32)]).astype(np.int64)
         order = np.argsort(latents, kind="stable")
         return index[order], latents[order]

@@ -200,9 +200,10 @@ class BaseClient:
         if failed:
             self.usage.record_failure(self.name, request.stage, request.latent)
         if cache is not None and key is not None:
-            cache.put(key, response_to_json(result), {"model": self.cache_namespace, "kind": kind, **_jsonable(payload)})
+            cache.put(
+                key, response_to_json(result), {"model": self.cache_namespace, "kind": kind, **_jsonable(payload)}
+            )
         return result
-
 
     def _fail_fast(self, request: ChatRequest) -> None:
         last = self._last_transport_failure
@@ -269,21 +270,37 @@ def classify_from_chat(response: ChatResponse, choices: tuple[str, ...]) -> Clas
     generated token matched to a choice (one-hot, ``exact=False``), else a failed result."""
     usage = response.usage
     if response.refused:
-        return ClassifyResult(choices, None, {c: None for c in choices}, False, "generation", usage,
-                              text=response.text, error=f"refused: {response.refusal or response.finish_reason}")
+        return ClassifyResult(
+            choices,
+            None,
+            {c: None for c in choices},
+            False,
+            "generation",
+            usage,
+            text=response.text,
+            error=f"refused: {response.refusal or response.finish_reason}",
+        )
     if response.logprobs:
         first = response.logprobs[0]
         candidates = dict(first.top_logprobs)
         candidates.setdefault(first.token, first.logprob)
-        result = classify_from_logprobs(choices, candidates, method="top_logprobs", complete=False,
-                                        usage=usage, text=response.text)
+        result = classify_from_logprobs(
+            choices, candidates, method="top_logprobs", complete=False, usage=usage, text=response.text
+        )
         if result is not None:
             return result
     choice = match_choice(response.text, choices)
     if choice is None:
         where = "" if response.logprobs else " (the server gave no logprobs)"
-        return ClassifyResult(choices, None, {c: None for c in choices}, False, "generation", usage,
-                              text=response.text,
-                              error=f"answer {response.text!r} is none of {list(choices)}{where}")
+        return ClassifyResult(
+            choices,
+            None,
+            {c: None for c in choices},
+            False,
+            "generation",
+            usage,
+            text=response.text,
+            error=f"answer {response.text!r} is none of {list(choices)}{where}",
+        )
     probs = {c: float(c == choice) for c in choices}
     return ClassifyResult(choices, probs, {c: None for c in choices}, False, "generation", usage, text=response.text)

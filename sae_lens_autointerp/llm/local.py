@@ -92,8 +92,11 @@ class _Engine:
         return p
 
     def is_eog(self, token: int) -> bool:
-        return bool(self.llm._model.token_is_eog(token)) if hasattr(self.llm._model, "token_is_eog") else (
-            token == self.llm.token_eos())
+        return (
+            bool(self.llm._model.token_is_eog(token))
+            if hasattr(self.llm._model, "token_is_eog")
+            else (token == self.llm.token_eos())
+        )
 
     def _logits(self) -> np.ndarray:
         ptr = self.llm._ctx.get_logits_ith(-1)
@@ -313,9 +316,19 @@ def llama_server_command(
 
         model_path = gguf_path()
     cmd = [
-        python or sys.executable, "-m", "llama_cpp.server",
-        "--model", str(model_path), "--model_alias", alias,
-        "--host", host, "--port", str(port), "--n_ctx", str(n_ctx),
+        python or sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model_path),
+        "--model_alias",
+        alias,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
     ]
     if n_threads:
         cmd += ["--n_threads", str(n_threads)]

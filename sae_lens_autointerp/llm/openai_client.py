@@ -36,8 +36,18 @@ from .types import ChatRequest, ChatResponse, TokenLogprob, Usage
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_CONTEXT_PHRASES = ("context length", "context_length", "maximum context", "context window", "too many tokens",
-                    "exceeds the context", "exceed_context", "prompt is too long", "requested tokens", "n_ctx")
+_CONTEXT_PHRASES = (
+    "context length",
+    "context_length",
+    "maximum context",
+    "context window",
+    "too many tokens",
+    "exceeds the context",
+    "exceed_context",
+    "prompt is too long",
+    "requested tokens",
+    "n_ctx",
+)
 _RETRY_STATUS = {408, 409, 425, 429}
 
 
@@ -109,9 +119,12 @@ class OpenAIClient(BaseClient):
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "sk-no-key-required"
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
-        self.retry_limits = {"connection": min(max_connection_retries, max_retries),
-                             "timeout": min(max_timeout_retries, max_retries),
-                             "malformed": min(2, max_retries), "status": max_retries}
+        self.retry_limits = {
+            "connection": min(max_connection_retries, max_retries),
+            "timeout": min(max_timeout_retries, max_retries),
+            "malformed": min(2, max_retries),
+            "status": max_retries,
+        }
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
         self.backoff_initial = backoff_initial
@@ -193,8 +206,12 @@ class OpenAIClient(BaseClient):
             response = await self._send(request, with_logprobs)
         except LLMError as exc:
             # A server that rejects the logprobs fields: say so once, then go on without them.
-            if not (with_logprobs and request.logprobs and "logprob" in str(exc).lower()
-                    and not isinstance(exc, (LLMConnectionError, MalformedResponseError))):
+            if not (
+                with_logprobs
+                and request.logprobs
+                and "logprob" in str(exc).lower()
+                and not isinstance(exc, (LLMConnectionError, MalformedResponseError))
+            ):
                 raise
             log.warning("%s rejects logprobs (%s); continuing without them", public_url(self.base_url), exc)
             self.logprobs_supported = False
@@ -203,7 +220,10 @@ class OpenAIClient(BaseClient):
             if self.logprobs_supported is None:
                 log.warning(
                     "%s returned no logprobs for model %r; classify() falls back to matching the generated "
-                    "answer (one-hot, exact=False)", public_url(self.base_url), self.model)
+                    "answer (one-hot, exact=False)",
+                    public_url(self.base_url),
+                    self.model,
+                )
             self.logprobs_supported = False
         elif request.logprobs:
             self.logprobs_supported = True
@@ -240,14 +260,22 @@ class OpenAIClient(BaseClient):
                 failure = exc
             attempt += 1
             tries[failure.kind] = tries.get(failure.kind, 0) + 1  # each kind of failure has its own retry budget
-            if attempt > self.max_retries or tries[failure.kind] > self.retry_limits.get(failure.kind, self.max_retries):
+            if attempt > self.max_retries or tries[failure.kind] > self.retry_limits.get(
+                failure.kind, self.max_retries
+            ):
                 raise self._final_error(failure, attempt) from None
             self.usage.record_retry(self.name, request.stage, request.latent)
             delay = min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 1)) * self._jitter.uniform(0.5, 1.5)
             if failure.retry_after is not None:
                 delay = max(delay, min(failure.retry_after, self.backoff_max))
-            log.info("%s: %s; retry %d/%d in %.2f s", public_url(self.base_url), self._redact(str(failure)),
-                     attempt, self.max_retries, delay)
+            log.info(
+                "%s: %s; retry %d/%d in %.2f s",
+                public_url(self.base_url),
+                self._redact(str(failure)),
+                attempt,
+                self.max_retries,
+                delay,
+            )
             await asyncio.sleep(delay)
 
     def _status_failure(self, exc: Any) -> _Retryable:
@@ -266,9 +294,12 @@ class OpenAIClient(BaseClient):
             raise AuthenticationError(
                 f"{url} rejected the API key (HTTP {status}: {message}); set OPENAI_API_KEY or pass api_key="
             )
-        if status in (400, 404, 422) and "model" in lowered and any(
-            p in lowered for p in ("not found", "does not exist", "unknown", "not exist", "invalid model")
-        ) or status == 404:
+        if (
+            status in (400, 404, 422)
+            and "model" in lowered
+            and any(p in lowered for p in ("not found", "does not exist", "unknown", "not exist", "invalid model"))
+            or status == 404
+        ):
             raise UnknownModelError(
                 f"model {self.model!r} is not served by {url} (HTTP {status}: {message}). "
                 "List what it serves with GET /models and pass llm='openai:<one of them>', or check the base URL "

@@ -24,8 +24,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="a GGUF path (default: the embedded SmolLM2)")
     parser.add_argument("--alias", default=LOCAL_MODEL_ALIAS, help="the model name clients ask for")
     args, rest = parser.parse_known_args(argv)
-    cmd = llama_server_command(port=args.port, host=args.host, model_path=args.model, n_ctx=args.n_ctx,
-                               alias=args.alias) + rest
+    cmd = (
+        llama_server_command(port=args.port, host=args.host, model_path=args.model, n_ctx=args.n_ctx, alias=args.alias)
+        + rest
+    )
     print(" ".join(cmd), file=sys.stderr, flush=True)
     os.execv(cmd[0], cmd)
 

@@ -149,8 +149,9 @@ class UsageTracker:
     ) -> None:
         self.prices = prices if isinstance(prices, PriceTable) else PriceTable(prices)
         for name, value in (("budget_tokens", budget_tokens), ("budget_dollars", budget_dollars)):
-            if value is not None and (isinstance(value, (bool, str)) or not isinstance(value, (int, float))
-                                      or value < 0):
+            if value is not None and (
+                isinstance(value, (bool, str)) or not isinstance(value, (int, float)) or value < 0
+            ):
                 raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
         if budget_dollars is not None and not self.prices:
             raise ConfigError(
@@ -183,7 +184,10 @@ class UsageTracker:
             b = self._budget
             if b.exhausted is None:
                 over = None
-                if b.tokens is not None and self._total.total_tokens + b.reserved_tokens + worst.total_tokens > b.tokens:
+                if (
+                    b.tokens is not None
+                    and self._total.total_tokens + b.reserved_tokens + worst.total_tokens > b.tokens
+                ):
                     over = (
                         f"token budget {b.tokens:,} reached: {self._total.total_tokens:,} spent, "
                         f"{b.reserved_tokens:,} in flight, next request needs up to {worst.total_tokens:,}"
@@ -272,9 +276,12 @@ class UsageTracker:
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per (stage, latent): ready for ``pandas.DataFrame(tracker.rows())`` or JSON."""
-        return [{"stage": s, "latent": lat, **t.as_dict()} for (s, lat), t in sorted(
-            self.by_latent().items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])
-        )]
+        return [
+            {"stage": s, "latent": lat, **t.as_dict()}
+            for (s, lat), t in sorted(
+                self.by_latent().items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])
+            )
+        ]
 
     def summary(self) -> dict[str, Any]:
         """JSON-able totals: run, per stage, per model, and the budget state."""
@@ -295,13 +302,17 @@ class UsageTracker:
 
     def format(self) -> str:
         """A short human-readable report."""
-        lines = [f"{'stage':<16}{'requests':>9}{'prompt':>10}{'completion':>11}{'cached':>8}"
-                 f"{'hits':>6}{'retries':>8}{'fails':>6}{'cost $':>10}"]
+        lines = [
+            f"{'stage':<16}{'requests':>9}{'prompt':>10}{'completion':>11}{'cached':>8}"
+            f"{'hits':>6}{'retries':>8}{'fails':>6}{'cost $':>10}"
+        ]
         items: Sequence[tuple[str, UsageTotals]] = [*sorted(self.by_stage().items()), ("TOTAL", self.total())]
         for name, t in items:
             cost = f"{t.cost:.4f}" if self.prices else "-"
-            lines.append(f"{name:<16}{t.requests:>9}{t.prompt_tokens:>10}{t.completion_tokens:>11}"
-                         f"{t.cached_tokens:>8}{t.cache_hits:>6}{t.retries:>8}{t.failures:>6}{cost:>10}")
+            lines.append(
+                f"{name:<16}{t.requests:>9}{t.prompt_tokens:>10}{t.completion_tokens:>11}"
+                f"{t.cached_tokens:>8}{t.cache_hits:>6}{t.retries:>8}{t.failures:>6}{cost:>10}"
+            )
         if self._budget.exhausted:
             lines.append(f"BUDGET: {self._budget.exhausted}")
         return "\n".join(lines)

@@ -102,8 +102,9 @@ class VLLMClient(BaseClient):
         self.cpu = _on_cpu()
         defaults: dict[str, Any] = {"enable_prefix_caching": True, "seed": 0}
         if self.cpu:
-            defaults.update(enforce_eager=True, kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, dtype="float32",
-                            max_model_len=4096)
+            defaults.update(
+                enforce_eager=True, kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, dtype="float32", max_model_len=4096
+            )
         self.engine_kwargs = {**defaults, **(engine_kwargs or {})}
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
@@ -285,9 +286,13 @@ class VLLMClient(BaseClient):
                         word = lp.decoded_token if lp.decoded_token is not None else self._decode(tid)
                         top.setdefault(word, float(lp.logprob))
                 chosen = row[tok]
-                items.append(TokenLogprob(
-                    chosen.decoded_token if chosen.decoded_token is not None else self._decode(tok),
-                    float(chosen.logprob), top))
+                items.append(
+                    TokenLogprob(
+                        chosen.decoded_token if chosen.decoded_token is not None else self._decode(tok),
+                        float(chosen.logprob),
+                        top,
+                    )
+                )
             logprobs = tuple(items)
         return ChatResponse(
             text=completion.text,

@@ -76,16 +76,27 @@ class ClassificationScorer:
     question_one = ""
     question_many = ""
 
-    def __init__(self, examples_per_prompt: int = 1, highlight_threshold: float = 0.3, concurrency: int = 8,
-                 calibrate: bool = True) -> None:
+    def __init__(
+        self,
+        examples_per_prompt: int = 1,
+        highlight_threshold: float = 0.3,
+        concurrency: int = 8,
+        calibrate: bool = True,
+    ) -> None:
         if not isinstance(examples_per_prompt, int) or examples_per_prompt < 1:
             raise ValueError("examples_per_prompt must be an integer >= 1")
         self.examples_per_prompt = examples_per_prompt
         self.highlight_threshold = highlight_threshold
         self.concurrency = concurrency
         self.calibrate = calibrate
-        self.prompt_id = template_id(self.name, SYSTEM, self.question_one, self.question_many,
-                                     str(examples_per_prompt), CONTENT_FREE if calibrate else "")
+        self.prompt_id = template_id(
+            self.name,
+            SYSTEM,
+            self.question_one,
+            self.question_many,
+            str(examples_per_prompt),
+            CONTENT_FREE if calibrate else "",
+        )
 
     def items(self, sample: LatentSample, ctx: Context, rng: np.random.Generator) -> list[Item]:
         raise NotImplementedError
@@ -115,8 +126,13 @@ class ClassificationScorer:
         else:
             for attempt in range(2):
                 resp = await ctx.llm.chat(
-                    messages, max_tokens=4 * len(batch) + 8, logprobs=True, top_logprobs=5, stage=self.name,
-                    latent=latent, temperature=0.0 if attempt == 0 else RETRY_TEMPERATURE,
+                    messages,
+                    max_tokens=4 * len(batch) + 8,
+                    logprobs=True,
+                    top_logprobs=5,
+                    stage=self.name,
+                    latent=latent,
+                    temperature=0.0 if attempt == 0 else RETRY_TEMPERATURE,
                     seed=None if attempt == 0 else attempt,
                 )
                 if resp.refused:
@@ -129,8 +145,16 @@ class ClassificationScorer:
                     probs = list(graded) if graded is not None else [None] * len(batch)
                     break
                 error = f"unparseable answer: {resp.text[:80]!r}"
-                messages = [*messages, {"role": "assistant", "content": resp.text}, {"role": "user", "content": (
-                    f"That was not a list of {len(batch)} digits. " + self.question_many.format(n=len(batch)))}]
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": resp.text},
+                    {
+                        "role": "user",
+                        "content": (
+                            f"That was not a list of {len(batch)} digits. " + self.question_many.format(n=len(batch))
+                        ),
+                    },
+                ]
         return [
             {
                 "token_id": it.token_id,
@@ -147,8 +171,9 @@ class ClassificationScorer:
     async def _content_free(self, ctx: Context, latent: int, explanation: str) -> tuple[float | None, str | None]:
         """P_cf("1") for a content-free excerpt under this explanation, or (None, why not)."""
         assert ctx.llm is not None
-        res = await ctx.llm.classify(self.messages(explanation, [CONTENT_FREE]), choices=("0", "1"),
-                                     stage=self.name, latent=latent)
+        res = await ctx.llm.classify(
+            self.messages(explanation, [CONTENT_FREE]), choices=("0", "1"), stage=self.name, latent=latent
+        )
         if not res.ok:
             return None, f"the content-free request failed: {res.error}"
         p, source = classify_probability(res)
@@ -181,15 +206,24 @@ class ClassificationScorer:
         content_free = None
         if self.calibrate and k == 1 and any(g is not None for g in graded):  # no use for one-hot answers
             content_free = await self._content_free(ctx, sample.latent, explanation.text)
-        metrics_obj = binary_metrics(labels, answered, graded, rng=latent_rng(ctx.seed, sample.latent, self.name + "/ci"))
+        metrics_obj = binary_metrics(
+            labels, answered, graded, rng=latent_rng(ctx.seed, sample.latent, self.name + "/ci")
+        )
         metrics = metrics_obj.to_dict()
         sources = sorted({p["prob_source"] for p in predictions if p["prob_source"]})
         metrics["prob_sources"] = sources
         if metrics_obj.n_answered and metrics_obj.n_auc == 0:
-            metrics["notes"] = "; ".join(filter(None, [
-                metrics["notes"], "auc: left out, the backend gave no graded probabilities (one-hot answers)"]))
-        metrics.update(self._calibrated(labels, answered, graded, content_free,
-                                        latent_rng(ctx.seed, sample.latent, self.name + "/ci-cal")))
+            metrics["notes"] = "; ".join(
+                filter(
+                    None,
+                    [metrics["notes"], "auc: left out, the backend gave no graded probabilities (one-hot answers)"],
+                )
+            )
+        metrics.update(
+            self._calibrated(
+                labels, answered, graded, content_free, latent_rng(ctx.seed, sample.latent, self.name + "/ci-cal")
+            )
+        )
         return ScorerOutput(
             scorer=self.name,
             score=_finite(metrics_obj.balanced_accuracy.value),
@@ -201,11 +235,22 @@ class ClassificationScorer:
             **ScorerOutput.headline(metrics, "balanced_accuracy"),
         )
 
-    def _calibrated(self, labels: list[bool], answered: list[bool | None], graded: list[float | None],
-                    content_free: tuple[float | None, str | None] | None, rng: np.random.Generator) -> dict[str, Any]:
+    def _calibrated(
+        self,
+        labels: list[bool],
+        answered: list[bool | None],
+        graded: list[float | None],
+        content_free: tuple[float | None, str | None] | None,
+        rng: np.random.Generator,
+    ) -> dict[str, Any]:
         if content_free is None:
-            why = ("needs one example per prompt" if self.examples_per_prompt > 1 else "calibrate=False"
-                   if not self.calibrate else "the backend gave no graded probabilities")
+            why = (
+                "needs one example per prompt"
+                if self.examples_per_prompt > 1
+                else "calibrate=False"
+                if not self.calibrate
+                else "the backend gave no graded probabilities"
+            )
             return {"balanced_accuracy_calibrated": None, "calibration": f"not computed: {why}"}
         threshold, reason = content_free
         if threshold is None:
@@ -213,8 +258,10 @@ class ClassificationScorer:
         decided = [None if a is None or g is None else g >= threshold for a, g in zip(answered, graded)]
         cal = binary_metrics(labels, decided, rng=rng).balanced_accuracy
         return {
-            "balanced_accuracy_calibrated": _finite(cal.value), "balanced_accuracy_calibrated_low": _finite(cal.low),
-            "balanced_accuracy_calibrated_high": _finite(cal.high), "calibration_threshold": float(threshold),
+            "balanced_accuracy_calibrated": _finite(cal.value),
+            "balanced_accuracy_calibrated_low": _finite(cal.low),
+            "balanced_accuracy_calibrated_high": _finite(cal.high),
+            "calibration_threshold": float(threshold),
             "calibration": f"contextual: answer 1 when P('1') >= P('1' | excerpt {CONTENT_FREE!r})",
         }
 

@@ -54,8 +54,9 @@ class EmbeddingScorer:
             load_embedder(self.model)
         query = embed([explanation], self.model, prompt=self.query_prompt, batch_size=self.batch_size)
         docs = embed(texts, self.model, prompt=self.document_prompt, batch_size=self.batch_size)
-        return docs @ query[0], self._count_tokens([(self.query_prompt or "") + explanation]
-                                                   + [(self.document_prompt or "") + t for t in texts])
+        return docs @ query[0], self._count_tokens(
+            [(self.query_prompt or "") + explanation] + [(self.document_prompt or "") + t for t in texts]
+        )
 
     def _count_tokens(self, texts: list[str]) -> int:
         model: Any = load_embedder(self.model)
@@ -77,15 +78,29 @@ class EmbeddingScorer:
         sims, tokens = await asyncio.to_thread(self._similarities, explanation.text, [r.text for r in rendered])
         metrics = auc_metrics(labels, sims.tolist(), latent_rng(ctx.seed, sample.latent, self.name + "/ci"))
         record_usage(ctx, self.model, self.name, sample.latent, tokens)
-        metrics.update({
-            "mean_similarity_pos": float(np.mean([s for s, y in zip(sims, labels) if y])) if any(labels) else None,
-            "mean_similarity_neg": float(np.mean([s for s, y in zip(sims, labels) if not y])) if not all(labels) else None,
-            "embedder": self.model, "tokens_processed": tokens, "tokens_generated": 0,
-            "seconds": round(time.perf_counter() - start, 3),
-        })
+        metrics.update(
+            {
+                "mean_similarity_pos": float(np.mean([s for s, y in zip(sims, labels) if y])) if any(labels) else None,
+                "mean_similarity_neg": float(np.mean([s for s, y in zip(sims, labels) if not y]))
+                if not all(labels)
+                else None,
+                "embedder": self.model,
+                "tokens_processed": tokens,
+                "tokens_generated": 0,
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        )
         predictions = [
             {"token_id": r.token_id, "label": r.label, "quantile": r.quantile, "similarity": float(s)}
             for r, s in zip(rendered, sims)
         ]
-        return ScorerOutput(scorer=self.name, score=metrics["auc"], n_examples=len(rendered), n_failed=0,
-                            metrics=metrics, predictions=predictions, prompt_id=self.prompt_id, **ScorerOutput.headline(metrics, "auc"))
+        return ScorerOutput(
+            scorer=self.name,
+            score=metrics["auc"],
+            n_examples=len(rendered),
+            n_failed=0,
+            metrics=metrics,
+            predictions=predictions,
+            prompt_id=self.prompt_id,
+            **ScorerOutput.headline(metrics, "auc"),
+        )

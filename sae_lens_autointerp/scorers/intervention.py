@@ -70,7 +70,9 @@ class InterventionScorer:
         self.device = device
         self.prompt_id = template_id("intervention", TEMPLATE, *self.prompts, str(target_kl), str(max_new_tokens))
         # subject model -> {prompt token ids: (clean log-probs, clean continuations)}: the same for every latent
-        self._clean: weakref.WeakKeyDictionary[Any, dict[Any, tuple[list[Any], list[list[int]]]]] = weakref.WeakKeyDictionary()
+        self._clean: weakref.WeakKeyDictionary[Any, dict[Any, tuple[list[Any], list[list[int]]]]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def _steer(self, latent: int, ctx: Context) -> dict[str, Any]:
         if ctx.model is None or ctx.sae is None:
@@ -82,9 +84,19 @@ class InterventionScorer:
             key = tuple(tuple(r) for r in rows)
             clean = known.get(key)
             if clean is None:
-                clean = known[key] = (steerer.log_probs(rows), steerer.generate(rows, max_new_tokens=self.max_new_tokens))
-            calibration = steerer.calibrate(latent, rows, target_kl=self.target_kl, tolerance=self.kl_tolerance,
-                                            max_evals=self.max_evals, alpha_max=self.alpha_max, clean=clean[0])
+                clean = known[key] = (
+                    steerer.log_probs(rows),
+                    steerer.generate(rows, max_new_tokens=self.max_new_tokens),
+                )
+            calibration = steerer.calibrate(
+                latent,
+                rows,
+                target_kl=self.target_kl,
+                tolerance=self.kl_tolerance,
+                max_evals=self.max_evals,
+                alpha_max=self.alpha_max,
+                clean=clean[0],
+            )
             steered = steerer.generate(rows, latent, calibration.alpha, self.max_new_tokens)
         decode = steerer.tokenizer.decode
         return {
@@ -123,18 +135,37 @@ class InterventionScorer:
         record_usage(ctx, res["model"], self.name, sample.latent, res["tokens_processed"], res["tokens_generated"])
         record_usage(ctx, res["lm"], self.name, sample.latent, res["lm_tokens"])
         metrics: dict[str, Any] = {
-            **flat("mean_diff", est), "chance_mean_diff": 0.0, "mean_diff_se": se,
-            "alpha": cal.alpha, "kl": cal.kl, "target_kl": cal.target_kl, "kl_tolerance": cal.tolerance,
-            "calibrated": cal.converged, "n_kl_evals": cal.n_evals,
-            "subject_model": res["model"], "scorer_model": res["lm"],
-            "tokens_processed": res["tokens_processed"] + res["lm_tokens"], "tokens_generated": res["tokens_generated"],
-            "subject_tokens": res["tokens_processed"], "scorer_tokens": res["lm_tokens"],
+            **flat("mean_diff", est),
+            "chance_mean_diff": 0.0,
+            "mean_diff_se": se,
+            "alpha": cal.alpha,
+            "kl": cal.kl,
+            "target_kl": cal.target_kl,
+            "kl_tolerance": cal.tolerance,
+            "calibrated": cal.converged,
+            "n_kl_evals": cal.n_evals,
+            "subject_model": res["model"],
+            "scorer_model": res["lm"],
+            "tokens_processed": res["tokens_processed"] + res["lm_tokens"],
+            "tokens_generated": res["tokens_generated"],
+            "subject_tokens": res["tokens_processed"],
+            "scorer_tokens": res["lm_tokens"],
             "seconds": round(time.perf_counter() - start, 3),
         }
         predictions = [
             {"prompt": p, "clean": c, "steered": s, "logp_clean": lc, "logp_steered": ls, "diff": ls - lc}
-            for p, c, s, lc, ls in zip(res["prompts"], res["clean"], res["steered"], res["logp_clean"], res["logp_steered"])
+            for p, c, s, lc, ls in zip(
+                res["prompts"], res["clean"], res["steered"], res["logp_clean"], res["logp_steered"]
+            )
         ]
         score = est.value if math.isfinite(est.value) else None
-        return ScorerOutput(scorer=self.name, score=score, n_examples=len(predictions), n_failed=0, metrics=metrics,
-                            predictions=predictions, prompt_id=self.prompt_id, **ScorerOutput.headline(metrics, "mean_diff"))
+        return ScorerOutput(
+            scorer=self.name,
+            score=score,
+            n_examples=len(predictions),
+            n_failed=0,
+            metrics=metrics,
+            predictions=predictions,
+            prompt_id=self.prompt_id,
+            **ScorerOutput.headline(metrics, "mean_diff"),
+        )

@@ -56,24 +56,40 @@ class IntruderScorer:
             excerpts = [ctx.renderer.render(e).text.replace("\n", "\\n") for e in shown]
             excerpts.insert(where, ctx.renderer.render(neg[p]).text.replace("\n", "\\n"))
             listing = "\n".join(f"{i + 1}. {t}" for i, t in enumerate(excerpts))
-            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Excerpts:\n{listing}\n\n{QUESTION}"}]
+            messages = [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": f"Excerpts:\n{listing}\n\n{QUESTION}"},
+            ]
             async with gate:
                 res = await llm.classify(messages, choices=choices, stage=self.name, latent=sample.latent)
             probs = res.probs
             if probs is None:  # a refusal or an answer that is no excerpt number: a judge failure
-                return {"intruder": where + 1, "answer": None, "probability": None, "prob_source": None,
-                        "error": res.error}
+                return {
+                    "intruder": where + 1,
+                    "answer": None,
+                    "probability": None,
+                    "prob_source": None,
+                    "error": res.error,
+                }
             answer = max(probs, key=probs.__getitem__)
             prob, source = classify_probability(res, str(where + 1))
-            return {"intruder": where + 1, "answer": int(answer), "probability": prob, "prob_source": source,
-                    "error": None}
+            return {
+                "intruder": where + 1,
+                "answer": int(answer),
+                "probability": prob,
+                "prob_source": source,
+                "error": None,
+            }
 
         predictions = await gather_or_raise([run(p) for p in range(n_prompts)])
         answered = [p for p in predictions if p["answer"] is not None]
         correct = sum(p["answer"] == p["intruder"] for p in answered)
         acc = wilson(correct, len(answered))
-        metrics = {**flat("accuracy", acc), "chance_accuracy": 1 / self.n_examples,
-                   "identical_answers": _identical_share([p["answer"] for p in answered])}
+        metrics = {
+            **flat("accuracy", acc),
+            "chance_accuracy": 1 / self.n_examples,
+            "identical_answers": _identical_share([p["answer"] for p in answered]),
+        }
         return ScorerOutput(
             scorer=self.name,
             score=None if not answered else correct / len(answered),

@@ -45,12 +45,17 @@ class SimulationScorer:
         body = f"Description: {explanation}\n\nTokens:\n{listing}\n\n" + QUESTION.format(n=len(tokens))
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": body}]
 
-    async def _simulate(self, ctx: Context, latent: int, explanation: str,
-                        tokens: tuple[str, ...]) -> tuple[list[float] | None, str | None, str | None]:
+    async def _simulate(
+        self, ctx: Context, latent: int, explanation: str, tokens: tuple[str, ...]
+    ) -> tuple[list[float] | None, str | None, str | None]:
         assert ctx.llm is not None
         resp = await ctx.llm.chat(
-            self.messages(explanation, tokens), max_tokens=3 * len(tokens) + 8, logprobs=True, top_logprobs=10,
-            stage=self.name, latent=latent,
+            self.messages(explanation, tokens),
+            max_tokens=3 * len(tokens) + 8,
+            logprobs=True,
+            top_logprobs=10,
+            stage=self.name,
+            latent=latent,
         )
         if resp.refused:
             return None, f"refused: {resp.refusal or resp.finish_reason}", None
@@ -83,17 +88,32 @@ class SimulationScorer:
             else:
                 predicted.extend(values)
                 actual.extend(r.activations)
-            predictions.append({"token_id": r.token_id, "label": r.label, "quantile": r.quantile,
-                                "predicted": values, "actual": list(r.activations), "prob_source": source,
-                                "error": error})
+            predictions.append(
+                {
+                    "token_id": r.token_id,
+                    "label": r.label,
+                    "quantile": r.quantile,
+                    "predicted": values,
+                    "actual": list(r.activations),
+                    "prob_source": source,
+                    "error": error,
+                }
+            )
         est = correlation(predicted, actual)
         score = None if not math.isfinite(est.value) else float(est.value)
         metrics: dict[str, Any] = {**flat("pearson", est), "chance_pearson": 0.0, "n_tokens": len(predicted)}
         if score is None and predicted:
-            metrics["notes"] = "pearson undefined: constant predictions or activations (fewer than 4 tokens, or no variance)"
+            metrics["notes"] = (
+                "pearson undefined: constant predictions or activations (fewer than 4 tokens, or no variance)"
+            )
         return ScorerOutput(
-            scorer=self.name, score=score, n_examples=len(rendered), n_failed=n_failed,
-            metrics=metrics, predictions=predictions, prompt_id=self.prompt_id,
+            scorer=self.name,
+            score=score,
+            n_examples=len(rendered),
+            n_failed=n_failed,
+            metrics=metrics,
+            predictions=predictions,
+            prompt_id=self.prompt_id,
             **ScorerOutput.headline(metrics, "pearson"),
         )
 
@@ -110,7 +130,9 @@ def _expected_values(values: list[int], logprobs: Sequence[TokenLogprob] | None)
         # at the first mismatch rather than guess.
         if j < len(digit_positions) and digit_positions[j].token.strip() == str(v):
             top = digit_positions[j].top_logprobs
-            digits = {int(t.strip()): math.exp(lp) for t, lp in top.items() if t.strip().isdigit() and len(t.strip()) == 1}
+            digits = {
+                int(t.strip()): math.exp(lp) for t, lp in top.items() if t.strip().isdigit() and len(t.strip()) == 1
+            }
             total = sum(digits.values())
             out.append(sum(d * p for d, p in digits.items()) / total if v < 10 and total > 0 else float(v))
             j += 1

@@ -97,8 +97,12 @@ def example_losses(
             mask[j, p : p + len(x)] = 1
         cache = copy.deepcopy(prefix.cache)
         cache.batch_repeat_interleave(len(batch))
-        out = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=True,
-                       **{_cache_argument(lm.model): cache})
+        out = lm.model(
+            input_ids=ids.to(lm.device),
+            attention_mask=mask.to(lm.device),
+            use_cache=True,
+            **{_cache_argument(lm.model): cache},
+        )
         # NLL of token t+1 at position t: logsumexp - target logit (no [batch, seq, vocab] log-softmax copy)
         logits = out.logits[:, :-1].float()
         nll = torch.logsumexp(logits, -1) - logits.gather(-1, ids[:, 1:].unsqueeze(-1).to(logits.device)).squeeze(-1)
@@ -154,8 +158,13 @@ class SurprisalScorer:
             loss_without, n2 = example_losses(lm, null, texts, self.batch_size, self.max_example_tokens)
         processed += n1 + n2
         without_cache = n1 + n2 + len(texts) * (len(with_expl.ids) + len(null.ids))
-        return {"with": loss_with, "without": loss_without, "tokens_processed": processed,
-                "tokens_without_cache": without_cache, "lm": lm.name}
+        return {
+            "with": loss_with,
+            "without": loss_without,
+            "tokens_processed": processed,
+            "tokens_without_cache": without_cache,
+            "lm": lm.name,
+        }
 
     async def score(self, sample: LatentSample, explanation: Explanation | None, ctx: Context) -> ScorerOutput:
         if explanation is None or explanation.failed:
@@ -170,19 +179,39 @@ class SurprisalScorer:
         metrics = auc_metrics(labels, reduction, latent_rng(ctx.seed, sample.latent, self.name + "/ci"))
         record_usage(ctx, res["lm"], self.name, sample.latent, res["tokens_processed"])
         predictions = [
-            {"token_id": r.token_id, "label": r.label, "quantile": r.quantile, "loss_with": _j(w), "loss_without": _j(wo),
-             "reduction": _j(d), "error": None if np.isfinite(d) else "no tokens"}
+            {
+                "token_id": r.token_id,
+                "label": r.label,
+                "quantile": r.quantile,
+                "loss_with": _j(w),
+                "loss_without": _j(wo),
+                "reduction": _j(d),
+                "error": None if np.isfinite(d) else "no tokens",
+            }
             for r, w, wo, d in zip(rendered, res["with"], res["without"], reduction)
         ]
         n_failed = sum(p["error"] is not None for p in predictions)
-        metrics.update({
-            "mean_reduction_pos": _mean([d for d, y in zip(reduction, labels) if y]),
-            "mean_reduction_neg": _mean([d for d, y in zip(reduction, labels) if not y]),
-            "scorer_model": res["lm"], "tokens_processed": res["tokens_processed"], "tokens_generated": 0,
-            "tokens_without_cache": res["tokens_without_cache"], "seconds": round(time.perf_counter() - start, 3),
-        })
-        return ScorerOutput(scorer=self.name, score=metrics["auc"], n_examples=len(rendered), n_failed=n_failed,
-                            metrics=metrics, predictions=predictions, prompt_id=self.prompt_id, **ScorerOutput.headline(metrics, "auc"))
+        metrics.update(
+            {
+                "mean_reduction_pos": _mean([d for d, y in zip(reduction, labels) if y]),
+                "mean_reduction_neg": _mean([d for d, y in zip(reduction, labels) if not y]),
+                "scorer_model": res["lm"],
+                "tokens_processed": res["tokens_processed"],
+                "tokens_generated": 0,
+                "tokens_without_cache": res["tokens_without_cache"],
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        )
+        return ScorerOutput(
+            scorer=self.name,
+            score=metrics["auc"],
+            n_examples=len(rendered),
+            n_failed=n_failed,
+            metrics=metrics,
+            predictions=predictions,
+            prompt_id=self.prompt_id,
+            **ScorerOutput.headline(metrics, "auc"),
+        )
 
 
 def _j(x: float) -> float | None:

@@ -52,10 +52,28 @@ def vllm_server(tmp_path_factory, embedded_model_dir):
         pytest.skip(why)
     port = free_port()
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_model_dir),
-           "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-           "--kv-cache-memory-bytes", str(256 * 1024 * 1024), "--max-model-len", "4096", "--dtype", "float32",
-           "--max-logprobs", "20"]
+    cmd = [
+        str(VLLM_PYTHON),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(embedded_model_dir),
+        "--served-model-name",
+        "smollm2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enforce-eager",
+        "--kv-cache-memory-bytes",
+        str(256 * 1024 * 1024),
+        "--max-model-len",
+        "4096",
+        "--dtype",
+        "float32",
+        "--max-logprobs",
+        "20",
+    ]
     server = start_server("vLLM", cmd, port, log, timeout=300, env=VLLM_ENV)
     yield server
     stop_server(server.proc)

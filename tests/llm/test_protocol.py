@@ -106,7 +106,9 @@ async def test_third_party_backend_through_the_registry(echo_plugin):
 async def test_objects_pass_through_and_are_validated(resolve):
     c = EchoClient(cache=False)
     assert resolve(c) is c
-    with pytest.raises(ConfigError, match=r"does not implement the LLMClient protocol: it needs async methods \['chat', 'classify'\]"):
+    with pytest.raises(
+        ConfigError, match=r"does not implement the LLMClient protocol: it needs async methods \['chat', 'classify'\]"
+    ):
         resolve(object())
     with pytest.raises(ConfigError, match=r"llm_kwargs \['cache'\] only apply when llm is a name"):
         resolve(c, cache=False)
@@ -132,8 +134,9 @@ async def test_seed_is_derived_from_content_not_global_rng():
 
 
 def test_classify_helpers():
-    r = classify_from_logprobs(("0", "1"), {"1": -0.2, " 1": -3.0, "0": -2.0, "x": -1.0}, method="top_logprobs",
-                               complete=False, usage=Usage())
+    r = classify_from_logprobs(
+        ("0", "1"), {"1": -0.2, " 1": -3.0, "0": -2.0, "x": -1.0}, method="top_logprobs", complete=False, usage=Usage()
+    )
     p1 = math.exp(-0.2) + math.exp(-3.0)
     assert r.exact and r.probs["1"] == pytest.approx(p1 / (p1 + math.exp(-2.0)))
     partial = classify_from_logprobs(("0", "1"), {"1": -0.2}, method="top_logprobs", complete=False, usage=Usage())

@@ -42,16 +42,24 @@ def _records(path):
     return [json.loads(line) for line in (path / "results.jsonl").read_text().splitlines()]
 
 
-def test_transport_failure_leaves_the_latent_incomplete_and_a_rerun_finishes_it(planted, planted_store, bridge_model,
-                                                                                tmp_path):
+def test_transport_failure_leaves_the_latent_incomplete_and_a_rerun_finishes_it(
+    planted, planted_store, bridge_model, tmp_path
+):
     cache = tmp_path / "cache"
     first = FlakyClient(outage={5}, cache=cache)  # one request of the first latent fails after its retries
-    result = planted.sae.score(bridge_model, store=planted_store, explanations=planted.explanations,
-                               scorers=["detection"], llm=first, sampling=SMALL, out_dir=tmp_path / "run",
-                               progress=False)
+    result = planted.sae.score(
+        bridge_model,
+        store=planted_store,
+        explanations=planted.explanations,
+        scorers=["detection"],
+        llm=first,
+        sampling=SMALL,
+        out_dir=tmp_path / "run",
+        progress=False,
+    )
     assert first.failed == 1
     assert len(result.incomplete) == 1 and not result.complete
-    (latent, why), = result.incomplete.items()
+    ((latent, why),) = result.incomplete.items()
     assert "LLMConnectionError" in why and "detection" in why
     assert latent not in {r["latent"] for r in result.records}  # never a finished record
     assert latent not in set(result.table["latent"])
@@ -59,9 +67,16 @@ def test_transport_failure_leaves_the_latent_incomplete_and_a_rerun_finishes_it(
     assert [r["latent"] for r in written if r.get("incomplete")] == [latent]
     # what the other requests of that latent got back is in the cache: the rerun sends only the missing one
     again = FlakyClient(outage=set(), cache=cache)
-    result2 = planted.sae.score(bridge_model, store=planted_store, explanations=planted.explanations,
-                                scorers=["detection"], llm=again, sampling=SMALL, out_dir=tmp_path / "run",
-                                progress=False)
+    result2 = planted.sae.score(
+        bridge_model,
+        store=planted_store,
+        explanations=planted.explanations,
+        scorers=["detection"],
+        llm=again,
+        sampling=SMALL,
+        out_dir=tmp_path / "run",
+        progress=False,
+    )
     assert result2.complete and sorted(r["latent"] for r in result2.records) == sorted(planted.explanations)
     from sae_lens_autointerp.controls import control_sample
     from sae_lens_autointerp.sampling import sample_latent
@@ -77,9 +92,18 @@ def test_a_dead_backend_trips_the_breaker(planted, planted_store, bridge_model, 
     port = free_port()  # nothing listens there
     client = OpenAIClient("fake-model", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout=5, cache=False)
     latents = {i: f"explanation {i}" for i in range(3)}
-    result = planted.sae.score(bridge_model, store=planted_store, explanations=latents, scorers=["detection"],
-                               llm=client, sampling=SMALL, out_dir=tmp_path, progress=False, concurrency=1,
-                               max_consecutive_failures=2)
+    result = planted.sae.score(
+        bridge_model,
+        store=planted_store,
+        explanations=latents,
+        scorers=["detection"],
+        llm=client,
+        sampling=SMALL,
+        out_dir=tmp_path,
+        progress=False,
+        concurrency=1,
+        max_consecutive_failures=2,
+    )
     assert result.stopped and "in a row" in result.stopped and f"127.0.0.1:{port}" in result.stopped
     assert result.records == [] and len(result.incomplete) == 3
     assert sum("not started" in why for why in result.incomplete.values()) == 1
@@ -90,9 +114,17 @@ def test_no_logprobs_means_no_auc(planted, planted_store, bridge_model, tmp_path
     """A server that returns text without logprobs: predictions are one-hot, the AUC is absent and says why."""
     with FaultServer(script=["nologprobs"] * 1000, reply="1") as server:
         client = OpenAIClient("fake-model", base_url=server.base_url, cache=False)
-        result = planted.sae.score(bridge_model, store=planted_store, explanations={0: planted.explanations[0]},
-                                   scorers=["detection"], llm=client, sampling=SMALL, out_dir=tmp_path,
-                                   progress=False, controls=False)
+        result = planted.sae.score(
+            bridge_model,
+            store=planted_store,
+            explanations={0: planted.explanations[0]},
+            scorers=["detection"],
+            llm=client,
+            sampling=SMALL,
+            out_dir=tmp_path,
+            progress=False,
+            controls=False,
+        )
     out = result.records[0]["scores"]["detection"]
     assert {p["prob_source"] for p in out["predictions"]} == {"one-hot"}
     assert all(p["probability"] is None for p in out["predictions"])

@@ -90,8 +90,10 @@ async def test_classify_reads_top_logprobs(make):
 
 async def test_seeded_sampling_is_reproducible(make, openai_server):
     if openai_server.name == "llama.cpp":
-        pytest.skip("llama_cpp.server re-evaluates a fully cached prompt's last token alone, with kernels whose "
-                    "logits differ slightly, so its answers depend on its KV cache (our local backend avoids this)")
+        pytest.skip(
+            "llama_cpp.server re-evaluates a fully cached prompt's last token alone, with kernels whose "
+            "logits differ slightly, so its answers depend on its KV cache (our local backend avoids this)"
+        )
     c = make(cache=False)
     a = await c.chat(msgs("Write a word."), max_tokens=8, temperature=1.0, seed=123)
     b = await c.chat(msgs("Write a word."), max_tokens=8, temperature=1.0, seed=123)

@@ -9,7 +9,7 @@ import pytest
 
 from llm_servers import run_in_vllm_venv
 
-SCRIPT = r'''
+SCRIPT = r"""
 import asyncio, json, math
 from sae_lens_autointerp.llm import get_client, UsageTracker
 
@@ -39,7 +39,7 @@ async def main():
     }))
 
 asyncio.run(main())
-'''
+"""
 
 
 def test_vllm_module_imports_without_vllm():

@@ -12,8 +12,14 @@ from .formats import export_explanations, read_explanations
 
 def _export(args: argparse.Namespace) -> int:
     report = export_explanations(
-        args.results, args.out, model_id=args.model_id, source=args.source, neuronpedia_id=args.neuronpedia_id,
-        explanation_model=args.explanation_model, type_name=args.type_name, include_scores=args.include_scores,
+        args.results,
+        args.out,
+        model_id=args.model_id,
+        source=args.source,
+        neuronpedia_id=args.neuronpedia_id,
+        explanation_model=args.explanation_model,
+        type_name=args.type_name,
+        include_scores=args.include_scores,
     )
     print(f"wrote {report.written} explanations to {report.path}")
     if report.skipped:
@@ -40,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="Neuronpedia SAE id / source, e.g. 8-res-jb (instead of --neuronpedia-id)")
     p.add_argument("--explanation-model", help="explanationModelName (default: the run's LLM from run.json)")
     p.add_argument("--type-name", help="typeName (default: sae-lens-autointerp_<explainer>)")
-    p.add_argument("--include-scores", action="store_true", help="add a 'scores' list per explanation (not Neuronpedia's schema)")
+    p.add_argument(
+        "--include-scores", action="store_true", help="add a 'scores' list per explanation (not Neuronpedia's schema)"
+    )
     p.set_defaults(func=_export)
     p = sub.add_parser("read", help="print {latent: description} from a Neuronpedia export (file or folder)")
     p.add_argument("path")

@@ -24,8 +24,14 @@ class NeuronpediaExplainer:
     name = "neuronpedia"
     needs_llm = False  # a lookup: no LLM client is created for it
 
-    def __init__(self, path: str | os.PathLike[str], *, neuronpedia_id: str | None = None,
-                 model_id: str | None = None, source: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        neuronpedia_id: str | None = None,
+        model_id: str | None = None,
+        source: str | None = None,
+    ) -> None:
         self.path = Path(path)
         if neuronpedia_id:
             model_id, source = split_neuronpedia_id(neuronpedia_id)
@@ -42,23 +48,32 @@ class NeuronpediaExplainer:
         if self._table is not None:
             return self._table
         model_id, source = self.model_id, self.source
-        keys = [k for k in self._by_sae if (model_id is None or k[0] == model_id) and (source is None or k[1] == source)]
+        keys = [
+            k for k in self._by_sae if (model_id is None or k[0] == model_id) and (source is None or k[1] == source)
+        ]
         if len(keys) > 1:
             np_id = _neuronpedia_id_of(ctx.sae)
             if np_id is not None:
                 keys = [k for k in keys if f"{k[0]}/{k[1]}" == np_id]
         if len(keys) > 1:
             listed = ", ".join(f"{m}/{s}" for m, s in sorted(keys))
-            raise ValueError(f"{self.path} holds explanations of several SAEs ({listed}); pass "
-                             "explainer_kwargs={'neuronpedia_id': 'MODEL/SOURCE'}")
+            raise ValueError(
+                f"{self.path} holds explanations of several SAEs ({listed}); pass "
+                "explainer_kwargs={'neuronpedia_id': 'MODEL/SOURCE'}"
+            )
         self._table = self._by_sae[keys[0]] if keys else {}
         return self._table
 
     async def explain(self, sample: LatentSample, ctx: Context) -> Explanation:
         item = self._resolve(ctx).get(sample.latent)
         if item is None:
-            return Explanation(sample.latent, "", self.name, failed=True,
-                               error=f"no Neuronpedia explanation of latent {sample.latent} in {self.path}")
+            return Explanation(
+                sample.latent,
+                "",
+                self.name,
+                failed=True,
+                error=f"no Neuronpedia explanation of latent {sample.latent} in {self.path}",
+            )
         origin = f"{item.get('typeName', '?')} by {item.get('explanationModelName', '?')}"
         return Explanation(sample.latent, str(item["description"]).strip(), self.name, prompt_id=None, raw=origin)
 

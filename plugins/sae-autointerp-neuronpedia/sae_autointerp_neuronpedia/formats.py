@@ -41,7 +41,9 @@ def split_neuronpedia_id(neuronpedia_id: str) -> tuple[str, str]:
     """``"gpt2-small/8-res-jb"`` (SAELens's ``sae.cfg.metadata.neuronpedia_id``) -> model id, source."""
     model_id, sep, source = str(neuronpedia_id).partition("/")
     if not sep or not model_id or not source:
-        raise ValueError(f"a Neuronpedia id looks like 'MODEL/SOURCE' (e.g. 'gpt2-small/8-res-jb'), got {neuronpedia_id!r}")
+        raise ValueError(
+            f"a Neuronpedia id looks like 'MODEL/SOURCE' (e.g. 'gpt2-small/8-res-jb'), got {neuronpedia_id!r}"
+        )
     return model_id, source
 
 
@@ -111,7 +113,12 @@ def to_neuronpedia(
         }
         if include_scores:
             item["scores"] = [
-                {"typeName": name, "value": s.get("score"), "n_examples": s.get("n_examples"), "n_failed": s.get("n_failed")}
+                {
+                    "typeName": name,
+                    "value": s.get("score"),
+                    "n_examples": s.get("n_examples"),
+                    "n_failed": s.get("n_failed"),
+                }
                 for name, s in sorted((record.get("scores") or {}).items())
                 if s.get("score") is not None
             ]
@@ -149,8 +156,14 @@ def export_explanations(
         path = getattr(results, "path", None)
         if explanation_model is None and path is not None:
             explanation_model = _llm_name(Path(path))
-    items, skipped = to_neuronpedia(records, model_id=model_id, source=source, explanation_model=explanation_model,
-                                    type_name=type_name, include_scores=include_scores)
+    items, skipped = to_neuronpedia(
+        records,
+        model_id=model_id,
+        source=source,
+        explanation_model=explanation_model,
+        type_name=type_name,
+        include_scores=include_scores,
+    )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     name = out.name.lower()
@@ -171,7 +184,9 @@ def iter_neuronpedia(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     folder of those (e.g. a downloaded ``explanations/`` folder of ``batch-N.jsonl.gz``)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith((".json", ".jsonl", ".jsonl.gz")))
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith((".json", ".jsonl", ".jsonl.gz"))
+        )
         if not files:
             raise FileNotFoundError(f"{path} holds no .json / .jsonl / .jsonl.gz files")
         for file in files:

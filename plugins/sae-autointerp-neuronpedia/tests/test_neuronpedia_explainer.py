@@ -14,11 +14,25 @@ SMALL = {"n_explain": 10, "n_test_pos": 4, "n_test_neg": 4}
 
 
 def write_export(path, latents):
-    rows = [{"modelId": "smollm2-135m", "layer": "3-res-embedded", "index": str(latents[0]), "description": "Python keywords",
-             "explanationModelName": "gpt-4o-mini", "typeName": "oai_token-act-pair"},
-            {"modelId": "smollm2-135m", "layer": "3-res-embedded", "index": str(latents[1]), "description": "punctuation",
-             "explanationModelName": "gpt-4o-mini", "typeName": "oai_token-act-pair"},
-            {"modelId": "smollm2-135m", "layer": "4-res-other", "index": str(latents[2]), "description": "another SAE"}]
+    rows = [
+        {
+            "modelId": "smollm2-135m",
+            "layer": "3-res-embedded",
+            "index": str(latents[0]),
+            "description": "Python keywords",
+            "explanationModelName": "gpt-4o-mini",
+            "typeName": "oai_token-act-pair",
+        },
+        {
+            "modelId": "smollm2-135m",
+            "layer": "3-res-embedded",
+            "index": str(latents[1]),
+            "description": "punctuation",
+            "explanationModelName": "gpt-4o-mini",
+            "typeName": "oai_token-act-pair",
+        },
+        {"modelId": "smollm2-135m", "layer": "4-res-other", "index": str(latents[2]), "description": "another SAE"},
+    ]
     path.write_text(json.dumps(rows))
     return path
 
@@ -33,16 +47,28 @@ def test_registered_by_entry_point():
 def test_score_neuronpedia_explanations_then_export(model, sae, store, latents, tmp_path):
     export = write_export(tmp_path / "np.json", latents)
     client = FakeClient()
-    result = sae.autointerp.run(model, store=store, latents=latents[:3], explainer="neuronpedia",
-                                explainer_kwargs={"path": str(export), "neuronpedia_id": "smollm2-135m/3-res-embedded"},
-                                scorers=["detection"], llm=client, sampling=SMALL, out_dir=tmp_path / "run", progress=False)
+    result = sae.autointerp.run(
+        model,
+        store=store,
+        latents=latents[:3],
+        explainer="neuronpedia",
+        explainer_kwargs={"path": str(export), "neuronpedia_id": "smollm2-135m/3-res-embedded"},
+        scorers=["detection"],
+        llm=client,
+        sampling=SMALL,
+        out_dir=tmp_path / "run",
+        progress=False,
+    )
     by_latent = {r["latent"]: r for r in result.records}
     assert by_latent[latents[0]]["explanation"]["text"] == "Python keywords"
     assert by_latent[latents[0]]["explanation"]["raw"] == "oai_token-act-pair by gpt-4o-mini"
     assert by_latent[latents[0]]["scores"]["detection"]["n_examples"] == 8
     missing = by_latent[latents[2]]  # only the other SAE explains it
     assert missing["explanation"]["failed"] and "no Neuronpedia explanation" in missing["explanation"]["error"]
-    assert missing["scores"]["detection"]["score"] is None and "explanation failed" in missing["scores"]["detection"]["error"]
+    assert (
+        missing["scores"]["detection"]["score"] is None
+        and "explanation failed" in missing["scores"]["detection"]["error"]
+    )
     # the explainer itself calls no LLM: only detection and its control (another latent's explanation)
     assert {r.stage for r in client.requests} == {"detection", "detection:control"}
 
@@ -56,13 +82,33 @@ def test_ambiguous_export_and_bad_path_fail_clearly(model, sae, store, latents, 
     from sae_lens_autointerp.errors import PluginError
 
     export = write_export(tmp_path / "np.json", latents)
-    result = sae.autointerp.run(model, store=store, latents=latents[:1], explainer="neuronpedia",
-                                explainer_kwargs={"path": str(export)}, scorers=["detection"], llm=FakeClient(),
-                                sampling=SMALL, out_dir=tmp_path / "a", progress=False)
+    result = sae.autointerp.run(
+        model,
+        store=store,
+        latents=latents[:1],
+        explainer="neuronpedia",
+        explainer_kwargs={"path": str(export)},
+        scorers=["detection"],
+        llm=FakeClient(),
+        sampling=SMALL,
+        out_dir=tmp_path / "a",
+        progress=False,
+    )
     explanation = result.records[0]["explanation"]  # the run finishes; the latent's explanation failed, named
-    assert explanation["failed"] and explanation["error"].startswith("plugin 'neuronpedia', explainer 'neuronpedia' crashed")
+    assert explanation["failed"] and explanation["error"].startswith(
+        "plugin 'neuronpedia', explainer 'neuronpedia' crashed"
+    )
     assert "several SAEs" in explanation["error"] and "MODEL/SOURCE" in explanation["error"]
     with pytest.raises(PluginError, match="plugin 'neuronpedia' failed to create explainer 'neuronpedia'.*nowhere"):
-        sae.autointerp.run(model, store=store, latents=latents[:1], explainer="neuronpedia",
-                           explainer_kwargs={"path": str(tmp_path / "nowhere.json")}, scorers=["detection"],
-                           llm=FakeClient(), sampling=SMALL, out_dir=tmp_path / "b", progress=False)
+        sae.autointerp.run(
+            model,
+            store=store,
+            latents=latents[:1],
+            explainer="neuronpedia",
+            explainer_kwargs={"path": str(tmp_path / "nowhere.json")},
+            scorers=["detection"],
+            llm=FakeClient(),
+            sampling=SMALL,
+            out_dir=tmp_path / "b",
+            progress=False,
+        )

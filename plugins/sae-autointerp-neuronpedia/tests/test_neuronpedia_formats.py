@@ -13,9 +13,15 @@ from sae_autointerp_neuronpedia import NeuronpediaFormatError, export_explanatio
 from sae_autointerp_neuronpedia.cli import main
 
 RECORDS = [
-    {"latent": 3, "explanation": {"text": "closing brackets", "explainer": "default", "failed": False},
-     "scores": {"detection": {"score": 0.8, "n_examples": 100, "n_failed": 2}, "fuzzing": {"score": None}}},
-    {"latent": 5, "explanation": {"text": "", "explainer": "default", "failed": True, "error": "no explanation in the answer"}},
+    {
+        "latent": 3,
+        "explanation": {"text": "closing brackets", "explainer": "default", "failed": False},
+        "scores": {"detection": {"score": 0.8, "n_examples": 100, "n_failed": 2}, "fuzzing": {"score": None}},
+    },
+    {
+        "latent": 5,
+        "explanation": {"text": "", "explainer": "default", "failed": True, "error": "no explanation in the answer"},
+    },
     {"latent": 7, "skipped": "too rare: 3 firing examples, need 10 (harvest more tokens)", "stats": {}},
     {"latent": 9, "explanation": {"text": " the keyword def ", "explainer": "saebench", "failed": False}, "scores": {}},
 ]
@@ -41,15 +47,28 @@ def test_export_then_read_round_trip(run_dir, tmp_path, suffix):
     else:
         raw = gzip.decompress(out.read_bytes()).decode() if suffix.endswith(".gz") else out.read_text()
         items = [json.loads(line) for line in raw.splitlines()]
-    assert items[0] == {"modelId": "gpt2-small", "layer": "8-res-jb", "index": "3", "description": "closing brackets",
-                        "explanationModelName": "gpt-4o-mini", "typeName": "sae-lens-autointerp_default"}
+    assert items[0] == {
+        "modelId": "gpt2-small",
+        "layer": "8-res-jb",
+        "index": "3",
+        "description": "closing brackets",
+        "explanationModelName": "gpt-4o-mini",
+        "typeName": "sae-lens-autointerp_default",
+    }
     assert items[1]["description"] == "the keyword def" and items[1]["typeName"] == "sae-lens-autointerp_saebench"
     assert read_explanations(out) == {3: "closing brackets", 9: "the keyword def"}
 
 
 def test_scores_are_opt_in(run_dir, tmp_path):
-    report = export_explanations(run_dir, tmp_path / "e.json", model_id="m", source="s", include_scores=True,
-                                 explanation_model="claude", type_name="mine")
+    report = export_explanations(
+        run_dir,
+        tmp_path / "e.json",
+        model_id="m",
+        source="s",
+        include_scores=True,
+        explanation_model="claude",
+        type_name="mine",
+    )
     items = json.loads(report.path.read_text())
     assert items[0]["scores"] == [{"typeName": "detection", "value": 0.8, "n_examples": 100, "n_failed": 2}]
     assert items[0]["explanationModelName"] == "claude" and items[0]["typeName"] == "mine"
@@ -59,8 +78,17 @@ def test_reads_a_neuronpedia_bulk_folder_and_filters_by_sae(tmp_path):
     folder = tmp_path / "explanations"
     folder.mkdir()
     rows = [
-        {"id": "a", "modelId": "gpt2-small", "layer": "8-res-jb", "index": "1", "description": " dates",
-         "typeName": "oai_token-act-pair", "explanationModelName": "gpt-4o-mini", "authorId": "x", "embedding": None},
+        {
+            "id": "a",
+            "modelId": "gpt2-small",
+            "layer": "8-res-jb",
+            "index": "1",
+            "description": " dates",
+            "typeName": "oai_token-act-pair",
+            "explanationModelName": "gpt-4o-mini",
+            "authorId": "x",
+            "embedding": None,
+        },
         {"modelId": "gpt2-small", "layer": "8-res-jb", "index": "1", "description": "second one loses"},
         {"modelId": "gpt2-small", "layer": "8-res-jb", "index": 2, "description": ""},
         {"modelId": "gpt2-small", "layer": "9-res-jb", "index": "1", "description": "other layer"},
@@ -102,9 +130,24 @@ def test_cli(run_dir, tmp_path, capsys):
 
 def test_console_script_is_installed(run_dir, tmp_path):
     out = tmp_path / "np.json"
-    proc = subprocess.run([sys.executable, "-m", "sae_autointerp_neuronpedia.cli", "export", str(run_dir / "results.jsonl"),
-                           "--out", str(out), "--model-id", "gpt2-small", "--source", "8-res-jb"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sae_autointerp_neuronpedia.cli",
+            "export",
+            str(run_dir / "results.jsonl"),
+            "--out",
+            str(out),
+            "--model-id",
+            "gpt2-small",
+            "--source",
+            "8-res-jb",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(out.read_text())) == 2
     from importlib.metadata import entry_points

@@ -49,9 +49,19 @@ class SAEBenchExplainer:
         )
         if response.refused:
             error = f"refused: {response.refusal or response.finish_reason}"
-            return Explanation(sample.latent, "", self.name, self.prompt_id, shown, response.text, failed=True, error=error)
+            return Explanation(
+                sample.latent, "", self.name, self.prompt_id, shown, response.text, failed=True, error=error
+            )
         text = parse_explanation(response.text)
         if text is None:
-            return Explanation(sample.latent, "", self.name, self.prompt_id, shown, response.text, failed=True,
-                               error="empty explanation")
+            return Explanation(
+                sample.latent,
+                "",
+                self.name,
+                self.prompt_id,
+                shown,
+                response.text,
+                failed=True,
+                error="empty explanation",
+            )
         return Explanation(sample.latent, text, self.name, self.prompt_id, shown, response.text)

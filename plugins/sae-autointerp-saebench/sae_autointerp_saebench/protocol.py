@@ -175,16 +175,22 @@ def select_examples(
     pool = [e for e in store.stratified_examples(latent) if chunk(e.token_id) not in top_chunks and e.value < ceiling]
     drawn = _weighted_draw(pool, config.n_iw_sampled_ex, config.iw_power, latent_rng(seed, latent, "saebench/iw"))
     iw_gen = drawn[: config.n_iw_sampled_ex_for_generation]
-    iw_score = _pick(drawn[config.n_iw_sampled_ex_for_generation :] + iw_gen, excluded, chunk, config.n_iw_sampled_ex_for_scoring)
+    iw_score = _pick(
+        drawn[config.n_iw_sampled_ex_for_generation :] + iw_gen, excluded, chunk, config.n_iw_sampled_ex_for_scoring
+    )
     if len(iw_score) < config.n_iw_sampled_ex_for_scoring:
         used = {chunk(e.token_id) for e in drawn} | excluded
         rest = [e for e in pool if chunk(e.token_id) not in used]
         need = config.n_iw_sampled_ex_for_scoring - len(iw_score)
         iw_score += _weighted_draw(rest, need, config.iw_power, latent_rng(seed, latent, "saebench/iw-extra"))
     if len(drawn) < config.n_iw_sampled_ex:
-        notes.append(f"only {len(pool)} firing windows below the top ones; drew {len(drawn)} of {config.n_iw_sampled_ex}")
+        notes.append(
+            f"only {len(pool)} firing windows below the top ones; drew {len(drawn)} of {config.n_iw_sampled_ex}"
+        )
     if len(iw_score) < config.n_iw_sampled_ex_for_scoring:
-        notes.append(f"{len(iw_score)} importance-weighted scoring windows (wanted {config.n_iw_sampled_ex_for_scoring})")
+        notes.append(
+            f"{len(iw_score)} importance-weighted scoring windows (wanted {config.n_iw_sampled_ex_for_scoring})"
+        )
 
     # Random windows where the latent is exactly zero.
     candidates = [w for w in store.random_windows() if not np.any(w.latents == latent)]
@@ -200,12 +206,20 @@ def select_examples(
 
     def silent(window: Any) -> BenchExample:
         n = min(config.width, len(window.tokens))
-        return BenchExample("random", int(window.start_id), 0.0, np.asarray(window.tokens[:n], dtype=np.int32),
-                            np.zeros(n, dtype=np.float32), False)
+        return BenchExample(
+            "random",
+            int(window.start_id),
+            0.0,
+            np.asarray(window.tokens[:n], dtype=np.int32),
+            np.zeros(n, dtype=np.float32),
+            False,
+        )
 
     generation = [firing("top", e) for e in top_gen] + [firing("iw", e) for e in iw_gen]
     generation.sort(key=lambda b: (-b.value, b.token_id))  # SAEBench shows the strongest first
-    scoring = [firing("top", e) for e in top_score] + [firing("iw", e) for e in iw_score] + [silent(w) for w in random_score]
+    scoring = (
+        [firing("top", e) for e in top_score] + [firing("iw", e) for e in iw_score] + [silent(w) for w in random_score]
+    )
     return BenchSet(latent, tuple(generation), tuple(scoring), act_threshold, tuple(notes))
 
 
@@ -256,8 +270,14 @@ def _window(store: LatentStore, ex: Example, buffer: int) -> tuple[np.ndarray, n
 def render(example: BenchExample, renderer: Renderer, *, mark: bool, act_threshold: float) -> str:
     """A window as SAEBench shows it: active tokens marked ``<<tok>>`` one by one, newlines as "↵"."""
     shown = renderer.render(
-        Example(latent=None, tokens=example.tokens, activations=example.activations, value=example.value,
-                token_id=example.token_id, source=example.kind)
+        Example(
+            latent=None,
+            tokens=example.tokens,
+            activations=example.activations,
+            value=example.value,
+            token_id=example.token_id,
+            source=example.kind,
+        )
     )
     pieces = [
         f"<<{tok}>>" if mark and act > act_threshold else tok  # NaN (unknown) compares False: never marked
@@ -282,10 +302,10 @@ GENERATION_SYSTEM = (
     "of words."
 )
 GENERATION_DEMOS = (
-    " Some examples: \"This neuron activates on the word 'knows' in rhetorical questions\", and \"This neuron "
-    "activates on verbs related to decision-making and preferences\", and \"This neuron activates on the "
+    ' Some examples: "This neuron activates on the word \'knows\' in rhetorical questions", and "This neuron '
+    'activates on verbs related to decision-making and preferences", and "This neuron activates on the '
     "substring 'Ent' at the start of words\", and \"This neuron activates on text about government economic "
-    "policy\"."
+    'policy".'
 )
 GENERATION_FORM = 'Your response should be in the form "This neuron activates on...".'
 GENERATION_USER = "The activating documents are given below:\n\n{examples}"
@@ -294,10 +314,10 @@ SCORING_SYSTEM = (
     "concept in a short document. You will be given a short explanation of what this neuron activates for, and "
     "then be shown {n} example sequences in random order. You will have to return a comma-separated list of the "
     "examples where you think the neuron should activate at least once, on ANY of the words or substrings in the "
-    "document. For example, your response might look like \"{demo}\". Try not to be overly specific in your "
+    'document. For example, your response might look like "{demo}". Try not to be overly specific in your '
     "interpretation of the explanation. If you think there are no examples where the neuron will activate, you "
-    "should just respond with \"None\". You should include nothing else in your response other than "
-    "comma-separated numbers or the word \"None\" - this is important."
+    'should just respond with "None". You should include nothing else in your response other than '
+    'comma-separated numbers or the word "None" - this is important.'
 )
 SCORING_USER = "Here is the explanation: this neuron fires on {explanation}.\n\nHere are the examples:\n\n{examples}"
 
@@ -308,7 +328,10 @@ SCORING_PROMPT_ID = template_id("saebench", SCORING_SYSTEM, SCORING_USER)
 def generation_messages(texts: Sequence[str], config: SAEBenchConfig) -> list[dict[str, str]]:
     system = GENERATION_SYSTEM + (GENERATION_DEMOS if config.use_demos_in_explanation else GENERATION_FORM)
     listing = "\n".join(f"{i + 1}. {t}" for i, t in enumerate(texts))
-    return [{"role": "system", "content": system}, {"role": "user", "content": GENERATION_USER.format(examples=listing)}]
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": GENERATION_USER.format(examples=listing)},
+    ]
 
 
 def scoring_messages(explanation: str, texts: Sequence[str], demo: Sequence[int]) -> list[dict[str, str]]:

@@ -82,8 +82,9 @@ class SAEBenchScorer:
             for i, b in enumerate(items)
         ]
         labels = [p["label"] for p in predictions]
-        m = binary_metrics(labels, [p["prediction"] for p in predictions],
-                           rng=latent_rng(ctx.seed, latent, "saebench/ci"))
+        m = binary_metrics(
+            labels, [p["prediction"] for p in predictions], rng=latent_rng(ctx.seed, latent, "saebench/ci")
+        )
         metrics: dict[str, Any] = m.to_dict()
         n_neg = sum(1 for label in labels if not label)
         metrics.update(
@@ -99,7 +100,9 @@ class SAEBenchScorer:
         )
         score = metrics[self.headline]
         # The headline's own interval and chance: for accuracy, what answering "None" scores on these windows
-        chance = metrics["trivial_none_accuracy"] if self.headline == "accuracy" else metrics["chance_balanced_accuracy"]
+        chance = (
+            metrics["trivial_none_accuracy"] if self.headline == "accuracy" else metrics["chance_balanced_accuracy"]
+        )
         return ScorerOutput(
             scorer=self.name,
             score=None if score is None or not np.isfinite(score) else float(score),

@@ -32,8 +32,17 @@ def test_explainer_then_scorer(model, sae, store, latents, tmp_path):
         return "None"
 
     client = FakeClient(answer)
-    result = sae.autointerp.run(model, store=store, latents=latents[:2], explainer="saebench", scorers=["saebench"],
-                                llm=client, sampling=SMALL, out_dir=tmp_path, progress=False)
+    result = sae.autointerp.run(
+        model,
+        store=store,
+        latents=latents[:2],
+        explainer="saebench",
+        scorers=["saebench"],
+        llm=client,
+        sampling=SMALL,
+        out_dir=tmp_path,
+        progress=False,
+    )
     explain_prompts = [r for r in client.requests if r.stage == "explain"]
     assert len(explain_prompts) == 2 and all(numbered(r.messages[-1][1]) == 15 for r in explain_prompts)
     assert all("<<" in r.messages[-1][1] for r in explain_prompts)
@@ -46,9 +55,14 @@ def test_explainer_then_scorer(model, sae, store, latents, tmp_path):
         explanation = record["explanation"]
         assert explanation["text"] == "Python keywords" and len(explanation["examples_shown"]) == 15
         out = record["scores"]["saebench"]
-        shown = {(t // settings.ctx_len, t % settings.ctx_len // settings.example_len) for t in explanation["examples_shown"]}
-        tested = {(p["token_id"] // settings.ctx_len, p["token_id"] % settings.ctx_len // settings.example_len)
-                  for p in out["predictions"] if p["kind"] != "random"}
+        shown = {
+            (t // settings.ctx_len, t % settings.ctx_len // settings.example_len) for t in explanation["examples_shown"]
+        }
+        tested = {
+            (p["token_id"] // settings.ctx_len, p["token_id"] % settings.ctx_len // settings.example_len)
+            for p in out["predictions"]
+            if p["kind"] != "random"
+        }
         assert len(tested) == 4 and not shown & tested
         # "None" is the trivial answer: 10/14 accuracy, chance-level balanced accuracy.
         assert out["score"] == pytest.approx(10 / 14) == out["metrics"]["trivial_none_accuracy"]
@@ -66,22 +80,45 @@ def test_explainer_then_scorer(model, sae, store, latents, tmp_path):
 
 def test_perfect_answers_and_balanced_headline(model, sae, store, latents, tmp_path):
     latent = latents[3]
-    first = sae.score(model, store=store, explanations={latent: "words"}, scorers=["saebench"],
-                      llm=FakeClient(lambda s, u: "None"), sampling=SMALL, out_dir=tmp_path / "a", progress=False)
+    first = sae.score(
+        model,
+        store=store,
+        explanations={latent: "words"},
+        scorers=["saebench"],
+        llm=FakeClient(lambda s, u: "None"),
+        sampling=SMALL,
+        out_dir=tmp_path / "a",
+        progress=False,
+    )
     truth = [p["index"] for p in first.records[0]["scores"]["saebench"]["predictions"] if p["label"]]
     perfect = FakeClient(lambda s, u: ", ".join(map(str, truth)))
-    result = sae.score(model, store=store, explanations={latent: "words"}, scorers=["saebench"], llm=perfect,
-                       scorer_kwargs={"saebench": {"headline": "balanced_accuracy"}}, sampling=SMALL,
-                       out_dir=tmp_path / "b", progress=False)
+    result = sae.score(
+        model,
+        store=store,
+        explanations={latent: "words"},
+        scorers=["saebench"],
+        llm=perfect,
+        scorer_kwargs={"saebench": {"headline": "balanced_accuracy"}},
+        sampling=SMALL,
+        out_dir=tmp_path / "b",
+        progress=False,
+    )
     out = result.records[0]["scores"]["saebench"]
     assert out["metrics"]["accuracy"] == 1.0 and out["score"] == out["metrics"]["balanced_accuracy"] == 1.0
     assert result.table.iloc[0]["score"] == 1.0
 
 
 def test_unparseable_answers_are_counted_not_scored(model, sae, store, latents, tmp_path):
-    result = sae.score(model, store=store, explanations={latents[4]: "words"}, scorers=["saebench", "detection"],
-                       llm=FakeClient(lambda s, u: "The neuron fires on excerpts two and five." if "comma-separated" in s else "1"),
-                       sampling=SMALL, out_dir=tmp_path, progress=False)
+    result = sae.score(
+        model,
+        store=store,
+        explanations={latents[4]: "words"},
+        scorers=["saebench", "detection"],
+        llm=FakeClient(lambda s, u: "The neuron fires on excerpts two and five." if "comma-separated" in s else "1"),
+        sampling=SMALL,
+        out_dir=tmp_path,
+        progress=False,
+    )
     out = result.records[0]["scores"]["saebench"]
     assert out["score"] is None and out["n_failed"] == out["n_examples"] == 14
     assert all(p["prediction"] is None and "unparseable" in p["error"] for p in out["predictions"])
@@ -91,8 +128,16 @@ def test_unparseable_answers_are_counted_not_scored(model, sae, store, latents, 
 def test_summary_like_saebench(model, sae, store, latents, tmp_path):
     from sae_autointerp_saebench import saebench_summary
 
-    result = sae.score(model, store=store, explanations={lat: "words" for lat in latents[:3]}, scorers=["saebench"],
-                       llm=FakeClient(lambda s, u: "None"), sampling=SMALL, out_dir=tmp_path, progress=False)
+    result = sae.score(
+        model,
+        store=store,
+        explanations={lat: "words" for lat in latents[:3]},
+        scorers=["saebench"],
+        llm=FakeClient(lambda s, u: "None"),
+        sampling=SMALL,
+        out_dir=tmp_path,
+        progress=False,
+    )
     summary = saebench_summary(result)
     assert summary["n_latents"] == 3 and summary["n_failed_latents"] == 0
     assert summary["autointerp_score"] == pytest.approx(10 / 14) == summary["trivial_none_accuracy"]
@@ -101,8 +146,17 @@ def test_summary_like_saebench(model, sae, store, latents, tmp_path):
 
 def test_real_local_llm(model, sae, store, latents, tmp_path):
     """The embedded llama.cpp model explains and scores with the SAEBench prompts (quality not asserted)."""
-    result = sae.autointerp.run(model, store=store, latents=latents[:1], explainer="saebench", scorers=["saebench"],
-                                llm="local", sampling=SMALL, out_dir=tmp_path, progress=False)
+    result = sae.autointerp.run(
+        model,
+        store=store,
+        latents=latents[:1],
+        explainer="saebench",
+        scorers=["saebench"],
+        llm="local",
+        sampling=SMALL,
+        out_dir=tmp_path,
+        progress=False,
+    )
     record = result.records[0]
     assert record["explanation"]["explainer"] == "saebench"
     out = record["scores"]["saebench"]

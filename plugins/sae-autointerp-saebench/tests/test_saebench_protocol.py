@@ -68,7 +68,10 @@ def test_scoring_windows_avoid_what_another_explainer_showed(store, latents):
 
 
 def test_importance_weighting_prefers_large_values():
-    pool = [Example(0, np.zeros(4, np.int32), np.zeros(4, np.float32), v, i, "s") for i, v in enumerate([1.0] * 50 + [10.0] * 50)]
+    pool = [
+        Example(0, np.zeros(4, np.int32), np.zeros(4, np.float32), v, i, "s")
+        for i, v in enumerate([1.0] * 50 + [10.0] * 50)
+    ]
     drawn = _weighted_draw(pool, 20, 2.0, np.random.default_rng(0))
     assert len({e.token_id for e in drawn}) == 20 and sum(e.value == 10.0 for e in drawn) >= 18
     uniform = _weighted_draw(pool, 40, 0.0, np.random.default_rng(0))
@@ -89,8 +92,16 @@ def test_render_marks_active_tokens_one_by_one(model):
 
 @pytest.mark.parametrize(
     ("answer", "expected"),
-    [("None", []), ("", []), ("1, 3 and 5.", [1, 3, 5]), ("2,4", [2, 4]), (" 7 ", [7]),
-     ("I think 3", None), ("1, 2, three", None), ("\u00b2", None)],
+    [
+        ("None", []),
+        ("", []),
+        ("1, 3 and 5.", [1, 3, 5]),
+        ("2,4", [2, 4]),
+        (" 7 ", [7]),
+        ("I think 3", None),
+        ("1, 2, three", None),
+        ("\u00b2", None),
+    ],
 )
 def test_parse_predictions(answer, expected):
     assert parse_predictions(answer) == expected
