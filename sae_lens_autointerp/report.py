@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError
-from .results import ResultsFile, ScoreResult
+from .results import SUMMARY_COLUMNS, ResultsFile, ScoreResult
 
 log = logging.getLogger(__name__)
 
@@ -88,22 +88,7 @@ def summary_text(result: ScoreResult) -> str:
     summary = result.summary()
     if summary.empty:
         return ""
-    cols = [
-        "scorer",
-        "metric",
-        "n_latents",
-        "n_scored",
-        "n_undefined",
-        "n_failed",
-        "mean",
-        "low",
-        "high",
-        "chance",
-        "control",
-        "lift",
-        "lift_low",
-        "lift_high",
-    ]
+    cols = SUMMARY_COLUMNS[: SUMMARY_COLUMNS.index("lift_high") + 1]  # the judge columns have their own lines
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200):
         return summary[cols].to_string(index=False)
 

@@ -265,21 +265,19 @@ def match_choice(text: str, choices: tuple[str, ...]) -> str | None:
     return max(matches, key=len) if matches else None
 
 
+def _failed_classification(choices: tuple[str, ...], response: ChatResponse, error: str) -> ClassifyResult:
+    """A judgment that did not happen (counted in n_failed, never scored), keeping what the server said."""
+    return ClassifyResult(
+        choices, None, {c: None for c in choices}, False, "generation", response.usage, text=response.text, error=error
+    )
+
+
 def classify_from_chat(response: ChatResponse, choices: tuple[str, ...]) -> ClassifyResult:
     """Classification from a one-token completion: its top logprobs where the server gave them, else the
     generated token matched to a choice (one-hot, ``exact=False``), else a failed result."""
     usage = response.usage
     if response.refused:
-        return ClassifyResult(
-            choices,
-            None,
-            {c: None for c in choices},
-            False,
-            "generation",
-            usage,
-            text=response.text,
-            error=f"refused: {response.refusal or response.finish_reason}",
-        )
+        return _failed_classification(choices, response, f"refused: {response.refusal or response.finish_reason}")
     if response.logprobs:
         first = response.logprobs[0]
         candidates = dict(first.top_logprobs)
@@ -292,15 +290,6 @@ def classify_from_chat(response: ChatResponse, choices: tuple[str, ...]) -> Clas
     choice = match_choice(response.text, choices)
     if choice is None:
         where = "" if response.logprobs else " (the server gave no logprobs)"
-        return ClassifyResult(
-            choices,
-            None,
-            {c: None for c in choices},
-            False,
-            "generation",
-            usage,
-            text=response.text,
-            error=f"answer {response.text!r} is none of {list(choices)}{where}",
-        )
+        return _failed_classification(choices, response, f"answer {response.text!r} is none of {list(choices)}{where}")
     probs = {c: float(c == choice) for c in choices}
     return ClassifyResult(choices, probs, {c: None for c in choices}, False, "generation", usage, text=response.text)
