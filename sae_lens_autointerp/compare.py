@@ -1,0 +1,329 @@
+"""One protocol over several SAEs and baselines: ``compare({"sae": sae, "neurons": ..., "pca": ...}, model, data)``.
+
+Cunningham et al. 2023 (their Fig. 2) and Paulo et al. 2024 compare SAE latents with neurons, PCA, ICA and
+random directions by the same automated interpretability score. A comparison means something only when
+everything but the SAE is held fixed, so :func:`compare` runs every SAE through the same harvest settings,
+the same sampling, explainer, scorers, judge, controls and seed, and draws the same number of latents from
+each in the same way: uniformly at random (seeded) among the latents that the sampling would not skip (not
+dead, not too rare, not too dense). How many latents were eligible is part of the table: a basis where most
+directions never fire or fire everywhere is itself a finding.
+
+Each SAE is run by :func:`sae_lens_autointerp.pipeline.run` into its own folder (``out_dir/<name>``), so a
+comparison resumes like any run and its per-SAE results are ordinary :class:`ScoreResult` objects.
+Differences between two SAEs come with a bootstrap interval over latents (paired when both scored the same
+latents, e.g. two explainers on one SAE).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError
+from .metrics import Estimate
+from .pipeline import run
+from .results import ScoreResult
+from .sampling import SamplingConfig
+
+if TYPE_CHECKING:
+    from .harvest import LatentStore
+
+log = logging.getLogger("sae_lens_autointerp")
+
+#: Columns of :attr:`Comparison.table`, one row per (SAE, scorer).
+COMPARE_COLUMNS = [
+    "sae",
+    "scorer",
+    "metric",
+    "d_sae",
+    "n_eligible",
+    "n_latents",
+    "n_scored",
+    "n_undefined",
+    "n_failed",
+    "mean",
+    "low",
+    "high",
+    "chance",
+    "control",
+    "lift",
+    "lift_low",
+    "lift_high",
+    "judge_ok",
+]
+
+#: Columns of :meth:`Comparison.differences`.
+DIFFERENCE_COLUMNS = ["sae", "reference", "scorer", "difference", "low", "high", "paired", "n", "n_reference"]
+
+
+def eligible_latents(store: LatentStore, sampling: SamplingConfig) -> list[int]:
+    """Latents the sampling would explain: fired often enough for ``min_activating`` examples and on at most
+    ``max_frequency`` of tokens (the same rules as :func:`sae_lens_autointerp.sampling.sample_latent`)."""
+    counts = np.asarray(store.stats["n_fire_examples"])
+    freq = np.asarray(store.frequency, dtype=float)
+    ok = (counts >= max(sampling.min_activating, 1)) & (freq <= sampling.max_frequency)
+    return [int(i) for i in np.flatnonzero(ok)]
+
+
+def draw_latents(eligible: Sequence[int], n: int, seed: int) -> list[int]:
+    """``n`` latents uniformly at random without replacement (all when fewer), sorted. The same seed draws
+    the same way for every SAE, so no SAE gets hand-picked latents."""
+    if n <= 0:
+        raise ConfigError(f"n_latents must be a positive number, got {n}")
+    pool = np.asarray(sorted(eligible), dtype=np.int64)
+    if len(pool) <= n:
+        return [int(i) for i in pool]
+    rng = np.random.default_rng([seed, 0x636F6D70])  # "comp": independent of the per-latent sampling streams
+    return sorted(int(i) for i in rng.choice(pool, size=n, replace=False))
+
+
+@dataclass
+class Comparison:
+    """The outcome of :func:`compare`.
+
+    ``results``: SAE name -> its :class:`ScoreResult`. ``latents``: the latents drawn for each SAE.
+    ``eligible``: how many latents of each SAE could be sampled; ``stores``: the harvested stores. ``table``: one row per (SAE, scorer) with the
+    mean score, its 95% interval, counts, chance level, the control and the lift (see ``COMPARE_COLUMNS``).
+    """
+
+    results: dict[str, ScoreResult]
+    latents: dict[str, list[int]]
+    eligible: dict[str, int]
+    d_sae: dict[str, int]
+    stores: dict[str, LatentStore] = field(default_factory=dict)
+    seed: int = 0
+    out_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        rows = []
+        for name, result in self.results.items():
+            summary = result.summary()
+            for row in summary.to_dict("records"):
+                rows.append(
+                    {
+                        **{k: row.get(k) for k in COMPARE_COLUMNS if k in row},
+                        "sae": name,
+                        "d_sae": self.d_sae[name],
+                        "n_eligible": self.eligible[name],
+                    }
+                )
+        return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+    def scores(self, name: str, scorer: str) -> pd.Series:
+        """Per-latent headline scores of one SAE and scorer (finished latents; NaN where undefined)."""
+        table = self.results[name].table
+        rows = table[table["scorer"] == scorer]
+        return pd.Series(rows["score"].to_numpy(dtype=float), index=rows["latent"].to_numpy(), name=name)
+
+    def difference(
+        self, name: str, reference: str, scorer: str, *, n_boot: int = 4000, confidence: float = 0.95
+    ) -> tuple[Estimate, bool]:
+        """Mean score of ``name`` minus that of ``reference`` for ``scorer``, with a percentile bootstrap
+        interval over latents; paired (resampling latents scored by both) when both scored the same latents,
+        else each SAE's latents resampled independently. Returns (estimate, paired)."""
+        a = self.scores(name, scorer).dropna()
+        b = self.scores(reference, scorer).dropna()
+        if a.empty or b.empty:
+            return Estimate(float("nan"), float("nan"), float("nan")), False
+        rng = np.random.default_rng([self.seed, 0x64696666])  # "diff"
+        paired = set(a.index) == set(b.index)
+        if paired:
+            d = (a - b.reindex(a.index)).to_numpy()
+            boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+            value = float(d.mean())
+        else:
+            av, bv = a.to_numpy(), b.to_numpy()
+            boot = av[rng.integers(0, len(av), size=(n_boot, len(av)))].mean(axis=1) - bv[
+                rng.integers(0, len(bv), size=(n_boot, len(bv)))
+            ].mean(axis=1)
+            value = float(av.mean() - bv.mean())
+        tail = (1 - confidence) / 2 * 100
+        low, high = np.percentile(boot, [tail, 100 - tail])
+        return Estimate(value, float(low), float(high)), paired
+
+    def differences(self, reference: str | None = None) -> pd.DataFrame:
+        """Every SAE against ``reference`` (default: the first one given), per scorer, with intervals."""
+        names = list(self.results)
+        reference = names[0] if reference is None else reference
+        if reference not in self.results:
+            raise ConfigError(f"unknown reference {reference!r}; choose one of {names}")
+        scorers = sorted({s for r in self.results.values() for s in r.table["scorer"].unique()})
+        rows = []
+        for name in names:
+            if name == reference:
+                continue
+            for scorer in scorers:
+                est, paired = self.difference(name, reference, scorer)
+                rows.append(
+                    {
+                        "sae": name,
+                        "reference": reference,
+                        "scorer": scorer,
+                        "difference": est.value,
+                        "low": est.low,
+                        "high": est.high,
+                        "paired": paired,
+                        "n": int(self.scores(name, scorer).notna().sum()),
+                        "n_reference": int(self.scores(reference, scorer).notna().sum()),
+                    }
+                )
+        return pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)
+
+    def verdict(self) -> list[str]:
+        """The judge check of every SAE's run, one plain sentence per (SAE, scorer)."""
+        return [f"{name}: {line}" for name, result in self.results.items() for line in result.verdict()]
+
+    def text(self) -> str:
+        """The table and the differences as aligned text, with the notes and the judge checks."""
+        cols = ["sae", "scorer", "n_eligible", "n_scored", "n_failed", "mean", "low", "high", "chance", "lift"]
+        with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200):
+            parts = [self.table[cols].to_string(index=False)]
+            diffs = self.differences()
+            if not diffs.empty:
+                ref = diffs["reference"].iloc[0]
+                parts.append(f"\ndifference of the mean score vs {ref!r} (95% bootstrap interval over latents):")
+                parts.append(diffs.drop(columns=["reference"]).to_string(index=False))
+        parts += self.notes
+        return "\n".join(parts)
+
+    def plot(self) -> Any:
+        """A plotly figure like Cunningham et al.'s Fig. 2: per scorer, one bar per SAE with its 95% interval
+        and a dashed line at the scorer's chance level."""
+        from plotly.subplots import make_subplots
+
+        table = self.table
+        scorers = sorted(table["scorer"].unique())
+        fig = make_subplots(rows=1, cols=max(len(scorers), 1), subplot_titles=scorers, shared_yaxes=False)
+        for col, scorer in enumerate(scorers, start=1):
+            rows = table[table["scorer"] == scorer]
+            mean = rows["mean"].to_numpy(dtype=float)
+            fig.add_bar(
+                x=rows["sae"],
+                y=mean,
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": rows["high"].to_numpy(dtype=float) - mean,
+                    "arrayminus": mean - rows["low"].to_numpy(dtype=float),
+                },
+                name=scorer,
+                showlegend=False,
+                row=1,
+                col=col,
+            )
+            chance = rows["chance"].dropna()
+            if len(chance):
+                fig.add_hline(y=float(chance.mean()), line_dash="dash", annotation_text="chance", row=1, col=col)
+        fig.update_layout(title="Interpretability by scorer (mean over latents, 95% interval)", height=420)
+        return fig
+
+    def write_html(self, path: str | os.PathLike[str]) -> Path:
+        """The plot and the table as one self-contained page (plotly.js inlined: opens offline)."""
+        import html
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure = self.plot().to_html(full_html=False, include_plotlyjs=True)
+        body = html.escape(self.text())
+        path.write_text(
+            "<!doctype html><meta charset='utf-8'><title>sae-lens-autointerp comparison</title>"
+            f"{figure}<pre>{body}</pre>",
+            encoding="utf-8",
+        )
+        return path
+
+
+def compare(
+    saes: Mapping[str, Any],
+    model: Any,
+    dataset: Any = None,
+    *,
+    n_latents: int = 20,
+    models: Mapping[str, Any] | None = None,
+    stores: Mapping[str, LatentStore] | None = None,
+    harvest: Mapping[str, Any] | None = None,
+    sampling: SamplingConfig | Mapping[str, Any] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    **run_options: Any,
+) -> Comparison:
+    """Explain and score ``n_latents`` latents of every SAE in ``saes`` (name -> ``sae_lens.SAE``, baselines
+    included) with one protocol, and return a :class:`Comparison` (``.table``, ``.differences()``,
+    ``.plot()``).
+
+    ``model``: the model every SAE reads; ``models={"random-init": other}`` overrides it per SAE (an SAE
+    trained on a randomly initialised model is harvested on that model). ``dataset``: what to harvest (as
+    for ``sae.autointerp.harvest``), with the same ``harvest`` settings for each SAE; ``stores`` gives
+    already harvested stores by name instead. ``run_options``: anything :func:`~sae_lens_autointerp.pipeline.run`
+    takes (``llm``, ``explainer``, ``scorers``, ``controls``, ``explainer_kwargs``, ...); ``latents`` is not
+    among them, since the latents are drawn here. Each SAE's run writes to ``out_dir/<name>``.
+    """
+    if not saes:
+        raise ConfigError("compare() needs at least one SAE: compare({'sae': sae, 'neurons': ...}, model, data)")
+    if "latents" in run_options:
+        raise ConfigError("compare() draws the latents itself (n_latents=, seed=); do not pass latents=")
+    names = list(saes)
+    bad = [n for n in names if not n or "/" in n or "\\" in n or n.startswith(".")]
+    if bad:
+        raise ConfigError(f"SAE names become folder names; these cannot: {bad}")
+    models = dict(models or {})
+    stores = dict(stores or {})
+    unknown = sorted((set(models) | set(stores)) - set(names))
+    if unknown:
+        raise ConfigError(f"models= / stores= name SAEs that are not compared: {unknown}; compared: {names}")
+    if dataset is None and any(n not in stores for n in names):
+        raise ConfigError("compare() needs a dataset to harvest (or stores= for every SAE)")
+    if sampling is None:
+        sampling_cfg = SamplingConfig(seed=seed)
+    elif isinstance(sampling, SamplingConfig):
+        sampling_cfg = sampling
+    else:
+        sampling_cfg = SamplingConfig(**{"seed": seed, **dict(sampling)})
+    base = Path(out_dir) if out_dir is not None else None
+
+    results: dict[str, ScoreResult] = {}
+    drawn: dict[str, list[int]] = {}
+    eligible: dict[str, int] = {}
+    widths: dict[str, int] = {}
+    notes: list[str] = []
+    for name in names:
+        sae = saes[name]
+        subject = models.get(name, model)
+        store = stores.get(name)
+        if store is None:
+            store = sae.autointerp.harvest(subject, dataset, **dict(harvest or {}))
+        stores[name] = store
+        pool = eligible_latents(store, sampling_cfg)
+        latents = draw_latents(pool, n_latents, seed)
+        widths[name], eligible[name], drawn[name] = int(sae.cfg.d_sae), len(pool), latents
+        if not latents:
+            notes.append(f"{name}: no latent fires often enough and rarely enough to be sampled; nothing scored")
+        elif len(latents) < n_latents:
+            notes.append(f"{name}: only {len(latents)} eligible latents (asked for {n_latents})")
+        log.info("compare: %s, %d of %d latents eligible, scoring %d", name, len(pool), store.d_sae, len(latents))
+        if not latents:
+            results[name] = ScoreResult([])
+            continue
+        results[name] = run(
+            sae,
+            subject,
+            dataset,
+            store=store,
+            latents=latents,
+            sampling=sampling_cfg,
+            seed=seed,
+            out_dir=None if base is None else base / name,
+            progress=progress,
+            **run_options,
+        )
+    return Comparison(results, drawn, eligible, widths, stores=stores, seed=seed, out_dir=base, notes=notes)

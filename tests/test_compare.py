@@ -1,0 +1,92 @@
+"""compare(): one protocol over several SAEs (the real embedded stack, LLM-free explainer and scorer)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from sae_lens_autointerp.compare import compare, draw_latents, eligible_latents
+from sae_lens_autointerp.errors import ConfigError
+from sae_lens_autointerp.sampling import SamplingConfig
+
+SAMPLING = {"n_explain": 8, "n_test_pos": 6, "n_test_neg": 6, "min_activating": 12}
+PROTOCOL = dict(llm=None, explainer="top-tokens", scorers=["embedding"], controls=1.0, progress=False)
+
+
+def test_draw_is_seeded_uniform_and_never_beyond_the_pool():
+    pool = list(range(100, 400))
+    a, b = draw_latents(pool, 20, seed=3), draw_latents(pool, 20, seed=3)
+    assert a == b and len(set(a)) == 20 and set(a) <= set(pool)
+    assert draw_latents(pool, 20, seed=4) != a
+    assert draw_latents([5, 1], 20, seed=0) == [1, 5]
+    # uniform: over many seeds every pool member is drawn about equally often
+    counts = np.bincount(np.concatenate([draw_latents(range(10), 3, seed=s) for s in range(3000)]), minlength=10)
+    assert counts.min() > 0.85 * 900 and counts.max() < 1.15 * 900
+    with pytest.raises(ConfigError, match="n_latents"):
+        draw_latents(pool, 0, seed=0)
+
+
+def test_eligible_latents_follow_the_sampling_rules(embedded_store):
+    cfg = SamplingConfig(**SAMPLING)
+    ok = eligible_latents(embedded_store, cfg)
+    counts, freq = embedded_store.stats["n_fire_examples"], embedded_store.frequency
+    assert ok and all(int(counts[i]) >= 12 and float(freq[i]) <= cfg.max_frequency for i in ok)
+    rest = set(range(embedded_store.d_sae)) - set(ok)
+    assert all(int(counts[i]) < 12 or float(freq[i]) > cfg.max_frequency for i in rest)
+
+
+def test_compare_holds_the_protocol_fixed_and_reports_differences(
+    bridge_model, embedded_sae, embedded_store, bridge_sae, tmp_path
+):
+    import sae_lens_autointerp as sai
+
+    docs = sai.embedded.load_corpus()[:40]
+    comparison = compare(
+        {"sae": embedded_sae, "same": embedded_sae, "random": bridge_sae},
+        bridge_model,
+        docs,
+        n_latents=4,
+        stores={"sae": embedded_store, "same": embedded_store},
+        harvest={"n_tokens": 6000, "ctx_len": 128, "store_dir": tmp_path / "store", "progress": False},
+        sampling=SAMPLING,
+        out_dir=tmp_path / "cmp",
+        seed=1,
+        **PROTOCOL,
+    )
+    # the same SAE drawn twice: the same latents, the same scores, a paired difference of exactly 0
+    assert comparison.latents["sae"] == comparison.latents["same"] and len(comparison.latents["sae"]) == 4
+    est, paired = comparison.difference("same", "sae", "embedding")
+    assert paired and est.value == 0 and est.low == 0 and est.high == 0
+    table = comparison.table
+    assert list(table["sae"]) == ["sae", "same", "random"] and set(table["scorer"]) == {"embedding"}
+    row = table.set_index("sae").loc["random"]
+    assert row["d_sae"] == 256
+    assert row["n_eligible"] == len(eligible_latents(comparison.stores["random"], SamplingConfig(**SAMPLING)))
+    assert (table["n_latents"] == table["n_scored"] + table["n_undefined"] + table["n_failed"]).all()
+    assert table["low"].le(table["mean"]).all() and table["mean"].le(table["high"]).all()
+    diffs = comparison.differences()
+    assert set(diffs["sae"]) == {"same", "random"} and (diffs["reference"] == "sae").all()
+    rnd = diffs.set_index("sae").loc["random"]
+    assert not rnd["paired"] and rnd["low"] <= rnd["difference"] <= rnd["high"]
+    # each SAE's run is an ordinary run folder, and the page opens offline (plotly.js inlined, no CDN)
+    assert (tmp_path / "cmp" / "random" / "results.jsonl").exists()
+    fig = comparison.plot()
+    assert [len(bar.x) for bar in fig.data] == [3]
+    page = comparison.write_html(tmp_path / "cmp.html").read_text()
+    assert not re.findall(r"<(?:script|link)[^>]+(?:src|href)=", page)  # nothing loaded from elsewhere
+    assert len(page) > 1_000_000 and "embedding" in page.split("<pre>")[1]  # plotly.js inlined, the table
+
+
+def test_bad_input_is_refused_before_any_harvest(bridge_model, embedded_sae):
+    with pytest.raises(ConfigError, match="at least one SAE"):
+        compare({}, bridge_model, ["x"])
+    with pytest.raises(ConfigError, match="draws the latents"):
+        compare({"a": embedded_sae}, bridge_model, ["x"], latents=[1])
+    with pytest.raises(ConfigError, match="folder names"):
+        compare({"a/b": embedded_sae}, bridge_model, ["x"])
+    with pytest.raises(ConfigError, match="not compared"):
+        compare({"a": embedded_sae}, bridge_model, ["x"], models={"b": bridge_model})
+    with pytest.raises(ConfigError, match="needs a dataset"):
+        compare({"a": embedded_sae}, bridge_model)
