@@ -6,6 +6,11 @@ Hugging Face Llama checkpoint (a GGUF-loaded model cannot ``save_pretrained``) a
 ``TransformerBridge``. :func:`load_sae` loads the TopK SAE shipped in ``data/embedded_sae/`` (trained by
 ``scripts/train_embedded_sae.py``), :func:`load_corpus` returns Python's own documentation as a list of
 documents. See ``docs/embedded.md``.
+
+Variants for controls and cross-layer work: ``load_sae(layer=2)`` / ``load_sae(layer=4)`` (neighbouring
+layers of the same model, same recipe) and ``load_model(control="random-init")`` +
+``load_sae(control="random-init")`` (the same architecture with every parameter re-initialised from a fixed
+seed, and an SAE trained on it: the randomly-initialised-transformer control of Heap et al. 2025).
 """
 
 from __future__ import annotations
@@ -29,7 +34,36 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 #: Bump when the conversion below changes, so stale caches are rebuilt.
 _CONVERSION_VERSION = 1
 
-SAE_DIR = Path(__file__).parent / "data" / "embedded_sae"
+DATA_DIR = Path(__file__).parent / "data"
+SAE_DIR = DATA_DIR / "embedded_sae"
+
+#: Layers with a shipped SAE on ``blocks.{layer}.hook_resid_post`` of the real model (3 is the default).
+SAE_LAYERS = (2, 3, 4)
+DEFAULT_LAYER = 3
+#: Model controls: ``"random-init"`` is SmolLM2's architecture with every parameter re-initialised.
+CONTROLS = ("random-init",)
+#: (layer, control) -> folder under ``data/`` of each shipped SAE.
+_SAE_FOLDERS: dict[tuple[int, str | None], str] = {
+    (3, None): "embedded_sae",
+    (2, None): "embedded_sae_layer2",
+    (4, None): "embedded_sae_layer4",
+    (3, "random-init"): "embedded_sae_random_init",
+}
+#: Seed and scheme of the random-init control (see :func:`reinitialise`). Bump the version when the scheme
+#: changes: the recorded hash (and the SAE trained on those weights) then no longer match.
+RANDOM_INIT_SEED = 0
+RANDOM_INIT_VERSION = 1
+RANDOM_INIT_SCHEME = (
+    "every parameter of the Hugging Face model re-initialised, each from its own torch.Generator seeded with "
+    "the first 8 bytes of sha256('{version}:{seed}:{parameter name}'): matrices (ndim >= 2, including the tied "
+    "embedding / unembedding) uniform on [-sqrt(3) r, sqrt(3) r] with r = config.initializer_range (0.02), i.e. "
+    "mean 0 and standard deviation r; 1-D weights (RMSNorm scales) ones; biases zeros. Uniform rather than "
+    "normal because torch.rand on CPU is exact integer arithmetic, so the weights are bit-identical on every "
+    "machine with the same torch (normal sampling goes through vectorised log/cos). The tokenizer, config and "
+    "rotary buffers are the real model's."
+)
+#: Sidecar in the random-init SAE's folder recording the hash of the weights it was trained on.
+RANDOM_INIT_RECORD = "random_init_model.json"
 
 
 def gguf_path() -> Path:
@@ -78,36 +112,159 @@ def model_dir() -> Path:
     return target
 
 
-def load_model(device: str = "cpu", **kwargs: Any) -> TransformerBridge:
-    """SmolLM2-135M-Instruct as a ``TransformerBridge`` (offline; converted once, then cached)."""
+def _check_control(control: str | None) -> None:
+    if control is not None and control not in CONTROLS:
+        raise ConfigError(f"unknown embedded control {control!r}; choose None (the trained model) or one of {CONTROLS}")
+
+
+def load_model(device: str = "cpu", *, control: str | None = None, **kwargs: Any) -> TransformerBridge:
+    """SmolLM2-135M-Instruct as a ``TransformerBridge`` (offline; converted once, then cached).
+
+    ``control="random-init"``: the same architecture, config and tokenizer with every parameter re-initialised
+    deterministically (:data:`RANDOM_INIT_SCHEME`, seed :data:`RANDOM_INIT_SEED`); the SHA-256 of the weights is
+    checked against the one recorded with ``load_sae(control="random-init")``, and a mismatch (another torch
+    version drawing other numbers, say) is a :class:`ConfigError`. Re-initialising and hashing add ~3 s.
+    """
+    _check_control(control)
     from transformer_lens.model_bridge import TransformerBridge
 
-    return TransformerBridge.boot_transformers(str(model_dir()), device=device, **kwargs)
+    if control is None:
+        return TransformerBridge.boot_transformers(str(model_dir()), device=device, **kwargs)
+    hf_model = random_init_hf_model()
+    digest = weights_sha256(hf_model)
+    expected = recorded_random_init_sha256()
+    if digest != expected:
+        import torch
+
+        raise ConfigError(
+            f"the random-init model's weights hash to {digest}, but the random-init SAE was trained on weights "
+            f"hashing to {expected} ({sae_dir(control=control) / RANDOM_INIT_RECORD}); the seeded draw differs on "
+            f"this installation (torch {torch.__version__}; see the record for the version it was made with), so "
+            "the shipped SAE does not belong to this model. Retrain it with "
+            "`python scripts/train_embedded_sae.py --random-init-model`."
+        )
+    return TransformerBridge.boot_transformers(str(model_dir()), device=device, hf_model=hf_model, **kwargs)
 
 
-def load_sae(device: str = "cpu") -> SAE:
+def random_init_hf_model(seed: int = RANDOM_INIT_SEED) -> Any:
+    """The embedded model's Hugging Face ``LlamaForCausalLM`` with every parameter re-initialised (float32, CPU).
+
+    Not verified against the recorded hash (:func:`load_model` does that); the training script uses this to make
+    the weights it records."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    hf_model = AutoModelForCausalLM.from_pretrained(str(model_dir()), dtype=torch.float32)
+    reinitialise(hf_model, seed)
+    hf_model.eval()
+    return hf_model
+
+
+def reinitialise(hf_model: Any, seed: int = RANDOM_INIT_SEED) -> None:
+    """Re-initialise every parameter of ``hf_model`` in place by :data:`RANDOM_INIT_SCHEME`.
+
+    Each parameter has its own generator, seeded from its name, so the result depends neither on the order of
+    the parameters nor on anything drawn before."""
+    import hashlib
+    import math
+
+    import torch
+
+    scale = math.sqrt(3.0) * float(hf_model.config.initializer_range)
+    with torch.no_grad():
+        # named_parameters() lists a tied tensor once (embed_tokens; lm_head shares it)
+        for name, param in sorted(hf_model.named_parameters()):
+            key = hashlib.sha256(f"{RANDOM_INIT_VERSION}:{seed}:{name}".encode()).digest()
+            generator = torch.Generator(device="cpu").manual_seed(int.from_bytes(key[:8], "little") >> 1)
+            if name.endswith("bias"):
+                param.zero_()
+            elif param.ndim >= 2:
+                values = torch.rand(param.shape, generator=generator, dtype=torch.float32)
+                param.copy_(values.mul_(2.0).sub_(1.0).mul_(scale))
+            elif name.endswith("weight"):
+                param.fill_(1.0)
+            else:
+                raise ConfigError(f"no re-initialisation rule for parameter {name} of shape {tuple(param.shape)}")
+
+
+def weights_sha256(hf_model: Any) -> str:
+    """SHA-256 over a model's parameters (sorted by name: name, dtype, shape and float32 bytes of each)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, param in sorted(hf_model.named_parameters()):
+        tensor = param.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}|float32|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def recorded_random_init_sha256() -> str:
+    """The weights hash recorded when the shipped random-init SAE was trained."""
+    path = sae_dir(control="random-init") / RANDOM_INIT_RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        digest = record["weights_sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"{path} is missing or unreadable ({err}); reinstall sae-lens-autointerp or retrain the random-init SAE "
+            "with `python scripts/train_embedded_sae.py --random-init-model`"
+        ) from err
+    if record.get("seed") != RANDOM_INIT_SEED or record.get("version") != RANDOM_INIT_VERSION:
+        raise ConfigError(
+            f"{path} records seed {record.get('seed')} / scheme version {record.get('version')}, this module makes "
+            f"seed {RANDOM_INIT_SEED} / version {RANDOM_INIT_VERSION}; retrain the random-init SAE"
+        )
+    return str(digest)
+
+
+def sae_dir(layer: int = DEFAULT_LAYER, control: str | None = None) -> Path:
+    """Folder of the shipped SAE for ``layer`` (``blocks.{layer}.hook_resid_post``) and model ``control``."""
+    _check_control(control)
+    if isinstance(layer, bool) or not isinstance(layer, int) or (layer, control) not in _SAE_FOLDERS:
+        by_control: dict[str | None, list[int]] = {}
+        for lay, ctl in sorted(_SAE_FOLDERS, key=lambda key: (key[1] or "", key[0])):
+            by_control.setdefault(ctl, []).append(lay)
+        choices = "; ".join(f"control={ctl!r} with layer in {tuple(lays)}" for ctl, lays in by_control.items())
+        raise ConfigError(f"no embedded SAE for layer={layer!r}, control={control!r}; the shipped ones are: {choices}")
+    if (layer, control) == (DEFAULT_LAYER, None):
+        return SAE_DIR  # looked up at call time (tests point it elsewhere)
+    return DATA_DIR / _SAE_FOLDERS[(layer, control)]
+
+
+def load_sae(device: str = "cpu", *, layer: int = DEFAULT_LAYER, control: str | None = None) -> SAE:
     """The SAE shipped with this package, trained on SmolLM2-135M-Instruct (see ``docs/embedded.md``).
 
     A SAELens TopK SAE (k=32, 2048 latents) on ``blocks.3.hook_resid_post`` of :func:`load_model`, trained by
     ``scripts/train_embedded_sae.py`` on :func:`load_corpus`. ``sae.cfg.metadata`` carries ``hook_name``,
     ``model_name``, ``context_size`` (128), ``prepend_bos`` (True) and ``seqpos_slice`` ([1, None]: the BOS
     position was not trained on). The weights are stored as float16 and loaded as float32.
+
+    ``layer=2`` / ``layer=4``: the same recipe on ``blocks.2.hook_resid_post`` / ``blocks.4.hook_resid_post``.
+    ``control="random-init"``: the same recipe at layer 3 of ``load_model(control="random-init")``; its metadata
+    also carries ``model_control`` and ``model_weights_sha256``. Other values raise :class:`ConfigError`.
     """
     from sae_lens import SAE
 
-    if not (SAE_DIR / "cfg.json").is_file() or not (SAE_DIR / "sae_weights.safetensors").is_file():
-        raise ConfigError(
-            f"the embedded SAE is missing from {SAE_DIR}; reinstall sae-lens-autointerp or retrain it with "
-            "`python scripts/train_embedded_sae.py`"
+    folder = sae_dir(layer, control)
+    if not (folder / "cfg.json").is_file() or not (folder / "sae_weights.safetensors").is_file():
+        flags = (f" --hook-name blocks.{layer}.hook_resid_post" if layer != DEFAULT_LAYER else "") + (
+            " --random-init-model" if control else ""
         )
-    sae = SAE.load_from_disk(SAE_DIR, device=device, dtype="float32")
+        raise ConfigError(
+            f"the embedded SAE is missing from {folder}; reinstall sae-lens-autointerp or retrain it with "
+            f"`python scripts/train_embedded_sae.py{flags}`"
+        )
+    sae = SAE.load_from_disk(folder, device=device, dtype="float32")
     sae.eval()
     return sae
 
 
-def training_report() -> dict[str, Any]:
-    """The metrics recorded when the embedded SAE was trained (``training_report.json``)."""
-    path = SAE_DIR / "training_report.json"
+def training_report(*, layer: int = DEFAULT_LAYER, control: str | None = None) -> dict[str, Any]:
+    """The metrics recorded when the embedded SAE (for ``layer`` / ``control``) was trained (``training_report.json``)."""
+    path = sae_dir(layer, control) / "training_report.json"
     if not path.is_file():
         raise ConfigError(f"{path} is missing; retrain the embedded SAE with `python scripts/train_embedded_sae.py`")
     report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))

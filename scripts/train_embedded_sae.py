@@ -19,6 +19,17 @@ the SAE records this as ``metadata.seqpos_slice = [1, None]``.
 
 The metrics in ``training_report.json`` are measured on the held-out documents with the SAE as saved
 (reloaded from disk with ``SAE.load_from_disk``, float16 weights upcast to float32).
+
+The other shipped SAEs use the same recipe (``--out`` defaults to the shipped folder of the chosen variant):
+
+    HF_HUB_OFFLINE=1 python scripts/train_embedded_sae.py --hook-name blocks.2.hook_resid_post   # data/embedded_sae_layer2/
+    HF_HUB_OFFLINE=1 python scripts/train_embedded_sae.py --hook-name blocks.4.hook_resid_post   # data/embedded_sae_layer4/
+    HF_HUB_OFFLINE=1 python scripts/train_embedded_sae.py --random-init-model                    # data/embedded_sae_random_init/
+
+``--random-init-model`` trains on ``embedded.load_model(control="random-init")``'s weights (every parameter
+re-initialised from a fixed seed, see ``embedded.RANDOM_INIT_SCHEME``) and records their SHA-256 in the SAE's
+metadata (``model_weights_sha256``) and in ``random_init_model.json`` next to it, which ``load_model``
+checks. On that model the "loss recovered" number is not meaningful (its clean loss is near uniform).
 """
 
 from __future__ import annotations
@@ -42,12 +53,25 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "sae_lens_autointerp" / "data" / "embedded_sae"
+RANDOM_INIT_CONTROL = "random-init"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for cfg.json + sae_weights.safetensors")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for cfg.json + sae_weights.safetensors (default: the shipped folder of this hook / model, "
+        f"e.g. {DEFAULT_OUT.relative_to(REPO)} for the defaults)",
+    )
     p.add_argument("--hook-name", default="blocks.3.hook_resid_post")
+    p.add_argument(
+        "--random-init-model",
+        action="store_true",
+        help="train on the random-init control model (embedded.load_model(control='random-init')) instead of "
+        "the trained SmolLM2",
+    )
     p.add_argument("--context-size", type=int, default=128)
     p.add_argument("--d-sae", type=int, default=2048)
     p.add_argument("--k", type=int, default=32)
@@ -98,6 +122,20 @@ def pack_sequences(tokenizer: Any, docs: list[str], context_size: int) -> torch.
 
 def hook_layer(hook_name: str) -> int:
     return int(hook_name.split(".")[1])
+
+
+def default_out(hook_name: str, control: str | None) -> Path:
+    """The shipped folder for this hook and model control; an error if there is none (then pass --out)."""
+    from sae_lens_autointerp import embedded
+    from sae_lens_autointerp.errors import ConfigError
+
+    parts = hook_name.split(".")
+    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2] == "hook_resid_post":
+        try:
+            return embedded.sae_dir(int(parts[1]), control)
+        except ConfigError:
+            pass
+    raise SystemExit(f"no shipped SAE for {hook_name} (control {control}); pass --out")
 
 
 @torch.inference_mode()
@@ -248,10 +286,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from sae_lens_autointerp import embedded
 
     # ---- corpus -> sequences ----------------------------------------------------------------------------
+    control = RANDOM_INIT_CONTROL if args.random_init_model else None
+    out: Path = args.out if args.out is not None else default_out(args.hook_name, control)
     docs = embedded.load_corpus(args.max_docs)
     n_eval_docs = max(1, round(len(docs) * args.holdout_fraction))
     train_docs, eval_docs = docs[:-n_eval_docs], docs[-n_eval_docs:]
-    model = embedded.load_model()
+    random_init: dict[str, Any] | None = None
+    if control is None:
+        model = embedded.load_model()
+    else:
+        # Not load_model(control=...): that checks the weights against the record this run is about to write.
+        from transformer_lens.model_bridge import TransformerBridge
+
+        hf_model = embedded.random_init_hf_model(embedded.RANDOM_INIT_SEED)
+        random_init = {
+            "control": control,
+            "seed": embedded.RANDOM_INIT_SEED,
+            "version": embedded.RANDOM_INIT_VERSION,
+            "scheme": embedded.RANDOM_INIT_SCHEME,
+            "weights_sha256": embedded.weights_sha256(hf_model),
+            "hash": "sha256 over the parameters sorted by name (name, shape, float32 bytes); embedded.weights_sha256",
+            "n_parameters": sum(p.numel() for p in hf_model.parameters()),
+            "torch": torch.__version__,
+        }
+        print(f"random-init model: weights sha256 {random_init['weights_sha256']}", flush=True)
+        model = TransformerBridge.boot_transformers(str(embedded.model_dir()), device="cpu", hf_model=hf_model)
     model.eval()
     tokenizer = model.tokenizer
     train_tokens = pack_sequences(tokenizer, train_docs, args.context_size)
@@ -278,8 +337,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
 
     # ---- SAE + trainer ----------------------------------------------------------------------------------
+    model_name = embedded.MODEL_NAME if random_init is None else f"{embedded.MODEL_NAME}-{control}"
+    extra_metadata: dict[str, Any] = {}
+    if random_init is not None:
+        extra_metadata = {
+            "model_control": control,
+            "model_weights_sha256": random_init["weights_sha256"],
+            "random_init_seed": random_init["seed"],
+            "random_init_version": random_init["version"],
+        }
     metadata = SAEMetadata(
-        model_name=embedded.MODEL_NAME,
+        model_name=model_name,
         model_class_name="TransformerBridge",
         hook_name=args.hook_name,
         hook_head_index=None,
@@ -289,6 +357,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dataset_path="sae_lens_autointerp.embedded.load_corpus",
         model_from_pretrained_kwargs={},
         exclude_special_tokens=False,
+        **extra_metadata,
     )
     sae_cfg = TopKTrainingSAEConfig(
         d_in=model.cfg.d_model,
@@ -335,9 +404,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"trained in {t_train:.0f} s", flush=True)
 
     # ---- save (inference SAE), reload, evaluate -----------------------------------------------------------
-    out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("sae_weights.safetensors", "cfg.json", "training_report.json"):
+    for stale in ("sae_weights.safetensors", "cfg.json", "training_report.json", embedded.RANDOM_INIT_RECORD):
         (out / stale).unlink(missing_ok=True)
     weights_path, cfg_path = sae.save_inference_model(out)
     if args.weights_dtype == "float16":
@@ -361,7 +429,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "d_sae": args.d_sae,
             "k": args.k,
             "hook_name": args.hook_name,
-            "model_name": embedded.MODEL_NAME,
+            "model_name": model_name,
+            "model_control": control,
             "context_size": args.context_size,
             "prepend_bos": True,
             "trained_positions": "all but position 0 (BOS); metadata.seqpos_slice = [1, null]",
@@ -402,6 +471,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "held_out": held_out,
         "train_subset_same_size": train_subset,
         "spliced_loss_held_out": ce,
+        **({"random_init_model": random_init} if random_init is not None else {}),
         "definitions": {
             "l0": "mean number of latents > 0 per token",
             "explained_variance": "1 - sum ||x - sae(x)||^2 / sum ||x - mean(x)||^2 over held-out tokens",
@@ -409,7 +479,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "explained_variance_without_massive_tokens": "the same, over tokens whose residual norm is at most "
             "massive_norm_threshold (4x the median norm)",
             "loss_recovered": "(loss_zero_ablation - loss_with_sae) / (loss_zero_ablation - loss_clean), the SAE's "
-            "reconstruction spliced in at every position but BOS",
+            "reconstruction spliced in at every position but BOS"
+            + (
+                "; on the random-init model it is not meaningful: a random model predicts nothing (its clean loss "
+                "is near the uniform log(vocab)), so the denominator measures no learned computation"
+                if random_init is not None
+                else ""
+            ),
         },
         "versions": {
             "python": platform.python_version(),
@@ -421,6 +497,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a),
     }
     (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if random_init is not None:
+        (out / embedded.RANDOM_INIT_RECORD).write_text(json.dumps(random_init, indent=2) + "\n")
     print(f"saved to {out} in {time.time() - t_start:.0f} s total", flush=True)
     return report
 
