@@ -76,6 +76,8 @@ class HarvestConfig:
     n_random_windows: int = 1000
     threshold: float = 0.0
     seed: int = 0
+    n_position_buckets: int = 64
+    n_token_slots: int = 64
     text_column: str = "text"
     split: str = "train"
     streaming: bool = True
@@ -100,6 +102,8 @@ class HarvestConfig:
         _int(self.n_random_windows, "harvest n_random_windows", low=0)
         _number(self.threshold, "harvest threshold")
         _int(self.seed, "harvest seed")
+        _int(self.n_position_buckets, "harvest n_position_buckets", low=1)
+        _int(self.n_token_slots, "harvest n_token_slots", low=1)
         _number(self.checkpoint_every_s, "harvest checkpoint_every_s", low=0)
         if self.store_dir is not None and not isinstance(self.store_dir, str):
             object.__setattr__(self, "store_dir", os.fspath(self.store_dir))
@@ -135,6 +139,13 @@ class RunConfig:
     seed: int = 0
     controls: float | dict[str, float] = 0.2
     max_consecutive_failures: int = 3
+    #: Known-heuristic filters (``heuristics.py``): True flags positional / unigram latents at the default
+    #: threshold (0.9 of the activation variance), a number in (0, 1] sets the threshold, False turns them off.
+    #: Reporting only (columns of ``result.table``); it changes no answer and is not part of the run key.
+    heuristics: bool | float = True
+    #: Flagged latents get the ``top-tokens`` explainer's explanation instead of the run's explainer (no LLM
+    #: call for them); part of the run key when on.
+    heuristic_explanations: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -196,6 +207,14 @@ class RunConfig:
         fractions = check_fraction(self.controls)
         set_(self, "controls", fractions["*"] if set(fractions) == {"*"} else fractions)
         _int(self.max_consecutive_failures, "max_consecutive_failures", low=1)
+        if not isinstance(self.heuristics, bool):
+            if not isinstance(self.heuristics, numbers.Real) or not 0 < self.heuristics <= 1:
+                raise ConfigError(
+                    f"heuristics must be True, False or a threshold in (0, 1] (share of variance), got {self.heuristics!r}"
+                )
+            set_(self, "heuristics", float(self.heuristics))
+        if not isinstance(self.heuristic_explanations, bool):
+            raise ConfigError(f"heuristic_explanations must be True or False, got {self.heuristic_explanations!r}")
         for name in ("llm_kwargs", "explainer_kwargs", "scorer_kwargs", "prices"):
             _json_ready(getattr(self, name), name)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import numbers
 import os
@@ -41,6 +42,7 @@ from .controls import (
 )
 from .errors import ConfigError, PluginError
 from .harvest.store import LatentStore
+from .heuristics import DEFAULT_THRESHOLD, flag_summary, has_heuristic_stats, heuristic_flags
 from .llm import BudgetExceeded, LLMError, UsageTracker
 from .locks import folder_lock
 from .paths import cache_dir
@@ -52,6 +54,9 @@ from .text import Renderer
 
 T = TypeVar("T")
 DEFAULT_SCORERS = ("detection", "fuzzing")
+#: The explainer whose explanation flagged latents get with ``heuristic_explanations=True``.
+HEURISTIC_EXPLAINER = "top-tokens"
+log = logging.getLogger(__name__)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -368,6 +373,8 @@ def run(
     seed: int = UNSET,
     controls: float | bool | Mapping[str, float] = UNSET,
     max_consecutive_failures: int = UNSET,
+    heuristics: bool | float = UNSET,
+    heuristic_explanations: bool = UNSET,
     progress: bool = True,
 ) -> ScoreResult:
     """Explain (unless ``explanations`` are given) and score ``latents``; see README for every option.
@@ -377,6 +384,10 @@ def run(
     client object. ``controls``: the share of each latent's test examples also scored with another latent's
     explanation (True = 0.2, False = off; ``{"embedding": 1.0}`` per scorer, ``"*"`` for the rest).
     ``max_consecutive_failures``: infrastructure failures in a row (latents left incomplete) that stop the run.
+    ``heuristics``: flag positional / unigram latents from the harvest's sums (True: threshold 0.9 of the
+    activation variance, a number: that threshold, False: off; columns ``heuristic``, ``positional_r2``,
+    ``unigram_r2`` of ``result.table``); ``heuristic_explanations=True`` gives flagged latents the ``top-tokens``
+    explanation instead of an LLM call (``result.heuristics`` counts the calls saved). See ``heuristics.py``.
     """
     options = dict(
         latents=latents,
@@ -397,6 +408,8 @@ def run(
         seed=seed,
         controls=controls,
         max_consecutive_failures=max_consecutive_failures,
+        heuristics=heuristics,
+        heuristic_explanations=heuristic_explanations,
     )
     cfg, client_object, objects = build_config(config, options)
     plan = preflight(sae, model, cfg, store=store, llm=client_object, explanations=objects)
@@ -426,6 +439,10 @@ def run(
         store = harvest(sae, model, dataset, progress=progress, **cfg.harvest.to_dict())
     if store.d_sae != d_sae:
         raise ConfigError(f"the store has d_sae={store.d_sae} but the SAE has {d_sae}; harvest this SAE")
+    flags, threshold = _heuristic_flags(store, latent_list, cfg)
+    substitute = None
+    if cfg.heuristic_explanations and flags is not None and explainer_obj is not None:
+        substitute = _make("explainers", HEURISTIC_EXPLAINER, None)
     # The run key: the RunConfig fields that change answers, the store, the client's identity and the
     # versions of the prompts and plugins (out_dir, latents, concurrency, budgets and harvest settings do not
     # change a latent's answers; the store key covers the harvest).
@@ -445,6 +462,13 @@ def run(
         "prompt_version": PROMPT_VERSION,
         "explanations": None if given is None else {k: v.text for k, v in sorted(given.items())},
     }
+    if substitute is not None:  # only then do the heuristics change answers (old run keys stay as they were)
+        ident["heuristic_explanations"] = {
+            "threshold": threshold,
+            "explainer": HEURISTIC_EXPLAINER,
+            "prompt": getattr(substitute, "prompt_id", None),
+            "provider": provenance("explainers", HEURISTIC_EXPLAINER),
+        }
     run_key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
     folder = Path(cfg.out_dir) if cfg.out_dir is not None else cache_dir("runs") / run_key[:16]
     results = ResultsFile(folder / "results.jsonl")
@@ -466,6 +490,8 @@ def run(
         negatives,
         control_fractions,
         cfg.max_consecutive_failures,
+        flags,
+        substitute,
     )
 
     async def run_and_close() -> tuple[list[dict[str, Any]], str | None]:
@@ -496,7 +522,12 @@ def run(
             )
         )
         records, stopped = run_sync(run_and_close())
+    heuristics_summary = _heuristics_summary(flags, threshold, runner, tracker, explainer_obj, substitute)
+    if flags is not None:  # records finished by an earlier run without the heuristics get them too
+        records = [{**r, "heuristic": flags[r["latent"]]} if "heuristic" not in r else r for r in records]
     summary = tracker.summary()
+    if heuristics_summary:
+        summary["heuristics"] = heuristics_summary
     (folder / "usage.json").write_text(json.dumps(summary, indent=1, default=str))
     return ScoreResult(
         records=records,
@@ -505,7 +536,74 @@ def run(
         stopped=stopped,
         incomplete=dict(runner.incomplete),
         run_key=run_key,
+        heuristics=heuristics_summary,
     )
+
+
+def _heuristic_flags(
+    store: LatentStore, latents: list[int], cfg: RunConfig
+) -> tuple[dict[int, dict[str, Any]] | None, float | None]:
+    """Per latent the record entry of the heuristic filters (None when off, or when the store predates them),
+    and the threshold used."""
+    if cfg.heuristics is False and not cfg.heuristic_explanations:
+        return None, None
+    threshold = DEFAULT_THRESHOLD if isinstance(cfg.heuristics, bool) else float(cfg.heuristics)
+    if not has_heuristic_stats(store):
+        log.warning(
+            "the store %s has no per-position / per-token sums (harvested by an older version): no heuristic "
+            "flags in this run; harvest again to get them",
+            store.path,
+        )
+        return None, None
+    table = heuristic_flags(store, latents, threshold)
+    out: dict[int, dict[str, Any]] = {}
+    for row in table.itertuples(index=False):
+        out[int(row.latent)] = {
+            "flag": row.flag,
+            "positional_r2": _finite(row.positional_r2),
+            "unigram_r2": _finite(row.unigram_r2),
+            "unigram_complete": bool(row.unigram_complete),
+            "tokens": list(row.tokens),
+            "positions": list(row.positions),
+            "threshold": threshold,
+        }
+    return out, threshold
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _heuristics_summary(
+    flags: dict[int, dict[str, Any]] | None,
+    threshold: float | None,
+    runner: _Runner,
+    tracker: UsageTracker,
+    explainer_obj: Any,
+    substitute: Any,
+) -> dict[str, Any]:
+    """What the heuristic filters found, and (``heuristic_explanations``) the explainer calls they saved: one
+    per latent explained by the heuristic instead of an LLM explainer in this run, and the tokens those calls
+    would have cost at this run's mean tokens per LLM explanation (None when no latent was explained by the LLM)."""
+    if flags is None:
+        return {}
+    import pandas as pd
+
+    out: dict[str, Any] = {"threshold": threshold}
+    out.update(flag_summary(pd.DataFrame({"flag": [f["flag"] for f in flags.values()]})))
+    out["heuristic_explanations"] = substitute is not None
+    saves_llm = substitute is not None and bool(getattr(explainer_obj, "needs_llm", True))
+    n_saved = len(runner.heuristic_explained) if saves_llm else 0
+    explained = [
+        totals
+        for (stage, latent), totals in tracker.by_latent().items()
+        if stage == "explain" and latent is not None and latent not in runner.heuristic_explained
+    ]
+    per_call = sum(t.total_tokens for t in explained) / len(explained) if explained else None
+    out["explained_by_heuristic"] = len(runner.heuristic_explained)
+    out["llm_calls_saved"] = n_saved
+    out["tokens_saved_estimate"] = None if per_call is None or not saves_llm else round(n_saved * per_call)
+    return out
 
 
 def _claim(folder: Path, run_key: str, ident: dict[str, Any]) -> None:
@@ -563,11 +661,15 @@ class _Runner:
         negatives: Any,
         control_fractions: dict[str, float],
         max_consecutive_failures: int,
+        heuristics: dict[int, dict[str, Any]] | None = None,
+        heuristic_explainer: Any = None,
     ) -> None:
         self.ctx, self.explainer, self.scorers, self.sampling = ctx, explainer, scorers, sampling
         self.providers, self.negatives = providers, negatives
         self.results, self.run_key, self.given, self.progress = results, run_key, given, progress
         self.control_fractions, self.max_failures = control_fractions, max_consecutive_failures
+        self.heuristics, self.heuristic_explainer = heuristics, heuristic_explainer
+        self.heuristic_explained: set[int] = set()  # latents this run explained by the heuristic explainer
         self.stopped: str | None = None
         self.incomplete: dict[int, str] = {}
         self.fresh: dict[int, dict[str, Any]] = {}
@@ -640,7 +742,10 @@ class _Runner:
     # ------------------------------------------------------------------ per latent
 
     def _base(self, latent: int, sample: LatentSample) -> dict[str, Any]:
-        return {"run_key": self.run_key, "latent": latent, "stats": sample.stats}
+        base = {"run_key": self.run_key, "latent": latent, "stats": sample.stats}
+        if self.heuristics is not None:
+            base["heuristic"] = self.heuristics[latent]
+        return base
 
     def _write(self, record: dict[str, Any]) -> None:
         self.results.append(record)
@@ -686,7 +791,12 @@ class _Runner:
                 return None
         elif self.explainer is not None:
             try:
-                explanation = await self._explain(sample)
+                flag = (self.heuristics or {}).get(latent, {}).get("flag")
+                if self.heuristic_explainer is not None and flag is not None:
+                    explanation = await self._explain(sample, self.heuristic_explainer, HEURISTIC_EXPLAINER)
+                    self.heuristic_explained.add(latent)
+                else:
+                    explanation = await self._explain(sample)
             except LLMError as exc:
                 self._failed(latent, self._base(latent, sample), _Incomplete("explain", exc))
                 return None
@@ -731,14 +841,16 @@ class _Runner:
         record["seconds"] = round(time.perf_counter() - start, 3)
         self._write(record)
 
-    async def _explain(self, sample: LatentSample) -> Explanation:
+    async def _explain(self, sample: LatentSample, explainer: Any = None, registered: str | None = None) -> Explanation:
         """The explainer's answer; a crash or a wrong return type becomes a failed explanation naming the plugin
         (never scored), so one broken explainer plugin does not take the run down. Transport errors and the
-        budget propagate (the latent stays incomplete)."""
-        name = getattr(self.explainer, "name", "?")
-        provider = self.providers["explainer"]
+        budget propagate (the latent stays incomplete). ``explainer`` (registered under the name
+        ``registered``) replaces the run's explainer (the heuristic explanations)."""
+        explainer = explainer if explainer is not None else self.explainer
+        name = getattr(explainer, "name", "?")
+        provider = self.providers["explainer"] if registered is None else provenance("explainers", registered)
         try:
-            out = await self.explainer.explain(sample, self.ctx)
+            out = await explainer.explain(sample, self.ctx)
         except LLMError:
             raise
         except Exception as exc:

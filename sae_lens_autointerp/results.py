@@ -10,7 +10,9 @@ of a latent supersede earlier ones.
 its 95% interval (``low``, ``high``) and ``chance``, the ``auc`` where graded probabilities exist, the
 ``calibrated`` balanced accuracy (classification scorers), the ``control`` score (another latent's
 explanation on a subset of the same examples), ``lift`` = score - control with ``lift_low`` / ``lift_high``,
-``signal`` (the lift's interval lies above 0), ``n_examples``, ``n_failed``, the explanation and any error.
+``signal`` (the lift's interval lies above 0), ``n_examples``, ``n_failed``, the explanation and any error, and
+from the known-heuristic filters (``heuristics.py``; None when they were off) the latent's ``heuristic`` flag
+("positional" / "unigram" / None) with ``positional_r2`` and ``unigram_r2``.
 ``result.summary()``: per scorer the counts (``n_latents``, ``n_scored``, ``n_undefined``, ``n_failed``), the
 mean score with its interval, the chance level, the mean control and lift, and the judge check.
 """
@@ -50,6 +52,9 @@ TABLE_COLUMNS = [
     "explanation",
     "error",
     "provider",
+    "heuristic",
+    "positional_r2",
+    "unigram_r2",
 ]
 SUMMARY_COLUMNS = [
     "scorer",
@@ -170,6 +175,9 @@ class ScoreResult:
     stopped: str | None = None
     incomplete: dict[int, str] = field(default_factory=dict)
     run_key: str | None = None
+    #: the known-heuristic filters of the run: threshold, latents flagged positional / unigram, latents explained
+    #: by the heuristic explainer and the LLM calls and tokens that saved (empty when they were off)
+    heuristics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def table(self) -> pd.DataFrame:
@@ -239,8 +247,23 @@ def _headline(out: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
 
 def records_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(_rows(records), columns=TABLE_COLUMNS)
-    floats = ("score", "low", "high", "chance", "auc", "calibrated", "control", "lift", "lift_low", "lift_high")
-    return df.astype({c: float for c in floats}).astype({"signal": object})
+    floats = (
+        "score",
+        "low",
+        "high",
+        "chance",
+        "auc",
+        "calibrated",
+        "control",
+        "lift",
+        "lift_low",
+        "lift_high",
+        "positional_r2",
+        "unigram_r2",
+    )
+    df = df.astype({c: float for c in floats}).astype({"signal": object, "heuristic": object})
+    df["heuristic"] = df["heuristic"].where(df["heuristic"].notna(), None)
+    return df
 
 
 def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -253,6 +276,7 @@ def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         explanation = (r.get("explanation") or {}).get("text")
         controls = r.get("controls") or {}
+        heuristic = r.get("heuristic") or {}
         for name, out in (r.get("scores") or {}).items():
             metric, low, high, chance = _headline(out)
             ctl = controls.get(name) or {}
@@ -279,6 +303,9 @@ def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "explanation": explanation,
                     "error": out.get("error"),
                     "provider": _provider_text(out),
+                    "heuristic": heuristic.get("flag"),
+                    "positional_r2": heuristic.get("positional_r2"),
+                    "unigram_r2": heuristic.get("unigram_r2"),
                     "control_low": ctl.get("low"),
                     "control_high": ctl.get("high"),
                 }

@@ -116,6 +116,8 @@ def harvest(
     n_random_windows: int = 1000,
     threshold: float = 0.0,
     seed: int = 0,
+    n_position_buckets: int = 64,
+    n_token_slots: int = 64,
     text_column: str = "text",
     split: str = "train",
     streaming: bool = True,
@@ -134,6 +136,8 @@ def harvest(
         example_len: tokens per example (the unit of top-k / sampling) and per stored window.
         peak_offset: index of the peak inside stored windows (default ``3/4 * example_len``).
         top_k / n_stratified / n_random_windows: sizes of the kept samples (see ``stats.py``).
+        n_position_buckets / n_token_slots: resolution of the per-position sums and size of each latent's
+            per-token table, used by the known-heuristic filters (see ``stats.py`` and ``heuristics.py``).
         store_dir: folder of the store; default ``~/.cache/sae-lens-autointerp/stores/<key>``.
         checkpoint_every_s: seconds between checkpoints (0 = after every batch).
         pin_malloc: pin glibc's malloc thresholds for the whole process first (see
@@ -154,6 +158,8 @@ def harvest(
         raise ConfigError(f"peak_offset must be in [0, example_len), got {peak_offset}")
     if min(top_k, n_stratified) < 1 or n_random_windows < 0:
         raise ConfigError("top_k and n_stratified must be >= 1 and n_random_windows >= 0")
+    if min(n_position_buckets, n_token_slots) < 1:
+        raise ConfigError("n_position_buckets and n_token_slots must be >= 1")
     corpus = resolve_corpus(
         dataset, text_column=text_column, split=split, streaming=streaming, dataset_config=dataset_config
     )
@@ -179,6 +185,8 @@ def harvest(
         n_random_windows=n_random_windows,
         threshold=float(threshold),
         seed=seed,
+        n_position_buckets=n_position_buckets,
+        n_token_slots=n_token_slots,
     )
     identity = {
         "format_version": STORE_FORMAT_VERSION,
@@ -281,7 +289,7 @@ def _run(
             if width < ctx:
                 acts = torch.nn.functional.pad(acts, (0, 0, 0, ctx - width))
             seq_ids = torch.arange(done_seqs, done_seqs + len(batch))
-            stats.update(acts, valid, seq_ids, int(meta["n_batches_done"]))
+            stats.update(acts, valid, seq_ids, int(meta["n_batches_done"]), tokens=tokens)
             token_file.write(torch.where(real, tokens, PAD_TOKEN).to(torch.int32).numpy().tobytes())
             done_seqs += len(batch)
             meta["n_sequences_done"] = done_seqs

@@ -14,6 +14,23 @@ is the latent's maximum over the chunk and its *peak* is where that maximum sits
 Shared by all latents: a uniform sample of ``n_random_windows`` chunks with the sparse activations of every
 latent on them (source of non-activating examples).
 
+For the known-heuristic filters (``heuristics.py``: is a latent explained by token position or by token
+identity alone?), sums over every valid token, exact, in memory independent of the number of tokens:
+
+- ``pos_counts`` [n_position_buckets]: valid tokens per position bucket (shared by all latents), and per latent
+  ``pos_sums`` / ``pos_sq`` [d_sae, n_position_buckets]: sum and sum of squares of its activation per bucket.
+  ``pos_buckets`` [ctx_len] maps a position inside the sequence to its bucket: every position its own bucket
+  when ``ctx_len <= n_position_buckets``, else the first half of the buckets are the first positions one by
+  one and the rest cut the remaining positions into equal-width ranges (positional latents mostly care about
+  the first few positions).
+- ``token_counts`` [vocab seen]: valid tokens per token id (shared), and per latent a table of
+  ``n_token_slots`` token ids (``tok_ids``, -1 = empty) with the sum and sum of squares of its activation on
+  each (``tok_sums``, ``tok_sq``). A token takes a slot the first time the latent is non-zero on it (within a
+  batch in token-id order) while the latent has a free slot, so every kept sum is exact (before that the
+  latent was 0 on the token); a token arriving when the table is full is not kept and ``tok_overflow`` is set.
+  What the table lacks is the difference to the latent's totals, so the statistics of the partition "each
+  kept token, and all other tokens together" are exact.
+
 Random keys come from a generator seeded with ``(seed, batch_index)``, so a resumed harvest gives exactly
 the result of an uninterrupted one.
 """
@@ -25,6 +42,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 _SEED_STRIDE = 1_000_003
+_KEY_STRIDE = 1 << 32  # (latent, token) -> latent * _KEY_STRIDE + token; token ids are below 2**31
+_PAIR_CHUNK = 1 << 22  # activations scanned for non-zeros at a time (bounds the pair tensors)
 
 
 @dataclass(frozen=True)
@@ -39,6 +58,8 @@ class HarvestSettings:
     n_random_windows: int = 1000
     threshold: float = 0.0
     seed: int = 0
+    n_position_buckets: int = 64
+    n_token_slots: int = 64
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,15 +93,39 @@ class LatentStats:
         self.pool_entries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = [
             _empty_entry() for _ in range(settings.n_random_windows)
         ]
+        # Per position bucket and per (latent, token id): sums for the heuristic filters.
+        self.pos_buckets = position_buckets(settings.ctx_len, settings.n_position_buckets).to(dev)
+        n_buckets = int(self.pos_buckets.max()) + 1
+        self.pos_counts = torch.zeros(n_buckets, dtype=torch.int64, device=dev)
+        self.pos_sums = torch.zeros((d_sae, n_buckets), dtype=torch.float64, device=dev)
+        self.pos_sq = torch.zeros((d_sae, n_buckets), dtype=torch.float64, device=dev)
+        self.token_counts = torch.zeros(0, dtype=torch.int64, device=dev)
+        m = settings.n_token_slots
+        # Row-sorted keys latent * _KEY_STRIDE + token (empty slot: the row's largest key), so the flattened
+        # table is sorted and one searchsorted finds every (latent, token) of a batch.
+        self._tok_keys = _empty_keys(d_sae, m, dev)
+        self.tok_sums = torch.zeros((d_sae, m), dtype=torch.float64, device=dev)
+        self.tok_sq = torch.zeros((d_sae, m), dtype=torch.float64, device=dev)
+        self.tok_filled = torch.zeros(d_sae, dtype=torch.int64, device=dev)
+        self.tok_overflow = torch.zeros(d_sae, dtype=torch.bool, device=dev)
 
     # ------------------------------------------------------------------ update
     @torch.no_grad()
-    def update(self, acts: torch.Tensor, valid: torch.Tensor, seq_ids: torch.Tensor, batch_index: int) -> None:
+    def update(
+        self,
+        acts: torch.Tensor,
+        valid: torch.Tensor,
+        seq_ids: torch.Tensor,
+        batch_index: int,
+        tokens: torch.Tensor | None = None,
+    ) -> None:
         """Fold in one batch.
 
         acts: [batch, seq, d_sae] SAE activations (modified in place: masked positions set to 0).
         valid: [batch, seq] bool, False for BOS / padding / special tokens.
         seq_ids: [batch] global index of each sequence in the harvest.
+        tokens: [batch, seq] token ids, for the per-token sums (without them only the per-position sums are
+            kept, and the store cannot tell unigram latents).
         """
         s = self.s
         batch, seq, d = acts.shape
@@ -138,6 +183,79 @@ class LatentStats:
             self.res_ids[rows, slots], self.res_windows[rows, slots] = enter(rows, chunks)
 
         self._update_pool(chunk_view, valid, pool_keys, seq_base)
+        self._update_sums(acts, valid, tokens)
+
+    def _update_sums(self, acts: torch.Tensor, valid: torch.Tensor, tokens: torch.Tensor | None) -> None:
+        """Per position bucket and per (latent, token) sums and sums of squares; from the non-zeros only, in
+        row chunks so a dense "SAE" (a PCA baseline) never materialises more than a few million pairs."""
+        batch, seq, d = acts.shape
+        dev = acts.device
+        buckets = self.pos_buckets[:seq]
+        n_buckets = self.pos_counts.shape[0]
+        self.pos_counts += torch.bincount(buckets.expand(batch, seq)[valid], minlength=n_buckets)
+        if tokens is not None:
+            tokens = tokens.to(dev).long()
+            seen = tokens[valid]
+            if seen.numel():
+                size = max(int(seen.max()) + 1, self.token_counts.shape[0])
+                counts = torch.bincount(seen, minlength=size)
+                counts[: self.token_counts.shape[0]] += self.token_counts
+                self.token_counts = counts
+        flat = acts.view(batch * seq, d)
+        rows_per_chunk = max(1, _PAIR_CHUNK // max(d, 1))
+        for lo in range(0, batch * seq, rows_per_chunk):
+            part = flat[lo : lo + rows_per_chunk]
+            row, lat = part.nonzero(as_tuple=True)
+            if not row.numel():
+                continue
+            val = part[row, lat].double()
+            row = row + lo
+            cell = lat * n_buckets + buckets[row % seq]
+            self.pos_sums.view(-1).index_add_(0, cell, val)
+            self.pos_sq.view(-1).index_add_(0, cell, val * val)
+            if tokens is not None:
+                self._update_tokens(lat, tokens.view(-1)[row], val)
+
+    def _update_tokens(self, lat: torch.Tensor, tok: torch.Tensor, val: torch.Tensor) -> None:
+        keys, inverse = torch.unique(lat * _KEY_STRIDE + tok, return_inverse=True)  # sorted
+        sums = torch.zeros(keys.shape[0], dtype=torch.float64, device=keys.device).index_add_(0, inverse, val)
+        sq = torch.zeros_like(sums).index_add_(0, inverse, val * val)
+        table = self._tok_keys.view(-1)
+        where = torch.searchsorted(table, keys).clamp(max=table.shape[0] - 1)
+        found = table[where] == keys
+        self.tok_sums.view(-1).index_add_(0, where[found], sums[found])
+        self.tok_sq.view(-1).index_add_(0, where[found], sq[found])
+        new = ~found
+        if not bool(new.any()):
+            return
+        keys, sums, sq = keys[new], sums[new], sq[new]
+        latents = keys // _KEY_STRIDE
+        # rank of each new key among its latent's new keys (keys are sorted, so a latent's keys are contiguous)
+        first = torch.searchsorted(latents, latents)
+        rank = torch.arange(latents.shape[0], device=keys.device) - first
+        slot = self.tok_filled[latents] + rank
+        m = self._tok_keys.shape[1]
+        fits = slot < m
+        self.tok_overflow[latents[~fits]] = True
+        if not bool(fits.any()):
+            return
+        latents, slot = latents[fits], slot[fits]
+        self._tok_keys[latents, slot] = keys[fits]
+        self.tok_sums[latents, slot] = sums[fits]
+        self.tok_sq[latents, slot] = sq[fits]
+        self.tok_filled += torch.bincount(latents, minlength=self.d_sae)
+        rows = torch.unique(latents)
+        order = self._tok_keys[rows].argsort(dim=1)
+        self._tok_keys[rows] = self._tok_keys[rows].gather(1, order)
+        self.tok_sums[rows] = self.tok_sums[rows].gather(1, order)
+        self.tok_sq[rows] = self.tok_sq[rows].gather(1, order)
+
+    @property
+    def tok_ids(self) -> torch.Tensor:
+        """[d_sae, n_token_slots] int32 token ids of the per-token table, ascending per row, -1 = empty."""
+        tok = self._tok_keys % _KEY_STRIDE
+        filled = torch.arange(self._tok_keys.shape[1], device=tok.device).unsqueeze(0) < self.tok_filled.unsqueeze(1)
+        return torch.where(filled, tok, -1).to(torch.int32)
 
     def _update_pool(
         self, chunks_view: torch.Tensor, valid: torch.Tensor, keys: torch.Tensor, seq_base: torch.Tensor
@@ -192,6 +310,15 @@ class LatentStats:
             if self.pool_entries
             else torch.zeros(0, dtype=torch.int32),
             "pool_values": torch.cat([e[2] for e in self.pool_entries]) if self.pool_entries else torch.zeros(0),
+            "pos_buckets": self.pos_buckets.cpu(),
+            "pos_counts": self.pos_counts.cpu(),
+            "pos_sums": self.pos_sums.cpu(),
+            "pos_sq": self.pos_sq.cpu(),
+            "token_counts": self.token_counts.cpu(),
+            "tok_ids": self.tok_ids.cpu(),
+            "tok_sums": self.tok_sums.cpu(),
+            "tok_sq": self.tok_sq.cpu(),
+            "tok_overflow": self.tok_overflow.cpu(),
         }
 
     @classmethod
@@ -213,6 +340,14 @@ class LatentStats:
             "res_windows",
         ):
             setattr(out, name, state[name].to(device))
+        if "pos_sums" in state:  # stores harvested before the heuristic sums keep their zeros
+            for name in ("pos_buckets", "pos_counts", "pos_sums", "pos_sq", "token_counts", "tok_sums", "tok_sq"):
+                setattr(out, name, state[name].to(device))
+            out.tok_overflow = state["tok_overflow"].to(device)
+            ids = state["tok_ids"].to(device).long()
+            out.tok_filled = (ids >= 0).sum(dim=1)
+            rows = torch.arange(d_sae, device=ids.device).unsqueeze(1) * _KEY_STRIDE
+            out._tok_keys = torch.where(ids >= 0, rows + ids, rows + _KEY_STRIDE - 1)
         out.pool_keys = state["pool_keys"].clone()
         out.pool_ids = state["pool_ids"].clone()
         offsets = state["pool_offsets"].tolist()
@@ -221,6 +356,23 @@ class LatentStats:
             for a, b in zip(offsets[:-1], offsets[1:])
         ]
         return out
+
+
+def position_buckets(ctx_len: int, n_buckets: int) -> torch.Tensor:
+    """[ctx_len] bucket of each position: the positions themselves when ``ctx_len <= n_buckets``; else the
+    first ``n_buckets // 2`` positions one by one and the rest in equal-width ranges."""
+    pos = torch.arange(ctx_len)
+    if ctx_len <= n_buckets:
+        return pos
+    exact = n_buckets // 2
+    rest = n_buckets - exact
+    width = -(-(ctx_len - exact) // rest)
+    return torch.where(pos < exact, pos, exact + (pos - exact) // width)
+
+
+def _empty_keys(d_sae: int, m: int, device: torch.device) -> torch.Tensor:
+    rows = torch.arange(d_sae, dtype=torch.int64, device=device).unsqueeze(1) * _KEY_STRIDE
+    return (rows + _KEY_STRIDE - 1).expand(d_sae, m).clone()
 
 
 def _empty_entry() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
