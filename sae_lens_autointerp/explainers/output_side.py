@@ -9,6 +9,10 @@ Two kinds of evidence, both computed from the model and the SAE (no activating e
   clean model (log ratio of the mean probabilities over the neutral prompts' positions, see
   :meth:`~sae_lens_autointerp.steering.Steerer.probability_shift`), when the latent is steered with ``alpha``
   calibrated to ``target_kl`` (as in intervention scoring). This includes every downstream layer.
+- *ablated tokens* (``ablation=True``): on up to ``n_ablation_contexts`` of the latent's top activating contexts
+  from the store, the tokens whose next-token log-probability at the peak falls most when the latent is
+  removed from the SAE reconstruction (error term kept), and those that rise most (see ``ablation.py``). This is
+  what the latent does where it actually fires.
 
 ``"output"`` shows only these to the LLM; ``"output+examples"`` also shows the activating examples (marked
 ``<<like this>>``, as the default explainer does). The answer is parsed like the LLM explainers' (last
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ..ablation import ablation_effects
 from ..errors import ConfigError
 from ..local_lm import record_usage
 from ..records import Context, Explanation, template_id
@@ -42,6 +47,10 @@ SYSTEM_EXAMPLES = (
 )
 
 
+ABLATION_PROMOTED = "Tokens whose probability falls most when the neuron is removed, on texts where it fires:"
+ABLATION_SUPPRESSED = "Tokens whose probability rises most when the neuron is removed, on texts where it fires:"
+
+
 class OutputExplainer:
     def __init__(
         self,
@@ -57,6 +66,8 @@ class OutputExplainer:
         max_tokens: int = 60,
         temperature: float = 0.0,
         use_llm: bool = True,
+        ablation: bool = False,
+        n_ablation_contexts: int = 8,
     ) -> None:
         self.with_examples = with_examples
         self.needs_llm = self.use_llm = use_llm
@@ -65,7 +76,11 @@ class OutputExplainer:
         self.target_kl, self.kl_tolerance, self.prompts = target_kl, kl_tolerance, tuple(prompts)
         self.n_examples, self.highlight_threshold = n_examples, highlight_threshold
         self.max_tokens, self.temperature = max_tokens, temperature
-        self.prompt_id = template_id(SYSTEM, SYSTEM_EXAMPLES, ANSWER_FORMAT, self.name, str(n_tokens), str(steer))
+        self.ablation, self.n_ablation_contexts = ablation, n_ablation_contexts
+        parts = [SYSTEM, SYSTEM_EXAMPLES, ANSWER_FORMAT, self.name, str(n_tokens), str(steer)]
+        if ablation:  # prompts without ablation keep their ids
+            parts += [ABLATION_PROMOTED, ABLATION_SUPPRESSED, f"ablation:{n_ablation_contexts}"]
+        self.prompt_id = template_id(*parts)
 
     # ------------------------------------------------------------------ evidence
 
@@ -94,6 +109,16 @@ class OutputExplainer:
                 out["steered"] = [(int(t), piece(int(t)), float(s)) for s, t in zip(top.values, top.indices)]
                 out["calibration"] = cal.to_dict()
         out["tokens_processed"] = steerer.tokens_processed
+        if self.ablation:
+            if ctx.store is None:
+                raise ValueError(f"the {self.name} explainer with ablation=True needs the store (its contexts)")
+            effects = ablation_effects(
+                ctx.sae, ctx.model, ctx.store, latent, self.n_tokens, n_contexts=self.n_ablation_contexts
+            )
+            out["ablation_promoted"] = effects.promoted if effects.n_contexts else []
+            out["ablation_suppressed"] = effects.suppressed if effects.n_contexts else []
+            out["ablation_contexts"] = effects.n_contexts
+            out["tokens_processed"] += effects.tokens_processed
         return out
 
     def build_messages(self, sample: LatentSample, ctx: Context, evidence: dict[str, Any]) -> list[dict[str, str]]:
@@ -109,6 +134,14 @@ class OutputExplainer:
                 "Tokens whose probability rises most (relative to before) when the neuron is amplified:",
                 ", ".join(repr(s) for _, s, _ in evidence["steered"]),
             ]
+        if evidence.get("ablation_promoted"):
+            parts += [
+                "",
+                ABLATION_PROMOTED,
+                ", ".join(repr(s) for _, s, _ in evidence["ablation_promoted"]),
+                ABLATION_SUPPRESSED,
+                ", ".join(repr(s) for _, s, _ in evidence["ablation_suppressed"]),
+            ]
         if self.with_examples:
             parts += ["", "Examples where the neuron fires:"]
             for i, example in enumerate(sample.explain[: self.n_examples]):
@@ -120,7 +153,7 @@ class OutputExplainer:
 
     @staticmethod
     def template(evidence: dict[str, Any], n: int = 5) -> str:
-        tokens = evidence["promoted"] or evidence["steered"]
+        tokens = evidence["promoted"] or evidence["steered"] or evidence.get("ablation_promoted") or []
         words = list(dict.fromkeys(s.strip() for _, s, _ in tokens if s.strip()))[:n]
         return "promotes the tokens " + ", ".join(f'"{w}"' for w in words)
 
@@ -130,7 +163,7 @@ class OutputExplainer:
         evidence = await asyncio.to_thread(self.evidence, sample.latent, ctx)
         record_usage(ctx, model_name(ctx.model), "explain", sample.latent, evidence["tokens_processed"])
         shown = tuple(e.token_id for e in sample.explain[: self.n_examples]) if self.with_examples else ()
-        if not evidence["promoted"] and not evidence["steered"]:
+        if not evidence["promoted"] and not evidence["steered"] and not evidence.get("ablation_promoted"):
             why = evidence.get("promoted_error") or "no output-side evidence (steer=False)"
             return Explanation(sample.latent, "", self.name, self.prompt_id, shown, failed=True, error=why)
         if ctx.llm is None or not self.use_llm:
@@ -140,7 +173,7 @@ class OutputExplainer:
                 self.name,
                 self.prompt_id,
                 shown,
-                raw=repr({k: evidence[k] for k in ("promoted", "steered")}),
+                raw=repr({k: evidence[k] for k in ("promoted", "steered", "ablation_promoted") if k in evidence}),
             )
         messages = self.build_messages(sample, ctx, evidence)
         return await ask_for_explanation(
