@@ -217,28 +217,36 @@ class LatentStats:
                 self._update_tokens(lat, tokens.view(-1)[row], val)
 
     def _update_tokens(self, lat: torch.Tensor, tok: torch.Tensor, val: torch.Tensor) -> None:
-        keys, inverse = torch.unique(lat * _KEY_STRIDE + tok, return_inverse=True)  # sorted
-        sums = torch.zeros(keys.shape[0], dtype=torch.float64, device=keys.device).index_add_(0, inverse, val)
-        sq = torch.zeros_like(sums).index_add_(0, inverse, val * val)
+        """Add the (latent, token, value) pairs of a batch to the per-token tables."""
+        keys = lat * _KEY_STRIDE + tok
         table = self._tok_keys.view(-1)
         where = torch.searchsorted(table, keys).clamp(max=table.shape[0] - 1)
         found = table[where] == keys
-        self.tok_sums.view(-1).index_add_(0, where[found], sums[found])
-        self.tok_sq.view(-1).index_add_(0, where[found], sq[found])
+        if bool(found.any()):  # tokens already in their latent's table (most pairs, once the tables fill)
+            at, v = where[found], val[found]
+            self.tok_sums.view(-1).index_add_(0, at, v)
+            self.tok_sq.view(-1).index_add_(0, at, v * v)
         new = ~found
         if not bool(new.any()):
             return
-        keys, sums, sq = keys[new], sums[new], sq[new]
+        keys, lat, val = keys[new], lat[new], val[new]
+        m = self._tok_keys.shape[1]
+        full = self.tok_filled[lat] >= m
+        if bool(full.any()):  # a full table takes no new token
+            self.tok_overflow[lat[full]] = True
+            keys, val = keys[~full], val[~full]
+            if not keys.numel():
+                return
+        keys, inverse = torch.unique(keys, return_inverse=True)  # sorted
+        sums = torch.zeros(keys.shape[0], dtype=torch.float64, device=keys.device).index_add_(0, inverse, val)
+        sq = torch.zeros_like(sums).index_add_(0, inverse, val * val)
         latents = keys // _KEY_STRIDE
         # rank of each new key among its latent's new keys (keys are sorted, so a latent's keys are contiguous)
         first = torch.searchsorted(latents, latents)
         rank = torch.arange(latents.shape[0], device=keys.device) - first
         slot = self.tok_filled[latents] + rank
-        m = self._tok_keys.shape[1]
         fits = slot < m
         self.tok_overflow[latents[~fits]] = True
-        if not bool(fits.any()):
-            return
         latents, slot = latents[fits], slot[fits]
         self._tok_keys[latents, slot] = keys[fits]
         self.tok_sums[latents, slot] = sums[fits]
