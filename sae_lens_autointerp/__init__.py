@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import embedded
+from . import baselines, embedded
 from ._version import __version__
 from .attach import install as _install
+from .compare import Comparison, compare
 from .config import HarvestConfig, RunConfig
 from .errors import AutointerpError, ConfigError, PluginError, UnknownPluginItemError
 from .harvest import LatentStore
@@ -21,12 +22,14 @@ from .harvest.store import deprecated_store_alias as _deprecated_store_alias
 from .hookspecs import hookimpl
 from .namespace import AutointerpNamespace, for_sae
 from .registry import get_registry
+from .similarity import explanation_similarity, match_latents, similarity, similarity_matrix
 
 _install()
 
 __all__ = [
     "AutointerpError",
     "AutointerpNamespace",
+    "Comparison",
     "ConfigError",
     "HarvestConfig",
     "LatentStore",
@@ -34,10 +37,16 @@ __all__ = [
     "RunConfig",
     "UnknownPluginItemError",
     "__version__",
+    "baselines",
+    "compare",
     "embedded",
+    "explanation_similarity",
     "for_sae",
     "get_registry",
     "hookimpl",
+    "match_latents",
+    "similarity",
+    "similarity_matrix",
 ]
 
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ then lost, in interpretation and in reconstruction. See ``docs/baselines.md``.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -348,6 +349,75 @@ def random_directions(
     thresholds = torch.cat(blocks)
     fit.update(target_firing_rate=rate, n_tokens=sample.seen, n_fit_tokens=len(data))
     return _build(md, "random", "positive", directions.T, directions, mean, -thresholds, None, device, fit)
+
+
+def match_firing_rate(
+    sae: BaselineSAE,
+    model: SubjectModel,
+    dataset: CorpusLike,
+    *,
+    like: SAE | None = None,
+    rate: float | None = None,
+    n_tokens: int = MAX_FIT_TOKENS,
+    max_fit_tokens: int = MAX_FIT_TOKENS,
+    batch_size: int = 8,
+    ctx_len: int | None = None,
+    dataset_kwargs: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> BaselineSAE:
+    """A copy of a dense baseline (neurons, PCA, ICA: each latent fires on about half of all tokens) in
+    which every latent fires on ``rate`` of tokens, by default the mean firing rate of ``like``: its
+    threshold is raised to the matching quantile of its pre-activation (``ReLU(pre - t)``, never ``t < 0``).
+
+    Why: a latent firing on half the tokens has almost no silent window, so the scorers that contrast firing
+    with silent examples (detection, fuzzing, embedding) cannot test it, and the sampler skips it as too dense.
+    At the SAE's firing rate each direction is read where it is strongest, as top-k neurons (Paulo et al. 2024)
+    read neurons. The ranking of tokens by each latent is unchanged; reconstruction is no longer exact."""
+    if not isinstance(sae, BaselineSAE):
+        raise ConfigError(f"match_firing_rate takes a baseline from this module, got {type(sae).__name__}")
+    if sae.cfg.k is not None:
+        raise ConfigError("a top-k baseline is sparse already (k per token); match_firing_rate is for dense bases")
+    if rate is None and like is None:
+        raise ConfigError("match_firing_rate needs like=<SAE> (to match its firing rate) or rate=")
+    fit = dict(getattr(sae.cfg.metadata, "baseline_fit", None) or {})
+    if rate is None:
+        assert like is not None
+        like_l0 = _mean_l0(model, like, dataset, n_tokens, batch_size, ctx_len, dataset_kwargs)
+        rate = like_l0 / int(like.cfg.d_sae)
+        fit["like_l0"] = like_l0
+    if not 0 < rate < 1:
+        raise ConfigError(f"the firing rate must be in (0, 1), got {rate!r}")
+    width = int(sae.cfg.d_in)
+    sample = _Reservoir(min(max_fit_tokens, n_tokens), width, np.random.default_rng(seed))
+    for rows in _stream(model, sae, dataset, n_tokens, batch_size, ctx_len, dataset_kwargs):
+        sample.add(rows.numpy())
+    data = torch.from_numpy(sample.rows()).double()
+    n_fire = round(rate * len(data))
+    if n_fire < 1 or n_fire >= len(data):
+        raise ConfigError(
+            f"a firing rate of {rate:.3g} over {len(data)} sampled tokens leaves {n_fire} firing tokens; raise "
+            "max_fit_tokens and n_tokens"
+        )
+    keep = len(data) - n_fire
+    centred = data - sae.b_dec.detach().double()
+    w_enc, b_enc = sae.W_enc.detach().double(), sae.b_enc.detach().double()
+    blocks = []
+    for lo in range(0, sae.cfg.d_sae, 256):  # at most m x 256 pre-activations at a time
+        pre = centred @ w_enc[:, lo : lo + 256] + b_enc[lo : lo + 256]
+        below, above = (pre.kthvalue(k, dim=0).values for k in (keep, keep + 1))
+        blocks.append(((below + above) / 2).clamp(min=0))
+    thresholds = torch.cat(blocks)
+    out = copy.deepcopy(sae)
+    fit.update(target_firing_rate=rate, rate_matched_on=len(data))
+    out.cfg.metadata.baseline_fit = fit
+    with torch.no_grad():
+        out.b_enc.sub_(thresholds.to(out.b_enc.dtype))
+    return out.eval()
+
+
+def mean_l0(model: SubjectModel, sae: SAE, dataset: CorpusLike, n_tokens: int = MAX_FIT_TOKENS) -> float:
+    """Mean number of latents of ``sae`` above zero per token, on the tokens a harvest of it would score."""
+    return _mean_l0(model, sae, dataset, n_tokens, 8, None, None)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -278,6 +278,60 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _finish(result, out_dir)
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """The SAE against the papers' baselines (and, for the embedded SAE, the random-init control), one protocol."""
+    from . import embedded
+    from .compare import BASELINES, baseline_saes, compare
+    from .errors import ConfigError
+    from .loading import load_model, load_sae
+
+    if args.latents:
+        raise ConfigError("compare draws --n-latents latents from each SAE the same way; --latents is not taken")
+    wanted = [b for b in args.baselines.split(",") if b]
+    unknown = [b for b in wanted if b not in (*BASELINES, "random-init")]
+    if unknown:
+        raise ConfigError(f"unknown --baselines {unknown}; choose from {[*BASELINES, 'random-init']}")
+    on_embedded = args.sae == "embedded"
+    if "random-init" in wanted and not on_embedded:
+        raise ConfigError(
+            "--baselines random-init needs an SAE trained on a randomly initialised copy of the model; one ships "
+            "only for the embedded SAE (drop random-init, or pass --sae embedded)"
+        )
+    sae = embedded.load_sae(device=args.device) if on_embedded else load_sae(args.sae, args.sae_id, device=args.device)
+    model = (
+        embedded.load_model(device=args.device)
+        if args.model == "embedded"
+        else load_model(args.model, sae=sae, kind=args.model_kind, device=args.device)
+    )
+    dataset = embedded.load_corpus() if args.dataset == "embedded" else args.dataset
+    saes = {"sae": sae, **baseline_saes(sae, model, dataset, [b for b in wanted if b != "random-init"], seed=args.seed)}
+    models = {}
+    if "random-init" in wanted:
+        saes["random-init"] = embedded.load_sae(device=args.device, control="random-init")
+        models["random-init"] = embedded.load_model(device=args.device, control="random-init")
+    out = Path(args.out)
+    comparison = compare(
+        saes,
+        model,
+        dataset,
+        n_latents=args.n_latents,
+        models=models,
+        harvest={"n_tokens": args.n_tokens, "ctx_len": args.ctx_len, "batch_size": args.batch_size},
+        sampling={"n_explain": args.n_explain, "n_test_pos": args.n_test, "n_test_neg": args.n_test},
+        out_dir=out,
+        seed=args.seed,
+        llm=args.llm,
+        explainer=args.explainer,
+        scorers=[s for s in args.scorers.split(",") if s],
+        controls=args.controls,
+    )
+    print(comparison.text())
+    for line in comparison.verdict():
+        print(line)
+    print(f"\nresults: {out}/<name>/results.jsonl\npage:    {comparison.write_html(out / 'compare.html')}")
+    return max((_exit_code(r) for r in comparison.results.values()), default=0)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .report import load, text_report, write_html
@@ -375,6 +429,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default autointerp-out)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "compare", help="an SAE against neurons, top-k neurons, PCA, ICA, random directions and a random-init model"
+    )
+    _add_run_options(p, n_latents=8, n_test=20, scorers="embedding,detection")
+    p.add_argument(
+        "--baselines",
+        default="neurons,topk-neurons,pca,ica,random-directions,random-init",
+        help="comma-separated: neurons, topk-neurons, pca, ica, random-directions, random-init (embedded SAE only)",
+    )
+    p.add_argument("--explainer", default="default")
+    p.add_argument("--sae", default="embedded", help="SAELens release, local SAE folder, or 'embedded'")
+    p.add_argument("--sae-id", default=None)
+    p.add_argument("--model", default="embedded", help="model name or local HF folder, or 'embedded'")
+    p.add_argument("--model-kind", default="auto", choices=["auto", "hooked", "bridge"])
+    p.add_argument("--dataset", default="embedded", help="HF dataset name, local file/folder, or 'embedded'")
+    p.add_argument("--n-tokens", type=int, default=60_000, help="tokens harvested for each SAE")
+    p.add_argument("--ctx-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--llm", default="local", help="the judge and explainer LLM: local, openai:MODEL, vllm:MODEL")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="autointerp-compare")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("report", help="print the table and score histograms of a results.jsonl; write HTML")
     p.add_argument("results", help="results.jsonl or its folder")

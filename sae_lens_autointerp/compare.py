@@ -59,6 +59,9 @@ COMPARE_COLUMNS = [
     "judge_ok",
 ]
 
+#: The baselines :func:`baseline_saes` builds (Cunningham et al. 2023; Paulo et al. 2024).
+BASELINES = ("neurons", "topk-neurons", "pca", "ica", "random-directions")
+
 #: Columns of :meth:`Comparison.differences`.
 DIFFERENCE_COLUMNS = ["sae", "reference", "scorer", "difference", "low", "high", "paired", "n", "n_reference"]
 
@@ -327,3 +330,59 @@ def compare(
             **run_options,
         )
     return Comparison(results, drawn, eligible, widths, stores=stores, seed=seed, out_dir=base, notes=notes)
+
+
+def baseline_saes(
+    sae: Any,
+    model: Any,
+    dataset: Any,
+    which: Sequence[str] = BASELINES,
+    *,
+    n_fit_tokens: int = 50_000,
+    ica_components: int = 64,
+    match_rate: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The papers' baselines for ``sae``, at its hook, as ``sae_lens.SAE`` objects (see
+    :mod:`sae_lens_autointerp.baselines`): ``neurons`` (the hook's basis, both signs), ``topk-neurons`` (the
+    same, k = the SAE's L0), ``pca`` with every component and ``ica`` with ``ica_components`` (FastICA's cost
+    grows with the square of the components: all 576 of SmolLM2 take hours on a CPU), both fitted on
+    ``n_fit_tokens`` tokens of ``dataset``, and ``random-directions`` as wide as the SAE with its firing rate.
+
+    ``match_rate``: neurons, PCA and ICA fire on about half of all tokens, so they have no silent windows to
+    test against and the sampler skips them as too dense; with ``match_rate`` (the default) each of their
+    latents is thresholded to fire on the SAE's mean firing rate
+    (:func:`~sae_lens_autointerp.baselines.match_firing_rate`), which keeps each latent's ranking of tokens."""
+    from . import baselines
+
+    unknown = [w for w in which if w not in BASELINES]
+    if unknown:
+        raise ConfigError(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
+    hook = sae.cfg.metadata.hook_name
+    width = int(sae.cfg.d_in)
+    fit = {"n_tokens": n_fit_tokens, "like": sae, "seed": seed}
+    build = {
+        "neurons": lambda: baselines.neurons(model, hook, like=sae, seed=seed),
+        "topk-neurons": lambda: baselines.topk_neurons(
+            model, hook, like=sae, dataset=dataset, n_tokens=min(n_fit_tokens, 8192), seed=seed
+        ),
+        "pca": lambda: baselines.pca(model, hook, dataset, width, **fit),
+        "ica": lambda: baselines.ica(
+            model, hook, dataset, min(ica_components, width), **fit, max_fit_tokens=min(n_fit_tokens, 20_000)
+        ),
+        "random-directions": lambda: baselines.random_directions(
+            model, hook, int(sae.cfg.d_sae), dataset=dataset, **fit
+        ),
+    }
+    out = {}
+    rate: float | None = None
+    for name in which:
+        log.info("compare: building the %s baseline at %s", name, hook)
+        built = build[name]()
+        if match_rate and name in ("neurons", "pca", "ica"):
+            if rate is None:  # the SAE's mean firing rate, measured once
+                rate = baselines.mean_l0(model, sae, dataset, min(n_fit_tokens, 20_000))
+                rate /= int(sae.cfg.d_sae)
+            built = baselines.match_firing_rate(built, model, dataset, rate=rate, n_tokens=min(n_fit_tokens, 20_000))
+        out[name] = built
+    return out

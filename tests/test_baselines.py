@@ -326,3 +326,26 @@ def test_bad_arguments_are_config_errors(model, sae, docs):
         baselines.random_directions(model, HOOK, 8, dataset=docs)
     with pytest.raises(ConfigError, match="signs"):
         baselines.neurons(model, HOOK, signs="abs")  # type: ignore[arg-type]
+
+
+def test_rate_matching_makes_a_dense_baseline_fire_at_the_rate_and_keeps_its_ranking(fitted, model, docs):
+    dense = fitted["pca"]
+    n_fit = 4 * 127
+    matched = baselines.match_firing_rate(dense, model, docs, rate=0.05, n_tokens=n_fit)
+    rows = torch.cat(list(baselines._stream(model, matched, docs, n_fit, 8, None, None)))
+    with torch.no_grad():
+        dense_acts, acts = dense.encode(rows), matched.encode(rows)
+    fires, dense_fires = (acts > 0).sum(0), (dense_acts > 0).sum(0)
+    # on its fit tokens every latent fires on exactly round(rate * n) of them, or on its own count when that is
+    # lower (a threshold is never negative)
+    target = round(0.05 * len(rows))
+    assert torch.equal(fires, torch.clamp(dense_fires, max=target))
+    assert (dense_fires > 0.3 * len(rows)).float().mean() > 0.9  # the dense basis fired on far more
+    alive = fires > 0
+    assert torch.equal(acts.argmax(0)[alive], dense_acts.argmax(0)[alive])  # same peak token per latent
+    assert matched.cfg.metadata.baseline_fit["target_firing_rate"] == 0.05
+    assert not torch.equal(matched.b_enc, dense.b_enc) and torch.equal(matched.W_enc, dense.W_enc)  # a copy
+    with pytest.raises(ConfigError, match="sparse already"):
+        baselines.match_firing_rate(fitted["topk_neurons"], model, docs, rate=0.05)
+    with pytest.raises(ConfigError, match="like="):
+        baselines.match_firing_rate(dense, model, docs)
