@@ -130,18 +130,22 @@ def load_model(device: str = "cpu", *, control: str | None = None, **kwargs: Any
 
     if control is None:
         return TransformerBridge.boot_transformers(str(model_dir()), device=device, **kwargs)
+    expected = recorded_random_init_sha256()  # before the ~3 s of building: a missing record fails fast
     hf_model = random_init_hf_model()
     digest = weights_sha256(hf_model)
-    expected = recorded_random_init_sha256()
     if digest != expected:
         import torch
 
+        record = sae_dir(control=control) / RANDOM_INIT_RECORD
+        try:
+            made_with = str(json.loads(record.read_text(encoding="utf-8")).get("torch"))
+        except (OSError, ValueError, AttributeError):
+            made_with = "unknown"
         raise ConfigError(
             f"the random-init model's weights hash to {digest}, but the random-init SAE was trained on weights "
-            f"hashing to {expected} ({sae_dir(control=control) / RANDOM_INIT_RECORD}); the seeded draw differs on "
-            f"this installation (torch {torch.__version__}; see the record for the version it was made with), so "
-            "the shipped SAE does not belong to this model. Retrain it with "
-            "`python scripts/train_embedded_sae.py --random-init-model`."
+            f"hashing to {expected} ({record}); the seeded draw differs on this installation (torch "
+            f"{torch.__version__}, the record was made with torch {made_with}), so the shipped SAE does not belong "
+            "to this model. Retrain it with `python scripts/train_embedded_sae.py --random-init-model`."
         )
     return TransformerBridge.boot_transformers(str(model_dir()), device=device, hf_model=hf_model, **kwargs)
 
