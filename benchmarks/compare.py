@@ -1,0 +1,146 @@
+"""The papers' comparisons on the embedded stack, offline: the shipped SAE against its baselines, and the
+similarity of the three embedded SAEs on neighbouring layers.
+
+1. ``sai.compare``: the shipped SAE (SmolLM2-135M, ``blocks.3.hook_resid_post``, TopK k=32, 2048 latents)
+   against neurons (the residual basis, both signs), top-k neurons (k = the SAE's L0), PCA and ICA (every
+   component, fitted on the corpus), random directions (as wide as the SAE, its firing rate) and the
+   random-init control (an SAE trained with the same recipe on a randomly initialised SmolLM2, harvested on
+   that model). One protocol: the same harvest, sampling, explainer, scorers, judge, controls and seed, the
+   same number of latents drawn uniformly among each basis's eligible latents. Scorers: ``embedding`` (no LLM
+   judge) and ``detection`` with the embedded 135M judge, whose judge check says whether it can tell.
+2. ``sai.similarity``: the SAEs at blocks 2, 3 and 4 matched pairwise (Hungarian algorithm) by decoder cosine
+   and by activation correlation on shared tokens, each against random pairs; then the matched latents'
+   ``top-tokens`` explanations compared by embedding cosine against random pairs (Paulo et al. 2024 report
+   adjacent residual layers as highly similar).
+
+Run:  python benchmarks/compare.py [--n-latents 6] [--explainer default] [--scorers embedding,detection]
+      python benchmarks/compare.py --part similarity        # only part 2 (no LLM, ~minutes)
+Prints tables; the comparison's page is written to --out/compare.html, the heatmaps next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def part_compare(args: argparse.Namespace) -> None:
+    import sae_lens_autointerp as sai
+    from sae_lens_autointerp.compare import BASELINES, baseline_saes, compare
+
+    start = time.perf_counter()
+    model, sae, corpus = sai.embedded.load_model(), sai.embedded.load_sae(), sai.embedded.load_corpus()
+    saes = {"sae": sae, **baseline_saes(sae, model, corpus, BASELINES, n_fit_tokens=args.fit_tokens)}
+    saes["random-init"] = sai.embedded.load_sae(control="random-init")
+    models = {"random-init": sai.embedded.load_model(control="random-init")}
+    print(f"built {len(saes) - 2} baselines and loaded the random-init control in {time.perf_counter() - start:.0f} s")
+    comparison = compare(
+        saes,
+        model,
+        corpus,
+        n_latents=args.n_latents,
+        models=models,
+        harvest={"n_tokens": args.n_tokens, "ctx_len": 128, "batch_size": 16, "progress": False},
+        sampling={"n_explain": 20, "n_test_pos": args.n_test, "n_test_neg": args.n_test},
+        out_dir=args.out,
+        seed=args.seed,
+        llm="local",
+        explainer=args.explainer,
+        scorers=[s for s in args.scorers.split(",") if s],
+        controls=1.0,
+        progress=False,
+    )
+    print(
+        f"\n== {args.n_latents} latents per basis, explainer {args.explainer!r}, scorers {args.scorers}, "
+        f"{args.n_tokens} tokens harvested per basis, controls on every test example =="
+    )
+    print(comparison.text())
+    print()
+    for line in comparison.verdict():
+        print(line)
+    print(f"\npage: {comparison.write_html(Path(args.out) / 'compare.html')}")
+    print(f"part 1 took {time.perf_counter() - start:.0f} s")
+
+
+def part_similarity(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    import sae_lens_autointerp as sai
+    from sae_lens_autointerp import similarity
+
+    start = time.perf_counter()
+    model, corpus = sai.embedded.load_model(), sai.embedded.load_corpus()
+    saes = {f"blocks.{layer}": sai.embedded.load_sae(layer=layer) for layer in (2, 3, 4)}
+    out = Path(args.out)
+    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200):
+        for method in ("decoder", "activations"):
+            extra = {"model": model, "dataset": corpus, "n_tokens": args.sim_tokens} if method == "activations" else {}
+            t = time.perf_counter()
+            matched = similarity.similarity_matrix(saes, method=method, seed=args.seed, **extra, progress=False)
+            rand = similarity.similarity_matrix(
+                saes, method=method, statistic="random", seed=args.seed, **extra, progress=False
+            )
+            print(f"\n== latent similarity by {method} (matched pairs, mean) [{time.perf_counter() - t:.0f} s] ==")
+            print(matched.to_string())
+            print(f"-- random pairs, same latents --\n{rand.to_string()}")
+            similarity.heatmap(matched).write_html(out / f"similarity-{method}.html", include_plotlyjs=True)
+        # explanations of every latent that can be sampled, by the LLM-free top-tokens explainer
+        explanations = {}
+        for name, sae in saes.items():
+            store = sae.autointerp.harvest(model, corpus, n_tokens=args.n_tokens, ctx_len=128, progress=False)
+            result = sae.autointerp.run(
+                model,
+                store=store,
+                latents=list(range(sae.cfg.d_sae)),
+                llm=None,
+                explainer="top-tokens",
+                scorers=(),
+                out_dir=out / "explanations" / name,
+                progress=False,
+            )
+            explanations[name] = result
+        t = time.perf_counter()
+        matrix = similarity.similarity_matrix(saes, method="decoder", explanations=explanations, seed=args.seed)
+        diff = similarity.similarity_matrix(
+            saes, method="decoder", explanations=explanations, statistic="difference", seed=args.seed
+        )
+        print(f"\n== top-tokens explanation similarity of decoder-matched latents [{time.perf_counter() - t:.0f} s] ==")
+        print(matrix.to_string())
+        print(f"-- matched minus random pairs --\n{diff.to_string()}")
+        for a, b in (("blocks.2", "blocks.3"), ("blocks.3", "blocks.4"), ("blocks.2", "blocks.4")):
+            matching = similarity.match_latents(saes[a], saes[b], method="decoder", seed=args.seed, progress=False)
+            res = similarity.explanation_similarity(matching, explanations[a], explanations[b], seed=args.seed)
+            print(f"{a} vs {b}: {res}")
+    print(f"part 2 took {time.perf_counter() - start:.0f} s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=["all", "compare", "similarity"], default="all")
+    p.add_argument("--n-latents", type=int, default=6, help="latents drawn per basis")
+    p.add_argument("--n-test", type=int, default=15, help="activating and non-activating test examples each")
+    p.add_argument("--n-tokens", type=int, default=60_000, help="tokens harvested per basis")
+    p.add_argument("--fit-tokens", type=int, default=50_000, help="tokens PCA / ICA / random directions fit on")
+    p.add_argument("--sim-tokens", type=int, default=30_000, help="tokens for the activation correlations")
+    p.add_argument("--explainer", default="default")
+    p.add_argument("--scorers", default="embedding,detection")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="/tmp/autointerp-compare-bench")
+    args = p.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    if args.part in ("all", "compare"):
+        part_compare(args)
+    if args.part in ("all", "similarity"):
+        part_similarity(args)
+
+
+if __name__ == "__main__":
+    main()
