@@ -68,10 +68,13 @@ def part_compare(args: argparse.Namespace) -> None:
 
 
 def part_similarity(args: argparse.Namespace) -> None:
+    import importlib
+
     import pandas as pd
 
     import sae_lens_autointerp as sai
-    from sae_lens_autointerp import similarity
+
+    similarity = importlib.import_module("sae_lens_autointerp.similarity")  # the module; sai.similarity is its function
 
     start = time.perf_counter()
     model, corpus = sai.embedded.load_model(), sai.embedded.load_corpus()
