@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
@@ -315,39 +315,16 @@ def random_directions(
         raise ConfigError("random_directions needs like=<SAE> (to match its firing rate) or rate=")
     width = _hook_width(model, md)
     fit: dict[str, Any] = {"seed": seed}
-    if rate is None:
-        assert like is not None
-        like_l0 = _mean_l0(model, like, dataset, n_tokens, batch_size, ctx_len, dataset_kwargs)
-        rate = like_l0 / int(like.cfg.d_sae)
-        fit["like_l0"] = like_l0
-    if not 0 < rate < 1:
-        raise ConfigError(f"the firing rate must be in (0, 1), got {rate!r}")
+    stream = (model, dataset, n_tokens, batch_size, ctx_len, dataset_kwargs)
+    rate = _target_rate(rate, like, stream, fit)
     generator = torch.Generator().manual_seed(seed)
     directions = torch.randn(n, width, generator=generator, dtype=torch.float64)
     directions /= directions.norm(dim=1, keepdim=True)
-    sample = _Reservoir(min(max_fit_tokens, n_tokens), width, np.random.default_rng(seed))
-    for rows in _stream(model, md, dataset, n_tokens, batch_size, ctx_len, dataset_kwargs):
-        sample.add(rows.numpy())
-    data = torch.from_numpy(sample.rows()).double()
-    n_fire = round(rate * len(data))
-    if n_fire < 1 or n_fire >= len(data):
-        raise ConfigError(
-            f"a firing rate of {rate:.3g} over {len(data)} sampled tokens leaves {n_fire} firing tokens; raise "
-            "max_fit_tokens and n_tokens"
-        )
+    data, seen = _fit_sample(md, width, stream, max_fit_tokens, seed)
     mean = data.mean(dim=0)
     centred = data - mean
-    # Halfway between the (m - n_fire)-th and the next smallest projection: exactly n_fire sampled tokens lie
-    # above it (barring ties), with a margin that float32 rounding in encode cannot cross. 256 directions at a
-    # time, so the projections never take more than m x 256 floats.
-    keep = len(data) - n_fire
-    blocks = []
-    for block in directions.split(256, dim=0):
-        projections = centred @ block.T
-        below, above = (projections.kthvalue(k, dim=0).values for k in (keep, keep + 1))
-        blocks.append((below + above) / 2)
-    thresholds = torch.cat(blocks)
-    fit.update(target_firing_rate=rate, n_tokens=sample.seen, n_fit_tokens=len(data))
+    thresholds = _rate_thresholds(data, rate, n, lambda lo, hi: centred @ directions[lo:hi].T)
+    fit.update(target_firing_rate=rate, n_tokens=seen, n_fit_tokens=len(data))
     return _build(md, "random", "positive", directions.T, directions, mean, -thresholds, None, device, fit)
 
 
@@ -380,18 +357,54 @@ def match_firing_rate(
     if rate is None and like is None:
         raise ConfigError("match_firing_rate needs like=<SAE> (to match its firing rate) or rate=")
     fit = dict(getattr(sae.cfg.metadata, "baseline_fit", None) or {})
+    stream = (model, dataset, n_tokens, batch_size, ctx_len, dataset_kwargs)
+    rate = _target_rate(rate, like, stream, fit)
+    data, _ = _fit_sample(sae, int(sae.cfg.d_in), stream, max_fit_tokens, seed)
+    centred = data - sae.b_dec.detach().double()
+    w_enc, b_enc = sae.W_enc.detach().double(), sae.b_enc.detach().double()
+    thresholds = _rate_thresholds(
+        data, rate, sae.cfg.d_sae, lambda lo, hi: centred @ w_enc[:, lo:hi] + b_enc[lo:hi]
+    ).clamp(min=0)
+    out = copy.deepcopy(sae)
+    fit.update(target_firing_rate=rate, rate_matched_on=len(data))
+    out.cfg.metadata.baseline_fit = fit
+    with torch.no_grad():
+        out.b_enc.sub_(thresholds.to(out.b_enc.dtype))
+    return out.eval()
+
+
+_Stream = tuple[
+    Any, Any, int, int, "int | None", "Mapping[str, Any] | None"
+]  # model, dataset, tokens, batch, ctx, kwargs
+
+
+def _target_rate(rate: float | None, like: SAE | None, stream: _Stream, fit: dict[str, Any]) -> float:
+    """``rate``, or the mean firing rate of ``like`` (its mean L0 / d_sae, recorded in ``fit``)."""
     if rate is None:
         assert like is not None
-        like_l0 = _mean_l0(model, like, dataset, n_tokens, batch_size, ctx_len, dataset_kwargs)
+        like_l0 = _mean_l0(stream[0], like, *stream[1:])
         rate = like_l0 / int(like.cfg.d_sae)
         fit["like_l0"] = like_l0
     if not 0 < rate < 1:
         raise ConfigError(f"the firing rate must be in (0, 1), got {rate!r}")
-    width = int(sae.cfg.d_in)
+    return rate
+
+
+def _fit_sample(sae_like: Any, width: int, stream: _Stream, max_fit_tokens: int, seed: int) -> tuple[torch.Tensor, int]:
+    """A uniform sample (float64) of at most ``max_fit_tokens`` of the streamed activations, and how many were
+    seen."""
+    model, dataset, n_tokens, batch_size, ctx_len, dataset_kwargs = stream
     sample = _Reservoir(min(max_fit_tokens, n_tokens), width, np.random.default_rng(seed))
-    for rows in _stream(model, sae, dataset, n_tokens, batch_size, ctx_len, dataset_kwargs):
+    for rows in _stream(model, sae_like, dataset, n_tokens, batch_size, ctx_len, dataset_kwargs):
         sample.add(rows.numpy())
-    data = torch.from_numpy(sample.rows()).double()
+    return torch.from_numpy(sample.rows()).double(), sample.seen
+
+
+def _rate_thresholds(data: torch.Tensor, rate: float, n: int, pre: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """Per latent, the threshold above which exactly ``round(rate * m)`` of the ``m`` sampled tokens lie:
+    halfway between the (m - n_fire)-th and the next smallest pre-activation, a margin that float32 rounding
+    in encode cannot cross (barring ties). ``pre(lo, hi)`` gives latents lo:hi's pre-activations on ``data``;
+    256 at a time, so never more than m x 256 floats."""
     n_fire = round(rate * len(data))
     if n_fire < 1 or n_fire >= len(data):
         raise ConfigError(
@@ -399,20 +412,12 @@ def match_firing_rate(
             "max_fit_tokens and n_tokens"
         )
     keep = len(data) - n_fire
-    centred = data - sae.b_dec.detach().double()
-    w_enc, b_enc = sae.W_enc.detach().double(), sae.b_enc.detach().double()
     blocks = []
-    for lo in range(0, sae.cfg.d_sae, 256):  # at most m x 256 pre-activations at a time
-        pre = centred @ w_enc[:, lo : lo + 256] + b_enc[lo : lo + 256]
-        below, above = (pre.kthvalue(k, dim=0).values for k in (keep, keep + 1))
-        blocks.append(((below + above) / 2).clamp(min=0))
-    thresholds = torch.cat(blocks)
-    out = copy.deepcopy(sae)
-    fit.update(target_firing_rate=rate, rate_matched_on=len(data))
-    out.cfg.metadata.baseline_fit = fit
-    with torch.no_grad():
-        out.b_enc.sub_(thresholds.to(out.b_enc.dtype))
-    return out.eval()
+    for lo in range(0, n, 256):
+        values = pre(lo, min(lo + 256, n))
+        below, above = (values.kthvalue(k, dim=0).values for k in (keep, keep + 1))
+        blocks.append((below + above) / 2)
+    return torch.cat(blocks)
 
 
 def mean_l0(model: SubjectModel, sae: SAE, dataset: CorpusLike, n_tokens: int = MAX_FIT_TOKENS) -> float:
