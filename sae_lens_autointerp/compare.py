@@ -29,7 +29,7 @@ import pandas as pd
 from .errors import ConfigError
 from .metrics import Estimate
 from .pipeline import run
-from .results import ScoreResult
+from .results import SUMMARY_COLUMNS, ScoreResult
 from .sampling import SamplingConfig
 
 if TYPE_CHECKING:
@@ -44,18 +44,7 @@ COMPARE_COLUMNS = [
     "metric",
     "d_sae",
     "n_eligible",
-    "n_latents",
-    "n_scored",
-    "n_undefined",
-    "n_failed",
-    "mean",
-    "low",
-    "high",
-    "chance",
-    "control",
-    "lift",
-    "lift_low",
-    "lift_high",
+    *SUMMARY_COLUMNS[SUMMARY_COLUMNS.index("n_latents") : SUMMARY_COLUMNS.index("lift_high") + 1],
     "judge_ok",
 ]
 
