@@ -75,19 +75,35 @@ def part_similarity(args: argparse.Namespace) -> None:
     import sae_lens_autointerp as sai
 
     similarity = importlib.import_module("sae_lens_autointerp.similarity")  # the module; sai.similarity is its function
-
     start = time.perf_counter()
     model, corpus = sai.embedded.load_model(), sai.embedded.load_corpus()
-    saes = {f"blocks.{layer}": sai.embedded.load_sae(layer=layer) for layer in (2, 3, 4)}
+    names = ["blocks.2", "blocks.3", "blocks.4"]
+    saes = {name: sai.embedded.load_sae(layer=int(name[-1])) for name in names}
+    pairs = [("blocks.2", "blocks.3"), ("blocks.3", "blocks.4"), ("blocks.2", "blocks.4")]
     out = Path(args.out)
+
+    def matrix(values: dict[tuple[str, str], float], diagonal: float) -> pd.DataFrame:
+        frame = pd.DataFrame(float("nan"), index=names, columns=names)
+        for (a, b), v in values.items():
+            frame.loc[a, b] = frame.loc[b, a] = v
+        for n in names:
+            frame.loc[n, n] = diagonal
+        return frame
+
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200):
+        matchings = {}
         for method in ("decoder", "activations"):
             extra = {"model": model, "dataset": corpus, "n_tokens": args.sim_tokens} if method == "activations" else {}
             t = time.perf_counter()
-            matched = similarity.similarity_matrix(saes, method=method, seed=args.seed, **extra, progress=False)
-            rand = similarity.similarity_matrix(
-                saes, method=method, statistic="random", seed=args.seed, **extra, progress=False
-            )
+            found = {
+                p: similarity.match_latents(
+                    saes[p[0]], saes[p[1]], method=method, seed=args.seed, progress=False, **extra
+                )
+                for p in pairs
+            }
+            matchings[method] = found
+            matched = matrix({p: float(m.similarity.mean()) for p, m in found.items()}, 1.0)
+            rand = matrix({p: float(m.baseline.mean()) for p, m in found.items()}, float("nan"))
             print(f"\n== latent similarity by {method} (matched pairs, mean) [{time.perf_counter() - t:.0f} s] ==")
             print(matched.to_string())
             print(f"-- random pairs, same latents --\n{rand.to_string()}")
@@ -96,7 +112,7 @@ def part_similarity(args: argparse.Namespace) -> None:
         explanations = {}
         for name, sae in saes.items():
             store = sae.autointerp.harvest(model, corpus, n_tokens=args.n_tokens, ctx_len=128, progress=False)
-            result = sae.autointerp.run(
+            explanations[name] = sae.autointerp.run(
                 model,
                 store=store,
                 latents=list(range(sae.cfg.d_sae)),
@@ -106,18 +122,19 @@ def part_similarity(args: argparse.Namespace) -> None:
                 out_dir=out / "explanations" / name,
                 progress=False,
             )
-            explanations[name] = result
         t = time.perf_counter()
-        matrix = similarity.similarity_matrix(saes, method="decoder", explanations=explanations, seed=args.seed)
-        diff = similarity.similarity_matrix(
-            saes, method="decoder", explanations=explanations, statistic="difference", seed=args.seed
-        )
+        results = {
+            p: similarity.explanation_similarity(
+                matchings["decoder"][p], explanations[p[0]], explanations[p[1]], seed=args.seed
+            )
+            for p in pairs
+        }
         print(f"\n== top-tokens explanation similarity of decoder-matched latents [{time.perf_counter() - t:.0f} s] ==")
-        print(matrix.to_string())
-        print(f"-- matched minus random pairs --\n{diff.to_string()}")
-        for a, b in (("blocks.2", "blocks.3"), ("blocks.3", "blocks.4"), ("blocks.2", "blocks.4")):
-            matching = similarity.match_latents(saes[a], saes[b], method="decoder", seed=args.seed, progress=False)
-            res = similarity.explanation_similarity(matching, explanations[a], explanations[b], seed=args.seed)
+        print(matrix({p: r.matched.value for p, r in results.items()}, 1.0).to_string())
+        print(
+            f"-- matched minus random pairs --\n{matrix({p: r.difference.value for p, r in results.items()}, float('nan'))}"
+        )
+        for (a, b), res in results.items():
             print(f"{a} vs {b}: {res}")
     print(f"part 2 took {time.perf_counter() - start:.0f} s")
 

@@ -10,8 +10,8 @@ directions never fire or fire everywhere is itself a finding.
 
 Each SAE is run by :func:`sae_lens_autointerp.pipeline.run` into its own folder (``out_dir/<name>``), so a
 comparison resumes like any run and its per-SAE results are ordinary :class:`ScoreResult` objects.
-Differences between two SAEs come with a bootstrap interval over latents (paired when both scored the same
-latents, e.g. two explainers on one SAE).
+Differences between two SAEs come with an interval: a bootstrap over latents when both scored the same
+latents (e.g. two explainers on one SAE), else the two means' intervals combined (MOVER).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError
-from .metrics import Estimate
+from .metrics import Estimate, mover_sum
 from .pipeline import run
 from .results import SUMMARY_COLUMNS, ScoreResult
 from .sampling import SamplingConfig
@@ -119,31 +119,32 @@ class Comparison:
     def difference(
         self, name: str, reference: str, scorer: str, *, n_boot: int = 4000, confidence: float = 0.95
     ) -> tuple[Estimate, bool]:
-        """Mean score of ``name`` minus that of ``reference`` for ``scorer``, with a percentile bootstrap
-        interval over latents; paired (resampling latents scored by both) when both scored the same latents,
-        else each SAE's latents resampled independently. Returns (estimate, paired)."""
+        """Mean score of ``name`` minus that of ``reference`` for ``scorer``, with a 95% interval. Paired (both
+        scored the same latents, e.g. two explainers on one SAE): a percentile bootstrap over the latents'
+        differences. Otherwise the two means' own intervals (each latent's interval plus the spread between
+        latents, as in ``summary()``) combined by MOVER, so two judges that answer everything alike never get a
+        zero-width "no difference" from a handful of latents. Returns (estimate, paired)."""
         a = self.scores(name, scorer).dropna()
         b = self.scores(reference, scorer).dropna()
         if a.empty or b.empty:
             return Estimate(float("nan"), float("nan"), float("nan")), False
-        rng = np.random.default_rng([self.seed, 0x64696666])  # "diff"
-        paired = set(a.index) == set(b.index)
-        if paired:
+        if set(a.index) == set(b.index):
+            rng = np.random.default_rng([self.seed, 0x64696666])  # "diff"
             d = (a - b.reindex(a.index)).to_numpy()
             boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-            value = float(d.mean())
-        else:
-            av, bv = a.to_numpy(), b.to_numpy()
-            boot = av[rng.integers(0, len(av), size=(n_boot, len(av)))].mean(axis=1) - bv[
-                rng.integers(0, len(bv), size=(n_boot, len(bv)))
-            ].mean(axis=1)
-            value = float(av.mean() - bv.mean())
-        tail = (1 - confidence) / 2 * 100
-        low, high = np.percentile(boot, [tail, 100 - tail])
-        return Estimate(value, float(low), float(high)), paired
+            tail = (1 - confidence) / 2 * 100
+            low, high = np.percentile(boot, [tail, 100 - tail])
+            return Estimate(float(d.mean()), float(low), float(high)), True
+        means = []
+        for who in (name, reference):
+            summary = self.results[who].summary()
+            row = summary[summary["scorer"] == scorer].iloc[0]
+            means.append(Estimate(float(row["mean"]), float(row["low"]), float(row["high"])))
+        return mover_sum(means, [1.0, -1.0]), False
 
     def differences(self, reference: str | None = None) -> pd.DataFrame:
-        """Every SAE against ``reference`` (default: the first one given), per scorer, with intervals."""
+        """Every SAE against ``reference`` (default: the first one given), per scorer, with intervals (see
+        :meth:`difference`)."""
         names = list(self.results)
         reference = names[0] if reference is None else reference
         if reference not in self.results:
@@ -182,7 +183,9 @@ class Comparison:
             diffs = self.differences()
             if not diffs.empty:
                 ref = diffs["reference"].iloc[0]
-                parts.append(f"\ndifference of the mean score vs {ref!r} (95% bootstrap interval over latents):")
+                parts.append(
+                    f"\ndifference of the mean score vs {ref!r} (95% interval; paired: bootstrap over latents):"
+                )
                 parts.append(diffs.drop(columns=["reference"]).to_string(index=False))
         parts += self.notes
         return "\n".join(parts)

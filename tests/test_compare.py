@@ -9,6 +9,7 @@ import pytest
 
 from sae_lens_autointerp.compare import compare, draw_latents, eligible_latents
 from sae_lens_autointerp.errors import ConfigError
+from sae_lens_autointerp.metrics import Estimate, mover_sum
 from sae_lens_autointerp.sampling import SamplingConfig
 
 SAMPLING = {"n_explain": 8, "n_test_pos": 6, "n_test_neg": 6, "min_activating": 12}
@@ -70,6 +71,11 @@ def test_compare_holds_the_protocol_fixed_and_reports_differences(
     assert set(diffs["sae"]) == {"same", "random"} and (diffs["reference"] == "sae").all()
     rnd = diffs.set_index("sae").loc["random"]
     assert not rnd["paired"] and rnd["low"] <= rnd["difference"] <= rnd["high"]
+    # unpaired: the two means' own intervals combined (never zero width, even when every answer is alike)
+    t = table.set_index("sae")
+    expect = mover_sum([Estimate(*t.loc[n, ["mean", "low", "high"]].astype(float)) for n in ("random", "sae")], [1, -1])
+    assert (rnd["difference"], rnd["low"], rnd["high"]) == pytest.approx((expect.value, expect.low, expect.high))
+    assert rnd["high"] - rnd["low"] > 0
     # each SAE's run is an ordinary run folder, and the page opens offline (plotly.js inlined, no CDN)
     assert (tmp_path / "cmp" / "random" / "results.jsonl").exists()
     fig = comparison.plot()
