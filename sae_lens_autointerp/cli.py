@@ -281,7 +281,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     """The SAE against the papers' baselines (and, for the embedded SAE, the random-init control), one protocol."""
     from . import embedded
-    from .compare import BASELINES, baseline_saes, compare
+    from .compare import BASELINES, baseline_saes, check_protocol, compare
     from .errors import ConfigError
     from .loading import load_model, load_sae
 
@@ -304,6 +304,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         else load_model(args.model, sae=sae, kind=args.model_kind, device=args.device)
     )
     dataset = embedded.load_corpus() if args.dataset == "embedded" else args.dataset
+    protocol: dict[str, Any] = {
+        "llm": args.llm,
+        "explainer": args.explainer,
+        "scorers": [s for s in args.scorers.split(",") if s],
+        "controls": args.controls,
+    }
+    check_protocol({"sae": sae}, model, **protocol)  # bad names fail here, before the baselines are fitted
     saes = {"sae": sae, **baseline_saes(sae, model, dataset, [b for b in wanted if b != "random-init"], seed=args.seed)}
     models = {}
     if "random-init" in wanted:
@@ -320,10 +327,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         sampling={"n_explain": args.n_explain, "n_test_pos": args.n_test, "n_test_neg": args.n_test},
         out_dir=out,
         seed=args.seed,
-        llm=args.llm,
-        explainer=args.explainer,
-        scorers=[s for s in args.scorers.split(",") if s],
-        controls=args.controls,
+        **protocol,
     )
     print(comparison.text())
     for line in comparison.verdict():

@@ -28,7 +28,7 @@ import pandas as pd
 
 from .errors import ConfigError
 from .metrics import Estimate, mover_sum
-from .pipeline import run
+from .pipeline import build_config, preflight, run
 from .results import SUMMARY_COLUMNS, ScoreResult
 from .sampling import SamplingConfig
 
@@ -285,6 +285,7 @@ def compare(
     else:
         sampling_cfg = SamplingConfig(**{"seed": seed, **dict(sampling)})
     base = Path(out_dir) if out_dir is not None else None
+    check_protocol(saes, model, models, sampling_cfg, seed=seed, **run_options)
 
     results: dict[str, ScoreResult] = {}
     drawn: dict[str, list[int]] = {}
@@ -378,3 +379,21 @@ def baseline_saes(
             built = baselines.match_firing_rate(built, model, dataset, rate=rate, n_tokens=min(n_fit_tokens, 20_000))
         out[name] = built
     return out
+
+
+def check_protocol(
+    saes: Mapping[str, Any],
+    model: Any,
+    models: Mapping[str, Any] | None = None,
+    sampling: SamplingConfig | None = None,
+    *,
+    seed: int = 0,
+    **run_options: Any,
+) -> None:
+    """Every check a run makes before its harvest (scorer, explainer and LLM names, options, the SAE against
+    its model), for every SAE of a comparison: a bad input fails before the first harvest or baseline fit."""
+    options = {"latents": [0], "sampling": sampling or SamplingConfig(seed=seed), "seed": seed, **run_options}
+    options.pop("progress", None)
+    cfg, client, objects = build_config(None, options)
+    for name, sae in saes.items():
+        preflight(sae, (models or {}).get(name, model), cfg, llm=client, explanations=objects)

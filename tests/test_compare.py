@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sae_lens_autointerp.compare import compare, draw_latents, eligible_latents
-from sae_lens_autointerp.errors import ConfigError
+from sae_lens_autointerp.errors import ConfigError, UnknownPluginItemError
 from sae_lens_autointerp.metrics import Estimate, mover_sum
 from sae_lens_autointerp.sampling import SamplingConfig
 
@@ -96,3 +96,17 @@ def test_bad_input_is_refused_before_any_harvest(bridge_model, embedded_sae):
         compare({"a": embedded_sae}, bridge_model, ["x"], models={"b": bridge_model})
     with pytest.raises(ConfigError, match="needs a dataset"):
         compare({"a": embedded_sae}, bridge_model)
+    with pytest.raises(
+        UnknownPluginItemError, match="unknown scorer 'detecton'"
+    ):  # the run's own checks, before a harvest
+        compare({"a": embedded_sae}, bridge_model, ["x"], scorers=["detecton"], harvest={"store_dir": "/nonexistent"})
+
+
+def test_cli_compare_refuses_bad_input_in_one_line_before_fitting_baselines(tmp_path):
+    from test_cli import cli
+
+    res = cli("compare", "--baselines", "neurons,bogus", "--out", str(tmp_path))
+    assert res.returncode == 2 and "unknown --baselines ['bogus']" in res.stderr
+    res = cli("compare", "--scorers", "detecton", "--out", str(tmp_path))
+    assert res.returncode == 2 and "unknown scorer 'detecton'" in res.stderr
+    assert "building the" not in res.stderr and not any(tmp_path.iterdir())  # nothing fitted, nothing written
