@@ -7,14 +7,24 @@ Installed, it registers itself through the ``sae_lens_autointerp`` entry-point g
 
 from __future__ import annotations
 
-from .explainer import SAEBenchExplainer
-from .protocol import SAEBenchConfig, parse_explanation, parse_predictions, select_examples
-from .scorer import SAEBenchScorer
+from .explainer import SAEBenchCleanExplainer, SAEBenchExplainer
+from .protocol import (
+    SAEBENCH_SAMPLING,
+    SAEBenchConfig,
+    parse_explanation,
+    parse_predictions,
+    select_examples,
+    select_saebench,
+)
+from .scorer import SAEBenchCleanScorer, SAEBenchScorer
 from .summary import saebench_summary
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SAEBENCH_SAMPLING",
+    "SAEBenchCleanExplainer",
+    "SAEBenchCleanScorer",
     "SAEBenchConfig",
     "SAEBenchExplainer",
     "SAEBenchScorer",
@@ -22,4 +32,5 @@ __all__ = [
     "parse_predictions",
     "saebench_summary",
     "select_examples",
+    "select_saebench",
 ]

@@ -16,13 +16,13 @@ SAE_AUTOINTERP_HOOKSPEC_VERSION = 1
 
 @hookimpl
 def sae_autointerp_scorers() -> Mapping[str, Callable[..., Any]]:
-    from .scorer import SAEBenchScorer
+    from .scorer import SAEBenchCleanScorer, SAEBenchScorer
 
-    return {"saebench": SAEBenchScorer}
+    return {"saebench": SAEBenchScorer, "saebench-clean": SAEBenchCleanScorer}
 
 
 @hookimpl
 def sae_autointerp_explainers() -> Mapping[str, Callable[..., Any]]:
-    from .explainer import SAEBenchExplainer
+    from .explainer import SAEBenchCleanExplainer, SAEBenchExplainer
 
-    return {"saebench": SAEBenchExplainer}
+    return {"saebench": SAEBenchExplainer, "saebench-clean": SAEBenchCleanExplainer}

@@ -32,23 +32,45 @@ What differs here, and why (all documented in the plugin README):
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
+from sae_lens_autointerp.errors import ConfigError
 from sae_lens_autointerp.harvest.store import PAD_TOKEN, Example, LatentStore
-from sae_lens_autointerp.records import template_id
+from sae_lens_autointerp.records import Context, template_id
 from sae_lens_autointerp.sampling import latent_rng
 from sae_lens_autointerp.text import Renderer
+
+from .dense import dense_latent_activations, saebench_tokens
+from .selection import saebench_positions, torch_seed, window_values
 
 Kind = str  # "top", "iw" (importance-weighted) or "random"
 
 
+SELECTIONS = ("saebench", "clean")
+
+#: ``sampling=`` for runs that should score every latent SAEBench scores: the core's density and rarity
+#: filters off (``max_frequency`` 0.25 and ``min_activating`` 10 by default skip latents SAEBench keeps);
+#: only latents that never fired are still skipped, and SAEBench drops those too.
+SAEBENCH_SAMPLING: dict[str, Any] = {"max_frequency": 1.0, "min_activating": 0}
+
+
 @dataclass(frozen=True)
 class SAEBenchConfig:
-    """SAEBench's ``AutoInterpEvalConfig`` defaults (the example counts, window and threshold)."""
+    """SAEBench's ``AutoInterpEvalConfig`` defaults (the example counts, window and threshold).
+
+    ``selection="saebench"`` picks windows exactly as SAEBench 0.6.0 does (dense activations recomputed over
+    the store's tokens, see ``selection.py``): the numbers compare with published SAEBench scores.
+    ``selection="clean"`` reads the store only and checks that negatives are silent (see
+    :func:`select_examples`): a cleaner protocol whose numbers do not compare. ``temperature`` defaults to
+    SAEBench's (the OpenAI default, 1.0) for "saebench" and to 0 for "clean".
+    """
 
     n_top_ex_for_generation: int = 10
     n_iw_sampled_ex_for_generation: int = 5
@@ -57,32 +79,49 @@ class SAEBenchConfig:
     n_random_ex_for_scoring: int = 10
     buffer: int = 10
     act_threshold_frac: float = 0.01
-    iw_power: float = 2.0  # SAEBench's get_iw_sample_indices(use_squared_values=True)
+    iw_power: float = 2.0  # SAEBench's get_iw_sample_indices(use_squared_values=True); "clean" only
     use_demos_in_explanation: bool = True
     max_tokens_in_explanation: int = 30
-    temperature: float = 0.0  # SAEBench leaves the OpenAI default (1.0); 0 makes runs repeatable
+    temperature: float | None = None  # None: 1.0 (SAEBench's) for "saebench", 0.0 for "clean"
+    selection: str = "saebench"
+    no_overlap: bool = True  # SAEBench's: no two top windows' centres within `buffer` in one sequence
+    llm_batch_size: int = 32  # sequences per forward pass when recomputing activations ("saebench")
+    max_cached_bytes: int = 2 << 30  # the SAE inputs of a store are kept in memory up to this size
 
     def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ConfigError(
+                f"selection must be one of {SELECTIONS}, got {self.selection!r} ('saebench' matches SAEBench, "
+                "'clean' checks negatives)"
+            )
+        if self.temperature is None:
+            object.__setattr__(self, "temperature", 1.0 if self.selection == "saebench" else 0.0)
         counts = {
             "n_top_ex_for_generation": self.n_top_ex_for_generation,
             "n_iw_sampled_ex_for_generation": self.n_iw_sampled_ex_for_generation,
             "n_top_ex_for_scoring": self.n_top_ex_for_scoring,
             "n_iw_sampled_ex_for_scoring": self.n_iw_sampled_ex_for_scoring,
             "n_random_ex_for_scoring": self.n_random_ex_for_scoring,
+            "llm_batch_size": self.llm_batch_size,
+            "max_cached_bytes": self.max_cached_bytes,
         }
         for name, value in counts.items():
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
         if self.n_top_ex_for_generation + self.n_iw_sampled_ex_for_generation < 1:
-            raise ValueError("the explainer needs at least one example (n_top_ex_for_generation >= 1)")
+            raise ConfigError("the explainer needs at least one example: set n_top_ex_for_generation >= 1")
         if self.n_ex_for_scoring < 1:
-            raise ValueError("the scorer needs at least one example")
+            raise ConfigError("the scorer needs at least one example: set n_random_ex_for_scoring >= 1")
         if not isinstance(self.buffer, int) or self.buffer < 0:
-            raise ValueError(f"buffer must be a non-negative integer, got {self.buffer!r}")
+            raise ConfigError(f"buffer must be a non-negative integer, got {self.buffer!r}")
+        if self.selection == "saebench" and (self.buffer < 1 or self.llm_batch_size < 1):
+            raise ConfigError("the 'saebench' selection needs buffer >= 1 and llm_batch_size >= 1 (SAEBench's slices)")
         if not 0.0 <= self.act_threshold_frac < 1.0:
-            raise ValueError(f"act_threshold_frac must be in [0, 1), got {self.act_threshold_frac}")
+            raise ConfigError(f"act_threshold_frac must be in [0, 1), got {self.act_threshold_frac}")
         if self.iw_power < 0:
-            raise ValueError(f"iw_power must be >= 0, got {self.iw_power}")
+            raise ConfigError(f"iw_power must be >= 0, got {self.iw_power}")
+        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 2:
+            raise ConfigError(f"temperature must be a number in [0, 2], got {self.temperature!r}")
 
     @property
     def n_top_ex(self) -> int:
@@ -118,7 +157,11 @@ class BenchExample:
     value: float  # the latent's largest activation in the window (0 for random windows)
     tokens: np.ndarray  # int32 [width], -1 = padding (outside the sequence)
     activations: np.ndarray  # float32 [width]
-    label: bool
+    label: bool  # what the scorer counts as the right answer
+    #: whether the latent really exceeds the activation threshold in the window (None: unknown). With
+    #: "saebench" random windows are labelled negative unchecked, so ``fires`` may be True where ``label`` is not.
+    fires: bool | None = None
+    position: tuple[int, int] | None = None  # "saebench": (row of the dense activations, centre)
 
 
 @dataclass(frozen=True)
@@ -130,6 +173,8 @@ class BenchSet:
     scoring: tuple[BenchExample, ...]
     act_threshold: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    selection: str = "clean"
+    skipped: str | None = None  # "saebench": why SAEBench would skip the latent (no windows then)
 
 
 def select_examples(
@@ -139,7 +184,8 @@ def select_examples(
     config: SAEBenchConfig,
     exclude_token_ids: Iterable[int] = (),
 ) -> BenchSet:
-    """SAEBench's generation and scoring windows of ``latent`` (deterministic in ``seed`` and ``latent``).
+    """The "clean" protocol's generation and scoring windows of ``latent`` (deterministic in ``seed`` and
+    ``latent``), read from the store: silent negatives, the store's top list and uniform sample.
 
     ``exclude_token_ids`` are peaks an explainer has already shown: their chunks never become scoring
     windows (when the explanation came from the "saebench" explainer they are exactly its 15 windows, and
@@ -202,7 +248,8 @@ def select_examples(
     def firing(kind: Kind, ex: Example) -> BenchExample:
         tokens, acts = _window(store, ex, config.buffer)
         known = acts[np.isfinite(acts)]
-        return BenchExample(kind, ex.token_id, float(ex.value), tokens, acts, bool(np.any(known > act_threshold)))
+        label = bool(np.any(known > act_threshold))
+        return BenchExample(kind, ex.token_id, float(ex.value), tokens, acts, label, fires=label)
 
     def silent(window: Any) -> BenchExample:
         n = min(config.width, len(window.tokens))
@@ -213,6 +260,7 @@ def select_examples(
             np.asarray(window.tokens[:n], dtype=np.int32),
             np.zeros(n, dtype=np.float32),
             False,
+            fires=False,
         )
 
     generation = [firing("top", e) for e in top_gen] + [firing("iw", e) for e in iw_gen]
@@ -221,6 +269,93 @@ def select_examples(
         [firing("top", e) for e in top_score] + [firing("iw", e) for e in iw_score] + [silent(w) for w in random_score]
     )
     return BenchSet(latent, tuple(generation), tuple(scoring), act_threshold, tuple(notes))
+
+
+def select_saebench(
+    store: LatentStore, model: Any, sae: Any, latent: int, seed: int, config: SAEBenchConfig
+) -> BenchSet:
+    """SAEBench 0.6.0's windows of ``latent`` (``gather_data``), on activations recomputed over the store's
+    complete sequences (see ``dense.py`` and ``selection.py``). Deterministic in ``seed`` and ``latent``.
+
+    ``token_id`` of every window is its centre as a global store id (sequence * ctx_len + position).
+    """
+    if config.selection != "saebench":
+        raise ConfigError(f"select_saebench needs selection='saebench', got {config.selection!r}")
+    acts = dense_latent_activations(
+        store, model, sae, latent, batch_size=config.llm_batch_size, max_cached_bytes=config.max_cached_bytes
+    ).cpu()
+    tokens, seq_of_row = saebench_tokens(store)
+    generator = torch.Generator().manual_seed(torch_seed(seed, latent))
+    found = saebench_positions(
+        acts,
+        generator,
+        n_top_ex=config.n_top_ex,
+        n_iw_sampled_ex=config.n_iw_sampled_ex,
+        n_random_ex=config.n_random_ex_for_scoring,
+        buffer=config.buffer,
+        no_overlap=config.no_overlap,
+        act_threshold_frac=config.act_threshold_frac,
+    )
+    threshold = found.act_threshold
+    if found.skipped is not None:
+        return BenchSet(latent, (), (), threshold, (found.skipped,), "saebench", found.skipped)
+    ctx_len = store.settings.ctx_len
+
+    def windows(kind: Kind, positions: tuple[tuple[int, int], ...], labelled: bool) -> list[BenchExample]:
+        toks = window_values(tokens, positions, config.buffer).astype(np.int32)
+        values = window_values(acts, positions, config.buffer)
+        out = []
+        for (row, centre), t, v in zip(positions, toks, values):
+            fires = bool(np.any(v.astype(np.float64) > threshold))
+            out.append(
+                BenchExample(
+                    kind,
+                    int(seq_of_row[row]) * ctx_len + centre,
+                    float(v.max()),
+                    t,
+                    v if labelled else np.zeros_like(v),
+                    fires if labelled else False,
+                    fires=fires,
+                    position=(row, centre),
+                )
+            )
+        return out
+
+    top = windows("top", found.top, True)
+    iw = windows("iw", found.iw, True)
+    n_top_gen, n_iw_gen = config.n_top_ex_for_generation, config.n_iw_sampled_ex_for_generation
+    generation = [top[i] for i in found.top_split[:n_top_gen]] + [iw[i] for i in found.iw_split[:n_iw_gen]]
+    generation.sort(key=lambda b: -float(b.activations.max()))  # stable, as SAEBench's sorted(max(acts))
+    scoring = (
+        [top[i] for i in found.top_split[n_top_gen:]]
+        + [iw[i] for i in found.iw_split[n_iw_gen:]]
+        + windows("random", found.random, False)
+    )
+    notes = []
+    n_firing = sum(1 for b in scoring if b.kind == "random" and b.fires)
+    if n_firing:
+        notes.append(f"{n_firing} random window(s) labelled negative where the latent fires (SAEBench's rule)")
+    return BenchSet(latent, tuple(generation), tuple(scoring), threshold, tuple(notes), "saebench")
+
+
+_selections: weakref.WeakKeyDictionary[LatentStore, dict[tuple[Any, ...], BenchSet]] = weakref.WeakKeyDictionary()
+_selections_guard = threading.Lock()
+
+
+def select_for(ctx: Context, latent: int, config: SAEBenchConfig, exclude_token_ids: Iterable[int] = ()) -> BenchSet:
+    """The windows of ``latent`` under ``config.selection`` ("saebench": :func:`select_saebench`, computed once
+    per store, model, SAE, seed and config and shared by the explainer and the scorer; "clean":
+    :func:`select_examples`, with ``exclude_token_ids`` kept out of the scoring windows)."""
+    if config.selection == "clean":
+        return select_examples(ctx.store, latent, ctx.seed, config, exclude_token_ids=exclude_token_ids)
+    key = (id(ctx.model), id(ctx.sae), int(latent), int(ctx.seed), config)
+    with _selections_guard:
+        cached = _selections.get(ctx.store, {}).get(key)
+    if cached is None:
+        cached = select_saebench(ctx.store, ctx.model, ctx.sae, latent, ctx.seed, config)
+        with _selections_guard:
+            _selections.setdefault(ctx.store, {})[key] = cached
+    return cached
 
 
 def _pick(candidates: Sequence[Example], excluded: set, chunk: Any, k: int) -> list[Example]:
@@ -267,21 +402,35 @@ def _window(store: LatentStore, ex: Example, buffer: int) -> tuple[np.ndarray, n
     return tokens, acts
 
 
-def render(example: BenchExample, renderer: Renderer, *, mark: bool, act_threshold: float) -> str:
-    """A window as SAEBench shows it: active tokens marked ``<<tok>>`` one by one, newlines as "↵"."""
-    shown = renderer.render(
-        Example(
-            latent=None,
-            tokens=example.tokens,
-            activations=example.activations,
-            value=example.value,
-            token_id=example.token_id,
-            source=example.kind,
+def render(
+    example: BenchExample, renderer: Renderer, *, mark: bool, act_threshold: float, keep_special: bool = False
+) -> str:
+    """A window as SAEBench shows it: active tokens marked ``<<tok>>`` one by one, newlines as "↵".
+
+    ``keep_special=True`` ("saebench"): every token is shown, special ones included, each decoded alone as
+    TransformerLens' ``to_str_tokens`` does (SAEBench's ``Example.str_toks``); else the renderer's pieces
+    (padding and special tokens dropped).
+    """
+    if keep_special:
+        ids = [[int(t)] for t in example.tokens.tolist() if t != PAD_TOKEN]
+        acts = [float(a) for t, a in zip(example.tokens.tolist(), example.activations.tolist()) if t != PAD_TOKEN]
+        pieces_in = renderer.tokenizer.batch_decode(ids, clean_up_tokenization_spaces=False)
+        tokens_acts = list(zip(pieces_in, acts))
+    else:
+        shown = renderer.render(
+            Example(
+                latent=None,
+                tokens=example.tokens,
+                activations=example.activations,
+                value=example.value,
+                token_id=example.token_id,
+                source=example.kind,
+            )
         )
-    )
+        tokens_acts = list(zip(shown.tokens, shown.activations))
     pieces = [
         f"<<{tok}>>" if mark and act > act_threshold else tok  # NaN (unknown) compares False: never marked
-        for tok, act in zip(shown.tokens, shown.activations)
+        for tok, act in tokens_acts
     ]
     return "".join(pieces).replace("\ufffd", "").replace("\n", "\u21b5")
 

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
 
+from sae_lens_autointerp.errors import ConfigError
 from sae_lens_autointerp.metrics import binary_metrics
 from sae_lens_autointerp.records import Context, Explanation, ScorerOutput
 from sae_lens_autointerp.sampling import LatentSample, latent_rng
 
-from .protocol import SCORING_PROMPT_ID, SAEBenchConfig, parse_predictions, render, scoring_messages, select_examples
+from .protocol import (
+    SCORING_PROMPT_ID,
+    BenchSet,
+    SAEBenchConfig,
+    parse_predictions,
+    render,
+    scoring_messages,
+    select_for,
+)
 
 HEADLINES = ("accuracy", "balanced_accuracy")
 
 
 class SAEBenchScorer:
-    """SAEBench's scoring phase (see ``protocol.py``).
+    """SAEBench's scoring phase (see ``protocol.py``). ``selection="saebench"`` (the default) scores SAEBench's
+    own windows, so its numbers compare with published SAEBench scores; the "saebench-clean" scorer
+    (``selection="clean"``) scores silent negatives read from the store instead.
 
     ``score`` is SAEBench's number, the accuracy over the 14 windows, unless ``headline="balanced_accuracy"``.
     ``metrics`` always holds both, with intervals, plus ``trivial_none_accuracy``: what answering "None"
@@ -27,24 +39,39 @@ class SAEBenchScorer:
 
     name = "saebench"
     needs_explanation = True
+    default_selection = "saebench"
 
     def __init__(self, headline: str = "accuracy", **config: Any) -> None:
         if headline not in HEADLINES:
-            raise ValueError(f"headline must be one of {HEADLINES}, got {headline!r}")
+            raise ConfigError(f"headline must be one of {HEADLINES}, got {headline!r}")
         self.headline = headline
-        self.config = SAEBenchConfig(**config)
+        self.config = SAEBenchConfig(**{"selection": self.default_selection, **config})
         self.prompt_id = SCORING_PROMPT_ID
 
     async def score(self, sample: LatentSample, explanation: Explanation | None, ctx: Context) -> ScorerOutput:
         if explanation is None or explanation.failed:
-            raise ValueError("the saebench scorer needs a (non-failed) explanation")
+            raise ConfigError(f"the {self.name} scorer needs a (non-failed) explanation")
         if ctx.llm is None:
-            raise ValueError("the saebench scorer needs an LLM (llm=...)")
+            raise ConfigError(f"the {self.name} scorer needs an LLM: pass llm=... (e.g. llm='local')")
         latent, cfg = sample.latent, self.config
-        bench = select_examples(ctx.store, latent, ctx.seed, cfg, exclude_token_ids=explanation.examples_shown)
+        bench = await asyncio.to_thread(select_for, ctx, latent, cfg, explanation.examples_shown)
+        if bench.skipped is not None:
+            return ScorerOutput(
+                scorer=self.name,
+                score=None,
+                n_examples=0,
+                n_failed=0,
+                metrics={"selection": bench.selection, "selection_notes": bench.skipped},
+                prompt_id=self.prompt_id,
+                error=f"SAEBench skips this latent: {bench.skipped}",
+                metric=self.headline,
+            )
         order = latent_rng(ctx.seed, latent, "saebench/shuffle").permutation(len(bench.scoring))
         items = [bench.scoring[i] for i in order]
-        texts = [render(b, ctx.renderer, mark=False, act_threshold=bench.act_threshold) for b in items]
+        keep = bench.selection == "saebench"
+        texts = [
+            render(b, ctx.renderer, mark=False, act_threshold=bench.act_threshold, keep_special=keep) for b in items
+        ]
         n = len(items)
         demo_rng = latent_rng(ctx.seed, latent, "saebench/demo")
         demo = sorted(int(i) + 1 for i in demo_rng.choice(n, size=min(cfg.n_correct_for_scoring, n), replace=False))
@@ -75,6 +102,7 @@ class SAEBenchScorer:
                 "token_id": b.token_id,
                 "value": b.value,
                 "label": b.label,
+                "fires": b.fires,
                 "prediction": None if chosen is None else (i + 1) in picked,
                 "probability": None,
                 "error": error if chosen is None else None,
@@ -87,7 +115,13 @@ class SAEBenchScorer:
         )
         metrics: dict[str, Any] = m.to_dict()
         n_neg = sum(1 for label in labels if not label)
+        fires = [b.fires for b in items]
         metrics.update(
+            selection=bench.selection,
+            # what an answer naming exactly the windows where the latent fires scores (1.0 unless negatives fire)
+            ceiling_accuracy=sum(f == lab for f, lab in zip(fires, labels)) / n if n else None,
+            n_random_firing=sum(1 for b in items if b.kind == "random" and b.fires),
+            n_scoring_near_shown=_near_shown(bench, explanation.examples_shown, ctx.store.settings.ctx_len, cfg.buffer),
             saebench_score=metrics["accuracy"],
             trivial_none_accuracy=n_neg / n if n else None,
             n_top=sum(b.kind == "top" for b in items),
@@ -116,3 +150,23 @@ class SAEBenchScorer:
             high=metrics[f"{self.headline}_high"],
             chance=chance,
         )
+
+
+def _near_shown(bench: BenchSet, shown: tuple[int, ...], ctx_len: int, buffer: int) -> int:
+    """Scoring windows whose centre lies within ``buffer`` tokens of a token id the explainer was shown
+    (never with the "saebench" explainer's own windows; SAEBench itself does not check)."""
+    ids = set(shown)
+    count = 0
+    for b in bench.scoring:
+        seq = b.token_id // ctx_len
+        near = range(max(b.token_id - buffer, seq * ctx_len), min(b.token_id + buffer + 1, (seq + 1) * ctx_len))
+        count += any(t in ids for t in near) and b.kind != "random"
+    return count
+
+
+class SAEBenchCleanScorer(SAEBenchScorer):
+    """The "saebench-clean" scorer: SAEBench's prompt and score on windows read from the store, with negatives
+    checked to be silent (``selection="clean"``); not comparable with published SAEBench numbers."""
+
+    name = "saebench-clean"
+    default_selection = "clean"
