@@ -22,6 +22,7 @@ from .harvest.store import deprecated_store_alias as _deprecated_store_alias
 from .hookspecs import hookimpl
 from .namespace import AutointerpNamespace, for_sae
 from .registry import get_registry
+from .report import write_site  # also installs the pages and plots of ScoreResult (to_html, show, plot)
 from .similarity import explanation_similarity, match_latents, similarity, similarity_matrix
 
 _install()
@@ -47,6 +48,7 @@ __all__ = [
     "match_latents",
     "similarity",
     "similarity_matrix",
+    "write_site",
 ]
 
 if TYPE_CHECKING:

@@ -43,6 +43,7 @@ from .controls import (
 from .errors import ConfigError, PluginError
 from .harvest.store import LatentStore
 from .heuristics import DEFAULT_THRESHOLD, flag_summary, has_heuristic_stats, heuristic_flags
+from .lens import write_run_views
 from .llm import BudgetExceeded, LLMError, UsageTracker
 from .locks import folder_lock
 from .paths import cache_dir
@@ -508,12 +509,12 @@ def run(
             json.dumps(
                 {
                     "run_key": run_key,
-                    "store": str(store.path),
                     "version": __version__,
                     "versions": versions(),
                     **ident,
                     "llm": getattr(client, "name", None),
                     "llm_identity": ident["llm"],
+                    "store_path": str(store.path),  # "store" (from ident) is the store's key
                     "config": cfg.to_dict(),
                     "format": CONFIG_FORMAT,
                 },
@@ -521,6 +522,8 @@ def run(
                 default=str,
             )
         )
+        # the pages' views of the model (token pieces, decoder logits and neighbours): cheap, once per run
+        write_run_views(folder, model, sae, tokenizer, latent_list)
         records, stopped = run_sync(run_and_close())
     heuristics_summary = _heuristics_summary(flags, threshold, runner, tracker, explainer_obj, substitute)
     if flags is not None:  # records finished by an earlier run without the heuristics get them too

@@ -25,7 +25,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -76,6 +76,29 @@ SUMMARY_COLUMNS = [
     "judge_ok",
     "judge_check",
 ]
+
+
+class Presenter(Protocol):
+    """Pages and plots of a result; implemented by :mod:`sae_lens_autointerp.report` (a layer above)."""
+
+    def to_html(self, result: ScoreResult, out: str | os.PathLike[str], **options: Any) -> Path: ...
+    def show(self, result: ScoreResult, latent: int) -> Any: ...
+    def plot(self, result: ScoreResult) -> Any: ...
+
+
+# report installs its presenter when the package is imported: results may not import report (layers), and a
+# ScoreResult should still have its pages as methods
+_PRESENTERS: list[Presenter] = []
+
+
+def install_presenter(presenter: Presenter) -> None:
+    _PRESENTERS[:] = [presenter]
+
+
+def _presenter() -> Presenter:
+    if not _PRESENTERS:
+        raise RuntimeError("the report module is not loaded: `import sae_lens_autointerp` first")
+    return _PRESENTERS[0]
 
 
 class ResultsFile:
@@ -219,6 +242,22 @@ class ScoreResult:
         """Per scorer: latents attempted / scored / undefined / failed, the mean score with a 95% interval and
         its chance level, the mean control and lift with the judge check. No latent is dropped silently."""
         return summary_table(self.records)
+
+    def to_html(self, out: str | os.PathLike[str], **options: Any) -> Path:
+        """Write the static site of this run (index + one page per latent; opens from disk, no network) into
+        the folder ``out`` (or at ``out`` when it ends in ``.html``); returns the index page. ``pages=``: the
+        latents that get a page (default all); ``store=``: the activation store (default: the run's)."""
+        return _presenter().to_html(self, out, **options)
+
+    def show(self, latent: int) -> Any:
+        """The latent's card (explanation, scores with intervals / chance / control, coloured examples, the
+        judge's answers, output tokens, neighbours): rendered inline in Jupyter."""
+        return _presenter().show(self, latent)
+
+    def plot(self) -> Any:
+        """A plotly figure: per scorer the distribution of scores with the controls', chance and the mean's
+        95% interval."""
+        return _presenter().plot(self)
 
     def __repr__(self) -> str:
         extra = f", {len(self.incomplete)} incomplete" if self.incomplete else ""

@@ -1,10 +1,12 @@
-"""Reports of a results.jsonl: a text table, a per-scorer summary and a self-contained HTML page."""
+"""Reports of a results.jsonl: the text table and summary (here), the static site (:mod:`.site`), the latent
+card shared by the site and notebooks (:mod:`.card`) and the plotly figures (:mod:`.plots`)."""
 
 from __future__ import annotations
 
 import html
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError
-from .results import SUMMARY_COLUMNS, ResultsFile, ScoreResult
+from ..errors import ConfigError
+from ..results import SUMMARY_COLUMNS, ResultsFile, ScoreResult, install_presenter
+from .card import LatentCard
+from .site import write_site
 
 log = logging.getLogger(__name__)
 
@@ -129,55 +133,9 @@ def text_report(result: ScoreResult) -> str:
     return "\n".join(parts)
 
 
-def write_html(result: ScoreResult, path: str | Path) -> Path:
-    """One self-contained page: the judge check, the per-scorer summary (with controls and lifts), then per
-    latent its explanation, scores with intervals and controls. Every value from results data is escaped."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ConfigError(f"cannot write {path}: the folder {path.parent} does not exist (create it first)")
-    esc = html.escape
-    controls_of = {r["latent"]: r.get("controls") or {} for r in result.records}
-    rows = []
-    for r in result.records:
-        latent = int(r["latent"])
-        if r.get("skipped"):
-            rows.append(f"<tr><td>{latent}</td><td colspan=4><i>skipped: {esc(str(r['skipped']))}</i></td></tr>")
-            continue
-        expl = r.get("explanation") or {}
-        text = esc(str(expl.get("text") or f"(failed: {expl.get('error')})"))
-        cells = []
-        for name, out in (r.get("scores") or {}).items():
-            ctl = controls_of[latent].get(name) or {}
-            if out.get("score") is None:
-                cells.append(f"{esc(str(name))} – ({esc(str(out.get('error') or 'undefined'))})")
-                continue
-            low, high = out.get("low"), out.get("high")
-            interval = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
-            control = f", control {ctl['score']:.2f}" if ctl.get("score") is not None else ""
-            cells.append(f"{esc(str(name))} {out['score']:.2f}{interval}{control}")
-        failed = sum(int(out.get("n_failed", 0) or 0) for out in (r.get("scores") or {}).values())
-        freq = float(r.get("stats", {}).get("frequency", 0.0) or 0.0)
-        rows.append(
-            f"<tr><td>{latent}</td><td>{text}</td><td>{'<br>'.join(cells)}</td><td>{failed}</td>"
-            f"<td>{freq:.4%}</td></tr>"
-        )
-    summary = result.summary()
-    verdict = "".join(f"<li>{esc(line)}</li>" for line in result.verdict())
-    incomplete = (
-        f"<p class=warn>{len(result.incomplete)} latents are incomplete (run the same command again): "
-        f"{esc('; '.join(f'{k}: {v}' for k, v in list(result.incomplete.items())[:10]))}</p>"
-        if result.incomplete
-        else ""
-    )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sae-lens-autointerp results</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}.warn{{color:#a00}}</style>
-</head><body><h1>sae-lens-autointerp results</h1><p>{esc(str(result.path))}</p>
-<h2>Judge check</h2><ul>{verdict or "<li>no scorer with a control in this run</li>"}</ul>{incomplete}
-<h2>Per scorer</h2>{summary.to_html(index=False, float_format=lambda x: f"{x:.3f}", escape=True) if not summary.empty else "<p>no scores</p>"}
-<h2>Latents</h2><table><tr><th>latent</th><th>explanation</th><th>scores [95% interval], control</th><th>failed answers</th><th>frequency</th></tr>
-{"".join(rows)}</table></body></html>"""
-    path.write_text(page, encoding="utf-8")
-    return path
+def write_html(result: ScoreResult, path: str | Path, **options: Any) -> Path:
+    """The run's static site (see :mod:`.site`): ``path`` is a folder or the index's ``.html`` path."""
+    return write_site(result, path, **options)
 
 
 def comparison_table(results: dict[str, ScoreResult]) -> pd.DataFrame:
@@ -281,3 +239,21 @@ def write_index(results: dict[str, ScoreResult], path: str | Path) -> Path:
 </head><body><h1>Explainers compared</h1>{lines}{body}<h2>Runs</h2><ul>{links}</ul></body></html>"""
     path.write_text(page, encoding="utf-8")
     return path
+
+
+class _Presenter:
+    """What ``ScoreResult.to_html`` / ``.show`` / ``.plot`` call (results sits below report in the layers)."""
+
+    def to_html(self, result: ScoreResult, out: str | os.PathLike[str], **options: Any) -> Path:
+        return write_site(result, out, **options)
+
+    def show(self, result: ScoreResult, latent: int) -> LatentCard:
+        return LatentCard(result, latent)
+
+    def plot(self, result: ScoreResult) -> Any:
+        from .plots import score_distributions
+
+        return score_distributions(result.table, result.summary())
+
+
+install_presenter(_Presenter())
