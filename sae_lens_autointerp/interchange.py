@@ -416,8 +416,9 @@ def read_neuronpedia(
 
     ``neuronpedia_id="MODEL/SOURCE"`` (or ``model_id`` / ``source``) picks one SAE; a file with several SAEs
     and no pick raises. When a latent has explanations of several ``typeName`` s, ``type_name=`` picks one
-    (only that type's rows are read); with none given this raises, naming the types found. Among several
-    explanations of one type the first in file order wins; empty descriptions are left out.
+    (only that type's rows are read); with none given this raises, naming the types found. Otherwise the
+    first explanation in file order wins (rows without a ``typeName`` included); empty descriptions are left
+    out.
     """
     if neuronpedia_id:
         model_id, source = split_neuronpedia_id(neuronpedia_id)
@@ -437,7 +438,8 @@ def read_neuronpedia(
         listed = ", ".join(f"{m}/{s}" for m, s in sorted(by_sae))
         raise ConfigError(f"{path} holds explanations of several SAEs ({listed}); pass neuronpedia_id='MODEL/SOURCE'")
     table = next(iter(by_sae.values()), {})
-    mixed = sorted({str(k) for kinds in table.values() if len(kinds) > 1 for k in kinds})
+    # rows without a typeName compete with no type: a latent is ambiguous when it has two named types
+    mixed = sorted({k for kinds in table.values() if len(set(kinds) - {None}) > 1 for k in kinds if k is not None})
     if mixed:
         raise ConfigError(
             f"{path}: some latents have explanations of several types ({', '.join(mixed)}); pass type_name= to pick one"

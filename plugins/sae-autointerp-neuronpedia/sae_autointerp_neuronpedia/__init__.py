@@ -1,8 +1,10 @@
 """Neuronpedia interop for sae-lens-autointerp.
 
 * :func:`export_explanations` / ``sae-autointerp-neuronpedia export``: a run's explanations as Neuronpedia
-  explanation objects (the shape of its explanation exports and bulk datasets).
-* :func:`read_explanations`: ``{latent: description}`` from a Neuronpedia export, for ``sae.score``.
+  ``Explanation`` rows, in its bulk-dataset layout (``MODEL/SOURCE/explanations/batch-N.jsonl.gz``) or one file.
+* :func:`read_explanations`: ``{latent: description}`` from Neuronpedia explanation files, for ``sae.score``.
+
+The formats live in the core (``sae_lens_autointerp.interchange``); this plugin adds the CLI and the explainer.
 * the ``"neuronpedia"`` explainer (registered through the ``sae_lens_autointerp`` entry point): the same
   lookup inside ``sae.autointerp.run``, so Neuronpedia's explanations are scored like any other.
 """
@@ -38,8 +40,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The explainer imports sae_lens_autointerp (and with it SAELens, torch): only when it is asked for, so
-    # that the export CLI starts in a fraction of a second.
+    # The explainer imports the sampling and records modules: only when it is asked for.
     if name == "NeuronpediaExplainer":
         from .explainer import NeuronpediaExplainer
 

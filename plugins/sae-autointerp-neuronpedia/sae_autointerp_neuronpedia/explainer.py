@@ -1,10 +1,11 @@
 """The "neuronpedia" explainer: explanations already on Neuronpedia, looked up from a downloaded export.
 
-No LLM is called: it turns a Neuronpedia explanation export into :class:`Explanation` objects, so that
+No LLM is called: it turns Neuronpedia explanation files (a bulk dataset's ``explanations/`` folder) into :class:`Explanation` objects, so that
 Neuronpedia's explanations go through the same scorers, on the same examples, as your own explainers'::
 
     sae.autointerp.run(model, data, latents=range(100), explainer="neuronpedia",
-                       explainer_kwargs={"path": "explanations/", "neuronpedia_id": "gpt2-small/8-res-jb"},
+                       explainer_kwargs={"path": "explanations/", "neuronpedia_id": "gpt2-small/8-res-jb",
+                                         "type_name": "oai_token-act-pair"},
                        scorers=["detection", "fuzzing"], llm="openai:gpt-4o-mini")
 """
 
@@ -31,14 +32,18 @@ class NeuronpediaExplainer:
         neuronpedia_id: str | None = None,
         model_id: str | None = None,
         source: str | None = None,
+        type_name: str | None = None,
     ) -> None:
         self.path = Path(path)
+        self.type_name = type_name
         if neuronpedia_id:
             model_id, source = split_neuronpedia_id(neuronpedia_id)
         self.model_id, self.source = model_id, source
         # Read now, so that a wrong path fails before any harvesting; group by SAE (modelId, layer).
         self._by_sae: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
         for item in iter_neuronpedia(self.path):
+            if type_name is not None and item.get("typeName") != type_name:
+                continue
             key = (str(item.get("modelId", "")), str(item.get("layer", "")))
             if str(item.get("description") or "").strip():
                 self._by_sae.setdefault(key, {}).setdefault(int(item["index"]), item)

@@ -9,6 +9,7 @@ import pytest
 from neuronpedia_fake_llm import FakeClient
 
 from sae_autointerp_neuronpedia import export_explanations, read_explanations
+from sae_lens_autointerp.errors import ConfigError
 
 SMALL = {"n_explain": 10, "n_test_pos": 4, "n_test_neg": 4}
 
@@ -72,10 +73,20 @@ def test_score_neuronpedia_explanations_then_export(model, sae, store, latents, 
     # the explainer itself calls no LLM: only detection and its control (another latent's explanation)
     assert {r.stage for r in client.requests} == {"detection", "detection:control"}
 
-    report = export_explanations(result, tmp_path / "back.jsonl", neuronpedia_id="smollm2-135m/3-res-embedded")
+    # the lookup wrote nothing itself: the judge did not write these, so the model must be named
+    with pytest.raises(ConfigError, match="no LLM wrote the explanations of 2 latent"):
+        export_explanations(result, tmp_path / "back.jsonl", neuronpedia_id="smollm2-135m/3-res-embedded")
+    report = export_explanations(
+        result,
+        tmp_path / "back.jsonl",
+        neuronpedia_id="smollm2-135m/3-res-embedded",
+        explanation_model="gpt-4o-mini",
+        type_name="oai_token-act-pair",
+    )
     assert report.written == 2 and list(report.skipped) == [latents[2]]
     assert read_explanations(report.path) == {latents[0]: "Python keywords", latents[1]: "punctuation"}
-    assert json.loads(report.path.read_text().splitlines()[0])["explanationModelName"] == "fake-judge"
+    row = json.loads(report.path.read_text().splitlines()[0])
+    assert row["explanationModelName"] == "gpt-4o-mini" and row["typeName"] == "oai_token-act-pair"
 
 
 def test_ambiguous_export_and_bad_path_fail_clearly(model, sae, store, latents, tmp_path):
