@@ -22,7 +22,9 @@ def test_registered_by_entry_point():
     assert registry.get("scorers", "saebench").plugin == "saebench"
     assert registry.get("explainers", "saebench").plugin == "saebench"
     info = {p.name: p for p in registry.plugins()}["saebench"]
-    assert info.provides == {"scorers": ["saebench"], "explainers": ["saebench"]} and info.error is None
+    assert registry.get("scorers", "saebench-clean").plugin == "saebench"
+    both = ["saebench", "saebench-clean"]
+    assert info.provides == {"scorers": both, "explainers": both} and info.error is None
 
 
 def test_explainer_then_scorer(model, sae, store, latents, tmp_path):
@@ -36,8 +38,8 @@ def test_explainer_then_scorer(model, sae, store, latents, tmp_path):
         model,
         store=store,
         latents=latents[:2],
-        explainer="saebench",
-        scorers=["saebench"],
+        explainer="saebench-clean",
+        scorers=["saebench-clean"],
         llm=client,
         sampling=SMALL,
         out_dir=tmp_path,
@@ -47,14 +49,15 @@ def test_explainer_then_scorer(model, sae, store, latents, tmp_path):
     assert len(explain_prompts) == 2 and all(numbered(r.messages[-1][1]) == 15 for r in explain_prompts)
     assert all("<<" in r.messages[-1][1] for r in explain_prompts)
     assert all(r.max_tokens == 30 for r in explain_prompts)
-    score_prompts = [r for r in client.requests if r.stage == "saebench"]
+    score_prompts = [r for r in client.requests if r.stage == "saebench-clean"]
+    assert all(r.temperature == 0.0 for r in client.requests)
     assert all(numbered(r.messages[-1][1]) == 14 and "<<" not in r.messages[-1][1] for r in score_prompts)
     assert all("this neuron fires on Python keywords." in r.messages[-1][1] for r in score_prompts)
     settings = store.settings
     for record in result.records:
         explanation = record["explanation"]
         assert explanation["text"] == "Python keywords" and len(explanation["examples_shown"]) == 15
-        out = record["scores"]["saebench"]
+        out = record["scores"]["saebench-clean"]
         shown = {
             (t // settings.ctx_len, t % settings.ctx_len // settings.example_len) for t in explanation["examples_shown"]
         }
@@ -72,9 +75,9 @@ def test_explainer_then_scorer(model, sae, store, latents, tmp_path):
     # the table shows SAEBench's own headline: accuracy, with its Wilson interval and the answer-"None" chance
     # (not balanced accuracy's 0.5-0.5 interval, which would not even contain the score)
     for row in result.table.itertuples():
-        assert row.metric == "accuracy" and row.chance == pytest.approx(10 / 14)
+        assert row.scorer == "saebench-clean" and row.metric == "accuracy" and row.chance == pytest.approx(10 / 14)
         assert row.score == pytest.approx(10 / 14) and row.low < row.score < row.high and row.high - row.low > 0.3
-    summary = result.summary().set_index("scorer").loc["saebench"]
+    summary = result.summary().set_index("scorer").loc["saebench-clean"]
     assert summary["chance"] == pytest.approx(10 / 14) and summary["n_scored"] == 2
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from sae_autointerp_saebench import SAEBenchConfig, parse_explanation, parse_predictions, select_examples
 from sae_autointerp_saebench.protocol import BenchExample, _weighted_draw, render
@@ -11,7 +12,7 @@ from sae_lens_autointerp.harvest.store import Example
 from sae_lens_autointerp.sampling import chunk_key
 from sae_lens_autointerp.text import Renderer
 
-CFG = SAEBenchConfig()
+CFG = SAEBenchConfig(selection="clean")  # select_examples is the "clean" protocol
 
 
 def chunks(store, token_ids):
@@ -78,6 +79,16 @@ def test_importance_weighting_prefers_large_values():
     assert 8 <= sum(e.value == 1.0 for e in uniform) <= 32
 
 
+def test_render_keeps_special_tokens_for_saebench(model):
+    tok = model.tokenizer
+    ids = [tok.bos_token_id] + tok.encode("a b", add_special_tokens=False)
+    ex = BenchExample("top", 0, 1.0, np.array(ids, np.int32), np.array([0.0, 1.0, 0.0], np.float32), True)
+    kept = render(ex, Renderer(tok), mark=True, act_threshold=0.5, keep_special=True)
+    dropped = render(ex, Renderer(tok), mark=True, act_threshold=0.5)
+    assert kept == tok.bos_token + "<<a>> b" and dropped == "<<a>> b"
+    assert kept.replace("<<", "").replace(">>", "") == "".join(model.to_str_tokens(torch.tensor(ids)))
+
+
 def test_render_marks_active_tokens_one_by_one(model):
     tok = model.tokenizer
     ids = tok.encode("def f(x):\n    return x", add_special_tokens=False)
@@ -114,9 +125,20 @@ def test_parse_explanation():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="n_top_ex_for_scoring"):
+    from sae_lens_autointerp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="n_top_ex_for_scoring"):
         SAEBenchConfig(n_top_ex_for_scoring=-1)
+    with pytest.raises(ConfigError, match="selection must be one of"):
+        SAEBenchConfig(selection="saebench-ish")
+    with pytest.raises(ConfigError, match="buffer >= 1"):
+        SAEBenchConfig(buffer=0)
+    with pytest.raises(ConfigError, match="temperature"):
+        SAEBenchConfig(temperature=-1.0)
     assert SAEBenchConfig().n_ex_for_scoring == 14 and SAEBenchConfig().max_tokens_in_prediction == 33
+    # SAEBench's temperature (the OpenAI default) for the comparable selection, 0 for the clean one
+    assert SAEBenchConfig().temperature == 1.0 and SAEBenchConfig(selection="clean").temperature == 0.0
+    assert SAEBenchConfig(temperature=0.0).temperature == 0.0
 
 
 def test_chunk_helper_matches_core(store, latents):
