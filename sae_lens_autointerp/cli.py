@@ -345,7 +345,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.results}: no readable result records (the file is empty or every line is corrupt)")
     print(text_report(result))
     if args.html:
-        print(f"report: {write_html(result, args.html)}")
+        pages = _parse_latents(args.pages) if args.pages else None
+        print(f"report: {write_html(result, args.html, pages=pages)}")
     return 1 if result.incomplete else 0
 
 
@@ -458,9 +459,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("report", help="print the table and score histograms of a results.jsonl; write HTML")
+    p = sub.add_parser(
+        "report", help="print the table and score histograms of a results.jsonl; write the run's static site"
+    )
     p.add_argument("results", help="results.jsonl or its folder")
-    p.add_argument("--html", default=None, help="also write an HTML page here")
+    p.add_argument(
+        "--html",
+        default=None,
+        help="also write the static site (index + a page per latent, opens from disk) into this folder, or with "
+        "this index file when it ends in .html",
+    )
+    p.add_argument("--pages", default=None, help="latents that get a page, e.g. 0-99,120 (default: all)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("harvest", help="harvest latent activations into an activation store")

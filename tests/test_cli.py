@@ -54,12 +54,15 @@ def test_demo_then_report(tmp_path):
                 assert set(r["controls"]) == {"embedding", "detection"}
         html = (out / explainer / "report.html").read_text()
         assert "Judge check" in html and str(records[0]["latent"]) in html
+        for r in records:  # the site: a page per latent beside the index, plotly shipped
+            assert (out / explainer / "latents" / f"{r['latent'] // 1000:03d}" / f"{r['latent']}.html").is_file()
+        assert (out / explainer / "assets" / "plotly.min.js").is_file()
     index = (out / "report.html").read_text()
     assert "Explainers compared" in index and "top-tokens/report.html" in index
     report = cli("report", str(out / "top-tokens"), "--html", str(tmp_path / "again.html"))
     assert report.returncode == 0, report.stderr[-2000:]
     assert "per scorer" in report.stdout and "judge check:" in report.stdout
-    assert (tmp_path / "again.html").is_file()
+    assert (tmp_path / "again.html").is_file() and (tmp_path / "assets" / "index.js").is_file()
 
 
 def test_errors_are_one_clear_line(tmp_path):

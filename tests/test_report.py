@@ -38,8 +38,11 @@ def _crafted(folder):
 
 def test_html_escapes_every_field(tmp_path):
     _crafted(tmp_path)
-    page = write_html(load(tmp_path), tmp_path / "report.html").read_text()
-    assert "<script>" not in page and "<img" not in page
+    index = write_html(load(tmp_path), tmp_path / "report.html")
+    page = (tmp_path / "latents" / "000" / "3.html").read_text()
+    for text in (index.read_text(), page):
+        assert "<script>" not in text and "<img" not in text
+    assert "&lt;img src=x onerror=alert(2)&gt;" in index.read_text()  # the scorer's name in the summary
     assert "&lt;script&gt;" in page and "&lt;img src=x onerror=alert(2)&gt;" in page
 
 
