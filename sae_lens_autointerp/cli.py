@@ -336,6 +336,45 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return max((_exit_code(r) for r in comparison.results.values()), default=0)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    """A run's explanations and scores in a peer's format (interchange.py); bad options fail in one line."""
+    from . import interchange
+    from .errors import ConfigError
+    from .report import load
+
+    result = load(args.results)
+    if args.format == "saebench":
+        path = interchange.to_saebench(
+            result,
+            args.out,
+            scorer=args.scorer,
+            model_name=args.model_name,
+            sae_lens_release_id=args.release,
+            sae_lens_id=args.sae_id,
+        )
+        print(f"wrote {path}")
+        return 0
+    if args.format == "delphi":
+        if not args.module:
+            raise ConfigError("--format delphi needs --module (the hook point in delphi's file names, e.g. layers.3)")
+        export = interchange.to_delphi(result, args.out, module=args.module)
+    else:
+        export = interchange.to_neuronpedia(
+            result,
+            args.out,
+            neuronpedia_id=args.neuronpedia_id,
+            author_id=args.author_id or interchange.NEURONPEDIA_DEFAULT_AUTHOR_ID,
+            type_name=args.type_name,
+            explanation_model=args.explanation_model,
+            unattributed=args.unattributed,
+            overwrite=args.overwrite,
+        )
+    print(f"wrote {export.written} latents to {len(export.paths)} file(s) under {args.out}")
+    for latent, why in list(export.skipped.items())[:20]:
+        print(f"  left out {latent}: {why}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .report import load, text_report, write_html
@@ -471,6 +510,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pages", default=None, help="latents that get a page, e.g. 0-99,120 (default: all)")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "export", help="write a run in SAEBench's, delphi's or Neuronpedia's format (docs/interchange.md)"
+    )
+    p.add_argument("results", help="results.jsonl or its folder")
+    p.add_argument("--format", required=True, choices=["saebench", "delphi", "neuronpedia"])
+    p.add_argument("--out", required=True, help="the file (saebench) or folder (delphi, neuronpedia) to write")
+    p.add_argument(
+        "--scorer", default=None, help="saebench: the scorer whose number to write when 'saebench' did not run"
+    )
+    p.add_argument("--model-name", default=None, help="saebench: the model's name")
+    p.add_argument("--release", default=None, help="saebench: the SAELens release")
+    p.add_argument("--sae-id", default=None, help="saebench: the SAELens SAE id")
+    p.add_argument("--module", default=None, help="delphi: the hook point in the file names, e.g. layers.3")
+    p.add_argument("--neuronpedia-id", default=None, help="neuronpedia: MODEL/SOURCE, e.g. gpt2-small/8-res-jb")
+    p.add_argument("--author-id", default=None, help="neuronpedia: the authorId (default: Neuronpedia's bot user)")
+    p.add_argument("--type-name", default=None, help="neuronpedia: a registered explanation typeName")
+    p.add_argument("--explanation-model", default=None, help="neuronpedia: the model that wrote the explanations")
+    p.add_argument(
+        "--unattributed", default="error", choices=["error", "skip"], help="neuronpedia: explanations no model wrote"
+    )
+    p.add_argument("--overwrite", action="store_true", help="neuronpedia: replace existing batch files")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("harvest", help="harvest latent activations into an activation store")
     p.add_argument("--sae", default="embedded", help="SAELens release, local SAE folder, or 'embedded'")

@@ -63,6 +63,13 @@ def test_demo_then_report(tmp_path):
     assert report.returncode == 0, report.stderr[-2000:]
     assert "per scorer" in report.stdout and "judge check:" in report.stdout
     assert (tmp_path / "again.html").is_file() and (tmp_path / "assets" / "index.js").is_file()
+    export = cli(
+        "export", str(out / "top-tokens"), "--format", "delphi", "--module", "layers.3", "--out", str(tmp_path / "d")
+    )
+    assert export.returncode == 0, export.stderr[-2000:]
+    assert len(list((tmp_path / "d" / "explanations").glob("layers.3_latent*.txt"))) == 2
+    refused = cli("export", str(out / "top-tokens"), "--format", "saebench", "--out", str(tmp_path / "s.json"))
+    assert refused.returncode == 2 and "the saebench scorer did not run" in refused.stderr
 
 
 def test_errors_are_one_clear_line(tmp_path):
