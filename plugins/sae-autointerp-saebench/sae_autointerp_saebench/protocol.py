@@ -14,20 +14,19 @@ SAEBench (Karvonen, Rager, Lin, Tigges, Bloom et al. 2024; ``sae_bench/evals/aut
 * the scorer sees the 14 scoring windows shuffled and unmarked and answers which numbers activate;
   the score is the accuracy over the 14 (answering "None" scores 10/14 = 0.714).
 
-What differs here, and why (all documented in the plugin README):
+Two selections (``SAEBenchConfig.selection``):
 
-* Windows come from the store, not from a dense pass over the corpus: "top" is the store's exact top list;
-  the importance-weighted draw is over the store's uniform sample of firing examples (one per 32-token
-  chunk, each weighted by its peak activation to the power ``iw_power``), not over every token. The
-  store keeps activations for ``peak_offset`` tokens before the peak and ``example_len - peak_offset - 1``
-  after it (24 and 7 by default), so the last ``buffer - 7`` tokens of a 21-token window are shown but never
-  marked (their activation is unknown; the peak and everything before it are known).
-* Negatives are random windows on which the latent is exactly zero (SAEBench labels random windows
-  negative without checking).
-* All randomness comes from ``latent_rng(seed, latent, purpose)``: the explainer and the scorer draw the
-  same split, so the scorer's 4 positives are never among the 15 the explainer saw. When the explanation
-  came from another explainer, the windows it was shown are excluded from the scoring ones instead.
-* An unparseable answer is counted in ``n_failed`` (SAEBench silently drops the latent).
+* ``"saebench"`` (:func:`select_saebench`): SAEBench 0.6.0's own selection on dense activations recomputed
+  over the store's tokens (``dense.py``, ``selection.py``); comparable with published SAEBench numbers.
+* ``"clean"`` (:func:`select_examples`): windows from the store. "Top" is the store's exact top list; the
+  importance-weighted draw is over the store's uniform sample of firing examples (one per 32-token chunk,
+  weighted by peak activation ** ``iw_power``); negatives are random windows on which the latent is exactly
+  zero; the last ``buffer - 7`` tokens of a window are shown but never marked (the store keeps 24 tokens
+  before each peak and 7 after); the scorer's windows avoid chunks an explainer was shown.
+
+Both: all randomness comes from ``(seed, latent)``, so the explainer and the scorer draw the same split and
+the scorer's 4 positives are never among the 15 the explainer saw; an unparseable answer is counted in
+``n_failed`` (SAEBench silently drops the latent).
 """
 
 from __future__ import annotations

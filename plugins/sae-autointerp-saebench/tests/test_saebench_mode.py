@@ -94,10 +94,11 @@ def test_saebench_sampling_scores_dense_and_rare_latents(model, sae, store, tmp_
         model, explanations=explanations, sampling={**SMALL, **SAEBENCH_SAMPLING}, out_dir=tmp_path / "b", **kwargs
     )
     outs = {r["latent"]: r["scores"]["saebench"] for r in both.records}
-    assert set(outs) == {dense, rare}
-    for out in outs.values():  # scored like SAEBench, or skipped for SAEBench's own reason, never by the core
-        assert out["n_examples"] == 14 or out["error"].startswith("SAEBench skips this latent")
-    assert outs[dense]["n_examples"] == 14
+    assert set(outs) == {dense, rare} and outs[dense]["n_examples"] == 14 and outs[dense]["score"] is not None
+    # the rare latent reaches the scorer, which skips it for SAEBench's own reason (nothing below its top 12)
+    why = select_saebench(store, model, sae, rare, 0, SAEBenchConfig()).skipped
+    assert why is not None and outs[rare]["error"] == f"SAEBench skips this latent: {why}"
+    assert outs[rare]["score"] is None and outs[rare]["n_examples"] == 0
 
 
 def test_saebench_selection_needs_the_model(sae, store, latents):
