@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..harvest.store import PAD_TOKEN, LatentStore
 from ..lens import DECODER_FILE, VOCAB_FILE, read_run_view
 from ..paths import cache_dir
-from ..results import ScoreResult, _rows
+from ..results import ScoreResult, _rows, explanation_model_of
 
 log = logging.getLogger(__name__)
 esc = html.escape
@@ -217,8 +217,7 @@ def latent_card(
         return "".join(parts)
     expl = r.get("explanation") or {}
     provider = expl.get("provider") or {}
-    run = views.run
-    writer = (run.get("llm_identity") or {}).get("served_by") or run.get("llm") or "no LLM"
+    writer = explanation_model_of(r, views.run) or "none (no LLM wrote it)"
     parts.append('<h3>Explanation</h3><blockquote class="expl">')
     parts.append(
         esc(str(expl.get("text")))

@@ -33,12 +33,15 @@ def score_distributions(table: pd.DataFrame, summary: pd.DataFrame) -> Any:
     for i, scorer in enumerate(scorers):
         row, col = i // cols + 1, i % cols + 1
         group = scored[scored["scorer"] == scorer]
+        bins = _bins(group)
+        if bins is not None:
+            fig.update_xaxes(range=[bins["start"], bins["end"]], row=row, col=col)
         fig.add_histogram(
             x=group["score"],
             name="score",
             marker_color=SCORE_COLOUR,
             opacity=0.75,
-            nbinsx=20,
+            xbins=bins,
             showlegend=i == 0,
             legendgroup="score",
             row=row,
@@ -51,7 +54,7 @@ def score_distributions(table: pd.DataFrame, summary: pd.DataFrame) -> Any:
                 name="control (another latent's explanation)",
                 marker_color=CONTROL_COLOUR,
                 opacity=0.55,
-                nbinsx=20,
+                xbins=bins,
                 showlegend=i == 0,
                 legendgroup="control",
                 row=row,
@@ -76,6 +79,18 @@ def score_distributions(table: pd.DataFrame, summary: pd.DataFrame) -> Any:
         title=None,
     )
     return fig
+
+
+#: metrics on a fixed range get fixed bins (a run where every latent scores 0.5 is one thin bar, not 0 to 1)
+BOUNDED = {"balanced_accuracy": (0.0, 1.0), "accuracy": (0.0, 1.0), "auc": (0.0, 1.0), "pearson": (-1.0, 1.0)}
+
+
+def _bins(group: pd.DataFrame) -> dict[str, float] | None:
+    metrics = set(group["metric"].dropna())
+    if len(metrics) == 1 and next(iter(metrics)) in BOUNDED:
+        lo, hi = BOUNDED[next(iter(metrics))]
+        return {"start": lo, "end": hi + 1e-9, "size": (hi - lo) / 20}
+    return None
 
 
 def spearman_matrix(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

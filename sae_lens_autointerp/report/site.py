@@ -271,7 +271,7 @@ def write_site(
         f"<p class='meta'>written by sae-lens-autointerp {esc(__version__)} in {time.perf_counter() - start:.1f} s</p></header>"
         f"<h2>Run</h2>{_settings(result, views)}{missing}"
         f"<h2>Judge check</h2><ul class='verdict'>{verdict or '<li>no scorer with a control in this run</li>'}</ul>{incomplete}"
-        f"<h2>Per scorer</h2><p class='meta'>mean score with its 95% interval and chance; control = another latent's explanation on the same examples; lift = score − control</p>{summary_html}"
+        f"<h2>Per scorer</h2><p class='meta'>mean score with its 95% interval and chance; control = another latent's explanation on the same examples; lift = score − control</p><div class='wide'>{summary_html}</div>"
         f"{figures}"
         "<h2>Latents</h2><div class='controls'><input id='q' type='search' placeholder='search explanations or a latent number'>"
         "<select id='flag'><option value=''>all latents</option></select>"
