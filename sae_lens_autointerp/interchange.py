@@ -26,6 +26,7 @@ from typing import Any, Literal
 from ._version import __version__
 from .errors import ConfigError
 from .results import ScoreResult, explanation_model_of
+from .runviews import RunViews
 
 log = logging.getLogger("sae_lens_autointerp")
 
@@ -440,7 +441,7 @@ def _delphi_module(module: str) -> str:
     return module
 
 
-def _delphi_prediction(p: Mapping[str, Any], scorer: str) -> dict[str, Any]:
+def _delphi_prediction(p: Mapping[str, Any], scorer: str, text: tuple[list[str], list[float]] | None) -> dict[str, Any]:
     if "label" not in p or "prediction" not in p:
         raise ConfigError(
             f"the {scorer!r} scorer's predictions have no label / prediction, so they do not fit delphi's "
@@ -449,8 +450,8 @@ def _delphi_prediction(p: Mapping[str, Any], scorer: str) -> dict[str, Any]:
     label, prediction = bool(p["label"]), p.get("prediction")
     quantile = p.get("quantile")
     return {
-        "str_tokens": [],  # not in results.jsonl: the windows live in the store
-        "activations": [],
+        "str_tokens": [] if text is None else text[0],  # from the store and vocab.json; [] when they are gone
+        "activations": [] if text is None else text[1],
         "distance": quantile if label and quantile is not None else -1.0,
         "activating": label,
         "prediction": None if prediction is None else bool(prediction),
@@ -477,20 +478,24 @@ def to_delphi(
     ``str_tokens``, ``activations``, ``distance``, ``activating``, ``prediction``, ``probability``,
     ``correct``). ``scorers`` maps our scorer names to delphi's folders (default :data:`DELPHI_SCORERS`).
 
-    ``str_tokens`` and ``activations`` are empty lists (results.jsonl keeps window ids, not their text);
-    ``distance`` is the example's quantile for activating examples and -1.0 (delphi's value for random
+    ``str_tokens`` and ``activations`` come from the activation store the run read and the run's
+    ``vocab.json`` (padding and special tokens left out, as the prompts leave them out); they are empty lists
+    when those are gone (the export says how many). ``distance`` is the example's quantile for activating examples and -1.0 (delphi's value for random
     negatives) for the others. Control scores, intervals and other scorers are not written.
     """
     module = _delphi_module(module)
     mapping = dict(DELPHI_SCORERS if scorers is None else scorers)
     base = Path(folder)
     paths, skipped, written = [], {}, 0
+    views = RunViews.of(result) if isinstance(result, ScoreResult) else RunViews.open(None)
+    without_text = 0
     for record in _records(result):
         latent = int(record["latent"])
         text, why = _usable(record)
         if text is None:
             skipped[latent] = str(why)
             continue
+        by_id = views.examples(latent)["by_id"] if views.store is not None else {}
         name = f"{module}_latent{latent}.txt"
         path = base / "explanations" / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -501,13 +506,24 @@ def to_delphi(
             out = (record.get("scores") or {}).get(ours)
             if not out or not out.get("predictions"):
                 continue
-            rows = [_delphi_prediction(p, ours) for p in out["predictions"]]
+            texts = [
+                views.text_of(latent, int(p.get("token_id", -1)), by_id) if views.pieces else None
+                for p in out["predictions"]
+            ]
+            without_text += sum(t is None for t in texts)
+            rows = [_delphi_prediction(p, ours, t) for p, t in zip(out["predictions"], texts)]
             path = base / "scores" / theirs / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(_dump_delphi(rows))
             paths.append(path)
     if not written:
         raise ConfigError(f"no latent of this run has an explanation to export ({len(skipped)} left out)")
+    if without_text:
+        log.warning(
+            "%d scored examples have no str_tokens / activations in the delphi files: %s",
+            without_text,
+            "; ".join(views.missing) or "their windows are not in the store",
+        )
     return Export(paths=paths, written=written, skipped=skipped)
 
 

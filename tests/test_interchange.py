@@ -249,6 +249,9 @@ def test_delphi_export_layout_and_round_trip(llm_run, tmp_path):
                 assert row["activating"] is p["label"] and row["prediction"] == p["prediction"]
                 assert row["correct"] == (None if p["prediction"] is None else p["prediction"] == p["label"])
                 assert row["distance"] == (p["quantile"] if p["label"] else -1.0)
+                # the window's text and activations, from the store and vocab.json
+                assert row["str_tokens"] and len(row["str_tokens"]) == len(row["activations"])
+                assert (max(row["activations"]) > 0) is bool(p["label"])
 
 
 def test_delphi_reader_refuses_ambiguity_and_skips_placeholders(tmp_path):

@@ -11,134 +11,20 @@ from __future__ import annotations
 
 import html
 import logging
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..harvest.store import PAD_TOKEN, LatentStore
-from ..lens import DECODER_FILE, VOCAB_FILE, read_run_view
-from ..paths import cache_dir
+from ..harvest.store import PAD_TOKEN
 from ..results import ScoreResult, _rows, explanation_model_of
+from ..runviews import RunViews
 
 log = logging.getLogger(__name__)
 esc = html.escape
 
-N_TOP = 10  # top examples on a card
-PER_QUANTILE = 2  # examples shown from each quantile of the activation distribution
 N_TEST = 40  # test examples per scorer (wrong answers first)
-
-
-@dataclass
-class RunViews:
-    """What every card of one run shares: run settings, the token pieces, the decoder views and the store."""
-
-    folder: Path | None
-    run: dict[str, Any] = field(default_factory=dict)
-    pieces: list[str] | None = None
-    special: frozenset[int] = frozenset()
-    decoder: dict[str, Any] = field(default_factory=dict)
-    store: LatentStore | None = None
-    missing: list[str] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, result: ScoreResult, store: LatentStore | None = None) -> RunViews:
-        folder = Path(result.path).parent if result.path is not None else None
-        views = cls(folder=folder)
-        if folder is None:
-            views.missing.append("the result has no run folder: no examples, tokens or decoder views")
-            return views
-        views.run = read_run_view(folder, "run.json") or {}
-        vocab = read_run_view(folder, VOCAB_FILE)
-        if vocab:
-            views.pieces, views.special = list(vocab["pieces"]), frozenset(vocab.get("special") or ())
-        else:
-            views.missing.append(f"no {VOCAB_FILE} in {folder} (a run of an older version): tokens shown as ids")
-        views.decoder = (read_run_view(folder, DECODER_FILE) or {}).get("latents", {})
-        if not views.decoder:
-            views.missing.append(f"no {DECODER_FILE} in {folder}: no promoted tokens or neighbours")
-        views.store = store if store is not None else _open_store(views.run, views.missing)
-        return views
-
-    def piece(self, token: int) -> str:
-        if self.pieces is not None and 0 <= token < len(self.pieces):
-            return self.pieces[token]
-        return f"<{token}>"
-
-    @cached_property
-    def _windows(self) -> dict[int, Any]:
-        return {w.start_id: w for w in self.store.random_windows()} if self.store is not None else {}
-
-    def examples(self, latent: int) -> dict[str, Any]:
-        """``top`` (largest first), ``quantiles`` (lists, strongest quantile first), ``cuts`` (the activation
-        where each quantile ends), ``sample`` (the firing examples' maxima) and ``by_id`` for lookups."""
-        store = self.store
-        if store is None:
-            return {"top": [], "quantiles": [], "cuts": [], "sample": np.zeros(0), "by_id": {}}
-        top = store.top_examples(latent)
-        strat = store.stratified_examples(latent)
-        n_q = int((self.run.get("sampling") or {}).get("n_quantiles") or 10)
-        groups = [list(g) for g in np.array_split(np.arange(len(strat)), min(n_q, max(len(strat), 1)))] if strat else []
-        quantiles = [[strat[i] for i in _spread(g, PER_QUANTILE)] for g in groups]
-        cuts = sorted(float(strat[g[-1]].value) for g in groups[:-1] if g)
-        by_id = {e.token_id: e for e in strat}
-        by_id.update({e.token_id: e for e in top})
-        return {
-            "top": top[:N_TOP],
-            "quantiles": quantiles,
-            "cuts": cuts,
-            "sample": np.array([e.value for e in strat], dtype=float),
-            "by_id": by_id,
-        }
-
-    def window(
-        self, latent: int, token_id: int, by_id: dict[int, Any]
-    ) -> tuple[list[int], np.ndarray, int | None] | None:
-        """(tokens, activations, peak index) of a scored example: a firing example by its peak id, else a
-        random window by its start."""
-        ex = by_id.get(token_id)
-        if ex is not None:
-            return ex.tokens.tolist(), ex.activations, ex.peak_index
-        w = self._windows.get(token_id)
-        if w is not None:
-            return w.tokens.tolist(), w.activations_of(latent), None
-        return None
-
-
-def _open_store(run: dict[str, Any], missing: list[str]) -> LatentStore | None:
-    """The store a run read: its recorded folder, else the default cache folder of its key."""
-    key = str(run.get("store") or "")
-    candidates = [Path(run["store_path"])] if run.get("store_path") else []
-    if key:
-        candidates.append(cache_dir("stores") / key[:24])
-    for folder in candidates:
-        if (folder / "meta.json").is_file():
-            try:
-                store = LatentStore(folder)
-            except (ConfigError, OSError) as err:
-                missing.append(f"the activation store {folder} could not be opened ({err}): no examples")
-                return None
-            if key and store.key != key:
-                missing.append(
-                    f"the store at {folder} is not the one this run read (key {store.key[:12]}): no examples"
-                )
-                return None
-            return store
-    missing.append(
-        "the activation store this run read is gone ("
-        + (", ".join(map(str, candidates)) or "not recorded")
-        + "): no examples; pass store= to write them"
-    )
-    return None
-
-
-def _spread(indices: list[int], k: int) -> list[int]:
-    if len(indices) <= k:
-        return list(indices)
-    return [indices[int(round(j * (len(indices) - 1) / (k - 1)))] for j in range(k)] if k > 1 else [indices[0]]
 
 
 # ------------------------------------------------------------------------------------------------ rendering

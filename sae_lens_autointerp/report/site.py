@@ -27,7 +27,8 @@ from .._version import __version__
 from ..errors import ConfigError
 from ..harvest.store import LatentStore
 from ..results import ScoreResult
-from .card import RunViews, latent_card
+from ..runviews import RunViews
+from .card import latent_card
 
 esc = html.escape
 ASSETS = ("site.css", "index.js")
