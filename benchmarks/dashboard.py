@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import numpy as np
 
 import sae_lens_autointerp as sai
 from sae_lens_autointerp.report import load, write_site
+from sae_lens_autointerp.report.browser import chromium_driver
 
 WORDS = "month digit return bracket python token code list string number name file class error value".split()
 
@@ -90,28 +90,6 @@ def synthetic_run(folder: Path, n: int, seed: int = 0) -> None:
     )
 
 
-def chromium():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1300,1800",
-    ):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=opts)
-
-
 def load_seconds(driver, url: str) -> float:
     driver.get("about:blank")
     driver.get(url)
@@ -125,7 +103,7 @@ def load_seconds(driver, url: str) -> float:
 
 
 def part_index(sizes: list[int], repeats: int, out: Path) -> None:
-    driver = chromium()
+    driver = chromium_driver()
     base = None
     print(f"{'latents':>8} {'write s':>8} {'index MB':>9} {'load s (median)':>16} {'vs 10':>7}")
     try:

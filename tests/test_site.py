@@ -163,34 +163,15 @@ def test_results_text_renders_as_text(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ browser
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
 @pytest.fixture(scope="module")
 def browser():
-    if not (CHROMIUM and CHROMEDRIVER):
+    from sae_lens_autointerp.report.browser import chromium_driver, chromium_paths
+
+    if not all(chromium_paths()):
         reason = "Debian's chromium and chromium-driver are not installed (.ci/run installs them with apt)"
         print(f"SKIPPED real-browser tests: {reason}")
         pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1300,1800",
-    ):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver = chromium_driver()
     yield driver
     driver.quit()
 
