@@ -265,6 +265,37 @@ def build_config(config: RunConfig | None, options: Mapping[str, Any]) -> tuple[
         raise ConfigError(f"bad run option: {exc}") from None
 
 
+#: The latent filters of SamplingConfig that a protocol may set (``latent_filters`` on its explainer / scorer).
+FILTER_FIELDS = ("min_activating", "max_frequency")
+
+
+def protocol_filters(sampling: SamplingConfig, objects: Mapping[Any, Any]) -> SamplingConfig:
+    """A protocol that chooses its own latents (SAEBench scores dense and rare latents the core's filters
+    skip) declares ``latent_filters = {"max_frequency": 1.0, ...}`` on its explainer or scorer. A filter still
+    at its default takes the protocol's value; one the user set stays (with a warning when they differ); two
+    protocols that disagree fail before any work."""
+    default = SamplingConfig()
+    wanted: dict[str, tuple[Any, str]] = {}
+    for name, obj in objects.items():
+        for key, value in (getattr(obj, "latent_filters", None) or {}).items():
+            if key not in FILTER_FIELDS:
+                raise PluginError(f"{name!r} declares latent_filters[{key!r}]; only {FILTER_FIELDS} can be set")
+            if key in wanted and wanted[key][0] != value:
+                raise ConfigError(
+                    f"{wanted[key][1]!r} and {name!r} need different {key} ({wanted[key][0]} vs {value}); run them "
+                    "separately"
+                )
+            wanted[key] = (value, str(name))
+    changes = {}
+    for key, (value, name) in wanted.items():
+        current = getattr(sampling, key)
+        if current == getattr(default, key):
+            changes[key] = value
+        elif current != value:
+            log.warning("%s selects latents with %s=%s; keeping your %s=%s", name, key, value, key, current)
+    return replace(sampling, **changes) if changes else sampling
+
+
 def preflight(
     sae: Any,
     model: Any,
@@ -300,6 +331,7 @@ def preflight(
     # Resolve every plugin name before any expensive work, so a typo fails in a second.
     scorer_objs = {n: _make("scorers", n, cfg.scorer_kwargs.get(n)) for n in scorer_names}
     explainer_obj = _make("explainers", explainer, cfg.explainer_kwargs) if explainer else None
+    sampling_cfg = protocol_filters(sampling_cfg, {explainer: explainer_obj, **scorer_objs})
     providers = {
         "scorers": {n: provenance("scorers", n) for n in scorer_names},
         "explainer": provenance("explainers", explainer) if explainer else None,

@@ -11,6 +11,7 @@ from sae_lens_autointerp.sampling import LatentSample
 
 from .protocol import (
     GENERATION_PROMPT_ID,
+    SAEBENCH_SAMPLING,
     SAEBenchConfig,
     generation_messages,
     parse_explanation,
@@ -34,6 +35,9 @@ class SAEBenchExplainer:
 
     def __init__(self, **config: Any) -> None:
         self.config = SAEBenchConfig(**{"selection": self.default_selection, **config})
+        # SAEBench scores every latent that fired (its own rule skips some): the core's density and rarity
+        # filters are switched off for this run unless the user set them (pipeline.protocol_filters)
+        self.latent_filters = dict(SAEBENCH_SAMPLING) if self.config.selection == "saebench" else {}
         self.prompt_id = GENERATION_PROMPT_ID
 
     async def explain(self, sample: LatentSample, ctx: Context) -> Explanation:

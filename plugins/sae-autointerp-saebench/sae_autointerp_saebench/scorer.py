@@ -13,6 +13,7 @@ from sae_lens_autointerp.records import Context, Explanation, ScorerOutput
 from sae_lens_autointerp.sampling import LatentSample, latent_rng
 
 from .protocol import (
+    SAEBENCH_SAMPLING,
     SCORING_PROMPT_ID,
     BenchSet,
     SAEBenchConfig,
@@ -46,6 +47,9 @@ class SAEBenchScorer:
             raise ConfigError(f"headline must be one of {HEADLINES}, got {headline!r}")
         self.headline = headline
         self.config = SAEBenchConfig(**{"selection": self.default_selection, **config})
+        # SAEBench scores every latent that fired (its own rule skips some): the core's density and rarity
+        # filters are switched off for this run unless the user set them (pipeline.protocol_filters)
+        self.latent_filters = dict(SAEBENCH_SAMPLING) if self.config.selection == "saebench" else {}
         self.prompt_id = SCORING_PROMPT_ID
 
     async def score(self, sample: LatentSample, explanation: Explanation | None, ctx: Context) -> ScorerOutput:

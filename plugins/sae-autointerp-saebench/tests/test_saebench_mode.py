@@ -86,13 +86,31 @@ def test_saebench_sampling_scores_dense_and_rare_latents(model, sae, store, tmp_
     freq, counts = store.frequency, store.stats["n_fire_examples"]
     dense = next(i for i in range(store.d_sae) if float(freq[i]) > 0.25)
     rare = next(i for i in range(store.d_sae) if 0 < int(counts[i]) < 10)
-    kwargs = dict(store=store, scorers=["saebench"], llm=FakeClient(lambda s, u: "None"), progress=False)
+    kwargs = dict(store=store, llm=FakeClient(lambda s, u: "None"), progress=False)
     explanations = {dense: "everything", rare: "something rare"}
-    default = sae.score(model, explanations=explanations, sampling=SMALL, out_dir=tmp_path / "a", **kwargs)
-    assert all(r.get("skipped") for r in default.records)  # the core's density / rarity filters
-    both = sae.score(
-        model, explanations=explanations, sampling={**SMALL, **SAEBENCH_SAMPLING}, out_dir=tmp_path / "b", **kwargs
+    clean = sae.score(
+        model, explanations=explanations, scorers=["saebench-clean"], sampling=SMALL, out_dir=tmp_path / "a", **kwargs
     )
+    assert all(r.get("skipped") for r in clean.records)  # the core's density / rarity filters
+    # the user's own filter wins over the protocol's (with a warning)
+    mine = sae.score(
+        model,
+        explanations=explanations,
+        scorers=["saebench"],
+        sampling={**SMALL, "max_frequency": 0.2},
+        out_dir=tmp_path / "c",
+        **kwargs,
+    )
+    assert next(r for r in mine.records if r["latent"] == dense).get("skipped")
+    # the saebench protocol switches the filters off itself (latent_filters); passing them is the same run
+    runs = [
+        sae.score(
+            model, explanations=explanations, scorers=["saebench"], sampling=sampling, out_dir=tmp_path / n, **kwargs
+        )
+        for n, sampling in (("b", SMALL), ("d", {**SMALL, **SAEBENCH_SAMPLING}))
+    ]
+    assert runs[0].run_key == runs[1].run_key
+    both = runs[0]
     outs = {r["latent"]: r["scores"]["saebench"] for r in both.records}
     assert set(outs) == {dense, rare} and outs[dense]["n_examples"] == 14 and outs[dense]["score"] is not None
     # the rare latent reaches the scorer, which skips it for SAEBench's own reason (nothing below its top 12)
