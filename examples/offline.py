@@ -1,6 +1,6 @@
 """The whole pipeline offline on CPU: embedded SmolLM2-135M, its shipped SAE, Python's docs, local LLM.
 
-    python examples/offline.py        # a few minutes on 2 cores
+    python examples/offline.py        # a few minutes on 2 cores; writes autointerp-offline-site/index.html
 
 Every score comes with its interval, its chance level and a control (another latent's explanation on the
 same examples); the last lines say which scorers carry signal with this judge.
@@ -35,3 +35,6 @@ if usable:
     print(result.summary()[["scorer", "n_scored", "mean", "low", "high", "control", "lift", "lift_low", "lift_high"]])
     for line in result.verdict():
         print(line)
+    # The static site: an index (distributions, agreement, a sortable table) and a page per latent with its
+    # coloured examples and the judge's answers; opens from disk. In a notebook: result.show(latent).
+    print("site:", result.to_html("autointerp-offline-site"))
