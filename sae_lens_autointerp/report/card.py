@@ -164,7 +164,7 @@ def latent_card(
         n_wrong = sum(p.get("prediction") != p.get("label") for p in preds)
         parts.append(
             f"<h3>Test examples: {esc(str(name))}</h3><p class='meta'>{n_wrong} of {len(preds)} answered wrong "
-            "(shown first); P = the judge's probability that the example activates</p>"
+            "(shown first); answer: the judge's yes / no, P: its probability of yes</p>"
         )
         for p in wrong[:N_TEST]:
             ok = p.get("prediction") == p.get("label")
