@@ -18,7 +18,8 @@ of all other tokens). It is exact from the sums, close to ``eta^2`` when groups 
 below for a latent whose token groups carry no repeatable signal; it is clipped to ``[0, 1]``.
 
 The token partition is "each token id the latent's per-token table kept, and all other tokens together" (the
-table holds the first ``n_token_slots`` distinct tokens a latent fires on; a latent's zero tokens are all in
+table holds, of the tokens a latent fires on, the ``n_token_slots`` of smallest seeded hash, a choice that does
+not depend on the order of the corpus, so distributed harvests merge it exactly; a latent's zero tokens are all in
 the rest group, which changes nothing: groups whose activations are all zero explain nothing either way). When a
 latent's table overflowed (``unigram_complete`` is False) the share is that of a coarser partition, so it is
 at most what the full token partition would give: flags are conservative, never inflated.

@@ -17,7 +17,7 @@ import sae_lens_autointerp as sai
 from sae_factories import make_hooked, make_sae
 from sae_lens_autointerp.errors import ConfigError
 from sae_lens_autointerp.harvest.model import ModelAdapter
-from sae_lens_autointerp.harvest.stats import position_buckets
+from sae_lens_autointerp.harvest.stats import position_buckets, token_priority
 from sae_lens_autointerp.heuristics import heuristic_flags
 from scripted_llm import ScriptedClient, sensible
 
@@ -84,25 +84,19 @@ def test_position_sums_equal_bruteforce(harvested):
 
 
 def test_token_table_equals_bruteforce(harvested):
-    """Counts per token id; per latent the first SLOTS tokens it fired on (batch by batch, within a batch by
-    token id), each with its exact sum and sum of squares; overflow set exactly when a token was left out."""
+    """Counts per token id; per latent, of the tokens it fired on, the SLOTS with the smallest seeded priority
+    (token_priority: independent of arrival order, so partial tables merge), each with its exact sum and sum
+    of squares; overflow set exactly when a token was left out."""
     store, tokens, valid, dense = harvested
     st = store.stats
     counts = torch.bincount(tokens[valid])
     assert torch.equal(st["token_counts"][: len(counts)], counts) and not st["token_counts"][len(counts) :].any()
     n_overflow = 0
     for latent in range(store.d_sae):
-        kept: list[int] = []
-        overflow = False
-        for start in range(0, N_SEQ, BATCH):
-            acts = dense[start : start + BATCH, :, latent]
-            for tok in sorted(set(tokens[start : start + BATCH][acts != 0].tolist())):
-                if tok in kept:
-                    continue
-                if len(kept) < SLOTS:
-                    kept.append(tok)
-                else:
-                    overflow = True
+        fired = torch.unique(tokens[dense[..., latent] != 0])
+        by_priority = fired[token_priority(fired, store.settings.seed).argsort()].tolist()
+        kept = by_priority[:SLOTS]
+        overflow = len(by_priority) > SLOTS
         ids = st["tok_ids"][latent].tolist()
         assert ids == sorted(kept) + [-1] * (SLOTS - len(kept)), latent
         assert bool(st["tok_overflow"][latent]) == overflow

@@ -2,11 +2,19 @@
 
 from typing import TYPE_CHECKING
 
-from .run import harvest, pin_malloc_thresholds
+from .run import harvest, harvest_many, pin_malloc_thresholds
 from .stats import HarvestSettings
 from .store import Example, LatentStore, RandomWindow, deprecated_store_alias
 
-__all__ = ["Example", "HarvestSettings", "LatentStore", "RandomWindow", "harvest", "pin_malloc_thresholds"]
+__all__ = [
+    "Example",
+    "HarvestSettings",
+    "LatentStore",
+    "RandomWindow",
+    "harvest",
+    "harvest_many",
+    "pin_malloc_thresholds",
+]
 
 if TYPE_CHECKING:
     from .store import ActivationStore as ActivationStore  # deprecated alias of LatentStore

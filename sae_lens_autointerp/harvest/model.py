@@ -161,30 +161,13 @@ class ModelAdapter:
             value = self.separator_token_id()
         return 0 if value is None else int(value)
 
-    @torch.no_grad()
     def capture(self, tokens: torch.Tensor) -> torch.Tensor:
         """Activations at the SAE's hook for ``tokens`` [batch, seq], shaped [batch, seq, d_in],
         on the SAE's device and dtype. Nothing after the hook is computed."""
-        captured: list[torch.Tensor] = []
+        return capture_many([self], tokens)[0]
 
-        def hook_fn(activation: torch.Tensor, hook: Any) -> None:  # noqa: ARG001 - hook.name is unreliable
-            captured.append(activation)
-            raise StopForward
-
-        tokens = tokens.to(self.device)
-        stop = None if self.spec.layer is None else self.spec.layer + 1
-        with model_lock(self.model), self.model.hooks(fwd_hooks=[(self.hook_point, hook_fn)]):
-            try:
-                # stop_at_layer is a second guard in case a wrapper swallows our exception.
-                self.model(tokens, return_type=None, stop_at_layer=stop)
-            except StopForward:
-                pass
-        if not captured:
-            raise ConfigError(
-                f"hook {self.spec.hook_name!r} did not fire during the forward pass; is it behind "
-                "stop_at_layer or replaced by an attached SAE? Detach SAEs (reset_saes()) before harvesting."
-            )
-        act = captured[0]
+    def _prepare(self, act: torch.Tensor) -> torch.Tensor:
+        """The hook's raw activation as this SAE reads it: one head, or the heads concatenated."""
         if self.spec.head_index is not None:
             if act.ndim != 4:
                 raise ConfigError(
@@ -229,3 +212,40 @@ class ModelAdapter:
             "weights_blake2b": digest.hexdigest(),
             "tokenizer_sha256": tokens,
         }
+
+
+@torch.no_grad()
+def capture_many(adapters: list[ModelAdapter], tokens: torch.Tensor) -> list[torch.Tensor]:
+    """One forward pass for several SAEs on one model: every SAE's hook is captured, and the pass stops once
+    the last of them has fired (and at the deepest block, a second guard), so nothing deeper runs. Returns
+    one activation per adapter, as :meth:`ModelAdapter.capture` would give it alone."""
+    model = adapters[0].model
+    if any(a.model is not model for a in adapters):
+        raise ConfigError("capture_many needs adapters of one model object")
+    points = sorted({a.hook_point for a in adapters})
+    captured: dict[str, torch.Tensor] = {}
+
+    def make_hook(point: str) -> Any:
+        def hook_fn(activation: torch.Tensor, hook: Any) -> None:  # noqa: ARG001 - hook.name is unreliable
+            captured.setdefault(point, activation)
+            if len(captured) == len(points):
+                raise StopForward
+
+        return hook_fn
+
+    known = [a.spec.layer for a in adapters if a.spec.layer is not None]  # embedding hooks fire before block 0
+    stop = max(known) + 1 if known else None
+    tokens = tokens.to(adapters[0].device)
+    with model_lock(model), model.hooks(fwd_hooks=[(p, make_hook(p)) for p in points]):
+        try:
+            # stop_at_layer is a second guard in case a wrapper swallows our exception.
+            model(tokens, return_type=None, stop_at_layer=stop)
+        except StopForward:
+            pass
+    missing = [a.spec.hook_name for a in adapters if a.hook_point not in captured]
+    if missing:
+        raise ConfigError(
+            f"hook {missing[0]!r} did not fire during the forward pass; is it behind "
+            "stop_at_layer or replaced by an attached SAE? Detach SAEs (reset_saes()) before harvesting."
+        )
+    return [a._prepare(captured[a.hook_point]) for a in adapters]

@@ -4,10 +4,10 @@ An *example* is one chunk of ``example_len`` consecutive tokens of a sequence; i
 is the latent's maximum over the chunk and its *peak* is where that maximum sits. Per latent we keep:
 
 - ``n_fire_tokens``, ``n_fire_examples``, ``sum_acts`` (exact counts / sums);
-- ``top_*``: the ``top_k`` examples with the largest activation (exact, sorted descending);
+- ``top_*``: the ``top_k`` examples with the largest activation (exact; ties broken by the earlier chunk);
 - ``res_*``: a uniform random sample without replacement of ``n_stratified`` firing examples (bottom-k of
-  random keys, which merges exactly across batches). Sorted by activation and cut into equal parts it gives
-  the rank deciles of the activation distribution, from which explainer and test examples are drawn.
+  random keys). Sorted by activation and cut into equal parts it gives the rank deciles of the activation
+  distribution, from which explainer and test examples are drawn.
 - for each kept example, the latent's activations over a window of ``example_len`` tokens with the peak at
   index ``peak_offset`` (tokens outside the sequence or masked count as 0), stored as float16.
 
@@ -23,16 +23,24 @@ identity alone?), sums over every valid token, exact, in memory independent of t
   when ``ctx_len <= n_position_buckets``, else the first half of the buckets are the first positions one by
   one and the rest cut the remaining positions into equal-width ranges (positional latents mostly care about
   the first few positions).
-- ``token_counts`` [vocab seen]: valid tokens per token id (shared), and per latent a table of
-  ``n_token_slots`` token ids (``tok_ids``, -1 = empty) with the sum and sum of squares of its activation on
-  each (``tok_sums``, ``tok_sq``). A token takes a slot the first time the latent is non-zero on it (within a
-  batch in token-id order) while the latent has a free slot, so every kept sum is exact (before that the
-  latent was 0 on the token); a token arriving when the table is full is not kept and ``tok_overflow`` is set.
-  What the table lacks is the difference to the latent's totals, so the statistics of the partition "each
-  kept token, and all other tokens together" are exact.
+- ``token_counts`` [vocab seen]: valid tokens per token id (shared), and per latent a table of at most
+  ``n_token_slots`` token ids (``tok_ids``, ascending, -1 = empty) with the sum and sum of squares of its
+  activation on each (``tok_sums``, ``tok_sq``). The table holds, of the tokens the latent is non-zero on, the
+  ``n_token_slots`` with the smallest seeded hash of the token id (:func:`token_priority`): a pseudo-random
+  choice that does not depend on the order tokens arrive in, so every kept sum is exact (a kept token was kept
+  from its first non-zero on) and partial tables merge exactly. ``tok_overflow`` is set when the latent fired
+  on more tokens than the table holds. What the table lacks is the difference to the latent's totals, so the
+  statistics of the partition "each kept token, and all other tokens together" are exact.
 
-Random keys come from a generator seeded with ``(seed, batch_index)``, so a resumed harvest gives exactly
-the result of an uninterrupted one.
+**Mergeable by construction** (for the distributed harvest, ``ray_harvest.py``). Every random key is a seeded
+hash of *what* it keys (the chunk's global start token id, the latent, the token id), never of the order of
+arrival, and every kept set is defined by a total order (ties broken by the chunk id), so the top-k, the
+sample and the pool of a harvest split into parts equal the merged parts' exactly (:meth:`LatentStats.merge`).
+Float sums depend on the order of additions, so they are accumulated per *shard* (``shard_batches`` batches
+of consecutive sequences) and folded into the totals shard after shard, in order: one process harvesting
+shard after shard and workers harvesting shards that are then merged in order do the same additions, and so
+give the same bits (on CPU; CUDA's atomic ``index_add_`` makes even one GPU run's float sums vary in the
+last bits). A finished harvest's slots are put in a canonical order (:meth:`LatentStats.canonicalize`).
 """
 
 from __future__ import annotations
@@ -41,9 +49,60 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-_SEED_STRIDE = 1_000_003
 _KEY_STRIDE = 1 << 32  # (latent, token) -> latent * _KEY_STRIDE + token; token ids are below 2**31
 _PAIR_CHUNK = 1 << 22  # activations scanned for non-zeros at a time (bounds the pair tensors)
+_M32 = 0xFFFFFFFF
+_MIX = 0x45D9F3B  # odd: multiplying by it is a bijection modulo 2**32
+_HI = 1 << 32
+_I64_MIN = -(1 << 63)
+_I64_MAX = (1 << 63) - 1
+# Purposes of the seeded hashes: the same seed gives unrelated keys for each.
+_SALT_RES, _SALT_LATENT, _SALT_POOL, _SALT_TOKEN = 0x5E5, 0x1A7, 0x9001, 0x70C
+#: Sizes of the state that depend on the harvest's length only through folding (see the module docstring).
+_SUM_KEYS = ("sum_acts", "pos_sums", "pos_sq", "tok_ids", "tok_sums", "tok_sq", "tok_overflow")
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective integer hash of the low 32 bits of an int64 tensor into [0, 2**32). Every product stays
+    below 2**59, so no int64 overflow happens anywhere (bit-exact on CPU and GPU)."""
+    x = x & _M32
+    x = (((x >> 16) ^ x) * _MIX) & _M32
+    x = (((x >> 16) ^ x) * _MIX) & _M32
+    return (x >> 16) ^ x
+
+
+def _salt(seed: int, purpose: int) -> int:
+    return int(_mix32(torch.tensor([(seed * 0x9E3779B1 + purpose) & _M32], dtype=torch.int64))[0])
+
+
+def _hash31(ids: torch.Tensor, salt: int) -> torch.Tensor:
+    """[0, 2**31) hash of non-negative int64 ids (all 64 bits count) under ``salt``."""
+    h = _mix32((ids >> 32) ^ salt)
+    return _mix32((ids & _M32) ^ h) >> 1
+
+
+def token_priority(tokens: torch.Tensor, seed: int) -> torch.Tensor:
+    """The order in which tokens win a latent's per-token table (smallest first): a seeded hash of the token
+    id, ties broken by the id, so distinct tokens never tie."""
+    tokens = tokens.long()
+    return _hash31(tokens, _salt(seed, _SALT_TOKEN)) * _HI + tokens
+
+
+def _ordered(values: torch.Tensor) -> torch.Tensor:
+    """int64 that orders like float32 ``values`` (IEEE bits, negatives flipped)."""
+    bits = values.float().contiguous().view(torch.int32).long()
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _top_score(values: torch.Tensor, chunk_ids: torch.Tensor) -> torch.Tensor:
+    """Total order of the top-k: larger value first, then the earlier chunk (unique per chunk)."""
+    return _ordered(values) * _HI + (_M32 - (chunk_ids & _M32))
+
+
+def _chunk_start(peak_ids: torch.Tensor, ctx_len: int, example_len: int) -> torch.Tensor:
+    """Global start token id of the chunk a peak id lies in (the chunk's identity)."""
+    pos = peak_ids % ctx_len
+    return peak_ids - pos + (pos // example_len) * example_len
 
 
 @dataclass(frozen=True)
@@ -60,6 +119,7 @@ class HarvestSettings:
     seed: int = 0
     n_position_buckets: int = 64
     n_token_slots: int = 64
+    shard_batches: int = 16  # batches per shard: the unit of float folding, of distributed work and its redo
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +127,118 @@ class HarvestSettings:
     @property
     def n_sequences(self) -> int:
         return -(-self.n_tokens // self.ctx_len)
+
+    @property
+    def shard_sequences(self) -> int:
+        return self.shard_batches * self.batch_size
+
+
+class _Sums:
+    """The float sums of one shard, or the totals they are folded into: per latent, per position bucket and
+    per (latent, kept token). ``merge_`` is the one way sums are combined (see the module docstring)."""
+
+    def __init__(self, d_sae: int, n_buckets: int, n_slots: int, seed: int, device: torch.device) -> None:
+        self.d_sae, self.m, self.seed = d_sae, n_slots, seed
+        self.sum_acts = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.pos_sums = torch.zeros((d_sae, n_buckets), dtype=torch.float64, device=device)
+        self.pos_sq = torch.zeros((d_sae, n_buckets), dtype=torch.float64, device=device)
+        # Row-sorted keys latent * _KEY_STRIDE + token (empty slot: the row's largest key), so the flattened
+        # table is sorted and one searchsorted finds every (latent, token) of a batch.
+        self.keys = _empty_keys(d_sae, n_slots, device)
+        self.tok_sums = torch.zeros((d_sae, n_slots), dtype=torch.float64, device=device)
+        self.tok_sq = torch.zeros((d_sae, n_slots), dtype=torch.float64, device=device)
+        self.filled = torch.zeros(d_sae, dtype=torch.int64, device=device)
+        self.overflow = torch.zeros(d_sae, dtype=torch.bool, device=device)
+        self.dirty = False
+
+    @property
+    def tok_ids(self) -> torch.Tensor:
+        """[d_sae, n_token_slots] int32 token ids of the per-token table, ascending per row, -1 = empty."""
+        tok = self.keys % _KEY_STRIDE
+        slots = torch.arange(self.m, device=tok.device).unsqueeze(0)
+        return torch.where(slots < self.filled.unsqueeze(1), tok, -1).to(torch.int32)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {
+            "sum_acts": self.sum_acts.cpu(),
+            "pos_sums": self.pos_sums.cpu(),
+            "pos_sq": self.pos_sq.cpu(),
+            "tok_ids": self.tok_ids.cpu(),
+            "tok_sums": self.tok_sums.cpu(),
+            "tok_sq": self.tok_sq.cpu(),
+            "tok_overflow": self.overflow.cpu(),
+        }
+
+    def load(self, state: dict[str, torch.Tensor], prefix: str = "") -> None:
+        dev = self.sum_acts.device
+        for name in ("sum_acts", "pos_sums", "pos_sq", "tok_sums", "tok_sq"):
+            setattr(self, name, state[prefix + name].to(dev))
+        self.overflow = state[prefix + "tok_overflow"].to(dev).bool()
+        ids = state[prefix + "tok_ids"].to(dev).long()
+        self.filled = (ids >= 0).sum(dim=1)
+        rows = torch.arange(self.d_sae, device=dev).unsqueeze(1) * _KEY_STRIDE
+        self.keys = torch.where(ids >= 0, rows + ids, rows + _KEY_STRIDE - 1)
+
+    def add_pairs(self, lat: torch.Tensor, tok: torch.Tensor, val: torch.Tensor) -> None:
+        """Add (latent, token, value) pairs: per key summed first, then into the table."""
+        keys, inverse = torch.unique(lat * _KEY_STRIDE + tok, return_inverse=True)
+        sums = torch.zeros(keys.shape[0], dtype=torch.float64, device=keys.device).index_add_(0, inverse, val)
+        sq = torch.zeros_like(sums).index_add_(0, inverse, val * val)
+        self._add(keys, sums, sq)
+
+    def merge_(self, other: _Sums) -> None:
+        """Add ``other`` after what this holds: sums add, the token tables merge into the bottom-m of their union
+        (exact: a token in the union's bottom-m is in the bottom-m of every part it fired in)."""
+        self.sum_acts += other.sum_acts
+        self.pos_sums += other.pos_sums
+        self.pos_sq += other.pos_sq
+        filled = torch.arange(self.m, device=other.keys.device).unsqueeze(0) < other.filled.unsqueeze(1)
+        if bool(filled.any()):
+            self._add(other.keys[filled], other.tok_sums[filled], other.tok_sq[filled])
+        self.overflow |= other.overflow
+        self.dirty = self.dirty or other.dirty
+
+    def _add(self, keys: torch.Tensor, sums: torch.Tensor, sq: torch.Tensor) -> None:
+        """Unique sorted keys with their sums: kept tokens add up, new ones compete for the slots."""
+        table = self.keys.view(-1)
+        where = torch.searchsorted(table, keys).clamp(max=table.shape[0] - 1)
+        found = table[where] == keys
+        if bool(found.any()):
+            self.tok_sums.view(-1).index_add_(0, where[found], sums[found])
+            self.tok_sq.view(-1).index_add_(0, where[found], sq[found])
+        new = ~found
+        if bool(new.any()):
+            self._admit(keys[new], sums[new], sq[new])
+
+    def _admit(self, keys: torch.Tensor, sums: torch.Tensor, sq: torch.Tensor) -> None:
+        """Keys not in the table (unique, sorted): each touched latent keeps the ``m`` tokens of smallest
+        priority among its old and new ones; whatever falls out sets its overflow flag."""
+        dev = keys.device
+        rows = torch.unique(keys // _KEY_STRIDE)
+        filled = torch.arange(self.m, device=dev).unsqueeze(0) < self.filled[rows].unsqueeze(1)
+        all_keys = torch.cat([self.keys[rows][filled], keys])
+        all_sums = torch.cat([self.tok_sums[rows][filled], sums])
+        all_sq = torch.cat([self.tok_sq[rows][filled], sq])
+        latents, tokens = all_keys // _KEY_STRIDE, all_keys % _KEY_STRIDE
+        # Sort by (latent, priority): stable sort by priority, then stable sort by latent.
+        perm = torch.sort(token_priority(tokens, self.seed), stable=True).indices
+        perm = perm[torch.sort(latents[perm], stable=True).indices]
+        lat_sorted = latents[perm]
+        rank = torch.arange(perm.shape[0], device=dev) - torch.searchsorted(lat_sorted, lat_sorted)
+        keep = rank < self.m
+        self.overflow[lat_sorted[~keep]] = True
+        kept = perm[keep]
+        kept = kept[all_keys[kept].argsort()]  # back in key order (by latent, then token)
+        kept_keys = all_keys[kept]
+        kept_lat = kept_keys // _KEY_STRIDE
+        slot = torch.arange(kept.shape[0], device=dev) - torch.searchsorted(kept_lat, kept_lat)
+        self.keys[rows] = _empty_keys(self.d_sae, self.m, dev)[rows]
+        self.tok_sums[rows] = 0.0
+        self.tok_sq[rows] = 0.0
+        self.keys[kept_lat, slot] = kept_keys
+        self.tok_sums[kept_lat, slot] = all_sums[kept]
+        self.tok_sq[kept_lat, slot] = all_sq[kept]
+        self.filled[rows] = torch.bincount(kept_lat, minlength=self.d_sae)[rows]
 
 
 class LatentStats:
@@ -76,38 +248,34 @@ class LatentStats:
         self.d_sae = d_sae
         self.s = settings
         dev = torch.device(device)
+        self.device = dev
         k, r, w = settings.top_k, settings.n_stratified, settings.example_len
         self.n_fire_tokens = torch.zeros(d_sae, dtype=torch.int64, device=dev)
         self.n_fire_examples = torch.zeros(d_sae, dtype=torch.int64, device=dev)
-        self.sum_acts = torch.zeros(d_sae, dtype=torch.float64, device=dev)
         self.top_vals = torch.full((d_sae, k), float("-inf"), device=dev)
         self.top_ids = torch.full((d_sae, k), -1, dtype=torch.int64, device=dev)
         self.top_windows = torch.zeros((d_sae, k, w), dtype=torch.float16, device=dev)
-        self.res_keys = torch.full((d_sae, r), float("inf"), device=dev)
+        self.res_keys = torch.full((d_sae, r), _I64_MAX, dtype=torch.int64, device=dev)
         self.res_vals = torch.zeros((d_sae, r), device=dev)
         self.res_ids = torch.full((d_sae, r), -1, dtype=torch.int64, device=dev)
         self.res_windows = torch.zeros((d_sae, r, w), dtype=torch.float16, device=dev)
         # Random window pool: chunk start ids, keys and, per slot, the sparse activations on the chunk.
-        self.pool_keys = torch.full((settings.n_random_windows,), float("inf"))
+        self.pool_keys = torch.full((settings.n_random_windows,), _I64_MAX, dtype=torch.int64)
         self.pool_ids = torch.full((settings.n_random_windows,), -1, dtype=torch.int64)
         self.pool_entries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = [
             _empty_entry() for _ in range(settings.n_random_windows)
         ]
-        # Per position bucket and per (latent, token id): sums for the heuristic filters.
+        # Per position bucket and per (latent, token id): counts (exact in any order) and float sums (per shard).
         self.pos_buckets = position_buckets(settings.ctx_len, settings.n_position_buckets).to(dev)
-        n_buckets = int(self.pos_buckets.max()) + 1
-        self.pos_counts = torch.zeros(n_buckets, dtype=torch.int64, device=dev)
-        self.pos_sums = torch.zeros((d_sae, n_buckets), dtype=torch.float64, device=dev)
-        self.pos_sq = torch.zeros((d_sae, n_buckets), dtype=torch.float64, device=dev)
+        self.pos_counts = torch.zeros(int(self.pos_buckets.max()) + 1, dtype=torch.int64, device=dev)
         self.token_counts = torch.zeros(0, dtype=torch.int64, device=dev)
-        m = settings.n_token_slots
-        # Row-sorted keys latent * _KEY_STRIDE + token (empty slot: the row's largest key), so the flattened
-        # table is sorted and one searchsorted finds every (latent, token) of a batch.
-        self._tok_keys = _empty_keys(d_sae, m, dev)
-        self.tok_sums = torch.zeros((d_sae, m), dtype=torch.float64, device=dev)
-        self.tok_sq = torch.zeros((d_sae, m), dtype=torch.float64, device=dev)
-        self.tok_filled = torch.zeros(d_sae, dtype=torch.int64, device=dev)
-        self.tok_overflow = torch.zeros(d_sae, dtype=torch.bool, device=dev)
+        self.sums = self._new_sums()
+        self.shard = self._new_sums()
+        self._latent_salt = _mix32(torch.arange(d_sae, device=dev) ^ _salt(settings.seed, _SALT_LATENT))
+
+    def _new_sums(self) -> _Sums:
+        n_buckets = int(self.pos_buckets.max()) + 1
+        return _Sums(self.d_sae, n_buckets, self.s.n_token_slots, self.s.seed, self.device)
 
     # ------------------------------------------------------------------ update
     @torch.no_grad()
@@ -116,14 +284,13 @@ class LatentStats:
         acts: torch.Tensor,
         valid: torch.Tensor,
         seq_ids: torch.Tensor,
-        batch_index: int,
         tokens: torch.Tensor | None = None,
     ) -> None:
         """Fold in one batch.
 
         acts: [batch, seq, d_sae] SAE activations (modified in place: masked positions set to 0).
         valid: [batch, seq] bool, False for BOS / padding / special tokens.
-        seq_ids: [batch] global index of each sequence in the harvest.
+        seq_ids: [batch] global index of each sequence in the harvest (the keys hash global ids).
         tokens: [batch, seq] token ids, for the per-token sums (without them only the per-position sums are
             kept, and the store cannot tell unigram latents).
         """
@@ -134,7 +301,8 @@ class LatentStats:
         acts.masked_fill_(~valid.unsqueeze(-1), 0.0)
         flat = acts.view(batch * seq, d)
         self.n_fire_tokens += (flat > s.threshold).sum(dim=0, dtype=torch.int32)
-        self.sum_acts += flat.sum(dim=0)  # float32 within a batch, float64 across batches
+        self.shard.sum_acts += flat.sum(dim=0)  # float32 within a batch, float64 across batches
+        self.shard.dirty = True
 
         n_chunks = -(-seq // w)
         padded = acts
@@ -146,13 +314,9 @@ class LatentStats:
         chunk_fires = chunk_max > s.threshold
         self.n_fire_examples += chunk_fires.sum(dim=0)
         seq_base = (seq_ids.to(acts.device).long() * s.ctx_len).repeat_interleave(n_chunks)  # [N]
-
-        gen = torch.Generator(device="cpu").manual_seed(s.seed * _SEED_STRIDE + batch_index)
-        keys = torch.rand((n, d), generator=gen).to(acts.device)
-        pool_keys = torch.rand((n,), generator=gen)
+        chunk_ids = seq_base + (torch.arange(n, device=acts.device) % n_chunks) * w  # global chunk start ids
 
         cand_vals = torch.where(chunk_fires, chunk_max, float("-inf")).T  # [d, N]
-        res_score = torch.where(chunk_fires, -keys, float("-inf")).T
         windows_view = acts.unfold(1, w, 1)  # [B, seq - w + 1, d, w], a view
 
         def enter(rows: torch.Tensor, chunks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,20 +334,33 @@ class LatentStats:
                 windows[edge] = torch.where(inside, windows[edge].gather(1, idx.clamp(0, w - 1)), 0.0)
             return seq_base[chunks] + pos, windows.clamp(-65504, 65504).to(torch.float16)
 
-        # Top-k by activation value.
-        rows, slots, chunks = _replacements(self.top_vals, cand_vals)
+        # Top-k by activation value (ties: the earlier chunk).
+        cand_top = torch.where(chunk_fires, _top_score(chunk_max, chunk_ids.unsqueeze(1)), _I64_MIN).T
+        rows, slots, chunks = _replacements(self._top_scores(), cand_top)
         if rows.numel():
             self.top_vals[rows, slots] = cand_vals[rows, chunks]
             self.top_ids[rows, slots], self.top_windows[rows, slots] = enter(rows, chunks)
-        # Uniform sample without replacement: keep the smallest random keys.
-        rows, slots, chunks = _replacements(-self.res_keys, res_score)
+        # Uniform sample without replacement: keep the smallest keys, a seeded hash of (chunk, latent).
+        fire_chunk, fire_lat = chunk_fires.nonzero(as_tuple=True)
+        res_score = torch.full((n, d), _I64_MIN, dtype=torch.int64, device=acts.device)
+        if fire_chunk.numel():
+            ids = chunk_ids[fire_chunk]
+            h = _mix32(_hash31(ids, _salt(s.seed, _SALT_RES)) ^ self._latent_salt[fire_lat]) >> 1
+            res_score[fire_chunk, fire_lat] = -(h * _HI + (ids & _M32))
+        res_score = res_score.T
+        kept_res = torch.where(self.res_ids >= 0, -self.res_keys, _I64_MIN)
+        rows, slots, chunks = _replacements(kept_res, res_score)
         if rows.numel():
             self.res_keys[rows, slots] = -res_score[rows, chunks]
             self.res_vals[rows, slots] = cand_vals[rows, chunks]
             self.res_ids[rows, slots], self.res_windows[rows, slots] = enter(rows, chunks)
 
-        self._update_pool(chunk_view, valid, pool_keys, seq_base)
+        self._update_pool(chunk_view, valid, chunk_ids.cpu())
         self._update_sums(acts, valid, tokens)
+
+    def _top_scores(self) -> torch.Tensor:
+        starts = _chunk_start(self.top_ids, self.s.ctx_len, self.s.example_len)
+        return torch.where(self.top_ids >= 0, _top_score(self.top_vals, starts), _I64_MIN)
 
     def _update_sums(self, acts: torch.Tensor, valid: torch.Tensor, tokens: torch.Tensor | None) -> None:
         """Per position bucket and per (latent, token) sums and sums of squares; from the non-zeros only, in
@@ -195,12 +372,8 @@ class LatentStats:
         self.pos_counts += torch.bincount(buckets.expand(batch, seq)[valid], minlength=n_buckets)
         if tokens is not None:
             tokens = tokens.to(dev).long()
-            seen = tokens[valid]
-            if seen.numel():
-                size = max(int(seen.max()) + 1, self.token_counts.shape[0])
-                counts = torch.bincount(seen, minlength=size)
-                counts[: self.token_counts.shape[0]] += self.token_counts
-                self.token_counts = counts
+            self._add_token_counts(torch.bincount(tokens[valid]) if bool(valid.any()) else None)
+        shard = self.shard
         flat = acts.view(batch * seq, d)
         rows_per_chunk = max(1, _PAIR_CHUNK // max(d, 1))
         for lo in range(0, batch * seq, rows_per_chunk):
@@ -211,63 +384,21 @@ class LatentStats:
             val = part[row, lat].double()
             row = row + lo
             cell = lat * n_buckets + buckets[row % seq]
-            self.pos_sums.view(-1).index_add_(0, cell, val)
-            self.pos_sq.view(-1).index_add_(0, cell, val * val)
+            shard.pos_sums.view(-1).index_add_(0, cell, val)
+            shard.pos_sq.view(-1).index_add_(0, cell, val * val)
             if tokens is not None:
-                self._update_tokens(lat, tokens.view(-1)[row], val)
+                shard.add_pairs(lat, tokens.view(-1)[row], val)
 
-    def _update_tokens(self, lat: torch.Tensor, tok: torch.Tensor, val: torch.Tensor) -> None:
-        """Add the (latent, token, value) pairs of a batch to the per-token tables."""
-        keys = lat * _KEY_STRIDE + tok
-        table = self._tok_keys.view(-1)
-        where = torch.searchsorted(table, keys).clamp(max=table.shape[0] - 1)
-        found = table[where] == keys
-        if bool(found.any()):  # tokens already in their latent's table (most pairs, once the tables fill)
-            at, v = where[found], val[found]
-            self.tok_sums.view(-1).index_add_(0, at, v)
-            self.tok_sq.view(-1).index_add_(0, at, v * v)
-        new = ~found
-        if not bool(new.any()):
+    def _add_token_counts(self, counts: torch.Tensor | None) -> None:
+        if counts is None or not counts.numel():
             return
-        keys, lat, val = keys[new], lat[new], val[new]
-        m = self._tok_keys.shape[1]
-        full = self.tok_filled[lat] >= m
-        if bool(full.any()):  # a full table takes no new token
-            self.tok_overflow[lat[full]] = True
-            keys, val = keys[~full], val[~full]
-            if not keys.numel():
-                return
-        keys, inverse = torch.unique(keys, return_inverse=True)  # sorted
-        sums = torch.zeros(keys.shape[0], dtype=torch.float64, device=keys.device).index_add_(0, inverse, val)
-        sq = torch.zeros_like(sums).index_add_(0, inverse, val * val)
-        latents = keys // _KEY_STRIDE
-        # rank of each new key among its latent's new keys (keys are sorted, so a latent's keys are contiguous)
-        first = torch.searchsorted(latents, latents)
-        rank = torch.arange(latents.shape[0], device=keys.device) - first
-        slot = self.tok_filled[latents] + rank
-        fits = slot < m
-        self.tok_overflow[latents[~fits]] = True
-        latents, slot = latents[fits], slot[fits]
-        self._tok_keys[latents, slot] = keys[fits]
-        self.tok_sums[latents, slot] = sums[fits]
-        self.tok_sq[latents, slot] = sq[fits]
-        self.tok_filled += torch.bincount(latents, minlength=self.d_sae)
-        rows = torch.unique(latents)
-        order = self._tok_keys[rows].argsort(dim=1)
-        self._tok_keys[rows] = self._tok_keys[rows].gather(1, order)
-        self.tok_sums[rows] = self.tok_sums[rows].gather(1, order)
-        self.tok_sq[rows] = self.tok_sq[rows].gather(1, order)
+        size = max(counts.shape[0], self.token_counts.shape[0])
+        total = torch.zeros(size, dtype=torch.int64, device=self.device)
+        total[: counts.shape[0]] += counts.to(self.device)
+        total[: self.token_counts.shape[0]] += self.token_counts
+        self.token_counts = total
 
-    @property
-    def tok_ids(self) -> torch.Tensor:
-        """[d_sae, n_token_slots] int32 token ids of the per-token table, ascending per row, -1 = empty."""
-        tok = self._tok_keys % _KEY_STRIDE
-        filled = torch.arange(self._tok_keys.shape[1], device=tok.device).unsqueeze(0) < self.tok_filled.unsqueeze(1)
-        return torch.where(filled, tok, -1).to(torch.int32)
-
-    def _update_pool(
-        self, chunks_view: torch.Tensor, valid: torch.Tensor, keys: torch.Tensor, seq_base: torch.Tensor
-    ) -> None:
+    def _update_pool(self, chunks_view: torch.Tensor, valid: torch.Tensor, chunk_ids: torch.Tensor) -> None:
         """chunks_view: [batch, n_chunks, example_len, d_sae] (zero-padded at the end of the sequence)."""
         if self.s.n_random_windows == 0:
             return
@@ -275,12 +406,14 @@ class LatentStats:
         chunk_valid = torch.zeros(batch, n_chunks * w, dtype=torch.bool)
         chunk_valid[:, : valid.shape[1]] = valid.cpu()
         chunk_valid = chunk_valid.view(batch * n_chunks, w).any(dim=1)
-        cand = torch.where(chunk_valid, -keys, float("-inf")).unsqueeze(0)
-        _, slots, chunks = _replacements(-self.pool_keys.unsqueeze(0), cand)
+        keys = _hash31(chunk_ids, _salt(self.s.seed, _SALT_POOL)) * _HI + (chunk_ids & _M32)
+        cand = torch.where(chunk_valid, -keys, _I64_MIN).unsqueeze(0)
+        kept = torch.where(self.pool_ids >= 0, -self.pool_keys, _I64_MIN).unsqueeze(0)
+        _, slots, chunks = _replacements(kept, cand)
         if not slots.numel():
             return
         self.pool_keys[slots] = keys[chunks]
-        self.pool_ids[slots] = seq_base[chunks].cpu() + (chunks % n_chunks) * w
+        self.pool_ids[slots] = chunk_ids[chunks]
         # One nonzero over all entering windows, then split per window.
         windows = chunks_view.reshape(batch * n_chunks, w, -1)[chunks.to(chunks_view.device)]
         which, pos, lat = (windows > self.s.threshold).nonzero(as_tuple=True)
@@ -294,13 +427,74 @@ class LatentStats:
         ):
             self.pool_entries[slot] = (p_.clone(), l_.clone(), v_.clone())
 
+    # ------------------------------------------------------------- shards and merging
+    def end_shard(self) -> None:
+        """Fold the current shard's float sums into the totals (at every shard boundary, and at the end)."""
+        if self.shard.dirty:
+            self.sums.merge_(self.shard)
+            self.shard = self._new_sums()
+
+    def merge(self, other: LatentStats) -> None:
+        """Add the statistics of later sequences (``other``, harvested alone) to these, exactly: counts add,
+        top-k / sample / pool keep the best of both under their total orders, and ``other``'s folded sums are
+        folded after these (merge shards in shard order for bit-equal sums)."""
+        if other.d_sae != self.d_sae or other.s != self.s:
+            raise ValueError("only statistics of one SAE under the same settings merge")
+        self.end_shard()
+        other.end_shard()
+        self.n_fire_tokens += other.n_fire_tokens.to(self.device)
+        self.n_fire_examples += other.n_fire_examples.to(self.device)
+        self.pos_counts += other.pos_counts.to(self.device)
+        self._add_token_counts(other.token_counts)
+        both = torch.cat([self._top_scores(), other._top_scores().to(self.device)], dim=1)
+        sel = both.topk(self.s.top_k, dim=1).indices
+        self.top_vals, self.top_ids, self.top_windows = _take(
+            sel, (self, other), ("top_vals", "top_ids", "top_windows")
+        )
+        mine = torch.where(self.res_ids >= 0, -self.res_keys, _I64_MIN)
+        theirs = torch.where(other.res_ids >= 0, -other.res_keys, _I64_MIN).to(self.device)
+        sel = torch.cat([mine, theirs], dim=1).topk(self.s.n_stratified, dim=1).indices
+        self.res_keys, self.res_vals, self.res_ids, self.res_windows = _take(
+            sel, (self, other), ("res_keys", "res_vals", "res_ids", "res_windows")
+        )
+        n_pool = self.s.n_random_windows
+        if n_pool:
+            keys = torch.cat([self.pool_keys, other.pool_keys])
+            sel = torch.where(torch.cat([self.pool_ids, other.pool_ids]) >= 0, -keys, _I64_MIN).topk(n_pool).indices
+            entries = self.pool_entries + other.pool_entries
+            self.pool_keys = keys[sel]
+            self.pool_ids = torch.cat([self.pool_ids, other.pool_ids])[sel]
+            self.pool_entries = [entries[i] for i in sel.tolist()]
+        other_sums = other.sums
+        if other_sums.sum_acts.device != self.device:
+            moved = self._new_sums()
+            moved.load(other_sums.state())
+            moved.dirty = other_sums.dirty
+            other_sums = moved
+        self.sums.merge_(other_sums)
+
+    def canonicalize(self) -> None:
+        """Put every kept set in its canonical slot order (top: best first; sample and pool: smallest key
+        first), so one harvest and a merged one are equal slot for slot. Called before the final save."""
+        order = self._top_scores().sort(dim=1, descending=True, stable=True).indices
+        self.top_vals, self.top_ids, self.top_windows = _take(order, (self,), ("top_vals", "top_ids", "top_windows"))
+        order = self.res_keys.sort(dim=1, stable=True).indices
+        self.res_keys, self.res_vals, self.res_ids, self.res_windows = _take(
+            order, (self,), ("res_keys", "res_vals", "res_ids", "res_windows")
+        )
+        if self.s.n_random_windows:
+            order = self.pool_keys.sort(stable=True).indices
+            self.pool_keys, self.pool_ids = self.pool_keys[order], self.pool_ids[order]
+            self.pool_entries = [self.pool_entries[i] for i in order.tolist()]
+
     # ------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The totals (what a store reads) and, while a shard is open (a checkpoint mid-shard), its float sums
+        under ``shard.*`` so a resumed harvest folds them exactly as an uninterrupted one."""
         lengths = torch.tensor([len(e[0]) for e in self.pool_entries], dtype=torch.int64)
-        return {
+        state = {
             "n_fire_tokens": self.n_fire_tokens.cpu(),
             "n_fire_examples": self.n_fire_examples.cpu(),
-            "sum_acts": self.sum_acts.cpu(),
             "top_vals": self.top_vals.cpu(),
             "top_ids": self.top_ids.cpu(),
             "top_windows": self.top_windows.cpu(),
@@ -320,14 +514,12 @@ class LatentStats:
             "pool_values": torch.cat([e[2] for e in self.pool_entries]) if self.pool_entries else torch.zeros(0),
             "pos_buckets": self.pos_buckets.cpu(),
             "pos_counts": self.pos_counts.cpu(),
-            "pos_sums": self.pos_sums.cpu(),
-            "pos_sq": self.pos_sq.cpu(),
             "token_counts": self.token_counts.cpu(),
-            "tok_ids": self.tok_ids.cpu(),
-            "tok_sums": self.tok_sums.cpu(),
-            "tok_sq": self.tok_sq.cpu(),
-            "tok_overflow": self.tok_overflow.cpu(),
+            **self.sums.state(),
         }
+        if self.shard.dirty:
+            state.update({f"shard.{k}": v for k, v in self.shard.state().items()})
+        return state
 
     @classmethod
     def from_state_dict(
@@ -338,7 +530,6 @@ class LatentStats:
         for name in (
             "n_fire_tokens",
             "n_fire_examples",
-            "sum_acts",
             "top_vals",
             "top_ids",
             "top_windows",
@@ -346,16 +537,15 @@ class LatentStats:
             "res_vals",
             "res_ids",
             "res_windows",
+            "pos_buckets",
+            "pos_counts",
+            "token_counts",
         ):
-            setattr(out, name, state[name].to(device))
-        if "pos_sums" in state:  # stores harvested before the heuristic sums keep their zeros
-            for name in ("pos_buckets", "pos_counts", "pos_sums", "pos_sq", "token_counts", "tok_sums", "tok_sq"):
-                setattr(out, name, state[name].to(device))
-            out.tok_overflow = state["tok_overflow"].to(device)
-            ids = state["tok_ids"].to(device).long()
-            out.tok_filled = (ids >= 0).sum(dim=1)
-            rows = torch.arange(d_sae, device=ids.device).unsqueeze(1) * _KEY_STRIDE
-            out._tok_keys = torch.where(ids >= 0, rows + ids, rows + _KEY_STRIDE - 1)
+            setattr(out, name, state[name].to(out.device))
+        out.sums.load(state)
+        if "shard.sum_acts" in state:
+            out.shard.load(state, prefix="shard.")
+            out.shard.dirty = True
         out.pool_keys = state["pool_keys"].clone()
         out.pool_ids = state["pool_ids"].clone()
         offsets = state["pool_offsets"].tolist()
@@ -378,6 +568,16 @@ def position_buckets(ctx_len: int, n_buckets: int) -> torch.Tensor:
     return torch.where(pos < exact, pos, exact + (pos - exact) // width)
 
 
+def _take(index: torch.Tensor, parts: tuple[LatentStats, ...], names: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+    """Per row, the slots ``index`` [d, k] picks out of the named tensors of ``parts`` laid side by side."""
+    rows = torch.arange(index.shape[0], device=index.device).unsqueeze(1)
+    out = []
+    for name in names:
+        joined = torch.cat([getattr(p, name).to(index.device) for p in parts], dim=1)
+        out.append(joined[rows, index] if joined.ndim == 3 else joined.gather(1, index))
+    return tuple(out)
+
+
 def _empty_keys(d_sae: int, m: int, device: torch.device) -> torch.Tensor:
     rows = torch.arange(d_sae, dtype=torch.int64, device=device).unsqueeze(1) * _KEY_STRIDE
     return (rows + _KEY_STRIDE - 1).expand(d_sae, m).clone()
@@ -390,10 +590,10 @@ def _empty_entry() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def _replacements(kept: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Which candidates enter a per-row "k largest scores" set, and which slot each one takes.
 
-    ``kept`` [rows, k] are the scores in the slots (-inf = empty), ``cand`` [rows, n] the new scores.
-    Returns ``(rows, slots, cand_cols)``: write candidate ``cand_cols[i]`` of row ``rows[i]`` into slot
-    ``slots[i]``. Slots keep no order, so entries that stay are never moved (no rewrite of the state).
-    Candidates at -inf never enter.
+    ``kept`` [rows, k] are the int64 scores in the slots (int64 min = empty), ``cand`` [rows, n] the new
+    scores (distinct from each other and from the kept ones, int64 min = not a candidate). Returns
+    ``(rows, slots, cand_cols)``: write candidate ``cand_cols[i]`` of row ``rows[i]`` into slot ``slots[i]``.
+    Slots keep no order, so entries that stay are never moved (no rewrite of the state).
     """
     k = kept.shape[1]
     # Only candidates above the row's current minimum can enter; in steady state that is a few.
@@ -403,9 +603,10 @@ def _replacements(kept: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor,
         empty = torch.zeros(0, dtype=torch.long, device=kept.device)
         return empty, empty, empty
     cols = hopeful.nonzero().squeeze(1)
-    sel = torch.cat([kept, cand[:, cols]], dim=1).topk(k, dim=1, sorted=False).indices
-    scores = torch.cat([kept, cand[:, cols]], dim=1).gather(1, sel)
-    is_new = (sel >= k) & (scores > float("-inf"))
+    joined = torch.cat([kept, cand[:, cols]], dim=1)
+    sel = joined.topk(k, dim=1, sorted=False).indices
+    scores = joined.gather(1, sel)
+    is_new = (sel >= k) & (scores > _I64_MIN)
     # Old slots that survive; entering candidates all point at a dummy column k, so writes never conflict.
     stays = torch.zeros((kept.shape[0], k + 1), dtype=torch.bool, device=kept.device)
     stays.scatter_(1, torch.where(sel < k, sel, k), True)

@@ -36,7 +36,10 @@ from ..errors import ConfigError
 from ..locks import fsync_dir
 from .stats import HarvestSettings, LatentStats
 
-STORE_FORMAT_VERSION = 1
+#: 2: the sample, pool and token-table keys are seeded hashes of global ids (mergeable; ``stats.py``), and
+#: float sums fold per shard. Format 1 stores read the same (the keys are only used while harvesting).
+STORE_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 PAD_TOKEN = -1
 
 
@@ -160,7 +163,7 @@ class LatentStore:
         if not meta_path.is_file():
             raise ConfigError(f"{self.path} is not an activation store (no meta.json); run sae.autointerp.harvest()")
         self.meta: dict[str, Any] = json.loads(meta_path.read_text())
-        if self.meta.get("format_version") != STORE_FORMAT_VERSION:
+        if self.meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
             raise ConfigError(
                 f"{self.path} was written by store format {self.meta.get('format_version')}, this version reads "
                 f"{STORE_FORMAT_VERSION}; delete the folder to harvest again"

@@ -1,0 +1,335 @@
+"""The machinery one harvest of one or several SAEs shares between the local loop and the Ray workers.
+
+A :class:`HarvestJob` is one SAE's harvest: its adapter, settings, store folder, statistics and counters.
+:func:`prepare_jobs` checks the arguments and opens (or resumes) each store; :func:`harvest_batch` runs one
+batch of sequences through the model once for all jobs and folds it into each job's statistics;
+:func:`run_local` is the single-process loop; :func:`finish` seals a store. A job's batches are always the
+same global blocks of ``batch_size`` sequences and its shards the same blocks of ``shard_batches`` batches,
+whichever loop runs them, so every path does the same arithmetic (see ``stats.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import torch
+
+from ..errors import ConfigError
+from ..locks import folder_lock
+from ..paths import cache_dir
+from .corpus import CorpusSpec, batched, iter_sequences
+from .model import ModelAdapter, capture_many
+from .stats import HarvestSettings, LatentStats
+from .store import (
+    PAD_TOKEN,
+    STORE_FORMAT_VERSION,
+    LatentStore,
+    checkpoint_meta,
+    save_checkpoint,
+    seal,
+)
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+
+def sae_fingerprint(sae: SAE) -> dict[str, Any]:
+    """Identity of an SAE: its config and a hash of every parameter."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(sae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    cfg = json.loads(json.dumps(sae.cfg.to_dict(), default=str, sort_keys=True))
+    cfg.pop("device", None)
+    return {"class": type(sae).__name__, "cfg": cfg, "weights_sha256": digest.hexdigest()}
+
+
+def resolve_ctx_len(ctx_len: int | None, adapter: ModelAdapter) -> int:
+    if ctx_len is None:
+        ctx_len = int(adapter.spec.context_size or 128)
+        if adapter.n_ctx:
+            ctx_len = min(ctx_len, adapter.n_ctx)
+    if not isinstance(ctx_len, int) or ctx_len < 2:
+        raise ConfigError(f"ctx_len must be an integer >= 2, got {ctx_len!r}")
+    if adapter.n_ctx and ctx_len > adapter.n_ctx:
+        raise ConfigError(
+            f"ctx_len={ctx_len} is larger than the model's context window ({adapter.n_ctx} tokens); "
+            f"use ctx_len <= {adapter.n_ctx}"
+        )
+    return ctx_len
+
+
+@dataclass
+class HarvestJob:
+    """One SAE's harvest into one store folder."""
+
+    name: str
+    sae: Any
+    adapter: ModelAdapter
+    settings: HarvestSettings
+    folder: Path
+    meta: dict[str, Any]
+    stats: LatentStats
+    store: LatentStore | None = None  # set when the store is (already) complete
+    special: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    in_slice: torch.Tensor | None = None
+
+    @property
+    def done(self) -> int:
+        return int(self.meta["n_sequences_done"])
+
+    def fresh_stats(self) -> LatentStats:
+        return LatentStats(int(self.sae.cfg.d_sae), self.settings, device=self.sae.device)
+
+
+def prepare_jobs(
+    saes: Mapping[str, Any],
+    model: Any,
+    corpus: CorpusSpec,
+    settings: dict[str, Any],
+    ctx_len: int | None,
+    store_dirs: Mapping[str, str | os.PathLike[str] | None],
+) -> list[HarvestJob]:
+    """Check every SAE against the model and each other, and make its job (without opening the store)."""
+    adapters = {name: ModelAdapter(model, sae) for name, sae in saes.items()}
+    lens = {name: resolve_ctx_len(ctx_len, a) for name, a in adapters.items()}
+    if len(set(lens.values())) > 1:
+        raise ConfigError(
+            f"these SAEs default to different ctx_len {lens}; pass ctx_len=... to harvest them in one pass"
+        )
+    bos = {name: a.spec.prepend_bos for name, a in adapters.items()}
+    if len(set(bos.values())) > 1:
+        raise ConfigError(
+            f"these SAEs disagree on prepend_bos {bos}, so they read different token sequences; harvest the two "
+            "groups with separate calls"
+        )
+    if corpus.kind == "tokens":  # ids the model cannot embed: refused before any forward pass
+        first = next(iter(adapters.values()))
+        vocab = int(getattr(model.cfg, "d_vocab", 0) or 0) or len(first.tokenizer)
+        low, high = int(corpus.source.min()), int(corpus.source.max())
+        if low < 0 or high >= vocab:
+            raise ConfigError(
+                f"the token tensor holds ids from {low} to {high}, but this model's vocabulary is "
+                f"0..{vocab - 1}; tokenize with the model's own tokenizer"
+            )
+    ctx = next(iter(lens.values()))
+    if not 1 <= settings["example_len"] <= ctx:
+        raise ConfigError(f"example_len must be between 1 and ctx_len={ctx}, got {settings['example_len']}")
+    if settings["peak_offset"] is None:
+        settings = {**settings, "peak_offset": (3 * settings["example_len"]) // 4}
+    if not 0 <= settings["peak_offset"] < settings["example_len"]:
+        raise ConfigError(f"peak_offset must be in [0, example_len), got {settings['peak_offset']}")
+    for adapter in adapters.values():
+        adapter.check_width()
+    hs = HarvestSettings(ctx_len=ctx, **settings)
+    model_fp = next(iter(adapters.values())).fingerprint()  # hashing the weights once for all SAEs
+    jobs = []
+    for name, sae in saes.items():
+        adapter = adapters[name]
+        identity = {
+            "format_version": STORE_FORMAT_VERSION,
+            "model": model_fp,
+            "sae": sae_fingerprint(sae),
+            "corpus": corpus.fingerprint,
+            "hook": adapter.spec.__dict__,
+            "settings": hs.to_dict(),
+        }
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+        store_dir = store_dirs.get(name)
+        folder = Path(store_dir) if store_dir is not None else cache_dir("stores") / key[:24]
+        if any(j.folder == folder for j in jobs):
+            raise ConfigError(f"two SAEs would share the store folder {folder}; give each its own store_dir")
+        meta: dict[str, Any] = {
+            **identity,
+            "key": key,
+            "d_sae": int(sae.cfg.d_sae),
+            "n_sequences_done": 0,
+            "n_batches_done": 0,
+            "n_valid_tokens": 0,
+            "complete": False,
+        }
+        in_slice = None
+        if adapter.spec.seqpos_slice is not None:  # positions outside the SAE's training slice are masked
+            in_slice = torch.zeros(ctx, dtype=torch.bool)
+            in_slice[slice(*adapter.spec.seqpos_slice)] = True
+        job = HarvestJob(name, sae, adapter, hs, folder, meta, LatentStats(0, hs), in_slice=in_slice)
+        job.special = torch.tensor(adapter.special_token_ids(), dtype=torch.long)
+        jobs.append(job)
+    return jobs
+
+
+def open_jobs(jobs: list[HarvestJob], stack: ExitStack) -> list[HarvestJob]:
+    """Lock each store folder (held until ``stack`` closes; sorted, so two callers never deadlock), find the
+    finished stores and resume the others from their checkpoints. Returns the jobs still to run."""
+    todo = []
+    for job in sorted(jobs, key=lambda j: str(j.folder)):
+        job.folder.mkdir(parents=True, exist_ok=True)
+        # One harvest per store at a time: a second process waits, then finds the finished store (or resumes).
+        stack.enter_context(folder_lock(job.folder, "harvest"))
+        key = job.meta["key"]
+        if (job.folder / "meta.json").is_file():
+            previous = json.loads((job.folder / "meta.json").read_text())
+            if previous.get("key") != key:
+                raise ConfigError(
+                    f"{job.folder} holds a store for other inputs (key {str(previous.get('key'))[:12]}…); pass "
+                    "another store_dir or delete it"
+                )
+            if previous.get("complete"):
+                job.store = LatentStore(job.folder)
+                continue
+        job.stats = job.fresh_stats()
+        checkpoint = checkpoint_meta(job.folder)
+        if checkpoint is not None and checkpoint.get("key") == key and not checkpoint.get("complete"):
+            from safetensors.torch import load_file
+
+            # The statistics and the counters they belong to come from the same file: never out of step.
+            state = load_file(str(job.folder / "stats.safetensors"))
+            job.stats = LatentStats.from_state_dict(state, job.settings, job.sae.device)
+            job.meta = checkpoint
+        token_path = job.folder / "tokens.bin"
+        with open(token_path, "ab"):
+            pass
+        os.truncate(token_path, job.done * job.settings.ctx_len * 4)  # drop tokens written after the checkpoint
+        todo.append(job)
+    order = {id(j): i for i, j in enumerate(jobs)}
+    return sorted(todo, key=lambda j: order[id(j)])
+
+
+def sequence_stream(corpus: CorpusSpec, adapter: ModelAdapter, ctx_len: int, skip: int = 0) -> Iterator[list[int]]:
+    """The harvest's token sequences (global index 0, 1, ...), starting at ``skip``."""
+    sequences = iter_sequences(
+        corpus,
+        adapter.tokenizer,
+        ctx_len=ctx_len,
+        prepend_bos=adapter.spec.prepend_bos,
+        bos_id=adapter.bos_token_id(),
+        separator_id=adapter.separator_token_id(),
+    )
+    # Skip what is already done (tokenizing again is cheap next to the forward pass).
+    for _ in range(skip):
+        if next(sequences, None) is None:
+            break
+    return sequences
+
+
+@dataclass
+class BatchResult:
+    """What one batch gives one job: the int32 tokens to append to tokens.bin and the valid tokens seen."""
+
+    tokens: bytes
+    n_valid: int
+
+
+def harvest_batch(
+    jobs: Sequence[HarvestJob], stats: Sequence[LatentStats], batch: Sequence[Sequence[int]], first_seq: int
+) -> list[BatchResult]:
+    """Run the sequences ``first_seq, first_seq + 1, ...`` through the model once and fold them into each
+    job's ``stats``."""
+    ctx = jobs[0].settings.ctx_len
+    pad_id = jobs[0].adapter.pad_token_id()
+    tokens = torch.full((len(batch), ctx), pad_id, dtype=torch.long)
+    real = torch.zeros((len(batch), ctx), dtype=torch.bool)
+    for row, seq in enumerate(batch):
+        tokens[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        real[row, : len(seq)] = True
+    width = int(real.sum(1).max())  # a short last batch runs only as wide as it is
+    view = tokens[:, :width]
+    # One SAE: its adapter's own capture (the single-SAE entry point); several: one pass for all.
+    captured = [jobs[0].adapter.capture(view)] if len(jobs) == 1 else capture_many([j.adapter for j in jobs], view)
+    seq_ids = torch.arange(first_seq, first_seq + len(batch))
+    out = []
+    for job, job_stats, act in zip(jobs, stats, captured):
+        valid = real & ~torch.isin(tokens, job.special)
+        if job.in_slice is not None:
+            valid &= job.in_slice
+        acts = job.sae.encode(act)
+        if width < ctx:
+            acts = torch.nn.functional.pad(acts, (0, 0, 0, ctx - width))
+        job_stats.update(acts, valid, seq_ids, tokens=tokens)
+        written = torch.where(real, tokens, PAD_TOKEN).to(torch.int32).numpy().tobytes()
+        out.append(BatchResult(written, int(valid.sum())))
+    return out
+
+
+def record_batch(job: HarvestJob, n_sequences: int, n_valid: int, n_batches: int = 1) -> None:
+    job.meta["n_sequences_done"] = job.done + n_sequences
+    job.meta["n_batches_done"] = int(job.meta["n_batches_done"]) + n_batches
+    job.meta["n_valid_tokens"] = int(job.meta["n_valid_tokens"]) + n_valid
+
+
+def _checkpoint(job: HarvestJob, token_file: BinaryIO) -> None:
+    token_file.flush()
+    os.fsync(token_file.fileno())  # the tokens a checkpoint counts are on disk before it
+    save_checkpoint(job.folder, job.stats, job.meta)
+
+
+def run_local(
+    jobs: list[HarvestJob],
+    corpus: CorpusSpec,
+    *,
+    checkpoint_every_s: float,
+    progress: bool,
+    stop_at: int | None = None,
+) -> None:
+    """The single-process loop: batch after batch, one forward pass for all jobs, up to sequence ``stop_at``
+    (default: the requested total). A job already past a batch (resumed further) skips it."""
+    from tqdm.auto import tqdm
+
+    s = jobs[0].settings
+    ctx, total = s.ctx_len, s.n_sequences
+    stop = total if stop_at is None else min(stop_at, total)
+    seq = min(j.done for j in jobs)
+    if seq >= stop:
+        return
+    sequences = sequence_stream(corpus, jobs[0].adapter, ctx, skip=seq)
+    bar = tqdm(total=stop * ctx, initial=seq * ctx, unit="tok", desc="harvest", disable=not progress)
+    last_checkpoint = time.monotonic()
+    with ExitStack() as stack, torch.inference_mode():
+        files = {id(j): stack.enter_context(open(j.folder / "tokens.bin", "ab")) for j in jobs}
+        for batch in batched(sequences, s.batch_size):
+            batch = batch[: stop - seq]
+            if not batch:
+                break
+            active = [j for j in jobs if j.done <= seq]
+            results = harvest_batch(active, [j.stats for j in active], batch, seq)
+            for job, res in zip(active, results):
+                files[id(job)].write(res.tokens)
+                record_batch(job, len(batch), res.n_valid)
+                if int(job.meta["n_batches_done"]) % s.shard_batches == 0:
+                    job.stats.end_shard()
+            seq += len(batch)
+            bar.update(len(batch) * ctx)
+            if time.monotonic() - last_checkpoint >= checkpoint_every_s:
+                for job in active:
+                    _checkpoint(job, files[id(job)])
+                last_checkpoint = time.monotonic()
+            if seq >= stop:
+                break
+        for handle in files.values():  # finish() saves the statistics; the tokens must be on disk first
+            handle.flush()
+            os.fsync(handle.fileno())
+    bar.close()
+
+
+def finish(job: HarvestJob) -> LatentStore:
+    """Fold the last shard, put the kept sets in canonical order, seal the store."""
+    if job.done == 0:
+        raise ConfigError("the corpus produced no tokens; pass non-empty text")
+    job.stats.end_shard()
+    job.stats.canonicalize()
+    job.meta["complete"] = True
+    job.meta["n_tokens_requested_reached"] = job.done >= job.settings.n_sequences
+    save_checkpoint(job.folder, job.stats, job.meta)
+    from .store import write_json_atomic  # looked up at call time, like save_checkpoint's own
+
+    write_json_atomic(job.folder / "meta.json", seal(job.folder, job.meta))
+    job.store = LatentStore(job.folder)
+    return job.store
