@@ -12,7 +12,13 @@
    folder, never copied) on the same HF model weights, SAE and tokens, in a fresh process: tokens/s and
    peak RSS at N and 4N tokens. (delphi runs the whole model and keeps every non-zero activation.)
 
-Run:  python benchmarks/harvest.py [--n-tokens 32768] [--d-sae 16384] [--repeats 2] [--delphi]
+4. With --many: four random calibrated SAEs (--d-sae, default 2048) at the four hooks of --many-hooks
+   (default blocks.26..29.hook_resid_post) harvested with ``sai.harvest_many`` in one pass, against four
+   separate ``harvest`` calls on the same tokens (goal >= 2.5x). The bound is the blocks run: 4 passes cost
+   27 + 28 + 29 + 30 blocks, one pass 30 (3.8x); each SAE's statistics cost the same either way.
+
+Run:  python benchmarks/harvest.py --many [--n-tokens 8192] [--repeats 2]
+      python benchmarks/harvest.py [--n-tokens 32768] [--d-sae 16384] [--repeats 2] [--delphi]
       python benchmarks/harvest.py --hook blocks.28.hook_resid_post --d-sae 2048 --n-tokens 16384 --delphi
 Model: the embedded SmolLM2-135M (TransformerBridge, 30 layers); SAE: the embedded SAE (blocks.3.hook_resid_post),
 or with --d-sae a random SAELens StandardSAE of that width at --hook (wider SAEs stress the statistics more).
@@ -365,6 +371,12 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.01, help="fraction of tokens each random latent fires on")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--delphi", action="store_true", help="also run delphi's LatentCache (eai-delphi)")
+    parser.add_argument("--many", action="store_true", help="4 SAEs in one pass (harvest_many) vs 4 passes")
+    parser.add_argument(
+        "--many-hooks",
+        default=",".join(f"blocks.{layer}.hook_resid_post" for layer in (26, 27, 28, 29)),
+        help="comma-separated hooks of the --many SAEs",
+    )
     parser.add_argument("--child-rss", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-delphi", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--inputs", default=None, help=argparse.SUPPRESS)
@@ -379,6 +391,9 @@ def main() -> None:
         return
 
     torch.manual_seed(0)
+    if args.many:
+        many(args)
+        return
     model, sae, tokens, info = setup(args)
     args.inputs = tempfile.mkdtemp(prefix="bench-harvest-inputs-")
     try:
@@ -386,6 +401,75 @@ def main() -> None:
         measure(args, model, sae, tokens[: -(-args.n_tokens // args.ctx_len)], info)
     finally:
         shutil.rmtree(args.inputs, ignore_errors=True)
+
+
+def many(args: argparse.Namespace) -> None:
+    """Part 4: several SAEs in one forward pass vs one pass per SAE, same tokens, same settings."""
+    import sae_lens_autointerp as sai
+
+    hooks = args.many_hooks.split(",")
+    d_sae = args.d_sae or 2048
+    saes = {}
+    model = None
+    for hook in hooks:
+        model, sae = load(d_sae, hook) if model is None else (model, load_sae_only(model, d_sae, hook))
+        saes[hook] = sae
+    assert model is not None
+    tokens = token_batches(model, next(iter(saes.values())), args.n_tokens, args.ctx_len)
+    for sae in saes.values():
+        calibrate(model, sae, tokens[: args.batch_size], args.density)
+    kwargs = dict(n_tokens=tokens.numel(), ctx_len=tokens.shape[1], batch_size=args.batch_size, progress=False)
+    print(
+        f"model SmolLM2-135M bridge ({model.cfg.n_layers} layers), {len(saes)} random StandardSAEs d_sae {d_sae} at "
+        f"{', '.join(hooks)}; {tokens.numel()} tokens in batches of {args.batch_size}x{args.ctx_len}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+
+    def one_pass() -> dict[str, float]:
+        folder = tempfile.mkdtemp(prefix="bench-many-")
+        try:
+            start = clocks()
+            dirs = {h: os.path.join(folder, str(i)) for i, h in enumerate(saes)}
+            sai.harvest_many(saes, model, tokens, store_dirs=dirs, **kwargs)
+            return rates(tokens.numel(), start)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def separate() -> dict[str, float]:
+        folder = tempfile.mkdtemp(prefix="bench-many-")
+        try:
+            start = clocks()
+            for i, sae in enumerate(saes.values()):
+                sae.autointerp.harvest(model, tokens, store_dir=os.path.join(folder, str(i)), **kwargs)
+            return rates(tokens.numel(), start)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    one, sep = [], []
+    for _ in range(args.repeats):  # interleaved so drift hits both alike
+        one.append(one_pass())
+        sep.append(separate())
+    for name, runs in (("harvest_many (one pass)", one), (f"{len(saes)} x harvest", sep)):
+        wall = ", ".join(f"{x['wall']:6.0f}" for x in runs)
+        cpu = ", ".join(f"{x['cpu']:6.0f}" for x in runs)
+        print(f"  {name:<24} tokens/s (all SAEs done) wall {wall} | cpu {cpu}")
+    per = {k: span([x[k] / y[k] for x, y in zip(one, sep)]) for k in ("wall", "cpu")}
+    layers = [int(h.split(".")[1]) + 1 for h in hooks]
+    bound = sum(layers) / max(layers)
+    print(
+        f"ratio one pass / {len(saes)} passes per repeat: wall {per['wall']}x | cpu {per['cpu']}x "
+        f"(goal >= 2.5x; blocks-run bound {bound:.2f}x)"
+    )
+
+
+def load_sae_only(model, d_sae: int, hook: str):
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    metadata = SAEMetadata(hook_name=hook, prepend_bos=True, context_size=128)
+    sae = StandardSAE(StandardSAEConfig(d_in=model.cfg.d_model, d_sae=d_sae, metadata=metadata))
+    sae.eval()
+    return sae
 
 
 def measure(args: argparse.Namespace, model, sae, tokens: torch.Tensor, info: dict | None) -> None:

@@ -17,7 +17,7 @@ from .attach import install as _install
 from .compare import Comparison, compare
 from .config import HarvestConfig, RunConfig
 from .errors import AutointerpError, ConfigError, PluginError, UnknownPluginItemError
-from .harvest import LatentStore
+from .harvest import LatentStore, harvest_many
 from .harvest.store import deprecated_store_alias as _deprecated_store_alias
 from .hookspecs import hookimpl
 from .namespace import AutointerpNamespace, for_sae
@@ -44,6 +44,7 @@ __all__ = [
     "explanation_similarity",
     "for_sae",
     "get_registry",
+    "harvest_many",
     "hookimpl",
     "match_latents",
     "similarity",
