@@ -131,7 +131,7 @@ def prepare_jobs(
         adapter.check_width()
     hs = HarvestSettings(ctx_len=ctx, **settings)
     model_fp = next(iter(adapters.values())).fingerprint()  # hashing the weights once for all SAEs
-    jobs = []
+    jobs: list[HarvestJob] = []
     for name, sae in saes.items():
         adapter = adapters[name]
         identity = {

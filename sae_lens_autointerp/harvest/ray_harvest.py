@@ -12,9 +12,12 @@ and the shard files left beside it.
 
 from __future__ import annotations
 
+import contextvars
+import io
 import json
 import logging
 import os
+import pickle
 import time
 import uuid
 from itertools import islice
@@ -27,7 +30,7 @@ from ..errors import ConfigError
 from .corpus import CorpusSpec
 from .jobs import HarvestJob, harvest_batch, record_batch, run_local, sequence_stream
 from .model import ModelAdapter
-from .stats import HarvestSettings, LatentStats
+from .stats import LatentStats
 from .store import save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -52,11 +55,38 @@ def check_ray(n_workers: int | None, worker_options: dict[str, Any] | None) -> N
         raise ConfigError(f"worker_options must be a dict of ray.remote options, got {type(worker_options).__name__}")
 
 
+def _new_context_var(name: str, has_default: bool, default: Any) -> contextvars.ContextVar[Any]:
+    return contextvars.ContextVar(name, default=default) if has_default else contextvars.ContextVar(name)
+
+
+def dump_for_workers(obj: Any) -> bytes:
+    """cloudpickle ``obj`` (the model and the SAEs) for the actors. A TransformerBridge that has run a forward
+    pass holds ``contextvars.ContextVar`` objects in its hook closures, which pickle refuses; a context
+    variable's values live in the context, not in the variable, so in a fresh process a new variable of the
+    same name and default is the same thing (one per original: the pickler's memo keeps them shared)."""
+    from ray import cloudpickle
+
+    class Pickler(cloudpickle.CloudPickler):
+        def reducer_override(self, value: Any) -> Any:
+            if isinstance(value, contextvars.ContextVar):
+                try:
+                    default, has_default = contextvars.Context().run(value.get), True
+                except LookupError:
+                    default, has_default = None, False
+                return _new_context_var, (value.name, has_default, default)
+            return super().reducer_override(value)
+
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
 class HarvestWorker:
     """A Ray actor's state: the model and the SAEs, ready to harvest any shard."""
 
-    def __init__(self, model: Any, saes: list[tuple[str, Any, HarvestSettings]]) -> None:
-        self.jobs = []
+    def __init__(self, payload: bytes) -> None:
+        model, saes = pickle.loads(payload)  # our own dump_for_workers bytes, from the driver
+        self.jobs: list[HarvestJob] = []
         for name, sae, settings in saes:
             adapter = ModelAdapter(model, sae)
             in_slice = None
@@ -176,16 +206,16 @@ def run_on_ray(
     # Shards already checkpointed by an interrupted run are not harvested again.
     results: dict[int, list[dict[str, Any]]] = {}
     for first, seqs in shards:
-        parts = [_load_shard(job, first, len(seqs)) for job in jobs]
-        if all(p is not None for p in parts):
-            results[first] = parts  # type: ignore[assignment]
+        loaded = [_load_shard(job, first, len(seqs)) for job in jobs]
+        found = [p for p in loaded if p is not None]
+        if len(found) == len(jobs):
+            results[first] = found
     pending = [(first, seqs) for first, seqs in shards if first not in results]
 
     default_n, options = _default_workers(worker_options)
     n = min(n_workers or default_n, max(len(pending), 1))
     remote_cls = ray.remote(**options)(HarvestWorker)
-    model_ref = ray.put(model)
-    payload = [(job.name, job.sae, s) for job in jobs]
+    payload = ray.put(dump_for_workers((model, [(job.name, job.sae, s) for job in jobs])))
     tag = uuid.uuid4().hex[:8]
     made = 0
 
@@ -193,7 +223,7 @@ def run_on_ray(
         nonlocal made
         made += 1
         name = f"harvest-{tag}-{made}"
-        return remote_cls.options(name=name, namespace=RAY_NAMESPACE).remote(model_ref, payload)
+        return remote_cls.options(name=name, namespace=RAY_NAMESPACE).remote(payload)
 
     from tqdm.auto import tqdm
 
