@@ -209,10 +209,21 @@ def pooled_mean(lifts: Sequence[Estimate], confidence: float = 0.95) -> Estimate
     return Estimate(mean, mean - half, mean + half)
 
 
-def judge_check(scorer: str, lifts: Sequence[Estimate], answers: Sequence[Any]) -> JudgeCheck:
+def judge_check(
+    scorer: str,
+    lifts: Sequence[Estimate],
+    answers: Sequence[Any] = (),
+    *,
+    answer_counts: Mapping[Any, int] | None = None,
+) -> JudgeCheck:
+    """``answers``: the judge's answers over the latents, or ``answer_counts``: how often it gave each."""
     values = [e.value for e in lifts]
     mean = pooled_mean(lifts)
-    share = identical_share(answers)
+    if answer_counts is not None:
+        total = sum(answer_counts.values())
+        share = max(answer_counts.values()) / total if total else None
+    else:
+        share = identical_share(answers)
     n = len(values)
     if share is not None and share >= IDENTICAL_LIMIT:
         return JudgeCheck(

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from ._version import __version__
 from .config import CONFIG_FORMAT, RunConfig
 from .controls import (
@@ -527,7 +529,7 @@ def run(
         substitute,
     )
 
-    async def run_and_close() -> tuple[list[dict[str, Any]], str | None]:
+    async def run_and_close() -> str | None:
         try:
             return await runner.run(latent_list, cfg.concurrency)
         finally:  # on the run's own loop: its HTTP connections belong to it
@@ -556,10 +558,10 @@ def run(
         )
         # the pages' views of the model (token pieces, decoder logits and neighbours): cheap, once per run
         write_run_views(folder, model, sae, tokenizer, latent_list)
-        records, stopped = run_sync(run_and_close())
+        stopped = run_sync(run_and_close())
     heuristics_summary = _heuristics_summary(flags, threshold, runner, tracker, explainer_obj, substitute)
-    if flags is not None:  # records finished by an earlier run without the heuristics get them too
-        records = [{**r, "heuristic": flags[r["latent"]]} if "heuristic" not in r else r for r in records]
+    # read from the file on demand; records finished by an earlier run without the heuristics get them too
+    records = results.result_records(run_key, latent_list).with_overlay(flags)
     summary = tracker.summary()
     if heuristics_summary:
         summary["heuristics"] = heuristics_summary
@@ -629,12 +631,15 @@ def _heuristics_summary(
     out["heuristic_explanations"] = substitute is not None
     saves_llm = substitute is not None and bool(getattr(explainer_obj, "needs_llm", True))
     n_saved = len(runner.heuristic_explained) if saves_llm else 0
+    # latents whose record was written left the tracker (the runner counted them); the others are still in it
     explained = [
         totals
         for (stage, latent), totals in tracker.by_latent().items()
         if stage == "explain" and latent is not None and latent not in runner.heuristic_explained
     ]
-    per_call = sum(t.total_tokens for t in explained) / len(explained) if explained else None
+    n_explained = len(explained) + runner.n_explained
+    tokens = sum(t.total_tokens for t in explained) + runner.explain_tokens
+    per_call = tokens / n_explained if n_explained else None
     out["explained_by_heuristic"] = len(runner.heuristic_explained)
     out["llm_calls_saved"] = n_saved
     out["tokens_saved_estimate"] = None if per_call is None or not saves_llm else round(n_saved * per_call)
@@ -707,48 +712,59 @@ class _Runner:
         self.heuristic_explained: set[int] = set()  # latents this run explained by the heuristic explainer
         self.stopped: str | None = None
         self.incomplete: dict[int, str] = {}
-        self.fresh: dict[int, dict[str, Any]] = {}
+        self.written: set[int] = set()  # latents of the current block written as finished
+        # the explain-stage tokens of latents explained by the LLM, once their usage rows left the tracker
+        self.explain_tokens, self.n_explained = 0, 0
         self._failures_in_a_row = 0
         self._bar: Any = None
 
-    async def run(self, latents: list[int], concurrency: int) -> tuple[list[dict[str, Any]], str | None]:
+    async def run(self, latents: list[int], concurrency: int) -> str | None:
+        """Run every latent not finished yet; the records go to ``self.results`` (nothing is kept here)."""
         from tqdm.auto import tqdm
 
         self.results.repair()
-        done = self.results.done(self.run_key)
+        finished = self.results.finished(self.run_key)
         partial = self.results.partial(self.run_key)
-        todo_total = [lat for lat in latents if lat not in done]
+        is_done = np.isin(np.asarray(latents, dtype=np.int64), finished)
+        del finished
+        n_done = int(is_done.sum())
         self._bar = tqdm(
-            total=len(latents),
-            initial=len(latents) - len(todo_total),
-            unit="latent",
-            desc="autointerp",
-            disable=not self.progress,
+            total=len(latents), initial=n_done, unit="latent", desc="autointerp", disable=not self.progress
         )
-        blocks = [latents[i : i + CONTROL_BLOCK] for i in range(0, len(latents), CONTROL_BLOCK)]
-        for block in blocks:
-            todo = [lat for lat in block if lat not in done]
-            if not todo:
-                continue
-            if self.stopped:
-                break
-            prepared = await self._prepare_block(todo, partial, concurrency)
-            texts = {lat: _usable_text(done[lat].get("explanation")) for lat in block if lat in done}
-            texts.update(
-                {
-                    lat: p.explanation.text
-                    for lat, p in prepared.items()
-                    if p.explanation is not None and not p.explanation.failed
-                }
-            )
-            pool: dict[int, str] = {k: v for k, v in texts.items() if v}
-            await self._finish_block(prepared, [lat for lat in todo if lat in prepared], pool, concurrency)
-        for latent in todo_total:
-            if latent not in self.fresh and latent not in self.incomplete:
-                self.incomplete[latent] = f"not started: {self.stopped}" if self.stopped else "not started"
-        self._bar.close()
-        merged = {**done, **self.fresh}
-        return [merged[lat] for lat in latents if lat in merged], self.stopped
+        try:
+            for i in range(0, len(latents), CONTROL_BLOCK):
+                block, block_done = latents[i : i + CONTROL_BLOCK], is_done[i : i + CONTROL_BLOCK]
+                todo = [lat for lat, d in zip(block, block_done, strict=True) if not d]
+                if not todo:
+                    continue
+                if self.stopped:
+                    for lat in todo:
+                        self.incomplete.setdefault(lat, f"not started: {self.stopped}")
+                    continue
+                prepared = await self._prepare_block(todo, partial, concurrency)
+                texts: dict[int, str | None] = dict(
+                    self.results.explanation_texts(
+                        self.run_key, [x for x, d in zip(block, block_done, strict=True) if d]
+                    )
+                )
+                texts.update(
+                    {
+                        lat: p.explanation.text
+                        for lat, p in prepared.items()
+                        if p.explanation is not None and not p.explanation.failed
+                    }
+                )
+                pool: dict[int, str] = {k: v for k, v in texts.items() if v}
+                await self._finish_block(prepared, [lat for lat in todo if lat in prepared], pool, concurrency)
+                for lat in todo:
+                    if lat not in self.written and lat not in self.incomplete:
+                        self.incomplete[lat] = f"not started: {self.stopped}" if self.stopped else "not started"
+                self.written.clear()
+                self.results.sync()
+        finally:
+            self.results.close()
+            self._bar.close()
+        return self.stopped
 
     async def _prepare_block(
         self, todo: list[int], partial: dict[int, dict[str, Any]], concurrency: int
@@ -784,7 +800,7 @@ class _Runner:
 
     def _write(self, record: dict[str, Any]) -> None:
         self.results.append(record)
-        self.fresh[record["latent"]] = record
+        self.written.add(record["latent"])
         self._failures_in_a_row = 0
         self._bar.update(1)
 
@@ -871,10 +887,15 @@ class _Runner:
         if failure is not None:
             self._failed(latent, record, failure)
             return
-        usage = self.ctx.usage.by_latent() if self.ctx.usage is not None else {}
-        record["usage"] = {stage: totals.as_dict() for (stage, lat), totals in usage.items() if lat == latent}
+        usage = self.ctx.usage.for_latent(latent) if self.ctx.usage is not None else {}
+        record["usage"] = {stage: totals.as_dict() for stage, totals in usage.items()}
         record["seconds"] = round(time.perf_counter() - start, 3)
         self._write(record)
+        if self.ctx.usage is not None:  # the record holds them now: keep the tracker small on long runs
+            rows = self.ctx.usage.forget_latent(latent)
+            if "explain" in rows and latent not in self.heuristic_explained:
+                self.explain_tokens += rows["explain"].total_tokens
+                self.n_explained += 1
 
     async def _explain(self, sample: LatentSample, explainer: Any = None, registered: str | None = None) -> Explanation:
         """The explainer's answer; a crash or a wrong return type becomes a failed explanation naming the plugin

@@ -22,6 +22,17 @@ if TYPE_CHECKING:
 PROMPT_VERSION = 2
 
 
+def _plain(value: Any) -> Any:
+    """A copy of JSON-like data (dicts, lists, tuples); other values as they are (as ``asdict`` copies them)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) if isinstance(v, (dict, list, tuple)) else v for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) if isinstance(v, (dict, list, tuple)) else v for v in value]
+    if isinstance(value, tuple):
+        return type(value)(_plain(v) for v in value) if not hasattr(value, "_fields") else value
+    return value
+
+
 def template_id(*parts: str) -> str:
     """A short, stable id of a prompt template (recorded with every result)."""
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:12]
@@ -83,7 +94,12 @@ class ScorerOutput:
     chance: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """A JSON-ready copy (``metrics`` and each prediction copied one level deep, like ``asdict`` for
+        these plain-data fields, without its recursive deep copy: a run writes millions of predictions)."""
+        d = dict(self.__dict__)
+        d["metrics"] = _plain(self.metrics)
+        d["predictions"] = [_plain(p) for p in self.predictions]
+        return d
 
     @staticmethod
     def headline(metrics: dict[str, Any], name: str, chance: float | None = None) -> dict[str, Any]:

@@ -23,11 +23,13 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import numpy as np
 import pandas as pd
@@ -103,33 +105,290 @@ def _presenter() -> Presenter:
     return _PRESENTERS[0]
 
 
+#: Seconds between two fsyncs of results.jsonl during a run (group commit): a killed process loses nothing it
+#: wrote (every line is one write(2), in the kernel at once); a power loss loses at most this much time of
+#: records, whose answers the response cache still holds. ``ResultsFile.sync()`` (end of every block of
+#: latents and of the run) and ``close()`` sync whatever is pending.
+SYNC_EVERY_S = 0.1
+#: The index beside results.jsonl (derived data: rebuilt from the JSONL when missing, stale or foreign).
+INDEX_SUFFIX = ".index.sqlite"
+INDEX_FORMAT = "1"
+#: What the index keeps per (record, scorer): the table's columns, the control's interval, and what the judge
+#: check pools over latents (the judge's kind, whether the scorer reads an explanation, the answer counts).
+ROW_COLUMNS = [
+    *TABLE_COLUMNS,
+    "control_low",
+    "control_high",
+    "judge_kind",
+    "controlled",
+    "answers",
+    "has_heuristic",
+]
+_ROW_SQL_TYPES = {
+    "latent": "INTEGER",
+    "n_examples": "INTEGER",
+    "n_failed": "INTEGER",
+    "signal": "INTEGER",
+    "controlled": "INTEGER",
+    "has_heuristic": "INTEGER",
+    "scorer": "TEXT",
+    "metric": "TEXT",
+    "explanation": "TEXT",
+    "error": "TEXT",
+    "provider": "TEXT",
+    "heuristic": "TEXT",
+    "judge_kind": "TEXT",
+    "answers": "TEXT",
+}
+
+
+def _status(record: Mapping[str, Any]) -> str:
+    if record.get("incomplete"):
+        return "incomplete"
+    return "skipped" if record.get("skipped") else "done"
+
+
+class _Index:
+    """results.jsonl's SQLite index: per line its offset, run key, latent and status; per (run, latent) its last
+    line; per (line, scorer) the compact row the table, summary and judge check are built from. Derived data:
+    its writes are not fsynced (the JSONL is), and opening it catches up with the lines it has not seen."""
+
+    def __init__(self, jsonl: Path) -> None:
+        self.jsonl = jsonl
+        self.path = jsonl.with_name(jsonl.name + INDEX_SUFFIX)
+        try:
+            self.db = self._connect(str(self.path))
+        except sqlite3.Error:  # a read-only folder: an index in memory, built from the file
+            self.db = self._connect(":memory:")
+        self._pending = 0
+
+    @staticmethod
+    def _connect(where: str) -> sqlite3.Connection:
+        db = sqlite3.connect(where, check_same_thread=False, isolation_level=None, timeout=60)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute("CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT)")
+        return db
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _create(self) -> None:
+        cols = ", ".join(f'"{c}" {_ROW_SQL_TYPES.get(c, "REAL")}' for c in ROW_COLUMNS)
+        self.db.executescript(
+            f"""
+            DROP TABLE IF EXISTS lines; DROP TABLE IF EXISTS latest; DROP TABLE IF EXISTS rows;
+            CREATE TABLE lines(off INTEGER PRIMARY KEY, len INTEGER, run_key TEXT, latent INTEGER, status TEXT);
+            CREATE TABLE latest(run_key TEXT, latent INTEGER, off INTEGER, len INTEGER, status TEXT, text TEXT,
+                                PRIMARY KEY(run_key, latent)) WITHOUT ROWID;
+            CREATE TABLE rows(off INTEGER, k INTEGER, {cols}, PRIMARY KEY(off, k)) WITHOUT ROWID;
+            DELETE FROM meta;
+            """
+        )
+        self.db.execute("INSERT INTO meta VALUES('format', ?), ('indexed', '0')", (INDEX_FORMAT,))
+
+    def _stale(self) -> bool:
+        """The index does not describe this file: another format, a file shorter than what it indexed, or its
+        last indexed line is not there (the file was replaced)."""
+        if self._meta("format") != INDEX_FORMAT:
+            return True
+        indexed = int(self._meta("indexed") or 0)
+        size = self.jsonl.stat().st_size if self.jsonl.is_file() else 0
+        if size < indexed:
+            return True
+        last = self.db.execute("SELECT off, len FROM lines ORDER BY off DESC LIMIT 1").fetchone()
+        if last is None:
+            return indexed != 0
+        with self.jsonl.open("rb") as fh:
+            fh.seek(last[0])
+            line = fh.read(last[1])
+        try:
+            return not isinstance(json.loads(line), dict) or not line.endswith(b"\n")
+        except ValueError:
+            return True
+
+    def catch_up(self) -> int:
+        """Index the complete lines past what is indexed; returns how many lines were unreadable."""
+        if self._stale():
+            self._create()
+        indexed = int(self._meta("indexed") or 0)
+        if not self.jsonl.is_file() or self.jsonl.stat().st_size <= indexed:
+            return 0
+        bad = 0
+        self.db.execute("BEGIN")
+        with self.jsonl.open("rb") as fh:
+            fh.seek(indexed)
+            off = indexed
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break  # a torn tail: repair() moves it aside
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if isinstance(record, dict):
+                    self._add(record, off, len(line))
+                else:
+                    bad += 1  # a torn or foreign line: its latent runs again
+                off += len(line)
+        self.db.execute("UPDATE meta SET v=? WHERE k='indexed'", (str(off),))
+        self.db.execute("COMMIT")
+        return bad
+
+    def _add(self, record: Mapping[str, Any], off: int, length: int) -> None:
+        latent = record.get("latent")
+        latent = int(latent) if isinstance(latent, int) and not isinstance(latent, bool) else None
+        status = _status(record)
+        run_key = record.get("run_key")
+        run_key = str(run_key) if run_key is not None else None
+        self.db.execute("INSERT OR IGNORE INTO lines VALUES(?,?,?,?,?)", (off, length, run_key, latent, status))
+        if latent is None:
+            return
+        if run_key is not None:
+            text = _usable_text(record.get("explanation")) if status == "done" else None
+            self.db.execute(
+                "INSERT INTO latest VALUES(?,?,?,?,?,?) ON CONFLICT(run_key, latent) DO UPDATE SET off=excluded.off, "
+                "len=excluded.len, status=excluded.status, text=excluded.text WHERE excluded.off > latest.off",
+                (run_key, latent, off, length, status, text),
+            )
+        rows = record_rows(record)
+        if rows:
+            marks = ",".join("?" * (len(ROW_COLUMNS) + 2))
+            self.db.executemany(
+                f"INSERT OR IGNORE INTO rows VALUES({marks})",
+                [(off, k, *(_sql_value(row[c]) for c in ROW_COLUMNS)) for k, row in enumerate(rows)],
+            )
+
+    def add(self, record: Mapping[str, Any], off: int, length: int) -> None:
+        """Index one line just appended at ``off`` (the caller holds the file's lock)."""
+        if self._pending == 0:
+            self.db.execute("BEGIN")
+        self._add(record, off, length)
+        self.db.execute(
+            "UPDATE meta SET v=? WHERE k='indexed' AND CAST(v AS INTEGER) < ?", (off + length, off + length)
+        )
+        self._pending += 1
+
+    def commit(self) -> None:
+        if self._pending:
+            self.db.execute("COMMIT")
+            self._pending = 0
+
+
+def _sql_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    if value is not None and not isinstance(value, (int, float, str)):
+        return str(value)
+    return value
+
+
+def _usable_text(explanation: Any) -> str | None:
+    if not isinstance(explanation, Mapping) or explanation.get("failed"):
+        return None
+    return explanation.get("text") or None
+
+
 class ResultsFile:
-    """Append-only JSONL with whole-line writes (flushed and fsynced); an unreadable line is skipped."""
+    """Append-only JSONL with whole-line writes (one write each, fsynced in groups: :data:`SYNC_EVERY_S`) and
+    its SQLite index (``results.jsonl.index.sqlite``): which latents a run finished, the offsets of their
+    records, the compact rows of the table. An unreadable line is skipped (its latent runs again)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._repaired = False
+        self._index: _Index | None = None
+        self._fd: int | None = None
+        self._size = 0
+        self._synced_at = 0.0
+        self._unsynced = 0
+
+    # ------------------------------------------------------------------ the index
+
+    @property
+    def index(self) -> _Index:
+        """The index, caught up with the file (built on first use)."""
+        with self._lock:
+            if self._index is None:
+                self._index = _Index(self.path)
+            if self._fd is None:  # another process may have appended: catch up
+                bad = self._index.catch_up()
+                if bad:
+                    log.warning("%s: %d unreadable line(s) skipped (their latents run again)", self.path, bad)
+            return self._index
+
+    def read_at(self, off: int, length: int) -> dict[str, Any]:
+        """The record of the line at byte ``off``."""
+        with self.path.open("rb") as fh:
+            fh.seek(off)
+            return dict(json.loads(fh.read(length)))
 
     def records(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        out, bad = [], 0
-        with self.path.open(encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    bad += 1  # a torn or foreign line: its latent runs again
-                    continue
-                if isinstance(record, dict):
-                    out.append(record)
-                else:
-                    bad += 1
-        if bad:
-            log.warning("%s: %d unreadable line(s) skipped (their latents run again)", self.path, bad)
-        return out
+        """Every readable record of the file, in order (reads the whole file: for small files and exports)."""
+        index = self.index
+        spans = index.db.execute("SELECT off, len FROM lines ORDER BY off").fetchall()
+        return list(RecordSeq(self.path, np.array([s[0] for s in spans], dtype=np.int64), [s[1] for s in spans]))
+
+    def latest(self, run_key: str) -> dict[int, dict[str, Any]]:
+        """The last record of each latent of one run (finished or not)."""
+        return self._latest(run_key, None)
+
+    def _latest(self, run_key: str, where: str | None) -> dict[int, dict[str, Any]]:
+        sql = "SELECT latent, off, len FROM latest WHERE run_key=?" + (f" AND {where}" if where else "")
+        rows = self.index.db.execute(sql + " ORDER BY off", (run_key,)).fetchall()
+        return {int(lat): self.read_at(off, n) for lat, off, n in rows}
+
+    def done(self, run_key: str) -> dict[int, dict[str, Any]]:
+        """Finished latents of one run: their last record has no ``incomplete``."""
+        return self._latest(run_key, "status != 'incomplete'")
+
+    def partial(self, run_key: str) -> dict[int, dict[str, Any]]:
+        """Latents whose last record is ``incomplete``: what they finished, to resume from."""
+        return self._latest(run_key, "status = 'incomplete'")
+
+    def finished(self, run_key: str) -> np.ndarray:
+        """The latents of one run whose last record is finished (sorted), without reading a record."""
+        rows = self.index.db.execute(
+            "SELECT latent FROM latest WHERE run_key=? AND status != 'incomplete' ORDER BY latent", (run_key,)
+        )
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def explanation_texts(self, run_key: str, latents: Iterable[int]) -> dict[int, str]:
+        """The usable explanation texts of the finished latents among ``latents`` (controls' pool)."""
+        wanted = [int(x) for x in latents]
+        marks = ",".join("?" * len(wanted))
+        rows = self.index.db.execute(
+            f"SELECT latent, text FROM latest WHERE run_key=? AND status = 'done' AND text IS NOT NULL "
+            f"AND latent IN ({marks})",
+            (run_key, *wanted),
+        )
+        return {int(lat): str(text) for lat, text in rows}
+
+    def result_records(self, run_key: str, latents: Sequence[int] | None = None) -> RecordSeq:
+        """The finished records of one run, lazily (in ``latents`` order, or by latent), without reading them."""
+        rows = self.index.db.execute(
+            "SELECT latent, off, len FROM latest WHERE run_key=? AND status != 'incomplete' ORDER BY latent",
+            (run_key,),
+        ).fetchall()
+        lat = np.array([r[0] for r in rows], dtype=np.int64)
+        offs = np.array([r[1] for r in rows], dtype=np.int64)
+        lens = np.array([r[2] for r in rows], dtype=np.int64)
+        if latents is not None:
+            want = np.asarray(list(latents), dtype=np.int64)
+            pos = np.searchsorted(lat, want)
+            pos = np.minimum(pos, max(len(lat) - 1, 0))
+            hit = (lat[pos] == want) if len(lat) else np.zeros(len(want), dtype=bool)
+            offs, lens = offs[pos[hit]], lens[pos[hit]]
+        return RecordSeq(self.path, offs, lens.tolist(), index=self)
+
+    # ------------------------------------------------------------------ writing
 
     def repair(self) -> None:
         """A torn last line (a crash mid-write) is moved to ``results.jsonl.corrupt`` with a warning, so the next
@@ -150,6 +409,8 @@ class ResultsFile:
             with open(self.path.with_name(self.path.name + ".corrupt"), "ab") as aside:
                 aside.write(data[cut:] + b"\n")
             fh.truncate(cut)
+            fh.flush()
+            os.fsync(fh.fileno())
         log.warning(
             "%s ended in a torn line (%d bytes, moved to %s.corrupt); its latent runs again",
             self.path,
@@ -157,25 +418,132 @@ class ResultsFile:
             self.path.name,
         )
 
-    def latest(self, run_key: str) -> dict[int, dict[str, Any]]:
-        """The last record of each latent of one run (finished or not)."""
-        return {r["latent"]: r for r in self.records() if r.get("run_key") == run_key and "latent" in r}
-
-    def done(self, run_key: str) -> dict[int, dict[str, Any]]:
-        """Finished latents of one run: their last record has no ``incomplete``."""
-        return {k: r for k, r in self.latest(run_key).items() if not r.get("incomplete")}
-
-    def partial(self, run_key: str) -> dict[int, dict[str, Any]]:
-        """Latents whose last record is ``incomplete``: what they finished, to resume from."""
-        return {k: r for k, r in self.latest(run_key).items() if r.get("incomplete")}
-
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, default=_json_default, allow_nan=False) + "\n"
+        """Write one record as one line (a single write), index it, and fsync at most every
+        :data:`SYNC_EVERY_S` seconds (``sync()`` forces it)."""
+        line = (json.dumps(record, default=_json_default, allow_nan=False) + "\n").encode()
         self.repair()
-        with self._lock, self.path.open("a", encoding="utf-8") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with self._lock:
+            index = self.index
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                self._size = os.fstat(self._fd).st_size
+            view = memoryview(line)
+            while view:  # a regular file takes it in one write; a short write is finished, never left torn
+                view = view[os.write(self._fd, view) :]
+            off, self._size = self._size, self._size + len(line)
+            index.add(record, off, len(line))
+            self._unsynced += 1
+            now = time.monotonic()
+            if now - self._synced_at >= SYNC_EVERY_S:
+                self._sync(now)
+
+    def _sync(self, now: float | None = None) -> None:
+        if self._fd is not None and self._unsynced:
+            os.fsync(self._fd)
+            self._unsynced = 0
+        self._synced_at = time.monotonic() if now is None else now
+        if self._index is not None:
+            self._index.commit()
+
+    def sync(self) -> None:
+        """Make every appended record durable (fsync) and commit the index."""
+        with self._lock:
+            self._sync()
+
+    def close(self) -> None:
+        """Sync and close the file (a later append reopens it)."""
+        with self._lock:
+            self._sync()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+
+class RecordSeq(Sequence[dict[str, Any]]):
+    """Records read on demand from results.jsonl by byte offset: ``ScoreResult.records`` of a run or a loaded
+    file, as a sequence that holds two integers per record (index, iterate, ``len``)."""
+
+    def __init__(
+        self,
+        path: Path,
+        offsets: np.ndarray,
+        lengths: Sequence[int],
+        index: ResultsFile | None = None,
+        overlay: Mapping[int, dict[str, Any]] | None = None,
+    ) -> None:
+        self.path, self.offsets, self.lengths = Path(path), offsets, np.asarray(lengths, dtype=np.int64)
+        self.file, self.overlay = index, overlay
+
+    def with_overlay(self, overlay: Mapping[int, dict[str, Any]] | None) -> RecordSeq:
+        """The same records, where a record without ``heuristic`` gets ``overlay[latent]`` (the run's flags)."""
+        return RecordSeq(self.path, self.offsets, self.lengths.tolist(), self.file, overlay)
+
+    def rows(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The compact rows of these records (:data:`ROW_COLUMNS`, or ``columns``) from the index, in order."""
+        if self.file is None:
+            return rows_frame(self)
+        cols = list(columns or ROW_COLUMNS)
+        extra = [c for c in ("latent", "has_heuristic", "heuristic", "positional_r2", "unigram_r2") if c not in cols]
+        select = ", ".join(f'"{c}"' for c in ["off", "k", *cols, *extra])
+        df = pd.read_sql_query(f"SELECT {select} FROM rows", self.file.index.db)
+        order = np.argsort(self.offsets, kind="stable")
+        sorted_offs = self.offsets[order]
+        offs = df["off"].to_numpy(dtype=np.int64)
+        pos = np.searchsorted(sorted_offs, offs)
+        pos = np.minimum(pos, max(len(sorted_offs) - 1, 0))
+        keep = (sorted_offs[pos] == offs) if len(sorted_offs) else np.zeros(len(df), dtype=bool)
+        df = df[keep].assign(_pos=order[pos[keep]]).sort_values(["_pos", "k"], kind="stable")
+        if self.overlay:
+            missing = ~df["has_heuristic"].astype(bool) & df["latent"].isin(list(self.overlay))
+            for i in np.flatnonzero(missing.to_numpy()):
+                flag = self.overlay[int(df["latent"].iloc[i])]
+                for col, key in (
+                    ("heuristic", "flag"),
+                    ("positional_r2", "positional_r2"),
+                    ("unigram_r2", "unigram_r2"),
+                ):
+                    df.iloc[i, df.columns.get_loc(col)] = flag.get(key)
+        return df[cols].reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def _patch(self, record: dict[str, Any]) -> dict[str, Any]:
+        if self.overlay is not None and "heuristic" not in record and record.get("latent") in self.overlay:
+            record["heuristic"] = self.overlay[record["latent"]]
+        return record
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        with self.path.open("rb") as fh:
+            fh.seek(int(self.offsets[i]))
+            return self._patch(json.loads(fh.read(int(self.lengths[i]))))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with self.path.open("rb") as fh:
+            for off, n in zip(self.offsets.tolist(), self.lengths.tolist(), strict=True):
+                fh.seek(off)
+                yield self._patch(json.loads(fh.read(n)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, RecordSeq)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"RecordSeq({len(self)} records of {str(self.path)!r})"
 
 
 def _json_default(obj: Any) -> Any:
@@ -189,12 +557,14 @@ class ScoreResult:
     """What ``sae.score()`` / ``sae.autointerp.run()`` return.
 
     ``table``: one row per (latent, scorer) of the finished latents (see the module docstring for columns).
-    ``records``: the full per-latent records (as in results.jsonl). ``skipped``: latent -> reason (dead, too
-    rare, ...). ``incomplete``: latent -> why it could not finish (the backend, the budget); the same call
-    again finishes them. ``stopped``: why the run stopped early, if it did.
+    ``records``: the full per-latent records (as in results.jsonl): a list, or for a run or a loaded file a
+    :class:`RecordSeq` that reads each record from the file when asked (``table``, ``summary()`` and
+    ``verdict()`` then come from the file's index, without reading a record). ``skipped``: latent -> reason
+    (dead, too rare, ...). ``incomplete``: latent -> why it could not finish (the backend, the budget); the
+    same call again finishes them. ``stopped``: why the run stopped early, if it did.
     """
 
-    records: list[dict[str, Any]]
+    records: Sequence[dict[str, Any]]
     path: Path | None = None
     usage: dict[str, Any] = field(default_factory=dict)
     stopped: str | None = None
@@ -204,12 +574,29 @@ class ScoreResult:
     #: by the heuristic explainer and the LLM calls and tokens that saved (empty when they were off)
     heuristics: dict[str, Any] = field(default_factory=dict)
 
+    def _rows(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        if isinstance(self.records, RecordSeq):
+            return self.records.rows(columns)
+        frame = rows_frame(self.records)
+        return frame if columns is None else frame[list(columns)]
+
     @property
     def table(self) -> pd.DataFrame:
-        return records_table(self.records)
+        return table_from_rows(self._rows())
 
     @property
     def skipped(self) -> dict[int, str]:
+        if isinstance(self.records, RecordSeq) and self.records.file is not None and self.run_key is not None:
+            db = self.records.file.index.db
+            rows = db.execute(
+                "SELECT latent, off, len FROM latest WHERE run_key=? AND status='skipped'", (self.run_key,)
+            )
+            wanted = set(self.records.offsets.tolist())
+            out = {}
+            for lat, off, n in rows.fetchall():
+                if off in wanted:
+                    out[int(lat)] = self.records.file.read_at(off, n)["skipped"]
+            return out
         return {r["latent"]: r["skipped"] for r in self.records if r.get("skipped")}
 
     @property
@@ -231,19 +618,29 @@ class ScoreResult:
 
     def judge_checks(self) -> list[Any]:
         """One :class:`~sae_lens_autointerp.controls.JudgeCheck` per scorer that reads an explanation."""
-        return judge_checks(self.records)
+        return checks_from_rows(self._rows(SUMMARY_INPUTS))
 
     def verdict(self) -> list[str]:
         """Plain sentences: for each scorer, does it carry signal here, and if not, what to do."""
         from .controls import judge_sentence
 
-        kinds = _judge_kinds(self.records)
-        return [judge_sentence(c, kinds.get(c.scorer, "llm")) for c in self.judge_checks()]
+        rows = self._rows(SUMMARY_INPUTS)
+        kinds = _kinds_from_rows(rows)
+        return [judge_sentence(c, kinds.get(c.scorer, "llm")) for c in checks_from_rows(rows)]
 
     def summary(self) -> pd.DataFrame:
         """Per scorer: latents attempted / scored / undefined / failed, the mean score with a 95% interval and
         its chance level, the mean control and lift with the judge check. No latent is dropped silently."""
-        return summary_table(self.records)
+        return summary_from_rows(self._rows(SUMMARY_INPUTS))
+
+    def export_jsonl(self, path: str | os.PathLike[str]) -> Path:
+        """Write this result's records, one JSON line each, to ``path`` (readable by ``report.load``)."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", encoding="utf-8") as fh:
+            for r in self.records:
+                fh.write(json.dumps(r, default=_json_default, allow_nan=False) + "\n")
+        return out
 
     def to_html(self, out: str | os.PathLike[str], **options: Any) -> Path:
         """Write the static site of this run (index + one page per latent; opens from disk, no network) into
@@ -286,72 +683,113 @@ def _headline(out: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     return None, None, None, None
 
 
-def records_table(records: list[dict[str, Any]]) -> pd.DataFrame:
-    df = pd.DataFrame(_rows(records), columns=TABLE_COLUMNS)
-    floats = (
-        "score",
-        "low",
-        "high",
-        "chance",
-        "auc",
-        "calibrated",
-        "control",
-        "lift",
-        "lift_low",
-        "lift_high",
-        "positional_r2",
-        "unigram_r2",
-    )
-    df = df.astype({c: float for c in floats}).astype({"signal": object, "heuristic": object})
-    df["heuristic"] = df["heuristic"].where(df["heuristic"].notna(), None)
+_FLOATS = (
+    "score",
+    "low",
+    "high",
+    "chance",
+    "auc",
+    "calibrated",
+    "control",
+    "lift",
+    "lift_low",
+    "lift_high",
+    "positional_r2",
+    "unigram_r2",
+    "control_low",
+    "control_high",
+)
+
+
+def record_rows(r: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One finished record's compact rows, one per scorer (:data:`ROW_COLUMNS`); none for an incomplete or
+    skipped record. The table, the summary and the judge check are built from these alone."""
+    from .controls import answers_of, lift
+
+    if r.get("incomplete") or r.get("skipped"):
+        return []
+    explanation = (r.get("explanation") or {}).get("text")
+    controls = r.get("controls") or {}
+    heuristic = r.get("heuristic") or {}
+    rows = []
+    for name, out in (r.get("scores") or {}).items():
+        metric, low, high, chance = _headline(out)
+        ctl = controls.get(name) or {}
+        est = lift(out.get("score"), low, high, ctl.get("score"), ctl.get("low"), ctl.get("high"))
+        metrics = out.get("metrics") or {}
+        counts: dict[str, int] = {}
+        for a in answers_of(out):
+            if a is not None:
+                key = json.dumps(a, default=str)
+                counts[key] = counts.get(key, 0) + 1
+        rows.append(
+            {
+                "latent": r["latent"],
+                "scorer": name,
+                "metric": metric,
+                "score": out.get("score"),
+                "low": low,
+                "high": high,
+                "chance": chance,
+                "auc": metrics.get("auc"),
+                "calibrated": metrics.get("balanced_accuracy_calibrated"),
+                "control": ctl.get("score"),
+                "lift": None if est is None else est.value,
+                "lift_low": None if est is None else est.low,
+                "lift_high": None if est is None else est.high,
+                "signal": None if est is None or est.low != est.low else bool(est.low > 0),
+                "n_examples": out.get("n_examples", 0),
+                "n_failed": out.get("n_failed", 0),
+                "explanation": explanation,
+                "error": out.get("error"),
+                "provider": _provider_text(out),
+                "heuristic": heuristic.get("flag"),
+                "positional_r2": heuristic.get("positional_r2"),
+                "unigram_r2": heuristic.get("unigram_r2"),
+                "control_low": ctl.get("low"),
+                "control_high": ctl.get("high"),
+                "judge_kind": out.get("judge_kind"),
+                "controlled": bool(out.get("needs_explanation", name in controls)),
+                "answers": json.dumps(counts) if counts else None,
+                "has_heuristic": "heuristic" in r,
+            }
+        )
+    return rows
+
+
+def _rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The compact rows of ``records`` as dicts (the table's columns plus the control's interval, ...)."""
+    return [row for r in records for row in record_rows(r)]
+
+
+def rows_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The compact rows of ``records`` (:func:`record_rows`) as a frame."""
+    return pd.DataFrame([row for r in records for row in record_rows(r)], columns=ROW_COLUMNS)
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    floats = [c for c in _FLOATS if c in df.columns]
+    df = df.astype({c: float for c in floats})
+    if "signal" in df.columns:
+        df["signal"] = pd.Series(
+            [None if v is None or v != v else bool(v) for v in df["signal"]], dtype=object, index=df.index
+        )
+    for col in ("heuristic", "metric", "explanation", "error", "provider"):
+        if col in df.columns:
+            df[col] = df[col].astype(object).where(df[col].notna(), None)
+    for col in ("n_examples", "n_failed"):
+        if col in df.columns:
+            df[col] = df[col].fillna(0).astype(int)
     return df
 
 
-def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The table's rows, plus the control's interval (``control_low`` / ``control_high``)."""
-    from .controls import lift
+def table_from_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """``result.table`` from compact rows."""
+    return _typed(rows[TABLE_COLUMNS].reset_index(drop=True))
 
-    rows = []
-    for r in records:
-        if r.get("incomplete") or r.get("skipped"):
-            continue
-        explanation = (r.get("explanation") or {}).get("text")
-        controls = r.get("controls") or {}
-        heuristic = r.get("heuristic") or {}
-        for name, out in (r.get("scores") or {}).items():
-            metric, low, high, chance = _headline(out)
-            ctl = controls.get(name) or {}
-            est = lift(out.get("score"), low, high, ctl.get("score"), ctl.get("low"), ctl.get("high"))
-            metrics = out.get("metrics") or {}
-            rows.append(
-                {
-                    "latent": r["latent"],
-                    "scorer": name,
-                    "metric": metric,
-                    "score": out.get("score"),
-                    "low": low,
-                    "high": high,
-                    "chance": chance,
-                    "auc": metrics.get("auc"),
-                    "calibrated": metrics.get("balanced_accuracy_calibrated"),
-                    "control": ctl.get("score"),
-                    "lift": None if est is None else est.value,
-                    "lift_low": None if est is None else est.low,
-                    "lift_high": None if est is None else est.high,
-                    "signal": None if est is None or est.low != est.low else bool(est.low > 0),
-                    "n_examples": out.get("n_examples", 0),
-                    "n_failed": out.get("n_failed", 0),
-                    "explanation": explanation,
-                    "error": out.get("error"),
-                    "provider": _provider_text(out),
-                    "heuristic": heuristic.get("flag"),
-                    "positional_r2": heuristic.get("positional_r2"),
-                    "unigram_r2": heuristic.get("unigram_r2"),
-                    "control_low": ctl.get("low"),
-                    "control_high": ctl.get("high"),
-                }
-            )
-    return rows
+
+def records_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    return table_from_rows(rows_frame(records))
 
 
 def _num(x: Any) -> float:
@@ -362,7 +800,15 @@ def _num(x: Any) -> float:
     return v
 
 
-def _judge_kinds(records: list[dict[str, Any]]) -> dict[str, str]:
+def _kinds_from_rows(rows: pd.DataFrame) -> dict[str, str]:
+    kinds: dict[str, str] = {}
+    for name, kind in zip(rows["scorer"], rows["judge_kind"], strict=True):
+        if isinstance(kind, str) and kind:
+            kinds[str(name)] = kind
+    return kinds
+
+
+def _judge_kinds(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     kinds: dict[str, str] = {}
     for r in records:
         for name, out in (r.get("scores") or {}).items():
@@ -371,52 +817,73 @@ def _judge_kinds(records: list[dict[str, Any]]) -> dict[str, str]:
     return kinds
 
 
-def judge_checks(records: list[dict[str, Any]]) -> list[Any]:
-    from .controls import answers_of, judge_check, lifts_per_latent
+def checks_from_rows(rows: pd.DataFrame) -> list[Any]:
+    """One judge check per scorer that reads an explanation, from compact rows."""
+    from .controls import judge_check, lifts_per_latent
 
-    answers: dict[str, list[Any]] = {}
-    controlled: set[str] = set()
-    for r in records:
-        if r.get("incomplete") or r.get("skipped"):
+    out = []
+    for name, group in rows.groupby("scorer", sort=True):
+        if not group["controlled"].fillna(False).astype(bool).any():
             continue
-        for name, out in (r.get("scores") or {}).items():
-            answers.setdefault(name, []).extend(answers_of(out))
-            if out.get("needs_explanation", name in (r.get("controls") or {})):
-                controlled.add(name)
-    by_scorer: dict[str, list[dict[str, Any]]] = {}
-    for row in _rows(records):
-        by_scorer.setdefault(row["scorer"], []).append(row)
-    # scorers that read no explanation (intruder) have no control and no check; with controls off the check
-    # says it was not made
-    return [
-        judge_check(name, lifts_per_latent(by_scorer[name]), answers.get(name, []))
-        for name in sorted(by_scorer)
-        if name in controlled
-    ]
+        counts: dict[str, int] = {}
+        for text in group["answers"].dropna():
+            for key, n in json.loads(text).items():
+                counts[key] = counts.get(key, 0) + int(n)
+        g = _typed(group[["score", "low", "high", "control", "control_low", "control_high"]].copy())
+        lifts = lifts_per_latent(g.to_dict("records"))
+        out.append(judge_check(str(name), lifts, answer_counts=counts))
+    return out
 
 
-def summary_table(records: list[dict[str, Any]], confidence: float = 0.95) -> pd.DataFrame:
+def judge_checks(records: Iterable[Mapping[str, Any]]) -> list[Any]:
+    return checks_from_rows(rows_frame(records))
+
+
+#: The compact columns the summary reads.
+SUMMARY_INPUTS = [
+    "scorer",
+    "metric",
+    "score",
+    "low",
+    "high",
+    "chance",
+    "error",
+    "control",
+    "control_low",
+    "control_high",
+    "judge_kind",
+    "controlled",
+    "answers",
+]
+
+
+def summary_from_rows(rows: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """``result.summary()`` from compact rows."""
     from .controls import judge_sentence, mean_or_none, pooled_mean
     from .metrics import Estimate
 
-    table = records_table(records)
-    checks = {c.scorer: c for c in judge_checks(records)}
-    kinds = _judge_kinds(records)
-    rows = []
+    table = _typed(rows[[c for c in SUMMARY_INPUTS if c in rows.columns]].copy())
+    checks = {c.scorer: c for c in checks_from_rows(rows)}
+    kinds = _kinds_from_rows(rows)
+    out = []
     for name, group in table.groupby("scorer", sort=True):
         scores = group["score"].to_numpy(dtype=float)
         scored = np.isfinite(scores)
         failed = group["error"].notna().to_numpy() & ~scored
         # each latent's own interval plus the spread between latents: never a zero-width interval when a few
         # latents happen to score the same
+        lows, highs = group["low"].to_numpy(dtype=float), group["high"].to_numpy(dtype=float)
         est = pooled_mean(
-            [Estimate(float(r.score), _num(r.low), _num(r.high)) for r in group.itertuples() if np.isfinite(r.score)],
+            [
+                Estimate(float(v), float(lo), float(hi))
+                for v, lo, hi in zip(scores[scored], lows[scored], highs[scored], strict=True)
+            ],
             confidence,
         )
         check = checks.get(str(name))
         chance = group["chance"].dropna()
         metric = group["metric"].dropna()
-        rows.append(
+        out.append(
             {
                 "scorer": name,
                 "metric": metric.iloc[0] if len(metric) else None,
@@ -438,7 +905,11 @@ def summary_table(records: list[dict[str, Any]], confidence: float = 0.95) -> pd
                 "judge_check": None if check is None else judge_sentence(check, kinds.get(str(name), "llm")),
             }
         )
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    return pd.DataFrame(out, columns=SUMMARY_COLUMNS)
+
+
+def summary_table(records: Iterable[Mapping[str, Any]], confidence: float = 0.95) -> pd.DataFrame:
+    return summary_from_rows(rows_frame(records), confidence)
 
 
 def llm_model_name(run: Mapping[str, Any]) -> str | None:

@@ -20,7 +20,7 @@ Non-activating examples: see ``negatives.py`` ("random", "similar", "neighbours"
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -146,7 +146,7 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
 
     def tag(ex: Example, label: bool) -> Example:
         q = quantile_of.get(chunk_key(ex, settings))
-        return replace(ex, extra={**ex.extra, "label": label, "quantile": q if label else None})
+        return ex.with_extra(label=label, quantile=q if label else None)
 
     per_explain = _spread(config.n_explain, config.n_quantiles)
     per_test = _spread(config.n_test_pos, config.n_quantiles)

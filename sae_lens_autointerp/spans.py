@@ -10,6 +10,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 
+import numpy as np
+
 
 class SpanSet:
     """A set of half-open integer intervals, merged, with an overlap query."""
@@ -17,8 +19,13 @@ class SpanSet:
     def __init__(self, spans: Iterable[tuple[int, int]] = ()) -> None:
         self._starts: list[int] = []
         self._ends: list[int] = []
-        for lo, hi in spans:
-            self.add(lo, hi)
+        # sorted, then one merging pass (the same merged set as one add() per span, without the list inserts)
+        for lo, hi in sorted((lo, hi) for lo, hi in spans if hi > lo):
+            if self._ends and lo <= self._ends[-1]:  # touches the last interval: [1, 3) + [3, 5) is [1, 5)
+                self._ends[-1] = max(self._ends[-1], hi)
+            else:
+                self._starts.append(lo)
+                self._ends.append(hi)
 
     def __len__(self) -> int:
         return len(self._starts)
@@ -39,3 +46,13 @@ class SpanSet:
             return False
         i = bisect.bisect_right(self._ends, lo)  # first interval ending after lo
         return i < len(self._starts) and self._starts[i] < hi
+
+    def overlaps_many(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """:meth:`overlaps` of each ``[lo[k], hi[k])``, vectorised (a bool array)."""
+        lo, hi = np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
+        if not self._starts:
+            return np.zeros(lo.shape, dtype=bool)
+        starts, ends = np.asarray(self._starts, dtype=np.int64), np.asarray(self._ends, dtype=np.int64)
+        i = np.searchsorted(ends, lo, side="right")  # first interval ending after lo
+        inside = i < len(starts)
+        return (hi > lo) & inside & (starts[np.minimum(i, len(starts) - 1)] < hi)

@@ -25,6 +25,12 @@ class RenderedExample:
         return "".join(self.tokens)
 
 
+#: Token windows whose rendering a :class:`Renderer` keeps (about 1 KiB each); past it the cache starts over,
+#: so a long run's memory stays flat. Windows repeat a lot: every latent draws its negatives from the same
+#: random pool, and its controls re-render a subset of its own test examples.
+WINDOW_CACHE_SIZE = 16_384
+
+
 class Renderer:
     """Decodes token ids one by one (cached) and drops padding and special tokens."""
 
@@ -32,6 +38,8 @@ class Renderer:
         self.tokenizer = tokenizer
         self._special = set(getattr(tokenizer, "all_special_ids", []) or [])
         self._cache: dict[int, str] = {}
+        # (dtype, token bytes) -> (kept positions, their pieces): the token-only half of a rendering
+        self._windows: dict[tuple[str, bytes], tuple[tuple[int, ...], tuple[str, ...]]] = {}
 
     def piece(self, token: int) -> str:
         text = self._cache.get(token)
@@ -40,11 +48,27 @@ class Renderer:
             self._cache[token] = text
         return text
 
+    def window(self, tokens: np.ndarray) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        """The positions of ``tokens`` that are shown (not padding, not special) and their text pieces."""
+        tokens = np.asarray(tokens)
+        key = (tokens.dtype.str, tokens.tobytes())  # the dtype too: equal bytes of another width are other ids
+        hit = self._windows.get(key)
+        if hit is None:
+            ids = tokens.tolist()
+            special = self._special
+            keep = tuple(i for i, t in enumerate(ids) if t != PAD_TOKEN and t not in special)
+            hit = (keep, tuple(self.piece(int(ids[i])) for i in keep))
+            if len(self._windows) >= WINDOW_CACHE_SIZE:
+                self._windows.clear()
+            self._windows[key] = hit
+        return hit
+
     def render(self, example: Example) -> RenderedExample:
-        keep = [i for i, t in enumerate(example.tokens.tolist()) if t != PAD_TOKEN and t not in self._special]
+        keep, pieces = self.window(example.tokens)
+        acts = np.asarray(example.activations, dtype=np.float64).tolist()  # float(x) of each, in one call
         return RenderedExample(
-            tokens=tuple(self.piece(int(example.tokens[i])) for i in keep),
-            activations=tuple(float(example.activations[i]) for i in keep),
+            tokens=pieces,
+            activations=tuple(acts[i] for i in keep),
             label=example.extra.get("label"),
             quantile=example.extra.get("quantile"),
             token_id=example.token_id,

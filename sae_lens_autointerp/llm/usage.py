@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
@@ -113,7 +113,7 @@ class UsageTotals:
         return self.prompt_tokens + self.completion_tokens
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = dict(self.__dict__)
         d["total_tokens"] = self.total_tokens
         return d
 
@@ -162,6 +162,8 @@ class UsageTracker:
         self._lock = threading.Lock()
         self._stage: dict[str, UsageTotals] = {}
         self._latent: dict[tuple[str, int | None], UsageTotals] = {}
+        # latent -> {stage: totals}: the same objects as in ``_latent``, so one latent's usage is found in O(1)
+        self._per_latent: dict[int | None, dict[str, UsageTotals]] = {}
         self._model: dict[str, UsageTotals] = {}
         self._total = UsageTotals()
 
@@ -223,10 +225,14 @@ class UsageTracker:
     # -- recording -------------------------------------------------------------------------------------
 
     def _rows(self, model: str, stage: str, latent: int | None) -> list[UsageTotals]:
+        row = self._latent.get((stage, latent))
+        if row is None:
+            row = self._latent[(stage, latent)] = UsageTotals()
+            self._per_latent.setdefault(latent, {})[stage] = row
         return [
             self._total,
             self._stage.setdefault(stage, UsageTotals()),
-            self._latent.setdefault((stage, latent), UsageTotals()),
+            row,
             self._model.setdefault(model, UsageTotals()),
         ]
 
@@ -260,19 +266,33 @@ class UsageTracker:
 
     def total(self) -> UsageTotals:
         with self._lock:
-            return UsageTotals(**asdict(self._total))
+            return _copy(self._total)
 
     def by_stage(self) -> dict[str, UsageTotals]:
         with self._lock:
-            return {k: UsageTotals(**asdict(v)) for k, v in self._stage.items()}
+            return {k: _copy(v) for k, v in self._stage.items()}
 
     def by_latent(self) -> dict[tuple[str, int | None], UsageTotals]:
         with self._lock:
-            return {k: UsageTotals(**asdict(v)) for k, v in self._latent.items()}
+            return {k: _copy(v) for k, v in self._latent.items()}
+
+    def for_latent(self, latent: int | None) -> dict[str, UsageTotals]:
+        """One latent's usage per stage, in O(1) (copies; empty when it made no request)."""
+        with self._lock:
+            return {k: _copy(v) for k, v in self._per_latent.get(latent, {}).items()}
+
+    def forget_latent(self, latent: int | None) -> dict[str, UsageTotals]:
+        """Remove one latent's per-stage rows (the run, stage and model totals keep them) and return them: a
+        long run calls it once the latent's record holds its usage, so the tracker stays small."""
+        with self._lock:
+            rows = self._per_latent.pop(latent, {})
+            for stage in rows:
+                self._latent.pop((stage, latent), None)
+            return rows
 
     def by_model(self) -> dict[str, UsageTotals]:
         with self._lock:
-            return {k: UsageTotals(**asdict(v)) for k, v in self._model.items()}
+            return {k: _copy(v) for k, v in self._model.items()}
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per (stage, latent): ready for ``pandas.DataFrame(tracker.rows())`` or JSON."""
@@ -316,6 +336,20 @@ class UsageTracker:
         if self._budget.exhausted:
             lines.append(f"BUDGET: {self._budget.exhausted}")
         return "\n".join(lines)
+
+
+def _copy(t: UsageTotals) -> UsageTotals:
+    return UsageTotals(
+        t.requests,
+        t.prompt_tokens,
+        t.completion_tokens,
+        t.cached_tokens,
+        t.cache_hits,
+        t.cache_hit_tokens,
+        t.retries,
+        t.failures,
+        t.cost,
+    )
 
 
 def estimate_prompt_tokens(messages: Sequence[tuple[str, str]]) -> int:

@@ -34,7 +34,7 @@ def load(path: str | Path) -> ScoreResult:
     usage_file = path.parent / "usage.json"
     usage = json.loads(usage_file.read_text()) if usage_file.is_file() else {}
     results = ResultsFile(path)
-    all_records = results.records()
+    db = results.index.db
     run_key = None
     run_file = path.parent / "run.json"
     if run_file.is_file():
@@ -42,18 +42,17 @@ def load(path: str | Path) -> ScoreResult:
             run_key = json.loads(run_file.read_text()).get("run_key")
         except ValueError:
             run_key = None
-    keys = [r.get("run_key") for r in all_records if r.get("run_key")]
+    keys = [k for (k,) in db.execute("SELECT run_key FROM lines WHERE run_key IS NOT NULL GROUP BY run_key")]
     if run_key not in keys:
-        run_key = keys[-1] if keys else None
+        last = db.execute("SELECT run_key FROM lines WHERE run_key IS NOT NULL ORDER BY off DESC LIMIT 1").fetchone()
+        run_key = last[0] if last else None
     others = {k for k in keys if k != run_key}
     if others:
         log.warning("%s holds records of %d other run(s); reading run %s only", path, len(others), str(run_key)[:12])
-    latest = results.latest(run_key) if run_key else {}
-    records = sorted((r for r in latest.values() if not r.get("incomplete")), key=lambda r: r["latent"])
+    records = results.result_records(run_key) if run_key else []
     incomplete = {
-        k: f"{r['incomplete'].get('stage')}: {r['incomplete'].get('error')}"
-        for k, r in latest.items()
-        if r.get("incomplete")
+        int(k): f"{r['incomplete'].get('stage')}: {r['incomplete'].get('error')}"
+        for k, r in (results.partial(run_key) if run_key else {}).items()
     }
     return ScoreResult(records=records, path=path, usage=usage, incomplete=incomplete, run_key=run_key)
 

@@ -36,7 +36,6 @@ P("1") >= P_cf("1"). ``balanced_accuracy_calibrated`` (with its interval) is rep
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +46,7 @@ from ..metrics import binary_metrics
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
 from ..text import active_mask, highlight
-from .common import digit_probabilities, gather_or_raise, parse_binary_list
+from .common import digit_probabilities, map_bounded, parse_binary_list
 
 SYSTEM = "Judge excerpts against a neuron description."  # short: it is sent with every example
 CONTENT_FREE = "N/A"
@@ -190,15 +189,13 @@ class ClassificationScorer:
         items = [items[i] for i in order]
         k = self.examples_per_prompt
         batches = [items[i : i + k] for i in range(0, len(items), k)]  # the last batch may be short
-        gate = asyncio.Semaphore(self.concurrency)
 
         async def run(batch: list[Item]) -> list[dict[str, Any]]:
-            async with gate:
-                return await self._judge(ctx, sample.latent, explanation.text, batch)
+            return await self._judge(ctx, sample.latent, explanation.text, batch)
 
         # Transport errors (and the budget) propagate once every request has finished: what was answered is
         # in the response cache, and the latent is redone, not scored from a partial set of answers.
-        results = await gather_or_raise([run(b) for b in batches])
+        results = await map_bounded(batches, run, self.concurrency)
         predictions: list[dict[str, Any]] = [p for res in results for p in res]
         labels = [p["label"] for p in predictions]
         answered = [p["prediction"] for p in predictions]

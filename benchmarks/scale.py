@@ -1,0 +1,217 @@
+"""Scale benchmarks.
+
+Part ``overhead``: the pipeline's own cost per latent, with the LLM taken out. A FAKE judge (labelled as such:
+it answers every request at once, "1" when the excerpt contains a space-separated " the ", else "0") scores
+given explanations with ``detection`` (default sampling: 50 + 50 test examples, controls on 20%, heuristic
+flags on) at 1k, 10k and 100k latents; each size is a fresh run (a fresh folder, a fresh process) of
+``run(..., latents=range(N))``. What is measured: the wall time of the ``run`` call (sampling, rendering,
+prompts, the judge's bookkeeping, metrics, controls, records and results.jsonl with fsync, the final
+ScoreResult with its ``table`` and ``summary()``), and the process's peak RSS (``ru_maxrss``).
+
+The latents: the embedded SAE has 2,048, so the store is a *tiled view* of the embedded store (harvested once,
+``--n-tokens``): latent ``l`` has the examples of embedded latent ``l mod 2048`` (its own seeded samples,
+shuffles and intervals, since every random draw is seeded by the latent index). The SAE handed to the run
+has ``d_sae = 100,000`` for every size (the same fixed cost at each size, so the RSS growth is the growth
+per latent); its run views (``decoder.json``: decoder neighbours, promoted tokens, one-off per run) are not
+part of the measurement: the benchmark replaces ``pipeline.write_run_views`` with a no-op.
+
+    python benchmarks/scale.py --part overhead --sizes 1000,10000,100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from functools import cached_property
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+import sae_lens_autointerp as sai
+from sae_lens_autointerp import pipeline
+from sae_lens_autointerp.harvest.store import LatentStore
+from sae_lens_autointerp.llm import BaseClient, ChatRequest, ChatResponse, Usage
+
+D_SAE = 100_000
+
+
+class InstantJudge(BaseClient):
+    """FAKE LLM client for the overhead benchmark only: answers at once from the request text."""
+
+    def __init__(self) -> None:
+        super().__init__("fake-instant", cache=False)
+
+    async def _chat(self, request: ChatRequest) -> ChatResponse:
+        user = request.messages[-1][1]
+        text = "1" if " the " in user else "0"
+        return ChatResponse(text=text, finish_reason="stop", usage=Usage(len(user) // 4, 1), model="fake-instant")
+
+
+class _Rows:
+    """``tensor[latent]`` of a tiled store: the row of ``latent mod n`` (ints or index arrays)."""
+
+    def __init__(self, base: torch.Tensor, n: int) -> None:
+        self.base, self.n = base, n
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, (int, np.integer)):
+            return self.base[int(index) % self.n]
+        return self.base[torch.as_tensor(np.asarray(index) % self.n)]
+
+
+class _TiledStats(dict):
+    def __init__(self, base: dict[str, torch.Tensor], n: int, d_sae: int) -> None:
+        super().__init__(base)
+        self.n, self.d_sae = n, d_sae
+
+    def __getitem__(self, key: str) -> Any:
+        value = super().__getitem__(key)
+        if key.startswith("pool_") or value.ndim == 0 or value.shape[0] != self.n:
+            return value
+        return _Rows(value, self.n)
+
+
+class TiledStore(LatentStore):
+    """A view of a real store with ``d_sae`` latents: latent ``l`` reads embedded latent ``l mod n``."""
+
+    def __init__(self, base: LatentStore, d_sae: int) -> None:  # no super().__init__: the files are the base's
+        self.base, self.path, self.settings = base, base.path, base.settings
+        self.meta = {**base.meta, "d_sae": d_sae, "key": f"{base.key}-tiled-{d_sae}"}
+
+    @cached_property
+    def stats(self) -> dict[str, torch.Tensor]:
+        return _TiledStats(self.base.stats, self.base.d_sae, self.d_sae)
+
+    @cached_property
+    def frequency(self) -> torch.Tensor:
+        return self.base.frequency.repeat(self.d_sae // self.base.d_sae + 1)[: self.d_sae]
+
+    @cached_property
+    def max_activation(self) -> torch.Tensor:
+        return self.base.max_activation.repeat(self.d_sae // self.base.d_sae + 1)[: self.d_sae]
+
+    @property
+    def tokens(self) -> np.ndarray:  # type: ignore[override]
+        return self.base.tokens
+
+    @property
+    def _random_windows(self) -> Any:  # type: ignore[override]
+        return self.base._random_windows
+
+    def silent_window_indices(self, latent: int) -> np.ndarray:
+        return self.base.silent_window_indices(latent % self.base.d_sae)
+
+
+def embedded_store(n_tokens: int) -> LatentStore:
+    model, sae = sai.embedded.load_model(), sai.embedded.load_sae()
+    return sae.autointerp.harvest(model, sai.embedded.load_corpus(), n_tokens=n_tokens, progress=False)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def part_overhead_one(n: int, n_tokens: int, out: Path) -> dict[str, Any]:
+    """One run of ``n`` latents in this process: seconds, latents/s, peak RSS before and after."""
+    model, sae = sai.embedded.load_model(), sai.embedded.load_sae()
+    store = TiledStore(embedded_store(n_tokens), D_SAE)
+    fake_sae = SimpleNamespace(cfg=SimpleNamespace(d_sae=D_SAE, metadata=sae.cfg.metadata))
+    pipeline.write_run_views = lambda *a, **k: None  # one-off per run: not part of the per-latent overhead
+    words = "month digit return bracket python token code list string number".split()
+    explanations = {i: f"{words[i % len(words)]} tokens, pattern {i}" for i in range(n)}
+    # warm up the lazy loads (store tensors, tokenizer, scipy) outside the measurement
+    pipeline.run(
+        fake_sae,
+        model,
+        store=store,
+        latents=list(range(3)),
+        explanations={i: explanations[i] for i in range(3)},
+        scorers=["detection"],
+        llm=InstantJudge(),
+        out_dir=str(out / "warm"),
+        progress=False,
+    )
+    rss_before = peak_rss_mib()
+    start = time.perf_counter()
+    result = pipeline.run(
+        fake_sae,
+        model,
+        store=store,
+        latents=list(range(n)),
+        explanations=explanations,
+        scorers=["detection"],
+        llm=InstantJudge(),
+        out_dir=str(out / "run"),
+        progress=False,
+    )
+    table, summary = result.table, result.summary()
+    seconds = time.perf_counter() - start
+    scored = int(table["score"].notna().sum())
+    return {
+        "n": n,
+        "seconds": round(seconds, 2),
+        "latents_per_s": round(n / seconds, 1),
+        "scored": scored,
+        "skipped": len(result.skipped),
+        "n_rows": len(table),
+        "summary_latents": int(summary["n_latents"].sum()),
+        "rss_before_mib": round(rss_before, 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "results_mib": round((out / "run" / "results.jsonl").stat().st_size / 2**20, 1),
+    }
+
+
+def part_overhead(sizes: list[int], n_tokens: int) -> list[dict[str, Any]]:
+    """Each size in a fresh process (peak RSS is per process); prints one JSON line per size and a table."""
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--part",
+                "overhead-one",
+                "--n",
+                str(n),
+                "--n-tokens",
+                str(n_tokens),
+                "--out",
+                tmp,
+            ]
+            line = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
+            row = json.loads(line.strip().splitlines()[-1])
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    base = rows[0]
+    print(f"{'latents':>8} {'s':>8} {'latents/s':>10} {'peak RSS MiB':>13} {'growth':>8}")
+    for row in rows:
+        growth = (row["peak_rss_mib"] / base["peak_rss_mib"] - 1) * 100
+        print(f"{row['n']:>8} {row['seconds']:>8} {row['latents_per_s']:>10} {row['peak_rss_mib']:>13} {growth:>7.1f}%")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["overhead", "overhead-one"], default="overhead")
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--n-tokens", type=int, default=65536, help="tokens of the embedded store's harvest")
+    parser.add_argument("--n", type=int, help="(overhead-one) latents of the run")
+    parser.add_argument("--out", help="(overhead-one) a scratch folder")
+    args = parser.parse_args()
+    if args.part == "overhead-one":
+        print(json.dumps(part_overhead_one(args.n, args.n_tokens, Path(args.out))))
+    else:
+        part_overhead([int(s) for s in args.sizes.split(",")], args.n_tokens)
+
+
+if __name__ == "__main__":
+    main()
