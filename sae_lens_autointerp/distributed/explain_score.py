@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from ..config import RunConfig
@@ -48,13 +48,23 @@ ACTOR_PREFIX = "sae-autointerp-worker"
 
 
 def run(
-    sae: Any, model: Any = None, dataset: Any = None, *, config: RunConfig | None = None, **kwargs: Any
+    sae: Any,
+    model: Any = None,
+    dataset: Any = None,
+    *,
+    config: RunConfig | None = None,
+    model_loader: Callable[[], Any] | None = None,
+    sae_loader: Callable[[], Any] | None = None,
+    **kwargs: Any,
 ) -> ScoreResult:
     """``sae.autointerp.run(...)`` with ``executor="ray"``: the same arguments, the same result and run folder.
 
     ``ray_address``: the cluster to join (``"auto"``, ``"ray://head:10001"``); None uses an initialised Ray,
     else starts a local one (shut down again at the end). ``workers``: actors (default: one per GPU for
     ``llm="vllm:..."``, else one per CPU); ``worker_gpus``: GPUs per actor (default 1 for ``vllm:``, else 0).
+    The model and SAE go to the actors through Ray's object store, once; one that cannot be pickled (a
+    TransformerBridge) is loaded in each actor by ``model_loader`` / ``sae_loader`` instead: a function without
+    arguments, e.g. ``model_loader=sai.embedded.load_model``.
     """
     kwargs["executor"] = "ray"
     options = {k: kwargs.get(k, UNSET) for k in kwargs if k not in ("store", "progress")}
@@ -69,12 +79,13 @@ def run(
         log.warning("Ray is already initialised; ray_address=%r is not used", cfg.ray_address)
     try:
         size, gpus = _resources(ray, cfg)
+        subject = _ship(ray, {"sae": (sae, sae_loader), "model": (model, model_loader)})
         return run_pipeline(
             sae,
             model,
             dataset,
             config=config,
-            runner_factory=lambda args: _factory(args, size, gpus),
+            runner_factory=lambda args: _factory(args, size, gpus, subject),
             **kwargs,
         )
     finally:
@@ -106,6 +117,25 @@ def _check_shippable(ray: Any, client: Any, explanations: Any) -> None:
             ) from None
 
 
+def _ship(ray: Any, parts: Mapping[str, tuple[Any, Any]]) -> Any:
+    """The model and SAE in Ray's object store (or the functions that load them in each actor), before any
+    harvest: one that cannot be sent fails here, naming the fix."""
+    out: dict[str, Any] = {}
+    for name, (obj, loader) in parts.items():
+        if loader is not None and not callable(loader):
+            raise ConfigError(f"{name}_loader must be a function without arguments that returns the {name}")
+        out[name], out[f"{name}_loader"] = (None, loader) if loader is not None else (obj, None)
+        try:
+            out[name] = ray.put(out[name]) if out[name] is not None else None
+        except Exception as exc:
+            raise ConfigError(
+                f"executor='ray' sends the {name} to every actor, but this {type(obj).__name__} cannot be pickled "
+                f"({type(exc).__name__}); pass {name}_loader= a function that loads it in each actor (e.g. "
+                f"{name}_loader=sai.embedded.load_{name} for the embedded one)"
+            ) from None
+    return out
+
+
 def _resources(ray: Any, cfg: RunConfig) -> tuple[int, float]:
     """(actors, GPUs per actor), checked against what the cluster has (an actor that cannot be placed would
     wait forever)."""
@@ -129,9 +159,9 @@ def _resources(ray: Any, cfg: RunConfig) -> tuple[int, float]:
     return size, gpus
 
 
-def _factory(args: RunnerArgs, size: int, gpus: float) -> _Runner:
+def _factory(args: RunnerArgs, size: int, gpus: float, subject: Mapping[str, Any]) -> _Runner:
     runner = cast(_RayRunner, make_runner(args, cls=_RayRunner))
-    runner.configure(args, size, gpus)
+    runner.configure(args, size, gpus, subject)
     return runner
 
 
@@ -194,7 +224,9 @@ class Worker:
         from ..harvest.store import LatentStore
         from ..registry import get_client
 
-        sae, model, objects = spec["sae"], spec["model"], spec["explanations"]
+        sae = spec["sae_loader"]() if spec["sae_loader"] is not None else _get(spec["sae"])
+        model = spec["model_loader"]() if spec["model_loader"] is not None else _get(spec["model"])
+        objects = spec["explanations"]
         cfg = RunConfig.from_dict(spec["config"])
         store = LatentStore(spec["store_path"])
         client_object = spec["client_object"]
@@ -254,6 +286,12 @@ class Worker:
     async def close(self) -> None:
         if self.client is not None and self.own_client and hasattr(self.client, "aclose"):
             await self.client.aclose()
+
+
+def _get(ref: Any) -> Any:
+    import ray
+
+    return ray.get(ref) if ref is not None else None
 
 
 class _NoBar:
@@ -367,7 +405,7 @@ async def _awaitable(ref: Any) -> Any:
 class _RayRunner(_Runner):
     """The in-process runner's block logic, with each latent's work done by an actor."""
 
-    def configure(self, args: RunnerArgs, size: int, gpus: float) -> None:
+    def configure(self, args: RunnerArgs, size: int, gpus: float, subject: Mapping[str, Any]) -> None:
         import ray
 
         cfg = args.plan.config
@@ -377,8 +415,7 @@ class _RayRunner(_Runner):
         if cfg.budget_dollars is not None:
             share["budget_dollars"] = cfg.budget_dollars / size
         spec = {
-            "sae": args.sae,
-            "model": args.model,
+            **subject,  # object refs (or loaders) of the model and SAE, put once
             "store_path": str(args.store.path),
             "config": cfg.with_(**share).to_dict(),
             "client_object": args.client_object,
@@ -386,16 +423,15 @@ class _RayRunner(_Runner):
             "run_key": args.run_key,
             "flags": args.flags,
         }
-        spec_ref = ray.put(spec)  # the model and SAE go to the object store once, not once per actor
+        spec_ref = ray.put(spec)
         namespace = getattr(args.client, "cache_namespace", None) if args.client_object is None else None
-        actor = ray.remote(Worker).options(
-            num_cpus=1, num_gpus=gpus, max_concurrency=max(2, cfg.concurrency + 1), max_restarts=0
-        )
+        actor = ray.remote(Worker)
+        options = {"num_cpus": 1, "num_gpus": gpus, "max_concurrency": max(2, cfg.concurrency + 1), "max_restarts": 0}
         prefix = f"{ACTOR_PREFIX}-{args.run_key[:12]}-{os.getpid()}"
 
         def make(i: int) -> Any:
             kwargs = _actor_kwargs(cfg.llm_kwargs, i % size, size, namespace)
-            return actor.options(name=f"{prefix}-{i}").remote(spec_ref, kwargs)
+            return actor.options(name=f"{prefix}-{i}", **options).remote(spec_ref, kwargs)
 
         self.pool = _Pool(ray, make, size, restarts=size)
         self.where: dict[int, _Slot] = {}
