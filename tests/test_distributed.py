@@ -22,6 +22,7 @@ from llm_fakes import FaultServer  # noqa: E402  (FAKE server)
 
 #: the FAKE server's one answer: an explanation for the explainer; the detection scorer reads its logprobs ("1")
 REPLY = "1 month names"
+pytestmark = pytest.mark.usefixtures("ray_cluster")
 SMALL = SamplingConfig(n_explain=8, n_test_pos=4, n_test_neg=4)
 
 
@@ -82,7 +83,7 @@ def _without(record: dict, *keys: str) -> dict:
 
 
 def test_a_ray_run_gives_the_records_run_key_and_usage_of_the_local_run(
-    ray_cluster, embedded_sae, bridge_model, small_store, latents, tmp_path
+    embedded_sae, bridge_model, small_store, latents, tmp_path
 ):
     with FaultServer(reply=REPLY) as server:
         local = embedded_sae.autointerp.run(
@@ -116,9 +117,7 @@ def test_a_ray_run_gives_the_records_run_key_and_usage_of_the_local_run(
     assert run_json["run_key"] == local.run_key and run_json["config"]["executor"] == "ray"
 
 
-def test_a_killed_actor_loses_and_duplicates_nothing(
-    ray_cluster, embedded_sae, bridge_model, small_store, latents, tmp_path
-):
+def test_a_killed_actor_loses_and_duplicates_nothing(embedded_sae, bridge_model, small_store, latents, tmp_path):
     import ray
 
     with FaultServer(reply=REPLY, delay=0.05) as server:
@@ -156,7 +155,7 @@ def test_a_killed_actor_loses_and_duplicates_nothing(
     assert ours == theirs
 
 
-def test_bad_ray_options_fail_before_any_work(ray_cluster, embedded_sae, bridge_model, small_store, latents, tmp_path):
+def test_bad_ray_options_fail_before_any_work(embedded_sae, bridge_model, small_store, latents, tmp_path):
     from sae_lens_autointerp.pipeline import run
 
     with FaultServer() as server:
@@ -169,6 +168,6 @@ def test_bad_ray_options_fail_before_any_work(ray_cluster, embedded_sae, bridge_
         with pytest.raises(ConfigError, match="function"):
             embedded_sae.autointerp.run(bridge_model, **{**opts, "workers": 1, "model_loader": "embedded"})
         with pytest.raises(ConfigError, match="sae.autointerp.run"):
-            run(embedded_sae, bridge_model, **{k: v for k, v in opts.items() if k != "model_loader"}, workers=1)
+            run(embedded_sae, bridge_model, **{k: v for k, v in opts.items() if k not in ("model_loader", "workers")})
         assert server.count == 0
     assert not (tmp_path / "bad").exists()
