@@ -16,6 +16,13 @@ per latent); its run views (``decoder.json``: decoder neighbours, promoted token
 part of the measurement: the benchmark replaces ``pipeline.write_run_views`` with a no-op.
 
     python benchmarks/scale.py --part overhead --sizes 1000,10000,100000
+
+Part ``ray``: explain + score throughput with 1 vs 2 Ray actors against a latency-bound judge,
+the labelled FAKE OpenAI-compatible server of tests/llm/llm_fakes.py on 127.0.0.1 answering after 50 ms (it
+answers the same to everything: a measure of the executor, never of scores). Each run has its own response cache,
+so every request is sent. Goal: >= 1.8x with 2 actors.
+
+    PYTHONPATH=. HF_HUB_OFFLINE=1 python benchmarks/scale.py --part ray [--latents 24]
 """
 
 from __future__ import annotations
@@ -199,15 +206,72 @@ def part_overhead(sizes: list[int], n_tokens: int) -> list[dict[str, Any]]:
     return rows
 
 
+GOAL = 1.8  # the ray part: 2 workers vs 1
+
+
+def part_ray(n_latents: int = 24, delay: float = 0.05) -> float:
+    """Latents per second with 1 and 2 Ray actors (each with concurrency 2); prints and returns the ratio."""
+    import ray
+
+    from llm_fakes import FaultServer  # FAKE OpenAI-compatible server (tests/llm)
+    from sae_lens_autointerp.sampling import SamplingConfig
+
+    model, sae = sai.embedded.load_model(), sai.embedded.load_sae()
+    tmp = Path(tempfile.mkdtemp(prefix="scale-ray-"))
+    store = sae.autointerp.harvest(
+        model, sai.embedded.load_corpus(), n_tokens=8_000, ctx_len=64, store_dir=tmp / "store", progress=False
+    )
+    counts = store.stats["n_fire_examples"]
+    latents = [i for i in range(store.d_sae) if counts[i] >= 20 and float(store.frequency[i]) < 0.05][:n_latents]
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    rates = {}
+    try:
+        with FaultServer(reply="1 month names", delay=delay) as server:
+            for workers in (1, 2):
+                start = time.perf_counter()
+                result = sae.autointerp.run(
+                    model,
+                    store=store,
+                    latents=latents,
+                    llm="openai:fake-model",
+                    llm_kwargs={"base_url": server.base_url, "cache": str(tmp / f"cache-{workers}")},
+                    explainer="default",
+                    scorers=["detection"],
+                    sampling=SamplingConfig(n_explain=8, n_test_pos=4, n_test_neg=4),
+                    concurrency=2,
+                    out_dir=str(tmp / f"run-{workers}"),
+                    executor="ray",
+                    workers=workers,
+                    model_loader=sai.embedded.load_model,
+                    progress=False,
+                )
+                seconds = time.perf_counter() - start
+                assert result.complete and len(result.records) == len(latents)
+                rates[workers] = len(latents) / seconds
+                print(
+                    f"ray workers={workers}: {len(latents)} latents in {seconds:.1f} s = {rates[workers]:.2f} latents/s "
+                    f"({result.usage['total']['requests']} requests)"
+                )
+    finally:
+        ray.shutdown()
+    ratio = rates[2] / rates[1]
+    print(f"ray speed-up 2 vs 1 workers: {ratio:.2f}x (goal >= {GOAL}x): {'OK' if ratio >= GOAL else 'BELOW GOAL'}")
+    return ratio
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["overhead", "overhead-one"], default="overhead")
+    parser.add_argument("--part", choices=["overhead", "overhead-one", "ray"], default="overhead")
+    parser.add_argument("--latents", type=int, default=24, help="(ray) latents per run")
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--n-tokens", type=int, default=65536, help="tokens of the embedded store's harvest")
     parser.add_argument("--n", type=int, help="(overhead-one) latents of the run")
     parser.add_argument("--out", help="(overhead-one) a scratch folder")
     args = parser.parse_args()
-    if args.part == "overhead-one":
+    if args.part == "ray":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "llm"))  # the FAKE server
+        part_ray(args.latents)
+    elif args.part == "overhead-one":
         print(json.dumps(part_overhead_one(args.n, args.n_tokens, Path(args.out))))
     else:
         part_overhead([int(s) for s in args.sizes.split(",")], args.n_tokens)

@@ -194,6 +194,12 @@ SOURCE_DEFAULTS = {
 }
 
 
+def _base_urls(value: str) -> str | list[str]:
+    """``--base-url a,b,c``: a fleet of servers (each request to the least-loaded one)."""
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    return urls[0] if len(urls) == 1 else urls
+
+
 def _run_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
     """The RunConfig of ``sae-autointerp run``, and where its SAE / model / data come from: from ``--config``
     (a RunConfig file or an earlier run's run.json), else from the flags. With ``--config``, only the flags
@@ -214,17 +220,19 @@ def _run_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
         if args.llm is not None:
             changes["llm"] = args.llm
         if args.base_url:
-            changes["llm_kwargs"] = {**cfg.llm_kwargs, "base_url": args.base_url}
+            changes["llm_kwargs"] = {**cfg.llm_kwargs, "base_url": _base_urls(args.base_url)}
         if args.concurrency is not None:
             changes["concurrency"] = args.concurrency
         if args.out is not None:
             changes["out_dir"] = args.out
+        if args.ray is not None:
+            changes.update(executor="ray", ray_address=args.ray, workers=args.workers)
         return cfg.with_(**changes), source
     source = {**SOURCE_DEFAULTS, **explicit}
     cfg = RunConfig(
         latents=None if args.latents is None else tuple(_parse_latents(args.latents) or ()),
         llm=args.llm or "local",
-        llm_kwargs={"base_url": args.base_url} if args.base_url else {},
+        llm_kwargs={"base_url": _base_urls(args.base_url)} if args.base_url else {},
         explainer=args.explainer,
         scorers=tuple(s for s in args.scorers.split(",") if s),
         out_dir=args.out or "autointerp-out",
@@ -244,6 +252,9 @@ def _run_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
         ),
         seed=args.seed,
         controls=args.controls,
+        executor="ray" if args.ray is not None else "local",
+        ray_address=args.ray,
+        workers=args.workers if args.ray is not None else None,
     )
     return cfg, source
 
@@ -269,7 +280,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     store = sae.autointerp.harvest(model, dataset, **cfg.harvest.to_dict())
     if cfg.latents is None:
         cfg = cfg.with_(latents=tuple(pick_latents(store, args.n_latents)))
-    result = sae.autointerp.run(model, store=store, config=cfg)
+    loader: dict[str, Any] = {}
+    if cfg.executor == "ray":  # each Ray actor loads the model itself (a TransformerBridge cannot be pickled)
+        import functools
+
+        loader["model_loader"] = (
+            functools.partial(embedded.load_model, device=args.device)
+            if source["model"] == "embedded"
+            else functools.partial(load_model, source["model"], sae=sae, kind=source["model_kind"], device=args.device)
+        )
+    result = sae.autointerp.run(model, store=store, config=cfg, **loader)
     out_dir = Path(cfg.out_dir or result.path.parent)
     run_json = out_dir / "run.json"  # how to load the SAE, model and data again: `run --config` reads it
     record = json.loads(run_json.read_text())
@@ -464,7 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx-len", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--llm", default=None, help="local (default), openai:MODEL, vllm:MODEL or a plugin's prefix:model")
-    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (else OPENAI_BASE_URL)")
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="OpenAI-compatible endpoint (else OPENAI_BASE_URL); several, comma-separated: a fleet",
+    )
     p.add_argument("--concurrency", type=int, default=None, help="latents in flight (default 4)")
     p.add_argument("--budget-tokens", type=int, default=None)
     p.add_argument("--budget-dollars", type=float, default=None)
@@ -472,6 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder (default autointerp-out)")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="explain and score on Ray actors: a cluster address ('auto', 'ray://head:10001') or 'local' (docs/scale.md)",
+    )
+    p.add_argument("--workers", type=int, default=None, help="with --ray: actors (default one per GPU / CPU)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(

@@ -25,6 +25,8 @@ from .errors import ConfigError
 from .sampling import SamplingConfig
 
 CONFIG_FORMAT = "sae-lens-autointerp/RunConfig/1"
+#: Where a run explains and scores its latents (RunConfig.executor).
+EXECUTORS = ("local", "ray")
 
 
 def _int(value: Any, name: str, *, low: int | None = None, optional: bool = False) -> None:
@@ -146,6 +148,15 @@ class RunConfig:
     #: Flagged latents get the ``top-tokens`` explainer's explanation instead of the run's explainer (no LLM
     #: call for them); part of the run key when on.
     heuristic_explanations: bool = False
+    #: Where latents are explained and scored: ``"local"`` (this process) or ``"ray"`` (shards on Ray actors,
+    #: ``distributed/``). Neither these nor the three fields below change an answer or the run key.
+    executor: str = "local"
+    #: The Ray cluster to join (``"auto"``, ``"ray://host:10001"``); None: an initialised Ray, else a local one.
+    ray_address: str | None = None
+    #: Ray actors (each with its own LLM client); None: one per GPU for ``vllm:``, else one per CPU of the cluster.
+    workers: int | None = None
+    #: GPUs per actor; None: 1 for ``llm="vllm:..."`` (one engine per GPU), else 0.
+    worker_gpus: float | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -217,6 +228,18 @@ class RunConfig:
             raise ConfigError(f"heuristic_explanations must be True or False, got {self.heuristic_explanations!r}")
         for name in ("llm_kwargs", "explainer_kwargs", "scorer_kwargs", "prices"):
             _json_ready(getattr(self, name), name)
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
+        if self.ray_address is not None and not (isinstance(self.ray_address, str) and self.ray_address):
+            raise ConfigError(
+                f"ray_address must be a Ray address ('auto', 'ray://host:10001'), got {self.ray_address!r}"
+            )
+        _int(self.workers, "workers", low=1, optional=True)
+        _number(self.worker_gpus, "worker_gpus", low=0, optional=True)
+        if self.executor == "local":
+            given = [n for n in ("ray_address", "workers", "worker_gpus") if getattr(self, n) is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)} apply to executor='ray'; pass executor='ray' (or drop them)")
 
     # ------------------------------------------------------------------ conversion
 

@@ -87,7 +87,12 @@ class AutointerpNamespace:
         **kwargs: Any,
     ) -> ScoreResult:
         """Explain and score latents; ``config=RunConfig(...)`` and/or keyword arguments (which override the
-        config's fields); see :func:`sae_lens_autointerp.pipeline.run` for the options."""
+        config's fields); see :func:`sae_lens_autointerp.pipeline.run` for the options. ``executor="ray"``
+        (or ``config.executor``) shards the latents over Ray actors (:mod:`sae_lens_autointerp.distributed`)."""
+        if kwargs.get("executor", getattr(config, "executor", "local")) == "ray":
+            from .distributed import run as run_on_ray
+
+            return run_on_ray(self.sae, model, dataset, config=config, **kwargs)
         from .pipeline import run
 
         return run(self.sae, model, dataset, config=config, **kwargs)
@@ -109,12 +114,10 @@ class AutointerpNamespace:
         that are dead, too rare or too dense are left out (``sae.autointerp.run(...).skipped`` says why);
         failed explanations have ``.failed`` and ``.error``. ``config=RunConfig(...)`` works here too.
         """
-        from .pipeline import run
-
         given: dict[str, Any] = {
             k: v for k, v in (("latents", latents), ("llm", llm), ("explainer", explainer)) if v is not None
         }
-        result = run(self.sae, model, dataset, scorers=(), **given, **kwargs)
+        result = self.run(model, dataset, scorers=(), **given, **kwargs)
         return result.explanations
 
     def score(
@@ -130,13 +133,11 @@ class AutointerpNamespace:
         fuzzing); returns a :class:`ScoreResult` whose ``.table`` has one row per (latent, scorer) with its
         interval, chance level, control and lift. Without explanations, the latents are explained first
         (``latents=``, ``explainer=``). ``llm`` defaults to ``"local"``; ``config=RunConfig(...)`` works too."""
-        from .pipeline import run
-
         if explanations is not None:
             kwargs.setdefault("latents", sorted(int(k) for k in explanations))
             kwargs["explanations"] = explanations
         given: dict[str, Any] = {k: v for k, v in (("scorers", scorers), ("llm", llm)) if v is not None}
-        return run(self.sae, model, dataset, **given, **kwargs)
+        return self.run(model, dataset, **given, **kwargs)
 
 
 def for_sae(sae: SAE) -> AutointerpNamespace:

@@ -24,7 +24,7 @@ import numbers
 import os
 import threading
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -410,7 +410,12 @@ def run(
     max_consecutive_failures: int = UNSET,
     heuristics: bool | float = UNSET,
     heuristic_explanations: bool = UNSET,
+    executor: str = UNSET,
+    ray_address: str | None = UNSET,
+    workers: int | None = UNSET,
+    worker_gpus: float | None = UNSET,
     progress: bool = True,
+    runner_factory: Callable[[RunnerArgs], _Runner] | None = None,
 ) -> ScoreResult:
     """Explain (unless ``explanations`` are given) and score ``latents``; see README for every option.
 
@@ -423,6 +428,9 @@ def run(
     activation variance, a number: that threshold, False: off; columns ``heuristic``, ``positional_r2``,
     ``unigram_r2`` of ``result.table``); ``heuristic_explanations=True`` gives flagged latents the ``top-tokens``
     explanation instead of an LLM call (``result.heuristics`` counts the calls saved). See ``heuristics.py``.
+    ``executor="ray"`` (with ``ray_address``, ``workers``, ``worker_gpus``) shards the latents over Ray actors:
+    call it through ``sae.autointerp.run`` (docs/scale.md). ``runner_factory``: how the distributed executor
+    replaces the in-process runner (the same records, results.jsonl and run key).
     """
     options = dict(
         latents=latents,
@@ -445,8 +453,17 @@ def run(
         max_consecutive_failures=max_consecutive_failures,
         heuristics=heuristics,
         heuristic_explanations=heuristic_explanations,
+        executor=executor,
+        ray_address=ray_address,
+        workers=workers,
+        worker_gpus=worker_gpus,
     )
     cfg, client_object, objects = build_config(config, options)
+    if cfg.executor != "local" and runner_factory is None:
+        raise ConfigError(
+            f"executor={cfg.executor!r} runs through sae.autointerp.run(...) (or sae_lens_autointerp.distributed.run); "
+            "pipeline.run alone runs in this process"
+        )
     plan = preflight(sae, model, cfg, store=store, llm=client_object, explanations=objects)
     d_sae, latent_list, given, scorer_names = plan.d_sae, plan.latents, plan.given, plan.scorer_names
     explainer, scorer_objs, explainer_obj, providers = (
@@ -475,9 +492,7 @@ def run(
     if store.d_sae != d_sae:
         raise ConfigError(f"the store has d_sae={store.d_sae} but the SAE has {d_sae}; harvest this SAE")
     flags, threshold = _heuristic_flags(store, latent_list, cfg)
-    substitute = None
-    if cfg.heuristic_explanations and flags is not None and explainer_obj is not None:
-        substitute = _make("explainers", HEURISTIC_EXPLAINER, None)
+    substitute = heuristic_substitute(cfg, flags, explainer_obj)
     # The run key: the RunConfig fields that change answers, the store, the client's identity and the
     # versions of the prompts and plugins (out_dir, latents, concurrency, budgets and harvest settings do not
     # change a latent's answers; the store key covers the harvest).
@@ -508,26 +523,8 @@ def run(
     folder = Path(cfg.out_dir) if cfg.out_dir is not None else cache_dir("runs") / run_key[:16]
     results = ResultsFile(folder / "results.jsonl")
     tracker = client.usage if client is not None else usage
-    ctx = Context(llm=client, renderer=Renderer(tokenizer), store=store, seed=seed, sae=sae, model=model, usage=tracker)
-    from .negatives import make_source
-
-    negatives = make_source(sampling_cfg.negatives, renderer=ctx.renderer, sae=sae, model=model)
-    runner = _Runner(
-        ctx,
-        explainer_obj,
-        scorer_objs,
-        providers,
-        sampling_cfg,
-        results,
-        run_key,
-        given,
-        progress,
-        negatives,
-        control_fractions,
-        cfg.max_consecutive_failures,
-        flags,
-        substitute,
-    )
+    args = RunnerArgs(plan, sae, model, store, client, client_object, objects, results, run_key, flags, progress)
+    runner = make_runner(args) if runner_factory is None else runner_factory(args)
 
     async def run_and_close() -> str | None:
         try:
@@ -574,6 +571,65 @@ def run(
         incomplete=dict(runner.incomplete),
         run_key=run_key,
         heuristics=heuristics_summary,
+    )
+
+
+@dataclass
+class RunnerArgs:
+    """What builds a run's runner: the plan, the subject, the store, the LLM client (``client_object``: the one
+    passed as ``llm=``, ``explanations``: Explanation objects passed as such), the results file and run key."""
+
+    plan: _Plan
+    sae: Any
+    model: Any
+    store: LatentStore
+    client: Any
+    client_object: Any
+    explanations: Any
+    results: Any  # a ResultsFile (the distributed workers give theirs to the driver instead)
+    run_key: str
+    flags: dict[int, dict[str, Any]] | None
+    progress: bool
+
+
+def heuristic_substitute(cfg: RunConfig, flags: Any, explainer_obj: Any) -> Any:
+    """The explainer that flagged latents get with ``heuristic_explanations=True`` (or None)."""
+    if cfg.heuristic_explanations and flags is not None and explainer_obj is not None:
+        return _make("explainers", HEURISTIC_EXPLAINER, None)
+    return None
+
+
+def make_runner(args: RunnerArgs, cls: type[_Runner] | None = None) -> _Runner:
+    """The runner of one run (``cls``: a subclass of the in-process runner, e.g. the distributed one)."""
+    plan, cfg = args.plan, args.plan.config
+    tracker = args.client.usage if args.client is not None else plan.usage
+    ctx = Context(
+        llm=args.client,
+        renderer=Renderer(plan.tokenizer),
+        store=args.store,
+        seed=cfg.seed,
+        sae=args.sae,
+        model=args.model,
+        usage=tracker,
+    )
+    from .negatives import make_source
+
+    negatives = make_source(plan.sampling.negatives, renderer=ctx.renderer, sae=args.sae, model=args.model)
+    return (cls or _Runner)(
+        ctx,
+        plan.explainer_obj,
+        plan.scorer_objs,
+        plan.providers,
+        plan.sampling,
+        args.results,
+        args.run_key,
+        plan.given,
+        args.progress,
+        negatives,
+        plan.control_fractions,
+        cfg.max_consecutive_failures,
+        args.flags,
+        heuristic_substitute(cfg, args.flags, plan.explainer_obj),
     )
 
 

@@ -6,6 +6,12 @@ off and replaced by ours, which are counted in the usage tracker: exponential ba
 ``Retry-After``) on 429, 408/409, 5xx, timeouts, dropped connections and malformed bodies (not JSON, no
 choices), ``max_retries`` times (default 6) before a clear error naming the base URL. The API key is only
 handed to the SDK: it is not in ``repr``, cache entries, usage or error messages.
+
+A fleet: ``base_url=[url, url, ...]`` (or ``{"base_url": .., "max_concurrency": .., "requests_per_minute": ..,
+"tokens_per_minute": ..}`` per server) sends each request to the least-loaded server that is within its limits
+(in flight / its concurrency; requests and tokens in the last 60 s). A server that refuses connections or times
+out (or fails ``DEAD_AFTER`` times in a row) is taken out for ``dead_for_s`` seconds, then tried again; a request
+it failed goes to another server at once (counted as a retry). See docs/scale.md.
 """
 
 from __future__ import annotations
@@ -15,7 +21,11 @@ import json
 import logging
 import os
 import random
+import time
 import weakref
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,6 +42,7 @@ from .errors import (
     redact,
 )
 from .types import ChatRequest, ChatResponse, TokenLogprob, Usage
+from .usage import estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +60,81 @@ _CONTEXT_PHRASES = (
     "n_ctx",
 )
 _RETRY_STATUS = {408, 409, 425, 429}
+#: A server of a fleet that fails this many requests in a row (after a 5xx or a malformed answer) is taken out.
+DEAD_AFTER = 3
+#: The window of the per-server rate limits (requests / tokens per minute).
+RATE_WINDOW_S = 60.0
+_ENDPOINT_KEYS = ("base_url", "max_concurrency", "requests_per_minute", "tokens_per_minute")
+
+
+@dataclass
+class Endpoint:
+    """One server of a fleet: its limits, its load and its health (shared by the event loops of a client)."""
+
+    url: str
+    max_concurrency: int
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    in_flight: int = 0
+    sent: int = 0
+    failures_in_a_row: int = 0
+    dead_until: float = 0.0
+    window: deque[list[float]] = field(default_factory=deque)  # [sent at, tokens] of the last minute
+
+    @property
+    def limited(self) -> bool:
+        return self.requests_per_minute is not None or self.tokens_per_minute is not None
+
+    def rate_wait(self, now: float, tokens: int) -> float:
+        """Seconds until a request of ``tokens`` fits this server's rate limits (0: now)."""
+        while self.window and self.window[0][0] <= now - RATE_WINDOW_S:
+            self.window.popleft()
+        waits = [0.0]
+        if self.requests_per_minute is not None and len(self.window) >= self.requests_per_minute:
+            k = len(self.window) - int(self.requests_per_minute)  # this many must leave the window first
+            waits.append(self.window[k][0] + RATE_WINDOW_S - now)
+        if self.tokens_per_minute is not None and self.window:
+            used = sum(t for _, t in self.window)
+            if used + tokens > self.tokens_per_minute:  # a request bigger than the limit goes alone
+                for at, t in self.window:
+                    used -= t
+                    if used + tokens <= self.tokens_per_minute or used == 0:
+                        waits.append(at + RATE_WINDOW_S - now)
+                        break
+        return max(waits)
+
+
+def _endpoints(
+    base_url: Any, max_concurrency: int, requests_per_minute: float | None, tokens_per_minute: float | None
+) -> list[Endpoint]:
+    items = [base_url] if isinstance(base_url, (str, Mapping)) else list(base_url)
+    if not items:
+        raise ConfigError("base_url is an empty list; pass one URL or several (a fleet of OpenAI-compatible servers)")
+    out = []
+    for item in items:
+        spec: dict[str, Any] = dict(item) if isinstance(item, Mapping) else {"base_url": item}
+        unknown = sorted(set(spec) - set(_ENDPOINT_KEYS))
+        if unknown or not isinstance(spec.get("base_url"), str) or not spec["base_url"]:
+            raise ConfigError(
+                f"each base_url is a URL or a dict with the keys {_ENDPOINT_KEYS} (base_url required), got {item!r}"
+            )
+        ep = Endpoint(
+            spec["base_url"].rstrip("/"),
+            spec.get("max_concurrency", max_concurrency),
+            spec.get("requests_per_minute", requests_per_minute),
+            spec.get("tokens_per_minute", tokens_per_minute),
+        )
+        if isinstance(ep.max_concurrency, bool) or not isinstance(ep.max_concurrency, int) or ep.max_concurrency < 1:
+            raise ConfigError(f"max_concurrency of {public_url(ep.url)} must be an integer >= 1")
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(ep, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(f"{name} of {public_url(ep.url)} must be a number > 0 (or None), got {value!r}")
+        out.append(ep)
+    urls = [e.url for e in out]
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"base_url lists a server twice: {[public_url(u) for u in urls]}")
+    return out
 
 
 class _Retryable(Exception):
@@ -73,7 +159,12 @@ class OpenAIClient(BaseClient):
     Args:
         model: the model name the server knows (``"gpt-4o-mini"``, ``"meta-llama/..."``).
         base_url, api_key: default ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` (a local server needs no key).
-        max_concurrency: requests in flight at once.
+            Several servers: a list of URLs or of dicts (``base_url``, ``max_concurrency``,
+            ``requests_per_minute``, ``tokens_per_minute``); each request goes to the least-loaded one.
+        max_concurrency: requests in flight at once (per server).
+        requests_per_minute, tokens_per_minute: rate limits per server (None: none); tokens are estimated
+            before sending (prompt + ``max_tokens``) and corrected by the answer's usage.
+        dead_for_s: how long a server of a fleet that stopped answering is left out before it is tried again.
         max_retries: retries after the first attempt (>= 0) for 429 / 5xx answers, with backoff
             ``backoff_initial * 2**i`` seconds (at most ``backoff_max``) times a random jitter in [0.5, 1.5).
         max_connection_retries / max_timeout_retries: fewer retries for a refused or dropped connection (2) and
@@ -91,9 +182,12 @@ class OpenAIClient(BaseClient):
         self,
         model: str | None,
         *,
-        base_url: str | None = None,
+        base_url: str | Sequence[str | Mapping[str, Any]] | None = None,
         api_key: str | None = None,
         max_concurrency: int = 8,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        dead_for_s: float = 30.0,
         max_retries: int = 6,
         max_connection_retries: int = 2,
         max_timeout_retries: int = 1,
@@ -114,8 +208,19 @@ class OpenAIClient(BaseClient):
             raise ConfigError("max_retries must be >= 0")
         if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
             raise ConfigError("max_tokens_param must be 'max_tokens' or 'max_completion_tokens'")
+        if isinstance(dead_for_s, bool) or not isinstance(dead_for_s, (int, float)) or dead_for_s < 0:
+            raise ConfigError(f"dead_for_s must be a number of seconds >= 0, got {dead_for_s!r}")
         self.model = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.endpoints = _endpoints(
+            base_url
+            if base_url is not None and base_url != ""
+            else os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
+            max_concurrency,
+            requests_per_minute,
+            tokens_per_minute,
+        )
+        self.base_url = self.endpoints[0].url
+        self.dead_for_s = float(dead_for_s)
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "sk-no-key-required"
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
@@ -134,11 +239,12 @@ class OpenAIClient(BaseClient):
         self._default_headers = dict(default_headers or {})
         self.logprobs_supported: bool | None = None  # learned from the first answer that should have them
         self._jitter = random.Random()  # jitter only; results never depend on it
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[asyncio.Semaphore, Any]] = (
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[asyncio.Condition, list[Any]]] = (
             weakref.WeakKeyDictionary()
         )
         self.requests_sent = 0  # HTTP attempts, retries included
-        namespace = base_kwargs.pop("cache_namespace", None) or f"openai:{model}@{public_url(self.base_url)}"
+        served = ",".join(sorted(public_url(e.url) for e in self.endpoints))
+        namespace = base_kwargs.pop("cache_namespace", None) or f"openai:{model}@{served}"
         if self.extra_body:  # provider routing etc. changes the answers: part of the cache and run identity
             import hashlib
 
@@ -147,26 +253,31 @@ class OpenAIClient(BaseClient):
         super().__init__(f"openai:{model}", cache_namespace=namespace, **base_kwargs)
 
     def __repr__(self) -> str:
-        return f"OpenAIClient(model={self.model!r}, base_url={public_url(self.base_url)!r})"
+        urls = [public_url(e.url) for e in self.endpoints]
+        return f"OpenAIClient(model={self.model!r}, base_url={urls[0] if len(urls) == 1 else urls!r})"
 
     # -- plumbing --------------------------------------------------------------------------------------
 
-    def _state(self) -> tuple[asyncio.Semaphore, Any]:
-        """Semaphore and SDK client of the running event loop (an httpx pool must not cross loops)."""
+    def _state(self) -> tuple[asyncio.Condition, list[Any]]:
+        """The running event loop's condition (a server freed a slot) and SDK clients, one per server (an httpx
+        pool must not cross loops)."""
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
         if state is None:
             import openai
 
-            client = openai.AsyncOpenAI(
-                api_key=self._api_key,
-                base_url=self.base_url,
-                max_retries=0,
-                # the SDK's own Timeout class (httpx's in openai 1.x, httpx2's in 3.x)
-                timeout=openai.Timeout(self.timeout, connect=self.connect_timeout),
-                default_headers=self._default_headers or None,
-            )
-            state = (asyncio.Semaphore(self.max_concurrency), client)
+            clients = [
+                openai.AsyncOpenAI(
+                    api_key=self._api_key,
+                    base_url=e.url,
+                    max_retries=0,
+                    # the SDK's own Timeout class (httpx's in openai 1.x, httpx2's in 3.x)
+                    timeout=openai.Timeout(self.timeout, connect=self.connect_timeout),
+                    default_headers=self._default_headers or None,
+                )
+                for e in self.endpoints
+            ]
+            state = (asyncio.Condition(), clients)
             self._loops[loop] = state
         return state
 
@@ -174,7 +285,80 @@ class OpenAIClient(BaseClient):
         loop = asyncio.get_running_loop()
         state = self._loops.pop(loop, None)
         if state is not None:
-            await state[1].close()
+            for client in state[1]:
+                await client.close()
+
+    def _pick(self, tokens: int, avoid: Endpoint | None) -> tuple[int | None, float | None]:
+        """(index of the server to send to, None) or (None, seconds to wait; None: until a slot frees)."""
+        now = time.monotonic()
+        eps = self.endpoints
+        alive = [i for i, e in enumerate(eps) if e.dead_until <= now]
+        if not alive:  # every server is out: try the one that comes back first rather than wait for it
+            alive = [min(range(len(eps)), key=lambda i: eps[i].dead_until)]
+        ready, waits = [], []
+        for i in alive:
+            e = eps[i]
+            if e.in_flight >= e.max_concurrency:
+                continue
+            wait = e.rate_wait(now, tokens)
+            if wait <= 0:
+                ready.append(i)
+            else:
+                waits.append(wait)
+        waits += [e.dead_until - now for e in eps if e.dead_until > now]
+        if ready:
+            best = min(ready, key=lambda i: (eps[i] is avoid, eps[i].in_flight / eps[i].max_concurrency, eps[i].sent))
+            return best, None
+        return None, (max(0.001, min(waits)) if waits else None)
+
+    async def _acquire(
+        self, cond: asyncio.Condition, tokens: int, avoid: Endpoint | None
+    ) -> tuple[int, list[float] | None]:
+        """A slot on the chosen server (waits while none is free); its entry in the rate window, if limited."""
+        async with cond:
+            while True:
+                index, wait = self._pick(tokens, avoid)
+                if index is not None:
+                    e = self.endpoints[index]
+                    e.in_flight += 1
+                    e.sent += 1
+                    entry = [time.monotonic(), float(tokens)] if e.limited else None
+                    if entry is not None:
+                        e.window.append(entry)
+                    return index, entry
+                try:
+                    await asyncio.wait_for(cond.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def _release(self, cond: asyncio.Condition, e: Endpoint) -> None:
+        async with cond:
+            e.in_flight -= 1
+            cond.notify_all()
+
+    def _health(self, e: Endpoint, failure: _Retryable | None) -> bool:
+        """Count a server's success or failure; True when the failure took it out of a fleet."""
+        if failure is None:
+            e.failures_in_a_row = 0
+            return False
+        e.failures_in_a_row += 1
+        if len(self.endpoints) == 1:
+            return False
+        if failure.kind in ("connection", "timeout") or e.failures_in_a_row >= DEAD_AFTER:
+            e.dead_until = time.monotonic() + self.dead_for_s
+            log.warning(
+                "%s left out for %g s (%s); %d other server(s) take its requests",
+                public_url(e.url),
+                self.dead_for_s,
+                self._redact(str(failure)),
+                len(self.endpoints) - 1,
+            )
+            return True
+        return False
+
+    def _others_alive(self, e: Endpoint) -> bool:
+        now = time.monotonic()
+        return any(o is not e and o.dead_until <= now for o in self.endpoints)
 
     def _redact(self, text: str) -> str:
         return redact(text, self._api_key)
@@ -236,52 +420,67 @@ class OpenAIClient(BaseClient):
         extra = dict(self.extra_body)
         attempt = 0
         tries: dict[str, int] = {}
+        tokens = estimate_prompt_tokens(request.messages) + request.max_tokens
+        avoid: Endpoint | None = None
         while True:
+            cond, clients = self._state()
+            index, entry = await self._acquire(cond, tokens, avoid)
+            e = self.endpoints[index]
             try:
-                sem, client = self._state()
-                async with sem:
-                    self.requests_sent += 1
-                    raw = await client.chat.completions.with_raw_response.create(
-                        **{k: v for k, v in body.items() if k not in ("model", "messages")},
-                        model=body["model"],
-                        messages=body["messages"],
-                        extra_body=extra or None,
-                    )
-                    text = raw.text
-                return self._parse(text, request)
+                self.requests_sent += 1
+                raw = await clients[index].chat.completions.with_raw_response.create(
+                    **{k: v for k, v in body.items() if k not in ("model", "messages")},
+                    model=body["model"],
+                    messages=body["messages"],
+                    extra_body=extra or None,
+                )
+                response = self._parse(raw.text, request)
+                self._health(e, None)
+                if entry is not None and response.usage.total_tokens:  # the estimate becomes what it used
+                    entry[1] = float(response.usage.total_tokens)
+                return response
             except openai.APITimeoutError as exc:
                 failure = _Retryable("timeout", f"no answer within {self.timeout:g} s ({exc})")
             except openai.APIConnectionError as exc:
                 cause = exc.__cause__ or exc
                 failure = _Retryable("connection", f"{type(cause).__name__}: {cause}")
             except openai.APIStatusError as exc:
-                failure = self._status_failure(exc)  # raises when not retryable
+                failure = self._status_failure(exc, e.url)  # raises when not retryable
             except _Retryable as exc:
                 failure = exc
+            finally:
+                await self._release(cond, e)
             attempt += 1
-            tries[failure.kind] = tries.get(failure.kind, 0) + 1  # each kind of failure has its own retry budget
-            if attempt > self.max_retries or tries[failure.kind] > self.retry_limits.get(
+            taken_out = self._health(e, failure)
+            failover = taken_out and self._others_alive(e)
+            if not failover:  # each kind of failure has its own retry budget; a server taken out costs none
+                tries[failure.kind] = tries.get(failure.kind, 0) + 1
+            if attempt > self.max_retries or tries.get(failure.kind, 0) > self.retry_limits.get(
                 failure.kind, self.max_retries
             ):
-                raise self._final_error(failure, attempt) from None
+                raise self._final_error(failure, attempt, e.url) from None
             self.usage.record_retry(self.name, request.stage, request.latent)
+            avoid = e
             delay = min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 1)) * self._jitter.uniform(0.5, 1.5)
             if failure.retry_after is not None:
                 delay = max(delay, min(failure.retry_after, self.backoff_max))
+            if failover:
+                delay = 0.0
             log.info(
                 "%s: %s; retry %d/%d in %.2f s",
-                public_url(self.base_url),
+                public_url(e.url),
                 self._redact(str(failure)),
                 attempt,
                 self.max_retries,
                 delay,
             )
-            await asyncio.sleep(delay)
+            if delay:
+                await asyncio.sleep(delay)
 
-    def _status_failure(self, exc: Any) -> _Retryable:
+    def _status_failure(self, exc: Any, base_url: str) -> _Retryable:
         status = exc.status_code
         message = self._redact(_error_message(exc))
-        url = public_url(self.base_url)
+        url = public_url(base_url)
         if status in _RETRY_STATUS or status >= 500:
             retry_after = None
             try:
@@ -312,8 +511,10 @@ class OpenAIClient(BaseClient):
             )
         raise LLMError(f"{url} rejected the request for {self.model!r} (HTTP {status}: {message})")
 
-    def _final_error(self, failure: _Retryable, attempts: int) -> LLMError:
-        url = public_url(self.base_url)
+    def _final_error(self, failure: _Retryable, attempts: int, base_url: str) -> LLMError:
+        url = public_url(base_url)
+        if len(self.endpoints) > 1:
+            url += f" (last tried of {len(self.endpoints)} servers: {', '.join(public_url(e.url) for e in self.endpoints)})"
         what = self._redact(str(failure))
         if failure.kind == "timeout":
             return LLMTimeoutError(f"{url} did not answer within {self.timeout:g} s in {attempts} attempts ({what})")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
@@ -167,6 +167,15 @@ class UsageTracker:
         self._model: dict[str, UsageTotals] = {}
         self._total = UsageTotals()
 
+    def __getstate__(self) -> dict[str, Any]:  # picklable (a client sent to another process): the lock is not
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     # -- budget ----------------------------------------------------------------------------------------
 
     @property
@@ -261,6 +270,44 @@ class UsageTracker:
         with self._lock:
             for t in self._rows(model, stage, latent):
                 t.failures += 1
+
+    # -- several processes ------------------------------------------------------------------------------
+
+    def export(self) -> dict[str, Any]:
+        """Everything counted, as plain data: a tracker in another process :meth:`absorb` s it (the workers of a
+        distributed run report to the driver's tracker)."""
+        with self._lock:
+            return {
+                "total": asdict(self._total),
+                "stages": {k: asdict(v) for k, v in self._stage.items()},
+                "latents": [[s, lat, asdict(v)] for (s, lat), v in self._latent.items()],
+                "models": {k: asdict(v) for k, v in self._model.items()},
+                "budget": {"exhausted": self._budget.exhausted, "refused": self._budget.refused},
+            }
+
+    def absorb(self, exported: Mapping[str, Any]) -> None:
+        """Add what another tracker counted (its :meth:`export`)."""
+
+        def add(into: UsageTotals, counts: Mapping[str, Any]) -> None:
+            for name in asdict(into):
+                setattr(into, name, getattr(into, name) + counts[name])
+
+        with self._lock:
+            add(self._total, exported["total"])
+            for k, v in exported["stages"].items():
+                add(self._stage.setdefault(k, UsageTotals()), v)
+            for stage, lat, v in exported["latents"]:
+                row = self._latent.get((stage, lat))
+                if row is None:  # both indexes, as _rows keeps them
+                    row = self._latent[(stage, lat)] = UsageTotals()
+                    self._per_latent.setdefault(lat, {})[stage] = row
+                add(row, v)
+            for k, v in exported["models"].items():
+                add(self._model.setdefault(k, UsageTotals()), v)
+            budget = exported["budget"]
+            self._budget.refused += budget["refused"]
+            if budget["exhausted"] and self._budget.exhausted is None:
+                self._budget.exhausted = budget["exhausted"]
 
     # -- reading ---------------------------------------------------------------------------------------
 
