@@ -160,7 +160,6 @@ class _Index:
             self.db = self._connect(str(self.path))
         except sqlite3.Error:  # a read-only folder: an index in memory, built from the file
             self.db = self._connect(":memory:")
-        self._pending = 0
 
     @staticmethod
     def _connect(where: str) -> sqlite3.Connection:
@@ -261,19 +260,22 @@ class _Index:
             )
 
     def add(self, record: Mapping[str, Any], off: int, length: int) -> None:
-        """Index one line just appended at ``off`` (the caller holds the file's lock)."""
-        if self._pending == 0:
-            self.db.execute("BEGIN")
-        self._add(record, off, length)
-        self.db.execute(
-            "UPDATE meta SET v=? WHERE k='indexed' AND CAST(v AS INTEGER) < ?", (off + length, off + length)
-        )
-        self._pending += 1
+        """Index one line just appended at ``off`` (the caller holds the file's lock), in its own transaction:
+        a run stopped between two appends (KeyboardInterrupt leaves the runner's ``finally`` unrun) must not
+        leave a transaction open that locks the index for the next run (synchronous=OFF: no fsync here)."""
+        self.db.execute("BEGIN")
+        try:
+            self._add(record, off, length)
+            self.db.execute(
+                "UPDATE meta SET v=? WHERE k='indexed' AND CAST(v AS INTEGER) < ?", (off + length, off + length)
+            )
+        except BaseException:
+            self.db.execute("ROLLBACK")  # the line is in the file: the next catch_up indexes it
+            raise
+        self.db.execute("COMMIT")
 
     def commit(self) -> None:
-        if self._pending:
-            self.db.execute("COMMIT")
-            self._pending = 0
+        """Nothing to do: every :meth:`add` commits (kept for the file's sync step)."""
 
 
 def _sql_value(value: Any) -> Any:

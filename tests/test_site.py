@@ -204,13 +204,19 @@ def test_in_chromium_index_sorts_searches_and_latent_page_colours_tokens(site, b
 
     headers = browser.find_elements(By.CSS_SELECTOR, "#latents thead th")
     col = [h.text for h in headers].index("embedding")
-    before = _first_column(browser, 0)
+    table = result.table[result.table["scorer"] == "embedding"]
+    by_score = [
+        str(int(r.latent)) for r in table.sort_values(["score", "latent"], ascending=[False, True]).itertuples()
+    ]
     headers[col].click()  # numbers sort largest first
     values = [float(v) for v in _first_column(browser, col) if v != "–"]
     assert values == sorted(values, reverse=True) and len(values) == len(result.records)
+    assert _first_column(browser, 0) == by_score  # the rows move with their scores
     headers[col].click()
     assert [float(v) for v in _first_column(browser, col)] == sorted(values)
-    assert _first_column(browser, 0) != before or len(set(values)) == 1
+    headers[0].click()
+    headers[0].click()  # the latent column, descending
+    assert _first_column(browser, 0) == sorted(_first_column(browser, 0), key=int, reverse=True)
 
     target = result.records[1]
     search = browser.find_element(By.ID, "q")

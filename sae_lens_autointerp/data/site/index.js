@@ -65,7 +65,8 @@
     var x = value(a, state.key), y = value(b, state.key);
     var nx = x === null || x === undefined, ny = y === null || y === undefined;
     if (nx || ny) return nx === ny ? a.l - b.l : (nx ? 1 : -1); // missing values last either way
-    return (x < y ? -1 : x > y ? 1 : a.l - b.l) * state.dir;
+    if (x !== y) return (x < y ? -1 : 1) * state.dir;
+    return a.l - b.l; // ties: by latent, whichever the direction
   }
   function fmt(v, digits) { return v === null || v === undefined ? "–" : v.toFixed(digits); }
   function cell(text, cls) { var td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; return td; }
