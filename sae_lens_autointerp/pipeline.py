@@ -992,6 +992,7 @@ class _Runner:
         if getattr(scorer, "needs_explanation", True) and (explanation is None or explanation.failed):
             why = "no explanation" if explanation is None else f"explanation failed: {explanation.error}"
             return {**ScorerOutput(scorer=name, score=None, n_examples=0, n_failed=0, error=why).to_dict(), **extra}
+        checked: dict[str, Any] = {}  # out.to_dict(), once _check_output has made it
         try:
             out = await scorer.score(sample, explanation, ctx or self.ctx)
         except LLMError:
@@ -1005,7 +1006,7 @@ class _Runner:
                 error=f"plugin {provider['plugin']!r}, scorer {name!r} crashed: {type(exc).__name__}: {exc}",
             )
         else:
-            problem = _check_output(out)
+            problem, checked = _check_output(out)
             if problem is not None:
                 out = ScorerOutput(
                     scorer=name,
@@ -1014,7 +1015,7 @@ class _Runner:
                     n_failed=0,
                     error=f"plugin {provider['plugin']!r}: scorer {name!r} {problem}",
                 )
-        entry = {**out.to_dict(), **extra, "scorer": name}
+        entry = {**(checked if checked else out.to_dict()), **extra, "scorer": name}
         if entry.get("score") is not None and entry.get("metric") is None:
             entry.update(_guess_headline(entry))
         return entry
@@ -1078,21 +1079,23 @@ def _guess_headline(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _check_output(out: Any) -> str | None:
-    """What is wrong with a scorer's return value for results.jsonl, or None (the plugin contract)."""
+def _check_output(out: Any) -> tuple[str | None, dict[str, Any]]:
+    """What is wrong with a scorer's return value for results.jsonl, or None (the plugin contract); and
+    ``out.to_dict()`` once it is known to be a ScorerOutput (checked, so the caller need not copy it again)."""
     if not isinstance(out, ScorerOutput):
-        return f"returned {type(out).__name__}, not a ScorerOutput"
+        return f"returned {type(out).__name__}, not a ScorerOutput", {}
     score = out.score
     if score is not None and (
         isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score)
     ):
-        return f"returned score={score!r}; a score is a finite number or None"
+        return f"returned score={score!r}; a score is a finite number or None", {}
     for field_name in ("n_examples", "n_failed"):
         value = getattr(out, field_name)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            return f"returned {field_name}={value!r}; it must be a non-negative integer"
+            return f"returned {field_name}={value!r}; it must be a non-negative integer", {}
+    d = out.to_dict()
     try:
-        json.dumps(out.to_dict(), default=_json_default, allow_nan=False)
+        json.dumps(d, default=_json_default, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        return f"returned a ScorerOutput that cannot be written to results.jsonl: {type(exc).__name__}: {exc}"
-    return None
+        return f"returned a ScorerOutput that cannot be written to results.jsonl: {type(exc).__name__}: {exc}", {}
+    return None, d

@@ -37,9 +37,10 @@ class Renderer:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self._special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        self._special_ids = np.array(sorted(self._special), dtype=np.int64)
         self._cache: dict[int, str] = {}
         # (dtype, token bytes) -> (kept positions, their pieces): the token-only half of a rendering
-        self._windows: dict[tuple[str, bytes], tuple[tuple[int, ...], tuple[str, ...]]] = {}
+        self._windows: dict[tuple[str, bytes], tuple[np.ndarray, tuple[str, ...]]] = {}
 
     def piece(self, token: int) -> str:
         text = self._cache.get(token)
@@ -48,16 +49,22 @@ class Renderer:
             self._cache[token] = text
         return text
 
-    def window(self, tokens: np.ndarray) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    def window(self, tokens: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
         """The positions of ``tokens`` that are shown (not padding, not special) and their text pieces."""
         tokens = np.asarray(tokens)
         key = (tokens.dtype.str, tokens.tobytes())  # the dtype too: equal bytes of another width are other ids
         hit = self._windows.get(key)
         if hit is None:
-            ids = tokens.tolist()
-            special = self._special
-            keep = tuple(i for i, t in enumerate(ids) if t != PAD_TOKEN and t not in special)
-            hit = (keep, tuple(self.piece(int(ids[i])) for i in keep))
+            shown = tokens != PAD_TOKEN
+            if self._special:
+                shown &= ~np.isin(tokens, self._special_ids)
+            keep = np.flatnonzero(shown)
+            get = self._cache.get
+            pieces = []
+            for t in tokens[keep].tolist():
+                text = get(t)
+                pieces.append(text if text is not None else self.piece(t))
+            hit = (keep, tuple(pieces))
             if len(self._windows) >= WINDOW_CACHE_SIZE:
                 self._windows.clear()
             self._windows[key] = hit
@@ -65,10 +72,11 @@ class Renderer:
 
     def render(self, example: Example) -> RenderedExample:
         keep, pieces = self.window(example.tokens)
-        acts = np.asarray(example.activations, dtype=np.float64).tolist()  # float(x) of each, in one call
+        # float64 is exact for the stored float32 / float16 activations: the same values as float(x) of each
+        acts = np.asarray(example.activations, dtype=np.float64)[keep]
         return RenderedExample(
             tokens=pieces,
-            activations=tuple(acts[i] for i in keep),
+            activations=tuple(acts.tolist()),
             label=example.extra.get("label"),
             quantile=example.extra.get("quantile"),
             token_id=example.token_id,

@@ -9,6 +9,7 @@ count usage / failures, and store the answer.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -113,9 +114,7 @@ class BaseClient:
         renormalised over the choices. No text is generated where the backend reads logits directly.
         A refusal or an answer that is none of the choices gives a result with ``ok == False`` (counted as a
         failure in usage); transport errors raise."""
-        choices_t = tuple(str(c) for c in choices)
-        if len(choices_t) < 2 or len(set(choices_t)) != len(choices_t) or any(not c.strip() for c in choices_t):
-            raise ValueError(f"choices must be >= 2 distinct non-blank strings, got {choices!r}")
+        choices_t = _checked_choices(tuple(choices))
         request = ChatRequest.build(
             messages,
             temperature=0.0,
@@ -181,9 +180,11 @@ class BaseClient:
                     "cache in 'readwrite' mode to record it"
                 )
         self._fail_fast(request)
-        reservation = self.usage.reserve(
-            self.name, request.stage, estimate_prompt_tokens(request.messages), request.max_tokens
-        )
+        reservation = None
+        if self.usage.has_budget:  # without a budget there is nothing to hold (and nothing to estimate)
+            reservation = self.usage.reserve(
+                self.name, request.stage, estimate_prompt_tokens(request.messages), request.max_tokens
+            )
         try:
             result = await call()
         except LLMError as exc:
@@ -214,6 +215,15 @@ class BaseClient:
             f"not sent: the last {self._transport_failures} requests to {self.cache_namespace} failed (last: {last[1]}); "
             f"failing fast for {FAIL_FAST_FOR_S:.0f} s"
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_choices(choices: tuple[Any, ...]) -> tuple[str, ...]:
+    """``choices`` as strings, validated; cached: every judge request of a run passes the same few tuples."""
+    choices_t = tuple(str(c) for c in choices)
+    if len(choices_t) < 2 or len(set(choices_t)) != len(choices_t) or any(not c.strip() for c in choices_t):
+        raise ValueError(f"choices must be >= 2 distinct non-blank strings, got {choices!r}")
+    return choices_t
 
 
 def _jsonable(payload: Mapping[str, Any]) -> dict[str, Any]:

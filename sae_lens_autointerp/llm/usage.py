@@ -187,6 +187,11 @@ class UsageTracker:
         """Why the run stopped issuing requests (``None`` while within budget)."""
         return self._budget.exhausted
 
+    @property
+    def has_budget(self) -> bool:
+        """Whether a token or dollar budget is set (without one, :meth:`reserve` only books numbers)."""
+        return self._budget.tokens is not None or self._budget.dollars is not None
+
     def reserve(self, model: str, stage: str, prompt_tokens: int, max_tokens: int) -> Reservation:
         """Hold a request's worst case against the budget, or raise :class:`BudgetExceeded`."""
         worst = Usage(prompt_tokens=prompt_tokens, completion_tokens=max_tokens)
@@ -247,7 +252,8 @@ class UsageTracker:
 
     def record(self, model: str, stage: str, latent: int | None, usage: Usage, *, cached: bool = False) -> None:
         """Count one finished request (``cached=True``: served from the response cache, cost nothing)."""
-        cost = 0.0 if cached else self.prices.cost(model, usage)
+        # no price table: the cost is unknown (nan, never added), so skip the look-up per request
+        cost = 0.0 if cached else self.prices.cost(model, usage) if self.prices else math.nan
         with self._lock:
             for t in self._rows(model, stage, latent):
                 if cached:

@@ -104,7 +104,14 @@ async def map_bounded(items: Sequence[T], job: Callable[[T], Awaitable[R]], conc
             except Exception as exc:  # kept in its slot; raised below once every job has finished
                 results[i] = _Failed(exc)
 
-    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(items))))))
+    # return_exceptions: a KeyboardInterrupt / CancelledError out of a worker stays in its slot here (as in
+    # gather_or_raise) instead of being thrown into this task while asyncio.run cancels and closes the rest
+    workers = await asyncio.gather(
+        *(worker() for _ in range(max(1, min(concurrency, len(items))))), return_exceptions=True
+    )
+    for escaped in workers:
+        if isinstance(escaped, BaseException):
+            raise escaped
     for res in results:
         if isinstance(res, _Failed):
             raise res.error
