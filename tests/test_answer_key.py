@@ -100,13 +100,15 @@ def test_classification_scorers_recover_one_minus_eps(
 
 
 def test_mismatched_explanations_show_no_lift(planted, planted_store, bridge_model, key, tmp_path):
-    """Every latent judged with another latent's explanation: the score is no better than the control, the
-    lift's interval includes 0 and the judge check says this judge cannot tell (with these explanations)."""
+    """Every latent judged with another latent's explanation: the score is no better than the control (the
+    lift's interval does not lie above 0) and the judge check says this judge cannot tell (with these
+    explanations). The interval may lie below 0: every given explanation is some latent's true one, so a
+    latent's control can draw its own true explanation and beat the mismatched one."""
     result, _ = _run(
         planted, planted_store, bridge_model, key, tmp_path, ["detection"], 0.0, explanations=planted.mismatched()
     )
     summary = result.summary().set_index("scorer").loc["detection"]
-    assert summary["lift_low"] <= 0 <= summary["lift_high"], summary
+    assert summary["lift_low"] <= 0, summary
     assert summary["judge_ok"] is False or summary["judge_ok"] == False  # noqa: E712 (numpy bool)
     assert "cannot tell" in summary["judge_check"] and "docs/llm.md" in summary["judge_check"]
 

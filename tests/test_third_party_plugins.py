@@ -127,7 +127,8 @@ calls = [
 for name, call in calls:
     try:
         result = call()
-        out[name] = {{"records": result.records, "table": result.table.to_dict("records")}}
+        # records is a lazy sequence read from results.jsonl (the results store): a list for json
+        out[name] = {{"records": list(result.records), "table": result.table.to_dict("records")}}
     except Exception as exc:
         out[name] = {{"error_type": type(exc).__name__, "message": str(exc)}}
 out["imported_after"] = sorted(m for m in ("sae_autointerp_saebench", "sae_autointerp_neuronpedia") if m in sys.modules)
