@@ -19,6 +19,7 @@ from .config import HarvestConfig, RunConfig
 from .errors import AutointerpError, ConfigError, PluginError, UnknownPluginItemError
 from .harvest import LatentStore, harvest_many
 from .harvest.store import deprecated_store_alias as _deprecated_store_alias
+from .harvest.subjects import HFModel, NNsightModel
 from .hookspecs import hookimpl
 from .namespace import AutointerpNamespace, for_sae
 from .registry import get_registry
@@ -32,8 +33,10 @@ __all__ = [
     "AutointerpNamespace",
     "Comparison",
     "ConfigError",
+    "HFModel",
     "HarvestConfig",
     "LatentStore",
+    "NNsightModel",
     "PluginError",
     "RunConfig",
     "UnknownPluginItemError",

@@ -30,6 +30,7 @@ import torch
 
 from .errors import ConfigError
 from .harvest.store import LatentStore
+from .harvest.subjects import as_subject
 from .steering import Steerer, promoted_tokens
 from .text import Renderer
 
@@ -113,21 +114,21 @@ class Ablator:
         latent's activations [batch, seq] are appended to ``activations``."""
         box: dict[str, torch.Tensor] = {}
 
-        def read(act: torch.Tensor, hook: Any) -> None:  # noqa: ARG001 - hook.name is unreliable on a bridge
+        def read(act: torch.Tensor) -> None:
             feats = self.sae.encode(self._sae_input(act))
             activations.append(feats[..., latent].detach().float().cpu())
             ablated = feats.clone()
             ablated[..., latent] = torch.where(mask.to(feats.device), 0.0, feats[..., latent])
             box["contribution"] = self.sae.decode(feats) - self.sae.decode(ablated)
 
-        def write(act: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001
+        def write(act: torch.Tensor) -> torch.Tensor:
             return self._remove(act, box.pop("contribution"))
 
         if self.in_point == self.out_point:
 
-            def both(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                read(act, hook)
-                return write(act, hook)
+            def both(act: torch.Tensor) -> torch.Tensor:
+                read(act)
+                return write(act)
 
             return [(self.in_point, both)]
         return [(self.in_point, read), (self.out_point, write)]
@@ -167,9 +168,11 @@ class Ablator:
                     mask = torch.zeros(ids.shape, dtype=torch.bool)
                     mask[torch.arange(len(where)), torch.tensor(where)] = True
                 seen: list[torch.Tensor] = []
-                clean = self.model(ids, return_type="logits").float()
-                with self.model.hooks(fwd_hooks=self.hooks(int(latent), mask, seen)):
-                    ablated = self.model(ids, return_type="logits").float()
+                subject = self.steerer.subject
+                clean = subject.run(ids, [], logits=True)
+                ablated = subject.run(ids, self.hooks(int(latent), mask, seen), logits=True)
+                assert clean is not None and ablated is not None  # logits passes are never stopped early
+                clean, ablated = clean.float(), ablated.float()
                 self.tokens_processed += 2 * sum(lengths)
                 index = torch.arange(len(where))
                 peak = torch.tensor(where)
@@ -223,7 +226,7 @@ def ablation_effects(
         raise ConfigError(f"the store has d_sae={store.d_sae} but the SAE has {sae.cfg.d_sae}")
     if k < 1 or n_contexts < 1:
         raise ConfigError("k and n_contexts must be >= 1")
-    piece = Renderer(model.tokenizer).piece
+    piece = Renderer(as_subject(model).tokenizer).piece
     direct: list[tuple[int, str, float]] = []
     direct_error = None
     try:

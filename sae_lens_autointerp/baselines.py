@@ -34,6 +34,7 @@ from torch import nn
 from .errors import ConfigError
 from .harvest.corpus import batched, iter_sequences, resolve_corpus
 from .harvest.model import ModelAdapter
+from .harvest.subjects import as_subject
 
 if TYPE_CHECKING:
     from .harvest.corpus import CorpusLike
@@ -432,12 +433,13 @@ def _metadata(model: SubjectModel, hook: str | None, like: SAE | None) -> SAEMet
     hook_name = hook or ref.get("hook_name")
     if not hook_name:
         raise ConfigError("pass hook= (e.g. 'blocks.3.hook_resid_post') or like=<SAE> to take its hook")
-    n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0)
+    subject = as_subject(model)
+    n_ctx = subject.n_ctx or 0
     default_ctx = min(128, n_ctx) if n_ctx else 128
-    prepend_bos = ref.get("prepend_bos", getattr(model.cfg, "default_prepend_bos", True))
+    prepend_bos = ref.get("prepend_bos", subject.default_prepend_bos())
     md = SAEMetadata(
         hook_name=hook_name,
-        model_name=ref.get("model_name") or str(getattr(model.cfg, "model_name", "") or ""),
+        model_name=ref.get("model_name") or subject.name,
         context_size=ref.get("context_size") or default_ctx,
         prepend_bos=bool(True if prepend_bos is None else prepend_bos),
     )

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
-from .steering import final_norm_weight
+from .steering import final_norm_weight, unembedding
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,7 @@ def decoder_logits(model: Any, sae: Any, latents: Sequence[int], k: int = 10, ch
     unembedding (the direct path of :func:`promoted_tokens`): ``{latent: {"promoted": [(token, logit)],
     "suppressed": [(token, logit)]}}``, in chunks of latents so a large vocabulary never holds more than
     ``chunk x d_vocab`` logits."""
-    w_u = getattr(model, "W_U", None)
-    if w_u is None:
-        raise ConfigError(f"{type(model).__name__} has no W_U (unembedding matrix)")
-    w_u = w_u.detach().float()
+    w_u = unembedding(model)
     w_dec = sae.W_dec.detach().float()
     if w_dec.shape[-1] != w_u.shape[0]:
         raise ConfigError(

@@ -44,6 +44,7 @@ from .controls import (
 )
 from .errors import ConfigError, PluginError
 from .harvest.store import LatentStore
+from .harvest.subjects import as_subject
 from .heuristics import DEFAULT_THRESHOLD, flag_summary, has_heuristic_stats, heuristic_flags
 from .lens import write_run_views
 from .llm import BudgetExceeded, LLMError, UsageTracker
@@ -354,7 +355,7 @@ def preflight(
         )
     if needs_llm and backend is None:
         raise ConfigError("these explainers / scorers need an LLM: pass llm='local', 'openai:MODEL', ...")
-    tokenizer = getattr(model, "tokenizer", None) if model is not None else None
+    tokenizer = as_subject(model).tokenizer if model is not None else None
     if tokenizer is None:
         raise ConfigError("pass model= (its tokenizer renders the examples)")
     if isinstance(backend, str):  # a bad llm= fails in a second, needed or not

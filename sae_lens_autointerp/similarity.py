@@ -526,7 +526,7 @@ def _dense(acts: torch.Tensor) -> torch.Tensor:
 
 
 def _vocab_size(adapter: ModelAdapter) -> int:
-    return int(getattr(adapter.model.cfg, "d_vocab", 0) or 0) or len(adapter.tokenizer)
+    return adapter.subject.d_vocab
 
 
 def _ctx_len(ctx_len: int | None, ad_a: ModelAdapter, ad_b: ModelAdapter) -> int:

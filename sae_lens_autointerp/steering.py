@@ -20,14 +20,12 @@ target cannot be reached (``alpha_max`` too small, or the KL never rises that fa
 closest is returned with ``converged=False``.
 
 Generation (:meth:`Steerer.generate`) is greedy and batched (right padding, a full forward per new token:
-no KV cache, so it is exact for every TransformerLens model and cheap for the short continuations used here).
+no KV cache, so it is exact for every model kind and cheap for the short continuations used here).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +33,7 @@ import torch
 
 from .errors import ConfigError
 from .harvest.model import ModelAdapter, StopForward, model_lock
+from .harvest.subjects import HookFn, as_subject
 
 #: Generic sentence beginnings the steered model continues (intervention scoring, output-side explainers).
 NEUTRAL_PROMPTS: tuple[str, ...] = (
@@ -50,9 +49,11 @@ NEUTRAL_PROMPTS: tuple[str, ...] = (
 
 
 def model_name(model: Any) -> str:
-    """A readable name of a TransformerLens model, for usage accounting."""
-    cfg = getattr(model, "cfg", None)
-    return str(getattr(cfg, "model_name", "") or type(model).__name__)
+    """A readable name of the subject model, for usage accounting."""
+    try:
+        return as_subject(model).name
+    except ConfigError:
+        return type(model).__name__
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Calibration:
 
 
 class Steerer:
-    """Steer latents of ``sae`` inside ``model`` (HookedTransformer-likes and TransformerBridge-likes).
+    """Steer latents of ``sae`` inside ``model`` (every model kind of ``harvest/subjects.py``).
 
     Counts the tokens of every forward pass (``tokens_processed``: real tokens per row, padding excluded)
     and the tokens generated (``tokens_generated``), for cost accounting. Not thread-safe by itself: hold
@@ -93,6 +94,7 @@ class Steerer:
         self.model = model
         self.sae = sae
         self.adapter = ModelAdapter(model, sae)
+        self.subject = self.adapter.subject
         self.spec = self.adapter.spec
         self.tokenizer = self.adapter.tokenizer
         self.device = self.adapter.device
@@ -103,11 +105,9 @@ class Steerer:
         self.hook_point = self.adapter.hook_point
         out = sae.cfg.metadata.get("hook_name_out") if hasattr(sae.cfg.metadata, "get") else None
         if out:
-            resolve = getattr(model, "_resolve_hook_name", None)
-            point = out if out in model.hook_dict or not callable(resolve) else resolve(out)
-            if point not in model.hook_dict:
-                raise ConfigError(f"hook_name_out {out!r} (from sae.cfg.metadata) is not a hook point of this model")
-            self.hook_point, self.head_index = point, None
+            self.hook_point = self.subject.resolve(out, what="cfg.metadata.hook_name_out")
+            self.head_index = None
+        self.subject.check_steerable(self.hook_point)  # before any forward pass
         self.tokens_processed = 0
         self.tokens_generated = 0
         self.n_forward = 0
@@ -141,23 +141,17 @@ class Steerer:
             act[:, start:] += delta
         return act
 
-    def hooks(self, latent: int | None, alpha: float) -> list[tuple[str, Any]]:
-        """The TransformerLens forward hooks that steer ``latent`` by ``alpha`` (none when not steering)."""
+    def hooks(self, latent: int | None, alpha: float) -> list[tuple[str, HookFn]]:
+        """The hooks (``Subject.run``'s) that steer ``latent`` by ``alpha`` (none when not steering)."""
         if latent is None or alpha == 0:
             return []
         delta = float(alpha) * self.direction(latent)
         start = self.start
 
-        def steer(act: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001
+        def steer(act: torch.Tensor) -> torch.Tensor:
             return self._add(act, delta, start)
 
         return [(self.hook_point, steer)]
-
-    @contextmanager
-    def steering(self, latent: int | None, alpha: float) -> Iterator[None]:
-        """Within this block every forward pass of the model is steered."""
-        with self.lock, self.model.hooks(fwd_hooks=self.hooks(latent, alpha)):
-            yield
 
     def _batch(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, list[int]]:
         lengths = [len(r) for r in rows]
@@ -178,8 +172,9 @@ class Steerer:
         Rows are right-padded into one batch; padding comes after every real token, so with causal
         attention it never changes a real position's output."""
         ids, lengths = self._batch(rows)
-        with self.steering(latent, alpha):
-            logits = self.model(ids, return_type="logits")
+        with self.lock:
+            logits = self.subject.run(ids, self.hooks(latent, alpha), logits=True)
+        assert logits is not None  # a logits pass is never stopped early
         self.n_forward += 1
         self.tokens_processed += sum(lengths)
         logp = torch.log_softmax(logits.float(), dim=-1)
@@ -191,17 +186,12 @@ class Steerer:
         ids, _ = self._batch(rows)
         captured: list[torch.Tensor] = []
 
-        def capture(act: torch.Tensor, hook: Any) -> None:  # noqa: ARG001
+        def capture(act: torch.Tensor) -> None:
             captured.append(act.detach().clone())
             raise StopForward
 
-        match = re.search(r"blocks\.(\d+)\.", self.hook_point)
-        stop = int(match.group(1)) + 1 if match else None
-        with self.lock, self.model.hooks(fwd_hooks=[*self.hooks(latent, alpha), (self.hook_point, capture)]):
-            try:
-                self.model(ids, return_type=None, stop_at_layer=stop)
-            except StopForward:
-                pass
+        with self.lock:
+            self.subject.run(ids, [*self.hooks(latent, alpha), (self.hook_point, capture)], logits=False)
         return captured[0]
 
     def mean_kl(self, clean: Sequence[torch.Tensor], steered: Sequence[torch.Tensor]) -> float:
@@ -294,13 +284,15 @@ class Steerer:
         new: list[list[int]] = [[] for _ in rows]
         done = [False] * len(rows)
         eos = getattr(self.tokenizer, "eos_token_id", None)
-        with self.steering(latent, alpha):
+        hooks = self.hooks(latent, alpha)
+        with self.lock:
             for _ in range(max_new_tokens):
                 active = [i for i in range(len(seqs)) if not done[i]]
                 if not active:
                     break
                 ids, lengths = self._batch([seqs[i] for i in active])
-                logits = self.model(ids, return_type="logits")
+                logits = self.subject.run(ids, hooks, logits=True)
+                assert logits is not None
                 self.n_forward += 1
                 self.tokens_processed += sum(lengths)
                 for j, i in enumerate(active):
@@ -340,23 +332,22 @@ class Steerer:
 
 def final_norm_weight(model: Any) -> torch.Tensor | None:
     """The final normalisation's elementwise weight, when the model keeps one (not folded into ``W_U``)."""
-    ln = getattr(model, "ln_final", None)
-    if ln is None:
-        return None
-    for name, param in ln.named_parameters():
-        if name == "w" or name.endswith("weight"):
-            return param.detach().float()
-    return None
+    return as_subject(model).final_norm_weight()
+
+
+def unembedding(model: Any) -> torch.Tensor:
+    """``W_U`` [d_model, vocab] as float32, or an error when the model has none."""
+    w_u = as_subject(model).unembedding()
+    if w_u is None:
+        raise ConfigError(f"{type(model).__name__} has no W_U (unembedding matrix)")
+    return w_u.detach().float()
 
 
 @torch.no_grad()
 def promoted_tokens(model: Any, sae: Any, latent: int, k: int = 10) -> list[tuple[int, float]]:
     """The ``k`` tokens ``W_dec[latent]`` promotes most through the unembedding (direct path, "logit lens"):
     ``(W_dec[latent] * final_norm_weight) @ W_U``, with the final norm's weight when the model keeps one."""
-    w_u = getattr(model, "W_U", None)
-    if w_u is None:
-        raise ConfigError(f"{type(model).__name__} has no W_U (unembedding matrix)")
-    w_u = w_u.detach().float()
+    w_u = unembedding(model)
     v = sae.W_dec[int(latent)].detach().float().reshape(-1).to(w_u.device)
     if v.shape[0] != w_u.shape[0]:
         raise ConfigError(

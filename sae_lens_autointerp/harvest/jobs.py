@@ -113,7 +113,7 @@ def prepare_jobs(
         )
     if corpus.kind == "tokens":  # ids the model cannot embed: refused before any forward pass
         first = next(iter(adapters.values()))
-        vocab = int(getattr(model.cfg, "d_vocab", 0) or 0) or len(first.tokenizer)
+        vocab = first.subject.d_vocab
         low, high = int(corpus.source.min()), int(corpus.source.max())
         if low < 0 or high >= vocab:
             raise ConfigError(

@@ -1,16 +1,14 @@
-"""Model adapter: run a TransformerLens model up to the SAE's hook point and hand back the activations.
+"""Model adapter: run the subject model up to the SAE's hook point and hand back the activations.
 
-Works with ``HookedTransformer``, ``HookedSAETransformer``, ``TransformerBridge`` and
-``SAETransformerBridge``. The forward pass is cut short by raising from the hook itself, so no layer after
-the hook runs (and no logits are computed). The activation is captured by closure, not through
-``hook.name`` (on a bridge that is the canonical name, e.g. ``blocks.3.hook_out``).
+Works with every model kind of ``subjects.py``: ``HookedTransformer`` / ``HookedSAETransformer``,
+``TransformerBridge`` / ``SAETransformerBridge``, Hugging Face ``transformers`` models and nnsight models. The
+forward pass is cut short by raising from the hook itself, so no layer after the hook runs (and no logits are
+computed). The activation is captured by closure, not through ``hook.name`` (on a bridge that is the
+canonical name, e.g. ``blocks.3.hook_out``).
 """
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import json
 import re
 import threading
 import weakref
@@ -20,18 +18,16 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import torch
 
 from ..errors import ConfigError
+from .subjects import StopForward, Subject, as_subject, tokenizer_digest, weights_digest
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedModel
 
-#: The models a harvest runs: ``HookedTransformer`` / ``HookedSAETransformer`` or ``TransformerBridge`` /
-#: ``SAETransformerBridge`` (each a subclass of the first).
-SubjectModel: TypeAlias = "HookedTransformer | TransformerBridge"
-
-
-class StopForward(Exception):
-    """Raised inside a capture hook once the activation is captured (ends the forward pass early)."""
+#: The models a harvest runs: ``HookedTransformer`` / ``HookedSAETransformer``, ``TransformerBridge`` /
+#: ``SAETransformerBridge``, a ``transformers`` ``PreTrainedModel``, :class:`~.subjects.HFModel` or an nnsight model.
+SubjectModel: TypeAlias = "HookedTransformer | TransformerBridge | PreTrainedModel | Subject | Any"
 
 
 _StopForward = StopForward  # old private name
@@ -88,21 +84,9 @@ def hook_spec_for(sae: Any) -> HookSpec:
 
 
 def model_kind(model: Any) -> str:
-    """``"hooked"`` for HookedTransformer-likes, ``"bridge"`` for TransformerBridge-likes."""
-    from transformer_lens import HookedTransformer
-
-    if isinstance(model, HookedTransformer):
-        return "hooked"
-    try:
-        from transformer_lens.model_bridge import TransformerBridge
-    except ImportError:  # transformer-lens 2.x
-        TransformerBridge = None  # type: ignore[assignment,misc]
-    if TransformerBridge is not None and isinstance(model, TransformerBridge):
-        return "bridge"
-    raise ConfigError(
-        f"model must be a HookedTransformer, HookedSAETransformer, TransformerBridge or SAETransformerBridge, "
-        f"got {type(model).__name__}"
-    )
+    """``"hooked"`` (HookedTransformer-likes), ``"bridge"`` (TransformerBridge-likes), ``"hf"`` (transformers
+    models) or ``"nnsight"``."""
+    return as_subject(model).kind
 
 
 class ModelAdapter:
@@ -110,29 +94,17 @@ class ModelAdapter:
 
     def __init__(self, model: Any, sae: Any) -> None:
         self.model = model
-        self.kind = model_kind(model)
+        self.subject: Subject = as_subject(model)
+        self.kind = self.subject.kind
         self.sae = sae
         self.spec = hook_spec_for(sae)
-        tokenizer = getattr(model, "tokenizer", None)
+        tokenizer = self.subject.tokenizer
         if tokenizer is None:
             raise ConfigError("the model has no tokenizer; load it with one (TransformerLens does by default)")
         self.tokenizer: Any = tokenizer  # a transformers PreTrainedTokenizerBase
-        hook_names = set(model.hook_dict.keys())
-        # The point we hook. SAETransformerBridge lists only canonical names (blocks.L.hook_out) in
-        # hook_dict, so resolve aliases such as blocks.L.hook_resid_post the way it does.
-        self.hook_point = self.spec.hook_name
-        resolve = getattr(model, "_resolve_hook_name", None)
-        if self.hook_point not in hook_names and callable(resolve):
-            self.hook_point = resolve(self.hook_point)
-        if self.hook_point not in hook_names:
-            close = difflib.get_close_matches(self.spec.hook_name, sorted(hook_names), n=5)
-            raise ConfigError(
-                f"hook {self.spec.hook_name!r} (from sae.cfg.metadata.hook_name) is not a hook point of this "
-                f"{type(model).__name__}. Closest: {close or 'none'}. Load the model the SAE was trained on, "
-                "or fix the SAE's metadata."
-            )
-        self.n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0) or None
-        self.device = torch.device(str(getattr(model.cfg, "device", "cpu") or "cpu"))
+        self.hook_point = self.subject.resolve(self.spec.hook_name)
+        self.n_ctx = self.subject.n_ctx
+        self.device = self.subject.device
 
     def special_token_ids(self) -> list[int]:
         """Token ids whose activations are masked (BOS, EOS, padding and any other special token)."""
@@ -194,23 +166,10 @@ class ModelAdapter:
         """Identity of the model for store keys: its name and shape, a hash of *every* parameter (a fine-tune
         that changes one layer is another model) and of the tokenizer's vocabulary. Hashing streams each
         tensor's bytes once (about 1 s for SmolLM2-135M on 2 busy cores)."""
-        cfg = self.model.cfg
-        digest = hashlib.blake2b(digest_size=32)
-        for name, param in self.model.named_parameters():
-            digest.update(name.encode())
-            digest.update(str(tuple(param.shape)).encode())
-            digest.update(param.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
-        vocab = getattr(self.tokenizer, "get_vocab", None)
-        tokens = hashlib.sha256(
-            json.dumps(sorted(vocab().items()) if callable(vocab) else [], ensure_ascii=False).encode()
-        ).hexdigest()
         return {
-            "class": type(self.model).__name__,
-            "name": str(getattr(cfg, "model_name", "") or ""),
-            "n_layers": int(getattr(cfg, "n_layers", 0) or 0),
-            "d_model": int(getattr(cfg, "d_model", 0) or 0),
-            "weights_blake2b": digest.hexdigest(),
-            "tokenizer_sha256": tokens,
+            **self.subject.describe(),
+            "weights_blake2b": weights_digest(self.subject),
+            "tokenizer_sha256": tokenizer_digest(self.tokenizer),
         }
 
 
@@ -226,22 +185,16 @@ def capture_many(adapters: list[ModelAdapter], tokens: torch.Tensor) -> list[tor
     captured: dict[str, torch.Tensor] = {}
 
     def make_hook(point: str) -> Any:
-        def hook_fn(activation: torch.Tensor, hook: Any) -> None:  # noqa: ARG001 - hook.name is unreliable
+        def hook_fn(activation: torch.Tensor) -> None:
             captured.setdefault(point, activation)
             if len(captured) == len(points):
                 raise StopForward
 
         return hook_fn
 
-    known = [a.spec.layer for a in adapters if a.spec.layer is not None]  # embedding hooks fire before block 0
-    stop = max(known) + 1 if known else None
     tokens = tokens.to(adapters[0].device)
-    with model_lock(model), model.hooks(fwd_hooks=[(p, make_hook(p)) for p in points]):
-        try:
-            # stop_at_layer is a second guard in case a wrapper swallows our exception.
-            model(tokens, return_type=None, stop_at_layer=stop)
-        except StopForward:
-            pass
+    with model_lock(model):
+        adapters[0].subject.run(tokens, [(p, make_hook(p)) for p in points], logits=False)
     missing = [a.spec.hook_name for a in adapters if a.hook_point not in captured]
     if missing:
         raise ConfigError(

@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from .corpus import resolve_corpus
 from .jobs import finish, open_jobs, prepare_jobs, run_local, sae_fingerprint
 from .store import LatentStore
+from .subjects import ModuleReader, with_hook_module
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -100,8 +101,14 @@ def harvest(
     executor: str = "local",
     n_workers: int | None = None,
     worker_options: dict[str, Any] | None = None,
+    hook_module: str | Mapping[str, str] | None = None,
+    hook_fn: ModuleReader | None = None,
 ) -> LatentStore:
     """Harvest latent statistics of ``sae`` on ``dataset`` through ``model``.
+
+    ``model`` is a TransformerLens model (``HookedTransformer`` / ``TransformerBridge`` and their SAE variants),
+    a Hugging Face ``transformers`` model, :class:`~.subjects.HFModel` or an nnsight model: the SAE's
+    TransformerLens hook name is mapped to the module it denotes (``hookmap.py``, docs/models.md).
 
     Args:
         n_tokens: tokens to read (rounded up to whole sequences of ``ctx_len``).
@@ -123,7 +130,12 @@ def harvest(
             copy of the model, merged into the store the local executor would write (``ray_harvest.py``).
         n_workers / worker_options: Ray only: the number of actors (default: one per GPU of the cluster, else
             one per CPU) and their ``ray.remote`` options (default ``{"num_gpus": 1}`` or ``{"num_cpus": 1}``).
+        hook_module / hook_fn: Hugging Face and nnsight models only: read the SAE's input from this module
+            (a dotted path) instead of the mapped hook point, picked by ``hook_fn(module, args, output)``
+            (default: the module's output); see :class:`~.subjects.HFModel`.
     """
+    if hook_module is not None or hook_fn is not None:
+        model = with_hook_module(model, hook_module, hook_fn)
     stores = harvest_many(
         {"sae": sae},
         model,
