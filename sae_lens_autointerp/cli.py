@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .loading import MODEL_KINDS
+
 if TYPE_CHECKING:
     from .config import RunConfig
     from .harvest.store import LatentStore
@@ -476,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sae", default=None, help="SAELens release, local SAE folder, or 'embedded' (default)")
     p.add_argument("--sae-id", default=None)
     p.add_argument("--model", default=None, help="model name or local HF folder, or 'embedded' (default)")
-    p.add_argument("--model-kind", default=None, choices=["auto", "hooked", "bridge"])
+    p.add_argument("--model-kind", default=None, choices=list(MODEL_KINDS))
     p.add_argument("--dataset", default=None, help="HF dataset name, local file/folder, or 'embedded' (default)")
     p.add_argument("--text-column", default=None)
     p.add_argument("--split", default=None)
@@ -518,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sae", default="embedded", help="SAELens release, local SAE folder, or 'embedded'")
     p.add_argument("--sae-id", default=None)
     p.add_argument("--model", default="embedded", help="model name or local HF folder, or 'embedded'")
-    p.add_argument("--model-kind", default="auto", choices=["auto", "hooked", "bridge"])
+    p.add_argument("--model-kind", default="auto", choices=list(MODEL_KINDS))
     p.add_argument("--dataset", default="embedded", help="HF dataset name, local file/folder, or 'embedded'")
     p.add_argument("--n-tokens", type=int, default=60_000, help="tokens harvested for each SAE")
     p.add_argument("--ctx-len", type=int, default=128)
@@ -576,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx-len", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--store-dir", default=None)
-    p.add_argument("--model-kind", default="auto", choices=["auto", "hooked", "bridge"])
+    p.add_argument("--model-kind", default="auto", choices=list(MODEL_KINDS))
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_harvest)
     return parser

@@ -232,13 +232,24 @@ def neuronpedia_rows(
     return rows, skipped
 
 
-def _neuronpedia_ids(neuronpedia_id: str | None, model_id: str | None, source: str | None) -> tuple[str, str]:
+def _sae_source(result: Any) -> dict[str, Any]:
+    """What run.json records of the SAE's origin (``sae_source``: release, SAE id, Neuronpedia id, model)."""
+    source = _run_info(result).get("sae_source")
+    return source if isinstance(source, dict) else {}
+
+
+def _neuronpedia_ids(
+    neuronpedia_id: str | None, model_id: str | None, source: str | None, result: Any = None
+) -> tuple[str, str]:
+    """The Neuronpedia model id and source: given, or the run's SAE's ``neuronpedia_id`` (run.json)."""
+    if not neuronpedia_id and not (model_id or source):
+        neuronpedia_id = _sae_source(result).get("neuronpedia_id")
     if neuronpedia_id:
         return split_neuronpedia_id(neuronpedia_id)
     if not model_id or not source:
         raise ConfigError(
             "pass neuronpedia_id='MODEL/SOURCE' (sae.cfg.metadata.neuronpedia_id, e.g. 'gpt2-small/8-res-jb') "
-            "or both model_id= and source="
+            "or both model_id= and source=; the run's SAE records no neuronpedia_id"
         )
     return model_id, source
 
@@ -261,7 +272,7 @@ def to_neuronpedia(
     ``folder/<modelId>/<source>/explanations/batch-N.jsonl.gz``, :data:`NEURONPEDIA_BATCH_SIZE` rows per
     batch in latent order (the layout its importer reads). See :func:`neuronpedia_rows` for the fields and
     arguments. Existing batch files are refused unless ``overwrite`` (then they are replaced)."""
-    model_id, source = _neuronpedia_ids(neuronpedia_id, model_id, source)
+    model_id, source = _neuronpedia_ids(neuronpedia_id, model_id, source, result)
     rows, skipped = neuronpedia_rows(
         result,
         model_id=model_id,
@@ -518,6 +529,10 @@ def to_delphi(
             paths.append(path)
     if not written:
         raise ConfigError(f"no latent of this run has an explanation to export ({len(skipped)} left out)")
+    # delphi keeps no record of the SAE; this file (not read by delphi) names it, as run.json does.
+    source_path = base / "sae_source.json"
+    source_path.write_text(json.dumps({"module": module, **_sae_source(result)}, indent=1), encoding="utf-8")
+    paths.append(source_path)
     if without_text:
         log.warning(
             "%d scored examples have no str_tokens / activations in the delphi files: %s",
@@ -618,7 +633,8 @@ def _sae_ids(sae: Any) -> tuple[str | None, str | None, dict[str, Any] | None, s
         return None if value is None else str(value)
 
     cfg_dict = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else None
-    return meta("release"), meta("sae_id"), _clean(cfg_dict), meta("model_name")
+    release = meta("sae_lens_release") or meta("release")
+    return release, meta("sae_lens_sae_id") or meta("sae_id"), _clean(cfg_dict), meta("model_name")
 
 
 def to_saebench(
@@ -694,6 +710,10 @@ def to_saebench(
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
     release, sae_id, cfg_dict, sae_model = _sae_ids(sae)
+    recorded = _sae_source(result)  # what the run recorded of its SAE, when no SAE object is given
+    release = release or recorded.get("sae_lens_release")
+    sae_id = sae_id or recorded.get("sae_lens_sae_id")
+    sae_model = sae_model or recorded.get("model_name")
     sampling = run.get("sampling") or {}
     eval_config: dict[str, Any] = {
         "model_name": model_name or sae_model or "",

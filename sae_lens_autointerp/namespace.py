@@ -36,11 +36,22 @@ class AutointerpNamespace:
         return f"<autointerp namespace of {type(self.sae).__name__} d_sae={self.sae.cfg.d_sae}>"
 
     def harvest(
-        self, model: SubjectModel, dataset: CorpusLike, *, config: HarvestConfig | None = None, **kwargs: Any
+        self,
+        model: SubjectModel | None = None,
+        dataset: CorpusLike | None = None,
+        *,
+        config: HarvestConfig | None = None,
+        **kwargs: Any,
     ) -> LatentStore:
         """Stream ``dataset`` through ``model`` and this SAE; see :func:`sae_lens_autointerp.harvest.harvest`.
-        ``config=HarvestConfig(...)`` gives the settings as one object (keywords override its fields)."""
+        ``config=HarvestConfig(...)`` gives the settings as one object (keywords override its fields).
+        Omitted, ``dataset`` is the SAE's training dataset (``cfg.metadata.dataset_path``) and ``model`` the
+        model it was trained on (``cfg.metadata.model_name``, loaded with ``model_from_pretrained_kwargs``)."""
         from .harvest import harvest
+        from .loading import default_dataset, default_model
+
+        dataset = default_dataset(self.sae) if dataset is None else dataset  # before any model is loaded
+        model = default_model(self.sae) if model is None else model
 
         if config is not None:
             from dataclasses import replace

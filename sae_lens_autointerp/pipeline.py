@@ -48,6 +48,7 @@ from .harvest.subjects import as_subject
 from .heuristics import DEFAULT_THRESHOLD, flag_summary, has_heuristic_stats, heuristic_flags
 from .lens import write_run_views
 from .llm import BudgetExceeded, LLMError, UsageTracker
+from .loading import default_dataset, default_model, sae_provenance
 from .locks import folder_lock
 from .paths import cache_dir
 from .records import PROMPT_VERSION, Context, Explanation, ScorerOutput
@@ -465,6 +466,10 @@ def run(
             f"executor={cfg.executor!r} runs through sae.autointerp.run(...) (or sae_lens_autointerp.distributed.run); "
             "pipeline.run alone runs in this process"
         )
+    if store is None and dataset is None and model is not None:
+        dataset = default_dataset(sae)  # the SAE's training dataset, or an error naming dataset=
+    if model is None and sae_provenance(sae)["model_name"]:
+        model = default_model(sae)  # logged: the model the SAE was trained on
     plan = preflight(sae, model, cfg, store=store, llm=client_object, explanations=objects)
     d_sae, latent_list, given, scorer_names = plan.d_sae, plan.latents, plan.given, plan.scorer_names
     explainer, scorer_objs, explainer_obj, providers = (
@@ -547,6 +552,7 @@ def run(
                     "llm": getattr(client, "name", None),
                     "llm_identity": ident["llm"],
                     "store_path": str(store.path),  # "store" (from ident) is the store's key
+                    "sae_source": sae_provenance(sae),  # SAELens release / id, Neuronpedia id, model, dataset
                     "config": cfg.to_dict(),
                     "format": CONFIG_FORMAT,
                 },

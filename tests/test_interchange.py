@@ -384,3 +384,50 @@ def test_imported_explanations_go_straight_into_score(bridge_model, embedded_sae
     assert set(result.table["scorer"]) == {"embedding"} and result.table["score"].notna().all()
     rows, skipped = neuronpedia_rows(result, model_id="m", source="s", unattributed="skip")
     assert rows == [] and len(skipped) == len(given)  # explanations given to score(): no model known
+
+
+def test_sae_source_is_recorded_and_carried_into_every_export(bridge_model, embedded_sae, store, latents, tmp_path):
+    """The SAE's SAELens release / id and Neuronpedia id go into run.json, and each export takes them from there
+    when the caller names none."""
+    import copy
+    import json
+
+    sae = copy.deepcopy(embedded_sae)
+    md = sae.cfg.metadata
+    md.neuronpedia_id, md.sae_lens_release, md.sae_lens_sae_id = NP_ID, "embedded-release", "blocks.3.hook_resid_post"
+    result = sae.autointerp.run(
+        bridge_model,
+        store=store,
+        latents=latents[:2],
+        explanations={latents[0]: "months", latents[1]: "digits"},
+        scorers=["detection"],
+        llm=NamedClient(),
+        sampling=SMALL,
+        out_dir=tmp_path / "run",
+        progress=False,
+    )
+    source = json.loads((tmp_path / "run" / "run.json").read_text())["sae_source"]
+    assert source["neuronpedia_id"] == NP_ID and source["sae_lens_release"] == "embedded-release"
+    assert source["sae_lens_sae_id"] == "blocks.3.hook_resid_post" and source["hook_name"] == md.hook_name
+    export = to_neuronpedia(result, tmp_path / "np", explanation_model="fake-explainer")  # no ids passed
+    assert export.path.parts[-4:-2] == tuple(NP_ID.split("/"))
+    bench = json.loads(to_saebench(result, tmp_path / "sb.json", scorer="detection").read_text())
+    assert bench["sae_lens_release_id"] == "embedded-release"
+    assert bench["sae_lens_id"] == "blocks.3.hook_resid_post"
+    delphi = to_delphi(result, tmp_path / "delphi", module="layers.3")
+    assert json.loads((tmp_path / "delphi" / "sae_source.json").read_text())["neuronpedia_id"] == NP_ID
+    assert tmp_path / "delphi" / "sae_source.json" in delphi.paths
+    md.neuronpedia_id = None
+    bare = sae.autointerp.run(
+        bridge_model,
+        store=store,
+        latents=latents[:1],
+        explanations={latents[0]: "months"},
+        scorers=["detection"],
+        llm=NamedClient(),
+        sampling=SMALL,
+        out_dir=tmp_path / "bare",
+        progress=False,
+    )
+    with pytest.raises(ConfigError, match="records no neuronpedia_id"):
+        to_neuronpedia(bare, tmp_path / "np-bare", explanation_model="fake-explainer")

@@ -5,6 +5,8 @@ TransformerBridge's own hooks on small random models of every family it names.""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -236,3 +238,32 @@ def test_hook_map_matches_the_bridge_on_every_family(family, smol_tokenizer, tmp
     if family == "gpt_neox":  # parallel attention: no residual between attention and MLP, in either library
         with pytest.raises(ConfigError, match="in parallel"):
             ModelAdapter(hf, make_sae(64, 8, hook="blocks.1.hook_resid_mid"))
+
+
+class TestSAELensDefaults:
+    """dataset= and model= may be omitted when the SAE's cfg.metadata says what they were."""
+
+    def test_dataset_defaults_to_the_training_dataset(self, bridge, corpus, tmp_path):
+        path = tmp_path / "train.jsonl"
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus))
+        sae = make_sae(576, 64, hook="blocks.3.hook_resid_post", seed=4, dataset_path=str(path))
+        ref = sae.autointerp.harvest(bridge, corpus, store_dir=tmp_path / "ref", **SETTINGS)
+        assert_same_contents(sae.autointerp.harvest(bridge, store_dir=tmp_path / "default", **SETTINGS), ref)
+
+    def test_missing_or_offline_dataset_names_the_fix(self, bridge, monkeypatch):
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        with pytest.raises(ConfigError, match="records no cfg.metadata.dataset_path"):
+            make_sae(576, 8).autointerp.harvest(bridge, **SETTINGS)
+        hub = make_sae(576, 8, dataset_path="no-such-user/no-such-dataset")
+        with pytest.raises(ConfigError, match="no-such-user/no-such-dataset"):
+            hub.autointerp.harvest(bridge, **SETTINGS)
+
+    def test_model_is_loaded_from_the_metadata(self, bridge, corpus, tmp_path, caplog):
+        sae = make_sae(576, 64, hook="blocks.3.hook_resid_post", seed=4, model_name=str(sai.embedded.model_dir()))
+        ref = sae.autointerp.harvest(bridge, corpus, store_dir=tmp_path / "ref", **SETTINGS)
+        with caplog.at_level("WARNING", logger="sae_lens_autointerp.loading"):
+            store = sae.autointerp.harvest(dataset=corpus, store_dir=tmp_path / "loaded", **SETTINGS)
+        assert "model= not given: loading" in caplog.text  # loading is explicit and logged
+        assert_same_contents(store, ref)
+        with pytest.raises(ConfigError, match="records no cfg.metadata.model_name"):
+            make_sae(576, 8).autointerp.harvest(dataset=corpus, **SETTINGS)
