@@ -17,7 +17,13 @@
    separate ``harvest`` calls on the same tokens (goal >= 2.5x). The bound is the blocks run: 4 passes cost
    27 + 28 + 29 + 30 blocks, one pass 30 (3.8x); each SAE's statistics cost the same either way.
 
+5. With --backend bridge,hf,nnsight: the same SAE and tokens harvested through each model kind (the embedded
+   SmolLM2 as TransformerBridge, as a plain Hugging Face model with transformers' default SDPA attention, and as an
+   nnsight TransformersModel), each against its own bare forward (a hook that keeps the activation and stops the
+   pass, + ``sae.encode``) and against the bridge's bare forward, interleaved per repeat.
+
 Run:  python benchmarks/harvest.py --many [--n-tokens 8192] [--repeats 2]
+      python benchmarks/harvest.py --backend bridge,hf,nnsight [--hook blocks.28.hook_resid_post --d-sae 2048]
       python benchmarks/harvest.py [--n-tokens 32768] [--d-sae 16384] [--repeats 2] [--delphi]
       python benchmarks/harvest.py --hook blocks.28.hook_resid_post --d-sae 2048 --n-tokens 16384 --delphi
 Model: the embedded SmolLM2-135M (TransformerBridge, 30 layers); SAE: the embedded SAE (blocks.3.hook_resid_post),
@@ -240,6 +246,100 @@ def baseline(model, sae, tokens: torch.Tensor, batch: int) -> dict[str, float]:
     return rates(tokens.numel(), start)
 
 
+def backend_model(kind: str, bridge):  # type: ignore[no-untyped-def]
+    """The embedded SmolLM2 as ``kind``: the bridge itself, a plain HF model (SDPA attention) or nnsight."""
+    import sae_lens_autointerp as sai
+
+    if kind == "bridge":
+        return bridge
+    if kind == "hf":
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(sai.embedded.model_dir()).eval()
+    if kind == "nnsight":
+        from nnsight.modeling.transformers import TransformersModel
+
+        return TransformersModel(str(sai.embedded.model_dir()), task="text-generation", dispatch=True)
+    raise SystemExit(f"unknown backend {kind!r}: bridge, hf or nnsight")
+
+
+class _Stop(Exception):
+    pass
+
+
+def bare(kind: str, model, sae, tokens: torch.Tensor, batch: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """The least any harvest through this model kind must do: run to the hook, keep the activation, encode."""
+    if kind == "bridge":
+        return baseline(model, sae, tokens, batch)
+    from sae_lens_autointerp.harvest.hookmap import map_hook
+
+    hf = model if kind == "hf" else model._module
+    layers = "model.layers"
+    point = map_hook(sae.cfg.metadata.hook_name, hf.config, layers)
+    assert point.io == "output", "the bare HF forward reads module outputs only"
+    start = clocks()
+    with torch.inference_mode():
+        if kind == "hf":
+            saved = []
+
+            def keep(module, args, output):  # type: ignore[no-untyped-def]
+                saved.append(output[0] if isinstance(output, tuple) else output)
+                raise _Stop
+
+            handle = hf.get_submodule(point.module).register_forward_hook(keep)
+            try:
+                for i in range(0, len(tokens), batch):
+                    try:
+                        hf(input_ids=tokens[i : i + batch], use_cache=False)
+                    except _Stop:
+                        pass
+                    sae.encode(saved.pop())
+            finally:
+                handle.remove()
+        else:
+            envoy = model
+            for part in point.module.split("."):
+                envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+            for i in range(0, len(tokens), batch):
+                with model.trace(tokens[i : i + batch]) as tracer:
+                    act = envoy.output.save()
+                    tracer.stop()
+                sae.encode(act)
+    return rates(tokens.numel(), start)
+
+
+def backends(args: argparse.Namespace, bridge, sae, tokens: torch.Tensor) -> None:  # type: ignore[no-untyped-def]
+    kinds = [k.strip() for k in args.backend.split(",") if k.strip()]
+    models = {kind: backend_model(kind, bridge) for kind in kinds}
+    print(
+        f"model SmolLM2-135M as {', '.join(kinds)}; hook {sae.cfg.metadata.hook_name}, {type(sae).__name__} d_sae "
+        f"{sae.cfg.d_sae}, {tokens.numel()} tokens in batches of {args.batch_size}x{args.ctx_len}, torch threads "
+        f"{torch.get_num_threads()}"
+    )
+    for kind in kinds:  # warm-up
+        ours(models[kind], sae, tokens[: args.batch_size * 2], args.batch_size)
+        bare(kind, models[kind], sae, tokens[: args.batch_size * 2], args.batch_size)
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {k: {"bare": [], "ours": []} for k in kinds}
+    reference = []
+    for _ in range(args.repeats):  # interleaved so drift hits all alike
+        reference.append(baseline(bridge, sae, tokens, args.batch_size))
+        for kind in kinds:
+            runs[kind]["bare"].append(bare(kind, models[kind], sae, tokens, args.batch_size))
+            runs[kind]["ours"].append(ours(models[kind], sae, tokens, args.batch_size))
+    print("tokens/s per repeat (wall clock), and the ratios per repeat (min-max):")
+    walls = lambda runs: ", ".join(f"{x['wall']:6.0f}" for x in runs)  # noqa: E731
+    print(f"  {'bridge bare forward (reference)':<34} {walls(reference)}")
+    for kind in kinds:
+        for what in ("bare", "ours"):
+            label = f"{kind} {'bare forward' if what == 'bare' else 'sae.autointerp.harvest'}"
+            print(f"  {label:<34} {walls(runs[kind][what])}")
+    for kind in kinds:
+        mine, own = runs[kind]["ours"], runs[kind]["bare"]
+        vs_own = span([a["wall"] / b["wall"] for a, b in zip(mine, own)])
+        vs_ref = span([a["wall"] / b["wall"] for a, b in zip(mine, reference)])
+        print(f"ratio {kind:<8} harvest / its bare forward {vs_own}x | harvest / bridge bare forward {vs_ref}x")
+
+
 def ours(model, sae, tokens: torch.Tensor, batch: int) -> dict[str, float]:
     folder = tempfile.mkdtemp(prefix="bench-harvest-")
     try:
@@ -372,6 +472,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--delphi", action="store_true", help="also run delphi's LatentCache (eai-delphi)")
     parser.add_argument("--many", action="store_true", help="4 SAEs in one pass (harvest_many) vs 4 passes")
+    parser.add_argument("--backend", default=None, help="comma list of bridge, hf, nnsight: harvest through each")
     parser.add_argument(
         "--many-hooks",
         default=",".join(f"blocks.{layer}.hook_resid_post" for layer in (26, 27, 28, 29)),
@@ -395,6 +496,9 @@ def main() -> None:
         many(args)
         return
     model, sae, tokens, info = setup(args)
+    if args.backend:
+        backends(args, model, sae, tokens[: -(-args.n_tokens // args.ctx_len)])
+        return
     args.inputs = tempfile.mkdtemp(prefix="bench-harvest-inputs-")
     try:
         save_inputs(args.inputs, sae, tokens)

@@ -145,3 +145,16 @@ def test_a_killed_worker_has_its_shard_redone(ray_cluster, model, saes, corpus, 
     assert killed
     assert store.meta["ray"]["shards_redone"] >= 1
     assert_same_store(store, alone["l3"])
+
+
+@pytest.mark.parametrize("pending", [1, 10_000])
+def test_token_table_folding_point_does_not_change_a_bit(pending, model, saes, corpus, alone, tmp_path, monkeypatch):
+    """The per-token sums are folded into the token table in bulk (once per _PENDING_PAIRS pairs, and before
+    any read); folding after every batch (1) or after about every batch (10,000 pairs) gives the same store,
+    bit for bit, as the default (at most once per shard here)."""
+    from sae_lens_autointerp.harvest import stats as stats_mod
+
+    monkeypatch.setattr(stats_mod, "_PENDING_PAIRS", pending)
+    store = saes["l3"].autointerp.harvest(model, corpus, store_dir=tmp_path / "folded", **SETTINGS)
+    assert_same_store(store, alone["l3"])
+    assert bool((store.stats["tok_ids"] >= 0).any())  # the token table is not empty

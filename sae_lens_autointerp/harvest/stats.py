@@ -51,6 +51,7 @@ import torch
 
 _KEY_STRIDE = 1 << 32  # (latent, token) -> latent * _KEY_STRIDE + token; token ids are below 2**31
 _PAIR_CHUNK = 1 << 22  # activations scanned for non-zeros at a time (bounds the pair tensors)
+_PENDING_PAIRS = 1 << 22  # (latent, token) sums held before they are folded into the token table
 _M32 = 0xFFFFFFFF
 _MIX = 0x45D9F3B  # odd: multiplying by it is a bijection modulo 2**32
 _HI = 1 << 32
@@ -150,15 +151,21 @@ class _Sums:
         self.filled = torch.zeros(d_sae, dtype=torch.int64, device=device)
         self.overflow = torch.zeros(d_sae, dtype=torch.bool, device=device)
         self.dirty = False
+        # Per batch (unique keys, sums, squares) not yet in the table: folding them in is a sort over every
+        # touched row, so it runs once per _PENDING_PAIRS pairs rather than once per batch (see flush()).
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._n_pending = 0
 
     @property
     def tok_ids(self) -> torch.Tensor:
         """[d_sae, n_token_slots] int32 token ids of the per-token table, ascending per row, -1 = empty."""
+        self.flush()
         tok = self.keys % _KEY_STRIDE
         slots = torch.arange(self.m, device=tok.device).unsqueeze(0)
         return torch.where(slots < self.filled.unsqueeze(1), tok, -1).to(torch.int32)
 
     def state(self) -> dict[str, torch.Tensor]:
+        self.flush()
         return {
             "sum_acts": self.sum_acts.cpu(),
             "pos_sums": self.pos_sums.cpu(),
@@ -175,6 +182,7 @@ class _Sums:
             setattr(self, name, state[prefix + name].to(dev))
         self.overflow = state[prefix + "tok_overflow"].to(dev).bool()
         ids = state[prefix + "tok_ids"].to(dev).long()
+        self._pending, self._n_pending = [], 0
         self.filled = (ids >= 0).sum(dim=1)
         rows = torch.arange(self.d_sae, device=dev).unsqueeze(1) * _KEY_STRIDE
         self.keys = torch.where(ids >= 0, rows + ids, rows + _KEY_STRIDE - 1)
@@ -184,11 +192,43 @@ class _Sums:
         keys, inverse = torch.unique(lat * _KEY_STRIDE + tok, return_inverse=True)
         sums = torch.zeros(keys.shape[0], dtype=torch.float64, device=keys.device).index_add_(0, inverse, val)
         sq = torch.zeros_like(sums).index_add_(0, inverse, val * val)
-        self._add(keys, sums, sq)
+        self._pending.append((keys, sums, sq))
+        self._n_pending += int(keys.shape[0])
+        if self._n_pending >= _PENDING_PAIRS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Fold the pending per-batch sums into the table, giving the bits batch-by-batch folding gives: a kept
+        key's per-batch sums are added to its slot one by one in batch order (``index_add_`` is sequential on
+        CPU), a new key's sums start from 0.0 (0.0 + x is x) in batch order, and the bottom-m by priority of
+        the union is what m incremental admissions keep (a key once pushed out never gets back in: the m keys
+        that pushed it out stay)."""
+        if not self._pending:
+            return
+        keys = torch.cat([p[0] for p in self._pending])
+        sums = torch.cat([p[1] for p in self._pending])
+        sq = torch.cat([p[2] for p in self._pending])
+        self._pending, self._n_pending = [], 0
+        table = self.keys.view(-1)
+        where = torch.searchsorted(table, keys).clamp(max=table.shape[0] - 1)
+        found = table[where] == keys
+        if bool(found.any()):
+            self.tok_sums.view(-1).index_add_(0, where[found], sums[found])
+            self.tok_sq.view(-1).index_add_(0, where[found], sq[found])
+        new = ~found
+        if bool(new.any()):
+            fresh, inverse = torch.unique(keys[new], return_inverse=True)
+            fresh_sums = torch.zeros(fresh.shape[0], dtype=torch.float64, device=keys.device)
+            fresh_sq = torch.zeros_like(fresh_sums)
+            fresh_sums.index_add_(0, inverse, sums[new])
+            fresh_sq.index_add_(0, inverse, sq[new])
+            self._admit(fresh, fresh_sums, fresh_sq)
 
     def merge_(self, other: _Sums) -> None:
         """Add ``other`` after what this holds: sums add, the token tables merge into the bottom-m of their union
         (exact: a token in the union's bottom-m is in the bottom-m of every part it fired in)."""
+        self.flush()
+        other.flush()
         self.sum_acts += other.sum_acts
         self.pos_sums += other.pos_sums
         self.pos_sq += other.pos_sq
@@ -317,7 +357,14 @@ class LatentStats:
         chunk_ids = seq_base + (torch.arange(n, device=acts.device) % n_chunks) * w  # global chunk start ids
 
         cand_vals = torch.where(chunk_fires, chunk_max, float("-inf")).T  # [d, N]
-        windows_view = acts.unfold(1, w, 1)  # [B, seq - w + 1, d, w], a view
+        # Windows are read from a [B, d, seq] copy, where each window is w contiguous floats (in acts its
+        # values lie d apart); made once per batch, only when a window enters a sample.
+        latent_major: list[torch.Tensor] = []
+
+        def windows_view() -> torch.Tensor:
+            if not latent_major:
+                latent_major.append(acts.transpose(1, 2).contiguous().unfold(2, w, 1))  # [B, d, seq - w + 1, w]
+            return latent_major[0]
 
         def enter(rows: torch.Tensor, chunks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """Global peak ids and float16 windows of latent ``rows[i]`` in chunk ``chunks[i]``."""
@@ -325,7 +372,7 @@ class LatentStats:
             pos = c * w + chunk_view[b, c, :, rows].argmax(dim=1)
             start = pos - s.peak_offset
             clamped = start.clamp(0, seq - w)
-            windows = windows_view[b, clamped, rows]
+            windows = windows_view()[b, rows, clamped]
             shift = start - clamped  # non-zero when the window sticks out of the sequence
             edge = shift != 0
             if bool(edge.any()):
