@@ -267,3 +267,31 @@ class TestSAELensDefaults:
         assert_same_contents(store, ref)
         with pytest.raises(ConfigError, match="records no cfg.metadata.model_name"):
             make_sae(576, 8).autointerp.harvest(dataset=corpus, **SETTINGS)
+
+
+def test_a_whole_run_on_a_hf_model(hf_model, embedded_sae, corpus, tmp_path):
+    """harvest -> explain -> score -> run views through a plain HF model: the decoder's logit lens reads its
+    lm_head and final norm, and the run's records are complete."""
+    store = embedded_sae.autointerp.harvest(hf_model, corpus, store_dir=tmp_path / "store", **SETTINGS)
+    fired = [int(i) for i in torch.argsort(store.stats["n_fire_examples"], descending=True)[:2]]
+    result = embedded_sae.autointerp.run(
+        hf_model,
+        store=store,
+        latents=fired,
+        explainer="top-tokens",
+        scorers=["embedding"],
+        sampling={"n_explain": 5, "n_test_pos": 4, "n_test_neg": 4, "n_quantiles": 3},
+        out_dir=tmp_path / "run",
+        progress=False,
+    )
+    records = list(result.records)
+    assert sorted(r["latent"] for r in records) == sorted(fired)
+    assert all(not r.get("incomplete") and r["explanation"] for r in records)
+    decoder = json.loads((tmp_path / "run" / "decoder.json").read_text())
+    assert decoder["errors"] == {}
+    from sae_lens_autointerp.lens import decoder_logits
+
+    bridge_view = decoder_logits(sai.embedded.load_model(), embedded_sae, fired)
+    for latent in fired:  # the same promoted tokens as through the bridge's W_U and ln_final
+        ours = [t for t, _ in decoder["latents"][str(latent)]["promoted"]]
+        assert ours == [t for t, _ in bridge_view[latent]["promoted"]]

@@ -473,18 +473,24 @@ class NNsightModel(Subject):
         return envoy
 
     def _visit(self, grouped: list[tuple[str, list[HookFn]]], tracer: Any, logits: bool, box: dict[str, Any]) -> None:
-        """The body of the trace: every point in execution order, read, hooked, written back."""
+        """The body of the trace: every point in execution order, read, hooked, written back. A hook's
+        StopForward becomes nnsight's own stop (an exception raised out of a trace costs a traceback rebuild)."""
         for point, fns in grouped:
             p = self.hf.point(point)
             envoy = self._envoy(p.module)
-            if p.io == "output":
-                changed = self.hf.apply(point, envoy._module, envoy.output, fns)
-                if changed is not None:
-                    envoy.output = changed
-            else:
-                changed = self.hf.apply(point, envoy._module, envoy.input, fns)
-                if changed is not None:
-                    envoy.input = changed
+            try:
+                if p.io == "output":
+                    changed = self.hf.apply(point, envoy._module, envoy.output, fns)
+                    if changed is not None:
+                        envoy.output = changed
+                else:
+                    changed = self.hf.apply(point, envoy._module, envoy.input, fns)
+                    if changed is not None:
+                        envoy.input = changed
+            except StopForward:
+                box["stopped"] = True
+                tracer.stop()
+                return
         if logits:
             box["logits"] = self.model.output.logits
         else:
@@ -496,12 +502,9 @@ class NNsightModel(Subject):
             grouped.setdefault(point, []).append(fn)
         ordered = sorted(grouped.items(), key=lambda item: self.hf.execution_order(item[0]))
         box: dict[str, Any] = {}
-        try:
-            with self.model.trace(ids) as tracer:
-                self._visit(ordered, tracer, logits, box)
-        except StopForward:
-            return None
-        return box.get("logits")
+        with self.model.trace(ids) as tracer:
+            self._visit(ordered, tracer, logits, box)
+        return None if box.get("stopped") else box.get("logits")
 
     @property
     def n_ctx(self) -> int | None:
