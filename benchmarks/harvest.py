@@ -22,7 +22,14 @@
    nnsight TransformersModel), each against its own bare forward (a hook that keeps the activation and stops the
    pass, + ``sae.encode``) and against the bridge's bare forward, interleaved per repeat.
 
+6. With --long-rss 1000000,4000000: peak RSS of a fresh process harvesting that many tokens (goal: <= 5% growth
+   from 1M to 4M). The model is a small random HookedTransformer (2 layers, d_model 64, SmolLM2's vocabulary)
+   so that millions of tokens take minutes on a CPU; what grows with tokens is ours (statistics, samples,
+   token file, checkpoints), not the model's. The SAE: a random StandardSAE (--d-sae, default 16384) whose
+   latents fire on ~1% of tokens; the tokens: seeded random ids.
+
 Run:  python benchmarks/harvest.py --many [--n-tokens 8192] [--repeats 2]
+      python benchmarks/harvest.py --long-rss 1000000,4000000 [--d-sae 16384]
       python benchmarks/harvest.py --backend bridge,hf,nnsight [--hook blocks.28.hook_resid_post --d-sae 2048]
       python benchmarks/harvest.py [--n-tokens 32768] [--d-sae 16384] [--repeats 2] [--delphi]
       python benchmarks/harvest.py --hook blocks.28.hook_resid_post --d-sae 2048 --n-tokens 16384 --delphi
@@ -371,6 +378,71 @@ def child_rss(args: argparse.Namespace) -> None:
     print(json.dumps({"tokens": tokens.numel(), "rss_before_mib": before, "peak_rss_mib": after}))
 
 
+def tiny_inputs(d_sae: int, n_tokens: int, ctx: int):  # type: ignore[no-untyped-def]
+    """The --long-rss model, SAE and tokens, built the same way (seeded) in every child."""
+    import transformer_lens
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+    from transformers import AutoTokenizer
+
+    import sae_lens_autointerp as sai
+
+    tokenizer = AutoTokenizer.from_pretrained(sai.embedded.model_dir())
+    cfg = transformer_lens.HookedTransformerConfig(
+        n_layers=2,
+        d_model=64,
+        n_ctx=ctx,
+        d_head=16,
+        n_heads=4,
+        d_mlp=128,
+        d_vocab=len(tokenizer),
+        act_fn="gelu",
+        seed=0,
+    )
+    model = transformer_lens.HookedTransformer(cfg, tokenizer=tokenizer).eval()
+    metadata = SAEMetadata(hook_name="blocks.1.hook_resid_post", prepend_bos=True, context_size=ctx)
+    sae = StandardSAE(StandardSAEConfig(d_in=64, d_sae=d_sae, metadata=metadata)).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(sae.W_enc.shape, generator=gen) / 8.0)
+        sae.b_enc.fill_(-2.33)  # pre-activations ~N(0, 1): about 1% above 2.33
+    tokens = torch.randint(20, len(tokenizer), (-(-n_tokens // ctx), ctx), generator=gen)
+    tokens[:, 0] = tokenizer.bos_token_id
+    return model, sae, tokens
+
+
+def child_long_rss(args: argparse.Namespace) -> None:
+    model, sae, tokens = tiny_inputs(args.d_sae or 16384, args.child_long_rss, args.ctx_len)
+    before = peak_rss_mib()
+    start = clocks()
+    ours(model, sae, tokens, args.batch_size)
+    speed = rates(tokens.numel(), start)
+    print(json.dumps({"tokens": tokens.numel(), "rss_before_mib": before, "peak_rss_mib": peak_rss_mib(), **speed}))
+
+
+def long_rss(args: argparse.Namespace) -> None:
+    sizes = [int(x) for x in args.long_rss.split(",")]
+    print(
+        f"peak RSS of a fresh process per size: random 2-layer HookedTransformer, StandardSAE d_sae "
+        f"{args.d_sae or 16384} at blocks.1.hook_resid_post, random tokens, batches of {args.batch_size}x{args.ctx_len}"
+    )
+    rows = []
+    for n in sizes:
+        cmd = [sys.executable, __file__, "--child-long-rss", str(n), "--ctx-len", str(args.ctx_len)]
+        cmd += ["--batch-size", str(args.batch_size), "--d-sae", str(args.d_sae or 16384)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(
+            f"  {row['tokens']:>9} tokens: peak RSS {row['peak_rss_mib']:8.1f} MiB (after building the inputs "
+            f"{row['rss_before_mib']:.1f}), {row['wall']:.0f} tok/s"
+        )
+    growth = rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"] - 1
+    print(f"peak RSS growth {rows[0]['tokens']} -> {rows[-1]['tokens']} tokens: {100 * growth:+.1f}% (goal <= 5%)")
+
+
 def load_delphi_cache():  # type: ignore[no-untyped-def]
     """delphi's LatentCache from a --no-deps install, without its heavy package __init__s."""
     import importlib
@@ -478,10 +550,18 @@ def main() -> None:
         default=",".join(f"blocks.{layer}.hook_resid_post" for layer in (26, 27, 28, 29)),
         help="comma-separated hooks of the --many SAEs",
     )
+    parser.add_argument("--long-rss", default=None, help="comma list of token counts: peak RSS per size")
     parser.add_argument("--child-rss", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-long-rss", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-delphi", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--inputs", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_long_rss:
+        child_long_rss(args)
+        return
+    if args.long_rss:
+        long_rss(args)
+        return
     if args.hook != DEFAULT_HOOK and not args.d_sae:
         parser.error(f"the embedded SAE is trained on {DEFAULT_HOOK}; give --d-sae for a random SAE at {args.hook}")
     if args.child_rss:

@@ -197,6 +197,7 @@ class _Sums:
         if self._n_pending >= _PENDING_PAIRS:
             self.flush()
 
+    @torch.inference_mode()  # the shard's tensors are made inside the harvest's inference mode; finish() is not
     def flush(self) -> None:
         """Fold the pending per-batch sums into the table, giving the bits batch-by-batch folding gives: a kept
         key's per-batch sums are added to its slot one by one in batch order (``index_add_`` is sequential on
