@@ -114,6 +114,13 @@ def test_steering_adds_exactly_alpha_w_dec(kind, bridge, hf_model, nnsight_model
         torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
 
 
+def test_remote_nnsight_refuses_steering_before_any_request(nnsight_model, embedded_sae):
+    remote = sai.NNsightModel(nnsight_model, remote=True)
+    ModelAdapter(remote, embedded_sae)  # reading is allowed (through saved tensors)
+    with pytest.raises(ConfigError, match="cannot steer a remote"):
+        Steerer(remote, embedded_sae)
+
+
 def test_transcoder_steers_its_output_hook_on_hf(hf_model):
     from sae_lens.saes import Transcoder, TranscoderConfig
     from sae_lens.saes.sae import SAEMetadata

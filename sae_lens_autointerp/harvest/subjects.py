@@ -13,8 +13,8 @@ hook functions ``fn(activation) -> replacement | None`` at those points. A hook 
   written with PyTorch forward (pre-)hooks; ``HFModel(..., hook_module=, hook_fn=)`` names the module
   yourself for tensors the map does not know.
 - nnsight: the same module points, read and written inside nnsight's own ``trace`` (in execution order, as
-  nnsight requires), on the model nnsight wraps. Local execution only; NDIF (``remote=True``) is refused
-  here: a remote trace cannot run our Python hooks (see docs/models.md).
+  nnsight requires), on the model nnsight wraps. ``NNsightModel(model, remote=True)`` reads through NDIF
+  (saved tensors only; steering refused, untested here: see docs/models.md).
 """
 
 from __future__ import annotations
@@ -445,15 +445,21 @@ class HFModel(Subject):
 
 class NNsightModel(Subject):
     """An nnsight model (``LanguageModel`` / ``TransformersModel`` / ``NNsight`` around a Hugging Face model):
-    the points of :class:`HFModel` on the wrapped model, read and written inside nnsight's own ``trace``."""
+    the points of :class:`HFModel` on the wrapped model, read and written inside nnsight's own ``trace``.
+
+    ``remote=True`` (NDIF; not tested here, nothing can reach NDIF from the test machines) runs each trace
+    remotely: the trace only saves the hook's tensor and stops, and everything else (encoding, statistics)
+    runs here on the saved tensor. Reading only: steering needs our Python code between two layers, which a
+    remote trace cannot run, so it is refused before any request."""
 
     kind = "nnsight"
 
-    def __init__(self, model: Any, tokenizer: Any = None, **hf_kwargs: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any = None, *, remote: bool = False, **hf_kwargs: Any) -> None:
         inner = getattr(model, "_module", None)
         if not isinstance(inner, torch.nn.Module):
             raise ConfigError(f"{type(model).__name__} does not wrap a torch module (no ._module)")
         self.model = model
+        self.remote = bool(remote)
         self.hf = HFModel(inner, tokenizer if tokenizer is not None else getattr(model, "tokenizer", None), **hf_kwargs)
         self.tokenizer = self.hf.tokenizer
 
@@ -464,7 +470,34 @@ class NNsightModel(Subject):
         return self.hf.layer_of(point)
 
     def check_steerable(self, point: str) -> None:
+        if self.remote:
+            raise ConfigError(
+                "cannot steer a remote (NDIF) nnsight model: steering runs our code inside the forward pass; "
+                "load the model locally (remote=False) for intervention scoring and output-side explainers"
+            )
         self.hf.check_steerable(point)
+
+    def _run_remote(
+        self, ids: torch.Tensor, ordered: list[tuple[str, list[HookFn]]], logits: bool
+    ) -> torch.Tensor | None:
+        """Save every point's tensor in one remote trace, then run the hooks here on what came back."""
+        if logits:
+            raise ConfigError("a remote nnsight model is read here through saved hook tensors only, not logits")
+        envoys = [(point, self._envoy(self.hf.point(point).module)) for point, _ in ordered]
+        saved: list[Any] = []
+        with self.model.trace(ids, remote=True) as tracer:
+            for point, envoy in envoys:
+                value = envoy.output if self.hf.point(point).io == "output" else envoy.input
+                saved.append(value.save())
+            tracer.stop()
+        for (point, fns), (_, envoy), value in zip(ordered, envoys, saved):
+            for fn in fns:
+                try:
+                    if fn(self.hf.read(point, envoy._module, value)) is not None:
+                        raise ConfigError("a remote nnsight model cannot be written to (steered) here")
+                except StopForward:
+                    return None
+        return None
 
     def _envoy(self, path: str) -> Any:
         envoy = self.model
@@ -501,6 +534,8 @@ class NNsightModel(Subject):
         for point, fn in hooks:
             grouped.setdefault(point, []).append(fn)
         ordered = sorted(grouped.items(), key=lambda item: self.hf.execution_order(item[0]))
+        if self.remote:
+            return self._run_remote(ids, ordered, logits)
         box: dict[str, Any] = {}
         with self.model.trace(ids) as tracer:
             self._visit(ordered, tracer, logits, box)
