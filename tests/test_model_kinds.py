@@ -159,6 +159,9 @@ def test_hook_module_escape_hatch(hf_model, smol_tokenizer, corpus, tmp_path, br
     assert_same_contents(custom.autointerp.harvest(picked, corpus, store_dir=tmp_path / "fn", **SETTINGS), ref)
     with pytest.raises(ConfigError, match="hook_fn only reads"):
         Steerer(picked, custom)
+    out_too = make_sae(576, 8, hook="my_point", hook_name_out="my_out")  # a transcoder's second hook
+    with pytest.raises(ConfigError, match="names one module, but hooks"):
+        Steerer(sai.HFModel(hf_model, smol_tokenizer, hook_module="model.layers.3"), out_too)
     with pytest.raises(ConfigError, match="not have"):
         custom.autointerp.harvest(
             sai.HFModel(hf_model, smol_tokenizer, hook_module="model.layers.99"), corpus, **SETTINGS

@@ -247,6 +247,7 @@ class HFModel(Subject):
         self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(model)
         self.layers_path = _layers_path(model)
         self._points: dict[str, ModulePoint] = {}
+        self._named: set[str] = set()  # hook names resolved through a single hook_module
         self._order = {name: i for i, (name, _) in enumerate(model.named_modules())}
 
     # ---------------------------------------------------------------- points
@@ -265,6 +266,13 @@ class HFModel(Subject):
 
     def resolve(self, hook_name: str, *, what: str = "cfg.metadata.hook_name") -> str:
         if self.hook_module is not None:
+            if isinstance(self.hook_module, str):
+                self._named.add(hook_name)
+                if len(self._named) > 1:  # e.g. a transcoder's hook_name_out: it must not land on the input
+                    raise ConfigError(
+                        f"hook_module={self.hook_module!r} names one module, but hooks {sorted(self._named)} are "
+                        "asked for; pass a mapping {hook_name: module path} with one entry per hook"
+                    )
             path = self.hook_module.get(hook_name) if isinstance(self.hook_module, Mapping) else self.hook_module
             if path is None:
                 raise ConfigError(
