@@ -2,6 +2,17 @@
 classification path (one forward pass, read P("0") / P("1") off the logits) over generating "0" / "1".
 
     python benchmarks/llm.py [--n 32] [--repeats 3]
+    python benchmarks/llm.py --judge [--latents 6] [--per-latent 8] [--repeats 2]
+
+``--judge``: judgments/s of the local judge before (the old path: prompts evaluated with a fixed thread count equal
+to the CPU count, llama-cpp-python's default, which ``n_threads=multiprocessing.cpu_count()`` reproduces) and after (the
+default ``n_threads=None``: the thread count measured fastest, see ``sae_lens_autointerp/llm/threads.py``), on real
+detection prompts (the detection scorer's own ``messages``, excerpts from the embedded corpus). All clients are
+warm and loaded in this one process; each latent's prompts are sent as the scorer sends them (8 in flight), to
+each path in turn, which goes first rotating, so load from other processes hits all alike. Printed:
+judgments/s of each (and of a fixed single thread, for reference), the before/after ratio (total and the median
+of the per-latent ratios), and the largest difference in P("1") between the paths (0: the thread count does not
+change the logits).
 
 Prompts look like detection-scoring prompts: shared instructions and explanation, then one 32-token text
 excerpt, "Answer 1 or 0". Every path has its own engine and sees the same prompts in the same order (the KV
@@ -54,12 +65,115 @@ async def timed(fn, items):
     return time.perf_counter() - t0, results
 
 
+EXPLANATIONS = (
+    "names of months and seasons",
+    "closing parentheses after a function call",
+    "the word 'return' in descriptions of functions",
+    "plural nouns for objects",
+    "numbers and digits",
+    "error and exception names",
+    "the start of a new sentence",
+    "words about files and paths",
+)
+
+
+def judge_prompts(latents: int, per_latent: int) -> list[list[list[dict[str, str]]]]:
+    """Per latent, detection prompts as the detection scorer writes them (one corpus excerpt each)."""
+    from sae_lens_autointerp.embedded import load_corpus
+    from sae_lens_autointerp.scorers.classification import DetectionScorer
+
+    words = " ".join(load_corpus(max_docs=40)).split()
+    scorer = DetectionScorer()
+    out = []
+    for lat in range(latents):
+        explanation = EXPLANATIONS[lat % len(EXPLANATIONS)] + ("" if lat < len(EXPLANATIONS) else f" ({lat})")
+        batch = []
+        for j in range(per_latent):
+            start = (lat * per_latent + j) * 37 % (len(words) - 24)
+            batch.append(scorer.messages(explanation, [" ".join(words[start : start + 24])]))
+        out.append(batch)
+    return out
+
+
+def judge(args: argparse.Namespace) -> None:
+    import multiprocessing
+
+    from sae_lens_autointerp.llm import get_client
+
+    per_latent = judge_prompts(args.latents, args.per_latent)
+    n = sum(len(p) for p in per_latent) * args.repeats
+
+    async def send(client, prompts):
+        gate = asyncio.Semaphore(8)  # ClassificationScorer's default concurrency
+
+        async def one(m):
+            async with gate:
+                return await client.classify(m, choices=("0", "1"), stage="detection")
+
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*[one(m) for m in prompts])
+        return time.perf_counter() - t0, results
+
+    async def run():
+        fixed = args.n_threads or multiprocessing.cpu_count()
+        clients = {
+            "old": get_client("local", cache=False, n_threads=fixed),
+            "new": get_client("local", cache=False),
+            "one": get_client("local", cache=False, n_threads=1),  # reference: the best fixed count when loaded
+        }
+        for c in clients.values():
+            await c.classify(per_latent[0][0])  # load + warm up
+        spent = dict.fromkeys(clients, 0.0)
+        ratios, worst, k = [], 0.0, 0
+        for _repeat in range(args.repeats):
+            for prompts in per_latent:
+                order = list(clients)[k % 3 :] + list(clients)[: k % 3]  # who goes first rotates
+                k += 1
+                dt, answers = {}, {}
+                for key in order:
+                    dt[key], answers[key] = await send(clients[key], prompts)
+                    spent[key] += dt[key]
+                ratios.append(dt["old"] / dt["new"])
+                for key in ("new", "one"):
+                    for a, b in zip(answers["old"], answers[key]):
+                        worst = max(worst, abs(a.probs["1"] - b.probs["1"]))
+        tuner = clients["new"]._get_engine().tuner
+        uses = dict(tuner.uses) if tuner is not None else {}
+        for c in clients.values():
+            c.close()
+        return fixed, spent, ratios, worst, uses
+
+    fixed, spent, ratios, worst, uses = asyncio.run(run())
+    print(
+        f"local judge, detection prompts: {args.latents} latents x {args.per_latent} x {args.repeats} repeats = {n} "
+        "judgments per path, interleaved latent by latent"
+    )
+    rows = (
+        ("old", f"before: fixed {fixed} threads"),
+        ("new", "after: measured thread count"),
+        ("one", "(reference: fixed 1 thread)"),
+    )
+    for key, label in rows:
+        extra = f"  uses {uses}" if key == "new" else ""
+        print(f"  {label:<32} {n / spent[key]:7.2f} judgments/s ({spent[key]:.1f} s){extra}")
+    print(
+        f"  speedup {spent['old'] / spent['new']:.2f}x (per-latent ratios: median {statistics.median(ratios):.2f}x, "
+        f"range {min(ratios):.2f}-{max(ratios):.2f})   max |P('1') difference| {worst:.1e}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=32, help="prompts per measurement")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--n-threads", type=int, default=None)
+    ap.add_argument("--judge", action="store_true", help="only the judge benchmark (before vs after)")
+    ap.add_argument("--latents", type=int, default=6)
+    ap.add_argument("--per-latent", type=int, default=8)
     args = ap.parse_args()
+    if args.judge:
+        judge(args)
+        return
 
     from sae_lens_autointerp.embedded import gguf_path
     from sae_lens_autointerp.llm import get_client

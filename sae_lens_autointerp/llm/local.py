@@ -23,6 +23,7 @@ import concurrent.futures
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from .base import BaseClient, classify_from_logprobs
 from .errors import BackendUnavailableError, ContextOverflowError
+from .threads import ThreadTuner, thread_options
 from .types import ChatRequest, ChatResponse, ClassifyResult, TokenLogprob, Usage
 
 if TYPE_CHECKING:
@@ -63,9 +65,14 @@ class _Engine:
             n_ctx=n_ctx,
             n_batch=n_batch,
             n_threads=n_threads,
+            n_threads_batch=n_threads,
             logits_all=False,
             verbose=False,
         )
+        # Prompt evaluation's thread count: fixed when given, else measured per call (see threads.py); 1-token
+        # generation steps keep llama-cpp-python's default. The count never changes the logits.
+        self.tuner: ThreadTuner | None = None if n_threads else ThreadTuner(thread_options())
+        self._batch_threads = self.llm.n_threads_batch
         self.n_ctx = min(n_ctx, self.llm.n_ctx())  # llama.cpp may round the window up; buffers use n_ctx
         self.n_batch = self.llm.n_batch
         self.n_vocab = self.llm.n_vocab()
@@ -127,13 +134,26 @@ class _Engine:
             common = 0
         llm.n_tokens = common
         rest = tokens[common:]
+        threads = self._use_batch_threads()
+        t0 = time.perf_counter()
         step = self.n_batch
         start = 0
         while start < len(rest):
             size = step if len(rest) - start != step + 1 else step - 1  # never leave a 1-token last chunk
             llm.eval(rest[start : start + size])
             start += size
+        if self.tuner is not None:
+            self.tuner.record(threads, time.perf_counter() - t0, len(rest))
         return _log_softmax(self._logits()), common
+
+    def _use_batch_threads(self) -> int:
+        if self.tuner is None:
+            return self._batch_threads
+        threads = self.tuner.pick()
+        if threads != self._batch_threads:
+            self.llm._ctx.set_n_threads(self.llm.n_threads, threads)
+            self._batch_threads = threads
+        return threads
 
     # -- calls -----------------------------------------------------------------------------------------
 
@@ -239,7 +259,9 @@ class LlamaCppClient(BaseClient):
 
     Args:
         n_ctx: context window (SmolLM2 was trained with 8192; 2048 keeps memory small).
-        n_threads: CPU threads (default: all cores).
+        n_threads: CPU threads; default ``None``: prompts are evaluated with 1 up to all available cores, the count
+            measured fastest (see :mod:`.threads`: on a loaded machine fewer threads are much faster), with
+            identical logits whatever the count.
         cache, replay, usage: see :class:`BaseClient`.
     """
 
