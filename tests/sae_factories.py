@@ -53,3 +53,25 @@ def make_sae(
             sae.b_enc.fill_(-1.0)
     sae.eval()
     return sae
+
+
+def make_transcoder(d: int, d_sae: int, hook_in: str, hook_out: str):
+    """A SAELens transcoder reading ``hook_in`` and writing ``hook_out`` (random weights)."""
+    from sae_lens.saes import Transcoder, TranscoderConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    metadata = SAEMetadata(hook_name=hook_in, hook_name_out=hook_out, prepend_bos=True)
+    return Transcoder(TranscoderConfig(d_in=d, d_sae=d_sae, d_out=d, apply_b_dec_to_input=False, metadata=metadata))
+
+
+def assert_steered_by_alpha_w_dec(steerer, sae, rows, latent: int, alpha: float):
+    """Steered minus clean activation at the steering hook is ``alpha * W_dec[latent]`` at every position after
+    BOS and nothing at BOS; returns (clean, steered) for further checks."""
+    clean = steerer.activations(rows).float()
+    steered = steerer.activations(rows, latent, alpha).float()
+    w = sae.W_dec[latent].detach().float()
+    for i, r in enumerate(rows):
+        diff = steered[i, : len(r)] - clean[i, : len(r)]
+        assert torch.count_nonzero(diff[0]) == 0  # BOS is never steered
+        torch.testing.assert_close(diff[1:], (alpha * w).expand(len(r) - 1, -1), atol=1e-4, rtol=1e-4)
+    return clean, steered

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import sae_lens_autointerp as sai
-from sae_factories import make_sae
+from sae_factories import assert_steered_by_alpha_w_dec, make_sae
 from sae_lens_autointerp.errors import ConfigError
 from sae_lens_autointerp.harvest.model import ModelAdapter
 from sae_lens_autointerp.steering import NEUTRAL_PROMPTS, Steerer
@@ -99,13 +99,7 @@ def test_steering_adds_exactly_alpha_w_dec(kind, bridge, hf_model, nnsight_model
     steerer = Steerer(model, embedded_sae)
     rows = steerer.encode(NEUTRAL_PROMPTS[:3])
     latent, alpha = 7, 3.5
-    clean = steerer.activations(rows).float()
-    steered = steerer.activations(rows, latent, alpha).float()
-    w = embedded_sae.W_dec[latent].detach().float()
-    for i, r in enumerate(rows):
-        diff = steered[i, : len(r)] - clean[i, : len(r)]
-        assert torch.count_nonzero(diff[0]) == 0  # BOS is never steered
-        torch.testing.assert_close(diff[1:], (alpha * w).expand(len(r) - 1, -1), atol=1e-4, rtol=1e-4)
+    assert_steered_by_alpha_w_dec(steerer, embedded_sae, rows, latent, alpha)
     # The steered logits are the bridge's steered logits: steering lands at the same point of the network.
     reference = Steerer(bridge, embedded_sae)
     ours = steerer.log_probs(rows, latent, alpha)
@@ -122,20 +116,9 @@ def test_remote_nnsight_refuses_steering_before_any_request(nnsight_model, embed
 
 
 def test_transcoder_steers_its_output_hook_on_hf(hf_model):
-    from sae_lens.saes import Transcoder, TranscoderConfig
-    from sae_lens.saes.sae import SAEMetadata
+    from sae_factories import make_transcoder
 
-    sae = Transcoder(
-        TranscoderConfig(
-            d_in=576,
-            d_sae=16,
-            d_out=576,
-            apply_b_dec_to_input=False,
-            metadata=SAEMetadata(
-                hook_name="blocks.2.ln2.hook_normalized", hook_name_out="blocks.2.hook_mlp_out", prepend_bos=True
-            ),
-        )
-    )
+    sae = make_transcoder(576, 16, "blocks.2.ln2.hook_normalized", "blocks.2.hook_mlp_out")
     steerer = Steerer(hf_model, sae)
     assert steerer.hook_point == "model.layers.2.mlp:output"
     rows = steerer.encode(NEUTRAL_PROMPTS[:2])

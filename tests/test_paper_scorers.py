@@ -101,38 +101,21 @@ def test_surprisal_kv_cache_reuse_is_exact():
 def test_steering_changes_only_the_chosen_latent(which, bridge_model, embedded_sae, hooked_model):
     """Steered minus clean activation at the hook is alpha * W_dec[i] at every steered position (none at BOS),
     i.e. the SAE reconstruction with latent i shifted by alpha, plus the unchanged error term."""
-    from sae_factories import make_sae
+    from sae_factories import assert_steered_by_alpha_w_dec, make_sae
 
     if which == "bridge":
         model, sae, latent = bridge_model, embedded_sae, 7
     elif which == "hooked":
         model, sae, latent = hooked_model, make_sae(64, 32, hook="blocks.1.hook_resid_post", seed=3), 5
     else:  # a transcoder writes to its output hook
-        from sae_lens.saes import Transcoder, TranscoderConfig
-        from sae_lens.saes.sae import SAEMetadata
+        from sae_factories import make_transcoder
 
         model, latent = hooked_model, 2
-        sae = Transcoder(
-            TranscoderConfig(
-                d_in=64,
-                d_sae=16,
-                d_out=64,
-                apply_b_dec_to_input=False,
-                metadata=SAEMetadata(
-                    hook_name="blocks.1.hook_resid_mid", hook_name_out="blocks.1.hook_mlp_out", prepend_bos=True
-                ),
-            )
-        )
+        sae = make_transcoder(64, 16, "blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out")
     steerer = Steerer(model, sae)
     rows = steerer.encode(NEUTRAL_PROMPTS[:3])
     alpha = 3.5
-    clean = steerer.activations(rows).float()
-    steered = steerer.activations(rows, latent, alpha).float()
-    w = sae.W_dec[latent].detach().float()
-    for i, r in enumerate(rows):
-        diff = steered[i, : len(r)] - clean[i, : len(r)]
-        assert torch.count_nonzero(diff[0]) == 0  # BOS is never steered
-        torch.testing.assert_close(diff[1:], (alpha * w).expand(len(r) - 1, -1), atol=1e-4, rtol=1e-4)
+    clean, steered = assert_steered_by_alpha_w_dec(steerer, sae, rows, latent, alpha)
     if which != "transcoder":
         # The same statement in SAE terms: decode(f + alpha e_i) + (x - decode(f)), with f = encode(x).
         x = clean[:, 1:]

@@ -34,7 +34,7 @@ with that reason.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from ..errors import ConfigError
@@ -66,28 +66,15 @@ _LLAMA = Family(
     resid_mid="post_attention_layernorm",
     ln2="post_attention_layernorm",
 )
-_GEMMA = Family(
-    "gemma",
-    attn="self_attn",
-    attn_o="self_attn.o_proj",
-    mlp="mlp",
-    mlp_down="mlp.down_proj",
-    resid_mid="post_attention_layernorm",
-    ln2="post_attention_layernorm",
-    norm_offset=1.0,
-)
-_GEMMA2 = Family(
-    "gemma2",
-    attn="self_attn",
-    attn_o="self_attn.o_proj",
-    mlp="mlp",
-    mlp_down="mlp.down_proj",
+_GEMMA = replace(_LLAMA, name="gemma", norm_offset=1.0)
+_GEMMA2 = replace(
+    _GEMMA,
+    name="gemma2",
     resid_mid="pre_feedforward_layernorm",
     ln2="pre_feedforward_layernorm",
     attn_out="post_attention_layernorm",
     mlp_out="post_feedforward_layernorm",
     final_norm=("model.norm", "model.language_model.norm", "language_model.model.norm"),
-    norm_offset=1.0,
 )
 _GPT2 = Family(
     "gpt2",
@@ -177,7 +164,7 @@ def family_of(config: Any) -> Family:
             "TransformerBridge"
         )
     if family is _NEOX and not bool(getattr(cfg, "use_parallel_residual", True)):
-        family = Family(**{**family.__dict__, "resid_mid": "post_attention_layernorm"})
+        family = replace(family, resid_mid="post_attention_layernorm")
     return family
 
 

@@ -210,13 +210,7 @@ class _Sums:
         sums = torch.cat([p[1] for p in self._pending])
         sq = torch.cat([p[2] for p in self._pending])
         self._pending, self._n_pending = [], 0
-        table = self.keys.view(-1)
-        where = torch.searchsorted(table, keys).clamp(max=table.shape[0] - 1)
-        found = table[where] == keys
-        if bool(found.any()):
-            self.tok_sums.view(-1).index_add_(0, where[found], sums[found])
-            self.tok_sq.view(-1).index_add_(0, where[found], sq[found])
-        new = ~found
+        new = self._add_found(keys, sums, sq)
         if bool(new.any()):
             fresh, inverse = torch.unique(keys[new], return_inverse=True)
             fresh_sums = torch.zeros(fresh.shape[0], dtype=torch.float64, device=keys.device)
@@ -239,15 +233,19 @@ class _Sums:
         self.overflow |= other.overflow
         self.dirty = self.dirty or other.dirty
 
-    def _add(self, keys: torch.Tensor, sums: torch.Tensor, sq: torch.Tensor) -> None:
-        """Unique sorted keys with their sums: kept tokens add up, new ones compete for the slots."""
+    def _add_found(self, keys: torch.Tensor, sums: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+        """Add the sums of the keys already in the table (a repeated key adds in order); the mask of the rest."""
         table = self.keys.view(-1)
         where = torch.searchsorted(table, keys).clamp(max=table.shape[0] - 1)
         found = table[where] == keys
         if bool(found.any()):
             self.tok_sums.view(-1).index_add_(0, where[found], sums[found])
             self.tok_sq.view(-1).index_add_(0, where[found], sq[found])
-        new = ~found
+        return ~found
+
+    def _add(self, keys: torch.Tensor, sums: torch.Tensor, sq: torch.Tensor) -> None:
+        """Unique sorted keys with their sums: kept tokens add up, new ones compete for the slots."""
+        new = self._add_found(keys, sums, sq)
         if bool(new.any()):
             self._admit(keys[new], sums[new], sq[new])
 
