@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,7 +47,7 @@ import torch
 import sae_lens_autointerp as sai
 from sae_lens_autointerp import pipeline
 from sae_lens_autointerp.harvest.store import LatentStore
-from sae_lens_autointerp.llm import BaseClient, ChatRequest, ChatResponse, Usage
+from sae_lens_autointerp.llm import BaseClient, ChatRequest, ChatResponse, ClassifyResult, Usage, classify_from_chat
 
 D_SAE = 100_000
 
@@ -57,10 +58,17 @@ class InstantJudge(BaseClient):
     def __init__(self) -> None:
         super().__init__("fake-instant", cache=False)
 
-    async def _chat(self, request: ChatRequest) -> ChatResponse:
+    def answer(self, request: ChatRequest) -> ChatResponse:
         user = request.messages[-1][1]
         text = "1" if " the " in user else "0"
         return ChatResponse(text=text, finish_reason="stop", usage=Usage(len(user) // 4, 1), model="fake-instant")
+
+    async def _chat(self, request: ChatRequest) -> ChatResponse:
+        return self.answer(request)
+
+    async def _classify_batch(self, requests: Sequence[ChatRequest], choices: tuple[str, ...]) -> list[ClassifyResult]:
+        """A whole latent's classifications in one call, each read from its own request."""
+        return [classify_from_chat(self.answer(r), choices) for r in requests]
 
 
 class _Rows:
