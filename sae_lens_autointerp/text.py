@@ -43,6 +43,9 @@ class Renderer:
         self._hidden = np.zeros(max(self._special, default=-1) + 1, dtype=bool)
         self._hidden[[i for i in self._special if i >= 0]] = True
         self._cache: dict[int, str] = {}
+        # token id -> its piece (object array; ``_known`` marks the decoded ids): a window's pieces in one take
+        self._table = np.empty(0, dtype=object)
+        self._known = np.zeros(0, dtype=bool)
         # (dtype, token bytes) -> (kept positions, their pieces, their text): the token-only half of a rendering
         self._windows: dict[tuple[str, bytes], tuple[np.ndarray, tuple[str, ...], str]] = {}
 
@@ -68,16 +71,28 @@ class Renderer:
                 if self._odd_special.size:
                     shown &= ~np.isin(tokens, self._odd_special)
             keep = np.flatnonzero(shown)
-            get = self._cache.get
-            pieces = []
-            for t in tokens[keep].tolist():
-                text = get(t)
-                pieces.append(text if text is not None else self.piece(t))
-            hit = (keep, tuple(pieces), "".join(pieces))
+            pieces = self._pieces(tokens[keep])
+            hit = (keep, pieces, "".join(pieces))
             if len(self._windows) >= WINDOW_CACHE_SIZE:
                 self._windows.clear()
             self._windows[key] = hit
         return hit
+
+    def _pieces(self, ids: np.ndarray) -> tuple[str, ...]:
+        """The pieces of token ids (each decoded once, by :meth:`piece`), as a table look-up."""
+        if ids.size == 0:
+            return ()
+        top = int(ids.max())
+        if top >= self._known.size:  # grow to the largest id seen (at most the vocabulary)
+            size = max(top + 1, 2 * self._known.size)
+            self._table = np.concatenate([self._table, np.empty(size - self._table.size, dtype=object)])
+            self._known = np.concatenate([self._known, np.zeros(size - self._known.size, dtype=bool)])
+        new = ids[~self._known[ids]]
+        if new.size:
+            for t in np.unique(new).tolist():
+                self._table[t] = self.piece(t)
+            self._known[new] = True
+        return tuple(self._table[ids].tolist())
 
     def text(self, example: Example) -> str:
         """``render(example).text`` without the activations (what detection shows)."""
