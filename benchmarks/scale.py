@@ -135,6 +135,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_now_mib() -> float:
+    """The resident set now (the peak may be the warm-up's loading, not the run's)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def part_overhead_one(n: int, n_tokens: int, out: Path) -> dict[str, Any]:
     """One run of ``n`` latents in this process: seconds, latents/s, peak RSS before and after."""
     model, sae = sai.embedded.load_model(), sai.embedded.load_sae()
@@ -155,7 +161,7 @@ def part_overhead_one(n: int, n_tokens: int, out: Path) -> dict[str, Any]:
         out_dir=str(out / "warm"),
         progress=False,
     )
-    rss_before = peak_rss_mib()
+    rss_before, rss_start = peak_rss_mib(), rss_now_mib()
     start = time.perf_counter()
     result = pipeline.run(
         fake_sae,
@@ -181,6 +187,8 @@ def part_overhead_one(n: int, n_tokens: int, out: Path) -> dict[str, Any]:
         "summary_latents": int(summary["n_latents"].sum()),
         "rss_before_mib": round(rss_before, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),
+        "rss_start_mib": round(rss_start, 1),
+        "rss_end_mib": round(rss_now_mib(), 1),
         "results_mib": round((out / "run" / "results.jsonl").stat().st_size / 2**20, 1),
     }
 
@@ -207,10 +215,13 @@ def part_overhead(sizes: list[int], n_tokens: int) -> list[dict[str, Any]]:
             print(json.dumps(row), flush=True)
             rows.append(row)
     base = rows[0]
-    print(f"{'latents':>8} {'s':>8} {'latents/s':>10} {'peak RSS MiB':>13} {'growth':>8}")
+    print(f"{'latents':>8} {'s':>8} {'latents/s':>10} {'peak RSS MiB':>13} {'growth':>8} {'RSS at end':>11}")
     for row in rows:
         growth = (row["peak_rss_mib"] / base["peak_rss_mib"] - 1) * 100
-        print(f"{row['n']:>8} {row['seconds']:>8} {row['latents_per_s']:>10} {row['peak_rss_mib']:>13} {growth:>7.1f}%")
+        print(
+            f"{row['n']:>8} {row['seconds']:>8} {row['latents_per_s']:>10} {row['peak_rss_mib']:>13} {growth:>7.1f}% "
+            f"{row['rss_end_mib']:>11}"
+        )
     return rows
 
 
