@@ -350,3 +350,16 @@ def test_classify_many_counts_cache_hits_usage_and_errors_per_request(tmp_path):
     assert (
         asyncio.run(BatchedEcho(cache=ResponseCache(tmp_path / "fast")).classify(prompts[1])).probs == slow_ok[1].probs
     )
+
+
+def test_heuristic_flags_in_chunks_equal_all_at_once(planted_store, monkeypatch):
+    from sae_lens_autointerp import pipeline
+    from sae_lens_autointerp.config import RunConfig
+
+    latents = list(range(planted_store.d_sae))
+    whole, threshold = pipeline._heuristic_flags(planted_store, latents, RunConfig())
+    monkeypatch.setattr(pipeline, "HEURISTIC_CHUNK", 3)
+    chunked, threshold_c = pipeline._heuristic_flags(planted_store, latents, RunConfig())
+    assert whole is not None and len(whole) == len(latents) and threshold == threshold_c
+    assert json.dumps(chunked, sort_keys=True) == json.dumps(whole, sort_keys=True)
+    assert any(f["flag"] is not None for f in whole.values()) or planted_store.d_sae < 3

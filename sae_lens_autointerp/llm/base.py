@@ -354,7 +354,7 @@ async def classify_all(
     many = getattr(client, "classify_many", None)
     if many is not None:
         return list(await many(prompts, choices, concurrency=concurrency, **params))
-    return await map_bounded(prompts, lambda m: client.classify(m, choices, **params), concurrency)
+    return await map_bounded(prompts, lambda m: client.classify(m, choices=choices, **params), concurrency)
 
 
 @functools.lru_cache(maxsize=256)
