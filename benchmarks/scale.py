@@ -162,7 +162,7 @@ def part_overhead_one(n: int, n_tokens: int, out: Path) -> dict[str, Any]:
         progress=False,
     )
     rss_before, rss_start = peak_rss_mib(), rss_now_mib()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = pipeline.run(
         fake_sae,
         model,
@@ -175,12 +175,14 @@ def part_overhead_one(n: int, n_tokens: int, out: Path) -> dict[str, Any]:
         progress=False,
     )
     table, summary = result.table, result.summary()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     scored = int(table["score"].notna().sum())
     return {
         "n": n,
         "seconds": round(seconds, 2),
         "latents_per_s": round(n / seconds, 1),
+        "cpu_s": round(cpu, 2),  # CPU time of every thread: less moved by other jobs on the machine than wall time
+        "latents_per_cpu_s": round(n / cpu, 1),
         "scored": scored,
         "skipped": len(result.skipped),
         "n_rows": len(table),
