@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,7 +47,7 @@ import torch
 import sae_lens_autointerp as sai
 from sae_lens_autointerp import pipeline
 from sae_lens_autointerp.harvest.store import LatentStore
-from sae_lens_autointerp.llm import BaseClient, ChatRequest, ChatResponse, Usage
+from sae_lens_autointerp.llm import BaseClient, ChatRequest, ChatResponse, ClassifyResult, Usage, classify_from_chat
 
 D_SAE = 100_000
 
@@ -57,10 +58,17 @@ class InstantJudge(BaseClient):
     def __init__(self) -> None:
         super().__init__("fake-instant", cache=False)
 
-    async def _chat(self, request: ChatRequest) -> ChatResponse:
+    def answer(self, request: ChatRequest) -> ChatResponse:
         user = request.messages[-1][1]
         text = "1" if " the " in user else "0"
         return ChatResponse(text=text, finish_reason="stop", usage=Usage(len(user) // 4, 1), model="fake-instant")
+
+    async def _chat(self, request: ChatRequest) -> ChatResponse:
+        return self.answer(request)
+
+    async def _classify_batch(self, requests: Sequence[ChatRequest], choices: tuple[str, ...]) -> list[ClassifyResult]:
+        """A whole latent's classifications in one call, each read from its own request."""
+        return [classify_from_chat(self.answer(r), choices) for r in requests]
 
 
 class _Rows:
@@ -127,6 +135,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_now_mib() -> float:
+    """The resident set now (the peak may be the warm-up's loading, not the run's)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def part_overhead_one(n: int, n_tokens: int, out: Path) -> dict[str, Any]:
     """One run of ``n`` latents in this process: seconds, latents/s, peak RSS before and after."""
     model, sae = sai.embedded.load_model(), sai.embedded.load_sae()
@@ -147,8 +161,8 @@ def part_overhead_one(n: int, n_tokens: int, out: Path) -> dict[str, Any]:
         out_dir=str(out / "warm"),
         progress=False,
     )
-    rss_before = peak_rss_mib()
-    start = time.perf_counter()
+    rss_before, rss_start = peak_rss_mib(), rss_now_mib()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = pipeline.run(
         fake_sae,
         model,
@@ -161,18 +175,22 @@ def part_overhead_one(n: int, n_tokens: int, out: Path) -> dict[str, Any]:
         progress=False,
     )
     table, summary = result.table, result.summary()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     scored = int(table["score"].notna().sum())
     return {
         "n": n,
         "seconds": round(seconds, 2),
         "latents_per_s": round(n / seconds, 1),
+        "cpu_s": round(cpu, 2),  # CPU time of every thread: less moved by other jobs on the machine than wall time
+        "latents_per_cpu_s": round(n / cpu, 1),
         "scored": scored,
         "skipped": len(result.skipped),
         "n_rows": len(table),
         "summary_latents": int(summary["n_latents"].sum()),
         "rss_before_mib": round(rss_before, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),
+        "rss_start_mib": round(rss_start, 1),
+        "rss_end_mib": round(rss_now_mib(), 1),
         "results_mib": round((out / "run" / "results.jsonl").stat().st_size / 2**20, 1),
     }
 
@@ -199,10 +217,13 @@ def part_overhead(sizes: list[int], n_tokens: int) -> list[dict[str, Any]]:
             print(json.dumps(row), flush=True)
             rows.append(row)
     base = rows[0]
-    print(f"{'latents':>8} {'s':>8} {'latents/s':>10} {'peak RSS MiB':>13} {'growth':>8}")
+    print(f"{'latents':>8} {'s':>8} {'latents/s':>10} {'peak RSS MiB':>13} {'growth':>8} {'RSS at end':>11}")
     for row in rows:
         growth = (row["peak_rss_mib"] / base["peak_rss_mib"] - 1) * 100
-        print(f"{row['n']:>8} {row['seconds']:>8} {row['latents_per_s']:>10} {row['peak_rss_mib']:>13} {growth:>7.1f}%")
+        print(
+            f"{row['n']:>8} {row['seconds']:>8} {row['latents_per_s']:>10} {row['peak_rss_mib']:>13} {growth:>7.1f}% "
+            f"{row['rss_end_mib']:>11}"
+        )
     return rows
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .llm.base import classify_all
 from .metrics import Estimate, mover_sum
 from .records import Explanation
 from .sampling import LatentSample, latent_rng
@@ -112,6 +113,10 @@ class RelabelledClient:
     async def classify(self, messages: Any, choices: Sequence[str] = ("0", "1"), **params: Any) -> Any:
         params["stage"] = str(params.get("stage", "default")) + self.suffix
         return await self.inner.classify(messages, choices, **params)
+
+    async def classify_many(self, prompts: Any, choices: Sequence[str] = ("0", "1"), **params: Any) -> list[Any]:
+        params["stage"] = str(params.get("stage", "default")) + self.suffix
+        return await classify_all(self.inner, prompts, choices, **params)
 
     async def aclose(self) -> None:  # the run closes the inner client
         return None

@@ -148,10 +148,13 @@ def heuristic_flags(
 
     starts = _bucket_starts(st["pos_buckets"].long())
     out = []
+    # plain lists first: indexing a tensor element by element costs microseconds per value, per latent
+    pos_r2_l, uni_r2_l, pos_eta2_l, uni_eta2_l = (t.tolist() for t in (pos_r2, uni_r2, pos_eta2, uni_eta2))
+    n_firing_l, complete_l = n_firing.tolist(), complete.tolist()
     for i, latent in enumerate(rows.tolist()):
-        pr, ur = float(pos_r2[i]), float(uni_r2[i])
+        pr, ur = pos_r2_l[i], uni_r2_l[i]
         flag = None
-        if int(n_firing[i]) >= min_firing:
+        if n_firing_l[i] >= min_firing:
             if ur >= threshold and not (pr > ur):
                 flag = "unigram"
             elif pr >= threshold:
@@ -169,10 +172,10 @@ def heuristic_flags(
                 "flag": flag,
                 "positional_r2": pr,
                 "unigram_r2": ur,
-                "positional_eta2": float(pos_eta2[i]),
-                "unigram_eta2": float(uni_eta2[i]),
-                "unigram_complete": bool(complete[i]),
-                "n_firing": int(n_firing[i]),
+                "positional_eta2": pos_eta2_l[i],
+                "unigram_eta2": uni_eta2_l[i],
+                "unigram_complete": bool(complete_l[i]),
+                "n_firing": int(n_firing_l[i]),
                 "tokens": tokens,
                 "token_strings": [tokenizer.decode([t]) for t in tokens] if tokenizer is not None else [],
                 "positions": positions,

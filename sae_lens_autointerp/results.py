@@ -721,8 +721,8 @@ def record_rows(r: Mapping[str, Any]) -> list[dict[str, Any]]:
         metrics = out.get("metrics") or {}
         counts: dict[str, int] = {}
         for a in answers_of(out):
-            if a is not None:
-                key = json.dumps(a, default=str)
+            if a is not None:  # json.dumps(a), without the call for the usual binary answers
+                key = "true" if a is True else "false" if a is False else json.dumps(a, default=str)
                 counts[key] = counts.get(key, 0) + 1
         rows.append(
             {

@@ -189,9 +189,8 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
 
         negatives = RandomNegatives()
     # Every window known to activate the latent, plus the chosen ones: no negative may touch them.
-    avoid = activating_spans(store, latent)
-    for e in shown + test_pos:
-        avoid.add(*e.span(ctx_len))
+    # (built at once: the same merged set as activating_spans() plus one add() per chosen example)
+    avoid = SpanSet([*store.example_spans(latent), *(e.span(ctx_len) for e in (*shown, *test_pos))])
     test_neg, excluded_neg = negatives.draw(store, latent, config.n_test_neg, rng, avoid)
     return LatentSample(
         latent,

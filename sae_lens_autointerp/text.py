@@ -37,10 +37,17 @@ class Renderer:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self._special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        self._special_ids = np.array(sorted(self._special), dtype=np.int64)
+        # shown[token] for token ids below the largest special id (a table look-up, not np.isin per window)
+        # (a negative special id, never seen in practice, would keep the np.isin path)
+        self._odd_special = np.array(sorted(i for i in self._special if i < 0), dtype=np.int64)
+        self._hidden = np.zeros(max(self._special, default=-1) + 1, dtype=bool)
+        self._hidden[[i for i in self._special if i >= 0]] = True
         self._cache: dict[int, str] = {}
-        # (dtype, token bytes) -> (kept positions, their pieces): the token-only half of a rendering
-        self._windows: dict[tuple[str, bytes], tuple[np.ndarray, tuple[str, ...]]] = {}
+        # token id -> its piece (object array; ``_known`` marks the decoded ids): a window's pieces in one take
+        self._table = np.empty(0, dtype=object)
+        self._known = np.zeros(0, dtype=bool)
+        # (dtype, token bytes) -> (kept positions, their pieces, their text): the token-only half of a rendering
+        self._windows: dict[tuple[str, bytes], tuple[np.ndarray, tuple[str, ...], str]] = {}
 
     def piece(self, token: int) -> str:
         text = self._cache.get(token)
@@ -49,29 +56,50 @@ class Renderer:
             self._cache[token] = text
         return text
 
-    def window(self, tokens: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
-        """The positions of ``tokens`` that are shown (not padding, not special) and their text pieces."""
+    def window(self, tokens: np.ndarray) -> tuple[np.ndarray, tuple[str, ...], str]:
+        """The positions of ``tokens`` that are shown (not padding, not special), their text pieces and the
+        pieces joined (``RenderedExample.text``)."""
         tokens = np.asarray(tokens)
         key = (tokens.dtype.str, tokens.tobytes())  # the dtype too: equal bytes of another width are other ids
         hit = self._windows.get(key)
         if hit is None:
             shown = tokens != PAD_TOKEN
             if self._special:
-                shown &= ~np.isin(tokens, self._special_ids)
+                hidden = self._hidden
+                low = (tokens >= 0) & (tokens < hidden.size)
+                shown[low] &= ~hidden[tokens[low]]
+                if self._odd_special.size:
+                    shown &= ~np.isin(tokens, self._odd_special)
             keep = np.flatnonzero(shown)
-            get = self._cache.get
-            pieces = []
-            for t in tokens[keep].tolist():
-                text = get(t)
-                pieces.append(text if text is not None else self.piece(t))
-            hit = (keep, tuple(pieces))
+            pieces = self._pieces(tokens[keep])
+            hit = (keep, pieces, "".join(pieces))
             if len(self._windows) >= WINDOW_CACHE_SIZE:
                 self._windows.clear()
             self._windows[key] = hit
         return hit
 
+    def _pieces(self, ids: np.ndarray) -> tuple[str, ...]:
+        """The pieces of token ids (each decoded once, by :meth:`piece`), as a table look-up."""
+        if ids.size == 0:
+            return ()
+        top = int(ids.max())
+        if top >= self._known.size:  # grow to the largest id seen (at most the vocabulary)
+            size = max(top + 1, 2 * self._known.size)
+            self._table = np.concatenate([self._table, np.empty(size - self._table.size, dtype=object)])
+            self._known = np.concatenate([self._known, np.zeros(size - self._known.size, dtype=bool)])
+        new = ids[~self._known[ids]]
+        if new.size:
+            for t in np.unique(new).tolist():
+                self._table[t] = self.piece(t)
+            self._known[new] = True
+        return tuple(self._table[ids].tolist())
+
+    def text(self, example: Example) -> str:
+        """``render(example).text`` without the activations (what detection shows)."""
+        return self.window(example.tokens)[2]
+
     def render(self, example: Example) -> RenderedExample:
-        keep, pieces = self.window(example.tokens)
+        keep, pieces, _ = self.window(example.tokens)
         # float64 is exact for the stored float32 / float16 activations: the same values as float(x) of each
         acts = np.asarray(example.activations, dtype=np.float64)[keep]
         return RenderedExample(

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from answer_key import AnswerKey, AnswerKeyClient
 from sae_lens_autointerp import metrics
 from sae_lens_autointerp.harvest.store import PAD_TOKEN, Example
+from sae_lens_autointerp.llm import BaseClient, ChatRequest, ClassifyResult, LLMConnectionError, LLMError, Usage
+from sae_lens_autointerp.llm.cache import ResponseCache
 from sae_lens_autointerp.negatives import silent_windows
-from sae_lens_autointerp.sampling import activating_spans
+from sae_lens_autointerp.sampling import SamplingConfig, activating_spans
 from sae_lens_autointerp.scorers.common import map_bounded
 from sae_lens_autointerp.spans import SpanSet
 from sae_lens_autointerp.text import RenderedExample, Renderer
@@ -196,3 +205,161 @@ def test_cached_z_equals_scipy_and_bad_levels_still_raise():
         for _ in range(2):
             with pytest.raises(ValueError):
                 metrics.wilson(3, 10, bad)
+
+
+# -- the batched classification path ---------------------------------------------------------------------
+
+
+class FaultyKey(AnswerKeyClient):
+    """FAKE judge: the answer key, with labelled faults chosen from each request's own text: some answers are
+    refusals (a failed judgment), and on latent ``broken`` some requests fail in transport."""
+
+    def __init__(self, key: AnswerKey, broken: int | None = None) -> None:
+        super().__init__(key, eps=0.1)
+        self.broken = broken
+        self.batch_sizes: list[int] = []
+
+    async def _classify(self, request: ChatRequest, choices: tuple[str, ...]) -> ClassifyResult:
+        digest = hashlib.sha256(repr(request.messages).encode()).digest()[0]
+        if request.latent == self.broken and digest % 4 == 0:
+            raise LLMConnectionError("FAKE transport fault")
+        if digest % 9 == 0:
+            return ClassifyResult(choices, None, {c: None for c in choices}, False, "generation", Usage(7, 1), "no")
+        return await super()._classify(request, choices)
+
+
+class BatchedFaultyKey(FaultyKey):
+    """The same judge answering a whole batch in one call (errors in their slots, as a backend returns them)."""
+
+    async def _classify_batch(
+        self, requests: Sequence[ChatRequest], choices: tuple[str, ...]
+    ) -> list[ClassifyResult | BaseException]:
+        self.batch_sizes.append(len(requests))
+        out: list[ClassifyResult | BaseException] = []
+        for request in requests:
+            try:
+                out.append(await self._classify(request, choices))
+            except LLMError as exc:
+                out.append(exc)
+        return out
+
+
+def _records(folder: Path) -> list[dict]:
+    records = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+    for r in records:
+        r.pop("seconds", None)  # wall time, the one field that may differ
+    return sorted(records, key=lambda r: (r["latent"], "incomplete" in r))
+
+
+@pytest.mark.parametrize("broken", [None, 1])
+def test_batched_classification_gives_the_per_request_records_usage_and_failures(
+    planted, planted_store, bridge_model, tmp_path, broken
+):
+    key = AnswerKey(planted, planted_store, bridge_model)
+    outs = {}
+    for name, cls in (("slow", FaultyKey), ("fast", BatchedFaultyKey)):
+        client = cls(key, broken)
+        result = planted.sae.score(
+            bridge_model,
+            store=planted_store,
+            explanations=planted.explanations,
+            scorers=["detection", "fuzzing"],
+            llm=client,
+            sampling=SamplingConfig(n_explain=10, n_test_pos=30, n_test_neg=30),
+            out_dir=tmp_path / name,
+            progress=False,
+            max_consecutive_failures=100,
+        )
+        outs[name] = (result, client, _records(tmp_path / name))
+    (slow, slow_client, slow_records), (fast, fast_client, fast_records) = outs["slow"], outs["fast"]
+    assert not slow_client.batches_classify and fast_client.batches_classify
+    assert fast_client.batch_sizes and max(fast_client.batch_sizes) > 1  # the batched path did run
+    assert slow_records == fast_records  # every score, prediction, control and per-latent usage
+    pd.testing.assert_frame_equal(slow.table, fast.table)
+    assert slow_client.usage.by_stage() == fast_client.usage.by_stage()
+    assert slow.skipped == fast.skipped and getattr(slow, "incomplete", None) == getattr(fast, "incomplete", None)
+    n_failed = sum(int(out["n_failed"]) for r in fast_records for out in (r.get("scores") or {}).values())
+    assert n_failed > 0  # the refusals were counted, not dropped
+    failures = sum(t.failures for t in fast_client.usage.by_stage().values())
+    if broken is None:
+        assert all("incomplete" not in r for r in fast_records)
+    else:
+        assert any(r.get("incomplete") and r["latent"] == broken for r in fast_records)
+        assert failures > n_failed  # the transport faults too, one per request
+
+
+class Echo(BaseClient):
+    """FAKE judge: P("1") from the length of the request's text; ``bad`` texts fail in transport."""
+
+    def __init__(self, cache: Any = False) -> None:
+        super().__init__("echo", cache=cache)
+        self.sent: list[str] = []
+
+    async def _classify(self, request: ChatRequest, choices: tuple[str, ...]) -> ClassifyResult:
+        text = request.messages[-1][1]
+        self.sent.append(text)
+        if "bad" in text:
+            raise LLMConnectionError(f"FAKE fault on {text}")
+        p = (len(text) % 10) / 10
+        probs = {"0": 1 - p, "1": p}
+        return ClassifyResult(choices, probs, {c: None for c in choices}, True, "top_logprobs", Usage(len(text), 1))
+
+    async def _batch(self, requests: Sequence[ChatRequest], choices: tuple[str, ...]) -> list[Any]:
+        out: list[Any] = []
+        for r in requests:
+            try:
+                out.append(await self._classify(r, choices))
+            except LLMError as exc:
+                out.append(exc)
+        return out
+
+
+class BatchedEcho(Echo):
+    async def _classify_batch(self, requests: Sequence[ChatRequest], choices: tuple[str, ...]) -> list[Any]:
+        return await self._batch(requests, choices)
+
+
+def test_classify_many_counts_cache_hits_usage_and_errors_per_request(tmp_path):
+    prompts = [[{"role": "user", "content": t}] for t in ["a", "bb", "bad 1", "ccc", "bad 2", "a"]]
+
+    async def go(client: Echo) -> tuple[list[Any], BaseException | None]:
+        ok = await client.classify_many([p for p in prompts if "bad" not in p[0]["content"]], stage="s", latent=3)
+        try:
+            await client.classify_many(prompts, stage="s", latent=4)
+        except LLMError as exc:
+            return ok, exc
+        return ok, None
+
+    runs = {}
+    for name, cls in (("slow", Echo), ("fast", BatchedEcho)):
+        client = cls(cache=ResponseCache(tmp_path / name))
+        ok, err = asyncio.run(go(client))
+        again, _ = asyncio.run(go(client))  # the second time, the good ones come from the cache
+        runs[name] = (client, ok, err, again)
+    (slow, slow_ok, slow_err, slow_again), (fast, fast_ok, fast_err, fast_again) = runs["slow"], runs["fast"]
+    assert fast.batches_classify and not slow.batches_classify
+    assert [r.probs for r in fast_ok] == [r.probs for r in slow_ok] == [r.probs for r in fast_again]
+    assert [r.probs for r in slow_again] == [r.probs for r in fast_again]
+    assert str(fast_err) == str(slow_err) == "FAKE fault on bad 1"  # the first in prompt order, after all ran
+    # the same requests reached the backend: the repeated "a" once (then from the cache), the bad ones each time
+    assert sorted(fast.sent) == sorted(slow.sent) == ["a", "bad 1", "bad 1", "bad 2", "bad 2", "bb", "ccc"]
+    assert fast.usage.by_latent() == slow.usage.by_latent()
+    totals = fast.usage.total()
+    assert totals.failures == 4 and totals.cache_hits > 0  # 2 bad requests x 2 calls; hits per request
+    # the per-request call sees what the batch cached
+    assert (
+        asyncio.run(BatchedEcho(cache=ResponseCache(tmp_path / "fast")).classify(prompts[1])).probs == slow_ok[1].probs
+    )
+
+
+def test_heuristic_flags_in_chunks_equal_all_at_once(planted_store, monkeypatch):
+    from sae_lens_autointerp import pipeline
+    from sae_lens_autointerp.config import RunConfig
+
+    latents = list(range(planted_store.d_sae))
+    whole, threshold = pipeline._heuristic_flags(planted_store, latents, RunConfig())
+    monkeypatch.setattr(pipeline, "HEURISTIC_CHUNK", 3)
+    chunked, threshold_c = pipeline._heuristic_flags(planted_store, latents, RunConfig())
+    assert whole is not None and len(whole) == len(latents) and threshold == threshold_c
+    assert json.dumps(chunked, sort_keys=True) == json.dumps(whole, sort_keys=True)
+    assert any(f["flag"] is not None for f in whole.values()) or planted_store.d_sae < 3

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .cache import ResponseCache, resolve_cache
+from .concurrency import map_bounded
 from .errors import BudgetExceeded, CacheMissError, LLMConnectionError, LLMError, MalformedResponseError
 from .types import (
     ChatRequest,
@@ -115,20 +116,85 @@ class BaseClient:
         A refusal or an answer that is none of the choices gives a result with ``ok == False`` (counted as a
         failure in usage); transport errors raise."""
         choices_t = _checked_choices(tuple(choices))
-        request = ChatRequest.build(
-            messages,
-            temperature=0.0,
-            max_tokens=1,
-            seed=seed,
-            logprobs=True,
-            top_logprobs=CLASSIFY_TOP_LOGPROBS,
-            stage=stage,
-            latent=latent,
-        )
+        request = _classify_request(messages, seed, stage, latent)
         payload = {"messages": request.messages, "choices": choices_t}
         result = await self._through_cache("classify", payload, request, lambda: self._classify(request, choices_t))
         assert isinstance(result, ClassifyResult)
         return result
+
+    async def classify_many(
+        self,
+        prompts: Sequence[Sequence[Message]],
+        choices: Sequence[str] = ("0", "1"),
+        *,
+        seed: int | None = None,
+        stage: str = "default",
+        latent: int | None = None,
+        concurrency: int = 8,
+    ) -> list[ClassifyResult]:
+        """``[await self.classify(p, choices, ...) for p in prompts]``: the same results, cache entries, usage
+        and failures per request; every request runs to the end, then the first error (in prompt order)
+        raises. A backend with ``_classify_batch`` gets all the cache misses in one call; otherwise requests go
+        one by one, ``concurrency`` in flight. With a budget they always go one by one: the budget holds a
+        request's worst case while it is in flight, and a batch would hold them all at once."""
+        choices_t = _checked_choices(tuple(choices))
+        if not self.batches_classify or self.usage.has_budget:
+            return await map_bounded(
+                prompts, lambda m: self.classify(m, choices_t, seed=seed, stage=stage, latent=latent), concurrency
+            )
+        requests = [_classify_request(m, seed, stage, latent) for m in prompts]
+        slots: list[Any] = [None] * len(requests)
+        keys: list[str | None] = [None] * len(requests)
+        payloads: list[dict[str, Any]] = [{"messages": r.messages, "choices": choices_t} for r in requests]
+        pending: list[int] = []
+        first: dict[str, int] = {}  # cache key -> the pending request that sends it
+        repeats: list[int] = []  # the same request again: a cache hit once the first one is answered
+        for i, request in enumerate(requests):
+            try:
+                hit, keys[i] = self._lookup("classify", payloads[i], request, count_miss=False)
+                if hit is None and keys[i] in first:
+                    repeats.append(i)
+                    continue
+                if hit is None:
+                    self._miss("classify", request)
+                    self._fail_fast(request)
+            except LLMError as exc:
+                slots[i] = _Failed(exc)
+                continue
+            if hit is None:
+                pending.append(i)
+                if keys[i] is not None:
+                    first[keys[i]] = i  # type: ignore[index]
+            else:
+                slots[i] = hit
+        if pending:
+            try:
+                answers: Sequence[Any] = await self._classify_batch([requests[i] for i in pending], choices_t)
+                if len(answers) != len(pending):
+                    raise MalformedResponseError(f"{self.name} answered {len(answers)} of {len(pending)} requests")
+            except LLMError as exc:  # the whole call failed: so did each of its requests
+                answers = [exc] * len(pending)
+            for i, answer in zip(pending, answers):
+                try:
+                    slots[i] = self._settle("classify", payloads[i], requests[i], keys[i], answer)
+                except Exception as exc:  # as classify's caller would see it, once every request is settled
+                    slots[i] = _Failed(exc)
+        for i in repeats:  # as one request after another would find them: in the cache, or sent again
+            try:
+                slots[i] = await self._through_cache(
+                    "classify", payloads[i], requests[i], functools.partial(self._classify, requests[i], choices_t)
+                )
+            except Exception as exc:
+                slots[i] = _Failed(exc)
+        for slot in slots:
+            if isinstance(slot, _Failed):
+                raise slot.error
+        return slots
+
+    @property
+    def batches_classify(self) -> bool:
+        """Whether this backend answers many classifications in one call (it overrides ``_classify_batch``)."""
+        return type(self)._classify_batch is not BaseClient._classify_batch
 
     async def aclose(self) -> None:
         """Release connections / engines. The client must not be used afterwards."""
@@ -149,6 +215,14 @@ class BaseClient:
         response = await self._chat(request)
         return classify_from_chat(response, choices)
 
+    async def _classify_batch(
+        self, requests: Sequence[ChatRequest], choices: tuple[str, ...]
+    ) -> Sequence[ClassifyResult | BaseException]:
+        """Many classifications in one call: one result or exception per request, in order (an
+        :class:`LLMError` counts as that request's failure; any other exception propagates). Override it where
+        the backend takes a list of prompts; :meth:`classify_many` does the cache and usage per request."""
+        raise NotImplementedError
+
     def seed_for(self, request: ChatRequest) -> int:
         """The request's seed, or one derived from its content (never a global RNG)."""
         if request.seed is not None:
@@ -159,26 +233,9 @@ class BaseClient:
     # -- internals -------------------------------------------------------------------------------------
 
     async def _through_cache(self, kind: str, payload: dict[str, Any], request: ChatRequest, call: Any) -> Any:
-        cache = self.cache
-        key = None
-        if cache is not None:
-            key = cache.key(self.cache_namespace, kind, payload)
-            hit = cache.get(key)
-            if hit is not None:
-                try:
-                    result = response_from_json(hit)
-                except (KeyError, TypeError, ValueError):
-                    result = None  # an entry from an incompatible version: treat as a miss
-                if result is not None:
-                    self.usage.record(self.name, request.stage, request.latent, result.usage, cached=True)
-                    return result
-            if cache.mode == "replay":
-                self.usage.record_failure(self.name, request.stage, request.latent)
-                raise CacheMissError(
-                    f"replay-only mode: no cached {kind} answer from {self.cache_namespace!r} for this request "
-                    f"(stage {request.stage!r}, latent {request.latent}) in {cache.root}; run once with the "
-                    "cache in 'readwrite' mode to record it"
-                )
+        hit, key = self._lookup(kind, payload, request)
+        if hit is not None:
+            return hit
         self._fail_fast(request)
         reservation = None
         if self.usage.has_budget:  # without a budget there is nothing to hold (and nothing to estimate)
@@ -186,25 +243,70 @@ class BaseClient:
                 self.name, request.stage, estimate_prompt_tokens(request.messages), request.max_tokens
             )
         try:
-            result = await call()
-        except LLMError as exc:
-            self.usage.record_failure(self.name, request.stage, request.latent)
-            if isinstance(exc, (LLMConnectionError, MalformedResponseError)) and not isinstance(exc, BudgetExceeded):
-                self._transport_failures += 1
-                self._last_transport_failure = (time.monotonic(), str(exc))
-            raise
+            try:
+                result = await call()
+            except LLMError as exc:
+                return self._settle(kind, payload, request, key, exc)
         finally:
             self.usage.release(reservation)
+        return self._settle(kind, payload, request, key, result)
+
+    def _lookup(
+        self, kind: str, payload: dict[str, Any], request: ChatRequest, count_miss: bool = True
+    ) -> tuple[Any, str | None]:
+        """(the cached answer or None, the cache key); a hit is counted as a cached request. ``count_miss``:
+        a miss goes through :meth:`_miss` here (else the caller calls it)."""
+        cache = self.cache
+        if cache is None:
+            return None, None
+        key = cache.key(self.cache_namespace, kind, payload)
+        hit = cache.get(key)
+        if hit is not None:
+            try:
+                result = response_from_json(hit)
+            except (KeyError, TypeError, ValueError):
+                result = None  # an entry from an incompatible version: treat as a miss
+            if result is not None:
+                self.usage.record(self.name, request.stage, request.latent, result.usage, cached=True)
+                return result, key
+        if count_miss:
+            self._miss(kind, request)
+        return None, key
+
+    def _miss(self, kind: str, request: ChatRequest) -> None:
+        """A cache miss: in replay mode a failure that raises :class:`CacheMissError`."""
+        cache = self.cache
+        if cache is not None and cache.mode == "replay":
+            self.usage.record_failure(self.name, request.stage, request.latent)
+            raise CacheMissError(
+                f"replay-only mode: no cached {kind} answer from {self.cache_namespace!r} for this request "
+                f"(stage {request.stage!r}, latent {request.latent}) in {cache.root}; run once with the "
+                "cache in 'readwrite' mode to record it"
+            )
+
+    def _settle(self, kind: str, payload: dict[str, Any], request: ChatRequest, key: str | None, outcome: Any) -> Any:
+        """Count what the backend gave for one request (an answer, or an :class:`LLMError` that is re-raised;
+        any other exception propagates uncounted, as a bug) and cache an answer."""
+        if isinstance(outcome, LLMError):
+            self.usage.record_failure(self.name, request.stage, request.latent)
+            if isinstance(outcome, (LLMConnectionError, MalformedResponseError)) and not isinstance(
+                outcome, BudgetExceeded
+            ):
+                self._transport_failures += 1
+                self._last_transport_failure = (time.monotonic(), str(outcome))
+            raise outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
         self._transport_failures = 0
-        self.usage.record(self.name, request.stage, request.latent, result.usage)
-        failed = result.refused if isinstance(result, ChatResponse) else not result.ok
+        self.usage.record(self.name, request.stage, request.latent, outcome.usage)
+        failed = outcome.refused if isinstance(outcome, ChatResponse) else not outcome.ok
         if failed:
             self.usage.record_failure(self.name, request.stage, request.latent)
-        if cache is not None and key is not None:
-            cache.put(
-                key, response_to_json(result), {"model": self.cache_namespace, "kind": kind, **_jsonable(payload)}
+        if self.cache is not None and key is not None:
+            self.cache.put(
+                key, response_to_json(outcome), {"model": self.cache_namespace, "kind": kind, **_jsonable(payload)}
             )
-        return result
+        return outcome
 
     def _fail_fast(self, request: ChatRequest) -> None:
         last = self._last_transport_failure
@@ -215,6 +317,44 @@ class BaseClient:
             f"not sent: the last {self._transport_failures} requests to {self.cache_namespace} failed (last: {last[1]}); "
             f"failing fast for {FAIL_FAST_FOR_S:.0f} s"
         )
+
+
+def _classify_request(messages: Sequence[Message], seed: int | None, stage: str, latent: int | None) -> ChatRequest:
+    return ChatRequest.build(
+        messages,
+        temperature=0.0,
+        max_tokens=1,
+        seed=seed,
+        logprobs=True,
+        top_logprobs=CLASSIFY_TOP_LOGPROBS,
+        stage=stage,
+        latent=latent,
+    )
+
+
+class _Failed:
+    """A request's error in :meth:`BaseClient.classify_many`'s slots, raised once every request is settled."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+async def classify_all(
+    client: Any,
+    prompts: Sequence[Sequence[Message]],
+    choices: Sequence[str] = ("0", "1"),
+    *,
+    concurrency: int = 8,
+    **params: Any,
+) -> list[ClassifyResult]:
+    """``client.classify_many`` where the client has it, else its ``classify`` per prompt (a plain
+    :class:`~.types.LLMClient`), ``concurrency`` in flight: the same results either way."""
+    many = getattr(client, "classify_many", None)
+    if many is not None:
+        return list(await many(prompts, choices, concurrency=concurrency, **params))
+    return await map_bounded(prompts, lambda m: client.classify(m, choices=choices, **params), concurrency)
 
 
 @functools.lru_cache(maxsize=256)

@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -309,6 +310,22 @@ class LlamaCppClient(BaseClient):
 
     async def _classify(self, request: ChatRequest, choices: tuple[str, ...]) -> ClassifyResult:
         return await self._run(_Engine.classify, request, choices)
+
+    async def _classify_batch(
+        self, requests: Sequence[ChatRequest], choices: tuple[str, ...]
+    ) -> list[ClassifyResult | BaseException]:
+        """One trip to the engine's thread for many classifications (each evaluated as on its own)."""
+
+        def each(engine: _Engine) -> list[ClassifyResult | BaseException]:
+            out: list[ClassifyResult | BaseException] = []
+            for request in requests:
+                try:
+                    out.append(engine.classify(request, choices))
+                except Exception as exc:  # in its slot: the other requests still get their answers
+                    out.append(exc)
+            return out
+
+        return await self._run(each)
 
     async def aclose(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.close)

@@ -238,17 +238,19 @@ class UsageTracker:
 
     # -- recording -------------------------------------------------------------------------------------
 
-    def _rows(self, model: str, stage: str, latent: int | None) -> list[UsageTotals]:
+    def _rows(self, model: str, stage: str, latent: int | None) -> tuple[UsageTotals, ...]:
+        # get before creating: setdefault(k, UsageTotals()) would build a row per request to throw away
         row = self._latent.get((stage, latent))
         if row is None:
             row = self._latent[(stage, latent)] = UsageTotals()
             self._per_latent.setdefault(latent, {})[stage] = row
-        return [
-            self._total,
-            self._stage.setdefault(stage, UsageTotals()),
-            row,
-            self._model.setdefault(model, UsageTotals()),
-        ]
+        stage_row = self._stage.get(stage)
+        if stage_row is None:
+            stage_row = self._stage[stage] = UsageTotals()
+        model_row = self._model.get(model)
+        if model_row is None:
+            model_row = self._model[model] = UsageTotals()
+        return self._total, stage_row, row, model_row
 
     def record(self, model: str, stage: str, latent: int | None, usage: Usage, *, cached: bool = False) -> None:
         """Count one finished request (``cached=True``: served from the response cache, cost nothing)."""

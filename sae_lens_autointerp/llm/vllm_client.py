@@ -25,6 +25,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,18 +128,29 @@ class VLLMClient(BaseClient):
                 self._thread = threading.Thread(target=self._worker, name="vllm-worker", daemon=True)
                 self._thread.start()
 
-    async def _submit(self, kind: str, request: ChatRequest, choices: tuple[str, ...] = ()) -> Any:
+    def _enqueue(self, kind: str, request: ChatRequest, choices: tuple[str, ...] = ()) -> asyncio.Future[Any]:
         self._ensure_worker()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.put(_Job(kind, request, self.seed_for(request), choices, future, loop))
-        return await future
+        return future
+
+    async def _submit(self, kind: str, request: ChatRequest, choices: tuple[str, ...] = ()) -> Any:
+        return await self._enqueue(kind, request, choices)
 
     async def _chat(self, request: ChatRequest) -> ChatResponse:
         return await self._submit("chat", request)
 
     async def _classify(self, request: ChatRequest, choices: tuple[str, ...]) -> ClassifyResult:
         return await self._submit("classify", request, choices)
+
+    async def _classify_batch(
+        self, requests: Sequence[ChatRequest], choices: tuple[str, ...]
+    ) -> list[ClassifyResult | BaseException]:
+        """Every request queued at once, so the worker's ``generate`` calls take them in batches of
+        ``max_batch`` (one result or error per request)."""
+        futures = [self._enqueue("classify", r, choices) for r in requests]
+        return list(await asyncio.gather(*futures, return_exceptions=True))
 
     async def aclose(self) -> None:
         thread = self._thread

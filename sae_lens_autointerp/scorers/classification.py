@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ..llm.base import classify_all
 from ..llm.types import ClassifyResult
 from ..metrics import binary_metrics
 from ..records import Context, Explanation, ScorerOutput, template_id
@@ -117,43 +118,38 @@ class ClassificationScorer:
         assert ctx.llm is not None
         if len(batch) == 1:
             res = await ctx.llm.classify(messages, choices=("0", "1"), stage=self.name, latent=latent)
-            if res.ok:
-                p, source = classify_probability(res)
-                preds, probs = [res.prob("1") >= 0.5], [p]
-            else:
-                error = res.error
-        else:
-            for attempt in range(2):
-                resp = await ctx.llm.chat(
-                    messages,
-                    max_tokens=4 * len(batch) + 8,
-                    logprobs=True,
-                    top_logprobs=5,
-                    stage=self.name,
-                    latent=latent,
-                    temperature=0.0 if attempt == 0 else RETRY_TEMPERATURE,
-                    seed=None if attempt == 0 else attempt,
-                )
-                if resp.refused:
-                    error = f"refused: {resp.refusal or resp.finish_reason}"
-                    break
-                preds = parse_binary_list(resp.text, len(batch))
-                if preds is not None:
-                    graded = digit_probabilities(resp.logprobs, len(batch))
-                    source = "one-hot" if graded is None else "top_logprobs"
-                    probs = list(graded) if graded is not None else [None] * len(batch)
-                    break
-                error = f"unparseable answer: {resp.text[:80]!r}"
-                messages = [
-                    *messages,
-                    {"role": "assistant", "content": resp.text},
-                    {
-                        "role": "user",
-                        "content": (
-                            f"That was not a list of {len(batch)} digits. " + self.question_many.format(n=len(batch))
-                        ),
-                    },
-                ]
+            return [_one_prediction(batch[0], res)]
+        for attempt in range(2):
+            resp = await ctx.llm.chat(
+                messages,
+                max_tokens=4 * len(batch) + 8,
+                logprobs=True,
+                top_logprobs=5,
+                stage=self.name,
+                latent=latent,
+                temperature=0.0 if attempt == 0 else RETRY_TEMPERATURE,
+                seed=None if attempt == 0 else attempt,
+            )
+            if resp.refused:
+                error = f"refused: {resp.refusal or resp.finish_reason}"
+                break
+            preds = parse_binary_list(resp.text, len(batch))
+            if preds is not None:
+                graded = digit_probabilities(resp.logprobs, len(batch))
+                source = "one-hot" if graded is None else "top_logprobs"
+                probs = list(graded) if graded is not None else [None] * len(batch)
+                break
+            error = f"unparseable answer: {resp.text[:80]!r}"
+            messages = [
+                *messages,
+                {"role": "assistant", "content": resp.text},
+                {
+                    "role": "user",
+                    "content": (
+                        f"That was not a list of {len(batch)} digits. " + self.question_many.format(n=len(batch))
+                    ),
+                },
+            ]
         return [
             {
                 "token_id": it.token_id,
@@ -195,8 +191,16 @@ class ClassificationScorer:
 
         # Transport errors (and the budget) propagate once every request has finished: what was answered is
         # in the response cache, and the latent is redone, not scored from a partial set of answers.
-        results = await map_bounded(batches, run, self.concurrency)
-        predictions: list[dict[str, Any]] = [p for res in results for p in res]
+        predictions: list[dict[str, Any]]
+        if k == 1:  # one classification per example: all of them at once, for backends that take a batch
+            prompts = [self.messages(explanation.text, [it.text]) for it in items]
+            answers = await classify_all(
+                ctx.llm, prompts, ("0", "1"), stage=self.name, latent=sample.latent, concurrency=self.concurrency
+            )
+            predictions = [_one_prediction(it, res) for it, res in zip(items, answers, strict=True)]
+        else:
+            results = await map_bounded(batches, run, self.concurrency)
+            predictions = [p for res in results for p in res]
         labels = [p["label"] for p in predictions]
         answered = [p["prediction"] for p in predictions]
         graded = [p["probability"] for p in predictions]
@@ -263,6 +267,25 @@ class ClassificationScorer:
         }
 
 
+def _one_prediction(it: Item, res: ClassifyResult) -> dict[str, Any]:
+    """The prediction of a one-example prompt from its classification."""
+    if res.ok:
+        p, source = classify_probability(res)
+        prediction: bool | None = bool(res.prob("1") >= 0.5)
+        error = None
+    else:
+        p, source, prediction, error = None, None, None, res.error
+    return {
+        "token_id": it.token_id,
+        "label": it.label,
+        "quantile": it.quantile,
+        "prediction": prediction,
+        "probability": None if prediction is None or p is None else float(p),
+        "prob_source": None if prediction is None else source,
+        "error": error,
+    }
+
+
 def _finite(x: float | None) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
@@ -276,11 +299,11 @@ class DetectionScorer(ClassificationScorer):
     )
 
     def items(self, sample: LatentSample, ctx: Context, rng: np.random.Generator) -> list[Item]:
-        out = []
-        for ex in sample.test:
-            r = ctx.renderer.render(ex)
-            out.append(Item(r.text.replace("\n", "\\n"), bool(r.label), ex.token_id, r.quantile))
-        return out
+        text = ctx.renderer.text  # render(ex).text: only the tokens are shown here, never the activations
+        return [
+            Item(text(ex).replace("\n", "\\n"), bool(ex.extra.get("label")), ex.token_id, ex.extra.get("quantile"))
+            for ex in sample.test
+        ]
 
 
 FUZZ_QUESTION_ONE = (

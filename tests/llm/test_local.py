@@ -121,3 +121,18 @@ async def test_response_cache_and_usage(tmp_path):
     assert s["explain"].requests == 1 and s["explain"].cache_hits == 1
     assert s["detection"].requests == 1 and s["detection"].cache_hits == 1
     c.close()
+
+
+async def test_a_batch_of_classifications_equals_one_at_a_time(local):
+    """``classify_many`` takes the engine's thread once for the lot: the same numbers and usage per request."""
+    prompts = [
+        [{"role": "user", "content": f"Does the text mention a month? Answer 1 or 0.\nText: {t}"}]
+        for t in ("We met in January.", "The cat sat.", "May I come in?", "Dinner at eight.")
+    ]
+    assert local.batches_classify
+    one = [await local.classify(p, stage="one", latent=5) for p in prompts]
+    many = await local.classify_many(prompts, stage="many", latent=5)
+    assert [k.probs for k in many] == [k.probs for k in one] and all(k.ok for k in many)
+    s = local.usage.by_stage()
+    assert s["many"].requests == s["one"].requests == 4
+    assert s["many"].prompt_tokens == s["one"].prompt_tokens

@@ -22,6 +22,7 @@ async def main():
     conc = await asyncio.gather(*[c.chat([{"role": "user", "content": f"Say the number {i}."}], max_tokens=6,
                                          stage="detection", latent=i) for i in range(12)])
     k = await c.classify(Q, stage="detection", latent=0)
+    many = await c.classify_many([Q, Q, Q], stage="many", latent=0)  # queued at once: the worker batches them
     a = await c.chat(Q, max_tokens=8, temperature=1.0, seed=7)
     b = await c.chat(Q, max_tokens=8, temperature=1.0, seed=7)
     # per-request sampling parameters inside one batch: greedy and sampled requests side by side
@@ -32,7 +33,7 @@ async def main():
         "text": first.text, "finish": first.finish_reason, "usage": first.usage.__dict__,
         "n_logprobs": len(first.logprobs), "top": first.logprobs[0].top_logprobs,
         "conc": [r.text for r in conc], "batches": c.batches,
-        "probs": k.probs, "exact": k.exact, "method": k.method,
+        "probs": k.probs, "exact": k.exact, "method": k.method, "many": [m.probs for m in many],
         "seeded_same": a.text == b.text, "mixed": [m.text for m in mixed], "mixed_tokens": [m.usage.completion_tokens for m in mixed],
         "greedy": first.text, "sampled": a.text,
         "stages": {s: t.requests for s, t in usage.by_stage().items()},
@@ -67,4 +68,5 @@ def test_vllm_in_process(embedded_model_dir):
     assert out["seeded_same"]
     assert out["mixed"][0] == out["greedy"] and out["mixed"][1] == out["sampled"]
     assert out["mixed_tokens"][2] <= 3
-    assert out["stages"] == {"explain": 1, "detection": 13, "default": 5}
+    assert all(abs(m["1"] - out["probs"]["1"]) < 1e-4 for m in out["many"]) and len(out["many"]) == 3
+    assert out["stages"] == {"explain": 1, "detection": 13, "many": 3, "default": 5}
