@@ -31,6 +31,7 @@
 Run:  python benchmarks/harvest.py --many [--n-tokens 8192] [--repeats 2]
       python benchmarks/harvest.py --long-rss 1000000,4000000 [--d-sae 16384]
       python benchmarks/harvest.py --backend bridge,hf,nnsight [--hook blocks.28.hook_resid_post --d-sae 2048]
+                                   [--delphi]   (each backend's harvest against delphi's LatentCache too)
       python benchmarks/harvest.py [--n-tokens 32768] [--d-sae 16384] [--repeats 2] [--delphi]
       python benchmarks/harvest.py --hook blocks.28.hook_resid_post --d-sae 2048 --n-tokens 16384 --delphi
 Model: the embedded SmolLM2-135M (TransformerBridge, 30 layers); SAE: the embedded SAE (blocks.3.hook_resid_post),
@@ -307,9 +308,11 @@ def bare(kind: str, model, sae, tokens: torch.Tensor, batch: int) -> dict[str, f
             envoy = model
             for part in point.module.split("."):
                 envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+            from nnsight import save
+
             for i in range(0, len(tokens), batch):
                 with model.trace(tokens[i : i + batch]) as tracer:
-                    act = envoy.output.save()
+                    act = save(envoy.output)
                     tracer.stop()
                 sae.encode(act)
     return rates(tokens.numel(), start)
@@ -327,12 +330,14 @@ def backends(args: argparse.Namespace, bridge, sae, tokens: torch.Tensor) -> Non
         ours(models[kind], sae, tokens[: args.batch_size * 2], args.batch_size)
         bare(kind, models[kind], sae, tokens[: args.batch_size * 2], args.batch_size)
     runs: dict[str, dict[str, list[dict[str, float]]]] = {k: {"bare": [], "ours": []} for k in kinds}
-    reference = []
+    reference, delphi = [], []
     for _ in range(args.repeats):  # interleaved so drift hits all alike
         reference.append(baseline(bridge, sae, tokens, args.batch_size))
         for kind in kinds:
             runs[kind]["bare"].append(bare(kind, models[kind], sae, tokens, args.batch_size))
             runs[kind]["ours"].append(ours(models[kind], sae, tokens, args.batch_size))
+        if args.delphi:  # a fresh process, on the same HF weights, SAE and tokens
+            delphi.append(run_child(args, "--child-delphi", args.n_tokens))
     print("tokens/s per repeat (wall clock), and the ratios per repeat (min-max):")
     walls = lambda runs: ", ".join(f"{x['wall']:6.0f}" for x in runs)  # noqa: E731
     print(f"  {'bridge bare forward (reference)':<34} {walls(reference)}")
@@ -345,6 +350,9 @@ def backends(args: argparse.Namespace, bridge, sae, tokens: torch.Tensor) -> Non
         vs_own = span([a["wall"] / b["wall"] for a, b in zip(mine, own)])
         vs_ref = span([a["wall"] / b["wall"] for a, b in zip(mine, reference)])
         print(f"ratio {kind:<8} harvest / its bare forward {vs_own}x | harvest / bridge bare forward {vs_ref}x")
+        if delphi:
+            vs_delphi = span([a["wall"] / b["wall"] for a, b in zip(mine, delphi)])
+            print(f"ratio {kind:<8} harvest / delphi LatentCache {vs_delphi}x (delphi: {walls(delphi)} tok/s)")
 
 
 def ours(model, sae, tokens: torch.Tensor, batch: int) -> dict[str, float]:
@@ -577,7 +585,12 @@ def main() -> None:
         return
     model, sae, tokens, info = setup(args)
     if args.backend:
-        backends(args, model, sae, tokens[: -(-args.n_tokens // args.ctx_len)])
+        args.inputs = tempfile.mkdtemp(prefix="bench-harvest-inputs-")
+        try:
+            save_inputs(args.inputs, sae, tokens)
+            backends(args, model, sae, tokens[: -(-args.n_tokens // args.ctx_len)])
+        finally:
+            shutil.rmtree(args.inputs, ignore_errors=True)
         return
     args.inputs = tempfile.mkdtemp(prefix="bench-harvest-inputs-")
     try:

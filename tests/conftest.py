@@ -7,6 +7,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# nnsight mounts .save on every object of the process unless told not to (PYMOUNT), which breaks beartype
+# (imported by SAEBench in the plugin tests of the same session); our code never needs the mount.
+os.environ.setdefault("NNSIGHT_CONFIG", os.path.join(os.path.dirname(__file__), "nnsight_config.yaml"))
 
 import pytest
 import torch

@@ -115,11 +115,12 @@ def test_remote_nnsight_refuses_steering_before_any_request(nnsight_model, embed
         Steerer(remote, embedded_sae)
 
 
-def test_transcoder_steers_its_output_hook_on_hf(hf_model):
+@pytest.mark.parametrize("kind", ["hf", "nnsight"])
+def test_transcoder_steers_its_output_hook(kind, bridge, hf_model, nnsight_model):
     from sae_factories import make_transcoder
 
     sae = make_transcoder(576, 16, "blocks.2.ln2.hook_normalized", "blocks.2.hook_mlp_out")
-    steerer = Steerer(hf_model, sae)
+    steerer = Steerer(_kind_model(kind, bridge, hf_model, nnsight_model), sae)
     assert steerer.hook_point == "model.layers.2.mlp:output"
     rows = steerer.encode(NEUTRAL_PROMPTS[:2])
     diff = steerer.activations(rows, 3, 2.0).float() - steerer.activations(rows).float()
@@ -199,12 +200,13 @@ def _tiny(family: str, vocab: int):
         ),
         "gemma2": lambda: T.Gemma2Config(head_dim=16, pad_token_id=0, **llama_like, **common),
         "gemma3_text": lambda: T.Gemma3TextConfig(head_dim=16, pad_token_id=0, **llama_like, **common),
+        "llama": lambda: T.LlamaConfig(**llama_like, **common),
         "qwen2": lambda: T.Qwen2Config(**llama_like, **common),
         "qwen3": lambda: T.Qwen3Config(head_dim=16, **llama_like, **common),
     }[family]()
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "gemma2", "gemma3_text", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "gemma2", "gemma3_text", "llama", "qwen2", "qwen3"])
 def test_hook_map_matches_the_bridge_on_every_family(family, smol_tokenizer, tmp_path):
     """A small random model of each family, saved and booted as a TransformerBridge: every mapped hook of the
     plain HF model gives the bridge's activation (GPT-2's bridge reorders float sums: 1e-6)."""
@@ -288,3 +290,21 @@ def test_a_whole_run_on_a_hf_model(hf_model, embedded_sae, corpus, tmp_path):
     for latent in fired:  # the same promoted tokens as through the bridge's W_U and ln_final
         ours = [t for t, _ in decoder["latents"][str(latent)]["promoted"]]
         assert ours == [t for t, _ in bridge_view[latent]["promoted"]]
+
+
+def test_nnsight_is_never_imported_behind_the_users_back():
+    """Importing nnsight mounts .save on every object of the process; resolving a non-nnsight model must not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, transformers as T\n"
+        "from sae_lens_autointerp.harvest.subjects import as_subject\n"
+        "m = T.GPT2LMHeadModel(T.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64))\n"
+        "try:\n    as_subject(m)\n"  # every kind is checked, nnsight's included; then no tokenizer to load
+        "except Exception as e:\n    print(type(e).__name__)\n"
+        "print('nnsight' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines() == ["ConfigError", "False"]

@@ -19,11 +19,11 @@ hook functions ``fn(activation) -> replacement | None`` at those points. A hook 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import re
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -491,12 +491,14 @@ class NNsightModel(Subject):
         """Save every point's tensor in one remote trace, then run the hooks here on what came back."""
         if logits:
             raise ConfigError("a remote nnsight model is read here through saved hook tensors only, not logits")
+        from nnsight import save  # the function, not value.save(): that one needs nnsight's PYMOUNT
+
         envoys = [(point, self._envoy(self.hf.point(point).module)) for point, _ in ordered]
         saved: list[Any] = []
         with self.model.trace(ids, remote=True) as tracer:
             for point, envoy in envoys:
                 value = envoy.output if self.hf.point(point).io == "output" else envoy.input
-                saved.append(value.save())
+                saved.append(save(value))
             tracer.stop()
         for (point, fns), (_, envoy), value in zip(ordered, envoys, saved):
             for fn in fns:
@@ -675,12 +677,14 @@ def _make_subject(model: Any) -> Subject:
     )
 
 
-@functools.cache
 def _nnsight_base() -> type | None:
-    try:
-        from nnsight import Envoy
-    except ImportError:
+    """nnsight's model base class, only when nnsight is already imported (an nnsight model implies it): importing
+    nnsight mounts ``.save`` on every object of the process (its PYMOUNT setting), which a library must not
+    do behind its user's back (it breaks beartype, which SAEBench uses)."""
+    if "nnsight" not in sys.modules:
         return None
+    from nnsight import Envoy
+
     return Envoy
 
 
