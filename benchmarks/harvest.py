@@ -32,6 +32,7 @@ Run:  python benchmarks/harvest.py --many [--n-tokens 8192] [--repeats 2]
       python benchmarks/harvest.py --long-rss 1000000,4000000 [--d-sae 16384]
       python benchmarks/harvest.py --backend bridge,hf,nnsight [--hook blocks.28.hook_resid_post --d-sae 2048]
                                    [--delphi]   (each backend's harvest against delphi's LatentCache too)
+      python benchmarks/harvest.py --profile hf [--n-tokens 16384] [--hook ... --d-sae 2048]   (where the time goes)
       python benchmarks/harvest.py [--n-tokens 32768] [--d-sae 16384] [--repeats 2] [--delphi]
       python benchmarks/harvest.py --hook blocks.28.hook_resid_post --d-sae 2048 --n-tokens 16384 --delphi
 Model: the embedded SmolLM2-135M (TransformerBridge, 30 layers); SAE: the embedded SAE (blocks.3.hook_resid_post),
@@ -318,6 +319,40 @@ def bare(kind: str, model, sae, tokens: torch.Tensor, batch: int) -> dict[str, f
     return rates(tokens.numel(), start)
 
 
+#: (label, file, function) of the parts --profile reports, by cumulative time.
+PROFILE_PARTS = (
+    ("forward to the hook (capture_many)", "model.py", "capture_many"),
+    ("sae.encode", "sae.py", "encode"),  # topk_sae.py, standard_sae.py, ...
+    ("statistics update", "stats.py", "update"),
+    ("  sample windows (enter)", "stats.py", "enter"),
+    ("  token / position sums", "stats.py", "_update_sums"),
+    ("  random-window pool", "stats.py", "_update_pool"),
+    ("  token-table flush", "stats.py", "flush"),
+    ("prepare (store keys, width check)", "jobs.py", "prepare_jobs"),
+    ("finish (canonical order, save)", "jobs.py", "finish"),
+)
+
+
+def profile(args: argparse.Namespace, bridge, sae, tokens: torch.Tensor) -> None:  # type: ignore[no-untyped-def]
+    """Where one harvest's time goes (cProfile, after a warm-up harvest), through the --profile backend."""
+    import cProfile
+    import pstats
+
+    model = backend_model(args.profile, bridge)
+    ours(model, sae, tokens[: args.batch_size * 2], args.batch_size)  # warm-up (and the cached weight digest)
+    prof = cProfile.Profile()
+    start = time.perf_counter()
+    prof.enable()
+    ours(model, sae, tokens, args.batch_size)
+    prof.disable()
+    wall = time.perf_counter() - start
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    print(f"profile: {args.profile}, hook {sae.cfg.metadata.hook_name}, {tokens.numel()} tokens, {wall:.2f} s wall")
+    for label, file, name in PROFILE_PARTS:
+        cum = sum(v[3] for (f, _, n), v in stats.items() if n == name and f.endswith(file))
+        print(f"  {label:<36} {cum:7.2f} s")
+
+
 def backends(args: argparse.Namespace, bridge, sae, tokens: torch.Tensor) -> None:  # type: ignore[no-untyped-def]
     kinds = [k.strip() for k in args.backend.split(",") if k.strip()]
     models = {kind: backend_model(kind, bridge) for kind in kinds}
@@ -553,6 +588,7 @@ def main() -> None:
     parser.add_argument("--delphi", action="store_true", help="also run delphi's LatentCache (eai-delphi)")
     parser.add_argument("--many", action="store_true", help="4 SAEs in one pass (harvest_many) vs 4 passes")
     parser.add_argument("--backend", default=None, help="comma list of bridge, hf, nnsight: harvest through each")
+    parser.add_argument("--profile", default=None, help="bridge, hf or nnsight: where one harvest's time goes")
     parser.add_argument(
         "--many-hooks",
         default=",".join(f"blocks.{layer}.hook_resid_post" for layer in (26, 27, 28, 29)),
@@ -584,6 +620,9 @@ def main() -> None:
         many(args)
         return
     model, sae, tokens, info = setup(args)
+    if args.profile:
+        profile(args, model, sae, tokens[: -(-args.n_tokens // args.ctx_len)])
+        return
     if args.backend:
         args.inputs = tempfile.mkdtemp(prefix="bench-harvest-inputs-")
         try:
