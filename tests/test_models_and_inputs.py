@@ -91,6 +91,38 @@ def test_dataset_forms_give_the_same_tokens(bridge_model, bridge_sae, corpus_tex
     assert txt.n_sequences == 6
 
 
+def test_pretokenized_forms_give_the_tensors_store(bridge_model, bridge_sae, corpus_texts, tmp_path):
+    """SAELens's pre-tokenized datasets (a ``tokens`` / ``input_ids`` column of ids): each row is one sequence, used
+    as is (its BOS kept), the same store as the same ids passed as a tensor."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    ref = bridge_sae.autointerp.harvest(bridge_model, corpus_texts[:6], store_dir=tmp_path / "ref", **TINY)
+    rows = np.asarray(ref.tokens).astype(np.int64).tolist()
+    tensor = bridge_sae.autointerp.harvest(bridge_model, torch.tensor(rows), store_dir=tmp_path / "tensor", **TINY)
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"input_ids": r, "id": i}) + "\n" for i, r in enumerate(rows)))
+    pq.write_table(pa.table({"tokens": rows}), tmp_path / "t.parquet")
+    for name, data, extra in [
+        ("hf input_ids", Dataset.from_dict({"input_ids": rows}), {}),
+        ("hf tokens", Dataset.from_dict({"tokens": rows, "text": ["unused"] * len(rows)}), {"text_column": "tokens"}),
+        ("hf torch format", Dataset.from_dict({"tokens": rows}).with_format("torch"), {}),
+        ("jsonl", tmp_path / "t.jsonl", {}),
+        ("parquet", tmp_path / "t.parquet", {}),
+    ]:
+        store = bridge_sae.autointerp.harvest(bridge_model, data, store_dir=tmp_path / name, **TINY, **extra)
+        assert np.array_equal(np.asarray(store.tokens), np.asarray(tensor.tokens)), name
+        for key, value in tensor.stats.items():
+            assert torch.equal(store.stats[key], value), (name, key)
+    # Rows longer than ctx_len are cut to it, as SAELens does, with a warning naming the fix.
+    long_rows = [r + r[1:] for r in rows]
+    with pytest.warns(UserWarning, match=r"rows hold 63 tokens but ctx_len=32.*pass ctx_len=63"):
+        cut = bridge_sae.autointerp.harvest(
+            bridge_model, Dataset.from_dict({"input_ids": long_rows}), store_dir=tmp_path / "cut", **TINY
+        )
+    assert np.array_equal(np.asarray(cut.tokens), np.asarray(tensor.tokens))
+
+
 class TestBadInput:
     """Each error names the problem and the fix, and comes before any model forward."""
 
@@ -126,6 +158,18 @@ class TestBadInput:
 
         with pytest.raises(ConfigError, match=r"no column 'text'.*\['content'\].*text_column"):
             bridge_sae.autointerp.harvest(bridge_model, Dataset.from_dict({"content": ["x"]}), **TINY)
+
+    def test_pretokenized_ids_of_another_tokenizer(self, bridge_model, bridge_sae, monkeypatch):
+        from datasets import Dataset
+
+        rows = [[1] + [100] * 31, [1] + [60_000] * 31]  # SmolLM2's vocabulary is 49,152 ids
+        model_forward = type(bridge_model).forward
+        with pytest.raises(ConfigError, match=r"sequence 1 holds ids from 1 to 60000.*0\.\.49151.*another model"):
+            bridge_sae.autointerp.harvest(bridge_model, Dataset.from_dict({"input_ids": rows}), **TINY)
+        monkeypatch.setattr(type(bridge_model), "forward", lambda *a, **k: pytest.fail("forward before the check"))
+        with pytest.raises(ConfigError, match=r"sequence 0 holds ids from 1 to 60000"):
+            bridge_sae.autointerp.harvest(bridge_model, Dataset.from_dict({"input_ids": rows[::-1]}), **TINY)
+        monkeypatch.setattr(type(bridge_model), "forward", model_forward)
 
     def test_ctx_len_too_long(self, smol_tokenizer, corpus_texts):
         model = make_hooked("HookedTransformer", smol_tokenizer)  # n_ctx = 96

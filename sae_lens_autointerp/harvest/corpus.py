@@ -5,6 +5,12 @@ or a ``datasets.Dataset`` / ``IterableDataset`` object,
 a local ``.txt`` / ``.jsonl`` / ``.json`` / ``.parquet`` file or a folder of them, a list of strings, or a
 tensor of token ids (``[n_seq, seq_len]`` used as is, or 1-D, cut into sequences).
 
+Pre-tokenized data (SAELens's pre-tokenized datasets, ``sae_lens pretokenize`` output): a Hugging Face dataset,
+``.jsonl`` or ``.parquet`` whose rows hold token ids, in ``text_column`` or, when that column is absent, in
+``tokens`` or ``input_ids`` (the columns SAELens's ``ActivationsStore`` reads). Each row is one sequence, cut to
+``ctx_len`` as SAELens does (the rest of a longer row is dropped, with a warning) and used as is: the BOS and
+separators pretokenizing added are kept, none is added. Rows stream, so the corpus never sits in memory.
+
 Documents are tokenized without special tokens, joined with the separator token (EOS) and cut into
 sequences of ``ctx_len`` tokens; when the SAE was trained with ``prepend_bos`` each sequence starts with
 BOS. The last, shorter sequence is kept (padded and masked later), never dropped.
@@ -16,8 +22,9 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -34,6 +41,8 @@ CorpusLike: TypeAlias = (
 )
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
+#: Columns of pre-tokenized rows, looked for in this order when ``text_column`` is not in the data (as SAELens).
+TOKEN_COLUMNS = ("tokens", "input_ids")
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
 
@@ -49,6 +58,13 @@ class CorpusSpec:
     streaming: bool
     dataset_config: str | None
     fingerprint: dict[str, Any]
+    #: Set when the rows hold token ids (pre-tokenized data): the column they are read from.
+    token_column: str | None = None
+
+    @property
+    def column(self) -> str:
+        """The column rows are read from: the token column of pre-tokenized data, else ``text_column``."""
+        return self.token_column or self.text_column
 
 
 def resolve_corpus(
@@ -94,14 +110,16 @@ def resolve_corpus(
     if _is_hf_dataset(dataset):
         fingerprint = getattr(dataset, "_fingerprint", None) or repr(dataset)
         spec = CorpusSpec("hf", dataset, fingerprint={"hf_object": str(fingerprint), "column": text_column}, **common)
-        _check_hf_column(spec)
-        return spec
+        return _check_hf_column(spec)
     if isinstance(dataset, (str, os.PathLike)):
         path = Path(dataset).expanduser()
         if path.exists():
             files = _data_files(path)
-            spec = CorpusSpec("files", files, fingerprint=_files_fingerprint(files, text_column), **common)
-            first = next(iter(_iter_documents(spec)), None)
+            token_column = _file_token_column(files[0], text_column)
+            column = token_column or text_column
+            fingerprint = _files_fingerprint(files, column)
+            spec = CorpusSpec("files", files, fingerprint=fingerprint, token_column=token_column, **common)
+            first = next(iter(_iter_rows(spec)), None)
             if first is None:
                 raise ConfigError(f"the corpus at {path} holds no text; point at a non-empty file")
             return spec
@@ -113,8 +131,7 @@ def resolve_corpus(
             fingerprint={"hf": str(dataset), "config": dataset_config, "split": split, "column": text_column},
             **common,
         )
-        _check_hf_column(spec)
-        return spec
+        return _check_hf_column(spec)
     raise ConfigError(
         f"dataset must be a Hugging Face dataset name, a local path, a list of strings or a tensor of token "
         f"ids, got {type(dataset).__name__}"
@@ -168,34 +185,88 @@ def _open_hf(spec: CorpusSpec, streaming: bool) -> Any:
         ) from exc
 
 
-def _check_hf_column(spec: CorpusSpec) -> None:
+def _check_hf_column(spec: CorpusSpec) -> CorpusSpec:
+    """The spec, told where the rows' text or token ids are (from the first row)."""
     name = spec.source if isinstance(spec.source, str) else type(spec.source).__name__
     first = next(iter(_open_hf(spec, streaming=True)), None)
     if first is None:
         raise ConfigError(f"dataset {name!r} (split {spec.split!r}) is empty")
-    if spec.text_column not in first:
+    column = _row_column(first, spec.text_column)
+    if column is None:
         raise ConfigError(
-            f"dataset {name!r} has no column {spec.text_column!r}; its columns are {sorted(first)}. "
-            "Pass text_column=..."
+            f"dataset {name!r} has no column {spec.text_column!r} (nor a pre-tokenized {' or '.join(TOKEN_COLUMNS)}); "
+            f"its columns are {sorted(first)}. Pass text_column=..."
         )
+    if not _holds_tokens(first[column]):
+        return spec
+    return replace(spec, token_column=column, fingerprint={**spec.fingerprint, "column": column})
+
+
+def _row_column(row: Mapping[str, Any], text_column: str) -> str | None:
+    """``text_column`` if the row has it, else the first pre-tokenized column it has (None: neither)."""
+    if text_column in row:
+        return text_column
+    return next((c for c in TOKEN_COLUMNS if c in row), None)
+
+
+def _holds_tokens(value: Any) -> bool:
+    """Whether a row's value is a sequence of token ids (pre-tokenized) rather than text."""
+    if isinstance(value, str) or value is None:
+        return False
+    if isinstance(value, torch.Tensor):
+        return not value.dtype.is_floating_point
+    if hasattr(value, "dtype") and hasattr(value, "tolist"):  # a numpy array
+        return value.dtype.kind in "iu"
+    return isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def _file_token_column(path: Path, text_column: str) -> str | None:
+    """The token column of a pre-tokenized ``.jsonl`` / ``.parquet`` file (from its first row), else None."""
+    if path.suffix in TEXT_SUFFIXES:
+        return None
+    if path.suffix in JSONL_SUFFIXES:
+        with path.open(encoding="utf-8") as fh:
+            line = next((line for line in fh if line.strip()), None)
+        try:
+            row = json.loads(line) if line is not None else None
+        except json.JSONDecodeError:
+            return None  # reported with its line number when the rows are read
+        if not isinstance(row, dict):
+            return None
+    else:
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        batch = next(pf.iter_batches(batch_size=1), None)
+        if batch is None:
+            return None
+        row = {name: batch.column(i)[0].as_py() for i, name in enumerate(batch.schema.names)}
+    column = _row_column(row, text_column)
+    return column if column is not None and _holds_tokens(row[column]) else None
 
 
 def _iter_documents(spec: CorpusSpec) -> Iterator[str]:
+    yield from (str(text) for text in _iter_rows(spec))
+
+
+def _iter_rows(spec: CorpusSpec) -> Iterator[Any]:
+    """Each row's non-empty value in ``spec.column``: a text, or the token ids of pre-tokenized data."""
     if spec.kind == "texts":
         yield from (doc for doc in spec.source if doc)
     elif spec.kind == "files":
         for path in spec.source:
-            yield from _iter_file(path, spec.text_column)
+            yield from _iter_file(path, spec.column)
     elif spec.kind == "hf":
+        column = spec.column
         for row in _open_hf(spec, streaming=spec.streaming):
-            text = row[spec.text_column]
-            if text:
-                yield text
+            value = row[column]
+            if value is not None and len(value):
+                yield value
     else:  # pragma: no cover - tokens never reach here
         raise AssertionError(spec.kind)
 
 
-def _iter_file(path: Path, text_column: str) -> Iterator[str]:
+def _iter_file(path: Path, text_column: str) -> Iterator[Any]:
     if path.suffix in TEXT_SUFFIXES:
         # Paragraph by paragraph, so a huge file never sits in memory at once.
         with path.open(encoding="utf-8", errors="replace") as fh:
@@ -223,7 +294,7 @@ def _iter_file(path: Path, text_column: str) -> Iterator[str]:
                         f"{path}:{lineno} has no field {text_column!r} (it has {keys}); pass text_column=..."
                     )
                 if row[text_column]:
-                    yield str(row[text_column])
+                    yield row[text_column]
     else:
         import pyarrow.parquet as pq
 
@@ -233,9 +304,9 @@ def _iter_file(path: Path, text_column: str) -> Iterator[str]:
                 f"{path} has no column {text_column!r}; its columns are {pf.schema_arrow.names}. Pass text_column=..."
             )
         for batch in pf.iter_batches(columns=[text_column], batch_size=1024):
-            for text in batch.column(0).to_pylist():
-                if text:
-                    yield str(text)
+            for value in batch.column(0).to_pylist():
+                if value:
+                    yield value
 
 
 def iter_sequences(
@@ -251,6 +322,9 @@ def iter_sequences(
     """Yield token sequences of exactly ``ctx_len`` ids, except possibly the last one (shorter)."""
     if spec.kind == "tokens":
         yield from _token_tensor_sequences(spec.source, ctx_len)
+        return
+    if spec.token_column is not None:
+        yield from _pretokenized_sequences(spec, ctx_len)
         return
     bos: list[int] = [bos_id] if prepend_bos and bos_id is not None else []
     body = ctx_len - len(bos)
@@ -275,6 +349,26 @@ def iter_sequences(
             del buffer[: n_full * body]  # one copy per document, not one per sequence
     if buffer:
         yield bos + buffer
+
+
+def _pretokenized_sequences(spec: CorpusSpec, ctx_len: int) -> Iterator[list[int]]:
+    """One sequence per pre-tokenized row, cut to ``ctx_len`` (as SAELens's ActivationsStore does)."""
+    warned = False
+    for row in _iter_rows(spec):
+        ids = row.tolist() if hasattr(row, "tolist") else list(row)
+        if not _holds_tokens(ids):
+            raise ConfigError(
+                f"a row of the pre-tokenized column {spec.token_column!r} holds {type(row).__name__} values that "
+                "are not all integer token ids; fix the data or pass text_column=... naming a text column"
+            )
+        if len(ids) > ctx_len and not warned:
+            warnings.warn(
+                f"the pre-tokenized rows hold {len(ids)} tokens but ctx_len={ctx_len}: each row is cut to "
+                f"{ctx_len} and the rest dropped (as SAELens does); pass ctx_len={len(ids)} to read whole rows",
+                stacklevel=2,
+            )
+            warned = True
+        yield ids[:ctx_len]
 
 
 def _token_tensor_sequences(tokens: torch.Tensor, ctx_len: int) -> Iterator[list[int]]:

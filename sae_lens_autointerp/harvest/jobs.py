@@ -121,6 +121,8 @@ def prepare_jobs(
                 f"0..{vocab - 1}; tokenize with the model's own tokenizer"
             )
     ctx = next(iter(lens.values()))
+    if corpus.token_column is not None:  # pre-tokenized rows stream: the first is checked now, each later as read
+        next(sequence_stream(corpus, next(iter(adapters.values())), ctx), None)
     if not 1 <= settings["example_len"] <= ctx:
         raise ConfigError(f"example_len must be between 1 and ctx_len={ctx}, got {settings['example_len']}")
     if settings["peak_offset"] is None:
@@ -217,7 +219,24 @@ def sequence_stream(corpus: CorpusSpec, adapter: ModelAdapter, ctx_len: int, ski
     for _ in range(skip):
         if next(sequences, None) is None:
             break
+    if corpus.token_column is not None:
+        return _checked(sequences, adapter.subject.d_vocab, skip)
     return sequences
+
+
+def _check_token_ids(ids: list[int], vocab: int, index: int) -> None:
+    """Refuse a pre-tokenized sequence with ids the model cannot embed (another tokenizer's data)."""
+    if ids and (min(ids) < 0 or max(ids) >= vocab):
+        raise ConfigError(
+            f"pre-tokenized sequence {index} holds ids from {min(ids)} to {max(ids)}, but this model's vocabulary "
+            f"is 0..{vocab - 1}: the data was tokenized for another model; pretokenize with this model's tokenizer"
+        )
+
+
+def _checked(sequences: Iterator[list[int]], vocab: int, start: int) -> Iterator[list[int]]:
+    for index, ids in enumerate(sequences, start):
+        _check_token_ids(ids, vocab, index)
+        yield ids
 
 
 @dataclass
