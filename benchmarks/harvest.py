@@ -26,7 +26,9 @@
    from 1M to 4M). The model is a small random HookedTransformer (2 layers, d_model 64, SmolLM2's vocabulary)
    so that millions of tokens take minutes on a CPU; what grows with tokens is ours (statistics, samples,
    token file, checkpoints), not the model's. The SAE: a random StandardSAE (--d-sae, default 16384) whose
-   latents fire on ~1% of tokens; the tokens: seeded random ids.
+   latents fire on ~1% of tokens; the tokens: seeded random ids in rows of --ctx-len, read as a long harvest
+   reads its corpus, streamed from a pre-tokenized parquet file (written first, by the parent); with
+   --tensor-input they are a tensor built in the child instead (8 bytes a token, held by the caller).
 
 Run:  python benchmarks/harvest.py --many [--n-tokens 8192] [--repeats 2]
       python benchmarks/harvest.py --long-rss 1000000,4000000 [--d-sae 16384]
@@ -364,34 +366,46 @@ def backends(args: argparse.Namespace, bridge, sae, tokens: torch.Tensor) -> Non
     for kind in kinds:  # warm-up
         ours(models[kind], sae, tokens[: args.batch_size * 2], args.batch_size)
         bare(kind, models[kind], sae, tokens[: args.batch_size * 2], args.batch_size)
-    runs: dict[str, dict[str, list[dict[str, float]]]] = {k: {"bare": [], "ours": []} for k in kinds}
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {k: {"bare": [], "ours": [], "inline": []} for k in kinds}
     reference, delphi = [], []
     for _ in range(args.repeats):  # interleaved so drift hits all alike
         reference.append(baseline(bridge, sae, tokens, args.batch_size))
         for kind in kinds:
             runs[kind]["bare"].append(bare(kind, models[kind], sae, tokens, args.batch_size))
             runs[kind]["ours"].append(ours(models[kind], sae, tokens, args.batch_size))
+            if args.inline_too:  # the same harvest with the statistics folded in the main thread
+                runs[kind]["inline"].append(ours(models[kind], sae, tokens, args.batch_size, overlap=False))
         if args.delphi:  # a fresh process, on the same HF weights, SAE and tokens
             delphi.append(run_child(args, "--child-delphi", args.n_tokens))
     print("tokens/s per repeat (wall clock), and the ratios per repeat (min-max):")
     walls = lambda runs: ", ".join(f"{x['wall']:6.0f}" for x in runs)  # noqa: E731
     print(f"  {'bridge bare forward (reference)':<34} {walls(reference)}")
+    labels = {"bare": "bare forward", "ours": "sae.autointerp.harvest", "inline": "harvest, folds inline"}
     for kind in kinds:
-        for what in ("bare", "ours"):
-            label = f"{kind} {'bare forward' if what == 'bare' else 'sae.autointerp.harvest'}"
-            print(f"  {label:<34} {walls(runs[kind][what])}")
+        for what in ("bare", "ours", "inline"):
+            if runs[kind][what]:
+                print(f"  {kind + ' ' + labels[what]:<34} {walls(runs[kind][what])}")
     for kind in kinds:
         mine, own = runs[kind]["ours"], runs[kind]["bare"]
         vs_own = span([a["wall"] / b["wall"] for a, b in zip(mine, own)])
         vs_ref = span([a["wall"] / b["wall"] for a, b in zip(mine, reference)])
         print(f"ratio {kind:<8} harvest / its bare forward {vs_own}x | harvest / bridge bare forward {vs_ref}x")
+        if runs[kind]["inline"]:
+            inline = span([a["wall"] / b["wall"] for a, b in zip(runs[kind]["inline"], own)])
+            gain = span([a["wall"] / b["wall"] for a, b in zip(mine, runs[kind]["inline"])])
+            print(
+                f"ratio {kind:<8} harvest with inline folds / its bare forward {inline}x; background / inline {gain}x"
+            )
         if delphi:
             vs_delphi = span([a["wall"] / b["wall"] for a, b in zip(mine, delphi)])
             print(f"ratio {kind:<8} harvest / delphi LatentCache {vs_delphi}x (delphi: {walls(delphi)} tok/s)")
 
 
-def ours(model, sae, tokens: torch.Tensor, batch: int) -> dict[str, float]:
+def ours(model, sae, tokens: torch.Tensor, batch: int, overlap: bool = True) -> dict[str, float]:
+    from sae_lens_autointerp.harvest import jobs
+
     folder = tempfile.mkdtemp(prefix="bench-harvest-")
+    jobs.OVERLAP_STATS = overlap  # the statistics folded on the background worker (the default) or inline
     try:
         start = clocks()
         # pin_malloc: as the CLI runs it (the README's RSS numbers); a library call leaves malloc alone
@@ -407,6 +421,7 @@ def ours(model, sae, tokens: torch.Tensor, batch: int) -> dict[str, float]:
         )
         return rates(tokens.numel(), start)
     finally:
+        jobs.OVERLAP_STATS = True
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -422,7 +437,7 @@ def child_rss(args: argparse.Namespace) -> None:
 
 
 def tiny_inputs(d_sae: int, n_tokens: int, ctx: int):  # type: ignore[no-untyped-def]
-    """The --long-rss model, SAE and tokens, built the same way (seeded) in every child."""
+    """The --long-rss model, SAE and (with ``n_tokens``) token tensor, built the same way (seeded) in every child."""
     import transformer_lens
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
@@ -449,39 +464,92 @@ def tiny_inputs(d_sae: int, n_tokens: int, ctx: int):  # type: ignore[no-untyped
     with torch.no_grad():
         sae.W_enc.copy_(torch.randn(sae.W_enc.shape, generator=gen) / 8.0)
         sae.b_enc.fill_(-2.33)  # pre-activations ~N(0, 1): about 1% above 2.33
-    tokens = torch.randint(20, len(tokenizer), (-(-n_tokens // ctx), ctx), generator=gen)
-    tokens[:, 0] = tokenizer.bos_token_id
+    tokens = random_token_rows(gen, -(-n_tokens // ctx), ctx, len(tokenizer), tokenizer.bos_token_id)
     return model, sae, tokens
 
 
+def random_token_rows(gen: torch.Generator, n_rows: int, ctx: int, vocab: int, bos: int) -> torch.Tensor:
+    tokens = torch.randint(20, vocab, (n_rows, ctx), generator=gen)
+    tokens[:, 0] = bos
+    return tokens
+
+
+def write_token_parquet(path: str, n_tokens: int, ctx: int) -> None:
+    """Seeded random rows of ``ctx`` ids (BOS first) as a pre-tokenized parquet file (a ``tokens`` column),
+    written a slice at a time: the corpus a long harvest streams, never held whole by anyone."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    import sae_lens_autointerp as sai
+
+    tokenizer = AutoTokenizer.from_pretrained(sai.embedded.model_dir())
+    gen = torch.Generator().manual_seed(1)
+    schema = pa.schema([("tokens", pa.list_(pa.int32()))])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, -(-n_tokens // ctx), 4096):
+            rows = random_token_rows(
+                gen, min(4096, -(-n_tokens // ctx) - start), ctx, len(tokenizer), tokenizer.bos_token_id
+            )
+            writer.write_table(pa.table({"tokens": rows.to(torch.int32).tolist()}, schema=schema))
+
+
 def child_long_rss(args: argparse.Namespace) -> None:
-    model, sae, tokens = tiny_inputs(args.d_sae or 16384, args.child_long_rss, args.ctx_len)
+    n = args.child_long_rss
+    model, sae, tokens = tiny_inputs(args.d_sae or 16384, n if args.tensor_input else 0, args.ctx_len)
     before = peak_rss_mib()
     start = clocks()
-    ours(model, sae, tokens, args.batch_size)
-    speed = rates(tokens.numel(), start)
-    print(json.dumps({"tokens": tokens.numel(), "rss_before_mib": before, "peak_rss_mib": peak_rss_mib(), **speed}))
+    if args.tensor_input:
+        ours(model, sae, tokens, args.batch_size)
+    else:
+        folder = tempfile.mkdtemp(prefix="bench-harvest-")
+        try:
+            sae.autointerp.harvest(
+                model,
+                args.inputs,
+                n_tokens=n,
+                ctx_len=args.ctx_len,
+                batch_size=args.batch_size,
+                store_dir=folder,
+                progress=False,
+                pin_malloc=True,
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    speed = rates(n, start)
+    print(json.dumps({"tokens": n, "rss_before_mib": before, "peak_rss_mib": peak_rss_mib(), **speed}))
 
 
 def long_rss(args: argparse.Namespace) -> None:
     sizes = [int(x) for x in args.long_rss.split(",")]
+    source = "a token tensor built in the process" if args.tensor_input else "a pre-tokenized parquet file, streamed"
     print(
         f"peak RSS of a fresh process per size: random 2-layer HookedTransformer, StandardSAE d_sae "
-        f"{args.d_sae or 16384} at blocks.1.hook_resid_post, random tokens, batches of {args.batch_size}x{args.ctx_len}"
+        f"{args.d_sae or 16384} at blocks.1.hook_resid_post, random tokens from {source}, batches of "
+        f"{args.batch_size}x{args.ctx_len}"
     )
+    folder = tempfile.mkdtemp(prefix="bench-harvest-tokens-")
+    corpus = os.path.join(folder, "tokens.parquet")
     rows = []
-    for n in sizes:
-        cmd = [sys.executable, __file__, "--child-long-rss", str(n), "--ctx-len", str(args.ctx_len)]
-        cmd += ["--batch-size", str(args.batch_size), "--d-sae", str(args.d_sae or 16384)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append(row)
-        print(
-            f"  {row['tokens']:>9} tokens: peak RSS {row['peak_rss_mib']:8.1f} MiB (after building the inputs "
-            f"{row['rss_before_mib']:.1f}), {row['wall']:.0f} tok/s"
-        )
+    try:
+        if not args.tensor_input:
+            write_token_parquet(corpus, max(sizes), args.ctx_len)
+        for n in sizes:
+            cmd = [sys.executable, __file__, "--child-long-rss", str(n), "--ctx-len", str(args.ctx_len)]
+            cmd += ["--batch-size", str(args.batch_size), "--d-sae", str(args.d_sae or 16384), "--inputs", corpus]
+            cmd += ["--tensor-input"] if args.tensor_input else []
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(
+                f"  {row['tokens']:>9} tokens: peak RSS {row['peak_rss_mib']:8.1f} MiB (after building the inputs "
+                f"{row['rss_before_mib']:.1f}), {row['wall']:.0f} tok/s",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     growth = rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"] - 1
     print(f"peak RSS growth {rows[0]['tokens']} -> {rows[-1]['tokens']} tokens: {100 * growth:+.1f}% (goal <= 5%)")
 
@@ -590,11 +658,17 @@ def main() -> None:
     parser.add_argument("--backend", default=None, help="comma list of bridge, hf, nnsight: harvest through each")
     parser.add_argument("--profile", default=None, help="bridge, hf or nnsight: where one harvest's time goes")
     parser.add_argument(
+        "--inline-too", action="store_true", help="(--backend) also harvest with the statistics folded inline"
+    )
+    parser.add_argument(
         "--many-hooks",
         default=",".join(f"blocks.{layer}.hook_resid_post" for layer in (26, 27, 28, 29)),
         help="comma-separated hooks of the --many SAEs",
     )
     parser.add_argument("--long-rss", default=None, help="comma list of token counts: peak RSS per size")
+    parser.add_argument(
+        "--tensor-input", action="store_true", help="(--long-rss) pass the tokens as a tensor built in the process"
+    )
     parser.add_argument("--child-rss", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-long-rss", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-delphi", type=int, default=None, help=argparse.SUPPRESS)

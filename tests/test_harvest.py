@@ -243,6 +243,44 @@ def test_interrupted_harvest_resumes_exactly(bridge_model, bridge_sae, corpus_te
     assert np.array_equal(np.asarray(resumed.tokens), np.asarray(whole.tokens))
 
 
+def test_stats_folded_in_the_background_equal_folded_inline(bridge_model, bridge_sae, corpus_texts, tmp_path, monkeypatch):
+    """The stats worker (folds overlapping the next forward pass) gives the inline fold's bits, through shard
+    ends and a checkpoint after every batch; a fold's error reaches the caller and leaves a resumable store."""
+    from sae_lens_autointerp.harvest import jobs
+    from sae_lens_autointerp.harvest.stats import LatentStats
+
+    kwargs = dict(n_tokens=24 * CTX, ctx_len=CTX, batch_size=BATCH, example_len=W, shard_batches=2, progress=False)
+    monkeypatch.setattr(jobs, "OVERLAP_STATS", False)
+    inline = bridge_sae.autointerp.harvest(bridge_model, corpus_texts, store_dir=tmp_path / "inline", **kwargs)
+    monkeypatch.setattr(jobs, "OVERLAP_STATS", True)
+    overlapped = bridge_sae.autointerp.harvest(
+        bridge_model, corpus_texts, store_dir=tmp_path / "overlap", checkpoint_every_s=0, **kwargs
+    )
+    assert set(overlapped.stats) == set(inline.stats)
+    for name, tensor in inline.stats.items():
+        assert torch.equal(overlapped.stats[name], tensor), name
+
+    original, folds = LatentStats.update, {"n": 0}
+
+    def fail_fourth(self, *args, **kw):  # FAULT INJECTION: the 4th fold raises on the worker thread
+        folds["n"] += 1
+        if folds["n"] == 4:
+            raise RuntimeError("fold failed")
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(LatentStats, "update", fail_fourth)
+    with pytest.raises(RuntimeError, match="fold failed"):
+        bridge_sae.autointerp.harvest(
+            bridge_model, corpus_texts, store_dir=tmp_path / "failed", checkpoint_every_s=0, **kwargs
+        )
+    partial = json.loads((tmp_path / "failed" / "meta.json").read_text())
+    assert partial["n_batches_done"] == 3 and not partial["complete"]  # the checkpoint holds what was folded
+    monkeypatch.setattr(LatentStats, "update", original)
+    resumed = bridge_sae.autointerp.harvest(bridge_model, corpus_texts, store_dir=tmp_path / "failed", **kwargs)
+    for name, tensor in inline.stats.items():
+        assert torch.equal(resumed.stats[name], tensor), name
+
+
 def test_short_last_batch_and_sequence_are_kept(bridge_model, bridge_sae, tmp_path):
     texts = ["alpha beta gamma delta " * 40]  # about 160 tokens: 2 full sequences + a short one
     store = bridge_sae.autointerp.harvest(

@@ -10,11 +10,14 @@ whichever loop runs them, so every path does the same arithmetic (see ``stats.py
 
 from __future__ import annotations
 
+import collections
+import functools
 import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +242,11 @@ def _checked(sequences: Iterator[list[int]], vocab: int, start: int) -> Iterator
         yield ids
 
 
+#: Fold each batch into the statistics on a background thread, overlapping the next forward pass (see
+#: StatsWorker; the stores are the same bits either way, tested). benchmarks/harvest.py measures both.
+OVERLAP_STATS = True
+
+
 @dataclass
 class BatchResult:
     """What one batch gives one job: the int32 tokens to append to tokens.bin and the valid tokens seen."""
@@ -248,10 +256,15 @@ class BatchResult:
 
 
 def harvest_batch(
-    jobs: Sequence[HarvestJob], stats: Sequence[LatentStats], batch: Sequence[Sequence[int]], first_seq: int
+    jobs: Sequence[HarvestJob],
+    stats: Sequence[LatentStats],
+    batch: Sequence[Sequence[int]],
+    first_seq: int,
+    fold: Callable[[Callable[[], None]], None] | None = None,
 ) -> list[BatchResult]:
     """Run the sequences ``first_seq, first_seq + 1, ...`` through the model once and fold them into each
-    job's ``stats``."""
+    job's ``stats``. ``fold`` runs the folding (by default at once; :class:`StatsWorker` overlaps it with the
+    next batch's forward pass)."""
     ctx = jobs[0].settings.ctx_len
     pad_id = jobs[0].adapter.pad_token_id()
     tokens = torch.full((len(batch), ctx), pad_id, dtype=torch.long)
@@ -272,10 +285,60 @@ def harvest_batch(
         acts = job.sae.encode(act)
         if width < ctx:
             acts = torch.nn.functional.pad(acts, (0, 0, 0, ctx - width))
-        job_stats.update(acts, valid, seq_ids, tokens=tokens)
+        update = functools.partial(job_stats.update, acts, valid, seq_ids, tokens=tokens)
+        if fold is None:
+            update()
+        else:
+            fold(update)
         written = torch.where(real, tokens, PAD_TOKEN).to(torch.int32).numpy().tobytes()
         out.append(BatchResult(written, int(valid.sum())))
     return out
+
+
+class StatsWorker:
+    """Folds batches into the statistics on one background thread, in submission order, while the main
+    thread runs the next batch's forward pass (with ``background=False``: at once, in the caller). At most
+    ``depth`` folds wait, so memory stays one batch of activations per fold. Whatever reads the statistics (a
+    shard's end, a checkpoint, finish) goes through :meth:`fold` or comes after :meth:`drain`. A fold's error is
+    raised in the main thread at the next call."""
+
+    def __init__(self, background: bool = True, depth: int = 1) -> None:
+        self.depth = depth
+        self._pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="harvest-stats", initializer=_one_thread)
+            if background
+            else None
+        )
+        self._pending: collections.deque[Future[None]] = collections.deque()
+
+    def fold(self, fn: Callable[[], None]) -> None:
+        if self._pool is None:
+            fn()
+            return
+        while len(self._pending) >= self.depth:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(_in_inference_mode, fn))
+
+    def drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def abandon(self) -> None:
+        """After an error elsewhere: let the running fold end, drop the waiting ones, raise nothing."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+
+
+def _one_thread() -> None:
+    # The folds are small memory-bound ops: one CPU thread for them (a per-thread setting) leaves the others to
+    # the forward pass they overlap with, instead of two thread teams contending for every core.
+    torch.set_num_threads(1)
+
+
+def _in_inference_mode(fn: Callable[[], None]) -> None:
+    with torch.inference_mode():  # thread-local: the harvest's tensors are inference tensors
+        fn()
 
 
 def record_batch(job: HarvestJob, n_sequences: int, n_valid: int, n_batches: int = 1) -> None:
@@ -311,27 +374,31 @@ def run_local(
     sequences = sequence_stream(corpus, jobs[0].adapter, ctx, skip=seq)
     bar = tqdm(total=stop * ctx, initial=seq * ctx, unit="tok", desc="harvest", disable=not progress)
     last_checkpoint = time.monotonic()
+    worker = StatsWorker(background=OVERLAP_STATS)
     with ExitStack() as stack, torch.inference_mode():
+        stack.callback(worker.abandon)  # on an error too: no fold left running on a store being closed
         files = {id(j): stack.enter_context(open(j.folder / "tokens.bin", "ab")) for j in jobs}
         for batch in batched(sequences, s.batch_size):
             batch = batch[: stop - seq]
             if not batch:
                 break
             active = [j for j in jobs if j.done <= seq]
-            results = harvest_batch(active, [j.stats for j in active], batch, seq)
+            results = harvest_batch(active, [j.stats for j in active], batch, seq, fold=worker.fold)
             for job, res in zip(active, results):
                 files[id(job)].write(res.tokens)
                 record_batch(job, len(batch), res.n_valid)
                 if int(job.meta["n_batches_done"]) % s.shard_batches == 0:
-                    job.stats.end_shard()
+                    worker.fold(job.stats.end_shard)
             seq += len(batch)
             bar.update(len(batch) * ctx)
             if time.monotonic() - last_checkpoint >= checkpoint_every_s:
+                worker.drain()  # a checkpoint holds exactly the batches its meta counts
                 for job in active:
                     _checkpoint(job, files[id(job)])
                 last_checkpoint = time.monotonic()
             if seq >= stop:
                 break
+        worker.drain()
         for handle in files.values():  # finish() saves the statistics; the tokens must be on disk first
             handle.flush()
             os.fsync(handle.fileno())

@@ -356,22 +356,23 @@ class LatentStats:
         chunk_ids = seq_base + (torch.arange(n, device=acts.device) % n_chunks) * w  # global chunk start ids
 
         cand_vals = torch.where(chunk_fires, chunk_max, float("-inf")).T  # [d, N]
-        # Windows are read from a [B, d, seq] copy, where each window is w contiguous floats (in acts its
-        # values lie d apart); made once per batch, only when a window enters a sample.
+        # Chunks and windows are read from a [B, d, n_chunks * w] copy, where each is w contiguous floats (in
+        # acts its values lie d apart); made once per batch, only when a window enters a sample.
         latent_major: list[torch.Tensor] = []
 
-        def windows_view() -> torch.Tensor:
+        def latent_major_view() -> torch.Tensor:
             if not latent_major:
-                latent_major.append(acts.transpose(1, 2).contiguous().unfold(2, w, 1))  # [B, d, seq - w + 1, w]
+                latent_major.append(padded.transpose(1, 2).contiguous())
             return latent_major[0]
 
         def enter(rows: torch.Tensor, chunks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """Global peak ids and float16 windows of latent ``rows[i]`` in chunk ``chunks[i]``."""
             b, c = chunks // n_chunks, chunks % n_chunks
-            pos = c * w + chunk_view[b, c, :, rows].argmax(dim=1)
+            by_latent = latent_major_view()
+            pos = c * w + by_latent.view(batch, d, n_chunks, w)[b, rows, c].argmax(dim=1)
             start = pos - s.peak_offset
-            clamped = start.clamp(0, seq - w)
-            windows = windows_view()[b, rows, clamped]
+            clamped = start.clamp(0, seq - w)  # a window lies inside the sequence, never in the padding
+            windows = by_latent.unfold(2, w, 1)[b, rows, clamped]
             shift = start - clamped  # non-zero when the window sticks out of the sequence
             edge = shift != 0
             if bool(edge.any()):
