@@ -243,7 +243,9 @@ def test_interrupted_harvest_resumes_exactly(bridge_model, bridge_sae, corpus_te
     assert np.array_equal(np.asarray(resumed.tokens), np.asarray(whole.tokens))
 
 
-def test_stats_folded_in_the_background_equal_folded_inline(bridge_model, bridge_sae, corpus_texts, tmp_path, monkeypatch):
+def test_stats_folded_in_the_background_equal_folded_inline(
+    bridge_model, bridge_sae, corpus_texts, tmp_path, monkeypatch
+):
     """The stats worker (folds overlapping the next forward pass) gives the inline fold's bits, through shard
     ends and a checkpoint after every batch; a fold's error reaches the caller and leaves a resumable store."""
     from sae_lens_autointerp.harvest import jobs
