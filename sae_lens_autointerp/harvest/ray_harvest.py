@@ -27,8 +27,9 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from . import jobs as jobs_module
 from .corpus import CorpusSpec
-from .jobs import HarvestJob, harvest_batch, record_batch, run_local, sequence_stream
+from .jobs import HarvestJob, StatsWorker, harvest_batch, record_batch, run_local, sequence_stream
 from .model import ModelAdapter
 from .stats import LatentStats
 from .store import save_checkpoint
@@ -104,13 +105,18 @@ class HarvestWorker:
         tokens: list[list[bytes]] = [[] for _ in self.jobs]
         n_valid = [0] * len(self.jobs)
         n_batches = 0
-        with torch.inference_mode():
-            for lo in range(0, len(sequences), settings.batch_size):
-                batch = sequences[lo : lo + settings.batch_size]
-                for i, res in enumerate(harvest_batch(self.jobs, stats, batch, first_seq + lo)):
-                    tokens[i].append(res.tokens)
-                    n_valid[i] += res.n_valid
-                n_batches += 1
+        worker = StatsWorker(background=jobs_module.OVERLAP_STATS)  # folds overlap the next forward, as locally
+        try:
+            with torch.inference_mode():
+                for lo in range(0, len(sequences), settings.batch_size):
+                    batch = sequences[lo : lo + settings.batch_size]
+                    for i, res in enumerate(harvest_batch(self.jobs, stats, batch, first_seq + lo, fold=worker.fold)):
+                        tokens[i].append(res.tokens)
+                        n_valid[i] += res.n_valid
+                    n_batches += 1
+            worker.drain()
+        finally:
+            worker.abandon()
         for part in stats:
             part.end_shard()
         return [
