@@ -294,3 +294,21 @@ def test_short_last_batch_and_sequence_are_kept(bridge_model, bridge_sae, tmp_pa
     assert store.n_sequences == 3 == -(-n_text // (CTX - 1))
     assert int((tokens >= 0).sum()) == n_text + 3  # every text token plus one BOS per sequence
     assert store.n_tokens == n_text
+
+
+def test_stats_worker_takes_one_thread_and_leaves_the_forward_its_own():
+    """The worker's folds run on one OpenMP thread; the calling thread's count (the forward pass's) and MKL's
+    process-wide count stay as they were (torch.set_num_threads in the worker would have set both)."""
+    from sae_lens_autointerp.harvest.jobs import StatsWorker
+
+    before = torch.get_num_threads()
+    seen = []
+    worker = StatsWorker()
+    worker.fold(lambda: seen.append(torch.get_num_threads()))
+    worker.drain()
+    worker.abandon()
+    assert seen == [1]
+    assert torch.get_num_threads() == before
+    if torch.backends.mkl.is_available():
+        mkl = [line for line in torch.__config__.parallel_info().splitlines() if "mkl_get_max_threads" in line]
+        assert len(mkl) == 1 and mkl[0].strip().endswith(f": {before}"), mkl

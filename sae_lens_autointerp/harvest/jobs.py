@@ -11,6 +11,7 @@ whichever loop runs them, so every path does the same arithmetic (see ``stats.py
 from __future__ import annotations
 
 import collections
+import ctypes
 import functools
 import hashlib
 import json
@@ -331,9 +332,31 @@ class StatsWorker:
 
 
 def _one_thread() -> None:
-    # The folds are small memory-bound ops: one CPU thread for them (a per-thread setting) leaves the others to
-    # the forward pass they overlap with, instead of two thread teams contending for every core.
-    torch.set_num_threads(1)
+    """One OpenMP thread for the stats worker's own ops: they are small and memory-bound, and a second team of
+    spinning OpenMP threads would contend for every core with the forward pass they overlap. The OpenMP
+    setting is per thread; ``torch.set_num_threads`` is not (it also sets MKL's process-wide count, slowing
+    the forward pass's matrix products). Without a loaded OpenMP runtime (or off Linux) nothing changes."""
+    runtime = _loaded_openmp()
+    if runtime is not None:
+        runtime.omp_set_num_threads(1)
+
+
+@functools.cache
+def _loaded_openmp() -> ctypes.CDLL | None:
+    """The OpenMP runtime torch already loaded (GNU, Intel or LLVM), found in this process's memory map; other
+    packages may bundle their own copies (sentencepiece does), so torch's folder is looked in first."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if ".so" in line}
+    except OSError:
+        return None
+    runtimes = [p for p in paths if os.path.basename(p).startswith(("libgomp", "libiomp5", "libomp"))]
+    for path in sorted(runtimes, key=lambda p: (not p.startswith(os.path.dirname(torch.__file__)), p)):
+        try:
+            return ctypes.CDLL(path)  # already loaded: the same handle, no second runtime
+        except OSError:
+            continue
+    return None
 
 
 def _in_inference_mode(fn: Callable[[], None]) -> None:
