@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -296,19 +297,33 @@ def test_short_last_batch_and_sequence_are_kept(bridge_model, bridge_sae, tmp_pa
     assert store.n_tokens == n_text
 
 
-def test_stats_worker_takes_one_thread_and_leaves_the_forward_its_own():
-    """The worker's folds run on one OpenMP thread; the calling thread's count (the forward pass's) and MKL's
-    process-wide count stay as they were (torch.set_num_threads in the worker would have set both)."""
-    from sae_lens_autointerp.harvest.jobs import StatsWorker
+_THREADS_CHECK = """
+import sys
+if sys.argv[1] == "llama_cpp first":
+    import llama_cpp  # loads the system libgomp.so.1 before torch, which then binds to it
+import torch
+from sae_lens_autointerp.harvest.jobs import StatsWorker
 
-    before = torch.get_num_threads()
-    seen = []
-    worker = StatsWorker()
-    worker.fold(lambda: seen.append(torch.get_num_threads()))
-    worker.drain()
-    worker.abandon()
-    assert seen == [1]
-    assert torch.get_num_threads() == before
-    if torch.backends.mkl.is_available():
-        mkl = [line for line in torch.__config__.parallel_info().splitlines() if "mkl_get_max_threads" in line]
-        assert len(mkl) == 1 and mkl[0].strip().endswith(f": {before}"), mkl
+before, seen = torch.get_num_threads(), []
+worker = StatsWorker()
+worker.fold(lambda: seen.append(torch.get_num_threads()))
+worker.drain()
+worker.abandon()
+mkl = [l.split(":")[-1].strip() for l in torch.__config__.parallel_info().splitlines() if "mkl_get_max_threads" in l]
+print(before, seen, torch.get_num_threads(), mkl if torch.backends.mkl.is_available() else [str(before)])
+"""
+
+
+@pytest.mark.parametrize("order", ["torch alone", "llama_cpp first"])
+def test_stats_worker_takes_one_thread_and_leaves_the_forward_its_own(order):
+    """The worker's folds run on one OpenMP thread; the calling thread's count (the forward pass's) and MKL's
+    process-wide count stay as they were (torch.set_num_threads in the worker would have set both), whichever
+    OpenMP runtime torch ended up bound to."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    out = subprocess.run(
+        [sys.executable, "-c", _THREADS_CHECK, order], capture_output=True, text=True, env=env, check=True
+    ).stdout.split()
+    assert out == ["2", "[1]", "2", "['2']"], out

@@ -335,27 +335,24 @@ def _one_thread() -> None:
     """One OpenMP thread for the stats worker's own ops: they are small and memory-bound, and a second team of
     spinning OpenMP threads would contend for every core with the forward pass they overlap. The OpenMP
     setting is per thread; ``torch.set_num_threads`` is not (it also sets MKL's process-wide count, slowing
-    the forward pass's matrix products). Without a loaded OpenMP runtime (or off Linux) nothing changes."""
-    runtime = _loaded_openmp()
-    if runtime is not None:
-        runtime.omp_set_num_threads(1)
+    the forward pass's matrix products). Without an OpenMP build of torch nothing changes."""
+    set_threads = _torch_omp_set_num_threads()
+    if set_threads is not None:
+        set_threads(1)
 
 
 @functools.cache
-def _loaded_openmp() -> ctypes.CDLL | None:
-    """The OpenMP runtime torch already loaded (GNU, Intel or LLVM), found in this process's memory map; other
-    packages may bundle their own copies (sentencepiece does), so torch's folder is looked in first."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if ".so" in line}
-    except OSError:
-        return None
-    runtimes = [p for p in paths if os.path.basename(p).startswith(("libgomp", "libiomp5", "libomp"))]
-    for path in sorted(runtimes, key=lambda p: (not p.startswith(os.path.dirname(torch.__file__)), p)):
-        try:
-            return ctypes.CDLL(path)  # already loaded: the same handle, no second runtime
-        except OSError:
-            continue
+def _torch_omp_set_num_threads() -> Any:
+    """``omp_set_num_threads`` as torch's CPU library binds it: the OpenMP runtime torch really uses, which is
+    not always its own copy (a library loaded earlier, llama.cpp's for one, can supply ``libgomp.so.1``)."""
+    lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
+        path = os.path.join(lib_dir, name)
+        if os.path.exists(path):
+            try:
+                return ctypes.CDLL(path).omp_set_num_threads  # already loaded: the same handle
+            except (OSError, AttributeError):
+                return None
     return None
 
 
