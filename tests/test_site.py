@@ -248,6 +248,7 @@ def test_in_chromium_index_sorts_searches_and_latent_page_colours_tokens(site, b
 def test_in_chromium_hostile_text_stays_text(browser, tmp_path):
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     _evil_run(tmp_path)
     index = write_site(load(tmp_path), tmp_path / "site")
@@ -258,5 +259,10 @@ def test_in_chromium_hostile_text_stays_text(browser, tmp_path):
         assert not browser.find_elements(By.CSS_SELECTOR, "img")
         assert _errors(browser) == []
     browser.get(index.as_uri())
-    cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#latents td.ex")]
-    assert any(EVIL in c and EVIL_ATTR in c for c in cells)
+
+    def evil_cell_shown(driver) -> bool:
+        cells = [td.text for td in driver.find_elements(By.CSS_SELECTOR, "#latents td.ex")]
+        return any(EVIL in c and EVIL_ATTR in c for c in cells)
+
+    # The table's rows are drawn by script after the load event: on a loaded machine that takes a while.
+    WebDriverWait(browser, 20).until(evil_cell_shown)
