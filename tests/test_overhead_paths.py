@@ -363,3 +363,19 @@ def test_heuristic_flags_in_chunks_equal_all_at_once(planted_store, monkeypatch)
     assert whole is not None and len(whole) == len(latents) and threshold == threshold_c
     assert json.dumps(chunked, sort_keys=True) == json.dumps(whole, sort_keys=True)
     assert any(f["flag"] is not None for f in whole.values()) or planted_store.d_sae < 3
+
+
+def test_record_many_equals_one_record_per_request():
+    from sae_lens_autointerp.llm import UsageTracker
+
+    usages = [Usage(prompt_tokens=3 * i + 1, completion_tokens=i % 3, cached_tokens=i % 2) for i in range(50)]
+    one, many = (UsageTracker(prices={"m": (0.15, 0.6, 0.075), "x": (1.1, 2.2)}) for _ in range(2))
+    for model in ("m", "nope"):  # a model without a price: its cost is unknown, never added
+        for u in usages:
+            one.record(model, "s", 7, u)
+        for _ in range(4):
+            one.record_failure(model, "s", 7)
+        many.record_many(model, "s", 7, usages, 4)
+    many.record_many("m", "t", 8, [])  # nothing: no row
+    assert one.by_latent() == many.by_latent() and one.by_stage() == many.by_stage()
+    assert one.by_model() == many.by_model() and one.total() == many.total()
