@@ -161,6 +161,33 @@ def test_the_window_cache_starts_over_when_full(planted_store, bridge_model, mon
         assert len(renderer._windows) <= 5
 
 
+@pytest.mark.parametrize("cache_size", [5, 16_384])
+def test_rendering_many_at_once_equals_one_by_one(planted_store, bridge_model, monkeypatch, cache_size):
+    import sae_lens_autointerp.text as text
+
+    monkeypatch.setattr(text, "WINDOW_CACHE_SIZE", cache_size)
+    examples = [e for lat in latents_with_examples(planted_store, 4) for e in planted_store.top_examples(lat)]
+    tokens = examples[0].tokens.copy()
+    tokens[[0, 2]] = sorted(Renderer(bridge_model.tokenizer)._special)[0]
+    examples += [
+        dataclasses.replace(examples[0], tokens=tokens),  # special tokens dropped
+        dataclasses.replace(examples[1], tokens=examples[1].tokens.astype(np.int64)),  # another dtype, same ids
+        dataclasses.replace(examples[2], tokens=examples[2].tokens[:7], activations=examples[2].activations[:7]),
+        dataclasses.replace(examples[3], tokens=np.full(5, PAD_TOKEN, dtype=np.int32), activations=np.zeros(5)),
+        examples[4],  # a repeat inside the batch
+    ]
+    assert any((e.tokens == PAD_TOKEN).any() for e in examples)
+    one_by_one = Renderer(bridge_model.tokenizer)
+    many = Renderer(bridge_model.tokenizer)
+    many.render(examples[5])  # one window cached before the batch
+    for _ in range(2):  # the second pass is served from the window cache
+        assert many.render_many(examples) == [one_by_one.render(e) for e in examples]
+        assert many.texts(examples) == [one_by_one.text(e) for e in examples]
+        assert len(many._windows) <= cache_size
+    for e, (keep, _, _) in zip(examples, many.windows([e.tokens for e in examples])):
+        assert keep.dtype == one_by_one.window(e.tokens)[0].dtype
+
+
 def test_with_extra_is_replace_of_extra():
     ex = Example(7, np.arange(4, dtype=np.int32), np.ones(4, np.float32), 1.5, 99, "top", 2, {"a": 1})
     fast, slow = (

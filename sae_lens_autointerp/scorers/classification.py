@@ -299,10 +299,11 @@ class DetectionScorer(ClassificationScorer):
     )
 
     def items(self, sample: LatentSample, ctx: Context, rng: np.random.Generator) -> list[Item]:
-        text = ctx.renderer.text  # render(ex).text: only the tokens are shown here, never the activations
+        examples = sample.test
+        texts = ctx.renderer.texts(examples)  # render(ex).text: only the tokens are shown here, never the activations
         return [
-            Item(text(ex).replace("\n", "\\n"), bool(ex.extra.get("label")), ex.token_id, ex.extra.get("quantile"))
-            for ex in sample.test
+            Item(text.replace("\n", "\\n"), bool(ex.extra.get("label")), ex.token_id, ex.extra.get("quantile"))
+            for ex, text in zip(examples, texts)
         ]
 
 
@@ -325,13 +326,11 @@ class FuzzingScorer(ClassificationScorer):
 
     def items(self, sample: LatentSample, ctx: Context, rng: np.random.Generator) -> list[Item]:
         out, counts = [], []
-        for ex in sample.test_pos:
-            r = ctx.renderer.render(ex)
+        for ex, r in zip(sample.test_pos, ctx.renderer.render_many(sample.test_pos)):
             marked = active_mask(r, self.highlight_threshold)
             counts.append(int(marked.sum()))
             out.append(Item(highlight(r.tokens, marked), True, ex.token_id, r.quantile))
-        for ex in sample.test_neg:
-            r = ctx.renderer.render(ex)
+        for ex, r in zip(sample.test_neg, ctx.renderer.render_many(sample.test_neg)):
             k = min(int(counts[rng.integers(len(counts))]) if counts else 1, len(r.tokens))
             fake = np.zeros(len(r.tokens), dtype=bool)
             fake[rng.choice(len(r.tokens), size=k, replace=False)] = True
@@ -350,8 +349,7 @@ class FuzzingActiveScorer(ClassificationScorer):
         positives = list(sample.test_pos)
         wrong = set(rng.permutation(len(positives))[: len(positives) // 2].tolist())
         out = []
-        for i, ex in enumerate(positives):
-            r = ctx.renderer.render(ex)
+        for i, (ex, r) in enumerate(zip(positives, ctx.renderer.render_many(positives))):
             marked = active_mask(r, self.highlight_threshold)
             label = i not in wrong
             if not label:
