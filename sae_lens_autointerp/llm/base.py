@@ -458,6 +458,8 @@ def classify_from_logprobs(
 def match_choice(text: str, choices: tuple[str, ...]) -> str | None:
     """The choice a generated answer gives: the longest choice the stripped text starts with."""
     t = text.strip().strip("\"'`*").strip()
+    if t in choices:  # the usual answer: a choice exactly, which is also the longest one it starts with
+        return t
     matches = [c for c in choices if t == c or t.startswith(c)]
     return max(matches, key=len) if matches else None
 

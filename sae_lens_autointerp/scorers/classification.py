@@ -220,11 +220,7 @@ class ClassificationScorer:
                     [metrics["notes"], "auc: left out, the backend gave no graded probabilities (one-hot answers)"],
                 )
             )
-        metrics.update(
-            self._calibrated(
-                labels, answered, graded, content_free, latent_rng(ctx.seed, sample.latent, self.name + "/ci-cal")
-            )
-        )
+        metrics.update(self._calibrated(labels, answered, graded, content_free, ctx.seed, sample.latent))
         return ScorerOutput(
             scorer=self.name,
             score=_finite(metrics_obj.balanced_accuracy.value),
@@ -242,7 +238,8 @@ class ClassificationScorer:
         answered: list[bool | None],
         graded: list[float | None],
         content_free: tuple[float | None, str | None] | None,
-        rng: np.random.Generator,
+        seed: int,
+        latent: int,
     ) -> dict[str, Any]:
         if content_free is None:
             why = (
@@ -257,7 +254,8 @@ class ClassificationScorer:
         if threshold is None:
             return {"balanced_accuracy_calibrated": None, "calibration": f"not computed: {reason}"}
         decided = [None if a is None or g is None else g >= threshold for a, g in zip(answered, graded)]
-        cal = binary_metrics(labels, decided, rng=rng).balanced_accuracy
+        # the generator is built here, where it is used: a judge without graded probabilities never needs it
+        cal = binary_metrics(labels, decided, rng=latent_rng(seed, latent, self.name + "/ci-cal")).balanced_accuracy
         return {
             "balanced_accuracy_calibrated": _finite(cal.value),
             "balanced_accuracy_calibrated_low": _finite(cal.low),
