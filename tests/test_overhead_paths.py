@@ -21,10 +21,10 @@ import pytest
 
 from answer_key import AnswerKey, AnswerKeyClient
 from sae_lens_autointerp import metrics
-from sae_lens_autointerp.harvest.store import PAD_TOKEN, Example
+from sae_lens_autointerp.harvest.store import PAD_TOKEN, Example, example_spans_of
 from sae_lens_autointerp.llm import BaseClient, ChatRequest, ClassifyResult, LLMConnectionError, LLMError, Usage
 from sae_lens_autointerp.llm.cache import ResponseCache
-from sae_lens_autointerp.negatives import silent_windows
+from sae_lens_autointerp.negatives import _silent, silent_window_ids, silent_windows
 from sae_lens_autointerp.sampling import SamplingConfig, activating_spans
 from sae_lens_autointerp.scorers.common import map_bounded
 from sae_lens_autointerp.spans import SpanSet
@@ -90,6 +90,13 @@ def test_vectorised_examples_and_spans_equal_the_plain_loop(planted_store):
             )
         examples = reference_examples(store, latent, "top", "top") + reference_examples(store, latent, "res", "s")
         assert store.example_spans(latent) == [e.span(store.settings.ctx_len) for e in examples]
+        ctx = store.settings.ctx_len
+        examples += [_silent(latent, w, "random") for w in store.random_windows()[:20]]  # peak_index None
+        examples.append(dataclasses.replace(examples[0], tokens=examples[0].tokens[:3]))  # a short window
+        lo, hi = example_spans_of(examples, ctx)
+        assert lo.dtype == hi.dtype == np.int64
+        assert list(zip(lo.tolist(), hi.tolist())) == [e.span(ctx) for e in examples]
+    assert all(a.size == 0 for a in example_spans_of([], 8))
     # windows that start before their sequence are padded, as before (peaks at position < peak_offset)
     lead = store.settings.peak_offset
     padded = [e for lat in latents for e in store.top_examples(lat) if e.token_id % store.settings.ctx_len < lead]
@@ -106,6 +113,8 @@ def test_silent_windows_equal_the_one_by_one_filter(planted_store):
     for latent in latents_with_examples(store):
         avoid = activating_spans(store, latent)
         kept, excluded = silent_windows(store, latent, avoid)
+        ids, excluded_ids = silent_window_ids(store, latent, avoid)
+        assert [windows[i] for i in ids.tolist()] == kept and excluded_ids == excluded
         silent = [windows[i] for i in store.silent_window_indices(latent)]
         expected = [w for w in silent if not avoid.overlaps(*w.span(ctx))]
         assert [w.start_id for w in kept] == [w.start_id for w in expected]
