@@ -415,3 +415,23 @@ def test_record_many_equals_one_record_per_request():
     many.record_many("m", "t", 8, [])  # nothing: no row
     assert one.by_latent() == many.by_latent() and one.by_stage() == many.by_stage()
     assert one.by_model() == many.by_model() and one.total() == many.total()
+
+
+def test_scorer_output_to_dict_equals_asdict_and_copies_nested_containers():
+    from collections import OrderedDict
+
+    from sae_lens_autointerp.records import ScorerOutput
+
+    preds = [
+        {"token_id": 1, "label": True, "extra": {"a": [1, (2, 3)]}, "t": (4, [5])},
+        OrderedDict(b=2, a=[1]),  # a dict subclass: copied as a plain dict, as before
+        {"prediction": None},
+    ]
+    out = ScorerOutput("s", 0.5, 3, 0, metrics={"m": {"x": [1, 2]}, "n": 1}, predictions=preds)
+    d = out.to_dict()
+    assert d == dataclasses.asdict(out)
+    assert [type(p) for p in d["predictions"]] == [dict, dict, dict]
+    d["predictions"][0]["extra"]["a"].append(9)
+    d["predictions"][0]["t"][1].append(9)
+    d["metrics"]["m"]["x"].append(9)
+    assert preds[0]["extra"]["a"] == [1, (2, 3)] and preds[0]["t"] == (4, [5]) and out.metrics["m"]["x"] == [1, 2]
