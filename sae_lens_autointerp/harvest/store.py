@@ -315,18 +315,11 @@ class LatentStore:
         tokens = np.full((rows.size, w), PAD_TOKEN, dtype=np.int32)
         tokens[inside] = self.tokens[np.broadcast_to(seq[:, None], at.shape)[inside], at[inside]]
         acts = windows.float().numpy()[rows]  # (indexing the torch tensor with an index tensor is ~1,000x slower)
-        values = vals.tolist()
+        values, peak_ids = vals.tolist(), peaks.tolist()  # Python numbers: no numpy scalar per example
+        # (latent, tokens, activations, value, token_id, source, peak_index); the rows are views, as tokens[k] is
         return [
-            Example(
-                latent=latent,
-                tokens=tokens[k],
-                activations=acts[k],
-                value=float(values[r]),
-                token_id=int(peaks[r]),
-                source=source,
-                peak_index=lead,
-            )
-            for k, r in enumerate(rows.tolist())
+            Example(latent, tok, act, float(values[r]), peak_ids[r], source, lead)
+            for tok, act, r in zip(tokens, acts, rows.tolist())
         ]
 
     def example_spans(self, latent: int) -> list[tuple[int, int]]:
