@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -435,3 +436,19 @@ def test_scorer_output_to_dict_equals_asdict_and_copies_nested_containers():
     d["predictions"][0]["t"][1].append(9)
     d["metrics"]["m"]["x"].append(9)
     assert preds[0]["extra"]["a"] == [1, (2, 3)] and preds[0]["t"] == (4, [5]) and out.metrics["m"]["x"] == [1, 2]
+
+
+def test_batched_classify_requests_equal_one_build_per_prompt():
+    from sae_lens_autointerp.llm.base import _classify_request, _classify_requests
+
+    prompts = [[{"role": "system", "content": "s"}, {"role": "user", "content": f"q {i}"}] for i in range(5)]
+    fast = _classify_requests(prompts, 3, "detection", 7)
+    slow = [_classify_request(m, 3, "detection", 7) for m in prompts]
+    assert fast == slow and [type(r) for r in fast] == [ChatRequest] * 5
+    assert [vars(r) for r in fast] == [vars(r) for r in slow] and len({id(r) for r in fast}) == 5
+    assert _classify_requests([], None, "s", None) == []
+    for bad in ([{"role": "robot", "content": "x"}], [{"content": "x"}], []):
+        with pytest.raises((TypeError, ValueError)) as slow_error:
+            _classify_request(bad, None, "s", None)
+        with pytest.raises(slow_error.type, match=re.escape(str(slow_error.value))):
+            _classify_requests([prompts[0], bad, prompts[1]], None, "s", None)
