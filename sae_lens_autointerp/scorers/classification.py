@@ -184,7 +184,6 @@ class ClassificationScorer:
         order = rng.permutation(len(items))
         items = [items[i] for i in order]
         k = self.examples_per_prompt
-        batches = [items[i : i + k] for i in range(0, len(items), k)]  # the last batch may be short
 
         async def run(batch: list[Item]) -> list[dict[str, Any]]:
             return await self._judge(ctx, sample.latent, explanation.text, batch)
@@ -199,6 +198,7 @@ class ClassificationScorer:
             )
             predictions = [_one_prediction(it, res) for it, res in zip(items, answers, strict=True)]
         else:
+            batches = [items[i : i + k] for i in range(0, len(items), k)]  # the last batch may be short
             results = await map_bounded(batches, run, self.concurrency)
             predictions = [p for res in results for p in res]
         labels = [p["label"] for p in predictions]
