@@ -169,7 +169,7 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
             shown.extend(pool[i] for i in sorted(take))
     ctx_len = settings.ctx_len
     shown_ids = {e.token_id for e in shown}
-    shown_spans = SpanSet(zip(*(a.tolist() for a in example_spans_of(shown, ctx_len))))
+    shown_spans = SpanSet(_spans(shown, ctx_len))
     near_shown = shown_spans.overlaps_many(*example_spans_of(pool, ctx_len)).tolist()  # the pool at once
 
     test_pos: list[Example] = []
@@ -191,8 +191,7 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
         negatives = RandomNegatives()
     # Every window known to activate the latent, plus the chosen ones: no negative may touch them.
     # (built at once: the same merged set as activating_spans() plus one add() per chosen example)
-    chosen = example_spans_of([*shown, *test_pos], ctx_len)
-    avoid = SpanSet([*store.example_spans(latent), *zip(*(a.tolist() for a in chosen))])
+    avoid = SpanSet([*store.example_spans(latent), *_spans([*shown, *test_pos], ctx_len)])
     test_neg, excluded_neg = negatives.draw(store, latent, config.n_test_neg, rng, avoid)
     return LatentSample(
         latent,
@@ -202,6 +201,12 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
         stats=stats,
         holdout={"test_pos": excluded_pos, "test_neg": excluded_neg},
     )
+
+
+def _spans(examples: list[Example], ctx_len: int) -> list[tuple[int, int]]:
+    """``[e.span(ctx_len) for e in examples]``, computed at once."""
+    lo, hi = example_spans_of(examples, ctx_len)
+    return list(zip(lo.tolist(), hi.tolist()))
 
 
 def activating_spans(store: LatentStore, latent: int) -> SpanSet:
