@@ -192,12 +192,20 @@ def binary_metrics(
     """Balanced accuracy, accuracy, precision, recall, F1, specificity and AUC of one latent's predictions."""
     if any(label is None for label in labels):
         raise ValueError("labels must all be True/False; None is only allowed in predictions")
-    for p in predictions:
-        if not _failed(p) and not (isinstance(p, (bool, np.bool_, int, np.integer)) and p in (0, 1)):
+    is_answered: list[bool] = []
+    said_yes: list[bool] = []
+    for p in predictions:  # one pass: check each prediction (the first bad one raises) and read it
+        if _failed(p):
+            is_answered.append(False)
+            said_yes.append(False)
+        elif isinstance(p, (bool, np.bool_, int, np.integer)) and p in (0, 1):
+            is_answered.append(True)
+            said_yes.append(bool(p))
+        else:
             raise ValueError(f"predictions must be True, False or None, got {p!r}")
     y = np.asarray(labels, dtype=bool).reshape(-1)
-    answered = np.array([not _failed(p) for p in predictions], dtype=bool).reshape(-1)
-    pred = np.array([not _failed(p) and bool(p) for p in predictions], dtype=bool).reshape(-1)
+    answered = np.array(is_answered, dtype=bool).reshape(-1)
+    pred = np.array(said_yes, dtype=bool).reshape(-1)
     if len(answered) != len(y):
         raise ValueError(f"{len(y)} labels but {len(answered)} predictions")
     _z(confidence)

@@ -38,10 +38,16 @@ def silent_windows(store: LatentStore, latent: int, avoid: SpanSet) -> tuple[lis
     """Random-pool windows where ``latent`` is exactly zero and that touch nothing in ``avoid`` (the pool's
     windows are disjoint chunks, so they never overlap each other); and how many were left out for overlap."""
     windows = store.random_windows()
+    kept, excluded = silent_window_ids(store, latent, avoid)
+    return [windows[i] for i in kept.tolist()], excluded
+
+
+def silent_window_ids(store: LatentStore, latent: int, avoid: SpanSet) -> tuple[np.ndarray, int]:
+    """:func:`silent_windows` as indices into ``store.random_windows()`` (in the same order)."""
     silent = store.silent_window_indices(latent)
     lo, hi = store.random_window_spans()
     near = avoid.overlaps_many(lo[silent], hi[silent])  # one vectorised query, not one per pool window
-    return [windows[i] for i in silent[~near].tolist()], int(near.sum())
+    return silent[~near], int(near.sum())
 
 
 def _silent(latent: int, window: Any, source: str) -> Example:
@@ -63,9 +69,10 @@ class RandomNegatives:
     ) -> tuple[list[Example], int]:
         if n == 0:
             return [], 0
-        candidates, excluded = silent_windows(store, latent, avoid)
+        candidates, excluded = silent_window_ids(store, latent, avoid)  # ids: only the chosen windows are read
         chosen = rng.permutation(len(candidates))[:n]
-        return [_silent(latent, candidates[i], "random") for i in sorted(chosen)], excluded
+        windows = store.random_windows()
+        return [_silent(latent, windows[candidates[i]], "random") for i in sorted(chosen)], excluded
 
 
 class SimilarNegatives:

@@ -22,12 +22,21 @@ if TYPE_CHECKING:
 PROMPT_VERSION = 2
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def _plain(value: Any) -> Any:
     """A copy of JSON-like data (dicts, lists, tuples); other values as they are (as ``asdict`` copies them)."""
+    if type(value) is dict:  # the usual case (a prediction): copied at once, then only nested containers again
+        out = value.copy()
+        for k, v in value.items():
+            if isinstance(v, _CONTAINERS):
+                out[k] = _plain(v)
+        return out
     if isinstance(value, dict):
-        return {k: _plain(v) if isinstance(v, (dict, list, tuple)) else v for k, v in value.items()}
+        return {k: _plain(v) if isinstance(v, _CONTAINERS) else v for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) if isinstance(v, (dict, list, tuple)) else v for v in value]
+        return [_plain(v) if isinstance(v, _CONTAINERS) else v for v in value]
     if isinstance(value, tuple):
         return type(value)(_plain(v) for v in value) if not hasattr(value, "_fields") else value
     return value

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import ConfigError
-from .harvest.store import Example, LatentStore
+from .harvest.store import Example, LatentStore, example_spans_of
 from .spans import SpanSet
 
 ExplainStrategy = Literal["quantiles", "top", "random"]
@@ -138,15 +138,15 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
         )
     rng = latent_rng(config.seed, latent)
     pool = store.stratified_examples(latent)  # uniform sample, strongest first
-    groups = [list(g) for g in np.array_split(np.arange(len(pool)), config.n_quantiles)]
+    groups = [g.tolist() for g in np.array_split(np.arange(len(pool)), config.n_quantiles)]
     quantile_of = {}
     for q, idx in enumerate(groups):
         for i in idx:
             quantile_of[chunk_key(pool[i], settings)] = q
 
     def tag(ex: Example, label: bool) -> Example:
-        q = quantile_of.get(chunk_key(ex, settings))
-        return ex.with_extra(label=label, quantile=q if label else None)
+        q = quantile_of.get(chunk_key(ex, settings)) if label else None
+        return ex.with_extra(label=label, quantile=q)
 
     per_explain = _spread(config.n_explain, config.n_quantiles)
     per_test = _spread(config.n_test_pos, config.n_quantiles)
@@ -169,7 +169,8 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
             shown.extend(pool[i] for i in sorted(take))
     ctx_len = settings.ctx_len
     shown_ids = {e.token_id for e in shown}
-    shown_spans = SpanSet(e.span(ctx_len) for e in shown)
+    shown_spans = SpanSet(_spans(shown, ctx_len))
+    near_shown = shown_spans.overlaps_many(*example_spans_of(pool, ctx_len)).tolist()  # the pool at once
 
     test_pos: list[Example] = []
     excluded_pos = 0
@@ -178,7 +179,7 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
         for i in idx:
             if pool[i].token_id in shown_ids:
                 continue
-            if shown_spans.overlaps(*pool[i].span(ctx_len)):
+            if near_shown[i]:
                 excluded_pos += 1
                 continue
             free.append(i)
@@ -190,7 +191,7 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
         negatives = RandomNegatives()
     # Every window known to activate the latent, plus the chosen ones: no negative may touch them.
     # (built at once: the same merged set as activating_spans() plus one add() per chosen example)
-    avoid = SpanSet([*store.example_spans(latent), *(e.span(ctx_len) for e in (*shown, *test_pos))])
+    avoid = SpanSet([*store.example_spans(latent), *_spans([*shown, *test_pos], ctx_len)])
     test_neg, excluded_neg = negatives.draw(store, latent, config.n_test_neg, rng, avoid)
     return LatentSample(
         latent,
@@ -200,6 +201,12 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
         stats=stats,
         holdout={"test_pos": excluded_pos, "test_neg": excluded_neg},
     )
+
+
+def _spans(examples: list[Example], ctx_len: int) -> list[tuple[int, int]]:
+    """``[e.span(ctx_len) for e in examples]``, computed at once."""
+    lo, hi = example_spans_of(examples, ctx_len)
+    return list(zip(lo.tolist(), hi.tolist()))
 
 
 def activating_spans(store: LatentStore, latent: int) -> SpanSet:

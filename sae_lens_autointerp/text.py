@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,20 +64,52 @@ class Renderer:
         key = (tokens.dtype.str, tokens.tobytes())  # the dtype too: equal bytes of another width are other ids
         hit = self._windows.get(key)
         if hit is None:
-            shown = tokens != PAD_TOKEN
-            if self._special:
-                hidden = self._hidden
-                low = (tokens >= 0) & (tokens < hidden.size)
-                shown[low] &= ~hidden[tokens[low]]
-                if self._odd_special.size:
-                    shown &= ~np.isin(tokens, self._odd_special)
-            keep = np.flatnonzero(shown)
+            keep = np.flatnonzero(self._shown(tokens))
             pieces = self._pieces(tokens[keep])
             hit = (keep, pieces, "".join(pieces))
-            if len(self._windows) >= WINDOW_CACHE_SIZE:
-                self._windows.clear()
-            self._windows[key] = hit
+            self._keep(key, hit)
         return hit
+
+    def windows(self, token_windows: Sequence[np.ndarray]) -> list[tuple[np.ndarray, tuple[str, ...], str]]:
+        """:meth:`window` of each of ``token_windows``; the ones not cached yet are rendered together (a few
+        array operations for all windows of one length, not a few per window)."""
+        arrays = [np.asarray(t) for t in token_windows]
+        keys = [(a.dtype.str, a.tobytes()) for a in arrays]
+        out: list[Any] = [self._windows.get(k) for k in keys]
+        missing: dict[tuple[str, tuple[int, ...]], dict[tuple[str, bytes], np.ndarray]] = {}  # by dtype and shape
+        for a, key, hit in zip(arrays, keys, out):
+            if hit is None:
+                missing.setdefault((a.dtype.str, a.shape), {}).setdefault(key, a)
+        fresh: dict[tuple[str, bytes], tuple[np.ndarray, tuple[str, ...], str]] = {}
+        for (_, shape), group in missing.items():
+            if len(shape) != 1:
+                fresh.update((key, self.window(a)) for key, a in group.items())
+                continue
+            rows = np.stack(list(group.values()))
+            at_row, keep = np.nonzero(self._shown(rows))  # row-major: each window's kept positions in order
+            pieces = self._pieces(rows[at_row, keep])
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(at_row, minlength=len(rows)))]).tolist()
+            for key, lo, hi in zip(group, bounds, bounds[1:]):
+                own = pieces[lo:hi]
+                fresh[key] = hit = (keep[lo:hi], own, "".join(own))
+                self._keep(key, hit)
+        return [hit if hit is not None else fresh[key] for key, hit in zip(keys, out)]
+
+    def _shown(self, tokens: np.ndarray) -> np.ndarray:
+        """Where ``tokens`` (any shape) are shown: not padding, not a special token."""
+        shown = tokens != PAD_TOKEN
+        if self._special:
+            hidden = self._hidden
+            low = (tokens >= 0) & (tokens < hidden.size)
+            shown[low] &= ~hidden[tokens[low]]
+            if self._odd_special.size:
+                shown &= ~np.isin(tokens, self._odd_special)
+        return shown
+
+    def _keep(self, key: tuple[str, bytes], hit: tuple[np.ndarray, tuple[str, ...], str]) -> None:
+        if len(self._windows) >= WINDOW_CACHE_SIZE:
+            self._windows.clear()
+        self._windows[key] = hit
 
     def _pieces(self, ids: np.ndarray) -> tuple[str, ...]:
         """The pieces of token ids (each decoded once, by :meth:`piece`), as a table look-up."""
@@ -98,8 +131,19 @@ class Renderer:
         """``render(example).text`` without the activations (what detection shows)."""
         return self.window(example.tokens)[2]
 
+    def texts(self, examples: Sequence[Example]) -> list[str]:
+        """:meth:`text` of each example (their windows rendered together, :meth:`windows`)."""
+        return [text for _, _, text in self.windows([e.tokens for e in examples])]
+
     def render(self, example: Example) -> RenderedExample:
-        keep, pieces, _ = self.window(example.tokens)
+        return self._render(example, self.window(example.tokens))
+
+    def render_many(self, examples: Sequence[Example]) -> list[RenderedExample]:
+        """:meth:`render` of each example (their windows rendered together, :meth:`windows`)."""
+        return [self._render(e, w) for e, w in zip(examples, self.windows([e.tokens for e in examples]))]
+
+    def _render(self, example: Example, window: tuple[np.ndarray, tuple[str, ...], str]) -> RenderedExample:
+        keep, pieces, _ = window
         # float64 is exact for the stored float32 / float16 activations: the same values as float(x) of each
         acts = np.asarray(example.activations, dtype=np.float64)[keep]
         return RenderedExample(

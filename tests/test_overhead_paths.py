@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,10 @@ import pytest
 
 from answer_key import AnswerKey, AnswerKeyClient
 from sae_lens_autointerp import metrics
-from sae_lens_autointerp.harvest.store import PAD_TOKEN, Example
+from sae_lens_autointerp.harvest.store import PAD_TOKEN, Example, example_spans_of
 from sae_lens_autointerp.llm import BaseClient, ChatRequest, ClassifyResult, LLMConnectionError, LLMError, Usage
 from sae_lens_autointerp.llm.cache import ResponseCache
-from sae_lens_autointerp.negatives import silent_windows
+from sae_lens_autointerp.negatives import _silent, silent_window_ids, silent_windows
 from sae_lens_autointerp.sampling import SamplingConfig, activating_spans
 from sae_lens_autointerp.scorers.common import map_bounded
 from sae_lens_autointerp.spans import SpanSet
@@ -90,6 +91,13 @@ def test_vectorised_examples_and_spans_equal_the_plain_loop(planted_store):
             )
         examples = reference_examples(store, latent, "top", "top") + reference_examples(store, latent, "res", "s")
         assert store.example_spans(latent) == [e.span(store.settings.ctx_len) for e in examples]
+        ctx = store.settings.ctx_len
+        examples += [_silent(latent, w, "random") for w in store.random_windows()[:20]]  # peak_index None
+        examples.append(dataclasses.replace(examples[0], tokens=examples[0].tokens[:3]))  # a short window
+        lo, hi = example_spans_of(examples, ctx)
+        assert lo.dtype == hi.dtype == np.int64
+        assert list(zip(lo.tolist(), hi.tolist())) == [e.span(ctx) for e in examples]
+    assert all(a.size == 0 for a in example_spans_of([], 8))
     # windows that start before their sequence are padded, as before (peaks at position < peak_offset)
     lead = store.settings.peak_offset
     padded = [e for lat in latents for e in store.top_examples(lat) if e.token_id % store.settings.ctx_len < lead]
@@ -106,6 +114,8 @@ def test_silent_windows_equal_the_one_by_one_filter(planted_store):
     for latent in latents_with_examples(store):
         avoid = activating_spans(store, latent)
         kept, excluded = silent_windows(store, latent, avoid)
+        ids, excluded_ids = silent_window_ids(store, latent, avoid)
+        assert [windows[i] for i in ids.tolist()] == kept and excluded_ids == excluded
         silent = [windows[i] for i in store.silent_window_indices(latent)]
         expected = [w for w in silent if not avoid.overlaps(*w.span(ctx))]
         assert [w.start_id for w in kept] == [w.start_id for w in expected]
@@ -159,6 +169,33 @@ def test_the_window_cache_starts_over_when_full(planted_store, bridge_model, mon
     for e in examples:
         assert renderer.render(e) == reference_render(renderer, e)
         assert len(renderer._windows) <= 5
+
+
+@pytest.mark.parametrize("cache_size", [5, 16_384])
+def test_rendering_many_at_once_equals_one_by_one(planted_store, bridge_model, monkeypatch, cache_size):
+    import sae_lens_autointerp.text as text
+
+    monkeypatch.setattr(text, "WINDOW_CACHE_SIZE", cache_size)
+    examples = [e for lat in latents_with_examples(planted_store, 4) for e in planted_store.top_examples(lat)]
+    tokens = examples[0].tokens.copy()
+    tokens[[0, 2]] = sorted(Renderer(bridge_model.tokenizer)._special)[0]
+    examples += [
+        dataclasses.replace(examples[0], tokens=tokens),  # special tokens dropped
+        dataclasses.replace(examples[1], tokens=examples[1].tokens.astype(np.int64)),  # another dtype, same ids
+        dataclasses.replace(examples[2], tokens=examples[2].tokens[:7], activations=examples[2].activations[:7]),
+        dataclasses.replace(examples[3], tokens=np.full(5, PAD_TOKEN, dtype=np.int32), activations=np.zeros(5)),
+        examples[4],  # a repeat inside the batch
+    ]
+    assert any((e.tokens == PAD_TOKEN).any() for e in examples)
+    one_by_one = Renderer(bridge_model.tokenizer)
+    many = Renderer(bridge_model.tokenizer)
+    many.render(examples[5])  # one window cached before the batch
+    for _ in range(2):  # the second pass is served from the window cache
+        assert many.render_many(examples) == [one_by_one.render(e) for e in examples]
+        assert many.texts(examples) == [one_by_one.text(e) for e in examples]
+        assert len(many._windows) <= cache_size
+    for e, (keep, _, _) in zip(examples, many.windows([e.tokens for e in examples])):
+        assert keep.dtype == one_by_one.window(e.tokens)[0].dtype
 
 
 def test_with_extra_is_replace_of_extra():
@@ -363,3 +400,55 @@ def test_heuristic_flags_in_chunks_equal_all_at_once(planted_store, monkeypatch)
     assert whole is not None and len(whole) == len(latents) and threshold == threshold_c
     assert json.dumps(chunked, sort_keys=True) == json.dumps(whole, sort_keys=True)
     assert any(f["flag"] is not None for f in whole.values()) or planted_store.d_sae < 3
+
+
+def test_record_many_equals_one_record_per_request():
+    from sae_lens_autointerp.llm import UsageTracker
+
+    usages = [Usage(prompt_tokens=3 * i + 1, completion_tokens=i % 3, cached_tokens=i % 2) for i in range(50)]
+    one, many = (UsageTracker(prices={"m": (0.15, 0.6, 0.075), "x": (1.1, 2.2)}) for _ in range(2))
+    for model in ("m", "nope"):  # a model without a price: its cost is unknown, never added
+        for u in usages:
+            one.record(model, "s", 7, u)
+        for _ in range(4):
+            one.record_failure(model, "s", 7)
+        many.record_many(model, "s", 7, usages, 4)
+    many.record_many("m", "t", 8, [])  # nothing: no row
+    assert one.by_latent() == many.by_latent() and one.by_stage() == many.by_stage()
+    assert one.by_model() == many.by_model() and one.total() == many.total()
+
+
+def test_scorer_output_to_dict_equals_asdict_and_copies_nested_containers():
+    from collections import OrderedDict
+
+    from sae_lens_autointerp.records import ScorerOutput
+
+    preds = [
+        {"token_id": 1, "label": True, "extra": {"a": [1, (2, 3)]}, "t": (4, [5])},
+        OrderedDict(b=2, a=[1]),  # a dict subclass: copied as a plain dict, as before
+        {"prediction": None},
+    ]
+    out = ScorerOutput("s", 0.5, 3, 0, metrics={"m": {"x": [1, 2]}, "n": 1}, predictions=preds)
+    d = out.to_dict()
+    assert d == dataclasses.asdict(out)
+    assert [type(p) for p in d["predictions"]] == [dict, dict, dict]
+    d["predictions"][0]["extra"]["a"].append(9)
+    d["predictions"][0]["t"][1].append(9)
+    d["metrics"]["m"]["x"].append(9)
+    assert preds[0]["extra"]["a"] == [1, (2, 3)] and preds[0]["t"] == (4, [5]) and out.metrics["m"]["x"] == [1, 2]
+
+
+def test_batched_classify_requests_equal_one_build_per_prompt():
+    from sae_lens_autointerp.llm.base import _classify_request, _classify_requests
+
+    prompts = [[{"role": "system", "content": "s"}, {"role": "user", "content": f"q {i}"}] for i in range(5)]
+    fast = _classify_requests(prompts, 3, "detection", 7)
+    slow = [_classify_request(m, 3, "detection", 7) for m in prompts]
+    assert fast == slow and [type(r) for r in fast] == [ChatRequest] * 5
+    assert [vars(r) for r in fast] == [vars(r) for r in slow] and len({id(r) for r in fast}) == 5
+    assert _classify_requests([], None, "s", None) == []
+    for bad in ([{"role": "robot", "content": "x"}], [{"content": "x"}], []):
+        with pytest.raises((TypeError, ValueError)) as slow_error:
+            _classify_request(bad, None, "s", None)
+        with pytest.raises(slow_error.type, match=re.escape(str(slow_error.value))):
+            _classify_requests([prompts[0], bad, prompts[1]], None, "s", None)

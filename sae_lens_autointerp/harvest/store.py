@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -86,6 +87,16 @@ def window_span(anchor_id: int, start_id: int, length: int, ctx_len: int) -> tup
     seq = anchor_id // ctx_len
     lo, hi = max(start_id, seq * ctx_len), min(start_id + length, (seq + 1) * ctx_len)
     return lo, max(lo, hi)
+
+
+def example_spans_of(examples: Sequence[Example], ctx_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` int64 arrays: :meth:`Example.span` of each example, in a few array operations."""
+    anchor = np.array([e.token_id for e in examples], dtype=np.int64)
+    start = anchor - np.array([e.peak_index or 0 for e in examples], dtype=np.int64)
+    length = np.array([len(e.tokens) for e in examples], dtype=np.int64)
+    seq_start = anchor // ctx_len * ctx_len  # window_span's arithmetic, on arrays
+    lo = np.maximum(start, seq_start)
+    return lo, np.maximum(lo, np.minimum(start + length, seq_start + ctx_len))
 
 
 @dataclass(frozen=True)
@@ -304,18 +315,11 @@ class LatentStore:
         tokens = np.full((rows.size, w), PAD_TOKEN, dtype=np.int32)
         tokens[inside] = self.tokens[np.broadcast_to(seq[:, None], at.shape)[inside], at[inside]]
         acts = windows.float().numpy()[rows]  # (indexing the torch tensor with an index tensor is ~1,000x slower)
-        values = vals.tolist()
+        values, peak_ids = vals.tolist(), peaks.tolist()  # Python numbers: no numpy scalar per example
+        # (latent, tokens, activations, value, token_id, source, peak_index); the rows are views, as tokens[k] is
         return [
-            Example(
-                latent=latent,
-                tokens=tokens[k],
-                activations=acts[k],
-                value=float(values[r]),
-                token_id=int(peaks[r]),
-                source=source,
-                peak_index=lead,
-            )
-            for k, r in enumerate(rows.tolist())
+            Example(latent, tok, act, float(values[r]), peak_ids[r], source, lead)
+            for tok, act, r in zip(tokens, acts, rows.tolist())
         ]
 
     def example_spans(self, latent: int) -> list[tuple[int, int]]:

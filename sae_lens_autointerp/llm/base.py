@@ -26,6 +26,7 @@ from .types import (
     ClassifyResult,
     Message,
     Usage,
+    normalize_messages,
     response_from_json,
     response_to_json,
 )
@@ -142,7 +143,7 @@ class BaseClient:
             return await map_bounded(
                 prompts, lambda m: self.classify(m, choices_t, seed=seed, stage=stage, latent=latent), concurrency
             )
-        requests = [_classify_request(m, seed, stage, latent) for m in prompts]
+        requests = _classify_requests(prompts, seed, stage, latent)
         slots: list[Any] = [None] * len(requests)
         keys: list[str | None] = [None] * len(requests)
         payloads: list[dict[str, Any]] = [{"messages": r.messages, "choices": choices_t} for r in requests]
@@ -174,11 +175,15 @@ class BaseClient:
                     raise MalformedResponseError(f"{self.name} answered {len(answers)} of {len(pending)} requests")
             except LLMError as exc:  # the whole call failed: so did each of its requests
                 answers = [exc] * len(pending)
-            for i, answer in zip(pending, answers):
-                try:
-                    slots[i] = self._settle("classify", payloads[i], requests[i], keys[i], answer)
-                except Exception as exc:  # as classify's caller would see it, once every request is settled
-                    slots[i] = _Failed(exc)
+            tally = _Tally()  # every request has this stage and latent: their usage is counted in one call
+            try:
+                for i, answer in zip(pending, answers):
+                    try:
+                        slots[i] = self._settle("classify", payloads[i], requests[i], keys[i], answer, tally)
+                    except Exception as exc:  # as classify's caller would see it, once every request is settled
+                        slots[i] = _Failed(exc)
+            finally:
+                self.usage.record_many(self.name, stage, latent, tally.usages, tally.failures)
         for i in repeats:  # as one request after another would find them: in the cache, or sent again
             try:
                 slots[i] = await self._through_cache(
@@ -284,11 +289,23 @@ class BaseClient:
                 "cache in 'readwrite' mode to record it"
             )
 
-    def _settle(self, kind: str, payload: dict[str, Any], request: ChatRequest, key: str | None, outcome: Any) -> Any:
+    def _settle(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        request: ChatRequest,
+        key: str | None,
+        outcome: Any,
+        tally: _Tally | None = None,
+    ) -> Any:
         """Count what the backend gave for one request (an answer, or an :class:`LLMError` that is re-raised;
-        any other exception propagates uncounted, as a bug) and cache an answer."""
+        any other exception propagates uncounted, as a bug) and cache an answer. With ``tally`` the usage and
+        failures are added to it, for the caller to record at once (a batch of requests of one stage / latent)."""
         if isinstance(outcome, LLMError):
-            self.usage.record_failure(self.name, request.stage, request.latent)
+            if tally is None:
+                self.usage.record_failure(self.name, request.stage, request.latent)
+            else:
+                tally.failures += 1
             if isinstance(outcome, (LLMConnectionError, MalformedResponseError)) and not isinstance(
                 outcome, BudgetExceeded
             ):
@@ -298,10 +315,14 @@ class BaseClient:
         if isinstance(outcome, BaseException):
             raise outcome
         self._transport_failures = 0
-        self.usage.record(self.name, request.stage, request.latent, outcome.usage)
         failed = outcome.refused if isinstance(outcome, ChatResponse) else not outcome.ok
-        if failed:
-            self.usage.record_failure(self.name, request.stage, request.latent)
+        if tally is not None:
+            tally.usages.append(outcome.usage)
+            tally.failures += bool(failed)
+        else:
+            self.usage.record(self.name, request.stage, request.latent, outcome.usage)
+            if failed:
+                self.usage.record_failure(self.name, request.stage, request.latent)
         if self.cache is not None and key is not None:
             self.cache.put(
                 key, response_to_json(outcome), {"model": self.cache_namespace, "kind": kind, **_jsonable(payload)}
@@ -330,6 +351,38 @@ def _classify_request(messages: Sequence[Message], seed: int | None, stage: str,
         stage=stage,
         latent=latent,
     )
+
+
+def _classify_requests(
+    prompts: Sequence[Sequence[Message]], seed: int | None, stage: str, latent: int | None
+) -> list[ChatRequest]:
+    """``[_classify_request(m, seed, stage, latent) for m in prompts]``, with the parameters validated once
+    (``build`` of the first; they are the same for every prompt); every prompt's messages are still checked."""
+    prompts = list(prompts)
+    if not prompts:
+        return []
+    first = _classify_request(prompts[0], seed, stage, latent)
+    return [first, *(_with_messages(first, normalize_messages(m)) for m in prompts[1:])]
+
+
+def _with_messages(request: ChatRequest, messages: tuple[tuple[str, str], ...]) -> ChatRequest:
+    """``dataclasses.replace(request, messages=messages)`` without ``__init__``: the fields are copied as they
+    are (already validated; ChatRequest has no ``__post_init__``), a quarter of the cost of the frozen
+    ``__init__``'s ``object.__setattr__`` per field, which a batch of a hundred requests per latent pays."""
+    new = object.__new__(ChatRequest)
+    new.__dict__.update(request.__dict__)
+    new.__dict__["messages"] = messages
+    return new
+
+
+class _Tally:
+    """Usage and failures of a batch of requests (one stage, one latent), recorded in one call."""
+
+    __slots__ = ("usages", "failures")
+
+    def __init__(self) -> None:
+        self.usages: list[Usage] = []
+        self.failures = 0
 
 
 class _Failed:
@@ -411,6 +464,8 @@ def classify_from_logprobs(
 def match_choice(text: str, choices: tuple[str, ...]) -> str | None:
     """The choice a generated answer gives: the longest choice the stripped text starts with."""
     t = text.strip().strip("\"'`*").strip()
+    if t in choices:  # the usual answer: a choice exactly, which is also the longest one it starts with
+        return t
     matches = [c for c in choices if t == c or t.startswith(c)]
     return max(matches, key=len) if matches else None
 

@@ -269,6 +269,28 @@ class UsageTracker:
                 if not math.isnan(cost):
                     t.cost += cost
 
+    def record_many(
+        self, model: str, stage: str, latent: int | None, usages: Sequence[Usage], failures: int = 0
+    ) -> None:
+        """:meth:`record` of each of ``usages`` (in order) and :meth:`record_failure` ``failures`` times, under one
+        lock: the same totals as one call per request (each cost added one by one, so the float sums match)."""
+        if not usages and not failures:
+            return  # as no call at all: no row is created
+        costs = [self.prices.cost(model, u) for u in usages] if self.prices else []
+        costs = [c for c in costs if not math.isnan(c)]
+        prompt = sum(u.prompt_tokens for u in usages)
+        completion = sum(u.completion_tokens for u in usages)
+        cached = sum(u.cached_tokens for u in usages)
+        with self._lock:
+            for t in self._rows(model, stage, latent):
+                t.requests += len(usages)
+                t.prompt_tokens += prompt
+                t.completion_tokens += completion
+                t.cached_tokens += cached
+                t.failures += failures
+                for c in costs:
+                    t.cost += c
+
     def record_retry(self, model: str, stage: str, latent: int | None) -> None:
         with self._lock:
             for t in self._rows(model, stage, latent):

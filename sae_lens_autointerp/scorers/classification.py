@@ -184,7 +184,6 @@ class ClassificationScorer:
         order = rng.permutation(len(items))
         items = [items[i] for i in order]
         k = self.examples_per_prompt
-        batches = [items[i : i + k] for i in range(0, len(items), k)]  # the last batch may be short
 
         async def run(batch: list[Item]) -> list[dict[str, Any]]:
             return await self._judge(ctx, sample.latent, explanation.text, batch)
@@ -199,6 +198,7 @@ class ClassificationScorer:
             )
             predictions = [_one_prediction(it, res) for it, res in zip(items, answers, strict=True)]
         else:
+            batches = [items[i : i + k] for i in range(0, len(items), k)]  # the last batch may be short
             results = await map_bounded(batches, run, self.concurrency)
             predictions = [p for res in results for p in res]
         labels = [p["label"] for p in predictions]
@@ -220,11 +220,7 @@ class ClassificationScorer:
                     [metrics["notes"], "auc: left out, the backend gave no graded probabilities (one-hot answers)"],
                 )
             )
-        metrics.update(
-            self._calibrated(
-                labels, answered, graded, content_free, latent_rng(ctx.seed, sample.latent, self.name + "/ci-cal")
-            )
-        )
+        metrics.update(self._calibrated(labels, answered, graded, content_free, ctx.seed, sample.latent))
         return ScorerOutput(
             scorer=self.name,
             score=_finite(metrics_obj.balanced_accuracy.value),
@@ -242,7 +238,8 @@ class ClassificationScorer:
         answered: list[bool | None],
         graded: list[float | None],
         content_free: tuple[float | None, str | None] | None,
-        rng: np.random.Generator,
+        seed: int,
+        latent: int,
     ) -> dict[str, Any]:
         if content_free is None:
             why = (
@@ -257,7 +254,8 @@ class ClassificationScorer:
         if threshold is None:
             return {"balanced_accuracy_calibrated": None, "calibration": f"not computed: {reason}"}
         decided = [None if a is None or g is None else g >= threshold for a, g in zip(answered, graded)]
-        cal = binary_metrics(labels, decided, rng=rng).balanced_accuracy
+        # the generator is built here, where it is used: a judge without graded probabilities never needs it
+        cal = binary_metrics(labels, decided, rng=latent_rng(seed, latent, self.name + "/ci-cal")).balanced_accuracy
         return {
             "balanced_accuracy_calibrated": _finite(cal.value),
             "balanced_accuracy_calibrated_low": _finite(cal.low),
@@ -299,10 +297,11 @@ class DetectionScorer(ClassificationScorer):
     )
 
     def items(self, sample: LatentSample, ctx: Context, rng: np.random.Generator) -> list[Item]:
-        text = ctx.renderer.text  # render(ex).text: only the tokens are shown here, never the activations
+        examples = sample.test
+        texts = ctx.renderer.texts(examples)  # render(ex).text: only the tokens are shown here, never the activations
         return [
-            Item(text(ex).replace("\n", "\\n"), bool(ex.extra.get("label")), ex.token_id, ex.extra.get("quantile"))
-            for ex in sample.test
+            Item(text.replace("\n", "\\n"), bool(ex.extra.get("label")), ex.token_id, ex.extra.get("quantile"))
+            for ex, text in zip(examples, texts)
         ]
 
 
@@ -325,13 +324,11 @@ class FuzzingScorer(ClassificationScorer):
 
     def items(self, sample: LatentSample, ctx: Context, rng: np.random.Generator) -> list[Item]:
         out, counts = [], []
-        for ex in sample.test_pos:
-            r = ctx.renderer.render(ex)
+        for ex, r in zip(sample.test_pos, ctx.renderer.render_many(sample.test_pos)):
             marked = active_mask(r, self.highlight_threshold)
             counts.append(int(marked.sum()))
             out.append(Item(highlight(r.tokens, marked), True, ex.token_id, r.quantile))
-        for ex in sample.test_neg:
-            r = ctx.renderer.render(ex)
+        for ex, r in zip(sample.test_neg, ctx.renderer.render_many(sample.test_neg)):
             k = min(int(counts[rng.integers(len(counts))]) if counts else 1, len(r.tokens))
             fake = np.zeros(len(r.tokens), dtype=bool)
             fake[rng.choice(len(r.tokens), size=k, replace=False)] = True
@@ -350,8 +347,7 @@ class FuzzingActiveScorer(ClassificationScorer):
         positives = list(sample.test_pos)
         wrong = set(rng.permutation(len(positives))[: len(positives) // 2].tolist())
         out = []
-        for i, ex in enumerate(positives):
-            r = ctx.renderer.render(ex)
+        for i, (ex, r) in enumerate(zip(positives, ctx.renderer.render_many(positives))):
             marked = active_mask(r, self.highlight_threshold)
             label = i not in wrong
             if not label:
