@@ -110,6 +110,9 @@ def harvest(
     a Hugging Face ``transformers`` model, :class:`~.subjects.HFModel` or an nnsight model: the SAE's
     TransformerLens hook name is mapped to the module it denotes (``hookmap.py``, docs/models.md).
 
+    ``dataset`` is any form of ``corpus.py``'s docstring: a Hugging Face name or object, local files, strings,
+    a token tensor, or pre-tokenized rows (a ``tokens`` / ``input_ids`` column, read as SAELens reads them).
+
     Args:
         n_tokens: tokens to read (rounded up to whole sequences of ``ctx_len``).
         ctx_len: sequence length; default ``sae.cfg.metadata.context_size`` (or 128), capped by the model.
