@@ -47,7 +47,7 @@ import torch
 import sae_lens_autointerp as sai
 from sae_lens_autointerp import pipeline
 from sae_lens_autointerp.harvest.store import LatentStore
-from sae_lens_autointerp.llm import BaseClient, ChatRequest, ChatResponse, ClassifyResult, Usage, classify_from_chat
+from sae_lens_autointerp.llm import BaseClient, ChatRequest, ChatResponse, ClassifyResult, Usage
 
 D_SAE = 100_000
 
@@ -67,8 +67,20 @@ class InstantJudge(BaseClient):
         return self.answer(request)
 
     async def _classify_batch(self, requests: Sequence[ChatRequest], choices: tuple[str, ...]) -> list[ClassifyResult]:
-        """A whole latent's classifications in one call, each read from its own request."""
-        return [classify_from_chat(self.answer(r), choices) for r in requests]
+        """A whole latent's classifications in one call, each read from its own request: the result
+        ``classify_from_chat`` makes of :meth:`answer` (a one-hot "generation" result), built directly, as a
+        backend that reads logits builds its own (what the fake costs is not the pipeline's overhead)."""
+        out = []
+        for r in requests:
+            user = r.messages[-1][1]
+            text = "1" if " the " in user else "0"
+            probs = {c: float(c == text) for c in choices}
+            out.append(
+                ClassifyResult(
+                    choices, probs, dict.fromkeys(choices), False, "generation", Usage(len(user) // 4, 1), text=text
+                )
+            )
+        return out
 
 
 class _Rows:

@@ -22,11 +22,14 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .harvest.store import Example, LatentStore, RandomWindow
+from .harvest.store import Example, LatentStore, RandomWindow, new_example
 from .spans import SpanSet
 
 
 class NegativeSource(Protocol):
+    """A source of non-activating examples. An optional class attribute ``inline = True`` says its draws are
+    light enough to run on the event loop's thread; otherwise the pipeline samples on a worker thread."""
+
     name: str
 
     def draw(
@@ -51,18 +54,16 @@ def silent_window_ids(store: LatentStore, latent: int, avoid: SpanSet) -> tuple[
 
 
 def _silent(latent: int, window: Any, source: str) -> Example:
-    return Example(
-        latent=latent,
-        tokens=window.tokens,
-        activations=np.zeros(len(window.tokens), dtype=np.float32),
-        value=0.0,
-        token_id=window.start_id,
-        source=source,
+    return new_example(
+        latent, window.tokens, np.zeros(len(window.tokens), dtype=np.float32), 0.0, window.start_id, source
     )
 
 
 class RandomNegatives:
     name = "random"
+    #: sampled on the event loop's thread: a millisecond of array work that holds the GIL, which a worker
+    #: thread would only add its hand-off to (sources that run torch models are sampled on a thread)
+    inline = True
 
     def draw(
         self, store: LatentStore, latent: int, n: int, rng: np.random.Generator, avoid: SpanSet

@@ -53,7 +53,7 @@ from .locks import folder_lock
 from .paths import cache_dir
 from .records import PROMPT_VERSION, Context, Explanation, ScorerOutput
 from .registry import get_client, get_registry
-from .results import ResultsFile, ScoreResult, _json_default
+from .results import ResultsFile, ScoreResult, encode_record
 from .sampling import LatentSample, SamplingConfig, sample_latent
 from .text import Renderer
 
@@ -868,8 +868,18 @@ class _Runner:
             base["heuristic"] = self.heuristics[latent]
         return base
 
+    def _append(self, record: dict[str, Any]) -> None:
+        """Append ``record``, encoded once. Where a plugin's output cannot be written (not JSON, a NaN), that
+        scorer's entry (or control) becomes the error it is, naming the plugin, and the rest is kept."""
+        try:
+            line = encode_record(record)
+        except (TypeError, ValueError):
+            _quarantine(record)
+            line = encode_record(record)  # anything still failing is a bug of ours: it raises
+        self.results.append(record, line)
+
     def _write(self, record: dict[str, Any]) -> None:
-        self.results.append(record)
+        self._append(record)
         self.written.add(record["latent"])
         self._failures_in_a_row = 0
         self._bar.update(1)
@@ -878,7 +888,7 @@ class _Runner:
         """Keep what the latent finished (an ``incomplete`` record the next run resumes from) and count the
         infrastructure failure; trip the breaker after too many in a row."""
         record["incomplete"] = {"stage": failure.stage, "error": f"{type(failure.error).__name__}: {failure.error}"}
-        self.results.append(record)
+        self._append(record)
         self.incomplete[latent] = str(failure)
         if isinstance(failure.error, BudgetExceeded):
             self.stopped = self.stopped or str(failure.error)
@@ -893,7 +903,11 @@ class _Runner:
             )
 
     async def _prepare(self, latent: int, partial: dict[str, Any] | None) -> _Prepared | None:
-        sample = await asyncio.to_thread(sample_latent, self.ctx.store, latent, self.sampling, self.negatives)
+        args = (self.ctx.store, latent, self.sampling, self.negatives)
+        if getattr(self.negatives, "inline", False):
+            sample = sample_latent(*args)
+        else:
+            sample = await asyncio.to_thread(sample_latent, *args)
         if sample.skipped:
             self._write({**self._base(latent, sample), "skipped": sample.skipped})
             return None
@@ -1094,8 +1108,9 @@ def _guess_headline(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_output(out: Any) -> tuple[str | None, dict[str, Any]]:
-    """What is wrong with a scorer's return value for results.jsonl, or None (the plugin contract); and
-    ``out.to_dict()`` once it is known to be a ScorerOutput (checked, so the caller need not copy it again)."""
+    """What is wrong with a scorer's return value (the plugin contract), or None; and ``out.to_dict()`` once it
+    is known to be a ScorerOutput (checked, so the caller need not copy it again). Whether it can be written
+    to results.jsonl is checked when the record is written (:func:`_quarantine`): encoded once, not twice."""
     if not isinstance(out, ScorerOutput):
         return f"returned {type(out).__name__}, not a ScorerOutput", {}
     score = out.score
@@ -1107,9 +1122,38 @@ def _check_output(out: Any) -> tuple[str | None, dict[str, Any]]:
         value = getattr(out, field_name)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             return f"returned {field_name}={value!r}; it must be a non-negative integer", {}
-    d = out.to_dict()
+    return None, out.to_dict()
+
+
+def _unwritable(entry: Any) -> str | None:
+    """Why ``entry`` cannot be written to results.jsonl, or None."""
     try:
-        json.dumps(d, default=_json_default, allow_nan=False)
+        encode_record(entry)
     except (TypeError, ValueError) as exc:
-        return f"returned a ScorerOutput that cannot be written to results.jsonl: {type(exc).__name__}: {exc}", {}
-    return None, d
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _quarantine(record: dict[str, Any]) -> None:
+    """Replace each scorer entry and control of ``record`` that cannot be written with the error it is."""
+    for name, entry in list((record.get("scores") or {}).items()):
+        problem = _unwritable(entry)
+        if problem is None:
+            continue
+        provider = entry.get("provider") or {}
+        error = (
+            f"plugin {provider.get('plugin')!r}: scorer {name!r} returned a ScorerOutput that cannot be written to "
+            f"results.jsonl: {problem}"
+        )
+        kept = {k: entry.get(k) for k in ("provider", "judge_kind", "judge", "needs_explanation")}
+        failed = ScorerOutput(scorer=name, score=None, n_examples=0, n_failed=0, error=error).to_dict()
+        record["scores"][name] = {**failed, **kept, "scorer": name}
+    for name, control in list((record.get("controls") or {}).items()):
+        problem = _unwritable(control)
+        if problem is not None:
+            record["controls"][name] = {
+                "explanation_from": control.get("explanation_from"),
+                "explanation": control.get("explanation"),
+                "score": None,
+                "error": f"scorer {name!r} returned a control that cannot be written to results.jsonl: {problem}",
+            }

@@ -420,10 +420,11 @@ class ResultsFile:
             self.path.name,
         )
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any], line: bytes | None = None) -> None:
         """Write one record as one line (a single write), index it, and fsync at most every
-        :data:`SYNC_EVERY_S` seconds (``sync()`` forces it)."""
-        line = (json.dumps(record, default=_json_default, allow_nan=False) + "\n").encode()
+        :data:`SYNC_EVERY_S` seconds (``sync()`` forces it). ``line``: :func:`encode_record` of ``record``,
+        where the caller has it already."""
+        line = encode_record(record) if line is None else line
         self.repair()
         with self._lock:
             index = self.index
@@ -546,6 +547,11 @@ class RecordSeq(Sequence[dict[str, Any]]):
 
     def __repr__(self) -> str:
         return f"RecordSeq({len(self)} records of {str(self.path)!r})"
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """``record`` as its line of results.jsonl; TypeError / ValueError when it is not JSON (a NaN included)."""
+    return (json.dumps(record, default=_json_default, allow_nan=False) + "\n").encode()
 
 
 def _json_default(obj: Any) -> Any:

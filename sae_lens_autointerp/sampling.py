@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import ConfigError
-from .harvest.store import Example, LatentStore, example_spans_of
+from .harvest.store import Example, LatentStore, spans_of
 from .spans import SpanSet
 
 ExplainStrategy = Literal["quantiles", "top", "random"]
@@ -137,16 +137,14 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
             stats=stats,
         )
     rng = latent_rng(config.seed, latent)
-    pool = store.stratified_examples(latent)  # uniform sample, strongest first
-    groups = [g.tolist() for g in np.array_split(np.arange(len(pool)), config.n_quantiles)]
-    quantile_of = {}
-    for q, idx in enumerate(groups):
-        for i in idx:
-            quantile_of[chunk_key(pool[i], settings)] = q
-
-    def tag(ex: Example, label: bool) -> Example:
-        q = quantile_of.get(chunk_key(ex, settings)) if label else None
-        return ex.with_extra(label=label, quantile=q)
+    # The uniform sample as arrays, strongest first (pool index i = rank i); examples are built only for
+    # the ones chosen.
+    rows, peaks, _ = store.ranked_rows(latent, "res")
+    ctx_len, lead, width = settings.ctx_len, settings.peak_offset, settings.example_len
+    groups = np.array_split(np.arange(len(rows)), config.n_quantiles)
+    rank_group = np.repeat(np.arange(config.n_quantiles), [len(g) for g in groups])
+    # quantile of a chunk (sequence, position // example_len), as chunk_key gives it
+    quantile_of = dict(zip(_chunk_ids(peaks, settings).tolist(), rank_group.tolist()))
 
     per_explain = _spread(config.n_explain, config.n_quantiles)
     per_test = _spread(config.n_test_pos, config.n_quantiles)
@@ -157,56 +155,58 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
         if len(idx) < want and want > 0:
             per_test[q] = round(len(idx) * per_test[q] / want)
             per_explain[q] = len(idx) - per_test[q]
-    shown: list[Example] = []
     if config.explain_strategy == "top":
-        shown = store.top_examples(latent)[: config.n_explain]
-    elif config.explain_strategy == "random":
-        order = rng.permutation(len(pool))[: config.n_explain]
-        shown = [pool[i] for i in sorted(order)]
+        top_rows, top_peaks, _ = store.ranked_rows(latent, "top")
+        shown_prefix, shown_rows, shown_peaks = "top", top_rows[: config.n_explain], top_peaks[: config.n_explain]
+        is_shown = np.isin(peaks, shown_peaks)  # the same peak in the top list and in the sample
     else:
-        for q, idx in enumerate(groups):
-            take = rng.permutation(idx)[: per_explain[q]]
-            shown.extend(pool[i] for i in sorted(take))
-    ctx_len = settings.ctx_len
-    shown_ids = {e.token_id for e in shown}
-    shown_spans = SpanSet(_spans(shown, ctx_len))
-    near_shown = shown_spans.overlaps_many(*example_spans_of(pool, ctx_len)).tolist()  # the pool at once
-
-    test_pos: list[Example] = []
-    excluded_pos = 0
+        if config.explain_strategy == "random":
+            picked = np.sort(rng.permutation(len(rows))[: config.n_explain])
+        else:
+            parts = [np.sort(rng.permutation(idx)[: per_explain[q]]) for q, idx in enumerate(groups)]
+            picked = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        shown_prefix, shown_rows, shown_peaks = "res", rows[picked], peaks[picked]
+        is_shown = np.zeros(len(rows), dtype=bool)
+        is_shown[picked] = True  # (a latent's sampled peaks are distinct: one per chunk)
+    shown_spans = SpanSet.from_arrays(*spans_of(shown_peaks, shown_peaks - lead, width, ctx_len))
+    near_shown = shown_spans.overlaps_many(*spans_of(peaks, peaks - lead, width, ctx_len))  # the pool at once
+    excluded_pos = int((near_shown & ~is_shown).sum())
+    free = ~near_shown & ~is_shown
+    chosen: list[np.ndarray] = []
     for q, idx in enumerate(groups):
-        free = []
-        for i in idx:
-            if pool[i].token_id in shown_ids:
-                continue
-            if near_shown[i]:
-                excluded_pos += 1
-                continue
-            free.append(i)
-        take = rng.permutation(free)[: per_test[q]] if free else np.empty(0, dtype=np.int64)
-        test_pos.extend(pool[i] for i in sorted(take))
+        candidates = idx[free[idx]]
+        if candidates.size:
+            chosen.append(np.sort(rng.permutation(candidates)[: per_test[q]]))
+    test_idx = np.concatenate(chosen) if chosen else np.empty(0, dtype=np.int64)
     if negatives is None:
         from .negatives import RandomNegatives
 
         negatives = RandomNegatives()
     # Every window known to activate the latent, plus the chosen ones: no negative may touch them.
     # (built at once: the same merged set as activating_spans() plus one add() per chosen example)
-    avoid = SpanSet([*store.example_spans(latent), *_spans([*shown, *test_pos], ctx_len)])
+    known_lo, known_hi = store.example_span_arrays(latent)
+    chosen_peaks = np.concatenate([shown_peaks, peaks[test_idx]])
+    chosen_lo, chosen_hi = spans_of(chosen_peaks, chosen_peaks - lead, width, ctx_len)
+    avoid = SpanSet.from_arrays(np.concatenate([known_lo, chosen_lo]), np.concatenate([known_hi, chosen_hi]))
     test_neg, excluded_neg = negatives.draw(store, latent, config.n_test_neg, rng, avoid)
+
+    def labelled(peak_array: np.ndarray) -> list[dict[str, Any]]:
+        return [{"label": True, "quantile": quantile_of.get(c)} for c in _chunk_ids(peak_array, settings).tolist()]
+
     return LatentSample(
         latent,
-        explain=tuple(tag(e, True) for e in shown),
-        test_pos=tuple(tag(e, True) for e in test_pos),
-        test_neg=tuple(tag(e, False) for e in test_neg),
+        explain=tuple(store.examples_at(latent, shown_prefix, shown_rows, labelled(shown_peaks))),
+        test_pos=tuple(store.examples_at(latent, "res", rows[test_idx], labelled(peaks[test_idx]))),
+        test_neg=tuple(e.with_extra(label=False, quantile=None) for e in test_neg),
         stats=stats,
         holdout={"test_pos": excluded_pos, "test_neg": excluded_neg},
     )
 
 
-def _spans(examples: list[Example], ctx_len: int) -> list[tuple[int, int]]:
-    """``[e.span(ctx_len) for e in examples]``, computed at once."""
-    lo, hi = example_spans_of(examples, ctx_len)
-    return list(zip(lo.tolist(), hi.tolist()))
+def _chunk_ids(peaks: np.ndarray, settings: Any) -> np.ndarray:
+    """:func:`chunk_key` of each peak as one integer (``sequence * ctx_len + chunk``; a chunk is < ctx_len)."""
+    seq, pos = np.divmod(peaks, settings.ctx_len)
+    return seq * settings.ctx_len + pos // settings.example_len
 
 
 def activating_spans(store: LatentStore, latent: int) -> SpanSet:

@@ -19,6 +19,7 @@ class SpanSet:
     def __init__(self, spans: Iterable[tuple[int, int]] = ()) -> None:
         self._starts: list[int] = []
         self._ends: list[int] = []
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None  # the lists as arrays, for overlaps_many
         # sorted, then one merging pass (the same merged set as one add() per span, without the list inserts)
         for lo, hi in sorted((lo, hi) for lo, hi in spans if hi > lo):
             if self._ends and lo <= self._ends[-1]:  # touches the last interval: [1, 3) + [3, 5) is [1, 5)
@@ -26,6 +27,23 @@ class SpanSet:
             else:
                 self._starts.append(lo)
                 self._ends.append(hi)
+
+    @classmethod
+    def from_arrays(cls, lo: np.ndarray, hi: np.ndarray) -> SpanSet:
+        """``SpanSet(zip(lo, hi))``, merged with array operations (the sampler builds one per latent)."""
+        lo, hi = np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
+        keep = hi > lo
+        lo, hi = lo[keep], hi[keep]
+        order = np.lexsort((hi, lo))
+        lo, hi = lo[order], hi[order]
+        out = cls()
+        if lo.size:
+            reach = np.maximum.accumulate(hi)  # the furthest end so far: a span starting after it starts anew
+            first = np.flatnonzero(np.concatenate(([True], lo[1:] > reach[:-1])))
+            starts, ends = lo[first], np.maximum.reduceat(hi, first)
+            out._starts, out._ends = starts.tolist(), ends.tolist()
+            out._arrays = (starts, ends)
+        return out
 
     def __len__(self) -> int:
         return len(self._starts)
@@ -39,6 +57,7 @@ class SpanSet:
             lo, hi = min(lo, self._starts[i]), max(hi, self._ends[j - 1])
         self._starts[i:j] = [lo]
         self._ends[i:j] = [hi]
+        self._arrays = None
 
     def overlaps(self, lo: int, hi: int) -> bool:
         """True when ``[lo, hi)`` shares at least one position with the set."""
@@ -52,7 +71,9 @@ class SpanSet:
         lo, hi = np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
         if not self._starts:
             return np.zeros(lo.shape, dtype=bool)
-        starts, ends = np.asarray(self._starts, dtype=np.int64), np.asarray(self._ends, dtype=np.int64)
+        if self._arrays is None:
+            self._arrays = (np.asarray(self._starts, dtype=np.int64), np.asarray(self._ends, dtype=np.int64))
+        starts, ends = self._arrays
         i = np.searchsorted(ends, lo, side="right")  # first interval ending after lo
         inside = i < len(starts)
         return (hi > lo) & inside & (starts[np.minimum(i, len(starts) - 1)] < hi)

@@ -81,16 +81,26 @@ def test_vectorised_examples_and_spans_equal_the_plain_loop(planted_store):
     assert latents
     for latent in latents:
         for prefix, source in (("top", "top"), ("res", "stratified")):
-            fast = store._examples(latent, prefix, source)
-            slow = reference_examples(store, latent, prefix, source)
+            fast = store.examples_at(latent, prefix, store.ranked_rows(latent, prefix)[0])
+            slow = sorted(reference_examples(store, latent, prefix, source), key=lambda e: (-e.value, e.token_id))
             assert len(fast) == len(slow) > 0
             assert all(same_example(a, b) for a, b in zip(fast, slow))
             assert all(
                 a.tokens.dtype == b.tokens.dtype and a.activations.dtype == b.activations.dtype
                 for a, b in zip(fast, slow)
             )
+            public = store.top_examples(latent) if prefix == "top" else store.stratified_examples(latent)
+            assert len(public) == len(fast) and all(same_example(a, b) for a, b in zip(public, fast))
+            rows, peaks, values = store.ranked_rows(latent, prefix)
+            assert peaks.tolist() == [e.token_id for e in slow] and values.tolist() == [e.value for e in slow]
+            extras = [{"label": True, "quantile": i % 3} for i in range(2)]
+            tagged = store.examples_at(latent, prefix, rows[[1, 0]], extras)  # any rows, in the order given
+            assert [e.token_id for e in tagged] == [slow[1].token_id, slow[0].token_id]
+            assert [e.extra for e in tagged] == extras and fast[0].extra == {}
         examples = reference_examples(store, latent, "top", "top") + reference_examples(store, latent, "res", "s")
         assert store.example_spans(latent) == [e.span(store.settings.ctx_len) for e in examples]
+        lo, hi = store.example_span_arrays(latent)
+        assert list(zip(lo.tolist(), hi.tolist())) == store.example_spans(latent)
         ctx = store.settings.ctx_len
         examples += [_silent(latent, w, "random") for w in store.random_windows()[:20]]  # peak_index None
         examples.append(dataclasses.replace(examples[0], tokens=examples[0].tokens[:3]))  # a short window
@@ -138,6 +148,124 @@ def test_span_set_built_at_once_equals_one_add_per_span_and_overlaps_many_equals
         qhi = qlo + rng.integers(-2, 15, size=60)
         assert built.overlaps_many(qlo, qhi).tolist() == [built.overlaps(int(a), int(b)) for a, b in zip(qlo, qhi)]
     assert SpanSet([(0, 2), (2, 4)])._starts == [0]  # touching spans merge, as add() merges them
+
+
+def test_span_set_from_arrays_equals_the_merging_loop():
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        lo = rng.integers(0, 200, size=rng.integers(0, 50))
+        hi = lo + rng.integers(-3, 30, size=lo.size)  # empty, nested, touching and overlapping spans
+        fast, slow = SpanSet.from_arrays(lo, hi), SpanSet(zip(lo.tolist(), hi.tolist()))
+        assert (fast._starts, fast._ends) == (slow._starts, slow._ends)
+        assert all(type(x) is int for x in fast._starts + fast._ends)
+        qlo = rng.integers(-5, 240, size=40)
+        qhi = qlo + rng.integers(-2, 15, size=40)
+        assert fast.overlaps_many(qlo, qhi).tolist() == slow.overlaps_many(qlo, qhi).tolist()
+        fast.add(5, 9)  # the cached arrays follow an add
+        slow.add(5, 9)
+        assert fast.overlaps_many(qlo, qhi).tolist() == slow.overlaps_many(qlo, qhi).tolist()
+
+
+def reference_sample(store, latent: int, config: SamplingConfig):
+    """``sample_latent`` as it was: every example of the pool built, then filtered one by one."""
+    from sae_lens_autointerp.negatives import RandomNegatives
+    from sae_lens_autointerp.sampling import LatentSample, _spread, chunk_key, latent_rng
+
+    settings, ctx_len = store.settings, store.settings.ctx_len
+    rng = latent_rng(config.seed, latent)
+    pool = store.stratified_examples(latent)
+    groups = [g.tolist() for g in np.array_split(np.arange(len(pool)), config.n_quantiles)]
+    quantile_of = {chunk_key(pool[i], settings): q for q, idx in enumerate(groups) for i in idx}
+
+    def tag(ex: Example, label: bool) -> Example:
+        return ex.with_extra(label=label, quantile=quantile_of.get(chunk_key(ex, settings)) if label else None)
+
+    per_explain, per_test = (
+        _spread(config.n_explain, config.n_quantiles),
+        _spread(config.n_test_pos, config.n_quantiles),
+    )
+    for q, idx in enumerate(groups):
+        want = per_explain[q] + per_test[q]
+        if len(idx) < want and want > 0:
+            per_test[q] = round(len(idx) * per_test[q] / want)
+            per_explain[q] = len(idx) - per_test[q]
+    if config.explain_strategy == "top":
+        shown = store.top_examples(latent)[: config.n_explain]
+    elif config.explain_strategy == "random":
+        shown = [pool[i] for i in sorted(rng.permutation(len(pool))[: config.n_explain])]
+    else:
+        shown = [pool[i] for q, idx in enumerate(groups) for i in sorted(rng.permutation(idx)[: per_explain[q]])]
+    shown_ids = {e.token_id for e in shown}
+    shown_spans = SpanSet()
+    for e in shown:
+        shown_spans.add(*e.span(ctx_len))
+    test_pos, excluded_pos = [], 0
+    for q, idx in enumerate(groups):
+        free = []
+        for i in idx:
+            if pool[i].token_id in shown_ids:
+                continue
+            if shown_spans.overlaps(*pool[i].span(ctx_len)):
+                excluded_pos += 1
+                continue
+            free.append(i)
+        take = rng.permutation(free)[: per_test[q]] if free else []
+        test_pos.extend(pool[i] for i in sorted(take))
+    avoid = activating_spans(store, latent)
+    for e in [*shown, *test_pos]:
+        avoid.add(*e.span(ctx_len))
+    test_neg, excluded_neg = RandomNegatives().draw(store, latent, config.n_test_neg, rng, avoid)
+    return LatentSample(
+        latent,
+        explain=tuple(tag(e, True) for e in shown),
+        test_pos=tuple(tag(e, True) for e in test_pos),
+        test_neg=tuple(tag(e, False) for e in test_neg),
+        holdout={"test_pos": excluded_pos, "test_neg": excluded_neg},
+    )
+
+
+@pytest.mark.parametrize("strategy", ["quantiles", "top", "random"])
+def test_sampling_on_arrays_equals_the_example_by_example_sampler(embedded_store, strategy):
+    from sae_lens_autointerp.sampling import sample_latent
+
+    store = embedded_store
+    counts = store.stats["n_fire_examples"].numpy()
+    latents = [int(i) for i in np.flatnonzero(counts >= 10)[:40]]
+    assert len(latents) >= 10
+    excluded = 0
+    for config in (
+        SamplingConfig(explain_strategy=strategy, min_activating=1, max_frequency=1.0),
+        SamplingConfig(
+            explain_strategy=strategy,
+            n_explain=5,
+            n_test_pos=3,
+            n_test_neg=7,
+            n_quantiles=3,
+            min_activating=1,
+            max_frequency=1.0,
+            seed=4,
+        ),
+    ):
+        for latent in latents:
+            fast, slow = sample_latent(store, latent, config), reference_sample(store, latent, config)
+            assert fast.skipped is None and fast.holdout == slow.holdout
+            for part in ("explain", "test_pos", "test_neg"):
+                a, b = getattr(fast, part), getattr(slow, part)
+                assert len(a) == len(b) and all(same_example(x, y) for x, y in zip(a, b)), (latent, part)
+            excluded += fast.holdout["test_pos"]
+    assert excluded > 0  # the overlap hold-out was exercised
+
+
+def test_new_example_equals_the_dataclass_init():
+    from sae_lens_autointerp.harvest.store import new_example
+
+    args = (7, np.arange(4, dtype=np.int32), np.ones(4, np.float32), 1.5, 99, "top", 2, {"a": 1})
+    fast, slow = new_example(*args), Example(*args)
+    assert same_example(fast, slow) and fast.__dict__.keys() == slow.__dict__.keys()
+    assert [f.name for f in dataclasses.fields(Example)] == list(fast.__dict__)  # a new field fails here
+    assert new_example(*args[:6]).extra == {} and new_example(*args[:6]).peak_index is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.value = 2.0  # type: ignore[misc]
 
 
 def test_cached_rendering_equals_uncached(planted_store, bridge_model):
@@ -452,3 +580,53 @@ def test_batched_classify_requests_equal_one_build_per_prompt():
             _classify_request(bad, None, "s", None)
         with pytest.raises(slow_error.type, match=re.escape(str(slow_error.value))):
             _classify_requests([prompts[0], bad, prompts[1]], None, "s", None)
+
+
+def test_a_record_is_encoded_once_and_unwritable_plugin_output_becomes_its_error(tmp_path):
+    """The JSON check moved from every scorer output to the one encoding of the record: an entry (or a
+    control) that cannot be written becomes an error naming the plugin; the other entries are kept as they are."""
+    from sae_lens_autointerp.pipeline import _quarantine
+    from sae_lens_autointerp.results import ResultsFile, encode_record
+
+    def entry(name: str, plugin: str, **metrics: Any) -> dict[str, Any]:
+        return {
+            "scorer": name,
+            "score": 0.75,
+            "n_examples": 4,
+            "n_failed": 0,
+            "metrics": metrics,
+            "predictions": [{"token_id": 3, "label": True, "prediction": True}],
+            "provider": {"plugin": plugin, "version": "1.0"},
+            "judge_kind": "llm",
+            "judge": "fake",
+            "needs_explanation": True,
+        }
+
+    good = entry("detection", "builtin", balanced_accuracy=0.75, n=np.int64(4))  # numpy scalars are written
+    record = {
+        "latent": 5,
+        "scores": {"detection": good, "nan": entry("nan", "sai_nan", auc=float("nan")), "odd": entry("odd", "sai_odd")},
+        "controls": {
+            "detection": {"explanation_from": 2, "explanation": "x", "score": 0.5},
+            "odd": {"explanation_from": 2, "explanation": "x", "score": 0.5, "predictions": [object()]},
+        },
+    }
+    record["scores"]["odd"]["metrics"]["thing"] = object()
+    kept = json.loads(encode_record({"s": good}))["s"]
+    with pytest.raises((TypeError, ValueError)):
+        encode_record(record)
+    _quarantine(record)
+    line = encode_record(record)
+    back = json.loads(line)
+    assert back["scores"]["detection"] == kept and back["controls"]["detection"]["score"] == 0.5
+    nan, odd = back["scores"]["nan"], back["scores"]["odd"]
+    assert nan["score"] is None and nan["error"].startswith(
+        "plugin 'sai_nan': scorer 'nan' returned a ScorerOutput that cannot be written to results.jsonl: ValueError"
+    )
+    assert odd["error"].startswith("plugin 'sai_odd': scorer 'odd' returned a ScorerOutput that cannot be written")
+    assert odd["provider"] == {"plugin": "sai_odd", "version": "1.0"} and odd["judge_kind"] == "llm"
+    assert back["controls"]["odd"]["score"] is None and "cannot be written" in back["controls"]["odd"]["error"]
+    results = ResultsFile(tmp_path / "results.jsonl")
+    results.append(back, line)
+    results.close()
+    assert (tmp_path / "results.jsonl").read_bytes() == line

@@ -42,6 +42,7 @@ from .stats import HarvestSettings, LatentStats
 STORE_FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)
 PAD_TOKEN = -1
+_SOURCES = {"top": "top", "res": "stratified"}  # Example.source of each kind of stored example
 
 
 @dataclass(frozen=True)
@@ -62,18 +63,12 @@ class Example:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_extra(self, **extra: Any) -> Example:
-        """A copy with ``extra`` updated (what ``dataclasses.replace`` does, at a fifth of its cost: samplers
-        tag every example of every latent). Lists every field: a new field must be added here too."""
-        return Example(
-            self.latent,
-            self.tokens,
-            self.activations,
-            self.value,
-            self.token_id,
-            self.source,
-            self.peak_index,
-            {**self.extra, **extra},
-        )
+        """A copy with ``extra`` updated (what ``dataclasses.replace`` does, at a tenth of its cost: samplers
+        tag every example of every latent). The fields are copied as they are, already set by ``__init__``."""
+        new = object.__new__(Example)
+        new.__dict__.update(self.__dict__)
+        new.__dict__["extra"] = {**self.extra, **extra}
+        return new
 
     def span(self, ctx_len: int) -> tuple[int, int]:
         """The global token ids ``[start, end)`` this example's window covers inside its sequence (padding
@@ -89,12 +84,44 @@ def window_span(anchor_id: int, start_id: int, length: int, ctx_len: int) -> tup
     return lo, max(lo, hi)
 
 
+def new_example(
+    latent: int | None,
+    tokens: np.ndarray,
+    activations: np.ndarray,
+    value: float,
+    token_id: int,
+    source: str,
+    peak_index: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Example:
+    """``Example(...)`` with its fields set as the frozen ``__init__`` sets them (the same ``__dict__``), at a
+    third of its cost: the store and the samplers make every example of every latent. Keep in step with
+    :class:`Example`'s fields."""
+    example = object.__new__(Example)
+    example.__dict__.update(
+        latent=latent,
+        tokens=tokens,
+        activations=activations,
+        value=value,
+        token_id=token_id,
+        source=source,
+        peak_index=peak_index,
+        extra={} if extra is None else extra,
+    )
+    return example
+
+
 def example_spans_of(examples: Sequence[Example], ctx_len: int) -> tuple[np.ndarray, np.ndarray]:
     """``(lo, hi)`` int64 arrays: :meth:`Example.span` of each example, in a few array operations."""
     anchor = np.array([e.token_id for e in examples], dtype=np.int64)
     start = anchor - np.array([e.peak_index or 0 for e in examples], dtype=np.int64)
     length = np.array([len(e.tokens) for e in examples], dtype=np.int64)
-    seq_start = anchor // ctx_len * ctx_len  # window_span's arithmetic, on arrays
+    return spans_of(anchor, start, length, ctx_len)
+
+
+def spans_of(anchor: np.ndarray, start: np.ndarray, length: Any, ctx_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`window_span` of arrays of windows (``length`` an array or one length for all)."""
+    seq_start = anchor // ctx_len * ctx_len
     lo = np.maximum(start, seq_start)
     return lo, np.maximum(lo, np.minimum(start + length, seq_start + ctx_len))
 
@@ -298,52 +325,66 @@ class LatentStore:
             out[lo - start : hi - start] = self.tokens[seq, lo:hi]
         return out
 
-    def _examples(self, latent: int, prefix: str, source: str) -> list[Example]:
+    def ranked_rows(self, latent: int, prefix: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(rows, peaks, values)`` of ``latent``'s stored examples (``prefix`` "top": the exact top list,
+        "res": the uniform sample), strongest first, ties by position: the order of :meth:`top_examples` and
+        :meth:`stratified_examples`, as arrays, without building the examples (see :meth:`examples_at`)."""
         latent = self.check_latent(latent)
-        ids = self.stats[f"{prefix}_ids"][latent]
-        vals = self.stats[f"{prefix}_vals"][latent]
-        windows = self.stats[f"{prefix}_windows"][latent]
-        lead, ctx, w = self.settings.peak_offset, self.settings.ctx_len, self.settings.example_len
-        # every window in a few array operations (one latent's rows at once), then one Example per row
-        peaks = np.asarray(ids.tolist(), dtype=np.int64)
+        peaks = self.stats[f"{prefix}_ids"][latent].numpy().astype(np.int64)
+        values = self.stats[f"{prefix}_vals"][latent].numpy().astype(np.float64)
         rows = np.flatnonzero(peaks >= 0)
+        rows = rows[np.lexsort((peaks[rows], -values[rows]))]
+        return rows, peaks[rows], values[rows]
+
+    def examples_at(
+        self, latent: int, prefix: str, rows: np.ndarray, extras: Sequence[dict[str, Any]] | None = None
+    ) -> list[Example]:
+        """The examples of :meth:`ranked_rows`'s ``rows``, in that order, each with its ``extras`` entry."""
+        latent = self.check_latent(latent)
+        lead, ctx, w = self.settings.peak_offset, self.settings.ctx_len, self.settings.example_len
+        rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             return []
-        seq, pos = np.divmod(peaks[rows], ctx)
+        peaks = self.stats[f"{prefix}_ids"][latent].numpy().astype(np.int64)[rows]
+        values = self.stats[f"{prefix}_vals"][latent].numpy()[rows].tolist()  # Python floats: no numpy scalars
+        # every window in a few array operations, then one Example per row
+        seq, pos = np.divmod(peaks, ctx)
         at = (pos - lead)[:, None] + np.arange(w)[None, :]  # positions in the sequence, may fall outside it
         inside = (at >= 0) & (at < ctx)
         tokens = np.full((rows.size, w), PAD_TOKEN, dtype=np.int32)
         tokens[inside] = self.tokens[np.broadcast_to(seq[:, None], at.shape)[inside], at[inside]]
-        acts = windows.float().numpy()[rows]  # (indexing the torch tensor with an index tensor is ~1,000x slower)
-        values, peak_ids = vals.tolist(), peaks.tolist()  # Python numbers: no numpy scalar per example
-        # (latent, tokens, activations, value, token_id, source, peak_index); the rows are views, as tokens[k] is
+        # (indexing the torch tensor with an index tensor is ~1,000x slower than numpy's take)
+        acts = self.stats[f"{prefix}_windows"][latent].numpy()[rows].astype(np.float32)
+        source = _SOURCES[prefix]
+        extras = extras if extras is not None else [{} for _ in range(rows.size)]
+        # the rows are views, as tokens[k] is
         return [
-            Example(latent, tok, act, float(values[r]), peak_ids[r], source, lead)
-            for tok, act, r in zip(tokens, acts, rows.tolist())
+            new_example(latent, tok, act, value, peak, source, lead, extra)
+            for tok, act, value, peak, extra in zip(tokens, acts, values, peaks.tolist(), extras)
         ]
 
     def example_spans(self, latent: int) -> list[tuple[int, int]]:
         """The spans of every stored firing example of ``latent`` (top list and uniform sample), without
         building the examples (see :meth:`Example.span`)."""
+        lo, hi = self.example_span_arrays(latent)
+        return list(zip(lo.tolist(), hi.tolist()))
+
+    def example_span_arrays(self, latent: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`example_spans` as ``(lo, hi)`` arrays."""
         latent = self.check_latent(latent)
         lead, ctx, w = self.settings.peak_offset, self.settings.ctx_len, self.settings.example_len
         ids = torch.cat([self.stats["top_ids"][latent], self.stats["res_ids"][latent]]).numpy().astype(np.int64)
         peaks = ids[ids >= 0]
-        # window_span of every peak at once
-        seq_start = peaks // ctx * ctx
-        lo = np.maximum(peaks - lead, seq_start)
-        hi = np.maximum(lo, np.minimum(peaks - lead + w, seq_start + ctx))
-        return list(zip(lo.tolist(), hi.tolist()))
+        return spans_of(peaks, peaks - lead, w, ctx)
 
     def top_examples(self, latent: int) -> list[Example]:
         """The ``top_k`` most activating examples of ``latent``, largest first (exact over the harvest)."""
-        return sorted(self._examples(latent, "top", "top"), key=lambda e: (-e.value, e.token_id))
+        return self.examples_at(latent, "top", self.ranked_rows(latent, "top")[0])
 
     def stratified_examples(self, latent: int) -> list[Example]:
         """A uniform sample of the firing examples of ``latent``, sorted by activation (largest first);
         cut into equal parts it gives the rank quantiles of the activation distribution."""
-        examples = self._examples(latent, "res", "stratified")
-        return sorted(examples, key=lambda e: (-e.value, e.token_id))
+        return self.examples_at(latent, "res", self.ranked_rows(latent, "res")[0])
 
     def random_windows(self) -> list[RandomWindow]:
         """The shared pool of random windows with their sparse activations, ordered by position."""
