@@ -30,8 +30,13 @@
    reads its corpus, streamed from a pre-tokenized parquet file (written first, by the parent); with
    --tensor-input they are a tensor built in the child instead (8 bytes a token, held by the caller).
 
+7. With --malloc: glibc's malloc as it is against thresholds pinned to 1 MiB (``pin_malloc_thresholds``), each in
+   fresh processes (pinning cannot be undone), alternating: bare forward and harvest tok/s and peak RSS. Pinning
+   was the CLI's default until it was measured here.
+
 Run:  python benchmarks/harvest.py --many [--n-tokens 8192] [--repeats 2]
-      python benchmarks/harvest.py --long-rss 1000000,4000000 [--d-sae 16384]
+      python benchmarks/harvest.py --long-rss 1000000,4000000 [--d-sae 16384] [--pin-malloc]
+      python benchmarks/harvest.py --malloc [--n-tokens 16384] [--repeats 1]
       python benchmarks/harvest.py --backend bridge,hf,nnsight [--hook blocks.28.hook_resid_post --d-sae 2048]
                                    [--delphi]   (each backend's harvest against delphi's LatentCache too)
       python benchmarks/harvest.py --profile hf [--n-tokens 16384] [--hook ... --d-sae 2048]   (where the time goes)
@@ -408,7 +413,7 @@ def ours(model, sae, tokens: torch.Tensor, batch: int, overlap: bool = True) -> 
     jobs.OVERLAP_STATS = overlap  # the statistics folded on the background worker (the default) or inline
     try:
         start = clocks()
-        # pin_malloc: as the CLI runs it (the README's RSS numbers); a library call leaves malloc alone
+        # malloc as the library and the CLI leave it (the --malloc part measures the pinned thresholds)
         sae.autointerp.harvest(
             model,
             tokens,
@@ -417,7 +422,7 @@ def ours(model, sae, tokens: torch.Tensor, batch: int, overlap: bool = True) -> 
             batch_size=batch,
             store_dir=folder,
             progress=False,
-            pin_malloc=True,
+            pin_malloc=False,
         )
         return rates(tokens.numel(), start)
     finally:
@@ -512,7 +517,7 @@ def child_long_rss(args: argparse.Namespace) -> None:
                 batch_size=args.batch_size,
                 store_dir=folder,
                 progress=False,
-                pin_malloc=True,
+                pin_malloc=args.pin_malloc,
             )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -538,6 +543,7 @@ def long_rss(args: argparse.Namespace) -> None:
             cmd = [sys.executable, __file__, "--child-long-rss", str(n), "--ctx-len", str(args.ctx_len)]
             cmd += ["--batch-size", str(args.batch_size), "--d-sae", str(args.d_sae or 16384), "--inputs", corpus]
             cmd += ["--tensor-input"] if args.tensor_input else []
+            cmd += ["--pin-malloc"] if args.pin_malloc else []
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
@@ -552,6 +558,64 @@ def long_rss(args: argparse.Namespace) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     growth = rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"] - 1
     print(f"peak RSS growth {rows[0]['tokens']} -> {rows[-1]['tokens']} tokens: {100 * growth:+.1f}% (goal <= 5%)")
+
+
+def child_malloc(args: argparse.Namespace) -> None:
+    """One fresh process of the --malloc part: malloc pinned or not (before anything is allocated for the
+    run), then the bare forward and our harvest on the saved tokens, interleaved, and the peak RSS."""
+    import sae_lens_autointerp as sai
+    from sae_lens_autointerp.harvest import pin_malloc_thresholds
+
+    pinned = pin_malloc_thresholds() if args.child_malloc == "pinned" else False
+    model = sai.embedded.load_model()
+    sae, tokens = load_inputs(args, args.n_tokens, model.cfg.d_model)
+    ours(model, sae, tokens[: args.batch_size * 2], args.batch_size)  # warm-up (and the cached weight digest)
+    rows = []
+    for _ in range(args.repeats):
+        rows.append({"bare": baseline(model, sae, tokens, args.batch_size)["wall"]})
+        rows[-1]["ours"] = ours(model, sae, tokens, args.batch_size)["wall"]
+    print(json.dumps({"mode": args.child_malloc, "pinned": pinned, "rows": rows, "peak_rss_mib": peak_rss_mib()}))
+
+
+def malloc_ab(args: argparse.Namespace, sae, tokens: torch.Tensor) -> None:
+    """Part 7: glibc malloc as it is vs pinned thresholds (``pin_malloc_thresholds``: 1 MiB), each in fresh
+    processes (pinning cannot be undone), alternating, on the same tokens: bare forward and harvest tok/s."""
+    args.inputs = tempfile.mkdtemp(prefix="bench-harvest-inputs-")
+    results: dict[str, list[dict]] = {"default": [], "pinned": []}
+    try:
+        save_inputs(args.inputs, sae, tokens)
+        for _ in range(2):
+            for mode in results:
+                cmd = [sys.executable, __file__, "--child-malloc", mode, "--n-tokens", str(args.n_tokens)]
+                cmd += ["--ctx-len", str(args.ctx_len), "--batch-size", str(args.batch_size), "--inputs", args.inputs]
+                cmd += ["--repeats", str(args.repeats), "--hook", args.hook]
+                cmd += ["--d-sae", str(args.d_sae)] if args.d_sae else []
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode:
+                    sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+                results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    finally:
+        shutil.rmtree(args.inputs, ignore_errors=True)
+    print(f"glibc malloc as it is vs pinned to 1 MiB thresholds; {args.n_tokens} tokens, fresh process per run:")
+    for mode, runs in results.items():
+        bare_r = [r["bare"] for run in runs for r in run["rows"]]
+        ours_r = [r["ours"] for run in runs for r in run["rows"]]
+        peaks = [run["peak_rss_mib"] for run in runs]
+        print(
+            f"  {mode:<8} bare forward {span(bare_r, '.0f')} tok/s, harvest {span(ours_r, '.0f')} tok/s, "
+            f"peak RSS {span(peaks, '.0f')} MiB (pinned: {runs[0]['pinned']})"
+        )
+    ratio = [
+        d["ours"] / p["ours"]
+        for dr, pr in zip(results["default"], results["pinned"])
+        for d, p in zip(dr["rows"], pr["rows"])
+    ]
+    bare_ratio = [
+        d["bare"] / p["bare"]
+        for dr, pr in zip(results["default"], results["pinned"])
+        for d, p in zip(dr["rows"], pr["rows"])
+    ]
+    print(f"ratio harvest default / pinned {span(ratio)}x; bare forward default / pinned {span(bare_ratio)}x")
 
 
 def load_delphi_cache():  # type: ignore[no-untyped-def]
@@ -672,6 +736,9 @@ def main() -> None:
     parser.add_argument("--child-rss", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-long-rss", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-delphi", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-malloc", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--malloc", action="store_true", help="glibc malloc as it is vs pinned thresholds")
+    parser.add_argument("--pin-malloc", action="store_true", help="(--long-rss) pin malloc thresholds in the child")
     parser.add_argument("--inputs", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_long_rss:
@@ -688,12 +755,18 @@ def main() -> None:
     if args.child_delphi:
         child_delphi(args)
         return
+    if args.child_malloc:
+        child_malloc(args)
+        return
 
     torch.manual_seed(0)
     if args.many:
         many(args)
         return
     model, sae, tokens, info = setup(args)
+    if args.malloc:
+        malloc_ab(args, sae, tokens[: -(-args.n_tokens // args.ctx_len)])
+        return
     if args.profile:
         profile(args, model, sae, tokens[: -(-args.n_tokens // args.ctx_len)])
         return

@@ -615,13 +615,11 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import AutointerpError
-    from .harvest import pin_malloc_thresholds
 
     _configure_logging(args.verbose, args.quiet)
     _quiet_loaders()
-    # The command owns its process, so it opts in to what a library call must not do on its own: pinned glibc
-    # malloc thresholds keep peak RSS flat over long harvests (40-48% growth without; harvest/run.py).
-    pin_malloc_thresholds()
+    # No malloc pinning by default (harvest/run.py: it made every forward pass 1.6-1.75x slower for ~8% lower
+    # peak RSS); SAE_AUTOINTERP_PIN_MALLOC=1 still opts in for a harvest run from the command.
 
     try:
         return int(args.func(args) or 0)

@@ -3,7 +3,7 @@
 * ``import sae_lens_autointerp`` (in a fresh interpreter) leaves logging, warnings filters, the environment,
   the exception hooks, torch's thread counts and global flags, signal handlers and the allocator alone;
 * ``harvest()`` pins glibc's malloc thresholds only when asked (``pin_malloc=True`` or
-  ``SAE_AUTOINTERP_PIN_MALLOC=1``); the ``sae-autointerp`` command, which owns its process, asks;
+  ``SAE_AUTOINTERP_PIN_MALLOC=1``); the ``sae-autointerp`` command does not either (it slows every forward pass);
 * the CLI's ``--version``, ``-v`` and ``-q`` set what they say;
 * ``ActivationStore`` still works under its old name, with a DeprecationWarning.
 """
@@ -177,16 +177,12 @@ print("RESULT " + json.dumps(out))
 CLI_CASES = [  # (flags, package logger level, lines shown on stderr)
     ([], 30, ["WARNING: a warning line"]),
     (["-v"], 20, ["INFO: an info line", "WARNING: a warning line"]),
-    (
-        ["-vv"],
-        10,
-        ["DEBUG: glibc malloc thresholds pinned to 1 MiB: True", "INFO: an info line", "WARNING: a warning line"],
-    ),
+    (["-vv"], 10, ["INFO: an info line", "WARNING: a warning line"]),
     (["--quiet"], 40, []),
 ]
 
 
-def test_cli_logging_flags_and_malloc_opt_in():
+def test_cli_logging_flags_and_no_malloc_pinning():
     proc = _python(CLI.format(cases=[flags for flags, *_ in CLI_CASES]), env={"SAE_AUTOINTERP_PIN_MALLOC": ""})
     results = _result(proc)
     shown: list[list[str]] = []
@@ -195,12 +191,11 @@ def test_cli_logging_flags_and_malloc_opt_in():
             shown.append([])
         elif line.startswith("sae-autointerp: ") and shown:
             shown[-1].append(line.removeprefix("sae-autointerp: "))
-    linux = sys.platform.startswith("linux")
     for (flags, level, lines), out, seen in zip(CLI_CASES, results, shown, strict=True):
         assert out["code"] == 0 and out["level"] == level, flags
         assert out["handlers"] == 1, flags  # one handler, however often main() runs
-        assert seen == [x for x in lines if linux or "malloc" not in x], flags
-        assert out["mallopt"] == (2 if linux else 0), flags  # the command owns its process: it opts in
+        assert seen == lines, flags
+        assert out["mallopt"] == 0, flags  # no pinning by default: it made every forward pass 1.6-1.75x slower
 
 
 def test_cli_version():
