@@ -371,23 +371,34 @@ def backends(args: argparse.Namespace, bridge, sae, tokens: torch.Tensor) -> Non
     for kind in kinds:  # warm-up
         ours(models[kind], sae, tokens[: args.batch_size * 2], args.batch_size)
         bare(kind, models[kind], sae, tokens[: args.batch_size * 2], args.batch_size)
-    runs: dict[str, dict[str, list[dict[str, float]]]] = {k: {"bare": [], "ours": [], "inline": []} for k in kinds}
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {
+        k: {"bare": [], "ours": [], "inline": [], "worker": []} for k in kinds
+    }
     reference, delphi = [], []
     for _ in range(args.repeats):  # interleaved so drift hits all alike
         reference.append(baseline(bridge, sae, tokens, args.batch_size))
         for kind in kinds:
             runs[kind]["bare"].append(bare(kind, models[kind], sae, tokens, args.batch_size))
             runs[kind]["ours"].append(ours(models[kind], sae, tokens, args.batch_size))
-            if args.inline_too:  # the same harvest with the statistics folded in the main thread
+            if args.inline_too:  # the same harvest with the statistics folded in the main thread, and on the worker
                 runs[kind]["inline"].append(ours(models[kind], sae, tokens, args.batch_size, overlap=False))
+                runs[kind]["worker"].append(ours(models[kind], sae, tokens, args.batch_size, overlap=True))
         if args.delphi:  # a fresh process, on the same HF weights, SAE and tokens
             delphi.append(run_child(args, "--child-delphi", args.n_tokens))
     print("tokens/s per repeat (wall clock), and the ratios per repeat (min-max):")
     walls = lambda runs: ", ".join(f"{x['wall']:6.0f}" for x in runs)  # noqa: E731
     print(f"  {'bridge bare forward (reference)':<34} {walls(reference)}")
-    labels = {"bare": "bare forward", "ours": "sae.autointerp.harvest", "inline": "harvest, folds inline"}
+    from sae_lens_autointerp.harvest.jobs import overlap_stats
+
+    auto = "on the worker" if overlap_stats(torch.device("cpu")) else "inline"
+    labels = {
+        "bare": "bare forward",
+        "ours": f"sae.autointerp.harvest (folds {auto})",
+        "inline": "harvest, folds inline",
+        "worker": "harvest, folds on the worker",
+    }
     for kind in kinds:
-        for what in ("bare", "ours", "inline"):
+        for what in ("bare", "ours", "inline", "worker"):
             if runs[kind][what]:
                 print(f"  {kind + ' ' + labels[what]:<34} {walls(runs[kind][what])}")
     for kind in kinds:
@@ -397,20 +408,18 @@ def backends(args: argparse.Namespace, bridge, sae, tokens: torch.Tensor) -> Non
         print(f"ratio {kind:<8} harvest / its bare forward {vs_own}x | harvest / bridge bare forward {vs_ref}x")
         if runs[kind]["inline"]:
             inline = span([a["wall"] / b["wall"] for a, b in zip(runs[kind]["inline"], own)])
-            gain = span([a["wall"] / b["wall"] for a, b in zip(mine, runs[kind]["inline"])])
-            print(
-                f"ratio {kind:<8} harvest with inline folds / its bare forward {inline}x; background / inline {gain}x"
-            )
+            gain = span([a["wall"] / b["wall"] for a, b in zip(runs[kind]["worker"], runs[kind]["inline"])])
+            print(f"ratio {kind:<8} harvest with inline folds / its bare forward {inline}x; worker / inline {gain}x")
         if delphi:
             vs_delphi = span([a["wall"] / b["wall"] for a, b in zip(mine, delphi)])
             print(f"ratio {kind:<8} harvest / delphi LatentCache {vs_delphi}x (delphi: {walls(delphi)} tok/s)")
 
 
-def ours(model, sae, tokens: torch.Tensor, batch: int, overlap: bool = True) -> dict[str, float]:
+def ours(model, sae, tokens: torch.Tensor, batch: int, overlap: bool | None = None) -> dict[str, float]:
     from sae_lens_autointerp.harvest import jobs
 
     folder = tempfile.mkdtemp(prefix="bench-harvest-")
-    jobs.OVERLAP_STATS = overlap  # the statistics folded on the background worker (the default) or inline
+    jobs.OVERLAP_STATS = overlap  # folded on the background worker, inline, or (None) as the harvest decides
     try:
         start = clocks()
         # malloc as the library and the CLI leave it (the --malloc part measures the pinned thresholds)
@@ -426,7 +435,7 @@ def ours(model, sae, tokens: torch.Tensor, batch: int, overlap: bool = True) -> 
         )
         return rates(tokens.numel(), start)
     finally:
-        jobs.OVERLAP_STATS = True
+        jobs.OVERLAP_STATS = None
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -105,7 +105,8 @@ class HarvestWorker:
         tokens: list[list[bytes]] = [[] for _ in self.jobs]
         n_valid = [0] * len(self.jobs)
         n_batches = 0
-        worker = StatsWorker(background=jobs_module.OVERLAP_STATS)  # folds overlap the next forward, as locally
+        # folds overlap the next forward where that pays, as locally
+        worker = StatsWorker(background=jobs_module.overlap_stats(self.jobs[0].adapter.device))
         try:
             with torch.inference_mode():
                 for lo in range(0, len(sequences), settings.batch_size):

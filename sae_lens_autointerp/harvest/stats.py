@@ -337,10 +337,11 @@ class LatentStats:
         batch, seq, d = acts.shape
         w = s.example_len
         valid = valid.to(acts.device)
-        acts.masked_fill_(~valid.unsqueeze(-1), 0.0)
         flat = acts.view(batch * seq, d)
-        self.n_fire_tokens += (flat > s.threshold).sum(dim=0, dtype=torch.int32)
-        self.shard.sum_acts += flat.sum(dim=0)  # float32 within a batch, float64 across batches
+        # masked positions (BOS, padding, special tokens) set to 0: a few rows written, not a pass over all
+        flat.index_fill_(0, (~valid).view(-1).nonzero().squeeze(1), 0.0)
+        if s.threshold < 0:  # zeros count as firing: a pass over all values (else counted from the non-zeros)
+            self.n_fire_tokens += (flat > s.threshold).sum(dim=0, dtype=torch.int32)
         self.shard.dirty = True
 
         n_chunks = -(-seq // w)
@@ -356,27 +357,24 @@ class LatentStats:
         chunk_ids = seq_base + (torch.arange(n, device=acts.device) % n_chunks) * w  # global chunk start ids
 
         cand_vals = torch.where(chunk_fires, chunk_max, float("-inf")).T  # [d, N]
-        # Chunks and windows are read from a [B, d, n_chunks * w] copy, where each is w contiguous floats (in
-        # acts its values lie d apart); made once per batch, only when a window enters a sample.
-        latent_major: list[torch.Tensor] = []
+        offsets = torch.arange(w, device=acts.device)
 
-        def latent_major_view() -> torch.Tensor:
-            if not latent_major:
-                latent_major.append(padded.transpose(1, 2).contiguous())
-            return latent_major[0]
+        values = padded.view(-1)  # padded is contiguous: value (b, t, latent) at (b * length + t) * d + latent
+        length = n_chunks * w
 
         def enter(rows: torch.Tensor, chunks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """Global peak ids and float16 windows of latent ``rows[i]`` in chunk ``chunks[i]``."""
+            """Global peak ids and float16 windows of latent ``rows[i]`` in chunk ``chunks[i]``: each read with
+            one flat gather of its w values (a latent's values lie d apart in acts), only for what enters."""
             b, c = chunks // n_chunks, chunks % n_chunks
-            by_latent = latent_major_view()
-            pos = c * w + by_latent.view(batch, d, n_chunks, w)[b, rows, c].argmax(dim=1)
+            at = rows.unsqueeze(1) + d * (b * length).unsqueeze(1)  # latent rows[i] at t = 0 of its sequence
+            pos = c * w + values.take(at + d * (c * w).unsqueeze(1) + d * offsets).argmax(dim=1)
             start = pos - s.peak_offset
             clamped = start.clamp(0, seq - w)  # a window lies inside the sequence, never in the padding
-            windows = by_latent.unfold(2, w, 1)[b, rows, clamped]
+            windows = values.take(at + d * (clamped.unsqueeze(1) + offsets))
             shift = start - clamped  # non-zero when the window sticks out of the sequence
             edge = shift != 0
             if bool(edge.any()):
-                idx = torch.arange(w, device=acts.device).unsqueeze(0) + shift[edge].unsqueeze(1)
+                idx = offsets.unsqueeze(0) + shift[edge].unsqueeze(1)
                 inside = (idx >= 0) & (idx < w)
                 windows[edge] = torch.where(inside, windows[edge].gather(1, idx.clamp(0, w - 1)), 0.0)
             return seq_base[chunks] + pos, windows.clamp(-65504, 65504).to(torch.float16)
@@ -420,7 +418,7 @@ class LatentStats:
         if tokens is not None:
             tokens = tokens.to(dev).long()
             self._add_token_counts(torch.bincount(tokens[valid]) if bool(valid.any()) else None)
-        shard = self.shard
+        shard, threshold = self.shard, self.s.threshold
         flat = acts.view(batch * seq, d)
         rows_per_chunk = max(1, _PAIR_CHUNK // max(d, 1))
         for lo in range(0, batch * seq, rows_per_chunk):
@@ -428,7 +426,11 @@ class LatentStats:
             row, lat = part.nonzero(as_tuple=True)
             if not row.numel():
                 continue
-            val = part[row, lat].double()
+            val = part[row, lat]
+            if threshold >= 0:  # the firing counts too (zeros never fire)
+                self.n_fire_tokens += torch.bincount(lat[val > threshold], minlength=d)
+            val = val.double()
+            shard.sum_acts.index_add_(0, lat, val)  # float64 throughout
             row = row + lo
             cell = lat * n_buckets + buckets[row % seq]
             shard.pos_sums.view(-1).index_add_(0, cell, val)
@@ -643,14 +645,17 @@ def _replacements(kept: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor,
     Slots keep no order, so entries that stay are never moved (no rewrite of the state).
     """
     k = kept.shape[1]
-    # Only candidates above the row's current minimum can enter; in steady state that is a few.
-    threshold = kept.min(dim=1, keepdim=True).values
-    hopeful = (cand > threshold).any(dim=0)
+    # Only candidates above the row's current minimum can enter; in steady state that is a few, in a few rows:
+    # the selection runs on those rows and columns only (a row without one keeps its slots as they are).
+    better = cand > kept.min(dim=1, keepdim=True).values
+    hopeful = better.any(dim=0)
     if not bool(hopeful.any()):
         empty = torch.zeros(0, dtype=torch.long, device=kept.device)
         return empty, empty, empty
     cols = hopeful.nonzero().squeeze(1)
-    joined = torch.cat([kept, cand[:, cols]], dim=1)
+    live = better.any(dim=1).nonzero().squeeze(1)
+    kept = kept[live]
+    joined = torch.cat([kept, cand[live][:, cols]], dim=1)
     sel = joined.topk(k, dim=1, sorted=False).indices
     scores = joined.gather(1, sel)
     is_new = (sel >= k) & (scores > _I64_MIN)
@@ -666,4 +671,4 @@ def _replacements(kept: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor,
     freed_rank = freed.long().cumsum(1)
     take = freed & (freed_rank <= n_new)
     free_rows, free_slots = take.nonzero(as_tuple=True)
-    return new_rows, free_slots, cols[sel[new_rows, new_cols] - k]
+    return live[new_rows], free_slots, cols[sel[new_rows, new_cols] - k]
