@@ -146,15 +146,7 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
     # quantile of a chunk (sequence, position // example_len), as chunk_key gives it
     quantile_of = dict(zip(_chunk_ids(peaks, settings).tolist(), rank_group.tolist()))
 
-    per_explain = _spread(config.n_explain, config.n_quantiles)
-    per_test = _spread(config.n_test_pos, config.n_quantiles)
-    # A small quantile cannot give both sides their share: split it in proportion, so that rare latents
-    # still get test examples (and the explainer never takes all of them).
-    for q, idx in enumerate(groups):
-        want = per_explain[q] + per_test[q]
-        if len(idx) < want and want > 0:
-            per_test[q] = round(len(idx) * per_test[q] / want)
-            per_explain[q] = len(idx) - per_test[q]
+    per_explain, per_test = quantile_shares([len(g) for g in groups], config)
     if config.explain_strategy == "top":
         top_rows, top_peaks, _ = store.ranked_rows(latent, "top")
         shown_prefix, shown_rows, shown_peaks = "top", top_rows[: config.n_explain], top_peaks[: config.n_explain]
@@ -212,6 +204,20 @@ def _chunk_ids(peaks: np.ndarray, settings: Any) -> np.ndarray:
 def activating_spans(store: LatentStore, latent: int) -> SpanSet:
     """The spans of every stored firing example of ``latent`` (its exact top list and its uniform sample)."""
     return SpanSet(store.example_spans(latent))
+
+
+def quantile_shares(sizes: list[int], config: SamplingConfig) -> tuple[list[int], list[int]]:
+    """How many examples of each quantile (of ``sizes``) the explainer and the test take. A small quantile
+    cannot give both sides their share: it is split in proportion, so that rare latents still get test
+    examples (and the explainer never takes all of them)."""
+    per_explain = _spread(config.n_explain, config.n_quantiles)
+    per_test = _spread(config.n_test_pos, config.n_quantiles)
+    for q, size in enumerate(sizes):
+        want = per_explain[q] + per_test[q]
+        if size < want and want > 0:
+            per_test[q] = round(size * per_test[q] / want)
+            per_explain[q] = size - per_test[q]
+    return per_explain, per_test
 
 
 def _spread(total: int, parts: int) -> list[int]:

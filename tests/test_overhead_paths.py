@@ -169,7 +169,7 @@ def test_span_set_from_arrays_equals_the_merging_loop():
 def reference_sample(store, latent: int, config: SamplingConfig):
     """``sample_latent`` as it was: every example of the pool built, then filtered one by one."""
     from sae_lens_autointerp.negatives import RandomNegatives
-    from sae_lens_autointerp.sampling import LatentSample, _spread, chunk_key, latent_rng
+    from sae_lens_autointerp.sampling import LatentSample, chunk_key, latent_rng, quantile_shares
 
     settings, ctx_len = store.settings, store.settings.ctx_len
     rng = latent_rng(config.seed, latent)
@@ -180,15 +180,7 @@ def reference_sample(store, latent: int, config: SamplingConfig):
     def tag(ex: Example, label: bool) -> Example:
         return ex.with_extra(label=label, quantile=quantile_of.get(chunk_key(ex, settings)) if label else None)
 
-    per_explain, per_test = (
-        _spread(config.n_explain, config.n_quantiles),
-        _spread(config.n_test_pos, config.n_quantiles),
-    )
-    for q, idx in enumerate(groups):
-        want = per_explain[q] + per_test[q]
-        if len(idx) < want and want > 0:
-            per_test[q] = round(len(idx) * per_test[q] / want)
-            per_explain[q] = len(idx) - per_test[q]
+    per_explain, per_test = quantile_shares([len(g) for g in groups], config)  # the split is not what changed
     if config.explain_strategy == "top":
         shown = store.top_examples(latent)[: config.n_explain]
     elif config.explain_strategy == "random":
