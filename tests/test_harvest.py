@@ -360,3 +360,37 @@ def test_firing_counts_and_sums_from_the_non_zeros_equal_the_dense_counts(thresh
     stats.update(acts.clone(), valid, torch.arange(batch))
     assert torch.equal(stats.n_fire_tokens, (dense > threshold).sum(dim=(0, 1)))
     torch.testing.assert_close(stats.shard.sum_acts, dense.double().sum(dim=(0, 1)), rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("threshold", [-0.5, 0.0, 0.3])
+@pytest.mark.parametrize("pair_chunk", [None, 5 * 24])  # one scan of the batch, or 5 rows at a time (splits windows)
+def test_pool_windows_hold_every_value_above_the_threshold_in_position_order(threshold, pair_chunk, monkeypatch):
+    """The pool's windows are picked out of the non-zeros the sums scan (or read whole when zeros fire): each
+    holds every (position, latent, value) above the threshold, in (position, latent) order, including a last
+    window cut short by the sequence's end, masked positions and negative values."""
+    from sae_lens_autointerp.harvest import stats as stats_mod
+
+    if pair_chunk is not None:
+        monkeypatch.setattr(stats_mod, "_PAIR_CHUNK", pair_chunk)
+    gen = torch.Generator().manual_seed(5)
+    batch, seq, d, w = 3, 40, 24, 16  # 3 windows per sequence, the last one 8 tokens long
+    acts = torch.randn(batch, seq, d, generator=gen) * (torch.rand(batch, seq, d, generator=gen) < 0.3)
+    valid = torch.rand(batch, seq, generator=gen) > 0.2
+    settings = stats_mod.HarvestSettings(
+        n_tokens=batch * seq, ctx_len=seq, example_len=w, threshold=threshold, n_random_windows=batch * 3
+    )
+    stats = stats_mod.LatentStats(d, settings)
+    stats.update(acts.clone(), valid, torch.arange(batch) + 7)
+    dense = acts.clone().masked_fill_(~valid.unsqueeze(-1), 0.0)
+    assert sorted(stats.pool_ids.tolist()) == sorted(
+        (7 + b) * seq + c * w for b in range(batch) for c in range(3) if bool(valid[b, c * w : (c + 1) * w].any())
+    )
+    for start, (pos, lat, val) in zip(stats.pool_ids.tolist(), stats.pool_entries):
+        if start < 0:
+            continue
+        b, t0 = divmod(start, seq)
+        ref = dense[b - 7, t0 : t0 + w]
+        ref_pos, ref_lat = (ref > threshold).nonzero(as_tuple=True)
+        assert pos.tolist() == ref_pos.tolist() and lat.tolist() == ref_lat.tolist()
+        assert torch.equal(val, ref[ref_pos, ref_lat])
+        assert pos.dtype == torch.int16 and lat.dtype == torch.int32 and val.dtype == torch.float32

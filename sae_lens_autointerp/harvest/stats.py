@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 _KEY_STRIDE = 1 << 32  # (latent, token) -> latent * _KEY_STRIDE + token; token ids are below 2**31
@@ -280,6 +281,54 @@ class _Sums:
         self.filled[rows] = torch.bincount(kept_lat, minlength=self.d_sae)[rows]
 
 
+class _PoolFill:
+    """The sparse activations of the pool windows that enter in one batch, picked out of the batch's non-zeros
+    (which the sums find anyway) rather than by a second pass over the windows: per entering window its
+    (position in the window, latent, value) above the threshold, in (position, latent) order."""
+
+    def __init__(self, slots: torch.Tensor, chunks: torch.Tensor, seq: int, example_len: int, threshold: float) -> None:
+        self.slots, self.chunks, self.threshold = slots, chunks, threshold
+        self.seq, self.w = seq, example_len
+        self.n_chunks = -(-seq // example_len)
+        self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def pick(self, rows: torch.Tensor, lat: torch.Tensor, val: torch.Tensor) -> None:
+        """Non-zeros (flat row ``b * seq + t``, latent, value) of the batch, in row-major order: each entering
+        window's run of rows is found by binary search (a few windows enter, among many non-zeros)."""
+        chunks = self.chunks.to(rows.device)
+        b, c = chunks // self.n_chunks, chunks % self.n_chunks
+        first = b * self.seq + c * self.w
+        lo = torch.searchsorted(rows, first)
+        hi = torch.searchsorted(rows, first + torch.clamp(self.seq - c * self.w, max=self.w))
+        counts = hi - lo
+        total = int(counts.sum())
+        if not total:
+            return
+        which = torch.repeat_interleave(torch.arange(chunks.shape[0], device=rows.device), counts)
+        at = torch.arange(total, device=rows.device) - (counts.cumsum(0) - counts)[which] + lo[which]
+        keep = val[at] > self.threshold
+        at, which = at[keep], which[keep]
+        self.parts.append((which, (rows[at] - first[which]), lat[at], val[at]))
+
+    def store(self, entries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        """Write each entering window's activations into its pool slot of ``entries``."""
+        n = self.chunks.shape[0]
+        if self.parts:
+            which, pos, lat, val = (torch.cat(x).cpu() for x in zip(*self.parts))
+            order = torch.sort(which, stable=True).indices  # by window; (position, latent) order kept within
+            which, pos, lat, val = which[order], pos[order], lat[order], val[order]
+        else:
+            which, pos, lat, val = torch.zeros(0, dtype=torch.int64), *_empty_entry()
+        counts = torch.bincount(which, minlength=n).tolist()
+        for slot, p_, l_, v_ in zip(
+            self.slots.tolist(),
+            pos.to(torch.int16).split(counts),
+            lat.to(torch.int32).split(counts),
+            val.float().split(counts),
+        ):
+            entries[slot] = (p_.clone(), l_.clone(), v_.clone())
+
+
 class LatentStats:
     """The per-latent state, updated one batch of SAE activations at a time."""
 
@@ -400,16 +449,22 @@ class LatentStats:
             self.res_vals[rows, slots] = cand_vals[rows, chunks]
             self.res_ids[rows, slots], self.res_windows[rows, slots] = enter(rows, chunks)
 
-        self._update_pool(chunk_view, valid, chunk_ids.cpu())
-        self._update_sums(acts, valid, tokens)
+        pool = self._pool_entering(valid, chunk_ids.cpu(), n_chunks)
+        if pool is not None and s.threshold < 0:  # zeros enter too: not among the non-zeros, so read the windows
+            self._fill_pool(pool, chunk_view, self.pool_entries)
+            pool = None
+        self._update_sums(acts, valid, tokens, pool)
 
     def _top_scores(self) -> torch.Tensor:
         starts = _chunk_start(self.top_ids, self.s.ctx_len, self.s.example_len)
         return torch.where(self.top_ids >= 0, _top_score(self.top_vals, starts), _I64_MIN)
 
-    def _update_sums(self, acts: torch.Tensor, valid: torch.Tensor, tokens: torch.Tensor | None) -> None:
+    def _update_sums(
+        self, acts: torch.Tensor, valid: torch.Tensor, tokens: torch.Tensor | None, pool: _PoolFill | None = None
+    ) -> None:
         """Per position bucket and per (latent, token) sums and sums of squares; from the non-zeros only, in
-        row chunks so a dense "SAE" (a PCA baseline) never materialises more than a few million pairs."""
+        row chunks so a dense "SAE" (a PCA baseline) never materialises more than a few million pairs. The
+        entering ``pool`` windows take their sparse activations from the same non-zeros."""
         batch, seq, d = acts.shape
         dev = acts.device
         buckets = self.pos_buckets[:seq]
@@ -423,10 +478,12 @@ class LatentStats:
         rows_per_chunk = max(1, _PAIR_CHUNK // max(d, 1))
         for lo in range(0, batch * seq, rows_per_chunk):
             part = flat[lo : lo + rows_per_chunk]
-            row, lat = part.nonzero(as_tuple=True)
+            row, lat = _nonzero(part)
             if not row.numel():
                 continue
             val = part[row, lat]
+            if pool is not None:
+                pool.pick(row + lo, lat, val)
             if threshold >= 0:  # the firing counts too (zeros never fire)
                 self.n_fire_tokens += torch.bincount(lat[val > threshold], minlength=d)
             val = val.double()
@@ -437,6 +494,8 @@ class LatentStats:
             shard.pos_sq.view(-1).index_add_(0, cell, val * val)
             if tokens is not None:
                 shard.add_pairs(lat, tokens.view(-1)[row], val)
+        if pool is not None:
+            pool.store(self.pool_entries)
 
     def _add_token_counts(self, counts: torch.Tensor | None) -> None:
         if counts is None or not counts.numel():
@@ -447,34 +506,41 @@ class LatentStats:
         total[: self.token_counts.shape[0]] += self.token_counts
         self.token_counts = total
 
-    def _update_pool(self, chunks_view: torch.Tensor, valid: torch.Tensor, chunk_ids: torch.Tensor) -> None:
-        """chunks_view: [batch, n_chunks, example_len, d_sae] (zero-padded at the end of the sequence)."""
+    def _pool_entering(self, valid: torch.Tensor, chunk_ids: torch.Tensor, n_chunks: int) -> _PoolFill | None:
+        """The random-window pool's keys for this batch's chunks (those with a valid token): the chunks that
+        enter take their slots' keys and ids now; their activations come with :meth:`_PoolFill.store`."""
         if self.s.n_random_windows == 0:
-            return
-        batch, n_chunks, w, _ = chunks_view.shape
+            return None
+        batch, seq = valid.shape
+        w = self.s.example_len
         chunk_valid = torch.zeros(batch, n_chunks * w, dtype=torch.bool)
-        chunk_valid[:, : valid.shape[1]] = valid.cpu()
+        chunk_valid[:, :seq] = valid.cpu()
         chunk_valid = chunk_valid.view(batch * n_chunks, w).any(dim=1)
         keys = _hash31(chunk_ids, _salt(self.s.seed, _SALT_POOL)) * _HI + (chunk_ids & _M32)
         cand = torch.where(chunk_valid, -keys, _I64_MIN).unsqueeze(0)
         kept = torch.where(self.pool_ids >= 0, -self.pool_keys, _I64_MIN).unsqueeze(0)
         _, slots, chunks = _replacements(kept, cand)
         if not slots.numel():
-            return
+            return None
         self.pool_keys[slots] = keys[chunks]
         self.pool_ids[slots] = chunk_ids[chunks]
-        # One nonzero over all entering windows, then split per window.
-        windows = chunks_view.reshape(batch * n_chunks, w, -1)[chunks.to(chunks_view.device)]
-        which, pos, lat = (windows > self.s.threshold).nonzero(as_tuple=True)
-        values = windows[which, pos, lat].float().cpu()
-        counts = torch.bincount(which.cpu(), minlength=len(chunks)).tolist()
-        for slot, p_, l_, v_ in zip(
-            slots.tolist(),
-            pos.cpu().to(torch.int16).split(counts),
-            lat.cpu().to(torch.int32).split(counts),
-            values.split(counts),
-        ):
-            self.pool_entries[slot] = (p_.clone(), l_.clone(), v_.clone())
+        return _PoolFill(slots, chunks, seq, w, self.s.threshold)
+
+    @staticmethod
+    def _fill_pool(
+        pool: _PoolFill, chunks_view: torch.Tensor, entries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    ) -> None:
+        """The entering windows read from ``chunks_view`` [batch, n_chunks, example_len, d_sae] (zero-padded at
+        the end of the sequence): every value above the threshold, zeros included when it is negative (masked
+        positions too: they hold 0, as in the firing counts)."""
+        batch, n_chunks, w, _ = chunks_view.shape
+        chunks = pool.chunks.to(chunks_view.device)
+        windows = chunks_view.reshape(batch * n_chunks, w, -1)[chunks]
+        # the zero padding after the sequence's end is no token: it never enters, whatever the threshold
+        inside = (chunks % n_chunks * w).unsqueeze(1) + torch.arange(w, device=chunks.device) < pool.seq
+        which, pos, lat = ((windows > pool.threshold) & inside.unsqueeze(2)).nonzero(as_tuple=True)
+        pool.parts.append((which, pos, lat, windows[which, pos, lat]))
+        pool.store(entries)
 
     # ------------------------------------------------------------- shards and merging
     def end_shard(self) -> None:
@@ -634,6 +700,16 @@ def _empty_keys(d_sae: int, m: int, device: torch.device) -> torch.Tensor:
 
 def _empty_entry() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.zeros(0, dtype=torch.int16), torch.zeros(0, dtype=torch.int32), torch.zeros(0)
+
+
+def _nonzero(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``values.nonzero(as_tuple=True)`` of a 2-D tensor, the same indices in the same (row-major) order; on
+    CPU through numpy, whose non-zero search of a boolean mask is faster (2.5 vs 3.8 ms for 4M float32)."""
+    if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64, torch.float16):
+        return values.nonzero(as_tuple=True)
+    flat = np.flatnonzero(values.numpy() != 0)
+    rows, cols = np.divmod(flat, values.shape[1])
+    return torch.from_numpy(rows), torch.from_numpy(cols)
 
 
 def _replacements(kept: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
