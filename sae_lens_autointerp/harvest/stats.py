@@ -706,7 +706,8 @@ def _nonzero(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``values.nonzero(as_tuple=True)`` of a 2-D tensor, the same indices in the same (row-major) order; on
     CPU through numpy, whose non-zero search of a boolean mask is faster (2.5 vs 3.8 ms for 4M float32)."""
     if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64, torch.float16):
-        return values.nonzero(as_tuple=True)
+        rows, cols = values.nonzero(as_tuple=True)
+        return rows, cols
     flat = np.flatnonzero(values.numpy() != 0)
     rows, cols = np.divmod(flat, values.shape[1])
     return torch.from_numpy(rows), torch.from_numpy(cols)
