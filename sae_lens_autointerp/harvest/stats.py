@@ -708,9 +708,8 @@ def _nonzero(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64, torch.float16):
         rows, cols = values.nonzero(as_tuple=True)
         return rows, cols
-    flat = np.flatnonzero(values.numpy() != 0)
-    rows, cols = np.divmod(flat, values.shape[1])
-    return torch.from_numpy(rows), torch.from_numpy(cols)
+    at_row, at_col = np.divmod(np.flatnonzero(values.numpy() != 0), values.shape[1])
+    return torch.from_numpy(at_row), torch.from_numpy(at_col)
 
 
 def _replacements(kept: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
