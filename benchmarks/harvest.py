@@ -20,7 +20,11 @@
 5. With --backend bridge,hf,nnsight: the same SAE and tokens harvested through each model kind (the embedded
    SmolLM2 as TransformerBridge, as a plain Hugging Face model with transformers' default SDPA attention, and as an
    nnsight TransformersModel), each against its own bare forward (a hook that keeps the activation and stops the
-   pass, + ``sae.encode``) and against the bridge's bare forward, interleaved per repeat.
+   pass, + ``sae.encode``) and against the bridge's bare forward, interleaved per repeat. With --interleave
+   (bridge, hf): the harvest and the bare forward alternate batch by batch inside one harvest call (its token
+   stream runs the bare step on each batch just before the harvest takes it), so that a machine whose speed
+   drifts by 10% from one minute to the next slows both alike; the harvest's time is the call's, fixed costs
+   included, less the bare steps'.
 
 6. With --long-rss 1000000,4000000: peak RSS of a fresh process harvesting that many tokens (goal: <= 5% growth
    from 1M to 4M). The model is a small random HookedTransformer (2 layers, d_model 64, SmolLM2's vocabulary)
@@ -38,6 +42,7 @@ Run:  python benchmarks/harvest.py --many [--n-tokens 8192] [--repeats 2]
       python benchmarks/harvest.py --long-rss 1000000,4000000 [--d-sae 16384] [--pin-malloc]
       python benchmarks/harvest.py --malloc [--n-tokens 16384] [--repeats 1]
       python benchmarks/harvest.py --backend bridge,hf,nnsight [--hook blocks.28.hook_resid_post --d-sae 2048]
+      python benchmarks/harvest.py --backend hf,bridge --interleave --n-tokens 262144 --repeats 1
                                    [--delphi]   (each backend's harvest against delphi's LatentCache too)
       python benchmarks/harvest.py --profile hf [--n-tokens 16384] [--hook ... --d-sae 2048]   (where the time goes)
       python benchmarks/harvest.py [--n-tokens 32768] [--d-sae 16384] [--repeats 2] [--delphi]
@@ -283,6 +288,78 @@ class _Stop(Exception):
     pass
 
 
+def bare_step(kind: str, model, sae):  # type: ignore[no-untyped-def]
+    """One batch of the bare forward as a function of the batch's tokens (the ``bare`` loop's body): run to the
+    hook (a hook keeps the activation and, outside the bridge, stops the pass), then ``sae.encode``. Hooks are
+    installed per batch, as a harvest installs them."""
+    if kind == "bridge":
+        hook = sae.cfg.metadata.hook_name
+        layer = int(hook.split(".")[1])
+        saved: list[torch.Tensor] = []
+
+        def save(activation, hook):  # type: ignore[no-untyped-def]
+            saved.append(activation)
+
+        def step_bridge(batch_tokens: torch.Tensor) -> None:
+            with model.hooks(fwd_hooks=[(hook, save)]):
+                model(batch_tokens, return_type=None, stop_at_layer=layer + 1)
+            sae.encode(saved.pop())
+
+        return step_bridge
+    if kind != "hf":
+        raise SystemExit(f"--interleave measures bridge and hf, not {kind!r}")
+    from sae_lens_autointerp.harvest.hookmap import map_hook
+
+    point = map_hook(sae.cfg.metadata.hook_name, model.config, "model.layers")
+    module = model.get_submodule(point.module)
+    kept: list[torch.Tensor] = []
+
+    def keep(module, args, output):  # type: ignore[no-untyped-def]
+        kept.append(output[0] if isinstance(output, tuple) else output)
+        raise _Stop
+
+    def step_hf(batch_tokens: torch.Tensor) -> None:
+        handle = module.register_forward_hook(keep)
+        try:
+            model(input_ids=batch_tokens, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        sae.encode(kept.pop())
+
+    return step_hf
+
+
+def interleaved(kind: str, model, sae, tokens: torch.Tensor, batch: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Harvest and bare forward alternating batch by batch in one call, so that whatever slows the machine
+    meanwhile slows both alike: the harvest's token stream runs the bare step on each batch just before the
+    harvest takes it. The bare side is the sum of those steps; the harvest's side is the whole harvest call
+    (its fixed costs included) less that sum."""
+    from sae_lens_autointerp.harvest import jobs
+
+    step, spent = bare_step(kind, model, sae), [0.0]
+    original = jobs.sequence_stream
+
+    def stream(corpus, adapter, ctx_len, skip=0):  # type: ignore[no-untyped-def]
+        for index, seq in enumerate(original(corpus, adapter, ctx_len, skip), skip):
+            if index % batch == 0:
+                start = time.perf_counter()
+                step(tokens[index : index + batch])
+                spent[0] += time.perf_counter() - start
+            yield seq
+
+    jobs.sequence_stream = stream
+    try:
+        start = time.perf_counter()
+        ours(model, sae, tokens, batch)
+        total = time.perf_counter() - start
+    finally:
+        jobs.sequence_stream = original
+    n = tokens.numel()
+    return {"bare": n / spent[0], "ours": n / (total - spent[0]), "ratio": spent[0] / (total - spent[0])}
+
+
 def bare(kind: str, model, sae, tokens: torch.Tensor, batch: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """The least any harvest through this model kind must do: run to the hook, keep the activation, encode."""
     if kind == "bridge":
@@ -371,6 +448,17 @@ def backends(args: argparse.Namespace, bridge, sae, tokens: torch.Tensor) -> Non
     for kind in kinds:  # warm-up
         ours(models[kind], sae, tokens[: args.batch_size * 2], args.batch_size)
         bare(kind, models[kind], sae, tokens[: args.batch_size * 2], args.batch_size)
+    if args.interleave:
+        print("harvest and bare forward alternating batch by batch in one call (drift hits both alike):")
+        for _ in range(args.repeats):
+            for kind in kinds:
+                r = interleaved(kind, models[kind], sae, tokens, args.batch_size)
+                print(
+                    f"  {kind:<8} bare {r['bare']:6.0f} tok/s, harvest {r['ours']:6.0f} tok/s: "
+                    f"harvest / bare forward {r['ratio']:.3f}x (goal >= 0.95)",
+                    flush=True,
+                )
+        return
     runs: dict[str, dict[str, list[dict[str, float]]]] = {
         k: {"bare": [], "ours": [], "inline": [], "worker": []} for k in kinds
     }
@@ -732,6 +820,11 @@ def main() -> None:
     parser.add_argument("--profile", default=None, help="bridge, hf or nnsight: where one harvest's time goes")
     parser.add_argument(
         "--inline-too", action="store_true", help="(--backend) also harvest with the statistics folded inline"
+    )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="(--backend) harvest and bare forward alternating batch by batch in one call",
     )
     parser.add_argument(
         "--many-hooks",
