@@ -21,7 +21,7 @@
    SmolLM2 as TransformerBridge, as a plain Hugging Face model with transformers' default SDPA attention, and as an
    nnsight TransformersModel), each against its own bare forward (a hook that keeps the activation and stops the
    pass, + ``sae.encode``) and against the bridge's bare forward, interleaved per repeat. With --interleave
-   (bridge, hf): the harvest and the bare forward alternate batch by batch inside one harvest call (its token
+   the harvest and the bare forward alternate batch by batch inside one harvest call (its token
    stream runs the bare step on each batch just before the harvest takes it), so that a machine whose speed
    drifts by 10% from one minute to the next slows both alike; the harvest's time is the call's, fixed costs
    included, less the bare steps'.
@@ -252,19 +252,8 @@ def token_batches(model, sae, n_tokens: int, ctx: int):
 
 
 def baseline(model, sae, tokens: torch.Tensor, batch: int) -> dict[str, float]:
-    hook = sae.cfg.metadata.hook_name
-    layer = int(hook.split(".")[1])
-    saved = []
-
-    def save(activation, hook):  # type: ignore[no-untyped-def]
-        saved.append(activation)
-
-    start = clocks()
-    with torch.inference_mode(), model.hooks(fwd_hooks=[(hook, save)]):
-        for i in range(0, len(tokens), batch):
-            model(tokens[i : i + batch], return_type=None, stop_at_layer=layer + 1)
-            sae.encode(saved.pop())
-    return rates(tokens.numel(), start)
+    """The bridge's bare forward: ``forward(stop_at_layer=L+1)`` with a hook that keeps the activation, + encode."""
+    return bare("bridge", model, sae, tokens, batch)
 
 
 def backend_model(kind: str, bridge):  # type: ignore[no-untyped-def]
@@ -291,7 +280,7 @@ class _Stop(Exception):
 def bare_step(kind: str, model, sae):  # type: ignore[no-untyped-def]
     """One batch of the bare forward as a function of the batch's tokens (the ``bare`` loop's body): run to the
     hook (a hook keeps the activation and, outside the bridge, stops the pass), then ``sae.encode``. Hooks are
-    installed per batch, as a harvest installs them."""
+    installed per batch, as a harvest installs them. ``kind``: bridge, hf or nnsight."""
     if kind == "bridge":
         hook = sae.cfg.metadata.hook_name
         layer = int(hook.split(".")[1])
@@ -306,12 +295,26 @@ def bare_step(kind: str, model, sae):  # type: ignore[no-untyped-def]
             sae.encode(saved.pop())
 
         return step_bridge
-    if kind != "hf":
-        raise SystemExit(f"--interleave measures bridge and hf, not {kind!r}")
     from sae_lens_autointerp.harvest.hookmap import map_hook
 
-    point = map_hook(sae.cfg.metadata.hook_name, model.config, "model.layers")
-    module = model.get_submodule(point.module)
+    hf = model if kind == "hf" else model._module
+    point = map_hook(sae.cfg.metadata.hook_name, hf.config, "model.layers")
+    assert point.io == "output", "the bare HF forward reads module outputs only"
+    if kind == "nnsight":
+        from nnsight import save
+
+        envoy = model
+        for part in point.module.split("."):
+            envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+
+        def step_nnsight(batch_tokens: torch.Tensor) -> None:
+            with model.trace(batch_tokens) as tracer:
+                act = save(envoy.output)
+                tracer.stop()
+            sae.encode(act)
+
+        return step_nnsight
+    module = hf.get_submodule(point.module)
     kept: list[torch.Tensor] = []
 
     def keep(module, args, output):  # type: ignore[no-untyped-def]
@@ -362,44 +365,11 @@ def interleaved(kind: str, model, sae, tokens: torch.Tensor, batch: int) -> dict
 
 def bare(kind: str, model, sae, tokens: torch.Tensor, batch: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """The least any harvest through this model kind must do: run to the hook, keep the activation, encode."""
-    if kind == "bridge":
-        return baseline(model, sae, tokens, batch)
-    from sae_lens_autointerp.harvest.hookmap import map_hook
-
-    hf = model if kind == "hf" else model._module
-    layers = "model.layers"
-    point = map_hook(sae.cfg.metadata.hook_name, hf.config, layers)
-    assert point.io == "output", "the bare HF forward reads module outputs only"
+    step = bare_step(kind, model, sae)
     start = clocks()
     with torch.inference_mode():
-        if kind == "hf":
-            saved = []
-
-            def keep(module, args, output):  # type: ignore[no-untyped-def]
-                saved.append(output[0] if isinstance(output, tuple) else output)
-                raise _Stop
-
-            handle = hf.get_submodule(point.module).register_forward_hook(keep)
-            try:
-                for i in range(0, len(tokens), batch):
-                    try:
-                        hf(input_ids=tokens[i : i + batch], use_cache=False)
-                    except _Stop:
-                        pass
-                    sae.encode(saved.pop())
-            finally:
-                handle.remove()
-        else:
-            envoy = model
-            for part in point.module.split("."):
-                envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
-            from nnsight import save
-
-            for i in range(0, len(tokens), batch):
-                with model.trace(tokens[i : i + batch]) as tracer:
-                    act = save(envoy.output)
-                    tracer.stop()
-                sae.encode(act)
+        for i in range(0, len(tokens), batch):
+            step(tokens[i : i + batch])
     return rates(tokens.numel(), start)
 
 
