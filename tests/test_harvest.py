@@ -394,3 +394,39 @@ def test_pool_windows_hold_every_value_above_the_threshold_in_position_order(thr
         assert pos.tolist() == ref_pos.tolist() and lat.tolist() == ref_lat.tolist()
         assert torch.equal(val, ref[ref_pos, ref_lat])
         assert pos.dtype == torch.int16 and lat.dtype == torch.int32 and val.dtype == torch.float32
+
+
+def test_a_token_a_full_table_turns_away_sets_overflow_and_kept_sums_stay_exact():
+    """A latent whose token table is exactly full (no overflow yet) meets, in a later shard, a token of larger
+    priority than every kept one: the shard does not sum it (the totals could never take it), yet the latent's
+    overflow is set, and the kept tokens' sums still count every shard."""
+    from sae_lens_autointerp.harvest.stats import HarvestSettings, LatentStats, token_priority
+
+    slots, seq, d = 4, 8, 3
+    settings = HarvestSettings(n_tokens=3 * seq, ctx_len=seq, example_len=4, n_token_slots=slots, shard_batches=1)
+    candidates = torch.arange(100, 140)
+    by_priority = candidates[token_priority(candidates, settings.seed).argsort()]
+    kept, late = by_priority[:slots], by_priority[-1]  # late: above every kept priority
+    stats = LatentStats(d, settings)
+    valid = torch.ones(1, seq, dtype=torch.bool)
+
+    def batch(tokens: torch.Tensor, value: float, index: int) -> None:
+        acts = torch.zeros(1, seq, d)
+        acts[0, : len(tokens), 0] = value  # latent 0 fires on these tokens only
+        row = torch.full((1, seq), 99)
+        row[0, : len(tokens)] = tokens
+        stats.update(acts, valid, torch.tensor([index]), tokens=row)
+        stats.end_shard()
+
+    batch(kept, 1.0, 0)
+    state = stats.sums.state()
+    assert state["tok_ids"][0].tolist() == sorted(kept.tolist()) and not bool(state["tok_overflow"][0])
+    again = kept[-1]  # the kept token of largest priority: right at the cap of what the full table takes
+    batch(torch.stack([late, again]), 2.0, 1)
+    batch(again.unsqueeze(0), 0.5, 2)
+    state = stats.sums.state()
+    assert state["tok_ids"][0].tolist() == sorted(kept.tolist())
+    assert bool(state["tok_overflow"][0]) and not bool(state["tok_overflow"][1:].any())
+    slot = sorted(kept.tolist()).index(int(again))
+    assert float(state["tok_sums"][0, slot]) == 1.0 + 2.0 + 0.5
+    assert float(state["tok_sq"][0, slot]) == 1.0 + 4.0 + 0.25

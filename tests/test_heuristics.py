@@ -45,6 +45,9 @@ def harvested(bridge_model, bridge_sae, corpus_texts, tmp_path_factory):
         n_random_windows=5,
         n_position_buckets=BUCKETS,
         n_token_slots=SLOTS,
+        # a shard per batch: from the second batch on, the totals' full rows turn away the tokens they can no
+        # longer take before the shard sums them (stats.py: _Sums.admissible), which the brute force checks
+        shard_batches=1,
         store_dir=tmp_path_factory.mktemp("h"),
         progress=False,
     )

@@ -45,6 +45,7 @@ last bits). A finished harvest's slots are put in a canonical order (:meth:`Late
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -156,6 +157,7 @@ class _Sums:
         # touched row, so it runs once per _PENDING_PAIRS pairs rather than once per batch (see flush()).
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._n_pending = 0
+        self._cap: torch.Tensor | None = None  # see admissible(); None: recompute (the table changed)
 
     @property
     def tok_ids(self) -> torch.Tensor:
@@ -183,10 +185,22 @@ class _Sums:
             setattr(self, name, state[prefix + name].to(dev))
         self.overflow = state[prefix + "tok_overflow"].to(dev).bool()
         ids = state[prefix + "tok_ids"].to(dev).long()
-        self._pending, self._n_pending = [], 0
+        self._pending, self._n_pending, self._cap = [], 0, None
         self.filled = (ids >= 0).sum(dim=1)
         rows = torch.arange(self.d_sae, device=dev).unsqueeze(1) * _KEY_STRIDE
         self.keys = torch.where(ids >= 0, rows + ids, rows + _KEY_STRIDE - 1)
+
+    def admissible(self, lat: torch.Tensor, priority: torch.Tensor) -> torch.Tensor:
+        """Mask of the (latent, token priority) pairs whose token this table could still take: all of them in a row
+        with a free slot; in a full row, only priorities up to the row's largest kept one (the kept tokens
+        included). A row's largest kept priority only falls as tokens enter, so a token above it now can never
+        enter later either: its sums need not be kept anywhere, only the row's overflow set."""
+        if self._cap is None:
+            self.flush()
+            full = self.filled >= self.m  # every slot of a full row holds a token
+            top = token_priority(self.keys % _KEY_STRIDE, self.seed).amax(dim=1)
+            self._cap = torch.where(full, top, _I64_MAX)
+        return priority <= self._cap[lat]
 
     def add_pairs(self, lat: torch.Tensor, tok: torch.Tensor, val: torch.Tensor) -> None:
         """Add (latent, token, value) pairs: per key summed first, then into the table."""
@@ -254,6 +268,7 @@ class _Sums:
         """Keys not in the table (unique, sorted): each touched latent keeps the ``m`` tokens of smallest
         priority among its old and new ones; whatever falls out sets its overflow flag."""
         dev = keys.device
+        self._cap = None
         rows = torch.unique(keys // _KEY_STRIDE)
         filled = torch.arange(self.m, device=dev).unsqueeze(0) < self.filled[rows].unsqueeze(1)
         all_keys = torch.cat([self.keys[rows][filled], keys])
@@ -360,6 +375,7 @@ class LatentStats:
         self.sums = self._new_sums()
         self.shard = self._new_sums()
         self._latent_salt = _mix32(torch.arange(d_sae, device=dev) ^ _salt(settings.seed, _SALT_LATENT))
+        self._minima: dict[str, torch.Tensor | None] = {}  # see _row_minima(); cleared when the slots are rewritten
 
     def _new_sums(self) -> _Sums:
         n_buckets = int(self.pos_buckets.max()) + 1
@@ -430,7 +446,9 @@ class LatentStats:
 
         # Top-k by activation value (ties: the earlier chunk).
         cand_top = torch.where(chunk_fires, _top_score(chunk_max, chunk_ids.unsqueeze(1)), _I64_MIN).T
-        rows, slots, chunks = _replacements(self._top_scores(), cand_top)
+        top_min = self._row_minima("top")
+        rows, slots, chunks, live, live_min = _replacements(top_min, self._top_scores, cand_top)
+        top_min[live] = live_min
         if rows.numel():
             self.top_vals[rows, slots] = cand_vals[rows, chunks]
             self.top_ids[rows, slots], self.top_windows[rows, slots] = enter(rows, chunks)
@@ -443,8 +461,9 @@ class LatentStats:
             h = _mix32(chunk_hash[fire_chunk] ^ self._latent_salt[fire_lat]) >> 1
             res_score[fire_chunk, fire_lat] = -(h * _HI + (ids & _M32))
         res_score = res_score.T
-        kept_res = torch.where(self.res_ids >= 0, -self.res_keys, _I64_MIN)
-        rows, slots, chunks = _replacements(kept_res, res_score)
+        res_min = self._row_minima("res")
+        rows, slots, chunks, live, live_min = _replacements(res_min, self._res_scores, res_score)
+        res_min[live] = live_min
         if rows.numel():
             self.res_keys[rows, slots] = -res_score[rows, chunks]
             self.res_vals[rows, slots] = cand_vals[rows, chunks]
@@ -456,9 +475,25 @@ class LatentStats:
             pool = None
         self._update_sums(acts, valid, tokens, pool)
 
-    def _top_scores(self) -> torch.Tensor:
-        starts = _chunk_start(self.top_ids, self.s.ctx_len, self.s.example_len)
-        return torch.where(self.top_ids >= 0, _top_score(self.top_vals, starts), _I64_MIN)
+    def _top_scores(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[d_sae or len(rows), top_k] the top-k slots' scores (int64 min = empty)."""
+        vals, ids = (self.top_vals, self.top_ids) if rows is None else (self.top_vals[rows], self.top_ids[rows])
+        return torch.where(ids >= 0, _top_score(vals, _chunk_start(ids, self.s.ctx_len, self.s.example_len)), _I64_MIN)
+
+    def _res_scores(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[d_sae or len(rows), n_stratified] the sample slots' scores: larger for smaller keys (int64 min = empty)."""
+        keys, ids = (self.res_keys, self.res_ids) if rows is None else (self.res_keys[rows], self.res_ids[rows])
+        return torch.where(ids >= 0, -keys, _I64_MIN)
+
+    def _row_minima(self, which: str) -> torch.Tensor:
+        """[d_sae] each latent's smallest kept score of the top-k (``which="top"``) or the sample (``"res"``),
+        kept up to date by :meth:`update` (only candidates above it can enter: most rows need no look at their
+        slots) and recomputed after anything else rewrites the slots."""
+        cached = self._minima.get(which)
+        if cached is None:
+            cached = (self._top_scores() if which == "top" else self._res_scores()).amin(dim=1)
+            self._minima[which] = cached
+        return cached
 
     def _update_sums(
         self, acts: torch.Tensor, valid: torch.Tensor, tokens: torch.Tensor | None, pool: _PoolFill | None = None
@@ -471,9 +506,11 @@ class LatentStats:
         buckets = self.pos_buckets[:seq]
         n_buckets = self.pos_counts.shape[0]
         self.pos_counts += torch.bincount(buckets.expand(batch, seq)[valid], minlength=n_buckets)
+        priority = None
         if tokens is not None:
             tokens = tokens.to(dev).long()
             self._add_token_counts(torch.bincount(tokens[valid]) if bool(valid.any()) else None)
+            priority = token_priority(tokens.view(-1), self.s.seed)
         shard, threshold = self.shard, self.s.threshold
         flat = acts.view(batch * seq, d)
         rows_per_chunk = max(1, _PAIR_CHUNK // max(d, 1))
@@ -492,7 +529,14 @@ class LatentStats:
             cell = lat * n_buckets + buckets[row % seq]
             shard.pos_sums.view(-1).index_add_(0, cell, val)
             shard.pos_sq.view(-1).index_add_(0, cell, val * val)
-            if tokens is not None:
+            if tokens is not None and priority is not None:
+                # The shard's token sums only serve to be folded into the totals: a token the totals' table can
+                # no longer take just sets the latent's overflow (in steady state most of the pairs).
+                admissible = self.sums.admissible(lat, priority[row])
+                keep = admissible.nonzero().squeeze(1)
+                if keep.shape[0] < lat.shape[0]:
+                    shard.overflow[lat[~admissible]] = True
+                    lat, row, val = lat.index_select(0, keep), row.index_select(0, keep), val.index_select(0, keep)
                 shard.add_pairs(lat, tokens.view(-1)[row], val)
         if pool is not None:
             pool.store(self.pool_entries)
@@ -519,7 +563,7 @@ class LatentStats:
         keys = _hash31(chunk_ids, _salt(self.s.seed, _SALT_POOL)) * _HI + (chunk_ids & _M32)
         cand = torch.where(chunk_valid, -keys, _I64_MIN).unsqueeze(0)
         kept = torch.where(self.pool_ids >= 0, -self.pool_keys, _I64_MIN).unsqueeze(0)
-        _, slots, chunks = _replacements(kept, cand)
+        _, slots, chunks, _, _ = _replacements(kept.amin(dim=1), kept.__getitem__, cand)
         if not slots.numel():
             return None
         self.pool_keys[slots] = keys[chunks]
@@ -572,6 +616,7 @@ class LatentStats:
         self.res_keys, self.res_vals, self.res_ids, self.res_windows = _take(
             sel, (self, other), ("res_keys", "res_vals", "res_ids", "res_windows")
         )
+        self._minima.clear()
         n_pool = self.s.n_random_windows
         if n_pool:
             keys = torch.cat([self.pool_keys, other.pool_keys])
@@ -597,6 +642,7 @@ class LatentStats:
         self.res_keys, self.res_vals, self.res_ids, self.res_windows = _take(
             order, (self,), ("res_keys", "res_vals", "res_ids", "res_windows")
         )
+        self._minima.clear()
         if self.s.n_random_windows:
             order = self.pool_keys.sort(stable=True).indices
             self.pool_keys, self.pool_ids = self.pool_keys[order], self.pool_ids[order]
@@ -657,6 +703,7 @@ class LatentStats:
             "token_counts",
         ):
             setattr(out, name, state[name].to(out.device))
+        out._minima.clear()
         out.sums.load(state)
         if "shard.sum_acts" in state:
             out.shard.load(state, prefix="shard.")
@@ -715,25 +762,28 @@ def _nonzero(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return torch.from_numpy(at_row), torch.from_numpy(at_col), torch.from_numpy(array.ravel()[flat])
 
 
-def _replacements(kept: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _replacements(
+    row_min: torch.Tensor, kept_of: Callable[[torch.Tensor], torch.Tensor], cand: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Which candidates enter a per-row "k largest scores" set, and which slot each one takes.
 
-    ``kept`` [rows, k] are the int64 scores in the slots (int64 min = empty), ``cand`` [rows, n] the new
-    scores (distinct from each other and from the kept ones, int64 min = not a candidate). Returns
-    ``(rows, slots, cand_cols)``: write candidate ``cand_cols[i]`` of row ``rows[i]`` into slot ``slots[i]``.
-    Slots keep no order, so entries that stay are never moved (no rewrite of the state).
+    ``row_min`` [rows] is each row's smallest kept score and ``kept_of(live)`` [len(live), k] the int64 scores in
+    the slots of rows ``live`` (int64 min = empty); ``cand`` [rows, n] are the new scores (distinct from each other
+    and from the kept ones, int64 min = not a candidate). Returns ``(rows, slots, cand_cols, live, live_min)``:
+    write candidate ``cand_cols[i]`` of row ``rows[i]`` into slot ``slots[i]``; rows ``live`` then have the
+    smallest kept scores ``live_min``. Slots keep no order, so entries that stay are never moved.
     """
-    k = kept.shape[1]
     # Only candidates above the row's current minimum can enter; in steady state that is a few, in a few rows:
     # the selection runs on those rows and columns only (a row without one keeps its slots as they are).
-    better = cand > kept.min(dim=1, keepdim=True).values
+    better = cand > row_min.unsqueeze(1)
     hopeful = better.any(dim=0)
     if not bool(hopeful.any()):
-        empty = torch.zeros(0, dtype=torch.long, device=kept.device)
-        return empty, empty, empty
+        empty = torch.zeros(0, dtype=torch.long, device=cand.device)
+        return empty, empty, empty, empty, row_min[empty]
     cols = hopeful.nonzero().squeeze(1)
     live = better.any(dim=1).nonzero().squeeze(1)
-    kept = kept[live]
+    kept = kept_of(live)
+    k = kept.shape[1]
     joined = torch.cat([kept, cand[live][:, cols]], dim=1)
     sel = joined.topk(k, dim=1, sorted=False).indices
     scores = joined.gather(1, sel)
@@ -750,4 +800,4 @@ def _replacements(kept: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor,
     freed_rank = freed.long().cumsum(1)
     take = freed & (freed_rank <= n_new)
     free_rows, free_slots = take.nonzero(as_tuple=True)
-    return live[new_rows], free_slots, cols[sel[new_rows, new_cols] - k]
+    return live[new_rows], free_slots, cols[sel[new_rows, new_cols] - k], live, scores.amin(dim=1)
