@@ -430,3 +430,37 @@ def test_a_token_a_full_table_turns_away_sets_overflow_and_kept_sums_stay_exact(
     slot = sorted(kept.tolist()).index(int(again))
     assert float(state["tok_sums"][0, slot]) == 1.0 + 2.0 + 0.5
     assert float(state["tok_sq"][0, slot]) == 1.0 + 4.0 + 0.25
+
+
+def test_bridge_hooks_are_added_directly_and_leave_a_callers_hooks_alone(bridge_model, bridge_sae, tmp_path):
+    """After the first batch (added through TransformerLens's own ``hooks()``, which checks the point), a harvest
+    adds its hook to the HookPoint directly: the store is the same as with ``hooks()`` on every batch, a hook the
+    caller had added stays and fires on every batch, and none of ours is left behind."""
+    from sae_lens_autointerp.harvest import subjects
+
+    tokens = torch.randint(100, 2000, (12, 32), generator=torch.Generator().manual_seed(0))
+    point = bridge_model.hook_dict[subjects.as_subject(bridge_model).resolve(bridge_sae.cfg.metadata.hook_name)]
+    seen: list[int] = []
+
+    def callers(activation, hook):  # type: ignore[no-untyped-def]
+        seen.append(activation.shape[0])
+
+    bridge_model.add_hook(point.name, callers)
+    try:
+        kwargs = dict(n_tokens=tokens.numel(), ctx_len=32, batch_size=4, progress=False)
+        direct = bridge_sae.autointerp.harvest(bridge_model, tokens, store_dir=tmp_path / "direct", **kwargs)
+        # every batch of 4 sequences (a one-sequence probe of the hook point runs first)
+        assert seen.count(4) == 3 and [h.user_hook for h in point.fwd_hooks] == [callers]
+
+        def through_hooks(self, fwd):  # type: ignore[no-untyped-def]
+            return self.model.hooks(fwd_hooks=list(fwd))
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(subjects.TLSubject, "_attached", through_hooks)
+            reference = bridge_sae.autointerp.harvest(bridge_model, tokens, store_dir=tmp_path / "hooks", **kwargs)
+        assert seen.count(4) == 6 and [h.user_hook for h in point.fwd_hooks] == [callers]
+    finally:
+        bridge_model.reset_hooks()
+    assert direct.stats.keys() == reference.stats.keys()
+    for name, value in direct.stats.items():
+        assert torch.equal(value, reference.stats[name]), name

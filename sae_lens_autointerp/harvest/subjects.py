@@ -27,6 +27,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -104,6 +105,11 @@ class Subject:
         raise NotImplementedError
 
 
+#: The hook level our per-batch hooks are added under: TransformerLens's ``hooks()`` contexts use levels >= 1, so
+#: ``remove_hooks(level=_OWN_LEVEL)`` removes ours and nothing a caller added.
+_OWN_LEVEL = -0x5AE
+
+
 class TLSubject(Subject):
     """``HookedTransformer`` / ``HookedSAETransformer`` (``kind="hooked"``), ``TransformerBridge`` /
     ``SAETransformerBridge`` (``kind="bridge"``)."""
@@ -111,6 +117,7 @@ class TLSubject(Subject):
     def __init__(self, model: Any, kind: str) -> None:
         self.model, self.kind = model, kind
         self.tokenizer = getattr(model, "tokenizer", None)
+        self._points: dict[str, Any] = {}  # hook point name -> HookPoint, once TransformerLens has checked it
 
     def resolve(self, hook_name: str, *, what: str = "cfg.metadata.hook_name") -> str:
         names = set(self.model.hook_dict.keys())
@@ -141,13 +148,32 @@ class TLSubject(Subject):
         if not logits:
             known = [layer for p, _ in hooks if (layer := self.layer_of(p)) is not None]
             stop = max(known) + 1 if known else None  # embedding hooks fire before block 0
-        with self.model.hooks(fwd_hooks=[(p, tl_hook(fn)) for p, fn in hooks]):
+        fwd = [(p, tl_hook(fn)) for p, fn in hooks]
+        checked = all(p in self._points for p, _ in fwd)
+        with self._attached(fwd) if checked else self.model.hooks(fwd_hooks=fwd):
+            if not checked:  # TransformerLens checked the points as it added them (a gated-off point raises there)
+                hook_dict = self.model.hook_dict
+                self._points.update((p, hook_dict[p]) for p, _ in fwd)
             try:
                 # stop_at_layer is a second guard in case a wrapper swallows our exception.
                 out = self.model(ids, return_type="logits" if logits else None, stop_at_layer=stop)
             except StopForward:
                 return None
         return out if logits else None
+
+    @contextmanager
+    def _attached(self, fwd: Sequence[tuple[str, Any]]) -> Iterator[None]:
+        """The hooks added to their (checked) hook points directly, and removed after: what ``model.hooks()``
+        does, without its per-call look-ups (on a TransformerBridge ``hooks()`` builds ``hook_dict`` and an alias
+        map each time: ~18 ms per batch, ~5% of a 4-block forward of SmolLM2 on 2 cores)."""
+        points = [self._points[p] for p, _ in fwd]
+        try:
+            for point, (_, fn) in zip(points, fwd):
+                point.add_hook(fn, dir="fwd", level=_OWN_LEVEL)
+            yield
+        finally:
+            for point in points:
+                point.remove_hooks("fwd", level=_OWN_LEVEL)
 
     @property
     def n_ctx(self) -> int | None:
