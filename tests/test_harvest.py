@@ -136,6 +136,11 @@ def test_stratified_sample_is_uniform_without_replacement(harvested):
             seq, pos = divmod(e.token_id, CTX)
             assert e.value == float(chunk_max[seq, pos // W, latent]) > 0
             assert dense[seq, pos, latent] == e.value
+            lo = pos - e.peak_index  # the window around the peak, zero outside the sequence
+            ref_window = torch.tensor(
+                [float(dense[seq, lo + j, latent]) if 0 <= lo + j < CTX else 0.0 for j in range(W)]
+            )
+            assert np.array_equal(e.activations, ref_window.half().float().numpy())
         assert [e.value for e in examples] == sorted((e.value for e in examples), reverse=True)
 
 

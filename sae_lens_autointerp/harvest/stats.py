@@ -447,11 +447,8 @@ class LatentStats:
         # Top-k by activation value (ties: the earlier chunk).
         cand_top = torch.where(chunk_fires, _top_score(chunk_max, chunk_ids.unsqueeze(1)), _I64_MIN).T
         top_min = self._row_minima("top")
-        rows, slots, chunks, live, live_min = _replacements(top_min, self._top_scores, cand_top)
+        t_rows, t_slots, t_chunks, live, live_min = _replacements(top_min, self._top_scores, cand_top)
         top_min[live] = live_min
-        if rows.numel():
-            self.top_vals[rows, slots] = cand_vals[rows, chunks]
-            self.top_ids[rows, slots], self.top_windows[rows, slots] = enter(rows, chunks)
         # Uniform sample without replacement: keep the smallest keys, a seeded hash of (chunk, latent).
         fire_chunk, fire_lat = chunk_fires.nonzero(as_tuple=True)
         res_score = torch.full((n, d), _I64_MIN, dtype=torch.int64, device=acts.device)
@@ -462,12 +459,22 @@ class LatentStats:
             res_score[fire_chunk, fire_lat] = -(h * _HI + (ids & _M32))
         res_score = res_score.T
         res_min = self._row_minima("res")
-        rows, slots, chunks, live, live_min = _replacements(res_min, self._res_scores, res_score)
+        r_rows, r_slots, r_chunks, live, live_min = _replacements(res_min, self._res_scores, res_score)
         res_min[live] = live_min
-        if rows.numel():
-            self.res_keys[rows, slots] = -res_score[rows, chunks]
-            self.res_vals[rows, slots] = cand_vals[rows, chunks]
-            self.res_ids[rows, slots], self.res_windows[rows, slots] = enter(rows, chunks)
+        n_top = t_rows.shape[0]
+        if n_top + r_rows.shape[0]:
+            # Each (latent, chunk) read once: until the sets fill, most firing pairs enter both.
+            pairs, which = torch.unique(torch.cat([t_rows * n + t_chunks, r_rows * n + r_chunks]), return_inverse=True)
+            peak_ids, windows = enter(pairs // n, pairs % n)
+            if n_top:
+                self.top_vals[t_rows, t_slots] = cand_vals[t_rows, t_chunks]
+                self.top_ids[t_rows, t_slots] = peak_ids[which[:n_top]]
+                self.top_windows[t_rows, t_slots] = windows[which[:n_top]]
+            if r_rows.shape[0]:
+                self.res_keys[r_rows, r_slots] = -res_score[r_rows, r_chunks]
+                self.res_vals[r_rows, r_slots] = cand_vals[r_rows, r_chunks]
+                self.res_ids[r_rows, r_slots] = peak_ids[which[n_top:]]
+                self.res_windows[r_rows, r_slots] = windows[which[n_top:]]
 
         pool = self._pool_entering(valid, chunk_ids.cpu(), n_chunks)
         if pool is not None and s.threshold < 0:  # zeros enter too: not among the non-zeros, so read the windows
