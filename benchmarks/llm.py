@@ -3,6 +3,16 @@ classification path (one forward pass, read P("0") / P("1") off the logits) over
 
     python benchmarks/llm.py [--n 32] [--repeats 3]
     python benchmarks/llm.py --judge [--latents 6] [--per-latent 8] [--repeats 2]
+    python benchmarks/llm.py --vllm [--model ID] [--latents 16] [--per-latent 16] [--repeats 2]   (where vLLM is)
+
+``--vllm``: judgments/s of the ``vllm:`` backend against vLLM alone, on one engine. Ours: each latent's detection
+prompts through ``classify_many`` (the scorer's path: usage, results, batching by the worker thread), every latent
+at once, as a run with many latents in flight sends them. Bare: the same prompts in one ``LLM.chat`` call with
+``max_tokens=1`` and the logprobs of the choice tokens, read as P("1") (the least a vLLM judge must do). The
+prefix cache is reset before each measurement; the two alternate. Printed: judgments/s and prompt tokens/s of
+each, their ratio, the device, and the largest difference in P("1") (0 up to float error: the same forward
+pass). On CPU run it under the vLLM virtualenv (``~/.cache/sae-lens-autointerp/venv-vllm/bin/python``, with
+``VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 VLLM_HOST_IP=127.0.0.1 HF_HUB_OFFLINE=1``); on a GPU, wherever vLLM is.
 
 ``--judge``: judgments/s of the local judge before (the old path: prompts evaluated with a fixed thread count equal
 to the CPU count, llama-cpp-python's default, which ``n_threads=multiprocessing.cpu_count()`` reproduces) and after (the
@@ -162,6 +172,72 @@ def judge(args: argparse.Namespace) -> None:
     )
 
 
+def vllm_judge(args: argparse.Namespace) -> None:
+    import math
+
+    from sae_lens_autointerp.llm import get_client
+
+    per_latent = judge_prompts(args.latents, args.per_latent)
+    flat = [m for prompts in per_latent for m in prompts]
+    client = get_client(f"vllm:{args.model}", cache=False)
+
+    async def ours() -> tuple[float, list[float]]:
+        t0 = time.perf_counter()
+        answers = await asyncio.gather(
+            *[client.classify_many(p, ("0", "1"), stage="detection", latent=i) for i, p in enumerate(per_latent)]
+        )
+        return time.perf_counter() - t0, [a.probs["1"] for batch in answers for a in batch]
+
+    async def start() -> None:
+        await client.classify(flat[0], ("0", "1"))  # starts the engine on the worker thread; it stays idle after
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(start())
+    engine = client._engine  # the same engine, used from here only while the worker waits for work
+    from vllm import SamplingParams
+
+    tokenizer = engine.get_tokenizer()
+    choice_ids = {c: sorted({tokenizer.encode(v, add_special_tokens=False)[0] for v in (c, " " + c)}) for c in "01"}
+    params = SamplingParams(temperature=0.0, max_tokens=1, logprob_token_ids=sorted(sum(choice_ids.values(), [])))
+
+    def p_one(output) -> float:  # type: ignore[no-untyped-def]
+        row = output.outputs[0].logprobs[0]
+        mass = {c: sum(math.exp(row[t].logprob) for t in ids if t in row) for c, ids in choice_ids.items()}
+        return mass["1"] / (mass["0"] + mass["1"])
+
+    def bare() -> tuple[float, list[float], int]:
+        t0 = time.perf_counter()
+        outputs = engine.chat(flat, params, use_tqdm=False)
+        return time.perf_counter() - t0, [p_one(o) for o in outputs], sum(len(o.prompt_token_ids) for o in outputs)
+
+    bare()  # warm-up of the bare path
+    spent = {"ours": 0.0, "bare": 0.0}
+    worst, n_tokens = 0.0, 0
+    for repeat in range(args.repeats):
+        for side in ("ours", "bare") if repeat % 2 == 0 else ("bare", "ours"):
+            engine.reset_prefix_cache()
+            if side == "ours":
+                dt, probs_ours = loop.run_until_complete(ours())
+            else:
+                dt, probs_bare, n_tokens = bare()
+            spent[side] += dt
+        worst = max(worst, max(abs(a - b) for a, b in zip(probs_ours, probs_bare)))
+    loop.run_until_complete(client.aclose())
+    loop.close()
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    n = len(flat) * args.repeats
+    print(
+        f"vLLM judge ({args.model}, {device}): {args.latents} latents x {args.per_latent} detection prompts x "
+        f"{args.repeats} repeats = {n} judgments per path, {n_tokens / len(flat):.0f} prompt tokens each"
+    )
+    for side, label in (("ours", "vllm: backend, classify_many per latent"), ("bare", "vLLM alone, one LLM.chat")):
+        rate = n / spent[side]
+        print(f"  {label:<42} {rate:8.1f} judgments/s  {rate * n_tokens / len(flat):9.0f} prompt tok/s")
+    print(f"  ours / bare {spent['bare'] / spent['ours']:.3f}x   max |P('1') difference| {worst:.1e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=32, help="prompts per measurement")
@@ -170,9 +246,14 @@ def main() -> None:
     ap.add_argument("--judge", action="store_true", help="only the judge benchmark (before vs after)")
     ap.add_argument("--latents", type=int, default=6)
     ap.add_argument("--per-latent", type=int, default=8)
+    ap.add_argument("--vllm", action="store_true", help="only the vLLM judge benchmark (ours vs vLLM alone)")
+    ap.add_argument("--model", default="embedded", help="(--vllm) a Hugging Face id or folder")
     args = ap.parse_args()
     if args.judge:
         judge(args)
+        return
+    if args.vllm:
+        vllm_judge(args)
         return
 
     from sae_lens_autointerp.embedded import gguf_path
