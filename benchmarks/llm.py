@@ -3,7 +3,7 @@ classification path (one forward pass, read P("0") / P("1") off the logits) over
 
     python benchmarks/llm.py [--n 32] [--repeats 3]
     python benchmarks/llm.py --judge [--latents 6] [--per-latent 8] [--repeats 2]
-    python benchmarks/llm.py --vllm [--model ID] [--latents 16] [--per-latent 16] [--repeats 2]   (where vLLM is)
+    python benchmarks/llm.py --vllm [--model ID] [--latents 6] [--per-latent 8] [--repeats 3]   (where vLLM is)
 
 ``--vllm``: judgments/s of the ``vllm:`` backend against vLLM alone, on one engine. Ours: each latent's detection
 prompts through ``classify_many`` (the scorer's path: usage, results, batching by the worker thread), every latent
