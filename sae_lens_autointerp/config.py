@@ -72,7 +72,6 @@ class HarvestConfig:
     ctx_len: int | None = None
     batch_size: int = 16
     example_len: int = 32
-    peak_offset: int | None = None
     top_k: int = 50
     n_stratified: int = 100
     n_random_windows: int = 1000
@@ -92,13 +91,13 @@ class HarvestConfig:
         _int(self.ctx_len, "harvest ctx_len", low=2, optional=True)
         _int(self.batch_size, "harvest batch_size", low=1)
         _int(self.example_len, "harvest example_len", low=1)
-        _int(self.peak_offset, "harvest peak_offset", low=0, optional=True)
-        if self.peak_offset is not None and self.peak_offset >= self.example_len:
-            raise ConfigError(
-                f"harvest peak_offset must be in [0, example_len={self.example_len}), got {self.peak_offset}"
-            )
         if self.ctx_len is not None and self.example_len > self.ctx_len:
             raise ConfigError(f"harvest example_len={self.example_len} must be <= ctx_len={self.ctx_len}")
+        if self.ctx_len is not None and self.ctx_len % self.example_len:
+            raise ConfigError(
+                f"harvest ctx_len={self.ctx_len} must be a multiple of example_len={self.example_len}: each example "
+                "is shown as its fixed chunk of example_len tokens (a partial chunk would be shorter)"
+            )
         _int(self.top_k, "harvest top_k", low=1)
         _int(self.n_stratified, "harvest n_stratified", low=1)
         _int(self.n_random_windows, "harvest n_random_windows", low=0)
@@ -115,6 +114,13 @@ class HarvestConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HarvestConfig:
+        data = dict(data)
+        if data.pop("peak_offset", None) is not None:  # configs saved before windows became fixed chunks
+            raise ConfigError(
+                "harvest peak_offset was removed: a window with the peak always at one index lets a judge that never "
+                "reads the explanation score above chance, so every example is now shown as its fixed chunk of "
+                "example_len tokens; delete peak_offset from the config"
+            )
         return cls(**_known(cls, data, "harvest"))
 
 

@@ -176,8 +176,9 @@ class NeighbourNegatives:
             candidates.extend(pool[k] for k in rng.permutation(len(pool)))
         taken = SpanSet()
         seen, unique, excluded = set(), [], 0
-        for e in candidates:
-            if e.token_id in seen:
+        full = store.full_windows(np.array([e.token_id - (e.peak_index or 0) for e in candidates], dtype=np.int64))
+        for e, is_full in zip(candidates, full.tolist()):
+            if e.token_id in seen or not is_full:  # a window with padding would be shorter than the others
                 continue
             seen.add(e.token_id)
             span = e.span(ctx)

@@ -71,14 +71,15 @@ class RunViews:
         store = self.store
         if store is None:
             return {"top": [], "quantiles": [], "cuts": [], "sample": np.zeros(0), "by_id": {}}
-        top = store.top_examples(latent)
+        every_top = store.top_examples(latent)
+        top = _distinct(every_top)
         strat = store.stratified_examples(latent)
         n_q = int((self.run.get("sampling") or {}).get("n_quantiles") or 10)
         groups = [list(g) for g in np.array_split(np.arange(len(strat)), min(n_q, max(len(strat), 1)))] if strat else []
         quantiles = [[strat[i] for i in _spread(g, PER_QUANTILE)] for g in groups]
         cuts = sorted(float(strat[g[-1]].value) for g in groups[:-1] if g)
         by_id = {e.token_id: e for e in strat}
-        by_id.update({e.token_id: e for e in top})
+        by_id.update({e.token_id: e for e in every_top})
         return {
             "top": top[:N_TOP],
             "quantiles": quantiles,
@@ -135,6 +136,19 @@ def _open_store(run: dict[str, Any], missing: list[str]) -> LatentStore | None:
         + "): no examples; pass store= to write them"
     )
     return None
+
+
+def _distinct(examples: list[Any]) -> list[Any]:
+    """``examples`` without repeats of a text shown before (the same passage at two places of the corpus shows
+    once on a page, the strongest copy)."""
+    seen: set[bytes] = set()
+    out = []
+    for e in examples:
+        key = np.asarray(e.tokens).tobytes()
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out
 
 
 def _spread(indices: list[int], k: int) -> list[int]:

@@ -136,34 +136,51 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
             skipped=f"too rare: {n_fire_examples} firing examples, need {config.min_activating} (harvest more tokens)",
             stats=stats,
         )
+    if store.legacy_windows:
+        raise ConfigError(
+            f"the activation store {store.path} was harvested with windows that put every peak at index "
+            f"{settings.peak_offset} (store format {store.meta.get('format_version')}): a judge that never reads "
+            "the explanation can score above chance from that alone. Harvest again (the new store gets a new "
+            "folder; this one can be deleted)"
+        )
     rng = latent_rng(config.seed, latent)
     # The uniform sample as arrays, strongest first (pool index i = rank i); examples are built only for
     # the ones chosen.
     rows, peaks, _ = store.ranked_rows(latent, "res")
-    ctx_len, lead, width = settings.ctx_len, settings.peak_offset, settings.example_len
+    ctx_len, width = settings.ctx_len, settings.example_len
     groups = np.array_split(np.arange(len(rows)), config.n_quantiles)
     rank_group = np.repeat(np.arange(config.n_quantiles), [len(g) for g in groups])
     # quantile of a chunk (sequence, position // example_len), as chunk_key gives it
     quantile_of = dict(zip(_chunk_ids(peaks, settings).tolist(), rank_group.tolist()))
+    # Shown to nobody: windows that run into padding (shorter than the rest) and repeats of a window's text
+    # elsewhere in the corpus (the strongest copy stays), so that no judge reads a length cue and no text is
+    # tested that the explainer saw at another place.
+    content = _content_keys(store, peaks)
+    usable, cut, repeated = _usable(store, peaks, content)
 
+    groups = [idx[usable[idx]] for idx in groups]
     per_explain, per_test = quantile_shares([len(g) for g in groups], config)
     if config.explain_strategy == "top":
         top_rows, top_peaks, _ = store.ranked_rows(latent, "top")
+        top_usable, _, _ = _usable(store, top_peaks, _content_keys(store, top_peaks))
+        top_rows, top_peaks = top_rows[top_usable], top_peaks[top_usable]
         shown_prefix, shown_rows, shown_peaks = "top", top_rows[: config.n_explain], top_peaks[: config.n_explain]
         is_shown = np.isin(peaks, shown_peaks)  # the same peak in the top list and in the sample
     else:
         if config.explain_strategy == "random":
-            picked = np.sort(rng.permutation(len(rows))[: config.n_explain])
+            pool = np.flatnonzero(usable)
+            picked = np.sort(rng.permutation(pool)[: config.n_explain])
         else:
             parts = [np.sort(rng.permutation(idx)[: per_explain[q]]) for q, idx in enumerate(groups)]
             picked = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
         shown_prefix, shown_rows, shown_peaks = "res", rows[picked], peaks[picked]
         is_shown = np.zeros(len(rows), dtype=bool)
         is_shown[picked] = True  # (a latent's sampled peaks are distinct: one per chunk)
-    shown_spans = SpanSet.from_arrays(*spans_of(shown_peaks, shown_peaks - lead, width, ctx_len))
-    near_shown = shown_spans.overlaps_many(*spans_of(peaks, peaks - lead, width, ctx_len))  # the pool at once
-    excluded_pos = int((near_shown & ~is_shown).sum())
-    free = ~near_shown & ~is_shown
+    shown_spans = SpanSet.from_arrays(*store.window_spans(shown_peaks))
+    near_shown = shown_spans.overlaps_many(*store.window_spans(peaks))  # the pool at once
+    near_shown |= np.isin(content, _content_keys(store, shown_peaks))  # the same text as a shown window
+    excluded_pos = int((near_shown & ~is_shown & usable).sum())
+    free = ~near_shown & ~is_shown & usable
     chosen: list[np.ndarray] = []
     for q, idx in enumerate(groups):
         candidates = idx[free[idx]]
@@ -178,7 +195,7 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
     # (built at once: the same merged set as activating_spans() plus one add() per chosen example)
     known_lo, known_hi = store.example_span_arrays(latent)
     chosen_peaks = np.concatenate([shown_peaks, peaks[test_idx]])
-    chosen_lo, chosen_hi = spans_of(chosen_peaks, chosen_peaks - lead, width, ctx_len)
+    chosen_lo, chosen_hi = spans_of(chosen_peaks, store.window_starts(chosen_peaks), width, ctx_len)
     avoid = SpanSet.from_arrays(np.concatenate([known_lo, chosen_lo]), np.concatenate([known_hi, chosen_hi]))
     test_neg, excluded_neg = negatives.draw(store, latent, config.n_test_neg, rng, avoid)
 
@@ -191,8 +208,24 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
         test_pos=tuple(store.examples_at(latent, "res", rows[test_idx], labelled(peaks[test_idx]))),
         test_neg=tuple(e.with_extra(label=False, quantile=None) for e in test_neg),
         stats=stats,
-        holdout={"test_pos": excluded_pos, "test_neg": excluded_neg},
+        holdout={"test_pos": excluded_pos, "test_neg": excluded_neg, "cut": cut, "repeated": repeated},
     )
+
+
+def _content_keys(store: LatentStore, peaks: np.ndarray) -> np.ndarray:
+    """One comparable value per window of ``peaks``: its tokens' bytes (equal exactly when the texts are)."""
+    tokens = np.ascontiguousarray(store.windows_tokens(store.window_starts(peaks)))
+    return tokens.view(np.dtype((np.void, tokens.shape[1] * tokens.itemsize))).reshape(-1)
+
+
+def _usable(store: LatentStore, peaks: np.ndarray, content: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Mask of the windows of ``peaks`` (ranked strongest first) that may be shown: full (no padding) and the
+    first of their text; and how many were left out for each reason."""
+    full = store.full_windows(store.window_starts(peaks))
+    first = np.zeros(len(peaks), dtype=bool)
+    if len(peaks):
+        first[np.unique(content, return_index=True)[1]] = True
+    return full & first, int((~full).sum()), int((full & ~first).sum())
 
 
 def _chunk_ids(peaks: np.ndarray, settings: Any) -> np.ndarray:

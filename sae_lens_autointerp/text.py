@@ -33,11 +33,16 @@ WINDOW_CACHE_SIZE = 16_384
 
 
 class Renderer:
-    """Decodes token ids one by one (cached) and drops padding and special tokens."""
+    """Decodes token ids one by one (cached) and drops padding.
 
-    def __init__(self, tokenizer: Any) -> None:
+    Special tokens (BOS, the separator between documents) are shown as their text, as delphi shows them: every
+    window is then rendered with the same number of pieces, so an excerpt's length cannot tell a judge whether
+    it activates (dropping them made windows at a document boundary shorter, and latents that fire near one
+    have more of those). ``drop_special=True`` hides them (a peer's protocol that does)."""
+
+    def __init__(self, tokenizer: Any, *, drop_special: bool = False) -> None:
         self.tokenizer = tokenizer
-        self._special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        self._special = set(getattr(tokenizer, "all_special_ids", []) or []) if drop_special else set()
         # shown[token] for token ids below the largest special id (a table look-up, not np.isin per window)
         # (a negative special id, never seen in practice, would keep the np.isin path)
         self._odd_special = np.array(sorted(i for i in self._special if i < 0), dtype=np.int64)
@@ -58,7 +63,7 @@ class Renderer:
         return text
 
     def window(self, tokens: np.ndarray) -> tuple[np.ndarray, tuple[str, ...], str]:
-        """The positions of ``tokens`` that are shown (not padding, not special), their text pieces and the
+        """The positions of ``tokens`` that are shown (not padding; not special, where dropped), their pieces and the
         pieces joined (``RenderedExample.text``)."""
         tokens = np.asarray(tokens)
         key = (tokens.dtype.str, tokens.tobytes())  # the dtype too: equal bytes of another width are other ids
@@ -96,7 +101,7 @@ class Renderer:
         return [hit if hit is not None else fresh[key] for key, hit in zip(keys, out)]
 
     def _shown(self, tokens: np.ndarray) -> np.ndarray:
-        """Where ``tokens`` (any shape) are shown: not padding, not a special token."""
+        """Where ``tokens`` (any shape) are shown: not padding, not a dropped special token."""
         shown = tokens != PAD_TOKEN
         if self._special:
             hidden = self._hidden

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from sae_lens_autointerp.harvest.store import Example
 from sae_lens_autointerp.sampling import SamplingConfig, activating_spans, sample_latent
@@ -63,11 +64,12 @@ def test_example_span_is_clipped_to_its_sequence():
 @pytest.mark.parametrize("strategy,step", [("quantiles", 1), ("top", 5), ("random", 5)])
 def test_no_shared_token_on_the_embedded_store(embedded_store, strategy, step):
     """Every sampled latent of the shipped SAE (every 5th for the other strategies): 0 test positives sharing a
-    token with an explainer window, 0 negatives sharing a token with any activating window of the latent
-    (explainer, test or stored) or with another negative."""
-    store, ctx = embedded_store, embedded_store.settings.ctx_len
+    token with an explainer window or with each other, 0 negatives sharing a token with any activating window of
+    the latent (explainer, test or stored) or with another negative; every window is a whole chunk (full length,
+    no padding), and no test window repeats the text of an explainer window."""
+    store, ctx, w = embedded_store, embedded_store.settings.ctx_len, embedded_store.settings.example_len
     cfg = SamplingConfig(explain_strategy=strategy)
-    n_sampled = excluded_pos = excluded_neg = n_pos = n_neg = 0
+    n_sampled = n_neg = 0
     for latent in range(0, store.d_sae, step):
         s = sample_latent(store, latent, cfg)
         if s.skipped:
@@ -78,35 +80,51 @@ def test_no_shared_token_on_the_embedded_store(embedded_store, strategy, step):
         negatives = [e.span(ctx) for e in s.test_neg]
         known = [e.span(ctx) for e in store.top_examples(latent) + store.stratified_examples(latent)]
         assert not _any_overlap(tested, shown), latent
+        assert not _any_overlap(tested, tested, skip_diagonal=True), latent
         assert not _any_overlap(negatives, shown + tested + known), latent
         assert not _any_overlap(negatives, negatives, skip_diagonal=True), latent
-        excluded_pos += s.holdout["test_pos"]
-        excluded_neg += s.holdout["test_neg"]
-        n_pos, n_neg = n_pos + len(s.test_pos), n_neg + len(s.test_neg)
+        for e in s.explain + s.test:
+            assert len(e.tokens) == w and (e.tokens >= 0).all(), (latent, e.token_id)
+            lo, hi = e.span(ctx)
+            assert hi - lo == w and lo % w == 0, (latent, e.token_id)  # the example's own chunk
+        assert not {e.tokens.tobytes() for e in s.explain} & {e.tokens.tobytes() for e in s.test_pos}, latent
+        n_neg += len(s.test_neg)
     assert n_sampled > 1000 // step
-    # the exclusions happen (adjacent chunks' windows overlap) and are counted, and most latents keep full sets
-    assert excluded_pos > 0 and excluded_neg > 0
     assert n_neg / n_sampled > 45
 
 
-def test_holdout_counts_what_it_excludes(embedded_store):
-    """``holdout["test_pos"]`` is exactly the number of reservoir examples left out for sharing tokens."""
-    store, ctx = embedded_store, embedded_store.settings.ctx_len
-    checked = 0
+def test_holdout_counts_what_it_excludes(bridge_model, embedded_sae, tmp_path):
+    """A corpus with repeated passages and a short last sequence: windows that run into padding (``cut``) and
+    repeats of a text already kept (``repeated``) are never sampled, and each is counted exactly."""
+    from sae_lens_autointerp.harvest.store import PAD_TOKEN
+
+    rng = np.random.default_rng(0)
+    block = rng.integers(100, 5000, size=(4, 64))
+    tokens = np.concatenate([np.tile(block.reshape(-1), 6), rng.integers(100, 5000, size=64 * 20 + 40)])
+    store = embedded_sae.autointerp.harvest(
+        bridge_model,
+        torch.from_numpy(tokens),
+        n_tokens=len(tokens),
+        ctx_len=64,
+        example_len=16,
+        n_stratified=60,
+        store_dir=tmp_path / "store",
+        progress=False,
+    )
+    assert (store.tokens[-1] == PAD_TOKEN).sum() == 24  # the last sequence holds 40 tokens
+    checked = {"cut": 0, "repeated": 0}
     for latent in range(store.d_sae):
-        s = sample_latent(store, latent, SamplingConfig())
-        if s.skipped or not s.holdout["test_pos"]:
+        s = sample_latent(store, latent, SamplingConfig(n_explain=10, n_test_pos=10, n_test_neg=10, min_activating=5))
+        if s.skipped:
             continue
-        shown = SpanSet(e.span(ctx) for e in s.explain)
-        ids = {e.token_id for e in s.explain}
-        overlapping = [
-            e for e in store.stratified_examples(latent) if e.token_id not in ids and shown.overlaps(*e.span(ctx))
-        ]
-        assert len(overlapping) == s.holdout["test_pos"]
-        assert not {e.token_id for e in overlapping} & {e.token_id for e in s.test_pos}
-        avoid = activating_spans(store, latent)
-        assert all(avoid.overlaps(*e.span(ctx)) for e in overlapping)
-        checked += 1
-        if checked == 20:
-            break
-    assert checked == 20
+        pool = store.stratified_examples(latent)
+        cut = [e for e in pool if (e.tokens == PAD_TOKEN).any()]
+        texts = [e.tokens.tobytes() for e in pool if not (e.tokens == PAD_TOKEN).any()]
+        assert s.holdout["cut"] == len(cut), latent
+        assert s.holdout["repeated"] == len(texts) - len(set(texts)), latent
+        used = [e.tokens.tobytes() for e in s.explain + s.test_pos]
+        assert len(used) == len(set(used)), latent  # no text twice
+        assert all((e.tokens != PAD_TOKEN).all() for e in s.explain + s.test), latent
+        checked["cut"] += s.holdout["cut"]
+        checked["repeated"] += s.holdout["repeated"]
+    assert checked["cut"] > 0 and checked["repeated"] > 0, checked

@@ -76,7 +76,8 @@ def check_explanation(answer: str, prompt: str = "") -> ParsedExplanation:
     Rejected, each with its reason: an empty answer; a refusal ("I'm sorry", "I cannot", ...); an echo of the
     answer template (``<a short description ...>``) or of the prompt's instructions (``prompt``: the text of
     the instructions, without the examples, plus our own template phrases); text that is only marked tokens
-    (``<<...>>``) or only a list marker (``1.``); filler ("Sure!"); more than 40 words / 300 characters.
+    (``<<...>>``) or only a list marker (``1.``); filler ("Sure!"); more than 40 words / 300 characters; a
+    repetition loop or one phrase restated (:func:`degenerate`).
     The last ``Explanation:`` line wins; an answer without one is accepted only as one short sentence
     (``how="first-sentence"``)."""
     answer = (answer or "").strip()
@@ -109,7 +110,29 @@ def check_explanation(answer: str, prompt: str = "") -> ParsedExplanation:
         return ParsedExplanation(None, f"filler, not a description: {candidate[:60]!r}")
     if len(candidate.split()) > MAX_WORDS or len(candidate) > MAX_CHARS:
         return ParsedExplanation(None, f"too long ({len(candidate.split())} words); the format asks for at most 15")
+    loop = degenerate(candidate)
+    if loop is not None:
+        return ParsedExplanation(None, f"{loop}: {candidate[:60]!r}")
     return ParsedExplanation(candidate, None, how)
+
+
+def degenerate(text: str) -> str | None:
+    """Why ``text`` is a degenerate answer rather than a description, or None: a repetition loop (a phrase of
+    2-6 words three times or more, as small models loop: "a traceback of a traceback of a traceback of") or
+    the whole of it one phrase said again ("commas, commas"; "month names month names")."""
+    words = _words(text)
+    n = len(words)
+    for period in range(1, n // 2 + 1):
+        if all(words[i] == words[i + period] for i in range(n - period)):
+            return f"one phrase restated ({' '.join(words[:period])!r} {n // period} times), not a description"
+    for size in range(2, 7):
+        counts: dict[tuple[str, ...], int] = {}
+        for i in range(n - size + 1):
+            gram = tuple(words[i : i + size])
+            counts[gram] = counts.get(gram, 0) + 1
+            if counts[gram] >= 3:
+                return f"a repetition loop ({' '.join(gram)!r} {counts[gram]} times or more)"
+    return None
 
 
 def parse_explanation(text: str) -> str | None:

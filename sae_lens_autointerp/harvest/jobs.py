@@ -15,6 +15,7 @@ import ctypes
 import functools
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,6 +45,8 @@ from .store import (
 if TYPE_CHECKING:
     from sae_lens import SAE
 
+log = logging.getLogger(__name__)
+
 
 def sae_fingerprint(sae: SAE) -> dict[str, Any]:
     """Identity of an SAE: its config and a hash of every parameter."""
@@ -69,6 +72,25 @@ def resolve_ctx_len(ctx_len: int | None, adapter: ModelAdapter) -> int:
             f"use ctx_len <= {adapter.n_ctx}"
         )
     return ctx_len
+
+
+def chunked_ctx_len(ctx_len: int, example_len: int, *, given: bool) -> int:
+    """``ctx_len`` as a whole number of windows: each example's window is its fixed chunk of ``example_len``
+    tokens (``stats.py``), and a partial chunk at a sequence's end would give shorter windows, a cue a judge
+    could read without the explanation. A default ``ctx_len`` is rounded down; one the caller chose must fit."""
+    if not isinstance(example_len, int) or not 1 <= example_len <= ctx_len:
+        raise ConfigError(f"example_len must be between 1 and ctx_len={ctx_len}, got {example_len!r}")
+    if ctx_len % example_len == 0:
+        return ctx_len
+    fitted = ctx_len - ctx_len % example_len
+    if given:
+        raise ConfigError(
+            f"ctx_len={ctx_len} is not a multiple of example_len={example_len}: every example is shown as its "
+            f"fixed chunk of example_len tokens, and a partial chunk would be shorter; pass ctx_len={fitted} "
+            f"(or {fitted + example_len} if the model allows), or an example_len that divides {ctx_len}"
+        )
+    log.info("ctx_len %d rounded down to %d, a multiple of example_len=%d", ctx_len, fitted, example_len)
+    return fitted
 
 
 @dataclass
@@ -124,15 +146,9 @@ def prepare_jobs(
                 f"the token tensor holds ids from {low} to {high}, but this model's vocabulary is "
                 f"0..{vocab - 1}; tokenize with the model's own tokenizer"
             )
-    ctx = next(iter(lens.values()))
+    ctx = chunked_ctx_len(next(iter(lens.values())), settings["example_len"], given=ctx_len is not None)
     if corpus.token_column is not None:  # pre-tokenized rows stream: the first is checked now, each later as read
         next(sequence_stream(corpus, next(iter(adapters.values())), ctx), None)
-    if not 1 <= settings["example_len"] <= ctx:
-        raise ConfigError(f"example_len must be between 1 and ctx_len={ctx}, got {settings['example_len']}")
-    if settings["peak_offset"] is None:
-        settings = {**settings, "peak_offset": (3 * settings["example_len"]) // 4}
-    if not 0 <= settings["peak_offset"] < settings["example_len"]:
-        raise ConfigError(f"peak_offset must be in [0, example_len), got {settings['peak_offset']}")
     for adapter in adapters.values():
         adapter.check_width()
     hs = HarvestSettings(ctx_len=ctx, **settings)

@@ -82,7 +82,6 @@ def harvest(
     ctx_len: int | None = None,
     batch_size: int = 16,
     example_len: int = 32,
-    peak_offset: int | None = None,
     top_k: int = 50,
     n_stratified: int = 100,
     n_random_windows: int = 1000,
@@ -118,8 +117,9 @@ def harvest(
         n_tokens: tokens to read (rounded up to whole sequences of ``ctx_len``).
         ctx_len: sequence length; default ``sae.cfg.metadata.context_size`` (or 128), capped by the model.
         batch_size: sequences per forward pass.
-        example_len: tokens per example (the unit of top-k / sampling) and per stored window.
-        peak_offset: index of the peak inside stored windows (default ``3/4 * example_len``).
+        example_len: tokens per example (the unit of top-k / sampling) and per stored window: each example's
+            window is its fixed chunk of ``example_len`` tokens, so ``ctx_len`` must be a multiple of it (a default
+            ``ctx_len`` is rounded down to one).
         top_k / n_stratified / n_random_windows: sizes of the kept samples (see ``stats.py``).
         n_position_buckets / n_token_slots: resolution of the per-position sums and size of each latent's
             per-token table, used by the known-heuristic filters (see ``stats.py`` and ``heuristics.py``).
@@ -148,7 +148,6 @@ def harvest(
         ctx_len=ctx_len,
         batch_size=batch_size,
         example_len=example_len,
-        peak_offset=peak_offset,
         top_k=top_k,
         n_stratified=n_stratified,
         n_random_windows=n_random_windows,
@@ -181,7 +180,6 @@ def harvest_many(
     ctx_len: int | None = None,
     batch_size: int = 16,
     example_len: int = 32,
-    peak_offset: int | None = None,
     top_k: int = 50,
     n_stratified: int = 100,
     n_random_windows: int = 1000,
@@ -237,7 +235,6 @@ def harvest_many(
         "n_tokens": n_tokens,
         "batch_size": batch_size,
         "example_len": example_len,
-        "peak_offset": peak_offset,
         "top_k": top_k,
         "n_stratified": n_stratified,
         "n_random_windows": n_random_windows,

@@ -8,8 +8,11 @@ is the latent's maximum over the chunk and its *peak* is where that maximum sits
 - ``res_*``: a uniform random sample without replacement of ``n_stratified`` firing examples (bottom-k of
   random keys). Sorted by activation and cut into equal parts it gives the rank deciles of the activation
   distribution, from which explainer and test examples are drawn.
-- for each kept example, the latent's activations over a window of ``example_len`` tokens with the peak at
-  index ``peak_offset`` (tokens outside the sequence or masked count as 0), stored as float16.
+- for each kept example, the latent's activations over its chunk (masked tokens count as 0), stored as
+  float16. The window shown for an example is its chunk, as in delphi: every window has the same length and
+  lies inside its sequence, and the peak sits wherever the maximum is, so neither a window's length nor the
+  peak's place in it says whether it activates (a fixed peak index let a judge that never reads the
+  explanation score simulation r = 0.48; windows cut at sequence starts made activating excerpts shorter).
 
 Shared by all latents: a uniform sample of ``n_random_windows`` chunks with the sparse activations of every
 latent on them (source of non-activating examples).
@@ -114,7 +117,9 @@ class HarvestSettings:
     ctx_len: int
     batch_size: int = 16
     example_len: int = 32
-    peak_offset: int = 24  # tokens shown before the peak; causal models fire on what came before
+    #: stores of format 1-2 only: the fixed index of the peak inside its window (``[peak - peak_offset, ...)``);
+    #: None (format 3 on): a window is its fixed chunk of ``example_len`` tokens (``store.STORE_FORMAT_VERSION``)
+    peak_offset: int | None = None
     top_k: int = 50
     n_stratified: int = 100
     n_random_windows: int = 1000
@@ -428,20 +433,13 @@ class LatentStats:
         length = n_chunks * w
 
         def enter(rows: torch.Tensor, chunks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """Global peak ids and float16 windows of latent ``rows[i]`` in chunk ``chunks[i]``: each read with
-            one flat gather of its w values (a latent's values lie d apart in acts), only for what enters."""
+            """Global peak ids and float16 windows of latent ``rows[i]`` in chunk ``chunks[i]``: the window is the
+            chunk itself, read with one flat gather of its w values (a latent's values lie d apart in acts),
+            only for what enters. The peak sits wherever the chunk's maximum is, not at a fixed index."""
             b, c = chunks // n_chunks, chunks % n_chunks
-            at = rows.unsqueeze(1) + d * (b * length).unsqueeze(1)  # latent rows[i] at t = 0 of its sequence
-            pos = c * w + values.take(at + d * (c * w).unsqueeze(1) + d * offsets).argmax(dim=1)
-            start = pos - s.peak_offset
-            clamped = start.clamp(0, seq - w)  # a window lies inside the sequence, never in the padding
-            windows = values.take(at + d * (clamped.unsqueeze(1) + offsets))
-            shift = start - clamped  # non-zero when the window sticks out of the sequence
-            edge = shift != 0
-            if bool(edge.any()):
-                idx = offsets.unsqueeze(0) + shift[edge].unsqueeze(1)
-                inside = (idx >= 0) & (idx < w)
-                windows[edge] = torch.where(inside, windows[edge].gather(1, idx.clamp(0, w - 1)), 0.0)
+            at = rows.unsqueeze(1) + d * (b * length + c * w).unsqueeze(1)  # latent rows[i] at the chunk's start
+            windows = values.take(at + d * offsets)
+            pos = c * w + windows.argmax(dim=1)
             return seq_base[chunks] + pos, windows.clamp(-65504, 65504).to(torch.float16)
 
         # Top-k by activation value (ties: the earlier chunk).

@@ -39,8 +39,13 @@ from .stats import HarvestSettings, LatentStats
 
 #: 2: the sample, pool and token-table keys are seeded hashes of global ids (mergeable; ``stats.py``), and
 #: float sums fold per shard. Format 1 stores read the same (the keys are only used while harvesting).
-STORE_FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+#: 3: an example's window is its fixed chunk of ``example_len`` tokens (as delphi's), not ``[peak - 24, peak + 8)``:
+#: every window has the same length and the peak's place in it varies, so neither cue tells a judge that never
+#: reads the explanation which windows activate. Format 1-2 stores stay readable for reports of old runs, but
+#: are refused for sampling (:attr:`LatentStore.legacy_windows`); a new harvest writes a new folder, since the
+#: format is part of the store's key.
+STORE_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 PAD_TOKEN = -1
 _SOURCES = {"top": "top", "res": "stratified"}  # Example.source of each kind of stored example
 
@@ -49,8 +54,8 @@ _SOURCES = {"top": "top", "res": "stratified"}  # Example.source of each kind of
 class Example:
     """One window of tokens with one latent's activations over it.
 
-    ``peak_index`` is where the example's maximum sits in ``tokens`` (always ``settings.peak_offset`` for
-    harvested examples; random windows have none). Padding (outside the sequence, BOS, ...) is token -1.
+    ``peak_index`` is where the example's maximum sits in ``tokens`` (anywhere in the window: the window is the
+    peak's chunk; random windows have none). Padding (past the end of a short sequence) is token -1.
     """
 
     latent: int | None
@@ -117,6 +122,12 @@ def example_spans_of(examples: Sequence[Example], ctx_len: int) -> tuple[np.ndar
     start = anchor - np.array([e.peak_index or 0 for e in examples], dtype=np.int64)
     length = np.array([len(e.tokens) for e in examples], dtype=np.int64)
     return spans_of(anchor, start, length, ctx_len)
+
+
+def chunk_starts(peaks: np.ndarray, ctx_len: int, example_len: int) -> np.ndarray:
+    """Global start id of the chunk (``example_len`` tokens, aligned to its sequence's start) each peak lies in."""
+    pos = peaks % ctx_len
+    return peaks - pos + (pos // example_len) * example_len
 
 
 def spans_of(anchor: np.ndarray, start: np.ndarray, length: Any, ctx_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -309,6 +320,52 @@ class LatentStore:
             raise ConfigError(f"latent {latent} is out of range: this SAE has d_sae={self.d_sae} (0..{self.d_sae - 1})")
         return int(latent)
 
+    @property
+    def legacy_windows(self) -> bool:
+        """True for a store of format 1-2, whose windows put every peak at index ``peak_offset`` (a cue that
+        has nothing to do with the explanation): readable for reports, refused for sampling."""
+        return self.settings.peak_offset is not None
+
+    def window_starts(self, peaks: np.ndarray) -> np.ndarray:
+        """Global start ids of the windows of firing examples with global peak ids ``peaks``: the peak's chunk
+        (legacy stores: ``peak - peak_offset``, which may lie before the sequence start)."""
+        peaks = np.asarray(peaks, dtype=np.int64)
+        if self.settings.peak_offset is not None:
+            return peaks - self.settings.peak_offset
+        return chunk_starts(peaks, self.settings.ctx_len, self.settings.example_len)
+
+    def window_spans(self, peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(lo, hi)``: :meth:`Example.span` of the windows of peaks ``peaks``, without building examples."""
+        peaks = np.asarray(peaks, dtype=np.int64)
+        return spans_of(peaks, self.window_starts(peaks), self.settings.example_len, self.settings.ctx_len)
+
+    def full_windows(self, starts: np.ndarray) -> np.ndarray:
+        """Mask of the windows starting at global ids ``starts`` that hold no padding. Padding only ever ends a
+        sequence (the corpus's last, short sequence; short pre-tokenized rows), so a window is full exactly when
+        it starts inside its sequence and its last token is not padding."""
+        starts = np.asarray(starts, dtype=np.int64)
+        ctx, w = self.settings.ctx_len, self.settings.example_len
+        seq, pos = np.divmod(starts, ctx)
+        inside = (starts >= 0) & (pos + w <= ctx) & (seq < self.n_sequences)
+        full = np.zeros(starts.shape, dtype=bool)
+        if inside.any():
+            full[inside] = self.tokens[seq[inside], pos[inside] + w - 1] != PAD_TOKEN
+        return full
+
+    def windows_tokens(self, starts: np.ndarray) -> np.ndarray:
+        """int32 ``[len(starts), example_len]``: the tokens of the windows starting at global ids ``starts`` (in
+        the sequence their start lies in, padding past its end), as :meth:`window_tokens` gives each."""
+        starts = np.asarray(starts, dtype=np.int64)
+        ctx, w = self.settings.ctx_len, self.settings.example_len
+        out = np.full((starts.size, w), PAD_TOKEN, dtype=np.int32)
+        if starts.size == 0:
+            return out
+        seq, pos = np.divmod(starts, ctx)
+        at = pos[:, None] + np.arange(w)[None, :]
+        inside = (at < ctx) & (starts >= 0)[:, None] & (seq < self.n_sequences)[:, None]
+        out[inside] = self.tokens[np.broadcast_to(seq[:, None], at.shape)[inside], at[inside]]
+        return out
+
     def window_tokens(self, start_id: int) -> np.ndarray:
         """Tokens [window] starting at global token index ``start_id`` (may start before the sequence)."""
         w, ctx = self.settings.example_len, self.settings.ctx_len
@@ -341,7 +398,7 @@ class LatentStore:
     ) -> list[Example]:
         """The examples of :meth:`ranked_rows`'s ``rows``, in that order, each with its ``extras`` entry."""
         latent = self.check_latent(latent)
-        lead, ctx, w = self.settings.peak_offset, self.settings.ctx_len, self.settings.example_len
+        ctx, w = self.settings.ctx_len, self.settings.example_len
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             return []
@@ -349,7 +406,8 @@ class LatentStore:
         values = self.stats[f"{prefix}_vals"][latent].numpy()[rows].tolist()  # Python floats: no numpy scalars
         # every window in a few array operations, then one Example per row
         seq, pos = np.divmod(peaks, ctx)
-        at = (pos - lead)[:, None] + np.arange(w)[None, :]  # positions in the sequence, may fall outside it
+        lead = peaks - self.window_starts(peaks)  # the peak's index in its window
+        at = (pos - lead)[:, None] + np.arange(w)[None, :]  # positions in the sequence (legacy: may fall outside)
         inside = (at >= 0) & (at < ctx)
         tokens = np.full((rows.size, w), PAD_TOKEN, dtype=np.int32)
         tokens[inside] = self.tokens[np.broadcast_to(seq[:, None], at.shape)[inside], at[inside]]
@@ -359,8 +417,8 @@ class LatentStore:
         extras = extras if extras is not None else [{} for _ in range(rows.size)]
         # the rows are views, as tokens[k] is
         return [
-            new_example(latent, tok, act, value, peak, source, lead, extra)
-            for tok, act, value, peak, extra in zip(tokens, acts, values, peaks.tolist(), extras)
+            new_example(latent, tok, act, value, peak, source, index, extra)
+            for tok, act, value, peak, index, extra in zip(tokens, acts, values, peaks.tolist(), lead.tolist(), extras)
         ]
 
     def example_spans(self, latent: int) -> list[tuple[int, int]]:
@@ -372,10 +430,9 @@ class LatentStore:
     def example_span_arrays(self, latent: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`example_spans` as ``(lo, hi)`` arrays."""
         latent = self.check_latent(latent)
-        lead, ctx, w = self.settings.peak_offset, self.settings.ctx_len, self.settings.example_len
         ids = torch.cat([self.stats["top_ids"][latent], self.stats["res_ids"][latent]]).numpy().astype(np.int64)
         peaks = ids[ids >= 0]
-        return spans_of(peaks, peaks - lead, w, ctx)
+        return self.window_spans(peaks)
 
     def top_examples(self, latent: int) -> list[Example]:
         """The ``top_k`` most activating examples of ``latent``, largest first (exact over the harvest)."""
@@ -401,12 +458,17 @@ class LatentStore:
         return np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.int64)
 
     def silent_window_indices(self, latent: int) -> np.ndarray:
-        """Indices into :meth:`random_windows` of the windows where ``latent`` is exactly zero."""
+        """Indices into :meth:`random_windows` of the full windows (no padding: as long as every example's)
+        where ``latent`` is exactly zero."""
         order, sorted_latents = self._pool_firing
         lo, hi = np.searchsorted(sorted_latents, [latent, latent + 1])
         firing = np.zeros(len(self._random_windows), dtype=bool)
         firing[order[lo:hi]] = True
-        return np.flatnonzero(~firing)
+        return np.flatnonzero(~firing & self._random_window_full)
+
+    @cached_property
+    def _random_window_full(self) -> np.ndarray:
+        return self.full_windows(np.array([w.start_id for w in self._random_windows], dtype=np.int64))
 
     @cached_property
     def _pool_firing(self) -> tuple[np.ndarray, np.ndarray]:

@@ -392,7 +392,7 @@ def _window(store: LatentStore, ex: Example, buffer: int) -> tuple[np.ndarray, n
     if seq < store.n_sequences and hi > lo:
         tokens[lo - (peak - buffer) : hi - (peak - buffer)] = store.tokens[seq, lo:hi]
     acts = np.full(width, np.nan, dtype=np.float32)
-    peak_index = ex.peak_index if ex.peak_index is not None else s.peak_offset
+    peak_index = ex.peak_index if ex.peak_index is not None else 0  # a random window: token_id is its start
     for j in range(width):
         i = j - buffer + peak_index  # index of window position j in the stored example
         if 0 <= i < len(ex.activations):
@@ -416,10 +416,11 @@ def render(
         pieces_in = renderer.tokenizer.batch_decode(ids, clean_up_tokenization_spaces=False)
         tokens_acts = list(zip(pieces_in, acts))
     else:
+        special = list(getattr(renderer.tokenizer, "all_special_ids", None) or [])
         shown = renderer.render(
             Example(
                 latent=None,
-                tokens=example.tokens,
+                tokens=np.where(np.isin(example.tokens, special), PAD_TOKEN, example.tokens),
                 activations=example.activations,
                 value=example.value,
                 token_id=example.token_id,
