@@ -24,12 +24,24 @@ BAD = {
     "Explanation:": "empty",
     "Sure! Here is the explanation you asked for.": "filler",
     "Explanation: " + "word " * 50: "too long",
+    # what the demo once accepted: a small model's repetition loop
+    "The neuron detects a single-line traceback of a single-line traceback of a single-line traceback of a": (
+        "repetition loop"
+    ),
+    "Explanation: commas, commas": "one phrase restated",
+    "Explanation: month names month names month names": "one phrase restated",
+    "Explanation: the word and the word and the word": "one phrase restated",
+    "Explanation: names of months in dates, names of months in dates, names of months in dates": "restated",
+    "Explanation: Python code, mostly digits in a list of digits in a list of digits in a list": "repetition loop",
 }
 GOOD = {
     "Explanation: names of months": "names of months",
     "Let me look.\nExplanation: the keyword 'return' in Python functions": "the keyword 'return' in Python functions",
     "Python keywords such as def and return": "Python keywords such as def and return",
     "Explanation: digits": "digits",
+    # repeats that belong to a description are kept
+    "Explanation: the token 'the' after the word 'of the'.": "the token 'the' after the word 'of the'.",
+    "Explanation: numbers in dates and numbers in prices": "numbers in dates and numbers in prices",
 }
 
 
