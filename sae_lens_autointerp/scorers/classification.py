@@ -17,14 +17,17 @@ highlighting. Score = balanced accuracy (chance 0.5).
 
 Fuzzing (Paulo et al. 2024, delphi's default ``fuzz_type="default"``): activating examples with the tokens
 where the latent fires (>= 0.3 x the example's max) marked ``<<like this>>`` (label 1) against
-non-activating examples with as many marks at random positions as a random activating example has (label
-0). The LLM judges whether the marks fit the explanation. Score = balanced accuracy (chance 0.5). Directly
-comparable with delphi's and Neuronpedia's fuzz scores.
+non-activating examples with the marks of a random activating example moved to a random place (label 0): the
+same number of marks in the same runs, so how many tokens are marked and whether they are contiguous say
+nothing about the label (delphi marks ``ceil(mean count)`` scattered tokens; measured on the embedded store, a
+judge that calls one contiguous run "1" and scattered marks "0", never reading the explanation, scored 0.504
+[0.502, 0.507] against scattered fakes: ``tests/test_blind_judges.py``). The LLM judges whether the marks fit
+the explanation. Score = balanced accuracy (chance 0.5).
 
 Fuzzing-active (``fuzzing-active``; close to delphi's ``fuzz_type="active"``): activating examples only; a
 random half shows the true marks (label 1), the other half as many marks on tokens where the latent is
-exactly zero (label 0; never on weakly firing tokens below the highlight threshold): can the judge tell
-*which* tokens fire, not just *whether* the context fits?
+exactly zero (label 0; never on weakly firing tokens below the highlight threshold), in the true marks' runs
+where such a place exists: can the judge tell *which* tokens fire, not just *whether* the context fits?
 
 Calibrated decisions (one example per prompt, graded probabilities): a judge biased towards "1" is at
 chance at the 0.5 threshold even when its probabilities separate the classes. Contextual calibration (Zhao
@@ -323,17 +326,35 @@ class FuzzingScorer(ClassificationScorer):
     question_many = FUZZ_QUESTION_MANY
 
     def items(self, sample: LatentSample, ctx: Context, rng: np.random.Generator) -> list[Item]:
-        out, counts = [], []
+        out, shapes = [], []
         for ex, r in zip(sample.test_pos, ctx.renderer.render_many(sample.test_pos)):
             marked = active_mask(r, self.highlight_threshold)
-            counts.append(int(marked.sum()))
+            shapes.append(np.flatnonzero(marked))
             out.append(Item(highlight(r.tokens, marked), True, ex.token_id, r.quantile))
         for ex, r in zip(sample.test_neg, ctx.renderer.render_many(sample.test_neg)):
-            k = min(int(counts[rng.integers(len(counts))]) if counts else 1, len(r.tokens))
-            fake = np.zeros(len(r.tokens), dtype=bool)
-            fake[rng.choice(len(r.tokens), size=k, replace=False)] = True
+            shape = shapes[rng.integers(len(shapes))] if shapes else np.zeros(1, dtype=np.int64)
+            fake = moved_marks(shape, np.ones(len(r.tokens), dtype=bool), rng)
             out.append(Item(highlight(r.tokens, fake), False, ex.token_id, r.quantile))
         return out
+
+
+def moved_marks(shape: np.ndarray, allowed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Marks with the runs of ``shape`` (marked token indices of an activating example) moved, as one block, to
+    a random place where every mark falls on an ``allowed`` token; where no such place exists, as many marks
+    on random allowed tokens. A mask the length of ``allowed``."""
+    n = len(allowed)
+    fake = np.zeros(n, dtype=bool)
+    shape = shape - shape.min() if shape.size else shape
+    if shape.size == 0 or not allowed.any():
+        return fake
+    starts = np.arange(max(n - int(shape.max()), 0))
+    fits = starts[allowed[starts[:, None] + shape[None, :]].all(axis=1)] if starts.size else starts
+    if fits.size:
+        fake[int(fits[rng.integers(fits.size)]) + shape] = True
+    else:
+        ok = np.flatnonzero(allowed)
+        fake[rng.choice(ok, size=min(shape.size, ok.size), replace=False)] = True
+    return fake
 
 
 class FuzzingActiveScorer(ClassificationScorer):
@@ -350,10 +371,7 @@ class FuzzingActiveScorer(ClassificationScorer):
         for i, (ex, r) in enumerate(zip(positives, ctx.renderer.render_many(positives))):
             marked = active_mask(r, self.highlight_threshold)
             label = i not in wrong
-            if not label:
-                quiet = np.flatnonzero(np.asarray(r.activations) <= 0)  # silent, not just below the threshold
-                fake = np.zeros_like(marked)
-                fake[rng.choice(quiet, size=min(int(marked.sum()), len(quiet)), replace=False)] = True
-                marked = fake
+            if not label:  # on silent tokens, not just below the threshold
+                marked = moved_marks(np.flatnonzero(marked), np.asarray(r.activations) <= 0, rng)
             out.append(Item(highlight(r.tokens, marked), label, ex.token_id, r.quantile))
         return out

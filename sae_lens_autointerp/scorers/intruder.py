@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
+
 from ..metrics import wilson
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
@@ -47,7 +49,9 @@ class IntruderScorer:
         neg = [sample.test_neg[i] for i in rng.permutation(len(sample.test_neg))]
         n_prompts = min(self.n_prompts, len(pos) // k, len(neg))
         choices = tuple(str(i + 1) for i in range(self.n_examples))
-        places = rng.integers(self.n_examples, size=n_prompts).tolist()  # drawn up front: order-independent
+        # drawn up front (order-independent) and balanced: each place as often as the prompts allow, so that a
+        # judge that always names one place scores 1 / n_examples exactly (uniform draws scatter around it)
+        places = rng.permutation(np.resize(np.arange(self.n_examples), n_prompts)).tolist()
         gate = asyncio.Semaphore(self.concurrency)
 
         async def run(p: int) -> dict[str, Any]:
