@@ -384,7 +384,7 @@ def _add_export_formats(p: argparse.ArgumentParser, formats: argparse.Action) ->
 
     log = logging.getLogger("sae_lens_autointerp")
     names = []
-    taken = {"results", "format", "out"}
+    taken: set[str] = set()
     for name in sorted(get_registry().items("exporters")):
         try:
             fmt = exporter(name)

@@ -102,6 +102,9 @@ class NeuronpediaExporter:
         return to_neuronpedia(result, out, author_id=author, **options)
 
 
+#: Names an option may not have: the arguments of ``export`` and of ``sae-autointerp export`` themselves.
+_RESERVED = {"result", "results", "name", "format", "out"}
+
 #: The built-in formats, registered by the built-in plugin.
 BUILTIN_EXPORTERS = {"saebench": SAEBenchExporter, "delphi": DelphiExporter, "neuronpedia": NeuronpediaExporter}
 
@@ -109,12 +112,18 @@ BUILTIN_EXPORTERS = {"saebench": SAEBenchExporter, "delphi": DelphiExporter, "ne
 def exporter(name: str) -> Exporter:
     """The export format ``name``, from whichever installed plugin provides it (the registry's rules)."""
     made = get_registry().create("exporters", name)
+    problem = None
     if not isinstance(made, Exporter):
-        plugin = get_registry().get("exporters", name).plugin
-        raise PluginError(
-            f"plugin {plugin!r}: exporter {name!r} returned a {type(made).__name__}, which is not an Exporter "
-            "(it needs description, options and export(result, out, **options))"
+        problem = (
+            f"returned a {type(made).__name__}, which is not an Exporter (it needs description, options and "
+            "export(result, out, **options))"
         )
+    elif not all(isinstance(o, ExportOption) for o in made.options):
+        problem = "declares options that are not ExportOption"
+    elif clash := sorted({o.name for o in made.options} & _RESERVED):
+        problem = f"declares options named {clash}, which are export's own arguments"
+    if problem is not None:
+        raise PluginError(f"plugin {get_registry().get('exporters', name).plugin!r}: exporter {name!r} {problem}")
     return made
 
 
