@@ -410,15 +410,13 @@ def get_client(llm: str | LLMClient, **kwargs: Any) -> LLMClient:
     plugin's backends), any ``"prefix:model"`` a plugin registers, or an object implementing ``LLMClient``
     (checked and returned as is; ``kwargs`` must then be empty). ``"prefix:model"`` calls the backend's
     factory with ``model="model"`` (``None`` without a colon) and ``kwargs``."""
-    from .llm import check_client  # the backend layer (pure: it never imports the registry)
+    from .llm import check_client, parse_llm_name  # the backend layer (pure: it never imports the registry)
 
     if not isinstance(llm, str):
         return check_client(llm, kwargs)
-    prefix, _, model = llm.partition(":")
-    if not prefix:
-        raise ConfigError(f"llm={llm!r}: expected 'local', 'openai:MODEL', 'vllm:MODEL' or 'prefix:model'")
+    prefix, model = parse_llm_name(llm)
     registry = get_registry()
-    client = registry.create("llm_clients", prefix, model=model or None, **kwargs)
+    client = registry.create("llm_clients", prefix, model=model, **kwargs)
     try:
         return check_client(client)
     except ConfigError as exc:
