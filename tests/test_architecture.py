@@ -1,4 +1,5 @@
-"""Architecture invariants checked from the source: no import cycle among the package's modules.
+"""Architecture invariants checked from the source: no import cycle among the package's modules, and only the
+results index speaks SQL.
 
 The import graph is read with ``ast`` (nothing is imported): top-level imports, imports inside functions and
 imports under ``if TYPE_CHECKING:`` all count, and importing ``a.b.c`` also counts as importing the packages
