@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -414,7 +414,7 @@ class _Parser(argparse.ArgumentParser):
     """A command's parser that may complete itself on first use (``complete``): ``export`` takes its formats
     and their options from the plugin registry only when it is the command run."""
 
-    complete: Any = None
+    complete: Callable[[argparse.ArgumentParser], None] | None = None
 
     def _completed(self) -> None:
         complete, self.complete = self.complete, None
