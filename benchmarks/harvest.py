@@ -282,7 +282,7 @@ def bare_step(kind: str, model, sae):  # type: ignore[no-untyped-def]
     hook (a hook keeps the activation and, outside the bridge, stops the pass), then ``sae.encode``. Hooks are
     installed per batch, as a harvest installs them. ``kind``: bridge, hf or nnsight."""
     if kind == "bridge":
-        from sae_lens_autointerp.harvest.subjects import as_subject
+        from sae_lens_autointerp.subjects import as_subject
 
         hook = sae.cfg.metadata.hook_name
         layer = int(hook.split(".")[1])
@@ -303,7 +303,7 @@ def bare_step(kind: str, model, sae):  # type: ignore[no-untyped-def]
             sae.encode(saved.pop())
 
         return step_bridge
-    from sae_lens_autointerp.harvest.hookmap import map_hook
+    from sae_lens_autointerp.subjects.hookmap import map_hook
 
     hf = model if kind == "hf" else model._module
     point = map_hook(sae.cfg.metadata.hook_name, hf.config, "model.layers")

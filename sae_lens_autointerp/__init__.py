@@ -19,12 +19,12 @@ from .config import HarvestConfig, RunConfig
 from .errors import AutointerpError, ConfigError, PluginError, UnknownPluginItemError
 from .harvest import LatentStore, harvest_many
 from .harvest.store import deprecated_store_alias as _deprecated_store_alias
-from .harvest.subjects import HFModel, NNsightModel
 from .hookspecs import hookimpl
 from .namespace import AutointerpNamespace, for_sae
 from .registry import get_registry
 from .report import write_site  # also installs the pages and plots of ScoreResult (to_html, show, plot)
 from .similarity import explanation_similarity, match_latents, similarity, similarity_matrix
+from .subjects import HFModel, NNsightModel
 
 _install()
 

@@ -30,8 +30,8 @@ import torch
 
 from .errors import ConfigError
 from .harvest.store import LatentStore
-from .harvest.subjects import as_subject
 from .steering import Steerer, promoted_tokens
+from .subjects import as_subject
 from .text import Renderer
 
 Measure = Literal["logprob", "logit"]

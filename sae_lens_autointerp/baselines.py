@@ -34,7 +34,7 @@ from torch import nn
 from .errors import ConfigError
 from .harvest.corpus import batched, iter_sequences, resolve_corpus
 from .harvest.model import ModelAdapter
-from .harvest.subjects import as_subject
+from .subjects import as_subject
 
 if TYPE_CHECKING:
     from .harvest.corpus import CorpusLike

@@ -1,4 +1,4 @@
-"""Built-in scorers, explainers and LLM clients: a plugin like any third-party one.
+"""Built-in scorers, explainers, LLM clients and export formats: a plugin like any third-party one.
 
 Registered through this distribution's own entry point (``builtin = "sae_lens_autointerp.builtin"`` in the
 group ``sae_lens_autointerp``, see pyproject.toml), never imported by the registry. Block it with
@@ -56,3 +56,10 @@ def sae_autointerp_llm_clients() -> Mapping[str, Callable[..., Any]]:
     from .llm import BUILTIN_CLIENTS  # openai:, local, vllm: (backend libraries are imported on use)
 
     return dict(BUILTIN_CLIENTS)
+
+
+@hookimpl
+def sae_autointerp_exporters() -> Mapping[str, Callable[..., Any]]:
+    from .interchange import BUILTIN_EXPORTERS  # saebench, delphi, neuronpedia
+
+    return dict(BUILTIN_EXPORTERS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from .registry import get_registry
+    from .registry import KINDS, get_registry
 
     infos = get_registry().plugins()
     if args.json:
@@ -26,7 +26,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         return 0
     for info in infos:
         print(f"{info.name} {info.version}  ({info.source})")
-        for kind in ("scorers", "explainers", "llm_clients"):
+        for kind in KINDS:
             names = info.provides.get(kind, [])
             print(f"    {kind.replace('_', ' ')}: {', '.join(names) if names else '-'}")
         if info.error:
@@ -359,42 +359,75 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    """A run's explanations and scores in a peer's format (interchange.py); bad options fail in one line."""
-    from . import interchange
-    from .errors import ConfigError
+    """A run's explanations and scores in an export format (interchange/); bad options fail in one line."""
+    from .interchange import export, exporter
     from .report import load
 
     result = load(args.results)
-    if args.format == "saebench":
-        path = interchange.to_saebench(
-            result,
-            args.out,
-            scorer=args.scorer,
-            model_name=args.model_name,
-            sae_lens_release_id=args.release,
-            sae_lens_id=args.sae_id,
-        )
-        print(f"wrote {path}")
-        return 0
-    if args.format == "delphi":
-        if not args.module:
-            raise ConfigError("--format delphi needs --module (the hook point in delphi's file names, e.g. layers.3)")
-        export = interchange.to_delphi(result, args.out, module=args.module)
-    else:
-        export = interchange.to_neuronpedia(
-            result,
-            args.out,
-            neuronpedia_id=args.neuronpedia_id,
-            author_id=args.author_id or interchange.NEURONPEDIA_DEFAULT_AUTHOR_ID,
-            type_name=args.type_name,
-            explanation_model=args.explanation_model,
-            unattributed=args.unattributed,
-            overwrite=args.overwrite,
-        )
-    print(f"wrote {export.written} latents to {len(export.paths)} file(s) under {args.out}")
-    for latent, why in list(export.skipped.items())[:20]:
+    options = {o.name: getattr(args, o.name, o.default) for o in exporter(args.format).options}
+    written = export(result, args.format, args.out, **options)
+    print(f"wrote {written.written} latents to {len(written.paths)} file(s) under {args.out}")
+    for latent, why in list(written.skipped.items())[:20]:
         print(f"  left out {latent}: {why}")
     return 0
+
+
+def _add_export_formats(p: argparse.ArgumentParser, formats: argparse.Action) -> None:
+    """``export``'s ``--format`` choices and each format's options, from the plugin registry (called when
+    ``export`` is parsed or its help shown, so no other command loads the plugins). A format whose factory
+    fails, or an option that clashes with another's flag, is left out with a warning."""
+    import logging
+
+    from .errors import AutointerpError
+    from .interchange import exporter
+    from .registry import get_registry
+
+    log = logging.getLogger("sae_lens_autointerp")
+    names = []
+    taken: set[str] = set()
+    for name in sorted(get_registry().items("exporters")):
+        try:
+            fmt = exporter(name)
+        except AutointerpError as exc:
+            log.warning("export format %r left out: %s", name, exc)
+            continue
+        names.append(name)
+        group = p.add_argument_group(f"--format {name}", fmt.description)
+        for o in fmt.options:
+            if o.name in taken:
+                continue  # two formats with one setting share the flag
+            taken.add(o.name)
+            metavar = o.cli_flag.lstrip("-").replace("-", "_").upper()
+            kwargs: dict[str, Any] = (
+                {"action": "store_true"}
+                if o.switch
+                else {"default": o.default, "choices": o.choices, "metavar": None if o.choices else metavar}
+            )
+            try:
+                group.add_argument(o.cli_flag, dest=o.name, help=f"{name}: {o.help}", **kwargs)
+            except argparse.ArgumentError as exc:
+                log.warning("export format %r: option %s left out: %s", name, o.cli_flag, exc)
+    formats.choices = names
+
+
+class _Parser(argparse.ArgumentParser):
+    """A command's parser that may complete itself on first use (``complete``): ``export`` takes its formats
+    and their options from the plugin registry only when it is the command run."""
+
+    complete: Callable[[argparse.ArgumentParser], None] | None = None
+
+    def _completed(self) -> None:
+        complete, self.complete = self.complete, None
+        if complete is not None:
+            complete(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._completed()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._completed()
+        return super().format_help()
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -450,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log more: -v progress messages (INFO), -vv debugging (DEBUG)",
     )
     loudness.add_argument("-q", "--quiet", action="store_true", help="log errors only (no warnings)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("plugins", help="list installed plugins and what each provides")
     p.add_argument("--json", action="store_true")
@@ -545,26 +578,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser(
-        "export", help="write a run in SAEBench's, delphi's or Neuronpedia's format (docs/interchange.md)"
+        "export",
+        help="write a run in an export format: SAEBench's, delphi's, Neuronpedia's or a plugin's (docs/interchange.md)",
     )
     p.add_argument("results", help="results.jsonl or its folder")
-    p.add_argument("--format", required=True, choices=["saebench", "delphi", "neuronpedia"])
-    p.add_argument("--out", required=True, help="the file (saebench) or folder (delphi, neuronpedia) to write")
-    p.add_argument(
-        "--scorer", default=None, help="saebench: the scorer whose number to write when 'saebench' did not run"
-    )
-    p.add_argument("--model-name", default=None, help="saebench: the model's name")
-    p.add_argument("--release", default=None, help="saebench: the SAELens release")
-    p.add_argument("--sae-id", default=None, help="saebench: the SAELens SAE id")
-    p.add_argument("--module", default=None, help="delphi: the hook point in the file names, e.g. layers.3")
-    p.add_argument("--neuronpedia-id", default=None, help="neuronpedia: MODEL/SOURCE, e.g. gpt2-small/8-res-jb")
-    p.add_argument("--author-id", default=None, help="neuronpedia: the authorId (default: Neuronpedia's bot user)")
-    p.add_argument("--type-name", default=None, help="neuronpedia: a registered explanation typeName")
-    p.add_argument("--explanation-model", default=None, help="neuronpedia: the model that wrote the explanations")
-    p.add_argument(
-        "--unattributed", default="error", choices=["error", "skip"], help="neuronpedia: explanations no model wrote"
-    )
-    p.add_argument("--overwrite", action="store_true", help="neuronpedia: replace existing batch files")
+    formats = p.add_argument("--format", required=True, help="an export format (each has its options below)")
+    p.add_argument("--out", required=True, help="the file or folder to write (as the format says)")
+    p.complete = lambda parser: _add_export_formats(parser, formats)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("harvest", help="harvest latent activations into an activation store")

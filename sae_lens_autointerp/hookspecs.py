@@ -69,3 +69,14 @@ class AutointerpSpecs:
         ``factory(model=None, **llm_kwargs)``; the factory returns an ``LLMClient``
         (simplest: a subclass of ``sae_lens_autointerp.llm.BaseClient``).
         """
+
+    @hookspec
+    def sae_autointerp_exporters(self) -> Factories:
+        """Return ``{name: factory}`` of export formats (modelled on datasette's ``register_output_renderer``).
+
+        ``factory()`` returns an object with ``description`` (one line), ``options`` (a sequence of
+        ``sae_lens_autointerp.interchange.ExportOption``: its settings, each also a flag of
+        ``sae-autointerp export``) and ``export(result, out, **options) -> Export`` (writes a ``ScoreResult`` to
+        the path ``out``; ``sae_lens_autointerp.interchange.Exporter``). ``sae-autointerp export --format name``
+        and ``sae_lens_autointerp.interchange.export(result, name, out, ...)`` then use it.
+        """

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
-from .steering import final_norm_weight, unembedding
+from .subjects import as_subject
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,15 @@ def decoder_logits(model: Any, sae: Any, latents: Sequence[int], k: int = 10, ch
     unembedding (the direct path of :func:`promoted_tokens`): ``{latent: {"promoted": [(token, logit)],
     "suppressed": [(token, logit)]}}``, in chunks of latents so a large vocabulary never holds more than
     ``chunk x d_vocab`` logits."""
-    w_u = unembedding(model)
+    subject = as_subject(model)
+    w_u = subject.unembedding()
     w_dec = sae.W_dec.detach().float()
     if w_dec.shape[-1] != w_u.shape[0]:
         raise ConfigError(
             f"W_dec has width {w_dec.shape[-1]} but W_U expects {w_u.shape[0]}: the SAE does not write to the "
             "residual stream, so its direct effect on the logits is not defined"
         )
-    gamma = final_norm_weight(model)
+    gamma = subject.final_norm_weight()
     out: dict[int, Any] = {}
     ids = [int(i) for i in latents]
     for lo in range(0, len(ids), chunk):

@@ -44,7 +44,6 @@ from .controls import (
 )
 from .errors import ConfigError, PluginError
 from .harvest.store import LatentStore
-from .harvest.subjects import as_subject
 from .heuristics import DEFAULT_THRESHOLD, flag_summary, has_heuristic_stats, heuristic_flags
 from .lens import write_run_views
 from .llm import BudgetExceeded, LLMError, UsageTracker
@@ -55,6 +54,7 @@ from .records import PROMPT_VERSION, Context, Explanation, ScorerOutput
 from .registry import get_client, get_registry
 from .results import ResultsFile, ScoreResult, encode_record
 from .sampling import LatentSample, SamplingConfig, sample_latent
+from .subjects import as_subject
 from .text import Renderer
 
 T = TypeVar("T")

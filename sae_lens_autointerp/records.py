@@ -110,6 +110,12 @@ class ScorerOutput:
         d["predictions"] = [_plain(p) for p in self.predictions]
         return d
 
+    @classmethod
+    def failed(cls, scorer: str, error: str, **fields: Any) -> ScorerOutput:
+        """An output without a score and without examples: ``error`` says why (no explanation, a crash, an
+        output that broke the contract, a latent the protocol skips); ``fields`` sets any other field."""
+        return cls(scorer=scorer, score=None, n_examples=0, n_failed=0, error=error, **fields)
+
     @staticmethod
     def headline(metrics: dict[str, Any], name: str, chance: float | None = None) -> dict[str, Any]:
         """``metric`` / ``low`` / ``high`` / ``chance`` keyword arguments read from flat ``metrics``

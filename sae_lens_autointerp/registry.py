@@ -1,13 +1,14 @@
 """The plugin registry: one pluggy manager, entry-point discovery, precedence, provenance.
 
-It knows no built-in. The built-in scorers, explainers and LLM backends are a plugin module of their own,
-``sae_lens_autointerp.builtin``, declared through this distribution's own entry point (the way pytest ships
-its own plugins)::
+It knows no built-in. The built-in scorers, explainers, LLM backends and export formats are a plugin module of
+their own, ``sae_lens_autointerp.builtin``, declared through this distribution's own entry point::
 
     [project.entry-points.sae_lens_autointerp]
     builtin = "sae_lens_autointerp.builtin"
 
-so they are discovered, blocked, allow-listed, traced and versioned exactly like a third-party plugin.
+so they are discovered, blocked, allow-listed, traced and versioned exactly like a third-party plugin. (pytest
+does not do this: it imports its built-in plugins by name from a list in its code, ``_pytest.config``'s
+``default_plugins``, and reads only third-party plugins from its ``pytest11`` entry points.)
 ``Registry(load_entry_points=False)`` still loads this distribution's own entry points (the built-ins) and
 skips every other distribution's; ``Registry(load_entry_points=False, builtins=False)`` is an empty manager
 (tests register plugins by hand on ``registry.pm``).
@@ -62,7 +63,7 @@ BUILTIN = "builtin"
 BLOCK_ENV_VAR = "SAE_AUTOINTERP_BLOCK_PLUGINS"
 LOAD_ENV_VAR = "SAE_AUTOINTERP_LOAD_PLUGINS"
 TRACE_ENV_VAR = "SAE_AUTOINTERP_TRACE_PLUGINS"
-KINDS = ("scorers", "explainers", "llm_clients")
+KINDS = ("scorers", "explainers", "llm_clients", "exporters")
 
 logger = logging.getLogger(__name__)
 #: Hook-call tracing. Setting SAE_AUTOINTERP_TRACE_PLUGINS asks for the trace on stderr, so only then does
@@ -321,7 +322,7 @@ class Registry:
         return {k: "; ".join(v) for k, v in out.items() if v}
 
     def items(self, kind: str) -> dict[str, RegisteredItem]:
-        """All usable items of one kind (``scorers``, ``explainers``, ``llm_clients``), by name.
+        """All usable items of one kind (``scorers``, ``explainers``, ``llm_clients``, ``exporters``), by name.
 
         A name two third-party plugins provide is not usable and not listed (:meth:`get` explains why).
         """
@@ -409,15 +410,13 @@ def get_client(llm: str | LLMClient, **kwargs: Any) -> LLMClient:
     plugin's backends), any ``"prefix:model"`` a plugin registers, or an object implementing ``LLMClient``
     (checked and returned as is; ``kwargs`` must then be empty). ``"prefix:model"`` calls the backend's
     factory with ``model="model"`` (``None`` without a colon) and ``kwargs``."""
-    from .llm import check_client  # the backend layer (pure: it never imports the registry)
+    from .llm import check_client, parse_llm_name  # the backend layer (pure: it never imports the registry)
 
     if not isinstance(llm, str):
         return check_client(llm, kwargs)
-    prefix, _, model = llm.partition(":")
-    if not prefix:
-        raise ConfigError(f"llm={llm!r}: expected 'local', 'openai:MODEL', 'vllm:MODEL' or 'prefix:model'")
+    prefix, model = parse_llm_name(llm)
     registry = get_registry()
-    client = registry.create("llm_clients", prefix, model=model or None, **kwargs)
+    client = registry.create("llm_clients", prefix, model=model, **kwargs)
     try:
         return check_client(client)
     except ConfigError as exc:

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
-from .harvest.model import ModelAdapter, StopForward, model_lock
-from .harvest.subjects import HookFn, as_subject
+from .harvest.model import ModelAdapter, model_lock
+from .subjects import HookFn, StopForward, as_subject
 
 #: Generic sentence beginnings the steered model continues (intervention scoring, output-side explainers).
 NEUTRAL_PROMPTS: tuple[str, ...] = (
@@ -83,7 +83,7 @@ class Calibration:
 
 
 class Steerer:
-    """Steer latents of ``sae`` inside ``model`` (every model kind of ``harvest/subjects.py``).
+    """Steer latents of ``sae`` inside ``model`` (every model kind of :mod:`~sae_lens_autointerp.subjects`).
 
     Counts the tokens of every forward pass (``tokens_processed``: real tokens per row, padding excluded)
     and the tokens generated (``tokens_generated``), for cost accounting. Not thread-safe by itself: hold
@@ -330,31 +330,19 @@ class Steerer:
         return torch.log(q + eps) - torch.log(p + eps) if measure == "log_ratio" else q - p
 
 
-def final_norm_weight(model: Any) -> torch.Tensor | None:
-    """The final normalisation's elementwise weight, when the model keeps one (not folded into ``W_U``)."""
-    return as_subject(model).final_norm_weight()
-
-
-def unembedding(model: Any) -> torch.Tensor:
-    """``W_U`` [d_model, vocab] as float32, or an error when the model has none."""
-    w_u = as_subject(model).unembedding()
-    if w_u is None:
-        raise ConfigError(f"{type(model).__name__} has no W_U (unembedding matrix)")
-    return w_u.detach().float()
-
-
 @torch.no_grad()
 def promoted_tokens(model: Any, sae: Any, latent: int, k: int = 10) -> list[tuple[int, float]]:
     """The ``k`` tokens ``W_dec[latent]`` promotes most through the unembedding (direct path, "logit lens"):
     ``(W_dec[latent] * final_norm_weight) @ W_U``, with the final norm's weight when the model keeps one."""
-    w_u = unembedding(model)
+    subject = as_subject(model)
+    w_u = subject.unembedding()
     v = sae.W_dec[int(latent)].detach().float().reshape(-1).to(w_u.device)
     if v.shape[0] != w_u.shape[0]:
         raise ConfigError(
             f"W_dec has width {v.shape[0]} but W_U expects {w_u.shape[0]}: the SAE does not write to the residual "
             "stream, so its direct effect on the logits is not defined"
         )
-    gamma = final_norm_weight(model)
+    gamma = subject.final_norm_weight()
     if gamma is not None and gamma.shape == v.shape:
         v = v * gamma.to(v.device)
     logits = v @ w_u

@@ -18,7 +18,7 @@ from sae_lens_autointerp.explainers.output_side import ABLATION_PROMOTED, Output
 from sae_lens_autointerp.harvest.model import ModelAdapter, model_lock
 from sae_lens_autointerp.records import Context
 from sae_lens_autointerp.sampling import SamplingConfig, sample_latent
-from sae_lens_autointerp.steering import final_norm_weight
+from sae_lens_autointerp.subjects import as_subject
 from sae_lens_autointerp.text import Renderer
 
 
@@ -111,7 +111,7 @@ def test_unembedding_direction_latent_promotes_its_token(bridge_model, tmp_path)
     removing it lowers ``t`` most; with the decoder negated, ``t`` is the most suppressed."""
     model = bridge_model
     w_u = model.W_U.detach().float()
-    gamma = final_norm_weight(model)
+    gamma = as_subject(model).final_norm_weight()
     target = int(w_u.norm(dim=0).argmax())
     direction = w_u[:, target] / (gamma if gamma is not None else 1.0)
     sae = make_sae(576, 2, hook="blocks.29.hook_resid_post", context_size=32)

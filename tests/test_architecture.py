@@ -1,4 +1,5 @@
-"""Architecture invariants checked from the source: no import cycle among the package's modules.
+"""Architecture invariants checked from the source: no import cycle among the package's modules, and only the
+results index speaks SQL.
 
 The import graph is read with ``ast`` (nothing is imported): top-level imports, imports inside functions and
 imports under ``if TYPE_CHECKING:`` all count, and importing ``a.b.c`` also counts as importing the packages
@@ -10,6 +11,7 @@ one module. The layer contracts themselves are checked by ``lint-imports`` (pypr
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,3 +224,50 @@ def test_records_imports_no_package_facade():
     path, is_package = modules["sae_lens_autointerp.records"]
     targets = {t for t, _ in module_imports(path, "sae_lens_autointerp.records", is_package, set(modules))}
     assert targets and not targets & {"sae_lens_autointerp.llm", "sae_lens_autointerp"}
+
+
+_SQL_STATEMENT = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|PRAGMA|BEGIN|COMMIT|ROLLBACK)\b")
+_SQL_CALLS = {"execute", "executemany", "executescript", "read_sql", "read_sql_query", "read_sql_table"}
+
+
+def sql_speakers(package_dir: Path) -> dict[str, set[str]]:
+    """``{module: what in it speaks SQL}``: an import of sqlite3, a call of a cursor's or pandas' SQL methods, a
+    string (or f-string part) that starts with an SQL statement."""
+    out: dict[str, set[str]] = {}
+    for name, (path, _) in package_modules(package_dir).items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "sqlite3" for a in node.names):
+                found.add("import sqlite3")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "sqlite3":
+                found.add("from sqlite3 import")
+            elif isinstance(node, ast.Attribute) and node.attr in _SQL_CALLS:
+                found.add(f".{node.attr}")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _SQL_STATEMENT.match(node.value):
+                found.add(repr(node.value.strip()[:30]))
+        if found:
+            out[name] = found
+    return out
+
+
+def test_only_the_results_index_speaks_sql():
+    """results.jsonl's index is reached through ``ResultsFile``'s methods: ``report``, the pipeline and the rest
+    never issue SQL; ``results/index.py`` is the one module that does."""
+    speakers = sql_speakers(PACKAGE_DIR)
+    assert set(speakers) == {"sae_lens_autointerp.results.index"}, speakers
+    assert {"import sqlite3", ".execute"} <= speakers["sae_lens_autointerp.results.index"]
+
+
+def test_sql_walker_finds_each_way_of_speaking_sql(tmp_path):
+    pkg = _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": "import sqlite3\n",
+            "pkg/b.py": "def f(db):\n    return db.execute(q)\n",
+            "pkg/c.py": "def f(t):\n    return f'SELECT x FROM {t}'\n",
+            "pkg/d.py": "import pandas as pd\ndef f(q, c):\n    return pd.read_sql_query(q, c)\n",
+            "pkg/e.py": "TEXT = 'selected works'\n",
+        },
+    )
+    assert set(sql_speakers(pkg)) == {"pkg.a", "pkg.b", "pkg.c", "pkg.d"}

@@ -441,7 +441,7 @@ def test_bridge_hooks_are_added_directly_and_leave_a_callers_hooks_alone(bridge_
     """After the first batch (added through TransformerLens's own ``hooks()``, which checks the point), a harvest
     adds its hook to the HookPoint directly: the store is the same as with ``hooks()`` on every batch, a hook the
     caller had added stays and fires on every batch, and none of ours is left behind."""
-    from sae_lens_autointerp.harvest import subjects
+    from sae_lens_autointerp import subjects
 
     tokens = torch.randint(100, 2000, (12, 32), generator=torch.Generator().manual_seed(0))
     point = bridge_model.hook_dict[subjects.as_subject(bridge_model).resolve(bridge_sae.cfg.metadata.hook_name)]

@@ -19,6 +19,7 @@ from sae_lens_autointerp.errors import ConfigError
 from sae_lens_autointerp.interchange import (
     NEURONPEDIA_BATCH_SIZE,
     NEURONPEDIA_DEFAULT_AUTHOR_ID,
+    export,
     neuronpedia_rows,
     read_delphi_explanations,
     read_neuronpedia,
@@ -252,6 +253,35 @@ def test_delphi_export_layout_and_round_trip(llm_run, tmp_path):
                 # the window's text and activations, from the store and vocab.json
                 assert row["str_tokens"] and len(row["str_tokens"]) == len(row["activations"])
                 assert (max(row["activations"]) > 0) is bool(p["label"])
+
+
+def test_builtin_export_formats_through_the_registry_write_what_the_functions_write(llm_run, tmp_path):
+    """``export(result, name, out, **options)`` finds the built-in formats through the plugin registry (the
+    built-in plugin's ``sae_autointerp_exporters``) and writes the same files as the format's own function;
+    a missing required option and an option the format does not have are refused by name."""
+    direct = to_delphi(llm_run, tmp_path / "a", module="layers.3")
+    via = export(llm_run, "delphi", tmp_path / "b", module="layers.3")
+    assert via.written == direct.written and via.skipped == direct.skipped
+    assert [p.relative_to(tmp_path / "b") for p in via.paths] == [p.relative_to(tmp_path / "a") for p in direct.paths]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(direct.paths, via.paths))
+
+    path = to_saebench(llm_run, tmp_path / "s1.json", scorer="detection")
+    via = export(llm_run, "saebench", tmp_path / "s2.json", scorer="detection")
+    assert via.paths == [tmp_path / "s2.json"] and via.path.read_bytes() == path.read_bytes()
+    assert (
+        via.written
+        == len(json.loads(path.read_text())["eval_result_unstructured"]["latents"])
+        == len(llm_run.table["latent"].unique())
+    )
+
+    direct = to_neuronpedia(llm_run, tmp_path / "n1", neuronpedia_id=NP_ID)
+    via = export(llm_run, "neuronpedia", tmp_path / "n2", neuronpedia_id=NP_ID)
+    assert via.written == direct.written and via.paths[0].read_bytes() == direct.paths[0].read_bytes()
+
+    with pytest.raises(ConfigError, match=r"--format delphi needs --module \(the hook point in delphi's file names"):
+        export(llm_run, "delphi", tmp_path / "c")
+    with pytest.raises(ConfigError, match=r"export format 'delphi' has no option \['modul'\]; it has \['module'\]"):
+        export(llm_run, "delphi", tmp_path / "c", modul="layers.3")
 
 
 def test_delphi_reader_refuses_ambiguity_and_skips_placeholders(tmp_path):

@@ -299,7 +299,7 @@ def test_nnsight_is_never_imported_behind_the_users_back():
 
     code = (
         "import sys, transformers as T\n"
-        "from sae_lens_autointerp.harvest.subjects import as_subject\n"
+        "from sae_lens_autointerp.subjects import as_subject\n"
         "m = T.GPT2LMHeadModel(T.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64))\n"
         "try:\n    as_subject(m)\n"  # every kind is checked, nnsight's included; then no tokenizer to load
         "except Exception as e:\n    print(type(e).__name__)\n"

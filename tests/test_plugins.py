@@ -99,3 +99,87 @@ def test_unknown_item_lists_available():
     registry = Registry(load_entry_points=False)
     with pytest.raises(UnknownPluginItemError, match=r"unknown llm client 'nope'\. Available: .*local.*openai"):
         registry.get("llm_clients", "nope")
+
+
+CSV_EXPORTER = """
+from sae_lens_autointerp import hookimpl
+from sae_lens_autointerp.interchange import Export, ExportOption
+
+
+class Csv:
+    description = "one row per (latent, scorer) as CSV (--out: a folder)"
+    options = (
+        ExportOption("sep", "the column separator", default=","),
+        ExportOption("scorer", "only this scorer's rows"),  # saebench has a --scorer too: the flag is shared
+    )
+
+    def export(self, result, out, sep=",", scorer=None):
+        table = result.table
+        if scorer is not None:
+            table = table[table["scorer"] == scorer]
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "scores.csv"
+        table[["latent", "scorer", "score"]].to_csv(path, sep=sep, index=False)
+        return Export(paths=[path], written=int(table["latent"].nunique()), skipped=result.skipped)
+
+
+@hookimpl
+def sae_autointerp_exporters():
+    return {"csv": Csv, "not-an-exporter": object}
+"""
+
+
+def write_run(folder: Path) -> None:
+    """A run folder as ``report.load`` reads it: three scored latents and a skipped one."""
+    from sae_lens_autointerp.results import ResultsFile
+
+    results = ResultsFile(folder / "results.jsonl")
+    for latent, score in ((3, 0.75), (7, 0.5), (9, 0.9)):
+        scores = {
+            name: {"scorer": name, "score": score, "metric": "balanced_accuracy", "n_examples": 10, "n_failed": 0}
+            for name in ("detection", "fuzzing")
+        }
+        results.append({"run_key": "k", "latent": latent, "explanation": {"text": f"words {latent}"}, "scores": scores})
+    results.append({"run_key": "k", "latent": 11, "skipped": "dead: never fired"})
+    results.close()
+
+
+def test_a_third_party_export_format_is_a_choice_of_export_and_writes_files(tmp_path):
+    """An export format from an installed plugin (an entry point, found by the registry) is listed by
+    ``sae-autointerp export --help`` with its options beside the built-in formats, and ``export --format``
+    writes with it; a plugin's factory that does not make an Exporter is left out with a warning."""
+    root = tmp_path / "site"
+    root.mkdir()
+    make_dist(root, "sai_csv_exporter", CSV_EXPORTER)
+    run = tmp_path / "run"
+    write_run(run)
+
+    shown = run_cli(root, "export", "--help")
+    assert shown.returncode == 0, shown.stderr
+    assert "--format {csv,delphi,neuronpedia,saebench}" in shown.stdout
+    assert (
+        "--format csv:" in shown.stdout and "--sep SEP" in shown.stdout and "csv: the column separator" in shown.stdout
+    )
+    assert "--module MODULE" in shown.stdout  # the built-ins' options are still there
+    assert "export format 'not-an-exporter' left out" in shown.stderr and "sai_csv_exporter" in shown.stderr
+
+    out = run_cli(root, "export", str(run), "--format", "csv", "--out", str(tmp_path / "csv"), "--sep", ";")
+    assert out.returncode == 0, out.stderr
+    assert f"wrote 3 latents to 1 file(s) under {tmp_path / 'csv'}" in out.stdout
+    assert "left out 11: dead: never fired" in out.stdout
+    lines = (tmp_path / "csv" / "scores.csv").read_text().splitlines()
+    assert lines[0] == "latent;scorer;score" and len(lines) == 1 + 3 * 2 and "7;fuzzing;0.5" in lines
+
+    only = run_cli(root, "export", str(run), "--format", "csv", "--out", str(tmp_path / "d"), "--scorer", "fuzzing")
+    assert only.returncode == 0, only.stderr
+    assert (tmp_path / "d" / "scores.csv").read_text().splitlines()[1:] == [
+        "3,fuzzing,0.75",
+        "7,fuzzing,0.5",
+        "9,fuzzing,0.9",
+    ]
+
+    wrong = run_cli(root, "export", str(run), "--format", "not-an-exporter", "--out", str(tmp_path / "x"))
+    assert wrong.returncode == 2 and "invalid choice: 'not-an-exporter'" in wrong.stderr
+
+    blocked = run_cli(root, "export", "--help", env={"SAE_AUTOINTERP_BLOCK_PLUGINS": "sai_csv_exporter"})
+    assert "--format {delphi,neuronpedia,saebench}" in blocked.stdout and "--sep" not in blocked.stdout

@@ -24,13 +24,13 @@ from sae_lens_autointerp.records import Explanation
 from sae_lens_autointerp.results import ScoreResult
 from sae_lens_autointerp.similarity import (
     Matching,
-    _Correlations,
     explanation_similarity,
     heatmap,
     match_latents,
     similarity,
     similarity_matrix,
 )
+from sae_lens_autointerp.similarity.correlations import _Correlations
 
 D_IN, D_SAE = 576, 2048
 

@@ -1,8 +1,8 @@
 """Model adapter: run the subject model up to the SAE's hook point and hand back the activations.
 
-Works with every model kind of ``subjects.py``: ``HookedTransformer`` / ``HookedSAETransformer``,
-``TransformerBridge`` / ``SAETransformerBridge``, Hugging Face ``transformers`` models and nnsight models. The
-forward pass is cut short by raising from the hook itself, so no layer after the hook runs (and no logits are
+Works with every model kind of :mod:`sae_lens_autointerp.subjects`: ``HookedTransformer`` /
+``HookedSAETransformer``, ``TransformerBridge`` / ``SAETransformerBridge``, Hugging Face ``transformers`` models
+and nnsight models. The forward pass is cut short by raising from the hook itself, so no layer after the hook runs (and no logits are
 computed). The activation is captured by closure, not through ``hook.name`` (on a bridge that is the
 canonical name, e.g. ``blocks.3.hook_out``).
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import torch
 
 from ..errors import ConfigError
-from .subjects import StopForward, Subject, as_subject, tokenizer_digest, weights_digest
+from ..subjects import StopForward, Subject, as_subject, tokenizer_digest, weights_digest
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 #: The models a harvest runs: ``HookedTransformer`` / ``HookedSAETransformer``, ``TransformerBridge`` /
-#: ``SAETransformerBridge``, a ``transformers`` ``PreTrainedModel``, :class:`~.subjects.HFModel` or an nnsight model.
+#: ``SAETransformerBridge``, a ``transformers`` ``PreTrainedModel``, :class:`~sae_lens_autointerp.subjects.HFModel`
+#: or an nnsight model.
 SubjectModel: TypeAlias = "HookedTransformer | TransformerBridge | PreTrainedModel | Subject | Any"
 
 

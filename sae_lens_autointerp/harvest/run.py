@@ -13,10 +13,10 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+from ..subjects import ModuleReader, with_hook_module
 from .corpus import resolve_corpus
 from .jobs import finish, open_jobs, prepare_jobs, run_local, sae_fingerprint
 from .store import LatentStore
-from .subjects import ModuleReader, with_hook_module
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -107,8 +107,9 @@ def harvest(
     """Harvest latent statistics of ``sae`` on ``dataset`` through ``model``.
 
     ``model`` is a TransformerLens model (``HookedTransformer`` / ``TransformerBridge`` and their SAE variants),
-    a Hugging Face ``transformers`` model, :class:`~.subjects.HFModel` or an nnsight model: the SAE's
-    TransformerLens hook name is mapped to the module it denotes (``hookmap.py``, docs/models.md).
+    a Hugging Face ``transformers`` model, :class:`~sae_lens_autointerp.subjects.HFModel` or an nnsight model:
+    the SAE's TransformerLens hook name is mapped to the module it denotes (``subjects/hookmap.py``,
+    docs/models.md).
 
     ``dataset`` is any form of ``corpus.py``'s docstring: a Hugging Face name or object, local files, strings,
     a token tensor, or pre-tokenized rows (a ``tokens`` / ``input_ids`` column, read as SAELens reads them).
@@ -136,7 +137,7 @@ def harvest(
             one per CPU) and their ``ray.remote`` options (default ``{"num_gpus": 1}`` or ``{"num_cpus": 1}``).
         hook_module / hook_fn: Hugging Face and nnsight models only: read the SAE's input from this module
             (a dotted path) instead of the mapped hook point, picked by ``hook_fn(module, args, output)``
-            (default: the module's output); see :class:`~.subjects.HFModel`.
+            (default: the module's output); see :class:`~sae_lens_autointerp.subjects.HFModel`.
     """
     if hook_module is not None or hook_fn is not None:
         model = with_hook_module(model, hook_module, hook_fn)

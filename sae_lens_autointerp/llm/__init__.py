@@ -72,9 +72,7 @@ def get_client(llm: str | LLMClient, **kwargs: Any) -> LLMClient:
     """
     if not isinstance(llm, str):
         return check_client(llm, kwargs)
-    prefix, _, model = llm.partition(":")
-    if not prefix:
-        raise ConfigError(f"llm={llm!r}: expected 'local', 'openai:MODEL', 'vllm:MODEL' or 'prefix:model'")
+    prefix, model = parse_llm_name(llm)
     factory = BUILTIN_CLIENTS.get(prefix)
     if factory is None:
         raise ConfigError(
@@ -82,7 +80,16 @@ def get_client(llm: str | LLMClient, **kwargs: Any) -> LLMClient:
             f"({', '.join(sorted(BUILTIN_CLIENTS))}); for a plugin's backend {prefix!r} use "
             "sae_lens_autointerp.registry.get_client, which resolves every installed plugin"
         )
-    return factory(model=model or None, **kwargs)
+    return factory(model=model, **kwargs)
+
+
+def parse_llm_name(llm: str) -> tuple[str, str | None]:
+    """``"prefix:model"`` -> ``(prefix, model)``, ``"prefix"`` -> ``(prefix, None)``: how both ``get_client``
+    (this layer's, for the built-in backends, and the registry's, for every plugin's) read a backend name."""
+    prefix, _, model = llm.partition(":")
+    if not prefix:
+        raise ConfigError(f"llm={llm!r}: expected 'local', 'openai:MODEL', 'vllm:MODEL' or 'prefix:model'")
+    return prefix, model or None
 
 
 def check_client(llm: Any, llm_kwargs: Mapping[str, Any] | None = None) -> LLMClient:
@@ -130,4 +137,5 @@ __all__ = [
     "classify_from_chat",
     "classify_from_logprobs",
     "get_client",
+    "parse_llm_name",
 ]

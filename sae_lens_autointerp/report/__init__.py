@@ -34,7 +34,6 @@ def load(path: str | Path) -> ScoreResult:
     usage_file = path.parent / "usage.json"
     usage = json.loads(usage_file.read_text()) if usage_file.is_file() else {}
     results = ResultsFile(path)
-    db = results.index.db
     run_key = None
     run_file = path.parent / "run.json"
     if run_file.is_file():
@@ -42,10 +41,9 @@ def load(path: str | Path) -> ScoreResult:
             run_key = json.loads(run_file.read_text()).get("run_key")
         except ValueError:
             run_key = None
-    keys = [k for (k,) in db.execute("SELECT run_key FROM lines WHERE run_key IS NOT NULL GROUP BY run_key")]
+    keys = results.run_keys()
     if run_key not in keys:
-        last = db.execute("SELECT run_key FROM lines WHERE run_key IS NOT NULL ORDER BY off DESC LIMIT 1").fetchone()
-        run_key = last[0] if last else None
+        run_key = results.last_run_key()
     others = {k for k in keys if k != run_key}
     if others:
         log.warning("%s holds records of %d other run(s); reading run %s only", path, len(others), str(run_key)[:12])

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..harvest.store import PAD_TOKEN
-from ..results import ScoreResult, _rows, explanation_model_of
+from ..results import ScoreResult, explanation_model_of, rows_of
 from ..runviews import RunViews
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def latent_card(
 
 
 def _score_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
-    return _rows([record])
+    return rows_of([record])
 
 
 def card_css() -> str:

@@ -26,6 +26,7 @@ from typing import Any
 from .._version import __version__
 from ..errors import ConfigError
 from ..harvest.store import LatentStore
+from ..numeric import finite, json_default
 from ..results import ScoreResult
 from ..runviews import RunViews
 from .card import latent_card
@@ -55,22 +56,8 @@ def _plotly_js() -> Path:
 
 def _json_for_script(data: Any) -> str:
     """JSON safe inside a <script> element: no "</script>", no HTML comment openers."""
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_finite)
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=json_default)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _finite(x: Any) -> Any:
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    raise TypeError(type(x).__name__)
-
-
-def _clean_number(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if v == v and abs(v) != float("inf") else None
 
 
 def index_rows(result: ScoreResult, pages: set[int] | None) -> list[dict[str, Any]]:
@@ -99,9 +86,9 @@ def index_rows(result: ScoreResult, pages: set[int] | None) -> list[dict[str, An
             if expl.get("failed"):
                 flags.append("explanation failed")
             for name, out in (r.get("scores") or {}).items():
-                scores[str(name)] = _clean_number(out.get("score"))
+                scores[str(name)] = finite(out.get("score"))
                 ctl = (r.get("controls") or {}).get(name) or {}
-                controls[str(name)] = _clean_number(ctl.get("score"))
+                controls[str(name)] = finite(ctl.get("score"))
                 n_failed += int(out.get("n_failed") or 0)
                 answers = {p.get("prediction") for p in out.get("predictions") or [] if "prediction" in p}
                 if len(out.get("predictions") or []) >= 4 and len(answers) == 1:
@@ -116,7 +103,7 @@ def index_rows(result: ScoreResult, pages: set[int] | None) -> list[dict[str, An
             {
                 "l": latent,
                 "e": text,
-                "f": _clean_number(stats.get("frequency")),
+                "f": finite(stats.get("frequency")),
                 "n": n_failed,
                 "s": scores,
                 "c": controls,

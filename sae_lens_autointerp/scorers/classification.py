@@ -47,6 +47,7 @@ import numpy as np
 from ..llm.base import classify_all
 from ..llm.types import ClassifyResult
 from ..metrics import binary_metrics
+from ..numeric import finite
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
 from ..text import active_mask, highlight
@@ -226,7 +227,7 @@ class ClassificationScorer:
         metrics.update(self._calibrated(labels, answered, graded, content_free, ctx.seed, sample.latent))
         return ScorerOutput(
             scorer=self.name,
-            score=_finite(metrics_obj.balanced_accuracy.value),
+            score=finite(metrics_obj.balanced_accuracy.value),
             n_examples=len(predictions),
             n_failed=metrics_obj.n_failed,
             metrics=metrics,
@@ -260,9 +261,9 @@ class ClassificationScorer:
         # the generator is built here, where it is used: a judge without graded probabilities never needs it
         cal = binary_metrics(labels, decided, rng=latent_rng(seed, latent, self.name + "/ci-cal")).balanced_accuracy
         return {
-            "balanced_accuracy_calibrated": _finite(cal.value),
-            "balanced_accuracy_calibrated_low": _finite(cal.low),
-            "balanced_accuracy_calibrated_high": _finite(cal.high),
+            "balanced_accuracy_calibrated": finite(cal.value),
+            "balanced_accuracy_calibrated_low": finite(cal.low),
+            "balanced_accuracy_calibrated_high": finite(cal.high),
             "calibration_threshold": float(threshold),
             "calibration": f"contextual: answer 1 when P('1') >= P('1' | excerpt {CONTENT_FREE!r})",
         }
@@ -285,10 +286,6 @@ def _one_prediction(it: Item, res: ClassifyResult) -> dict[str, Any]:
         "prob_source": None if prediction is None else source,
         "error": error,
     }
-
-
-def _finite(x: float | None) -> float | None:
-    return None if x is None or not np.isfinite(x) else float(x)
 
 
 class DetectionScorer(ClassificationScorer):

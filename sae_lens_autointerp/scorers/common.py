@@ -1,4 +1,6 @@
-"""Helpers shared by the LLM scorers: parsing answers and reading probabilities off logprobs."""
+"""Helpers shared by the scorers: parsing answers and reading probabilities off logprobs (the LLM scorers), and
+the test examples and AUC output of the scorers that grade each example with a local model (embedding,
+surprisal)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ import numpy as np
 from ..llm.concurrency import map_bounded as map_bounded  # re-exported: it lived here first
 from ..llm.types import TokenLogprob
 from ..metrics import flat as flat  # re-exported: scorers and plugins import it from here
+from ..records import Context, Explanation, ScorerOutput
+from ..sampling import LatentSample, latent_rng
+from ..text import RenderedExample
 
 _LIST_RE = re.compile(r"\[([^\[\]]*)\]")
 T = TypeVar("T")
@@ -86,3 +91,40 @@ async def gather_or_raise(jobs: Sequence[Awaitable[Any]]) -> list[Any]:
         if isinstance(res, BaseException):
             raise res
     return list(results)
+
+
+def graded_examples(
+    name: str, n_pos: int | None, n_neg: int | None, sample: LatentSample, explanation: Explanation | None, ctx: Context
+) -> tuple[str, list[RenderedExample], list[bool]]:
+    """What a scorer ``name`` that grades each test example against the explanation reads (embedding,
+    surprisal): the explanation's text, up to ``n_pos`` activating and ``n_neg`` non-activating examples drawn
+    with the latent's own generator and rendered as text, and their labels. A missing or failed explanation is
+    refused."""
+    if explanation is None or explanation.failed:
+        raise ValueError(f"{name} needs a (non-failed) explanation")
+    rng = latent_rng(ctx.seed, sample.latent, name)
+    pos, neg = subsample(sample.test_pos, n_pos, rng), subsample(sample.test_neg, n_neg, rng)
+    rendered = [ctx.renderer.render(e) for e in pos + neg]
+    return explanation.text, rendered, [bool(r.label) for r in rendered]
+
+
+def auc_output(
+    name: str,
+    metrics: dict[str, Any],
+    n_examples: int,
+    n_failed: int,
+    predictions: list[dict[str, Any]],
+    prompt_id: str | None,
+) -> ScorerOutput:
+    """A graded scorer's output: the AUC (``metrics`` from :func:`~sae_lens_autointerp.metrics.auc_metrics`) is the
+    headline, with its interval and chance level."""
+    return ScorerOutput(
+        scorer=name,
+        score=metrics["auc"],
+        n_examples=n_examples,
+        n_failed=n_failed,
+        metrics=metrics,
+        predictions=predictions,
+        prompt_id=prompt_id,
+        **ScorerOutput.headline(metrics, "auc"),
+    )

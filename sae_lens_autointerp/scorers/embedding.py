@@ -24,7 +24,7 @@ from ..local_lm import LOAD_LOCK, record_usage
 from ..metrics import auc_metrics
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
-from .common import subsample
+from .common import auc_output, graded_examples
 
 
 class EmbeddingScorer:
@@ -68,14 +68,9 @@ class EmbeddingScorer:
         return int(sum(len(x) for x in ids))
 
     async def score(self, sample: LatentSample, explanation: Explanation | None, ctx: Context) -> ScorerOutput:
-        if explanation is None or explanation.failed:
-            raise ValueError("embedding needs a (non-failed) explanation")
         start = time.perf_counter()
-        rng = latent_rng(ctx.seed, sample.latent, self.name)
-        pos, neg = subsample(sample.test_pos, self.n_pos, rng), subsample(sample.test_neg, self.n_neg, rng)
-        rendered = [ctx.renderer.render(e) for e in pos + neg]
-        labels = [bool(r.label) for r in rendered]
-        sims, tokens = await asyncio.to_thread(self._similarities, explanation.text, [r.text for r in rendered])
+        text, rendered, labels = graded_examples(self.name, self.n_pos, self.n_neg, sample, explanation, ctx)
+        sims, tokens = await asyncio.to_thread(self._similarities, text, [r.text for r in rendered])
         metrics = auc_metrics(labels, sims.tolist(), latent_rng(ctx.seed, sample.latent, self.name + "/ci"))
         record_usage(ctx, self.model, self.name, sample.latent, tokens)
         metrics.update(
@@ -94,13 +89,4 @@ class EmbeddingScorer:
             {"token_id": r.token_id, "label": r.label, "quantile": r.quantile, "similarity": float(s)}
             for r, s in zip(rendered, sims)
         ]
-        return ScorerOutput(
-            scorer=self.name,
-            score=metrics["auc"],
-            n_examples=len(rendered),
-            n_failed=0,
-            metrics=metrics,
-            predictions=predictions,
-            prompt_id=self.prompt_id,
-            **ScorerOutput.headline(metrics, "auc"),
-        )
+        return auc_output(self.name, metrics, len(rendered), 0, predictions, self.prompt_id)

@@ -39,9 +39,10 @@ from ..local_lm import load_causal_lm as load_causal_lm
 from ..local_lm import piece_ids as _piece_ids
 from ..local_lm import record_usage as record_usage
 from ..metrics import auc_metrics as auc_metrics
+from ..numeric import finite
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
-from .common import subsample
+from .common import auc_output, graded_examples
 
 HEADER = "Each excerpt below comes from a longer text and is preceded by a short description of what it contains.\n\n"
 FEW_SHOT: tuple[tuple[str, str], ...] = (
@@ -167,14 +168,9 @@ class SurprisalScorer:
         }
 
     async def score(self, sample: LatentSample, explanation: Explanation | None, ctx: Context) -> ScorerOutput:
-        if explanation is None or explanation.failed:
-            raise ValueError("surprisal needs a (non-failed) explanation")
         start = time.perf_counter()
-        rng = latent_rng(ctx.seed, sample.latent, self.name)
-        pos, neg = subsample(sample.test_pos, self.n_pos, rng), subsample(sample.test_neg, self.n_neg, rng)
-        rendered = [ctx.renderer.render(e) for e in pos + neg]
-        labels = [bool(r.label) for r in rendered]
-        res = await asyncio.to_thread(self._losses, explanation.text, [r.text for r in rendered])
+        text, rendered, labels = graded_examples(self.name, self.n_pos, self.n_neg, sample, explanation, ctx)
+        res = await asyncio.to_thread(self._losses, text, [r.text for r in rendered])
         reduction = [wo - w for w, wo in zip(res["with"], res["without"])]
         metrics = auc_metrics(labels, reduction, latent_rng(ctx.seed, sample.latent, self.name + "/ci"))
         record_usage(ctx, res["lm"], self.name, sample.latent, res["tokens_processed"])
@@ -183,9 +179,9 @@ class SurprisalScorer:
                 "token_id": r.token_id,
                 "label": r.label,
                 "quantile": r.quantile,
-                "loss_with": _j(w),
-                "loss_without": _j(wo),
-                "reduction": _j(d),
+                "loss_with": finite(w),
+                "loss_without": finite(wo),
+                "reduction": finite(d),
                 "error": None if np.isfinite(d) else "no tokens",
             }
             for r, w, wo, d in zip(rendered, res["with"], res["without"], reduction)
@@ -202,20 +198,7 @@ class SurprisalScorer:
                 "seconds": round(time.perf_counter() - start, 3),
             }
         )
-        return ScorerOutput(
-            scorer=self.name,
-            score=metrics["auc"],
-            n_examples=len(rendered),
-            n_failed=n_failed,
-            metrics=metrics,
-            predictions=predictions,
-            prompt_id=self.prompt_id,
-            **ScorerOutput.headline(metrics, "auc"),
-        )
-
-
-def _j(x: float) -> float | None:
-    return float(x) if x is not None and np.isfinite(x) else None
+        return auc_output(self.name, metrics, len(rendered), n_failed, predictions, self.prompt_id)
 
 
 def _mean(values: list[float]) -> float | None:

@@ -60,14 +60,11 @@ class SAEBenchScorer:
         latent, cfg = sample.latent, self.config
         bench = await asyncio.to_thread(select_for, ctx, latent, cfg, explanation.examples_shown)
         if bench.skipped is not None:
-            return ScorerOutput(
-                scorer=self.name,
-                score=None,
-                n_examples=0,
-                n_failed=0,
+            return ScorerOutput.failed(
+                self.name,
+                f"SAEBench skips this latent: {bench.skipped}",
                 metrics={"selection": bench.selection, "selection_notes": bench.skipped},
                 prompt_id=self.prompt_id,
-                error=f"SAEBench skips this latent: {bench.skipped}",
                 metric=self.headline,
             )
         order = latent_rng(ctx.seed, latent, "saebench/shuffle").permutation(len(bench.scoring))
