@@ -106,9 +106,7 @@ class BlindJudge(BaseClient):
     ``reference_length``: the excerpt length around which ``length`` (tokens) and ``chars`` (characters) turn
     from "1" to "0": about the median of the store's windows. ``tokenizer``: counts ``length``'s tokens."""
 
-    def __init__(
-        self, strategy: str, reference_length: float = 32.0, tokenizer: Any = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, strategy: str, reference_length: float = 32.0, tokenizer: Any = None, **kwargs: Any) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown blind strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
         if strategy == "length" and tokenizer is None:
@@ -136,7 +134,7 @@ class BlindJudge(BaseClient):
             probs = {"0": 1 - p1, "1": p1}
         else:  # intruder: always the first excerpt
             probs = {c: (0.9 if i == 0 else 0.1 / (len(choices) - 1)) for i, c in enumerate(choices)}
-        logprobs = {c: math.log(p) for c, p in probs.items()}
+        logprobs: dict[str, float | None] = {c: math.log(p) for c, p in probs.items()}
         return ClassifyResult(choices, probs, logprobs, True, "logits", Usage(len(user) // 4, 0))
 
     async def _chat(self, request: ChatRequest) -> ChatResponse:

@@ -23,7 +23,9 @@ SCORERS = ["detection", "fuzzing", "fuzzing-active", "simulation", "intruder"]
 
 @pytest.fixture(scope="module")
 def latents(embedded_store):
-    eligible = [lat for lat in range(embedded_store.d_sae) if not sample_latent(embedded_store, lat, SamplingConfig()).skipped]
+    eligible = [
+        lat for lat in range(embedded_store.d_sae) if not sample_latent(embedded_store, lat, SamplingConfig()).skipped
+    ]
     assert len(eligible) > 200
     return eligible[::2]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sae_lens_autointerp.harvest.store import Example
-from sae_lens_autointerp.sampling import SamplingConfig, activating_spans, sample_latent
+from sae_lens_autointerp.sampling import SamplingConfig, sample_latent
 from sae_lens_autointerp.spans import SpanSet
 
 
