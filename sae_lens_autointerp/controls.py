@@ -3,34 +3,41 @@
 A score is only worth reading next to what the same judge gives a *mismatched* explanation on the same
 examples. For every scorer that reads an explanation, each latent is also scored with a control: the
 explanation of another latent of the same run (chosen with ``latent_rng(seed, latent, "control")`` among
-the latents of its block of the run, see :data:`CONTROL_BLOCK`), on a seeded subset of the same test examples
-(``fraction`` of each class, default 0.2, so a control costs at most 20% extra judgments). The control's
-requests are labelled with the stage ``"<scorer>:control"`` in usage.
+the latents of its block of the run, see :data:`CONTROL_BLOCK`), on a seeded subset of the examples the score
+itself judged (``fraction`` of each class, default 0.2, so a control costs at most 20% extra judgments; see
+:func:`control_sample`). The control's requests are labelled with the stage ``"<scorer>:control"`` in usage.
 
-Per latent: ``lift = score - control`` with a MOVER interval built from the two scores' own intervals
-(conservative: the two are computed on overlapping examples, which only narrows the true interval);
-``signal`` is True when that interval lies above 0.
+Per latent: ``lift = score - control`` with an interval for a *paired* difference (:func:`paired_lift`): the
+control's examples are a subset of the score's, so the two estimates are correlated, and the interval
+combines the two scores' own intervals with that correlation, estimated on the shared examples (MOVER for
+correlated estimates, :func:`~sae_lens_autointerp.metrics.mover_difference`); intervention pairs its prompts
+and takes a t interval of the per-prompt differences. Where predictions cannot be paired it falls back to
+the unpaired MOVER (:func:`lift`) and says so in ``method``. ``signal`` is True when the interval lies above 0.
 
-Per run and scorer, the judge check: the share of identical answers (the most common binary answer, or
-intruder position, over every answered example) and the mean lift over latents, with an interval that
-adds both sources of noise (:func:`pooled_mean`: each latent's own sampling error, from its lift interval,
-and the spread between latents, a random-effects moment estimate), so it never collapses when a few latents
-happen to have the same lift.
+Per run and scorer, the judge check: the share of identical answers (:func:`answer_counts`: the most common
+binary answer, intruder position, simulation prediction vector, or value of a local scorer, over every
+answered example) and the mean lift over latents, with a t interval that adds both sources of noise
+(:func:`pooled_mean`: each latent's own sampling error, from its lift interval, and the spread between
+latents), so it never collapses when a few latents happen to have the same lift. A scorer that reads no
+explanation (intruder) has no control; its check compares the score with its chance level instead.
 The judge *cannot tell* when the mean lift's interval reaches 0 or 95% or more of its answers are identical;
 then :func:`judge_sentence` says so in one plain sentence naming the fix.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from .llm.base import classify_all
-from .metrics import Estimate, mover_sum
+from .metrics import Estimate, excerpt_jackknife, mover_difference, mover_sum
 from .records import Explanation
 from .sampling import LatentSample, latent_rng
 
@@ -79,18 +86,34 @@ def choose_control(latent: int, pool: Mapping[int, str], seed: int) -> int | Non
     return candidates[int(latent_rng(seed, latent, "control").integers(len(candidates)))]
 
 
-def control_sample(sample: LatentSample, fraction: float, seed: int) -> LatentSample:
+def control_sample(
+    sample: LatentSample, fraction: float, seed: int, scored: Collection[int] | None = None
+) -> LatentSample:
     """A seeded subset of the test examples: ``ceil(fraction * n)`` of each class (at least one when there are
-    any), in their original order. The explainer examples are unchanged (scorers never score them)."""
+    any), in their original order. ``scored``: the token ids of the examples the main score judged
+    (:func:`scored_examples`); the subset is then drawn from those alone (all of them when fewer), so the
+    control's examples are a subset of the score's and the lift can be paired. A scorer that subsamples
+    (simulation judges 10 + 10 of the test examples) would otherwise share only a few examples with its
+    control. The explainer examples are unchanged (scorers never score them)."""
     rng = latent_rng(seed, sample.latent, "control-sample")
 
     def take(examples: tuple[Any, ...]) -> tuple[Any, ...]:
+        if scored is not None:
+            examples = tuple(e for e in examples if e.token_id in scored)
         if not examples:
             return ()
         k = max(1, math.ceil(fraction * len(examples) - 1e-9))
         return tuple(examples[i] for i in sorted(rng.permutation(len(examples))[:k]))
 
     return replace(sample, test_pos=take(sample.test_pos), test_neg=take(sample.test_neg))
+
+
+def scored_examples(entry: Mapping[str, Any] | None) -> set[int] | None:
+    """The token ids of the examples a scorer output judged (its predictions' ``token_id``), or None when its
+    predictions name no examples (intervention's prompts, a failed scorer): the control then draws from all
+    test examples."""
+    ids = {p["token_id"] for p in (entry or {}).get("predictions") or () if p.get("token_id") is not None}
+    return ids or None
 
 
 def control_explanation(latent: int, source: int, text: str) -> Explanation:
@@ -131,8 +154,9 @@ def _finite(x: Any) -> float | None:
 
 
 def lift(score: Any, low: Any, high: Any, control: Any, c_low: Any, c_high: Any) -> Estimate | None:
-    """``score - control`` with the MOVER interval for a difference; None when either score is missing, and
-    NaN bounds when either has no interval."""
+    """``score - control`` with the MOVER interval for a difference of *independent* estimates; None when
+    either score is missing, and NaN bounds when either has no interval. The fallback of
+    :func:`paired_lift` (conservative when the two share examples and the judge errs alike on them)."""
     s, c = _finite(score), _finite(control)
     if s is None or c is None:
         return None
@@ -144,8 +168,226 @@ def lift(score: Any, low: Any, high: Any, control: Any, c_low: Any, c_high: Any)
 
 
 @dataclass(frozen=True)
+class Lift(Estimate):
+    """A lift with how its interval was made (``method``)."""
+
+    method: str = "mover"
+
+
+def paired_lift(
+    out: Mapping[str, Any], ctl: Mapping[str, Any], metric: Any = None, low: Any = None, high: Any = None
+) -> Lift | None:
+    """``score - control`` of one latent and scorer with an interval for the paired difference, from the two
+    outputs' ``predictions`` (``out``: the scorer's entry, ``ctl``: its control's; ``metric`` / ``low`` /
+    ``high``: the score's headline, default the entry's own). None when either score is missing.
+
+    The value is always ``score - control``. The interval, by headline metric:
+
+    * ``balanced_accuracy`` (and ``accuracy`` from labelled predictions): the examples are matched by
+      ``(token_id, label)``; per class, the covariance of being right under both explanations on the shared
+      examples gives the correlation of the two estimates (``cov * n_shared / (N n)``, the control's ``n``
+      examples a subset of the score's ``N``), and the two MOVER-Wilson intervals are combined by MOVER for
+      correlated estimates (Zou & Donner 2008; Newcombe 1998's method 10 for paired proportions);
+    * ``auc``: the same with DeLong's placement values (each positive's share of negatives ranked below it,
+      each negative's share of positives above it) for the covariance, combined with the two score-type AUC
+      intervals, which never collapse;
+    * ``pearson`` (simulation): the covariance of the two leave-one-excerpt-out jackknifes over the shared
+      excerpts, combined with the two excerpt intervals;
+    * ``mean_diff`` (intervention): the score and the control rate the same steered and clean texts, so the
+      lift is the mean of the per-prompt differences with a Student-t interval over prompts.
+
+    Otherwise (another metric, predictions that name no examples, no shared example) the unpaired MOVER of
+    :func:`lift`; ``method`` says which was used. Analytic and vectorised: one call per latent and scorer,
+    tens of microseconds for 100 examples."""
+    s, c = _finite(out.get("score")), _finite(ctl.get("score"))
+    if s is None or c is None:
+        return None
+    metric = out.get("metric") if metric is None else metric
+    bounds = [_finite(b) for b in (out.get("low") if low is None else low, out.get("high") if high is None else high)]
+    bounds += [_finite(ctl.get("low")), _finite(ctl.get("high"))]
+    if any(b is None for b in bounds):
+        return Lift(s - c, float("nan"), float("nan"), "no interval: the score or the control has none")
+    a, b = Estimate(s, bounds[0], bounds[1]), Estimate(c, bounds[2], bounds[3])  # type: ignore[arg-type]
+    pair = _PAIRED.get(str(metric))
+    found = None if pair is None else pair(out.get("predictions") or [], ctl.get("predictions") or [], a, b)
+    if found is None:
+        why = f"no paired form for {metric!r}" if pair is None else "the predictions cannot be paired"
+        est = mover_sum([a, b], [1.0, -1.0])
+        return Lift(est.value, est.low, est.high, f"mover (unpaired: {why})")
+    return found
+
+
+def _rho(cov: float, var_a: float, var_b: float) -> float:
+    return float(np.clip(cov / math.sqrt(var_a * var_b), -1.0, 1.0)) if var_a > 0 and var_b > 0 else 0.0
+
+
+def _cross_cov(x: Mapping[Any, float], y: Mapping[Any, float], n_x: int, n_y: int) -> tuple[float, int]:
+    """Covariance of two means, of ``n_x`` and ``n_y`` examples, that share the keys of ``x`` and ``y``:
+    ``sample_cov(shared) * n_shared / (n_x * n_y)``; with the number shared."""
+    shared = [k for k in y if k in x]
+    if len(shared) < 2:
+        return 0.0, len(shared)
+    u = np.fromiter((x[k] for k in shared), dtype=float, count=len(shared))
+    v = np.fromiter((y[k] for k in shared), dtype=float, count=len(shared))
+    cov = float(((u - u.mean()) * (v - v.mean())).sum()) / (len(shared) - 1)
+    return cov * len(shared) / (n_x * n_y), len(shared)
+
+
+def _correct(preds: Sequence[Mapping[str, Any]], by_class: bool) -> dict[Any, dict[Any, float]] | None:
+    """Per class (or one stratum): ``(token_id, label)`` -> 1.0 when the answered prediction is right."""
+    out: dict[Any, dict[Any, float]] = {}
+    for p in preds:
+        if "label" not in p or "prediction" not in p or p.get("token_id") is None:
+            return None
+        if p["prediction"] is None:
+            continue
+        label = bool(p["label"])
+        out.setdefault(label if by_class else None, {})[(p["token_id"], label)] = float(bool(p["prediction"]) == label)
+    return out
+
+
+def _paired_proportions(by_class: bool) -> Callable[..., Lift | None]:
+    def pair(
+        main: Sequence[Mapping[str, Any]], ctl: Sequence[Mapping[str, Any]], a: Estimate, b: Estimate
+    ) -> Lift | None:
+        x, y = _correct(main, by_class), _correct(ctl, by_class)
+        if not x or not y:
+            return None
+        weight = 1 / len(x) if by_class else 1.0  # balanced accuracy: the mean of the per-class proportions
+        var_a = var_b = cov = 0.0
+        n_shared = 0
+        for stratum, xs in x.items():
+            ys = y.get(stratum) or {}
+            p, q = float(np.mean(list(xs.values()))), float(np.mean(list(ys.values()))) if ys else 0.0
+            var_a += weight**2 * p * (1 - p) / len(xs)
+            var_b += weight**2 * q * (1 - q) / len(ys) if ys else 0.0
+            c, k = _cross_cov(xs, ys, len(xs), len(ys)) if ys else (0.0, 0)
+            cov += weight**2 * c
+            n_shared += k
+        if n_shared == 0:
+            return None
+        rho = _rho(cov, var_a, var_b)
+        est = mover_difference(a, b, rho)
+        return Lift(est.value, est.low, est.high, f"paired: {n_shared} shared examples, rho {rho:+.2f}")
+
+    return pair
+
+
+_AUC_VALUES = ("similarity", "reduction", "probability")
+
+
+def _placements(preds: Sequence[Mapping[str, Any]]) -> tuple[dict[Any, float], dict[Any, float]] | None:
+    """DeLong's placement values by ``(token_id, label)``: positives' and negatives' (None if unpairable)."""
+    key = next((k for k in _AUC_VALUES if any(p.get(k) is not None for p in preds)), None)
+    if key is None:
+        return None
+    pos: list[tuple[Any, float]] = []
+    neg: list[tuple[Any, float]] = []
+    for p in preds:
+        v = _finite(p.get(key))
+        if p.get("token_id") is None or "label" not in p:
+            return None
+        if v is None or p.get("prediction", True) is None:
+            continue
+        (pos if p["label"] else neg).append(((p["token_id"], bool(p["label"])), v))
+    if len(pos) < 2 or len(neg) < 2:
+        return None
+    vp, vn = np.array([v for _, v in pos]), np.array([v for _, v in neg])
+    above = (vp[:, None] > vn[None, :]) + 0.5 * (vp[:, None] == vn[None, :])
+    v10, v01 = above.mean(axis=1), above.mean(axis=0)
+    return dict(zip((k for k, _ in pos), v10.tolist())), dict(zip((k for k, _ in neg), v01.tolist()))
+
+
+def _paired_auc(
+    main: Sequence[Mapping[str, Any]], ctl: Sequence[Mapping[str, Any]], a: Estimate, b: Estimate
+) -> Lift | None:
+    x, y = _placements(main), _placements(ctl)
+    if x is None or y is None:
+        return None
+    var_a = var_b = cov = 0.0
+    n_shared = 0
+    for xs, ys in zip(x, y):
+        var_a += float(np.var(list(xs.values()), ddof=1)) / len(xs)
+        var_b += float(np.var(list(ys.values()), ddof=1)) / len(ys)
+        c, k = _cross_cov(xs, ys, len(xs), len(ys))
+        cov, n_shared = cov + c, n_shared + k
+    if n_shared == 0:
+        return None
+    rho = _rho(cov, var_a, var_b)
+    est = mover_difference(a, b, rho)
+    return Lift(est.value, est.low, est.high, f"paired: {n_shared} shared examples (DeLong), rho {rho:+.2f}")
+
+
+def _jackknife(preds: Sequence[Mapping[str, Any]]) -> Any:
+    if any(p.get("token_id") is None or "label" not in p or "predicted" not in p for p in preds):
+        return None
+    return excerpt_jackknife(
+        [p["predicted"] for p in preds],
+        [p.get("actual") for p in preds],
+        groups=[bool(p["label"]) for p in preds],
+        keys=[(p["token_id"], bool(p["label"])) for p in preds],
+    )
+
+
+def _paired_pearson(
+    main: Sequence[Mapping[str, Any]], ctl: Sequence[Mapping[str, Any]], a: Estimate, b: Estimate
+) -> Lift | None:
+    x, y = _jackknife(main), _jackknife(ctl)
+    if x is None or y is None:
+        return None
+    infl_x, infl_y = x.influence(), y.influence()
+    at_y = {k: i for i, k in enumerate(y.keys)}
+    var_a = var_b = cov = 0.0
+    n_shared = 0
+    for g in set(x.groups.tolist()) | set(y.groups.tolist()):
+        in_x, in_y = np.flatnonzero(x.groups == g), np.flatnonzero(y.groups == g)
+        k_x, k_y = len(in_x), len(in_y)
+        var_a += float((infl_x[in_x] ** 2).sum()) / (k_x * (k_x - 1)) if k_x > 1 else 0.0
+        var_b += float((infl_y[in_y] ** 2).sum()) / (k_y * (k_y - 1)) if k_y > 1 else 0.0
+        shared = [(i, at_y[x.keys[i]]) for i in in_x if x.keys[i] in at_y]
+        n_shared += len(shared)
+        if len(shared) >= 2:  # Cov(r_x, r_y) ~ n_shared / (k_x k_y) * cov(influence) over the shared excerpts
+            products = sum(infl_x[i] * infl_y[j] for i, j in shared)
+            cov += float(products) / (len(shared) - 1) * len(shared) / (k_x * k_y)
+    if n_shared == 0:
+        return None
+    rho = _rho(cov, var_a, var_b)
+    est = mover_difference(a, b, rho)
+    return Lift(est.value, est.low, est.high, f"paired: {n_shared} shared excerpts (jackknife), rho {rho:+.2f}")
+
+
+def _paired_means(
+    main: Sequence[Mapping[str, Any]], ctl: Sequence[Mapping[str, Any]], a: Estimate, b: Estimate
+) -> Lift | None:
+    if len(main) != len(ctl) or len(main) < 2:
+        return None
+    d = []
+    for p, q in zip(main, ctl):
+        if p.get("prompt") != q.get("prompt") or _finite(p.get("diff")) is None or _finite(q.get("diff")) is None:
+            return None
+        d.append(float(p["diff"]) - float(q["diff"]))
+    v = np.asarray(d)
+    if abs(float(v.mean()) - (a.value - b.value)) > 1e-9 * max(1.0, abs(a.value - b.value)):
+        return None  # the score is not the plain mean over these prompts
+    half = float(stats.t.ppf(0.975, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    value = a.value - b.value
+    return Lift(value, value - half, value + half, f"paired t over {len(v)} prompts")
+
+
+_PAIRED: dict[str, Callable[..., Lift | None]] = {
+    "balanced_accuracy": _paired_proportions(by_class=True),
+    "accuracy": _paired_proportions(by_class=False),
+    "auc": _paired_auc,
+    "pearson": _paired_pearson,
+    "mean_diff": _paired_means,
+}
+
+
+@dataclass(frozen=True)
 class JudgeCheck:
-    """The judge check of one scorer over one run (see the module docstring)."""
+    """The judge check of one scorer over one run (see the module docstring). ``reference``: what the score is
+    compared with, ``"control"`` (another latent's explanation) or ``"chance"`` (a scorer that reads no
+    explanation: its chance level); ``lift`` is the pooled score minus that reference."""
 
     scorer: str
     n_controls: int
@@ -153,14 +395,16 @@ class JudgeCheck:
     identical_answers: float | None
     can_tell: bool | None  # None: no control was scored
     reason: str
+    reference: str = "control"
 
     def to_dict(self) -> dict[str, Any]:
+        over_control = self.reference == "control"  # the lift columns are the lift over the control
         return {
             "scorer": self.scorer,
             "n_controls": self.n_controls,
-            "lift": _finite(self.lift.value),
-            "lift_low": _finite(self.lift.low),
-            "lift_high": _finite(self.lift.high),
+            "lift": _finite(self.lift.value) if over_control else None,
+            "lift_low": _finite(self.lift.low) if over_control else None,
+            "lift_high": _finite(self.lift.high) if over_control else None,
             "identical_answers": self.identical_answers,
             "judge_ok": self.can_tell,
             "judge_check": self.reason,
@@ -177,41 +421,112 @@ def identical_share(answers: Iterable[Any]) -> float | None:
     return max(counts.values()) / len(values)
 
 
+#: Values of the local scorers (embedding, surprisal, intervention) that are the judge's "answer".
+_VALUES = ("similarity", "reduction", "diff")
+
+
 def answers_of(scorer_output: Mapping[str, Any]) -> list[Any]:
-    """The judge's answers in one scorer output: binary predictions, or the intruder positions named."""
-    out = []
+    """The judge's answers in one scorer output, one per judged example (None: it failed):
+
+    * binary scorers: the prediction (True / False); intruder: the position named;
+    * simulation: the predicted vector, rounded to the integers 0-10 the judge writes (a tuple), so a judge
+      that answers the same list whatever the excerpt says (a position-only habit: windows have equal
+      length) gives identical answers even when logprobs make the expected values differ in the decimals;
+    * embedding, surprisal, intervention: the similarity, loss reduction or log-probability difference, to 4
+      decimals: an embedder or scorer model that gives every example the same value (or steering that
+      changes no text, so every difference is 0) answers identically."""
+    out: list[Any] = []
     for p in scorer_output.get("predictions") or []:
         if "prediction" in p:
             out.append(p["prediction"])
         elif "answer" in p:
             out.append(p["answer"])
+        elif "predicted" in p:
+            v = p["predicted"]
+            out.append(None if v is None else tuple(round(x) if math.isfinite(x) else None for x in map(float, v)))
+        else:
+            key = next((k for k in _VALUES if k in p), None)
+            if key is not None:
+                x = _finite(p[key])
+                out.append(None if x is None else round(x, 4) + 0.0)  # + 0.0: -0.0 is 0.0
     return out
 
 
+#: The key of :func:`answer_counts` for answers given only once in their row (never "the same answer").
+OTHER = "_other"
+_KEEP = 4
+
+
+def answer_counts(scorer_output: Mapping[str, Any]) -> dict[str, int]:
+    """How often the judge gave each answer in one scorer output (:func:`answers_of`), as JSON-safe keys:
+    ``"true"`` / ``"false"``, an intruder position, a value, or a short hash of a simulation vector. Binary and
+    intruder answers are counted exactly. Vectors and values, which are nearly all different for a judge that
+    reads the text, keep only the answers given at least twice in this output (at most 4 of them); the rest
+    count under :data:`OTHER`, so the run's pooled counts stay small on millions of latents and the share of
+    the most common answer is exact whenever that answer repeats within latents (as a text-blind judge's does)."""
+    counts: dict[str, int] = {}
+    exact = True
+    for a in answers_of(scorer_output):
+        if a is None:
+            continue
+        if a is True or a is False:
+            key = "true" if a else "false"
+        elif isinstance(a, tuple):
+            key, exact = "v" + hashlib.sha1(json.dumps(a).encode()).hexdigest()[:16], False
+        else:
+            key = json.dumps(a, default=str)
+            exact = exact and isinstance(a, int)
+        counts[key] = counts.get(key, 0) + 1
+    if exact:
+        return counts
+    kept = sorted((k for k, n in counts.items() if n >= 2), key=lambda k: -counts[k])[:_KEEP]
+    out = {k: counts[k] for k in kept}
+    rest = sum(counts.values()) - sum(out.values())
+    if rest:
+        out[OTHER] = rest
+    return out
+
+
+def _share_of(counts: Mapping[Any, int]) -> float | None:
+    total = sum(counts.values())
+    if not total:
+        return None
+    return max((n for k, n in counts.items() if k != OTHER), default=1) / total
+
+
 def pooled_mean(lifts: Sequence[Estimate], confidence: float = 0.95) -> Estimate:
-    """Mean of per-latent estimates (lifts, scores) with a random-effects interval: ``Var(mean) = (sum s_i^2) / n^2 + tau^2 / n``,
-    ``s_i`` the standard error behind latent i's interval (half its width / z), ``tau^2`` the between-latent
-    variance beyond that (moment estimate, >= 0). Latents without an interval add only to the mean's spread."""
+    """Mean of per-latent estimates (lifts, scores) with a Student-t interval that never collapses:
+    ``mean +- t(n - 1) * sqrt(max(S^2, W) / n)``, ``S^2`` the sample variance of the ``n`` values and ``W`` the
+    mean of the latents' own squared standard errors (half their 95% interval's width / 1.96; 0 for a latent
+    without an interval).
+
+    ``S^2 / n`` estimates the variance of the mean over latents whatever mix of between-latent spread and
+    within-latent sampling error makes it (the Hartung-Knapp interval with equal weights, whose t quantile
+    holds the coverage at a few latents); ``W / n`` is what the latents' own sampling errors alone imply, a
+    floor so that latents that happen to agree (a constant judge, perfect scores) never give a zero-width
+    interval (the modified Hartung-Knapp rule of Roever, Knapp & Friede 2015). It replaces z with a moment
+    estimate of the between-latent variance, which covered 87% (4 latents), 89% (5) and 92% (6) at nominal
+    95%; measured coverage of this one is in ``docs/trust.md`` (``tests/test_coverage.py``). One latent: its
+    own interval (nothing to say about the spread between latents)."""
     values = np.array([e.value for e in lifts], dtype=float)
     n = len(values)
     if n == 0:
         return Estimate(float("nan"), float("nan"), float("nan"))
-    from scipy import stats
-
-    z = float(stats.norm.ppf(0.5 + confidence / 2))
     widths = np.array([e.high - e.low for e in lifts], dtype=float)
-    se = np.where(np.isfinite(widths), widths / (2 * z), np.nan)
-    known = se[np.isfinite(se)]
-    within = float(np.sum(known**2)) / n**2 if known.size else 0.0
-    between = 0.0
-    if n >= 2:
-        spread = float(np.var(values, ddof=1))
-        between = max(0.0, spread - (float(np.mean(known**2)) if known.size else 0.0)) / n
-    if not known.size and n < 2:
-        return Estimate(float(values.mean()), float("nan"), float("nan"))
-    half = z * math.sqrt(within + between)
+    se = np.where(np.isfinite(widths), widths / (2 * _Z95), 0.0)
+    within = float(np.sum(se**2)) / n
     mean = float(values.mean())
+    if n == 1:
+        if not np.isfinite(widths[0]):
+            return Estimate(mean, float("nan"), float("nan"))
+        half = float(stats.norm.ppf(0.5 + confidence / 2)) * float(se[0])
+        return Estimate(mean, mean - half, mean + half)
+    var = max(float(np.var(values, ddof=1)), within) / n
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * math.sqrt(var)
     return Estimate(mean, mean - half, mean + half)
+
+
+_Z95 = float(stats.norm.ppf(0.975))
 
 
 def judge_check(
@@ -220,35 +535,42 @@ def judge_check(
     answers: Sequence[Any] = (),
     *,
     answer_counts: Mapping[Any, int] | None = None,
+    reference: str = "control",
 ) -> JudgeCheck:
-    """``answers``: the judge's answers over the latents, or ``answer_counts``: how often it gave each."""
-    values = [e.value for e in lifts]
+    """``answers``: the judge's answers over the latents, or ``answer_counts``: how often it gave each (the
+    :data:`OTHER` key counts answers that are never the most common one). ``lifts``: per latent, the score
+    minus its control (``reference="control"``) or minus its chance level (``"chance"``, for a scorer that
+    reads no explanation)."""
     mean = pooled_mean(lifts)
-    if answer_counts is not None:
-        total = sum(answer_counts.values())
-        share = max(answer_counts.values()) / total if total else None
-    else:
-        share = identical_share(answers)
-    n = len(values)
+    share = _share_of(answer_counts) if answer_counts is not None else identical_share(answers)
+    n = len(lifts)
+    n_controls = n if reference == "control" else 0
     if share is not None and share >= IDENTICAL_LIMIT:
         return JudgeCheck(
-            scorer, n, mean, share, False, f"the judge gave the same answer to {share:.0%} of the examples"
-        )
-    if n == 0:
-        return JudgeCheck(
             scorer,
-            0,
+            n_controls,
             mean,
             share,
-            None,
-            "no control was scored (controls are off, or no other latent of the run had an explanation)",
+            False,
+            f"the judge gave the same answer to {share:.0%} of the examples",
+            reference,
         )
+    if n == 0:
+        why = (
+            "no control was scored (controls are off, or no other latent of the run had an explanation)"
+            if reference == "control"
+            else "this scorer reads no explanation, so it has no control, and no score has a chance level"
+        )
+        return JudgeCheck(scorer, 0, mean, share, None, why, reference)
     if not math.isfinite(mean.low) or not math.isfinite(mean.high):
-        return JudgeCheck(scorer, n, mean, share, None, f"the lift over {n} control(s) has no interval")
-    text = f"lift {mean.value:+.3f} (95% CI {mean.low:+.3f} to {mean.high:+.3f}) over another latent's explanation"
-    if mean.low <= 0 <= mean.high or mean.high < 0:
-        return JudgeCheck(scorer, n, mean, share, False, text + " across " + _latents(n))
-    return JudgeCheck(scorer, n, mean, share, True, text + " across " + _latents(n))
+        what = f"the lift over {n} control(s)" if reference == "control" else f"the score over {_latents(n)}"
+        return JudgeCheck(scorer, n_controls, mean, share, None, f"{what} has no interval", reference)
+    if reference == "control":
+        text = f"lift {mean.value:+.3f} (95% CI {mean.low:+.3f} to {mean.high:+.3f}) over another latent's explanation"
+    else:
+        text = f"score {mean.value:+.3f} (95% CI {mean.low:+.3f} to {mean.high:+.3f}) above chance"
+    ok = not (mean.low <= 0 <= mean.high or mean.high < 0)
+    return JudgeCheck(scorer, n_controls, mean, share, ok, text + " across " + _latents(n), reference)
 
 
 def _latents(n: int) -> str:
@@ -265,24 +587,44 @@ def judge_sentence(check: JudgeCheck, judge_kind: str = "llm") -> str:
         fix = {"llm": "score with a stronger LLM (llm='openai:...' or 'vllm:...', see docs/llm.md)"}.get(
             judge_kind, "use a stronger scorer model (its model=... option, docs/scorers.md)"
         )
-        return (
-            f"{check.scorer}: the judge cannot tell right explanations from wrong ones ({check.reason}), so "
-            f"these scores carry no signal; {fix}."
-        )
+        what = "right explanations from wrong ones" if check.reference == "control" else "one excerpt from another"
+        return f"{check.scorer}: the judge cannot tell {what} ({check.reason}), so these scores carry no signal; {fix}."
     fix = {
         "llm": "use a stronger LLM as judge and explainer (llm='openai:...' or 'vllm:...', see docs/llm.md)",
         "local": "use better explanations (a stronger explainer LLM, docs/llm.md) or a stronger scorer model "
         "(its model=... option, docs/scorers.md)",
     }.get(judge_kind, "use better explanations or a stronger judge")
+    if check.reference == "chance":
+        fix = (
+            "use a stronger LLM as judge (llm='openai:...' or 'vllm:...', see docs/llm.md)"
+            if judge_kind == "llm"
+            else fix
+        )
+        return f"{check.scorer}: no signal: the scores are no better than chance ({check.reason}); {fix}."
     return (
         f"{check.scorer}: no signal: the right explanation scores no better than another latent's "
         f"({check.reason}), so these scores cannot tell good explanations from wrong ones here; {fix}."
     )
 
 
-def lifts_per_latent(rows: Iterable[Mapping[str, Any]]) -> list[Estimate]:
-    out = []
+def lifts_per_latent(rows: Iterable[Mapping[str, Any]], reference: str = "control") -> list[Estimate]:
+    """Per row (latent): its lift over the control (the row's paired ``lift`` / ``lift_low`` / ``lift_high``
+    when it has them, else the unpaired MOVER from the score and control intervals), or with
+    ``reference="chance"`` its score minus its chance level, with the score's interval shifted alike."""
+    out: list[Estimate] = []
+    nan = float("nan")
     for row in rows:
+        if reference == "chance":
+            s, c = _finite(row.get("score")), _finite(row.get("chance"))
+            if s is not None and c is not None:
+                low, high = _finite(row.get("low")), _finite(row.get("high"))
+                out.append(Estimate(s - c, nan if low is None else low - c, nan if high is None else high - c))
+            continue
+        value = _finite(row.get("lift"))
+        if value is not None:
+            low, high = _finite(row.get("lift_low")), _finite(row.get("lift_high"))
+            out.append(Estimate(value, nan if low is None else low, nan if high is None else high))
+            continue
         est = lift(
             row.get("score"),
             row.get("low"),

@@ -19,8 +19,16 @@ Conventions
   percentile bootstrap collapses to [0.5, 0.5] for a judge that answers "1" to everything); stratified
   percentile bootstrap for F1 (positives and negatives are resampled separately, so every replicate keeps the
   class sizes; the number of correct answers in a resampled stratum is binomial, which is how it is drawn);
-  DeLong for AUC (Hanley-McNeil when a class has a single example), clipped to [0, 1]. The bootstrap uses the ``rng`` passed in, else
-  ``numpy.random.default_rng(0)``; the global numpy RNG is never touched, so results are reproducible.
+  for AUC a score-type interval that never collapses (:func:`auc_interval`: the Hanley-McNeil variance as a
+  function of the AUC, as in Newcombe's 2006 method 5, widened to DeLong's variance where the data spread more,
+  with a continuity correction), where DeLong's own interval is [1, 1] at perfect separation even on 3 + 3
+  examples. The bootstrap uses the ``rng`` passed in, else ``numpy.random.default_rng(0)``; the global numpy RNG
+  is never touched, so results are reproducible.
+* Simulation's correlation over tokens (:func:`excerpt_correlation`): Pearson r over all tokens (Bills et al.),
+  its interval from the excerpts, not the tokens: a judge errs per excerpt (it reads the excerpt as the
+  explanation's concept or not), so the tokens of one excerpt are not independent samples. A Fisher-z interval
+  over tokens covered the truth 24% of the time in the outside audit; this one covers at least 93% (measured
+  in ``tests/test_coverage.py``; the numbers are in ``docs/trust.md``).
 * Chance levels (``BinaryMetrics.chance``), with prevalence ``p`` = answered positives / answered examples:
   balanced accuracy 0.5, AUC 0.5, specificity 0.5 and recall 0.5 (guessing "yes" at rate 0.5);
   precision ``p`` (any guess that ignores the input); accuracy ``max(p, 1 - p)``, what always answering
@@ -48,7 +56,10 @@ __all__ = [
     "balanced_accuracy",
     "wilson",
     "mover_sum",
+    "mover_difference",
+    "auc_interval",
     "correlation",
+    "excerpt_correlation",
     "aggregate",
     "aggregate_table",
 ]
@@ -145,6 +156,24 @@ def mover_sum(parts: Sequence[Estimate], weights: Sequence[float]) -> Estimate:
     return Estimate(value, value - math.sqrt(down), value + math.sqrt(up))
 
 
+def mover_difference(a: Estimate, b: Estimate, rho: float = 0.0) -> Estimate:
+    """``a - b`` with the MOVER interval for two *correlated* estimates (Zou & Donner 2008; Newcombe 1998's
+    method 10 is its form for paired proportions): with ``(l1, u1)``, ``(l2, u2)`` the two intervals and
+    ``rho`` the correlation between the two estimators,
+    ``L = d - sqrt((a - l1)^2 + (u2 - b)^2 - 2 rho (a - l1)(u2 - b))`` and likewise ``U``. ``rho = 0`` is
+    :func:`mover_sum` with weights ``(1, -1)``; a positive ``rho`` (both judged on the same examples, and a judge
+    that finds the same examples easy under both explanations) narrows the interval, as pairing should. NaN
+    bounds when either interval is missing."""
+    rho = float(np.clip(rho, -1.0, 1.0)) if math.isfinite(rho) else 0.0
+    d = a.value - b.value
+    if not all(math.isfinite(x) for x in (a.low, a.high, b.low, b.high)):
+        return Estimate(d, NAN, NAN)
+    dl1, du1, dl2, du2 = a.value - a.low, a.high - a.value, b.value - b.low, b.high - b.value
+    down = dl1 * dl1 + du2 * du2 - 2 * rho * dl1 * du2
+    up = du1 * du1 + dl2 * dl2 - 2 * rho * du1 * dl2
+    return Estimate(d, d - math.sqrt(max(down, 0.0)), d + math.sqrt(max(up, 0.0)))
+
+
 def balanced_accuracy(tp: int, n_pos: int, tn: int, n_neg: int, confidence: float = 0.95) -> Estimate:
     """``(TP / n_pos + TN / n_neg) / 2`` with the MOVER-Wilson interval (undefined without both classes)."""
     if n_pos == 0 or n_neg == 0:
@@ -160,20 +189,91 @@ def _percentile(value: float, boot: np.ndarray, confidence: float) -> Estimate:
     return Estimate(value, min(float(low), value), max(float(high), value))
 
 
+def auc_interval(
+    auc: float | np.ndarray,
+    m: int | np.ndarray,
+    n: int | np.ndarray,
+    inflation: float | np.ndarray = 1.0,
+    confidence: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The AUC's interval of :func:`binary_metrics` (vectorised: any argument may be an array).
+
+    A score-type interval, built like Wilson's for a proportion: the set of ``theta`` with
+    ``(|auc - theta| - c)^2 <= z^2 * inflation * V(theta)``, where ``V`` is Hanley & McNeil's (1982) variance of
+    the Mann-Whitney AUC as a function of the true AUC, with both class sizes replaced by ``N* = (m + n) / 2``
+    (Newcombe 2006, Part 2, his method 5), ``c = 1 / (2 m n)`` is half a step of the statistic (continuity
+    correction) and ``inflation = max(1, DeLong variance / Hanley-McNeil variance at the estimate)`` widens it
+    where the data spread more than the Hanley-McNeil shape assumes (unequal spreads of the two classes).
+    ``V(theta)`` is 0 only at 0 and 1, so the interval has positive width for every finite sample, perfect
+    separation included (DeLong's is [1, 1] there, even on 3 + 3 examples), and it is defined for ``m = 1`` or
+    ``n = 1``. Measured coverage at nominal 95% (binormal scores, AUC 0.5-0.99; ``tests/test_coverage.py``):
+    at least 95% at 5 + 5, 10 + 10 and 50 + 50 where DeLong's covers 15-47% at AUC 0.95-0.99 on 5 + 5.
+    Bisection, 50 steps (to 1e-15): the set is an interval around the estimate."""
+    z = _z(confidence)
+    if all(isinstance(v, (int, float)) for v in (auc, m, n, inflation)):  # one latent: plain floats, 10x faster
+        lo_, hi_ = _auc_bounds(float(auc), float(m), float(n), z * z * float(inflation))
+        return np.asarray(lo_), np.asarray(hi_)
+    a, m_, n_, k = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (auc, m, n, inflation)))
+    k = z * z * k
+    c, star, mn = 0.5 / (m_ * n_), (m_ + n_) / 2 - 1, m_ * n_
+
+    def outside(theta: np.ndarray) -> np.ndarray:
+        var = theta * (1 - theta) * (1 + star * ((1 - theta) / (2 - theta) + theta / (1 + theta))) / mn
+        return np.maximum(np.abs(a - theta) - c, 0.0) ** 2 > k * var
+
+    lo, hi = np.zeros_like(a), a.copy()
+    for _ in range(_BISECT):  # lower bound: lo outside (unless 0 is inside), hi inside
+        mid = (lo + hi) / 2
+        out = outside(mid)
+        lo, hi = np.where(out, mid, lo), np.where(out, hi, mid)
+    low = np.where(outside(np.zeros_like(a)), hi, 0.0)
+    lo, hi = a.copy(), np.ones_like(a)
+    for _ in range(_BISECT):  # upper bound: lo inside, hi outside (unless 1 is inside)
+        mid = (lo + hi) / 2
+        out = outside(mid)
+        lo, hi = np.where(out, lo, mid), np.where(out, mid, hi)
+    high = np.where(outside(np.ones_like(a)), lo, 1.0)
+    return low, high
+
+
+_BISECT = 50
+
+
+def _auc_bounds(a: float, m: float, n: float, k: float) -> tuple[float, float]:
+    """:func:`auc_interval` for one latent, in plain floats (the same arithmetic)."""
+    c, star, mn = 0.5 / (m * n), (m + n) / 2 - 1, m * n
+
+    def outside(theta: float) -> bool:
+        var = theta * (1 - theta) * (1 + star * ((1 - theta) / (2 - theta) + theta / (1 + theta))) / mn
+        return max(abs(a - theta) - c, 0.0) ** 2 > k * var
+
+    lo, hi = 0.0, a
+    for _ in range(_BISECT):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if outside(mid) else (lo, mid)
+    low = hi if outside(0.0) else 0.0
+    lo, hi = a, 1.0
+    for _ in range(_BISECT):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if outside(mid) else (mid, hi)
+    return low, (lo if outside(1.0) else 1.0)
+
+
 def _auc(pos: np.ndarray, neg: np.ndarray, confidence: float) -> Estimate:
-    """Mann-Whitney AUC (ties count 1/2) with a DeLong interval via midranks (Hanley-McNeil if a class is 1)."""
+    """Mann-Whitney AUC (ties count 1/2) with the score-type interval of :func:`auc_interval` (DeLong's
+    variance, via midranks, widens it when larger than the Hanley-McNeil form)."""
     m, n = len(pos), len(neg)
     ranks = stats.rankdata(np.concatenate([pos, neg]))
     auc = float((ranks[:m].sum() - m * (m + 1) / 2) / (m * n))
-    if m >= 2 and n >= 2:
+    inflation = 1.0
+    if m >= 2 and n >= 2 and 0.0 < auc < 1.0:
         v10 = (ranks[:m] - stats.rankdata(pos)) / n  # per positive: fraction of negatives ranked below it
         v01 = 1 - (ranks[m:] - stats.rankdata(neg)) / m  # per negative: fraction of positives ranked above it
-        var = v10.var(ddof=1) / m + v01.var(ddof=1) / n
-    else:
-        q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-        var = (auc * (1 - auc) + (m - 1) * (q1 - auc * auc) + (n - 1) * (q2 - auc * auc)) / (m * n)
-    half = _z(confidence) * math.sqrt(max(var, 0.0))
-    return Estimate(auc, max(0.0, auc - half), min(1.0, auc + half))
+        delong = v10.var(ddof=1) / m + v01.var(ddof=1) / n
+        hanley = auc * (1 - auc) * (1 + (m - 1) * (1 - auc) / (2 - auc) + (n - 1) * auc / (1 + auc)) / (m * n)
+        inflation = max(1.0, delong / hanley)
+    low, high = auc_interval(auc, m, n, inflation, confidence)
+    return Estimate(auc, min(float(low), auc), max(float(high), auc))
 
 
 def _failed(p: object) -> bool:
@@ -319,7 +419,9 @@ def correlation(
 ) -> Estimate:
     """Pearson r over pairs where both values are finite, with a Fisher-z interval.
 
-    Undefined (NaN, no warning) with fewer than 4 such pairs or when either side has zero variance.
+    The interval assumes independent pairs; for tokens of excerpts, whose errors come per excerpt, use
+    :func:`excerpt_correlation`. Undefined (NaN, no warning) with fewer than 4 such pairs or when either side
+    has zero variance.
     """
     z = _z(confidence)
     x, y = np.asarray(predicted, dtype=float).reshape(-1), np.asarray(actual, dtype=float).reshape(-1)
@@ -335,6 +437,148 @@ def correlation(
     with np.errstate(divide="ignore"):
         fz, half = np.arctanh(r), z / math.sqrt(len(x) - 3)
     return Estimate(r, float(np.tanh(fz - half)), float(np.tanh(fz + half)))
+
+
+@dataclass(frozen=True)
+class ExcerptJackknife:
+    """Pearson r over the tokens of several excerpts, with its leave-one-excerpt-out replicates.
+
+    ``r``: over all tokens; ``keys``: the excerpts kept (those with a finite pair), in order; ``loo``: r with
+    each excerpt left out (0 where a side has no variance left); ``groups``: each excerpt's stratum;
+    ``var``: the stratified jackknife variance of atanh(r); ``bias``: its jackknife bias on that scale."""
+
+    r: float
+    keys: tuple[Any, ...]
+    loo: np.ndarray
+    groups: np.ndarray
+    var: float
+    bias: float
+
+    @property
+    def k(self) -> int:
+        return len(self.keys)
+
+    def influence(self) -> np.ndarray:
+        """Each excerpt's jackknife influence on r, ``(k_h - 1) * (mean_h(loo) - loo_i)`` within its stratum h:
+        ``Var(r) ~ sum_i influence_i^2 / (k_h (k_h - 1))``."""
+        out = np.zeros(self.k)
+        for g in np.unique(self.groups):
+            at = self.groups == g
+            out[at] = (at.sum() - 1) * (self.loo[at].mean() - self.loo[at])
+        return out
+
+    def interval(self, confidence: float = 0.95) -> Estimate:
+        """See :func:`excerpt_correlation`."""
+        if self.k < 4:
+            return Estimate(self.r, NAN, NAN)
+        df = self.k - len(np.unique(self.groups))
+        t = float(stats.t.ppf(0.5 + confidence / 2, df))
+        centre = _atanh(self.r) - self.bias
+        half = t * math.sqrt(max(self.var, 1.0 / (self.k - 3)))
+        low, high = math.tanh(centre - half), math.tanh(centre + half)
+        return Estimate(self.r, min(low, self.r), max(high, self.r))
+
+
+def _atanh(r: float | np.ndarray) -> Any:
+    return np.arctanh(np.clip(r, -_R_MAX, _R_MAX))
+
+
+_R_MAX = 1 - 1e-6  # |atanh| <= 7.25: a perfect replicate stays finite on Fisher's scale
+
+
+def excerpt_jackknife(
+    predicted: Sequence[Sequence[float] | None],
+    actual: Sequence[Sequence[float] | None],
+    groups: Sequence[Any] | None = None,
+    keys: Sequence[Any] | None = None,
+) -> ExcerptJackknife | None:
+    """The pieces of :func:`excerpt_correlation` (None when r is undefined). One entry per excerpt: its
+    predicted and actual values (None: the excerpt failed, left out), its stratum (``groups``, e.g. the label)
+    and a key naming it (``keys``, default its index; pairs a score with its control). Vectorised over excerpts
+    through their centred sums, so the leave-one-out replicates cost one pass."""
+    if len(predicted) != len(actual):
+        raise ValueError(f"{len(predicted)} predicted excerpts but {len(actual)} actual ones")
+    groups = [0] * len(predicted) if groups is None else list(groups)
+    keys = list(range(len(predicted))) if keys is None else list(keys)
+    xs, ys, kept, where = [], [], [], []
+    for i, (p, a) in enumerate(zip(predicted, actual)):
+        if p is None or a is None:
+            continue
+        x, y = np.asarray(p, dtype=float).reshape(-1), np.asarray(a, dtype=float).reshape(-1)
+        if len(x) != len(y):
+            raise ValueError(f"excerpt {i}: {len(x)} predicted values but {len(y)} actual values")
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.any():
+            xs.append(x[ok])
+            ys.append(y[ok])
+            kept.append(i)
+            where.append(len(x[ok]))
+    if not xs:
+        return None
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if len(x) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    x, y = x - x.mean(), y - y.mean()
+    sxx, syy, sxy = float(x @ x), float(y @ y), float(x @ y)
+    r = float(np.clip(sxy / math.sqrt(sxx * syy), -1.0, 1.0))
+    # per excerpt: tokens and the centred sums; leaving excerpt i out subtracts its sums from the totals
+    cuts = np.cumsum([0, *where])[:-1]
+    n_i = np.asarray(where, dtype=float)
+    sx_i, sy_i = np.add.reduceat(x, cuts), np.add.reduceat(y, cuts)
+    sxx_i, syy_i, sxy_i = np.add.reduceat(x * x, cuts), np.add.reduceat(y * y, cuts), np.add.reduceat(x * y, cuts)
+    n_o = len(x) - n_i
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cxx = sxx - sxx_i - sx_i * sx_i / n_o  # the totals of x and y are 0 (centred), so theirs are -sx_i
+        cyy = syy - syy_i - sy_i * sy_i / n_o
+        cxy = sxy - sxy_i - sx_i * sy_i / n_o
+        ok = (n_o >= 2) & (cxx > 1e-12 * sxx) & (cyy > 1e-12 * syy)
+        loo = np.where(ok, cxy / np.sqrt(np.where(ok, cxx * cyy, 1.0)), 0.0)
+    loo = np.clip(loo, -1.0, 1.0)
+    g = np.asarray([groups[i] for i in kept], dtype=object)
+    z, z_loo = float(_atanh(r)), _atanh(loo)
+    var = bias = 0.0
+    for label in set(g.tolist()):
+        at = g == label
+        k_h = int(at.sum())
+        mean_h = float(z_loo[at].mean())
+        var += (k_h - 1) / k_h * float(((z_loo[at] - mean_h) ** 2).sum())
+        bias += (k_h - 1) * (mean_h - z)
+    return ExcerptJackknife(r, tuple(keys[i] for i in kept), loo, g, var, bias)
+
+
+def excerpt_correlation(
+    predicted: Sequence[Sequence[float] | None],
+    actual: Sequence[Sequence[float] | None],
+    groups: Sequence[Any] | None = None,
+    *,
+    confidence: float = 0.95,
+) -> Estimate:
+    """Pearson r over all tokens of the excerpts (one list of predicted and one of actual values per excerpt;
+    None for a failed excerpt), with an interval that resamples *excerpts*, stratified by ``groups``
+    (activating / not).
+
+    The point estimate is Bills et al.'s: r over every token, excerpts concatenated (the same number as
+    :func:`correlation` on the concatenation). The interval is a stratified delete-one-excerpt jackknife on
+    Fisher's z scale: ``atanh(r) - bias +- t(k - H) * sqrt(max(V, 1 / (k - 3)))``, with ``V`` and ``bias`` the
+    stratified jackknife variance and bias of atanh(r) over the ``k`` answered excerpts in ``H`` strata.
+    Why each piece, measured on a judge whose errors come per excerpt (it recognises an activating excerpt
+    with probability 0.6 and raises a false alarm on 30% of the silent ones, 10 + 10 excerpts):
+
+    * the unit is the excerpt: a Fisher interval over 640 tokens covers the truth 23% of the time;
+    * the jackknife alone covers 90-91%, missing mostly below (r over few excerpts is biased upward and the
+      replicates agree when the judge happened to recognise every excerpt): the bias correction and the
+      floor ``1 / (k - 3)`` (no more precision than ``k`` independent pairs would give, Fisher's variance)
+      bring it to 95-96%, and 93-98% for judges from 30% to 100% recognition and 0-50% false alarms;
+    * t with ``k - H`` degrees of freedom for the estimated variance.
+
+    A replicate whose predictions (or activations) have no variance left counts as r = 0: the estimate then
+    rests on the one excerpt left out, and the interval widens accordingly. The interval always contains r.
+    Undefined (NaN, no warning) as :func:`correlation` is; the interval is NaN with fewer than 4 excerpts."""
+    _z(confidence)
+    jack = excerpt_jackknife(predicted, actual, groups)
+    if jack is None:
+        return UNDEFINED
+    return jack.interval(confidence)
 
 
 def aggregate(values: Sequence[float] | np.ndarray, *, confidence: float = 0.95) -> Estimate:

@@ -45,6 +45,7 @@ def test_perfect():
     assert m.notes == ()
     # 5 + 7 examples cannot prove perfection: the interval reaches well below 1 (Wilson per class)
     assert m.balanced_accuracy.value == m.balanced_accuracy.high == 1.0 and m.balanced_accuracy.low < 0.8
+    assert m.auc.value == m.auc.high == 1.0 and 0.5 < m.auc.low < 0.8, m.auc  # nor perfect separation
     assert_contains(m)
 
 
@@ -86,7 +87,9 @@ def test_all_wrong_and_inverted_probabilities():
     m = binary_metrics(labels, [not v for v in labels], [0.1] * 5 + [0.9] * 7)
     for name in ("balanced_accuracy", "accuracy", "precision", "recall", "f1", "specificity", "auc"):
         assert getattr(m, name).value == 0.0, name
-    assert m.auc == Estimate(0.0, 0.0, 0.0)
+    # perfectly inverted on 5 + 7 examples: the AUC is 0, and its interval still reaches well above 0
+    # (DeLong's was [0, 0] here: a certainty that 12 examples cannot give)
+    assert m.auc.value == m.auc.low == 0.0 and 0.2 < m.auc.high < 0.5, m.auc
     assert_contains(m)
 
 
