@@ -58,6 +58,7 @@ __all__ = [
     "mover_sum",
     "mover_difference",
     "auc_interval",
+    "auc_batch",
     "correlation",
     "excerpt_correlation",
     "aggregate",
@@ -259,21 +260,42 @@ def _auc_bounds(a: float, m: float, n: float, k: float) -> tuple[float, float]:
     return low, (lo if outside(1.0) else 1.0)
 
 
-def _auc(pos: np.ndarray, neg: np.ndarray, confidence: float) -> Estimate:
-    """Mann-Whitney AUC (ties count 1/2) with the score-type interval of :func:`auc_interval` (DeLong's
-    variance, via midranks, widens it when larger than the Hanley-McNeil form)."""
-    m, n = len(pos), len(neg)
-    ranks = stats.rankdata(np.concatenate([pos, neg]))
-    auc = float((ranks[:m].sum() - m * (m + 1) / 2) / (m * n))
-    inflation = 1.0
-    if m >= 2 and n >= 2 and 0.0 < auc < 1.0:
-        v10 = (ranks[:m] - stats.rankdata(pos)) / n  # per positive: fraction of negatives ranked below it
-        v01 = 1 - (ranks[m:] - stats.rankdata(neg)) / m  # per negative: fraction of positives ranked above it
-        delong = v10.var(ddof=1) / m + v01.var(ddof=1) / n
+def auc_batch(pos: np.ndarray, neg: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mann-Whitney AUCs (ties count 1/2) of ``R`` samples at once, ``pos`` ``[R, m]`` and ``neg`` ``[R, n]``
+    finite scores, with the interval of :func:`auc_interval`: DeLong's variance (placement values via
+    midranks) widens it where it is larger than the Hanley-McNeil form. Returns ``(auc, low, high)``, each
+    ``[R]``; what :func:`binary_metrics` computes for one latent (``R = 1``)."""
+    pos, neg = np.atleast_2d(np.asarray(pos, dtype=float)), np.atleast_2d(np.asarray(neg, dtype=float))
+    m, n = pos.shape[1], neg.shape[1]
+    ranks = stats.rankdata(np.concatenate([pos, neg], axis=1), axis=1)
+    auc = (ranks[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
+    inflation = np.ones_like(auc)
+    if m >= 2 and n >= 2:
+        v10 = (ranks[:, :m] - stats.rankdata(pos, axis=1)) / n  # per positive: share of negatives below it
+        v01 = 1 - (ranks[:, m:] - stats.rankdata(neg, axis=1)) / m  # per negative: share of positives above it
+        delong = v10.var(axis=1, ddof=1) / m + v01.var(axis=1, ddof=1) / n
         hanley = auc * (1 - auc) * (1 + (m - 1) * (1 - auc) / (2 - auc) + (n - 1) * auc / (1 + auc)) / (m * n)
-        inflation = max(1.0, delong / hanley)
-    low, high = auc_interval(auc, m, n, inflation, confidence)
-    return Estimate(auc, min(float(low), auc), max(float(high), auc))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inflation = np.where(hanley > 0, np.maximum(1.0, delong / np.where(hanley > 0, hanley, 1.0)), 1.0)
+    if len(auc) == 1:  # one latent: the scalar path of auc_interval (plain floats, 10x faster)
+        low1, high1 = auc_interval(float(auc[0]), m, n, float(inflation[0]), confidence)
+        low, high = np.atleast_1d(low1), np.atleast_1d(high1)
+    else:
+        low, high = auc_interval(auc, m, n, inflation, confidence)
+    return auc, np.minimum(low, auc), np.maximum(high, auc)
+
+
+def _auc(pos: np.ndarray, neg: np.ndarray, confidence: float) -> Estimate:
+    """One latent's AUC with its interval (:func:`auc_batch`)."""
+    auc, low, high = auc_batch(pos[None, :], neg[None, :], confidence)
+    return Estimate(float(auc[0]), float(low[0]), float(high[0]))
+
+
+@functools.lru_cache(maxsize=256)
+def t_quantile(confidence: float, df: float) -> float:
+    """The two-sided Student-t quantile (cached like :func:`_z`: ``stats.t.ppf`` costs ~0.1 ms a call)."""
+    _z(confidence)
+    return float(stats.t.ppf(0.5 + confidence / 2, df))
 
 
 def _failed(p: object) -> bool:
@@ -471,8 +493,7 @@ class ExcerptJackknife:
         """See :func:`excerpt_correlation`."""
         if self.k < 4:
             return Estimate(self.r, NAN, NAN)
-        df = self.k - len(np.unique(self.groups))
-        t = float(stats.t.ppf(0.5 + confidence / 2, df))
+        t = t_quantile(confidence, self.k - len(np.unique(self.groups)))
         centre = _atanh(self.r) - self.bias
         half = t * math.sqrt(max(self.var, 1.0 / (self.k - 3)))
         low, high = math.tanh(centre - half), math.tanh(centre + half)
