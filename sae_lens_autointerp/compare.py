@@ -172,7 +172,7 @@ class Comparison:
         two usually judge the same examples) pooled by :func:`~sae_lens_autointerp.controls.pooled_mean` (t
         with n - 1 degrees of freedom, floored by the latents' own sampling errors), so equal differences on
         every latent (two constant judges) never give a zero-width interval. A percentile bootstrap over
-        latents did (``[0, 0]``), and covered 80-86% at 4-6 latents (``tests/test_coverage.py``). Otherwise the
+        latents did (``[0, 0]``), and covered 79-85% at 4-6 latents (``tests/test_coverage.py``). Otherwise the
         two means' own intervals (as in ``summary()``) combined by MOVER. ``n_boot`` is unused (kept for
         callers of the bootstrap version)."""
         del n_boot

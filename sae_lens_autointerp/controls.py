@@ -513,8 +513,8 @@ def pooled_mean(lifts: Sequence[Estimate], confidence: float = 0.95) -> Estimate
     sampling errors alone imply, known from their intervals (so z): taking the wider of the two (the modified
     Hartung-Knapp rule, Roever, Knapp & Friede 2015) keeps latents that happen to agree (a constant judge,
     perfect scores) from giving a zero-width interval. It replaces z with a moment estimate of the
-    between-latent variance, which covered 87% (4 latents), 89% (5) and 92% (6) at nominal 95%; this one
-    covers 94-98% there (``tests/test_coverage.py``, numbers in ``docs/trust.md``). One latent: its own
+    between-latent variance, which covered 87% (4 latents), 89% (5) and 91% (6) at nominal 95%; this one
+    covers 95-98% there (``tests/test_coverage.py``, numbers in ``docs/trust.md``). One latent: its own
     interval (nothing to say about the spread between latents)."""
     values = np.array([e.value for e in lifts], dtype=float)
     n = len(values)

@@ -53,34 +53,35 @@ def binormal(rng: np.random.Generator, auc: float, m: int, n: int, draws: int, s
 @pytest.mark.parametrize("m", [5, 10, 50])
 def test_auc_interval_covers_at_every_true_auc(m: int) -> None:
     """Embedding and surprisal report an AUC: its interval holds the true AUC at >= 93% of 2,000 draws for
-    true AUCs 0.5-0.99, equal and unequal spreads, m + m examples. DeLong's interval covered 15-47% at
-    AUC 0.95-0.99 on 5 + 5 (it collapses to [1, 1] whenever the sample separates perfectly)."""
+    true AUCs 0.5-0.99, equal and unequal spreads, m + m examples. DeLong's interval covered 14-50% at
+    AUC 0.95-0.99 on 5 + 5, 32% at 0.99 on 10 + 10, 70% on 50 + 50 (it collapses to [1, 1] whenever the
+    sample separates perfectly)."""
     rng = np.random.default_rng(m)
-    worst = 1.0
+    coverage = {}
     for sd in (1.0, 2.0):
         for auc in (0.5, 0.7, 0.85, 0.95, 0.99):
             pos, neg = binormal(rng, auc, m, m, 2000, sd)
             _, low, high = auc_batch(pos, neg)
-            coverage = float(np.mean((low <= auc) & (auc <= high)))
-            report(f"auc {m}+{m} true={auc} sd={sd}", coverage, width=float(np.mean(high - low)))
-            assert coverage >= NOMINAL, (m, sd, auc, coverage)
-            worst = min(worst, coverage)
-    report(f"auc {m}+{m} worst", worst)
+            coverage[sd, auc] = float(np.mean((low <= auc) & (auc <= high)))
+            report(f"auc {m}+{m} true={auc} sd={sd}", coverage[sd, auc], width=float(np.mean(high - low)))
+    report(f"auc {m}+{m} worst", min(coverage.values()))
+    assert min(coverage.values()) >= NOMINAL, coverage
 
 
 def test_auc_interval_covers_with_ties() -> None:
     """Scores on a 5-point scale (many ties; the judge's probabilities can be like that): the truth, with
     ties counted 1/2, from a pool of a million pairs."""
     rng = np.random.default_rng(7)
+    coverage = {}
     for auc in (0.6, 0.8, 0.95):
         big_p, big_n = binormal(rng, auc, 1, 1, 1_000_000)
         bp, bn = np.round(big_p[:, 0]), np.round(big_n[:, 0])
         truth = float(np.mean(bp > bn) + 0.5 * np.mean(bp == bn))
         pos, neg = binormal(rng, auc, 10, 10, 2000)
         _, low, high = auc_batch(np.round(pos), np.round(neg))
-        coverage = float(np.mean((low <= truth) & (truth <= high)))
-        report(f"auc ties 10+10 true={truth:.3f}", coverage)
-        assert coverage >= NOMINAL, (auc, truth, coverage)
+        coverage[truth] = float(np.mean((low <= truth) & (truth <= high)))
+        report(f"auc ties 10+10 true={truth:.3f}", coverage[truth])
+    assert min(coverage.values()) >= NOMINAL, coverage
 
 
 @pytest.mark.parametrize("m", [3, 10])
@@ -151,7 +152,8 @@ def pooled_r(rng: np.random.Generator, hit: float, false_alarm: float, n: int = 
 def test_simulation_interval_covers_when_errors_come_per_excerpt(hit: float, false_alarm: float) -> None:
     """10 + 10 excerpts of 32 tokens, a judge that errs per excerpt: the excerpt interval holds the judge's r
     on the latent (from 20,000 + 20,000 excerpts) at >= 93% of 1,000 draws. Fisher's z over the 640 tokens
-    covered 23% (the audit measured 24% on real windows)."""
+    covered 21% and 26% (the audit measured 24% on real windows); the jackknife without its bias correction
+    and floor 90% and 91%."""
     rng = np.random.default_rng(11)
     truth = pooled_r(rng, hit, false_alarm)
     hits = used = 0
@@ -229,8 +231,10 @@ def latent_scores(rng: np.random.Generator, truth: np.ndarray, n_each: int = 50)
 def test_summary_mean_covers_at_a_few_latents(n: int) -> None:
     """The audit's simulation: true per-latent balanced accuracies ~ N(0.7, sd), each judged on 50 + 50
     examples; ``summary()``'s mean interval (:func:`pooled_mean`) holds the SAE-level 0.7 at >= 93% of 2,000
-    draws. z with a moment estimate of the between-latent variance covered 87% (4), 89% (5), 92% (6)."""
+    draws. z with a moment estimate of the between-latent variance covered 87% (4), 89% (5), 91% (6) at
+    sd 0.1."""
     rng = np.random.default_rng(n)
+    coverage = {}
     for sd in (0.0, 0.05, 0.1):
         hits = 0
         widths = []
@@ -238,8 +242,9 @@ def test_summary_mean_covers_at_a_few_latents(n: int) -> None:
             est = pooled_mean(latent_scores(rng, rng.normal(0.7, sd, n).clip(0.0, 1.0)))
             hits += est.low <= 0.7 <= est.high
             widths.append(est.high - est.low)
-        report(f"summary mean {n} latents sd={sd}", hits / 2000, width=float(np.mean(widths)))
-        assert hits / 2000 >= NOMINAL, (n, sd, hits / 2000)
+        coverage[sd] = hits / 2000
+        report(f"summary mean {n} latents sd={sd}", coverage[sd], width=float(np.mean(widths)))
+    assert min(coverage.values()) >= NOMINAL, coverage
 
 
 # ------------------------------------------------------------------------------------- paired difference
@@ -249,7 +254,7 @@ def test_summary_mean_covers_at_a_few_latents(n: int) -> None:
 def test_paired_difference_covers_at_a_few_latents(n: int) -> None:
     """Two explainers on the same latents of one SAE: per latent, A ~ N(0.7, 0.1) and B = A - delta with
     delta ~ N(0.05, 0.03), each judged on 50 + 50. ``differences()``'s paired interval holds 0.05 at >= 93% of
-    2,000 draws; the percentile bootstrap over latents it replaced covered 80% (4), 84% (5), 86% (6)."""
+    2,000 draws; the percentile bootstrap over latents it replaced covered 79% (4), 84% (5), 85% (6)."""
     rng = np.random.default_rng(100 + n)
     hits = 0
     for _ in range(2000):
