@@ -217,40 +217,87 @@ def paired_lift(
 
 
 def _rho(cov: float, var_a: float, var_b: float) -> float:
-    return float(np.clip(cov / math.sqrt(var_a * var_b), -1.0, 1.0)) if var_a > 0 and var_b > 0 else 0.0
+    return min(1.0, max(-1.0, cov / math.sqrt(var_a * var_b))) if var_a > 0 and var_b > 0 else 0.0
 
 
-def _cross_cov(
-    x: Mapping[Any, float], y: Mapping[Any, float], n_x: int, n_y: int, shrink: float = 0.0
-) -> tuple[float, int]:
-    """Covariance of two means, of ``n_x`` and ``n_y`` examples, that share the keys of ``x`` and ``y``:
-    ``sample_cov(shared) * n_shared / (n_x * n_y)``; with the number shared. ``shrink``: taken off the sum of
-    cross products toward 0 (Newcombe's continuity correction of the phi coefficient for 0/1 values: 1/2)."""
-    shared = [k for k in y if k in x]
-    if len(shared) < 2:
-        return 0.0, len(shared)
-    u = np.fromiter((x[k] for k in shared), dtype=float, count=len(shared))
-    v = np.fromiter((y[k] for k in shared), dtype=float, count=len(shared))
-    products = float(((u - u.mean()) * (v - v.mean())).sum())
+#: Per stratum (a class; DeLong's positives / negatives): the examples' keys and their values.
+_Strata = dict[Any, tuple[list[Any], np.ndarray]]
+
+
+def _moments(
+    x: tuple[list[Any], np.ndarray], y: tuple[list[Any], np.ndarray], shrink: float
+) -> tuple[float, float, float, int]:
+    """Var of the mean of ``x``'s values, of ``y``'s, their covariance and how many examples they share: the
+    covariance of two means of ``n_x`` and ``n_y`` examples sharing ``s`` is ``sample_cov(shared) * s /
+    (n_x n_y)``. ``shrink``: taken off the sum of cross products toward 0 (Newcombe's continuity correction of
+    the phi coefficient for 0/1 values: 1/2)."""
+    (xk, xv), (yk, yv) = x, y
+    at = {k: i for i, k in enumerate(xk)}
+    pairs = [(at[k], j) for j, k in enumerate(yk) if k in at]
+    var_a, var_b = _var_of_mean(xv), _var_of_mean(yv)
+    if len(pairs) < 2:
+        return var_a, var_b, 0.0, len(pairs)
+    ix, iy = np.array(pairs).T
+    u, v = xv[ix], yv[iy]
+    s = len(pairs)
+    products = float(u @ v) - float(u.sum()) * float(v.sum()) / s
     products = math.copysign(max(abs(products) - shrink, 0.0), products)
-    return products / (len(shared) - 1) * len(shared) / (n_x * n_y), len(shared)
+    return var_a, var_b, products / (s - 1) * s / (len(xv) * len(yv)), s
 
 
-def _var_of_mean(values: Iterable[float]) -> float:
-    v = np.fromiter(values, dtype=float)
-    return float(v.var(ddof=1)) / len(v) if len(v) > 1 else 0.0
+def _var_of_mean(v: np.ndarray) -> float:
+    n = len(v)
+    if n < 2:
+        return 0.0
+    total = float(v.sum())
+    return max(float(v @ v) - total * total / n, 0.0) / (n - 1) / n
 
 
-def _correct(preds: Sequence[Mapping[str, Any]], by_class: bool) -> dict[Any, dict[Any, float]] | None:
-    """Per class (or one stratum): ``(token_id, label)`` -> 1.0 when the answered prediction is right."""
-    out: dict[Any, dict[Any, float]] = {}
-    for p in preds:
-        if "label" not in p or "prediction" not in p or p.get("token_id") is None:
-            return None
-        if p["prediction"] is None:
+def _paired(x: _Strata, y: _Strata, a: Estimate, b: Estimate, weight: float, shrink: float, what: str) -> Lift | None:
+    """MOVER for correlated estimates, the correlation from the strata's shared examples."""
+    var_a = var_b = cov = 0.0
+    n_shared = 0
+    for stratum, xs in x.items():
+        ys = y.get(stratum)
+        if ys is None:
+            var_a += weight**2 * _var_of_mean(xs[1])
             continue
-        label = bool(p["label"])
-        out.setdefault(label if by_class else None, {})[(p["token_id"], label)] = float(bool(p["prediction"]) == label)
+        va, vb, c, k = _moments(xs, ys, shrink)
+        var_a, var_b, cov, n_shared = var_a + weight**2 * va, var_b + weight**2 * vb, cov + weight**2 * c, n_shared + k
+    for stratum, ys in y.items():
+        if stratum not in x:
+            var_b += weight**2 * _var_of_mean(ys[1])
+    if n_shared == 0:
+        return None
+    rho = _rho(cov, var_a, var_b)
+    est = mover_difference(a, b, rho)
+    return Lift(est.value, est.low, est.high, f"paired: {n_shared} shared {what}, rho {rho:+.2f}")
+
+
+def _columns(preds: Sequence[Mapping[str, Any]], value: str) -> tuple[list[Any], list[Any], list[Any]] | None:
+    """``token_id``, ``label`` and ``value`` of every prediction (None when any lacks one: nothing to pair)."""
+    try:
+        tokens = [p["token_id"] for p in preds]
+        labels = [p["label"] for p in preds]
+        values = [p[value] for p in preds]
+    except KeyError:
+        return None
+    return (tokens, labels, values) if None not in tokens else None
+
+
+def _right(preds: Sequence[Mapping[str, Any]], by_class: bool) -> dict[Any, dict[Any, int]] | None:
+    """Per class (or one stratum): answered ``(token_id, label)`` -> 1 when right, 0 when wrong (plain
+    Python: a latent's 100 answers cost microseconds)."""
+    out: dict[Any, dict[Any, int]] = {}
+    try:
+        for p in preds:
+            said, label, token = p["prediction"], bool(p["label"]), p["token_id"]
+            if token is None:
+                return None
+            if said is not None:
+                out.setdefault(label if by_class else None, {})[token, label] = int(bool(said) == label)
+    except KeyError:
+        return None
     return out
 
 
@@ -258,19 +305,26 @@ def _paired_proportions(by_class: bool) -> Callable[..., Lift | None]:
     def pair(
         main: Sequence[Mapping[str, Any]], ctl: Sequence[Mapping[str, Any]], a: Estimate, b: Estimate
     ) -> Lift | None:
-        x, y = _correct(main, by_class), _correct(ctl, by_class)
+        x, y = _right(main, by_class), _right(ctl, by_class)
         if not x or not y:
             return None
-        weight = 1 / len(x) if by_class else 1.0  # balanced accuracy: the mean of the per-class proportions
+        w2 = (1 / len(x) if by_class else 1.0) ** 2  # balanced accuracy: the mean of the per-class proportions
         var_a = var_b = cov = 0.0
         n_shared = 0
-        for stratum, xs in x.items():
-            ys = y.get(stratum) or {}
-            var_a += weight**2 * _var_of_mean(xs.values())
-            var_b += weight**2 * _var_of_mean(ys.values())
-            c, k = _cross_cov(xs, ys, len(xs), len(ys), shrink=0.5) if ys else (0.0, 0)
-            cov += weight**2 * c
-            n_shared += k
+        for stratum in set(x) | set(y):
+            xs, ys = x.get(stratum, {}), y.get(stratum, {})
+            var_a += w2 * _binary_var(sum(xs.values()), len(xs))
+            var_b += w2 * _binary_var(sum(ys.values()), len(ys))
+            su = sv = suv = shared = 0
+            for key, v in ys.items():
+                u = xs.get(key)
+                if u is not None:
+                    shared, su, sv, suv = shared + 1, su + u, sv + v, suv + u * v
+            n_shared += shared
+            if shared >= 2:  # sum of cross products, less Newcombe's 1/2 toward 0
+                products = suv - su * sv / shared
+                products = math.copysign(max(abs(products) - 0.5, 0.0), products)
+                cov += w2 * products / (shared - 1) * shared / (len(xs) * len(ys))
         if n_shared == 0:
             return None
         rho = _rho(cov, var_a, var_b)
@@ -280,29 +334,36 @@ def _paired_proportions(by_class: bool) -> Callable[..., Lift | None]:
     return pair
 
 
+def _binary_var(k: int, n: int) -> float:
+    """The variance of the mean of ``n`` 0/1 values, ``k`` of them 1 (sample variance, ddof 1, over n)."""
+    return k * (n - k) / (n * n * (n - 1)) if n > 1 else 0.0
+
+
 _AUC_VALUES = ("similarity", "reduction", "probability")
 
 
-def _placements(preds: Sequence[Mapping[str, Any]]) -> tuple[dict[Any, float], dict[Any, float]] | None:
-    """DeLong's placement values by ``(token_id, label)``: positives' and negatives' (None if unpairable)."""
-    key = next((k for k in _AUC_VALUES if any(p.get(k) is not None for p in preds)), None)
-    if key is None:
+def _placements(preds: Sequence[Mapping[str, Any]]) -> _Strata | None:
+    """DeLong's placement values by ``(token_id, label)``: each positive's share of negatives below it (ties
+    1/2), each negative's share of positives above it; None when the predictions cannot be paired."""
+    key = next((k for k in _AUC_VALUES if preds and preds[0].get(k) is not None), None)
+    cols = None if key is None else _columns(preds, key)
+    if cols is None:
         return None
-    pos: list[tuple[Any, float]] = []
-    neg: list[tuple[Any, float]] = []
-    for p in preds:
-        v = _finite(p.get(key))
-        if p.get("token_id") is None or "label" not in p:
-            return None
-        if v is None or p.get("prediction", True) is None:
-            continue
-        (pos if p["label"] else neg).append(((p["token_id"], bool(p["label"])), v))
+    tokens, labels, values = cols
+    v = np.array([np.nan if x is None else x for x in values], dtype=float)
+    lab = np.array([bool(x) for x in labels], dtype=bool)
+    if "prediction" in preds[0]:  # a classification judge's failed answers are left out
+        v[[p.get("prediction") is None for p in preds]] = np.nan
+    ok = np.isfinite(v)
+    pos, neg = np.flatnonzero(ok & lab), np.flatnonzero(ok & ~lab)
     if len(pos) < 2 or len(neg) < 2:
         return None
-    vp, vn = np.array([v for _, v in pos]), np.array([v for _, v in neg])
-    above = (vp[:, None] > vn[None, :]) + 0.5 * (vp[:, None] == vn[None, :])
-    v10, v01 = above.mean(axis=1), above.mean(axis=0)
-    return dict(zip((k for k, _ in pos), v10.tolist())), dict(zip((k for k, _ in neg), v01.tolist()))
+    vp, vn = v[pos][:, None], v[neg][None, :]
+    above = (vp > vn) + 0.5 * (vp == vn)
+    return {
+        True: ([(tokens[i], True) for i in pos], above.mean(axis=1)),
+        False: ([(tokens[i], False) for i in neg], above.mean(axis=0)),
+    }
 
 
 def _paired_auc(
@@ -311,51 +372,54 @@ def _paired_auc(
     x, y = _placements(main), _placements(ctl)
     if x is None or y is None:
         return None
-    var_a = var_b = cov = 0.0
-    n_shared = 0
-    for xs, ys in zip(x, y):
-        var_a += _var_of_mean(xs.values())
-        var_b += _var_of_mean(ys.values())
-        c, k = _cross_cov(xs, ys, len(xs), len(ys))
-        cov, n_shared = cov + c, n_shared + k
-    if n_shared == 0:
-        return None
-    rho = _rho(cov, var_a, var_b)
-    est = mover_difference(a, b, rho)
-    return Lift(est.value, est.low, est.high, f"paired: {n_shared} shared examples (DeLong), rho {rho:+.2f}")
+    return _paired(x, y, a, b, 1.0, 0.0, "examples (DeLong)")
 
 
 def _jackknife(preds: Sequence[Mapping[str, Any]]) -> Any:
-    if any(p.get("token_id") is None or "label" not in p or "predicted" not in p for p in preds):
+    cols = _columns(preds, "predicted")
+    if cols is None:
         return None
-    return excerpt_jackknife(
-        [p["predicted"] for p in preds],
-        [p.get("actual") for p in preds],
-        groups=[bool(p["label"]) for p in preds],
-        keys=[(p["token_id"], bool(p["label"])) for p in preds],
-    )
+    tokens, labels, predicted = cols
+    groups = [bool(x) for x in labels]
+    keys = list(zip(tokens, groups))
+    return excerpt_jackknife(predicted, [p.get("actual") for p in preds], groups, keys)
 
 
 def _paired_pearson(
     main: Sequence[Mapping[str, Any]], ctl: Sequence[Mapping[str, Any]], a: Estimate, b: Estimate
 ) -> Lift | None:
+    """Each excerpt's jackknife influence on r: ``Var(r) ~ sum_h sum_i infl_i^2 / (k_h (k_h - 1))`` and
+    ``Cov(r_x, r_y) ~ sum_h s_h / (k_h k'_h) * sum_shared infl_i infl'_i / (s_h - 1)``."""
     x, y = _jackknife(main), _jackknife(ctl)
     if x is None or y is None:
         return None
-    infl_x, infl_y = x.influence(), y.influence()
-    at_y = {k: i for i, k in enumerate(y.keys)}
+
+    def strata(jack: Any) -> _Strata:
+        infl = jack.influence()
+        out: _Strata = {}
+        for code, label in enumerate(jack.labels):
+            at = np.flatnonzero(jack.groups == code)
+            out[label] = ([jack.keys[i] for i in at], infl[at])
+        return out
+
+    sx, sy = strata(x), strata(y)
     var_a = var_b = cov = 0.0
     n_shared = 0
-    for g in set(x.groups.tolist()) | set(y.groups.tolist()):
-        in_x, in_y = np.flatnonzero(x.groups == g), np.flatnonzero(y.groups == g)
-        k_x, k_y = len(in_x), len(in_y)
-        var_a += float((infl_x[in_x] ** 2).sum()) / (k_x * (k_x - 1)) if k_x > 1 else 0.0
-        var_b += float((infl_y[in_y] ** 2).sum()) / (k_y * (k_y - 1)) if k_y > 1 else 0.0
-        shared = [(i, at_y[x.keys[i]]) for i in in_x if x.keys[i] in at_y]
-        n_shared += len(shared)
-        if len(shared) >= 2:  # Cov(r_x, r_y) ~ n_shared / (k_x k_y) * cov(influence) over the shared excerpts
-            products = sum(infl_x[i] * infl_y[j] for i, j in shared)
-            cov += float(products) / (len(shared) - 1) * len(shared) / (k_x * k_y)
+    for g, (xk, xv) in sx.items():
+        var_a += float((xv**2).sum()) / (len(xv) * (len(xv) - 1)) if len(xv) > 1 else 0.0
+        if g not in sy:
+            continue
+        yk, yv = sy[g]
+        var_b += float((yv**2).sum()) / (len(yv) * (len(yv) - 1)) if len(yv) > 1 else 0.0
+        at = {k: i for i, k in enumerate(xk)}
+        pairs = [(at[k], j) for j, k in enumerate(yk) if k in at]
+        n_shared += len(pairs)
+        if len(pairs) >= 2:
+            ix, iy = np.array(pairs).T
+            cov += float((xv[ix] * yv[iy]).sum()) / (len(pairs) - 1) * len(pairs) / (len(xv) * len(yv))
+    for g, (_, yv) in sy.items():
+        if g not in sx:
+            var_b += float((yv**2).sum()) / (len(yv) * (len(yv) - 1)) if len(yv) > 1 else 0.0
     if n_shared == 0:
         return None
     rho = _rho(cov, var_a, var_b)
@@ -470,7 +534,21 @@ def answer_counts(scorer_output: Mapping[str, Any]) -> dict[str, int]:
     intruder answers are counted exactly. Vectors and values, which are nearly all different for a judge that
     reads the text, keep only the answers given at least twice in this output (at most 4 of them); the rest
     count under :data:`OTHER`, so the run's pooled counts stay small on millions of latents and the share of
-    the most common answer is exact whenever that answer repeats within latents (as a text-blind judge's does)."""
+    the most common answer is exact whenever that answer repeats within latents (as a text-blind judge's does).
+    Vectorised for vectors and values (one call per latent and scorer)."""
+    preds = scorer_output.get("predictions") or []
+    if not preds:
+        return {}
+    first = preds[0]
+    if "prediction" not in first and "answer" not in first:
+        if "predicted" in first and all("predicted" in p for p in preds):
+            return _repeated_vectors([p["predicted"] for p in preds])
+        key = next((k for k in _VALUES if k in first), None)
+        if key is not None and all(key in p for p in preds):
+            values = np.array([np.nan if p[key] is None else p[key] for p in preds], dtype=float)
+            values = np.round(values[np.isfinite(values)], 4) + 0.0  # + 0.0: -0.0 is 0.0
+            found, times = np.unique(values, return_counts=True)
+            return _keep_repeated([(json.dumps(float(v)), int(n)) for v, n in zip(found, times) if n >= 2], len(values))
     counts: dict[str, int] = {}
     exact = True
     for a in answers_of(scorer_output):
@@ -486,9 +564,30 @@ def answer_counts(scorer_output: Mapping[str, Any]) -> dict[str, int]:
         counts[key] = counts.get(key, 0) + 1
     if exact:
         return counts
-    kept = sorted((k for k, n in counts.items() if n >= 2), key=lambda k: -counts[k])[:_KEEP]
-    out = {k: counts[k] for k in kept}
-    rest = sum(counts.values()) - sum(out.values())
+    return _keep_repeated([(k, n) for k, n in counts.items() if n >= 2], sum(counts.values()))
+
+
+def _repeated_vectors(vectors: Sequence[Sequence[float] | None]) -> dict[str, int]:
+    """:func:`answer_counts` of simulation vectors: rounded to integers, compared as bytes."""
+    seen: dict[bytes, int] = {}
+    total = 0
+    rows = [v for v in vectors if v is not None]
+    by_length: dict[int, list[Sequence[float]]] = {}
+    for v in rows:
+        by_length.setdefault(len(v), []).append(v)
+    for length, group in by_length.items():
+        m = np.rint(np.nan_to_num(np.asarray(group, dtype=float), nan=-1.0)).astype(np.int16)
+        for row in m:
+            b = length.to_bytes(4, "little") + row.tobytes()
+            seen[b] = seen.get(b, 0) + 1
+        total += len(group)
+    repeated = [("v" + hashlib.sha1(b).hexdigest()[:16], n) for b, n in seen.items() if n >= 2]
+    return _keep_repeated(repeated, total)
+
+
+def _keep_repeated(repeated: list[tuple[str, int]], total: int) -> dict[str, int]:
+    out = dict(sorted(repeated, key=lambda kv: -kv[1])[:_KEEP])
+    rest = total - sum(out.values())
     if rest:
         out[OTHER] = rest
     return out

@@ -165,7 +165,7 @@ def mover_difference(a: Estimate, b: Estimate, rho: float = 0.0) -> Estimate:
     :func:`mover_sum` with weights ``(1, -1)``; a positive ``rho`` (both judged on the same examples, and a judge
     that finds the same examples easy under both explanations) narrows the interval, as pairing should. NaN
     bounds when either interval is missing."""
-    rho = float(np.clip(rho, -1.0, 1.0)) if math.isfinite(rho) else 0.0
+    rho = min(1.0, max(-1.0, float(rho))) if math.isfinite(rho) else 0.0
     d = a.value - b.value
     if not all(math.isfinite(x) for x in (a.low, a.high, b.low, b.high)):
         return Estimate(d, NAN, NAN)
@@ -466,13 +466,15 @@ class ExcerptJackknife:
     """Pearson r over the tokens of several excerpts, with its leave-one-excerpt-out replicates.
 
     ``r``: over all tokens; ``keys``: the excerpts kept (those with a finite pair), in order; ``loo``: r with
-    each excerpt left out (0 where a side has no variance left); ``groups``: each excerpt's stratum;
-    ``var``: the stratified jackknife variance of atanh(r); ``bias``: its jackknife bias on that scale."""
+    each excerpt left out (0 where a side has no variance left); ``groups``: each excerpt's stratum, as an
+    index into ``labels``; ``var``: the stratified jackknife variance of atanh(r); ``bias``: its jackknife
+    bias on that scale."""
 
     r: float
     keys: tuple[Any, ...]
     loo: np.ndarray
     groups: np.ndarray
+    labels: tuple[Any, ...]
     var: float
     bias: float
 
@@ -483,17 +485,15 @@ class ExcerptJackknife:
     def influence(self) -> np.ndarray:
         """Each excerpt's jackknife influence on r, ``(k_h - 1) * (mean_h(loo) - loo_i)`` within its stratum h:
         ``Var(r) ~ sum_i influence_i^2 / (k_h (k_h - 1))``."""
-        out = np.zeros(self.k)
-        for g in np.unique(self.groups):
-            at = self.groups == g
-            out[at] = (at.sum() - 1) * (self.loo[at].mean() - self.loo[at])
-        return out
+        k_h = np.bincount(self.groups, minlength=len(self.labels)).astype(float)
+        mean_h = np.bincount(self.groups, weights=self.loo, minlength=len(self.labels)) / k_h
+        return (k_h[self.groups] - 1) * (mean_h[self.groups] - self.loo)
 
     def interval(self, confidence: float = 0.95) -> Estimate:
         """See :func:`excerpt_correlation`."""
         if self.k < 4:
             return Estimate(self.r, NAN, NAN)
-        t = t_quantile(confidence, self.k - len(np.unique(self.groups)))
+        t = t_quantile(confidence, self.k - len(self.labels))
         centre = _atanh(self.r) - self.bias
         half = t * math.sqrt(max(self.var, 1.0 / (self.k - 3)))
         low, high = math.tanh(centre - half), math.tanh(centre + half)
@@ -521,33 +521,43 @@ def excerpt_jackknife(
         raise ValueError(f"{len(predicted)} predicted excerpts but {len(actual)} actual ones")
     groups = [0] * len(predicted) if groups is None else list(groups)
     keys = list(range(len(predicted))) if keys is None else list(keys)
-    xs, ys, kept, where = [], [], [], []
-    for i, (p, a) in enumerate(zip(predicted, actual)):
-        if p is None or a is None:
-            continue
-        x, y = np.asarray(p, dtype=float).reshape(-1), np.asarray(a, dtype=float).reshape(-1)
-        if len(x) != len(y):
-            raise ValueError(f"excerpt {i}: {len(x)} predicted values but {len(y)} actual values")
-        ok = np.isfinite(x) & np.isfinite(y)
-        if ok.any():
-            xs.append(x[ok])
-            ys.append(y[ok])
-            kept.append(i)
-            where.append(len(x[ok]))
-    if not xs:
+    both = [(i, p, a) for i, (p, a) in enumerate(zip(predicted, actual)) if p is not None and a is not None]
+    if not both:
         return None
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    if len(x) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    x, y = x - x.mean(), y - y.mean()
-    sxx, syy, sxy = float(x @ x), float(y @ y), float(x @ y)
+    rows = [i for i, _, _ in both]
+    sizes = [len(p) for _, p, _ in both]
+    for (i, _, a), size in zip(both, sizes):
+        if len(a) != size:
+            raise ValueError(f"excerpt {i}: {size} predicted values but {len(a)} actual values")
+    if len(set(sizes)) == 1:  # equal lengths (the usual case): one conversion each
+        xm = np.asarray([p for _, p, _ in both], dtype=float)
+        ym = np.asarray([a for _, _, a in both], dtype=float)
+    else:
+        xm, ym = np.full((len(rows), max(sizes)), np.nan), np.full((len(rows), max(sizes)), np.nan)
+        for j, ((_, p, a), size) in enumerate(zip(both, sizes)):
+            xm[j, :size], ym[j, :size] = p, a
+    if np.isfinite(xm.sum()) and np.isfinite(ym.sum()):  # every value finite (the usual case): no masks
+        kept, n_i, total = rows, np.full(len(rows), float(xm.shape[1])), xm.size
+        if total < 4 or xm.max() == xm.min() or ym.max() == ym.min():
+            return None
+        x, y = xm - xm.mean(), ym - ym.mean()
+    else:
+        mask = np.isfinite(xm) & np.isfinite(ym)
+        counts = mask.sum(axis=1)
+        has = counts > 0
+        kept = [i for i, h in zip(rows, has) if h]
+        xm, ym, mask, n_i = xm[has], ym[has], mask[has], counts[has].astype(float)
+        total = int(n_i.sum())
+        if total < 4 or np.ptp(xm[mask]) == 0 or np.ptp(ym[mask]) == 0:
+            return None
+        x = np.where(mask, xm - xm[mask].mean(), 0.0)
+        y = np.where(mask, ym - ym[mask].mean(), 0.0)
+    # per excerpt: the centred sums; leaving excerpt i out subtracts its sums from the totals
+    sx_i, sy_i = x.sum(axis=1), y.sum(axis=1)
+    sxx_i, syy_i, sxy_i = (x * x).sum(axis=1), (y * y).sum(axis=1), (x * y).sum(axis=1)
+    sxx, syy, sxy = float(sxx_i.sum()), float(syy_i.sum()), float(sxy_i.sum())
     r = float(np.clip(sxy / math.sqrt(sxx * syy), -1.0, 1.0))
-    # per excerpt: tokens and the centred sums; leaving excerpt i out subtracts its sums from the totals
-    cuts = np.cumsum([0, *where])[:-1]
-    n_i = np.asarray(where, dtype=float)
-    sx_i, sy_i = np.add.reduceat(x, cuts), np.add.reduceat(y, cuts)
-    sxx_i, syy_i, sxy_i = np.add.reduceat(x * x, cuts), np.add.reduceat(y * y, cuts), np.add.reduceat(x * y, cuts)
-    n_o = len(x) - n_i
+    n_o = total - n_i
     with np.errstate(divide="ignore", invalid="ignore"):
         cxx = sxx - sxx_i - sx_i * sx_i / n_o  # the totals of x and y are 0 (centred), so theirs are -sx_i
         cyy = syy - syy_i - sy_i * sy_i / n_o
@@ -555,16 +565,15 @@ def excerpt_jackknife(
         ok = (n_o >= 2) & (cxx > 1e-12 * sxx) & (cyy > 1e-12 * syy)
         loo = np.where(ok, cxy / np.sqrt(np.where(ok, cxx * cyy, 1.0)), 0.0)
     loo = np.clip(loo, -1.0, 1.0)
-    g = np.asarray([groups[i] for i in kept], dtype=object)
+    code: dict[Any, int] = {}
+    g = np.array([code.setdefault(groups[i], len(code)) for i in kept])
     z, z_loo = float(_atanh(r)), _atanh(loo)
-    var = bias = 0.0
-    for label in set(g.tolist()):
-        at = g == label
-        k_h = int(at.sum())
-        mean_h = float(z_loo[at].mean())
-        var += (k_h - 1) / k_h * float(((z_loo[at] - mean_h) ** 2).sum())
-        bias += (k_h - 1) * (mean_h - z)
-    return ExcerptJackknife(r, tuple(keys[i] for i in kept), loo, g, var, bias)
+    k_h = np.bincount(g, minlength=len(code)).astype(float)
+    mean_h = np.bincount(g, weights=z_loo, minlength=len(code)) / k_h
+    spread = np.bincount(g, weights=(z_loo - mean_h[g]) ** 2, minlength=len(code))
+    var = float(((k_h - 1) / k_h * spread).sum())
+    bias = float(((k_h - 1) * (mean_h - z)).sum())
+    return ExcerptJackknife(r, tuple(keys[i] for i in kept), loo, g, tuple(code), var, bias)
 
 
 def excerpt_correlation(
