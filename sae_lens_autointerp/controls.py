@@ -16,9 +16,11 @@ the unpaired MOVER (:func:`lift`) and says so in ``method``. ``signal`` is True 
 
 Per run and scorer, the judge check: the share of identical answers (:func:`answer_counts`: the most common
 binary answer, intruder position, simulation prediction vector, or value of a local scorer, over every
-answered example) and the mean lift over latents, with a t interval that adds both sources of noise
-(:func:`pooled_mean`: each latent's own sampling error, from its lift interval, and the spread between
-latents), so it never collapses when a few latents happen to have the same lift. A scorer that reads no
+answered example) and the mean lift over latents, with an interval from each latent's own sampling error
+(from its lift interval) or the spread between latents, whichever is larger (:func:`mean_lift`, a test of
+"the judge's answers do not depend on the explanation"), so it never collapses when a few latents happen
+to have the same lift. ``summary()``'s mean score uses :func:`pooled_mean` instead, a t interval for the
+mean over all the SAE's latents. A scorer that reads no
 explanation (intruder) has no control; its check compares the score with its chance level instead.
 The judge *cannot tell* when the mean lift's interval reaches 0 or 95% or more of its answers are identical;
 then :func:`judge_sentence` says so in one plain sentence naming the fix.
@@ -636,6 +638,38 @@ def pooled_mean(lifts: Sequence[Estimate], confidence: float = 0.95) -> Estimate
 _Z95 = t_quantile(0.95, math.inf)
 
 
+def mean_lift(lifts: Sequence[Estimate], confidence: float = 0.95) -> Estimate:
+    """The judge check's mean lift over the latents scored, with ``mean +- z * sqrt(max(S^2, W) / n)`` (``S^2``
+    the sample variance of the lifts, ``W`` the mean of their own squared standard errors, each from the wider
+    side of the latent's interval: the check is one-sided and MOVER intervals are not symmetric).
+
+    The check asks whether the judge's answers depend on which explanation it reads. If they do not, every
+    latent's true lift is 0: no spread between latents, and the latents' own sampling errors (``W``) are the
+    right yardstick, so z, not t with n - 1 degrees of freedom for a spread the null says is absent; ``S^2``
+    stands in where the lifts vary more than their own intervals say (intervals too narrow, latents that
+    differ). It is a conservative interval for the mean of *these* latents' true lifts (its variance is
+    ``W / n``), which is what "the judge carries signal here" is about; :func:`pooled_mean`'s t interval is
+    for the mean over all latents of the SAE (``summary()``'s score) and would call a judge that does
+    clearly better on each of 3 latents "no signal" at t(2). Measured in ``tests/test_coverage.py``: a judge
+    that ignores the explanation is called "carries signal" in 1.9-2.8% of runs (3, 6, 20 latents; nominal
+    2.5%), the interval covers the latents' mean true lift at 96-99%, and true lifts of 0, 0.11 and 0.21 on 3
+    latents are credited 3x as often as by the t interval. One latent: the wider side of its own interval,
+    both ways."""
+    values = np.array([e.value for e in lifts], dtype=float)
+    n = len(values)
+    if n == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"))
+    widths = np.array([2 * max(e.value - e.low, e.high - e.value) for e in lifts], dtype=float)
+    if n == 1 and not np.isfinite(widths[0]):
+        return Estimate(float(values[0]), float("nan"), float("nan"))
+    se = np.where(np.isfinite(widths), widths / (2 * _Z95), 0.0)
+    within = float(np.sum(se**2)) / n
+    spread = float(np.var(values, ddof=1)) if n > 1 else 0.0
+    half = t_quantile(confidence, math.inf) * math.sqrt(max(spread, within) / n)
+    mean = float(values.mean())
+    return Estimate(mean, mean - half, mean + half)
+
+
 def judge_check(
     scorer: str,
     lifts: Sequence[Estimate],
@@ -647,8 +681,8 @@ def judge_check(
     """``answers``: the judge's answers over the latents, or ``answer_counts``: how often it gave each (the
     :data:`OTHER` key counts answers that are never the most common one). ``lifts``: per latent, the score
     minus its control (``reference="control"``) or minus its chance level (``"chance"``, for a scorer that
-    reads no explanation)."""
-    mean = pooled_mean(lifts)
+    reads no explanation). The decision and the interval shown are :func:`mean_lift`'s."""
+    mean = mean_lift(lifts)
     share = _share_of(answer_counts) if answer_counts is not None else identical_share(answers)
     n = len(lifts)
     n_controls = n if reference == "control" else 0

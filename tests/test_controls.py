@@ -22,6 +22,7 @@ from sae_lens_autointerp.controls import (
     judge_sentence,
     lift,
     lifts_per_latent,
+    mean_lift,
     paired_lift,
     pooled_mean,
     scored_examples,
@@ -66,6 +67,20 @@ def test_pooled_mean_edge_cases():
     floor = Z * math.sqrt(0.2**2 / 2 / 2)
     spread = 12.706205 * math.sqrt(0.02 / 2)  # t(0.975, 1), S^2 = 0.02
     assert mixed.high - 0.5 == pytest.approx(max(floor, spread), rel=1e-5)
+
+
+def test_mean_lift_is_z_on_the_larger_of_spread_and_own_errors():
+    # lifts 0.1, 0.2, 0.3 with small own errors: S = 0.1 wins, z (not t: under "the judge ignores the
+    # explanation" there is no spread between latents to estimate)
+    est = mean_lift([Estimate(v, v - Z * 0.01, v + Z * 0.01) for v in (0.1, 0.2, 0.3)])
+    assert (est.low, est.high) == pytest.approx((0.2 - Z * 0.1 / math.sqrt(3), 0.2 + Z * 0.1 / math.sqrt(3)))
+    # equal lifts: their own errors, each from the wider side of its (asymmetric) interval
+    est = mean_lift([Estimate(0.3, 0.3 - Z * 0.1, 0.3 + Z * 0.05)] * 4)
+    assert (est.low, est.high) == pytest.approx((0.3 - Z * 0.1 / 2, 0.3 + Z * 0.1 / 2))
+    assert (mean_lift([Estimate(0.3, 0.1, 0.4)]).low, mean_lift([]).value) == (
+        pytest.approx(0.1),
+        pytest.approx(NAN, nan_ok=True),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ lift
@@ -396,6 +411,6 @@ def test_summary_and_judge_check_from_records():
     assert summary.loc["intruder", "judge_ok"] == True  # noqa: E712
     assert "above chance" in summary.loc["intruder", "judge_check"] and pd.isna(summary.loc["intruder", "lift"])
     assert summary.loc["intruder", "identical_answers"] == pytest.approx(0.9)
-    # the judge check's pooled lift is the pooled paired lift of the table
+    # the judge check's mean lift pools the table's paired lifts
     lifts_ = [Estimate(*table.loc[("detection", i), ["lift", "lift_low", "lift_high"]].astype(float)) for i in range(4)]
-    assert summary.loc["detection", "lift_low"] == pytest.approx(pooled_mean(lifts_).low)
+    assert summary.loc["detection", "lift_low"] == pytest.approx(mean_lift(lifts_).low)

@@ -308,34 +308,102 @@ def entry(est: Any, metric: str, predictions: list[dict[str, Any]]) -> dict[str,
     return {"score": est.value, "low": est.low, "high": est.high, "metric": metric, "predictions": predictions}
 
 
+BETA = 1.5  # how strongly an example's difficulty moves the judge under either explanation
+
+
+def ba_truth(bias: dict[bool, float]) -> float:
+    """The balanced accuracy of a judge right with probability Phi(bias[class] + BETA u), u ~ N(0, 1)."""
+    return sum(float(stats.norm.cdf(bias[c] / math.sqrt(1 + BETA**2))) for c in (True, False)) / 2
+
+
+def ba_entries(
+    rng: np.random.Generator, main_bias: dict[bool, float], ctl_bias: dict[bool, float], n: int, k: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One latent's detection entry (``n`` + ``n`` examples) and its control's (the first ``k`` of each class),
+    with each example's difficulty ``u`` shared by both explanations (a judge finds the same excerpts hard)."""
+    preds: dict[str, list[dict[str, Any]]] = {"main": [], "ctl": []}
+    right: dict[str, dict[bool, int]] = {"main": {}, "ctl": {}}
+    for label in (True, False):
+        u = rng.normal(size=n)
+        for who, bias, size in (("main", main_bias, n), ("ctl", ctl_bias, k)):
+            ok = rng.random(n) < stats.norm.cdf(bias[label] + BETA * u)
+            right[who][label] = int(ok[:size].sum())
+            preds[who] += [
+                {"token_id": 1000 * label + j, "label": label, "prediction": bool(ok[j]) == label} for j in range(size)
+            ]
+    a = balanced_accuracy(right["main"][True], n, right["main"][False], n)
+    b = balanced_accuracy(right["ctl"][True], k, right["ctl"][False], k)
+    return entry(a, "balanced_accuracy", preds["main"]), entry(b, "balanced_accuracy", preds["ctl"])
+
+
 @pytest.mark.parametrize("fraction", [0.2, 1.0])
 def test_balanced_accuracy_lift_covers(fraction: float) -> None:
     """Detection / fuzzing: the score on 50 + 50 examples, the control on ``fraction`` of them (the default
-    0.2, or all). Per example a difficulty shared by both explanations makes their answers correlated (a
-    judge finds the same excerpts hard). Truth: the two explanations' balanced accuracies, exact."""
+    0.2, or all). Per example a difficulty shared by both explanations makes their answers correlated.
+    Truth: the two explanations' balanced accuracies, exact."""
     rng = np.random.default_rng(int(fraction * 10))
-    n, k, beta = 50, math.ceil(fraction * 50), 1.5
     main_bias, ctl_bias = {True: 1.0, False: 1.2}, {True: 0.0, False: 0.3}
-    scale = math.sqrt(1 + beta**2)
-    truth = sum(stats.norm.cdf(main_bias[c] / scale) - stats.norm.cdf(ctl_bias[c] / scale) for c in (True, False)) / 2
+    truth = ba_truth(main_bias) - ba_truth(ctl_bias)
+    k = math.ceil(fraction * 50)
+    result = lift_coverage(lambda: ba_entries(rng, main_bias, ctl_bias, 50, k), truth, 1500)
+    check_lift(f"balanced accuracy fraction={fraction}", result, fraction == 1.0)
 
-    def draw() -> tuple[dict[str, Any], dict[str, Any]]:
-        preds: dict[str, list[dict[str, Any]]] = {"main": [], "ctl": []}
-        right: dict[str, dict[bool, int]] = {"main": {}, "ctl": {}}
-        for label in (True, False):
-            u = rng.normal(size=n)
-            for who, bias, size in (("main", main_bias, n), ("ctl", ctl_bias, k)):
-                ok = rng.random(n) < stats.norm.cdf(bias[label] + beta * u)
-                right[who][label] = int(ok[:size].sum())
-                preds[who] += [
-                    {"token_id": 1000 * label + j, "label": label, "prediction": bool(ok[j]) == label}
-                    for j in range(size)
-                ]
-        a = balanced_accuracy(right["main"][True], n, right["main"][False], n)
-        b = balanced_accuracy(right["ctl"][True], k, right["ctl"][False], k)
-        return entry(a, "balanced_accuracy", preds["main"]), entry(b, "balanced_accuracy", preds["ctl"])
 
-    check_lift(f"balanced accuracy fraction={fraction}", lift_coverage(draw, truth, 1500), fraction == 1.0)
+# ---------------------------------------------------------------------------------- the judge check
+
+
+def latent_lifts(rng: np.random.Generator, biases: list[tuple[dict, dict]]) -> list[Any]:
+    """The paired lift of each latent (detection on 50 + 50, its control on the default fifth)."""
+    out = []
+    for main_bias, ctl_bias in biases:
+        est = paired_lift(*ba_entries(rng, main_bias, ctl_bias, 50, 10))
+        assert est is not None
+        out.append(est)
+    return out
+
+
+@pytest.mark.parametrize("n", [3, 6, 20])
+def test_judge_check_rarely_credits_a_judge_that_ignores_the_explanation(n: int) -> None:
+    """A judge whose answers do not depend on the explanation: on every latent it is right as often with the
+    control's explanation as with the latent's own (latents differ in how often: per class, Phi(bias) with
+    bias ~ U(-0.5, 1.5)). The judge check calls it "carries signal" in at most 2.5% of 800 runs (one-sided
+    5% would be 0.05; the test allows 4%)."""
+    from sae_lens_autointerp.controls import judge_check
+
+    rng = np.random.default_rng(50 + n)
+    credited = 0
+    for _ in range(800):
+        biases = []
+        for _ in range(n):
+            bias = {True: float(rng.uniform(-0.5, 1.5)), False: float(rng.uniform(-0.5, 1.5))}
+            biases.append((bias, bias))
+        credited += judge_check("detection", latent_lifts(rng, biases)).can_tell is True
+    report(f"judge check false credit {n} latents", credited / 800)
+    assert credited / 800 <= 0.04, credited / 800
+
+
+@pytest.mark.parametrize("n", [3, 6])
+def test_judge_check_lift_interval_covers_the_latents_mean_lift(n: int) -> None:
+    """Latents whose true lifts differ (0, 0.11, 0.21, ... 0.40): the judge check's interval holds the mean of
+    these latents' true lifts at >= 93% of 1,000 runs, and the judge is credited more often than the t
+    interval over latents (``pooled_mean``) would (23% against 7% on 3 latents)."""
+    from sae_lens_autointerp.controls import mean_lift
+
+    rng = np.random.default_rng(60 + n)
+    ctl = {True: 0.0, False: 0.2}
+    mains = [{True: 0.0 + 0.5 * i, False: 0.2 + 0.5 * i} for i in range(n)]
+    truth = float(np.mean([ba_truth(m) - ba_truth(ctl) for m in mains]))
+    hits = credited = credited_t = 0
+    for _ in range(1000):
+        lifts = latent_lifts(rng, [(m, ctl) for m in mains])
+        est = mean_lift(lifts)
+        hits += est.low <= truth <= est.high
+        credited += est.low > 0
+        credited_t += pooled_mean(lifts).low > 0
+    report(
+        f"judge check mean lift {n} latents", hits / 1000, truth=truth, credited=credited / 1000, t=credited_t / 1000
+    )
+    assert hits / 1000 >= NOMINAL and credited > credited_t, (hits, credited, credited_t)
 
 
 @pytest.mark.parametrize("fraction", [0.2, 1.0])
