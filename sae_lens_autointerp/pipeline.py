@@ -41,6 +41,7 @@ from .controls import (
     control_explanation,
     control_sample,
     fraction_for,
+    scored_examples,
 )
 from .errors import ConfigError, PluginError
 from .harvest.store import LatentStore
@@ -962,7 +963,7 @@ class _Runner:
                 if name not in scores:
                     scores[name] = await self._score(name, scorer, sample, explanation)
                 if wants_control and name not in controls:
-                    controls[name] = await self._control(name, scorer, sample, source, pool, fraction)
+                    controls[name] = await self._control(name, scorer, sample, source, pool, fraction, scores[name])
             except LLMError as exc:
                 failure = _Incomplete(name, exc)
                 if isinstance(exc, BudgetExceeded):
@@ -1049,12 +1050,19 @@ class _Runner:
         return entry
 
     async def _control(
-        self, name: str, scorer: Any, sample: LatentSample, source: int | None, pool: dict[int, str], fraction: float
+        self,
+        name: str,
+        scorer: Any,
+        sample: LatentSample,
+        source: int | None,
+        pool: dict[int, str],
+        fraction: float,
+        main: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The scorer on a subset of the same test examples with another latent's explanation."""
+        """The scorer on a subset of the examples ``main`` (its score) judged, with another latent's explanation."""
         if source is None:
             return {"score": None, "error": "no other latent of this block of the run has an explanation"}
-        subset = control_sample(sample, fraction, self.ctx.seed)
+        subset = control_sample(sample, fraction, self.ctx.seed, scored_examples(main))
         ctx = replace(self.ctx, llm=RelabelledClient(self.ctx.llm)) if self.ctx.llm is not None else self.ctx
         entry = await self._score(name, scorer, subset, control_explanation(sample.latent, source, pool[source]), ctx)
         return {

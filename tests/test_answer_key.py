@@ -143,7 +143,9 @@ def test_simulation_correlates_with_the_truth(planted, planted_store, bridge_mod
         tmp_path,
         ["simulation"],
         eps,
-        kwargs={"simulation": {"n_pos": 10, "n_neg": 10}},
+        # the interval counts excerpts, not tokens (this judge errs per excerpt): 10 + 10 excerpts pin a perfect
+        # judge's r, while at eps 0.3 it takes all 30 + 30 for every latent's interval to clear 0
+        kwargs={"simulation": {"n_pos": 10, "n_neg": 10} if eps == 0 else {"n_pos": 30, "n_neg": 30}},
     )
     table = result.table
     for row in table.itertuples():

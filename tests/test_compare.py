@@ -56,10 +56,12 @@ def test_compare_holds_the_protocol_fixed_and_reports_differences(
         seed=1,
         **PROTOCOL,
     )
-    # the same SAE drawn twice: the same latents, the same scores, a paired difference of exactly 0
+    # the same SAE drawn twice: the same latents, the same scores, a paired difference of 0 whose interval
+    # still has the width of the latents' own sampling errors (a bootstrap over latents said [0, 0])
     assert comparison.latents["sae"] == comparison.latents["same"] and len(comparison.latents["sae"]) == 4
     est, paired = comparison.difference("same", "sae", "embedding")
-    assert paired and est.value == 0 and est.low == 0 and est.high == 0
+    assert paired and est.value == 0 and est.low < -0.05 and est.high > 0.05, est
+    assert comparison.paired("same", "sae") and not comparison.paired("random", "sae")
     table = comparison.table
     assert list(table["sae"]) == ["sae", "same", "random"] and set(table["scorer"]) == {"embedding"}
     row = table.set_index("sae").loc["random"]
@@ -110,3 +112,65 @@ def test_cli_compare_refuses_bad_input_in_one_line_before_fitting_baselines(tmp_
     res = cli("compare", "--scorers", "detecton", "--out", str(tmp_path))
     assert res.returncode == 2 and "unknown scorer 'detecton'" in res.stderr
     assert "building the" not in res.stderr and not any(tmp_path.iterdir())  # nothing fitted, nothing written
+
+
+def _result(scores: dict[int, tuple[float, float, float]], path=None):
+    from sae_lens_autointerp.results import ScoreResult
+
+    records = [
+        {
+            "run_key": "k",
+            "latent": latent,
+            "explanation": {"text": f"latent {latent}"},
+            "scores": {"detection": {"score": v, "low": lo, "high": hi, "metric": "balanced_accuracy", "chance": 0.5}},
+        }
+        for latent, (v, lo, hi) in scores.items()
+    ]
+    return ScoreResult(records=records, run_key="k", path=path)
+
+
+def _comparison(a, b, stores):
+    from sae_lens_autointerp.compare import Comparison
+
+    return Comparison({"a": a, "b": b}, {"a": [0, 1, 2], "b": [0, 1, 2]}, {"a": 3, "b": 3}, {"a": 8, "b": 8}, stores)
+
+
+def test_differences_pair_only_the_same_latents_of_the_same_sae(tmp_path):
+    """Latent indices are shared by any two bases of one width; only the same SAE (and model, hook) makes
+    latent i the same latent. Paired: the mean of per-latent differences, each with its own MOVER interval,
+    pooled with t; equal differences on every latent still give an interval of the latents' own width."""
+    import json
+    from types import SimpleNamespace
+
+    from sae_lens_autointerp.controls import pooled_mean
+
+    a = _result({0: (0.8, 0.7, 0.9), 1: (0.7, 0.6, 0.8), 2: (0.9, 0.8, 0.95)})
+    b = _result({0: (0.7, 0.6, 0.8), 1: (0.6, 0.5, 0.7), 2: (0.8, 0.7, 0.9)})
+    same = {"sae": {"weights_sha256": "x"}, "model": {"m": 1}, "hook": {"h": 1}}
+    stores = {"a": SimpleNamespace(meta=same, key="k1"), "b": SimpleNamespace(meta=dict(same), key="k2")}
+    cmp = _comparison(a, b, stores)
+    est, paired = cmp.difference("a", "b", "detection")
+    ea, eb = cmp.estimates("a", "detection"), cmp.estimates("b", "detection")
+    want = pooled_mean([mover_sum([ea[i], eb[i]], [1.0, -1.0]) for i in range(3)])
+    assert paired and (est.value, est.low, est.high) == pytest.approx((0.1, want.low, want.high))
+    assert est.low < 0.1 < est.high  # every latent differs by exactly 0.1: not a zero-width interval
+    # another SAE whose latents have the same indices: unpaired, the two means' intervals by MOVER
+    other = {
+        "a": SimpleNamespace(meta=same, key="k1"),
+        "b": SimpleNamespace(meta=dict(same, sae={"weights_sha256": "y"}), key="k2"),
+    }
+    cmp = _comparison(a, b, other)
+    est, paired = cmp.difference("a", "b", "detection")
+    means = [Estimate(*cmp.results[n].summary().iloc[0][["mean", "low", "high"]].astype(float)) for n in ("a", "b")]
+    want = mover_sum(means, [1, -1])
+    assert not paired and (est.value, est.low, est.high) == pytest.approx((want.value, want.low, want.high))
+    diffs = cmp.differences()
+    assert diffs["paired"].tolist() == [False] and (diffs["high"] > diffs["low"]).all()
+    # without stores: the run folders' run.json name the store; unknown: never paired
+    for name, key in (("a", "s1"), ("b", "s1")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps({"store": key}))
+    a2 = _result({0: (0.8, 0.7, 0.9), 1: (0.7, 0.6, 0.8)}, tmp_path / "a" / "results.jsonl")
+    b2 = _result({0: (0.7, 0.6, 0.8), 1: (0.6, 0.5, 0.7)}, tmp_path / "b" / "results.jsonl")
+    assert _comparison(a2, b2, {}).difference("a", "b", "detection")[1]
+    assert not _comparison(_result({0: (0.8, 0.7, 0.9), 1: (0.7, 0.6, 0.8)}), b2, {}).paired("a", "b")

@@ -45,6 +45,7 @@ def test_perfect():
     assert m.notes == ()
     # 5 + 7 examples cannot prove perfection: the interval reaches well below 1 (Wilson per class)
     assert m.balanced_accuracy.value == m.balanced_accuracy.high == 1.0 and m.balanced_accuracy.low < 0.8
+    assert m.auc.value == m.auc.high == 1.0 and 0.5 < m.auc.low < 0.8, m.auc  # nor perfect separation
     assert_contains(m)
 
 
@@ -86,7 +87,9 @@ def test_all_wrong_and_inverted_probabilities():
     m = binary_metrics(labels, [not v for v in labels], [0.1] * 5 + [0.9] * 7)
     for name in ("balanced_accuracy", "accuracy", "precision", "recall", "f1", "specificity", "auc"):
         assert getattr(m, name).value == 0.0, name
-    assert m.auc == Estimate(0.0, 0.0, 0.0)
+    # perfectly inverted on 5 + 7 examples: the AUC is 0, and its interval still reaches well above 0
+    # (DeLong's was [0, 0] here: a certainty that 12 examples cannot give)
+    assert m.auc.value == m.auc.low == 0.0 and 0.2 < m.auc.high < 0.5, m.auc
     assert_contains(m)
 
 
@@ -226,3 +229,66 @@ def test_aggregate_and_table():
     assert t["scorer"].tolist() == ["detect", "fuzz"] and t["n_latents"].tolist() == [1, 3]
     assert t["mean"].tolist() == pytest.approx([0.8, 0.7]) and t.iloc[1]["low"] < 0.7 < t.iloc[1]["high"]
     assert Estimate(1.0, float("nan"), 2.0).to_dict() == {"value": 1.0, "low": None, "high": 2.0}
+
+
+def test_excerpt_correlation_is_r_over_tokens_with_an_excerpt_jackknife():
+    """The point estimate is r over every token; the interval is the stratified leave-one-excerpt-out
+    jackknife on Fisher's z (bias-corrected, variance at least 1 / (k - 3), t with k - 2 df), recomputed
+    here the slow way, excerpt by excerpt."""
+    from scipy import stats
+
+    from sae_lens_autointerp.metrics import excerpt_correlation
+
+    rng = np.random.default_rng(5)
+    acts = rng.random((8, 5)) * (np.arange(8) < 4)[:, None]
+    pred = np.where(rng.random((8, 1)) < 0.7, acts * 10, 0.0).round() + (rng.random((8, 5)) < 0.1) * 3
+    labels = [True] * 4 + [False] * 4
+    est = excerpt_correlation(list(pred), list(acts), labels)
+    assert est.value == pytest.approx(correlation(pred.ravel(), acts.ravel()).value)
+    z = math.atanh(est.value)
+    loo = np.array(
+        [math.atanh(correlation(np.delete(pred, i, 0).ravel(), np.delete(acts, i, 0).ravel()).value) for i in range(8)]
+    )
+    var = sum(3 / 4 * ((loo[g] - loo[g].mean()) ** 2).sum() for g in (slice(0, 4), slice(4, 8)))
+    bias = sum(3 * (loo[g].mean() - z) for g in (slice(0, 4), slice(4, 8)))
+    half = stats.t.ppf(0.975, 6) * math.sqrt(max(var, 1 / 5))
+    assert (est.low, est.high) == pytest.approx((math.tanh(z - bias - half), math.tanh(z - bias + half)), abs=1e-9)
+    # failed excerpts (None) are left out; fewer than 4 answered excerpts: r without an interval
+    none = excerpt_correlation([None, *pred[1:]], list(acts), labels)
+    assert none.value == pytest.approx(correlation(pred[1:].ravel(), acts[1:].ravel()).value)
+    three = excerpt_correlation(list(pred[:3]), list(acts[:3]))
+    assert math.isfinite(three.value) and math.isnan(three.low) and math.isnan(three.high)
+    assert math.isnan(excerpt_correlation([[1.0] * 5] * 8, list(acts)).value)  # constant predictions
+    with pytest.raises(ValueError, match="predicted excerpts"):
+        excerpt_correlation(list(pred), list(acts[:3]))
+
+
+def test_excerpt_correlation_when_one_excerpt_carries_everything():
+    """Only one excerpt has non-zero predictions: leaving it out leaves no variance (r counts 0 there), so
+    the interval is wide, not NaN and not narrow."""
+    from sae_lens_autointerp.metrics import excerpt_correlation
+
+    acts = np.zeros((10, 4))
+    acts[:5, 1] = 1.0
+    pred = np.zeros((10, 4))
+    pred[0, 1] = 5.0
+    est = excerpt_correlation(list(pred), list(acts), [True] * 5 + [False] * 5)
+    assert est.value == pytest.approx(correlation(pred.ravel(), acts.ravel()).value)
+    assert est.low < 0.1 and est.high > 0.6, est
+
+
+def test_auc_interval_scalar_and_vector_paths_agree():
+    from sae_lens_autointerp.metrics import auc_batch, auc_interval
+
+    cases = [(1.0, 3, 3, 1.0), (0.8, 50, 50, 1.3), (0.0, 1, 5, 1.0), (0.5, 1, 1, 1.0), (0.93, 10, 40, 2.0)]
+    for a, m, n, k in cases:
+        low, high = auc_interval(a, m, n, k)
+        vlow, vhigh = auc_interval(np.array([a, a]), np.array([m, m]), n, k)
+        assert float(low) == pytest.approx(vlow[1], abs=1e-12) and float(high) == pytest.approx(vhigh[0], abs=1e-12)
+        assert 0.0 <= low <= a <= high <= 1.0 and high > low
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(1, 1, (3, 7)), rng.normal(0, 1, (3, 9))
+    auc, low, high = auc_batch(pos, neg)
+    for i in range(3):
+        one = binary_metrics([True] * 7 + [False] * 9, [True] * 16, [*pos[i], *neg[i]]).auc
+        assert (one.value, one.low, one.high) == pytest.approx((auc[i], low[i], high[i]))

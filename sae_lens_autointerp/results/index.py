@@ -22,7 +22,7 @@ from .tables import ROW_COLUMNS, record_rows
 
 #: The index beside results.jsonl (derived data: rebuilt from the JSONL when missing, stale or foreign).
 INDEX_SUFFIX = ".index.sqlite"
-INDEX_FORMAT = "1"
+INDEX_FORMAT = "2"  # 2: paired lifts, answer counts of every scorer
 _ROW_SQL_TYPES = {
     "latent": "INTEGER",
     "n_examples": "INTEGER",

@@ -123,7 +123,7 @@ _FLOATS = (
 def record_rows(r: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One finished record's compact rows, one per scorer (:data:`ROW_COLUMNS`); none for an incomplete or
     skipped record. The table, the summary and the judge check are built from these alone."""
-    from ..controls import answers_of, lift
+    from ..controls import answer_counts, paired_lift
 
     if r.get("incomplete") or r.get("skipped"):
         return []
@@ -134,13 +134,9 @@ def record_rows(r: Mapping[str, Any]) -> list[dict[str, Any]]:
     for name, out in (r.get("scores") or {}).items():
         metric, low, high, chance = _headline(out)
         ctl = controls.get(name) or {}
-        est = lift(out.get("score"), low, high, ctl.get("score"), ctl.get("low"), ctl.get("high"))
+        est = paired_lift(out, ctl, metric, low, high)
         metrics = out.get("metrics") or {}
-        counts: dict[str, int] = {}
-        for a in answers_of(out):
-            if a is not None:  # json.dumps(a), without the call for the usual binary answers
-                key = "true" if a is True else "false" if a is False else json.dumps(a, default=str)
-                counts[key] = counts.get(key, 0) + 1
+        counts = answer_counts(out)
         rows.append(
             {
                 "latent": r["latent"],
@@ -225,15 +221,14 @@ def checks_from_rows(rows: pd.DataFrame) -> list[Any]:
 
     out = []
     for name, group in rows.groupby("scorer", sort=True):
-        if not group["controlled"].fillna(False).astype(bool).any():
-            continue
+        reference = "control" if group["controlled"].fillna(False).astype(bool).any() else "chance"
         counts: dict[str, int] = {}
         for text in group["answers"].dropna():
             for key, n in json.loads(text).items():
                 counts[key] = counts.get(key, 0) + int(n)
-        g = _typed(group[["score", "low", "high", "control", "control_low", "control_high"]].copy())
-        lifts = lifts_per_latent(g.to_dict("records"))
-        out.append(judge_check(str(name), lifts, answer_counts=counts))
+        g = _typed(group[["score", "low", "high", "chance", "control", "control_low", "control_high", *_LIFT]].copy())
+        lifts = lifts_per_latent(g.to_dict("records"), reference)
+        out.append(judge_check(str(name), lifts, answer_counts=counts, reference=reference))
     return out
 
 
@@ -241,6 +236,7 @@ def judge_checks(records: Iterable[Mapping[str, Any]]) -> list[Any]:
     return checks_from_rows(rows_frame(records))
 
 
+_LIFT = ("lift", "lift_low", "lift_high")
 #: The compact columns the summary reads.
 SUMMARY_INPUTS = [
     "scorer",
@@ -253,6 +249,7 @@ SUMMARY_INPUTS = [
     "control",
     "control_low",
     "control_high",
+    *_LIFT,
     "judge_kind",
     "controlled",
     "answers",

@@ -1,7 +1,8 @@
 """Simulation (Bills et al. 2023): from the explanation alone the LLM predicts, for every token of an
 excerpt, how strongly the latent fires (0-10). Score = Pearson correlation between predicted and true
-activations over all tested tokens concatenated (activating and non-activating excerpts), with a Fisher-z
-interval.
+activations over all tested tokens concatenated (activating and non-activating excerpts), with an interval
+that resamples excerpts, not tokens (:func:`~sae_lens_autointerp.metrics.excerpt_correlation`: a simulator
+errs per excerpt, so a Fisher interval over tokens is several times too narrow).
 
 The LLM answers a JSON-style list of integers, one per token (JSON mode). When the backend returns top
 logprobs and a predicted value is a single digit token, the prediction is the expected value over the
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..llm.types import TokenLogprob
-from ..metrics import correlation
+from ..metrics import excerpt_correlation
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
 from ..text import RenderedExample
@@ -78,16 +79,14 @@ class SimulationScorer:
                 return await self._simulate(ctx, sample.latent, explanation.text, r.tokens)
 
         results = await gather_or_raise([run(r) for r in rendered])
-        predicted: list[float] = []
-        actual: list[float] = []
+        predicted: list[list[float] | None] = []
+        actual: list[list[float]] = []
         predictions: list[dict[str, Any]] = []
         n_failed = 0
         for r, (values, error, source) in zip(rendered, results):
-            if values is None:
-                n_failed += 1
-            else:
-                predicted.extend(values)
-                actual.extend(r.activations)
+            n_failed += values is None
+            predicted.append(values)
+            actual.append(list(r.activations))
             predictions.append(
                 {
                     "token_id": r.token_id,
@@ -99,10 +98,12 @@ class SimulationScorer:
                     "error": error,
                 }
             )
-        est = correlation(predicted, actual)
+        est = excerpt_correlation(predicted, actual, [r.label for r in rendered])
         score = None if not math.isfinite(est.value) else float(est.value)
-        metrics: dict[str, Any] = {**flat("pearson", est), "chance_pearson": 0.0, "n_tokens": len(predicted)}
-        if score is None and predicted:
+        n_tokens = sum(len(v) for v in predicted if v is not None)
+        metrics: dict[str, Any] = {**flat("pearson", est), "chance_pearson": 0.0, "n_tokens": n_tokens}
+        metrics["n_excerpts"] = len(rendered) - n_failed
+        if score is None and n_tokens:
             metrics["notes"] = (
                 "pearson undefined: constant predictions or activations (fewer than 4 tokens, or no variance)"
             )
