@@ -2,12 +2,13 @@
 
 from typing import TYPE_CHECKING
 
+from .config import HarvestConfig, HarvestSettings
 from .run import harvest, harvest_many, pin_malloc_thresholds
-from .stats import HarvestSettings
 from .store import Example, LatentStore, RandomWindow, deprecated_store_alias
 
 __all__ = [
     "Example",
+    "HarvestConfig",
     "HarvestSettings",
     "LatentStore",
     "RandomWindow",
