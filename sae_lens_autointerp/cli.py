@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="autointerp-demo")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("run", help="explain and score latents of any SAELens SAE")
+    p = sub.add_parser("run", help="explain and score latents of any SAELens SAE", allow_abbrev=False)
     p.add_argument(
         "--config",
         default=None,
@@ -470,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
-        "compare", help="an SAE against neurons, top-k neurons, PCA, ICA, random directions and a random-init model"
+        "compare",
+        help="an SAE against neurons, top-k neurons, PCA, ICA, random directions and a random-init model",
+        allow_abbrev=False,
     )
     p.add_argument(
         "--baselines",
@@ -519,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="neuronpedia: replace existing batch files")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("harvest", help="harvest latent activations into an activation store")
+    p = sub.add_parser("harvest", help="harvest latent activations into an activation store", allow_abbrev=False)
     _add_source(p, "embedded")
     add_flags(p.add_argument_group("harvest options (HarvestConfig)"), HARVEST_FLAGS, HARVEST_DEFAULTS)
     p.set_defaults(func=_cmd_harvest)
