@@ -34,12 +34,13 @@ from ..pipeline import (
     Prepared,
     RunParts,
     Tally,
+    backend_name,
     check_run_options,
+    open_client,
     preflight,
 )
 from ..pipeline import build_config as build_run_config
 from ..pipeline import run as run_pipeline
-from ..pipeline.plan import backend_name
 from ..results import ScoreResult
 
 if TYPE_CHECKING:
@@ -235,17 +236,13 @@ class Worker:
     """One Ray actor: its own LLM client, the store opened from its folder, the model and SAE from the driver."""
 
     def __init__(self, spec: Mapping[str, Any], llm_kwargs: Mapping[str, Any]) -> None:
-        from ..registry import get_client
-
         sae = spec["sae_loader"]() if spec["sae_loader"] is not None else _get(spec["sae"])
         model = spec["model_loader"]() if spec["model_loader"] is not None else _get(spec["model"])
         cfg = RunConfig.from_dict(spec["config"])
         store = LatentStore(spec["store_path"])
         client_object = spec["client_object"]
         plan = preflight(sae, model, cfg, store=store, llm=client_object, explanations=spec["explanations"])
-        client = None
-        if plan.needs_llm:
-            client = get_client(plan.llm, usage=plan.usage, **llm_kwargs) if client_object is None else client_object
+        client = open_client(plan, llm_kwargs)
         self.client, self.own_client = client, client_object is None
         self.work = LatentWork(RunParts(plan, sae, model, store, client, spec["run_key"], spec["flags"]))
         self.outbox = _Outbox()

@@ -15,12 +15,13 @@ The modules, top to bottom (each imports only those below it; ``lint-imports`` c
 from __future__ import annotations
 
 from .contract import check_output, failed_entry, quarantine
-from .entry import DEFAULT_SCORERS, run, run_sync
+from .entry import DEFAULT_SCORERS, open_client, run, run_sync
 from .flags import HEURISTIC_EXPLAINER, Tally
 from .folder import RunFolder, versions
 from .plan import (
     FILTER_FIELDS,
     Plan,
+    backend_name,
     build_config,
     check_latents,
     check_run_options,
@@ -48,12 +49,14 @@ __all__ = [
     "Runner",
     "Tally",
     "Work",
+    "backend_name",
     "build_config",
     "check_latents",
     "check_output",
     "check_run_options",
     "client_identity",
     "coerce_explanations",
+    "open_client",
     "failed_entry",
     "preflight",
     "protocol_filters",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import RunConfig
@@ -105,14 +105,15 @@ def run(
     )
 
 
-def open_client(plan: Plan) -> Any:
-    """The run's LLM client: built from the backend's name (with ``llm_kwargs`` and the plan's usage tracker),
-    or the client object given; None when nothing in the run needs an LLM."""
+def open_client(plan: Plan, llm_kwargs: Mapping[str, Any] | None = None) -> Any:
+    """The run's LLM client: built from the backend's name (with ``llm_kwargs``, default the config's, and the
+    plan's usage tracker), or the client object given; None when nothing in the run needs an LLM."""
     if not plan.needs_llm:
         return None
     if plan.client_object is not None:
-        return get_client(plan.llm)
-    return get_client(plan.llm, usage=plan.usage, **plan.config.llm_kwargs)
+        return get_client(plan.client_object)
+    kwargs = plan.config.llm_kwargs if llm_kwargs is None else llm_kwargs
+    return get_client(plan.llm, usage=plan.usage, **kwargs)
 
 
 def _harvest(plan: Plan, sae: Any, model: Any, dataset: Any, progress: bool) -> LatentStore:
