@@ -36,12 +36,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 def _cmd_harvest(args: argparse.Namespace) -> int:
     from . import embedded
-    from .cliargs import HARVEST_FLAGS, given
-    from .harvest.config import harvest_config
+    from .cliargs import harvest_options
     from .loading import load_model, load_sae
 
-    options = given(args, HARVEST_FLAGS, HARVEST_DEFAULTS)
-    harvest_config(None, options)  # a bad value fails before anything is loaded
+    options = harvest_options(args, HARVEST_DEFAULTS)  # a bad value fails before anything is loaded
     if args.sae == "embedded":
         sae = embedded.load_sae(device=args.device)
     else:
@@ -556,24 +554,13 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
         logger.addHandler(handler)
 
 
-def _unknown_flags(parser: argparse.ArgumentParser, command: str, extra: Sequence[str]) -> str:
-    """The error for arguments ``command`` does not take, naming the closest flag of each unknown one."""
-    from .options import closest
-
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    flags = [f for action in commands[command]._actions for f in action.option_strings if f.startswith("--")]
-    hints = []
-    for arg in extra:
-        near = closest(arg.split("=", 1)[0], flags) if arg.startswith("--") else None
-        hints.append(f"{arg} (did you mean {near}?)" if near else arg)
-    return f"{command}: unrecognized arguments: {' '.join(hints)}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        print(f"sae-autointerp: error: {_unknown_flags(parser, args.command, extra)}", file=sys.stderr)
+        from .cliargs import unrecognized
+
+        print(f"sae-autointerp: error: {unrecognized(parser, args.command, extra)}", file=sys.stderr)
         return 2
     from .errors import AutointerpError
 

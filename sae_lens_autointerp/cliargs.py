@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import HarvestConfig, RunConfig
 from .errors import ConfigError
-from .options import doc
+from .options import closest, doc
 
 
 @dataclass(frozen=True)
@@ -209,3 +209,22 @@ RUN_FLAGS = config_flags(RunConfig)
 COMPARE_FLAGS = config_flags(RunConfig, skip=["latents"])
 #: The flags of ``sae-autointerp harvest``: every HarvestConfig field.
 HARVEST_FLAGS = config_flags(HarvestConfig)
+
+
+def harvest_options(args: argparse.Namespace, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The harvest options given to ``sae-autointerp harvest`` over its ``defaults``, checked as a
+    HarvestConfig (a bad value fails before anything is loaded)."""
+    options = given(args, HARVEST_FLAGS, defaults)
+    HarvestConfig(**options)
+    return options
+
+
+def unrecognized(parser: argparse.ArgumentParser, command: str, extra: Iterable[str]) -> str:
+    """The error for arguments ``command`` does not take, naming the closest flag of each unknown one."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    flags = [f for action in commands[command]._actions for f in action.option_strings if f.startswith("--")]
+    hints = []
+    for arg in extra:
+        near = closest(arg.split("=", 1)[0], flags) if arg.startswith("--") else None
+        hints.append(f"{arg} (did you mean {near}?)" if near else arg)
+    return f"{command}: unrecognized arguments: {' '.join(hints)}"

@@ -13,11 +13,9 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from .config import ExplainOptions, HarvestConfig, RunConfig, RunOptions, ScoreOptions
-    from .harvest import LatentStore
-    from .harvest.config import HarvestOptions
+    from .harvest import HarvestOptions, LatentStore, ModuleReader
     from .harvest.corpus import CorpusLike
     from .harvest.model import SubjectModel
-    from .harvest.subjects import ModuleReader
     from .llm.types import LLMSpec
     from .records import Explanation
     from .registry import PluginInfo
@@ -58,8 +56,7 @@ class AutointerpNamespace:
         ``config=HarvestConfig(...)`` gives the settings as one object (keywords override its fields).
         Omitted, ``dataset`` is the SAE's training dataset (``cfg.metadata.dataset_path``) and ``model`` the
         model it was trained on (``cfg.metadata.model_name``, loaded with ``model_from_pretrained_kwargs``)."""
-        from .harvest import harvest
-        from .harvest.config import harvest_config
+        from .harvest import harvest, harvest_config
         from .loading import default_dataset, default_model
 
         cfg = harvest_config(config, options)  # a wrong option fails before any dataset or model is loaded
