@@ -169,19 +169,9 @@ class AutointerpNamespace:
         given: dict[str, Any] = {
             k: v for k, v in (("latents", latents), ("llm", llm), ("explainer", explainer)) if v is not None
         }
-        result = self.run(
-            model,
-            dataset,
-            config=config,
-            store=store,
-            progress=progress,
-            model_loader=model_loader,
-            sae_loader=sae_loader,
-            scorers=(),
-            **given,
-            **opts,
-        )
-        return result.explanations
+        keywords: dict[str, Any] = dict(config=config, store=store, progress=progress)
+        keywords.update(model_loader=model_loader, sae_loader=sae_loader)
+        return self.run(model, dataset, scorers=(), **keywords, **given, **opts).explanations
 
     def score(
         self,
@@ -210,17 +200,9 @@ class AutointerpNamespace:
             opts.setdefault("latents", sorted(int(k) for k in explanations))
             opts["explanations"] = explanations
         given: dict[str, Any] = {k: v for k, v in (("scorers", scorers), ("llm", llm)) if v is not None}
-        return self.run(
-            model,
-            dataset,
-            config=config,
-            store=store,
-            progress=progress,
-            model_loader=model_loader,
-            sae_loader=sae_loader,
-            **given,
-            **opts,
-        )
+        keywords: dict[str, Any] = dict(config=config, store=store, progress=progress)
+        keywords.update(model_loader=model_loader, sae_loader=sae_loader)
+        return self.run(model, dataset, **keywords, **given, **opts)
 
 
 def for_sae(sae: SAE) -> AutointerpNamespace:
