@@ -46,6 +46,8 @@ class StoreSettings:
     )
 
     def __post_init__(self) -> None:
+        """Each field on its own (how fields go together is checked where they are resolved: HarvestConfig, and
+        ``jobs.prepare_jobs`` once the model has fixed ``ctx_len``)."""
         set_ = object.__setattr__  # frozen: normalise once, here (a numpy integer hashes like an int)
         for f in fields(StoreSettings):
             value = getattr(self, f.name)
@@ -56,12 +58,6 @@ class StoreSettings:
         check_int(self.batch_size, "harvest batch_size", low=1)
         check_int(self.example_len, "harvest example_len", low=1)
         check_int(self.peak_offset, "harvest peak_offset", low=0, optional=True)
-        if self.peak_offset is not None and self.peak_offset >= self.example_len:
-            raise ConfigError(
-                f"harvest peak_offset must be in [0, example_len={self.example_len}), got {self.peak_offset}"
-            )
-        if self.ctx_len is not None and self.example_len > self.ctx_len:
-            raise ConfigError(f"harvest example_len={self.example_len} must be <= ctx_len={self.ctx_len}")
         check_int(self.top_k, "harvest top_k", low=1)
         check_int(self.n_stratified, "harvest n_stratified", low=1)
         check_int(self.n_random_windows, "harvest n_random_windows", low=0)
@@ -109,6 +105,12 @@ class HarvestConfig(StoreSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.peak_offset is not None and self.peak_offset >= self.example_len:
+            raise ConfigError(
+                f"harvest peak_offset must be in [0, example_len={self.example_len}), got {self.peak_offset}"
+            )
+        if self.ctx_len is not None and self.example_len > self.ctx_len:
+            raise ConfigError(f"harvest example_len={self.example_len} must be <= ctx_len={self.ctx_len}")
         if self.store_dir is not None and not isinstance(self.store_dir, str):
             object.__setattr__(self, "store_dir", os.fspath(self.store_dir))
         check_number(self.checkpoint_every_s, "harvest checkpoint_every_s", low=0)

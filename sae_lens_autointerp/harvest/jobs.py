@@ -128,11 +128,15 @@ def prepare_jobs(
     ctx = next(iter(lens.values()))
     if corpus.token_column is not None:  # pre-tokenized rows stream: the first is checked now, each later as read
         next(sequence_stream(corpus, next(iter(adapters.values())), ctx), None)
+    if not 1 <= settings["example_len"] <= ctx:
+        raise ConfigError(f"example_len must be between 1 and ctx_len={ctx}, got {settings['example_len']}")
     if settings["peak_offset"] is None:
         settings = {**settings, "peak_offset": (3 * settings["example_len"]) // 4}
-    hs = HarvestSettings(ctx_len=ctx, **settings)  # checks example_len <= ctx_len and peak_offset < example_len
+    if not 0 <= settings["peak_offset"] < settings["example_len"]:
+        raise ConfigError(f"peak_offset must be in [0, example_len), got {settings['peak_offset']}")
     for adapter in adapters.values():
         adapter.check_width()
+    hs = HarvestSettings(ctx_len=ctx, **settings)
     model_fp = next(iter(adapters.values())).fingerprint()  # hashing the weights once for all SAEs
     jobs: list[HarvestJob] = []
     for name, sae in saes.items():
