@@ -13,7 +13,7 @@ The latents: the embedded SAE has 2,048, so the store is a *tiled view* of the e
 shuffles and intervals, since every random draw is seeded by the latent index). The SAE handed to the run
 has ``d_sae = 100,000`` for every size (the same fixed cost at each size, so the RSS growth is the growth
 per latent); its run views (``decoder.json``: decoder neighbours, promoted tokens, one-off per run) are not
-part of the measurement: the benchmark replaces ``pipeline.write_run_views`` with a no-op.
+part of the measurement: the benchmark replaces ``pipeline.entry.write_run_views`` with a no-op.
 
     python benchmarks/scale.py --part overhead --sizes 1000,10000,100000
 
@@ -158,7 +158,7 @@ def part_overhead_one(n: int, n_tokens: int, out: Path) -> dict[str, Any]:
     model, sae = sai.embedded.load_model(), sai.embedded.load_sae()
     store = TiledStore(embedded_store(n_tokens), D_SAE)
     fake_sae = SimpleNamespace(cfg=SimpleNamespace(d_sae=D_SAE, metadata=sae.cfg.metadata))
-    pipeline.write_run_views = lambda *a, **k: None  # one-off per run: not part of the per-latent overhead
+    pipeline.entry.write_run_views = lambda *a, **k: None  # one-off per run: not part of the per-latent overhead
     words = "month digit return bracket python token code list string number".split()
     explanations = {i: f"{words[i % len(words)]} tokens, pattern {i}" for i in range(n)}
     # warm up the lazy loads (store tensors, tokenizer, scipy) outside the measurement

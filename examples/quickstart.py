@@ -22,7 +22,7 @@ model = HookedTransformer.from_pretrained("gpt2", **(sae.cfg.metadata.model_from
 
 latents = [0, 5, 17]
 explanations = sae.explain(
-    model=model, dataset="NeelNanda/pile-10k", latents=latents, llm=LLM, harvest_kwargs={"n_tokens": 500_000}
+    model=model, dataset="NeelNanda/pile-10k", latents=latents, llm=LLM, harvest={"n_tokens": 500_000}
 )
 for latent, explanation in explanations.items():
     print(latent, explanation.text)
@@ -33,7 +33,7 @@ result = sae.score(
     explanations=explanations,
     scorers=["detection", "fuzzing"],
     llm=LLM,
-    harvest_kwargs={"n_tokens": 500_000},
+    harvest={"n_tokens": 500_000},
     budget_dollars=1.0,
     prices={"gpt-4o-mini": [0.15, 0.60]},
 )

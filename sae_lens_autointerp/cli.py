@@ -36,8 +36,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 def _cmd_harvest(args: argparse.Namespace) -> int:
     from . import embedded
+    from .cliargs import harvest_options
     from .loading import load_model, load_sae
 
+    options = harvest_options(args, HARVEST_DEFAULTS)  # a bad value fails before anything is loaded
     if args.sae == "embedded":
         sae = embedded.load_sae(device=args.device)
     else:
@@ -48,52 +50,22 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
         else load_model(args.model, sae=sae, kind=args.model_kind, device=args.device)
     )
     dataset = embedded.load_corpus() if args.dataset == "embedded" else args.dataset
-    store = sae.autointerp.harvest(
-        model,
-        dataset,
-        n_tokens=args.n_tokens,
-        ctx_len=args.ctx_len,
-        batch_size=args.batch_size,
-        text_column=args.text_column,
-        split=args.split,
-        store_dir=args.store_dir,
-    )
+    store = sae.autointerp.harvest(model, dataset, **options)
     print(json.dumps(store.summary(), indent=2))
     return 0
 
 
 def _parse_latents(text: str | None) -> list[int] | None:
     """``0,5,10-12`` -> [0, 5, 10, 11, 12]; a bad spec is a one-line error."""
-    from .errors import ConfigError
-
-    if not text:
-        return None
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise ConfigError(f"--latents {text!r}: expected comma-separated indices or ranges, e.g. 0,5,10-12") from None
-    return out
-
-
-def _parse_prices(text: str | None) -> dict[str, Any] | None:
+    from .cliargs import latent_list
     from .errors import ConfigError
 
     if not text:
         return None
     try:
-        prices = json.loads(text)
+        return list(latent_list(text))
     except ValueError as exc:
-        raise ConfigError(f"--prices is not JSON ({exc}); expected e.g. '{{\"gpt-4o-mini\": [0.15, 0.6]}}'") from None
-    if not isinstance(prices, dict):
-        raise ConfigError('--prices must be a JSON object: {"MODEL": [input $/M tokens, output $/M tokens]}')
-    return prices
+        raise ConfigError(f"--latents {text!r}: {exc}") from None
 
 
 def pick_latents(store: LatentStore, n: int, min_examples: int = 20, max_frequency: float = 0.1) -> list[int]:
@@ -191,9 +163,18 @@ SOURCE_DEFAULTS = {
     "model": "embedded",
     "model_kind": "auto",
     "dataset": "embedded",
-    "text_column": "text",
-    "split": "train",
 }
+#: Each command's own defaults for config fields (the rest are RunConfig's / HarvestConfig's).
+RUN_DEFAULTS: dict[str, Any] = {"out_dir": "autointerp-out"}
+COMPARE_DEFAULTS: dict[str, Any] = {
+    "llm": "local",
+    "scorers": ("embedding", "detection"),
+    "out_dir": "autointerp-compare",
+    "harvest": {"n_tokens": 60_000, "ctx_len": 128},
+}
+HARVEST_DEFAULTS: dict[str, Any] = {"n_tokens": 200_000}
+#: Fields that a flag given next to ``--config`` merges into (the others it replaces).
+MERGED = ("harvest", "sampling", "llm_kwargs")
 
 
 def _base_urls(value: str) -> str | list[str]:
@@ -202,62 +183,51 @@ def _base_urls(value: str) -> str | list[str]:
     return urls[0] if len(urls) == 1 else urls
 
 
+def _shortcuts(args: argparse.Namespace, options: dict[str, Any], n_test: int | None = None) -> dict[str, Any]:
+    """``options`` with the short forms folded in: ``--n-explain`` / ``--n-test`` (sampling), ``--base-url``
+    (llm_kwargs) and ``--ray ADDRESS`` (executor and ray_address)."""
+    sampling = dict(options.get("sampling") or {})
+    if args.n_explain is not None:
+        sampling["n_explain"] = args.n_explain
+    n_test = args.n_test if args.n_test is not None else n_test
+    if n_test is not None:
+        sampling.update(n_test_pos=n_test, n_test_neg=n_test)
+    if sampling:
+        options["sampling"] = sampling
+    if getattr(args, "base_url", None):
+        options["llm_kwargs"] = {**options.get("llm_kwargs", {}), "base_url": _base_urls(args.base_url)}
+    if getattr(args, "ray", None) is not None:
+        options.update(executor="ray", ray_address=args.ray)
+    return options
+
+
 def _run_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
     """The RunConfig of ``sae-autointerp run``, and where its SAE / model / data come from: from ``--config``
-    (a RunConfig file or an earlier run's run.json), else from the flags. With ``--config``, only the flags
-    given explicitly override it (``--out``, ``--latents``, ``--llm``, ``--base-url``, ``--concurrency``)."""
-    from .config import HarvestConfig, RunConfig
-    from .sampling import SamplingConfig
+    (a RunConfig file or an earlier run's run.json) with the flags given explicitly overriding its fields (and
+    merged into its harvest, sampling and llm_kwargs), else from the flags."""
+    from dataclasses import replace
+
+    from .cliargs import RUN_FLAGS, given
+    from .config import RunConfig
+    from .pipeline import build_config
 
     explicit = {k: getattr(args, k) for k in SOURCE_DEFAULTS if getattr(args, k) is not None}
-    if args.config:
-        cfg = RunConfig.from_json(args.config)
-        path = Path(args.config)
-        run_json = path / "run.json" if path.is_dir() else path
-        saved = json.loads(run_json.read_text()).get("source") or {}
-        source = {**SOURCE_DEFAULTS, **saved, **explicit}
-        changes: dict[str, Any] = {}
-        if args.latents:
-            changes["latents"] = tuple(_parse_latents(args.latents) or ())
-        if args.llm is not None:
-            changes["llm"] = args.llm
-        if args.base_url:
-            changes["llm_kwargs"] = {**cfg.llm_kwargs, "base_url": _base_urls(args.base_url)}
-        if args.concurrency is not None:
-            changes["concurrency"] = args.concurrency
-        if args.out is not None:
-            changes["out_dir"] = args.out
-        if args.ray is not None:
-            changes.update(executor="ray", ray_address=args.ray, workers=args.workers)
-        return cfg.with_(**changes), source
-    source = {**SOURCE_DEFAULTS, **explicit}
-    cfg = RunConfig(
-        latents=None if args.latents is None else tuple(_parse_latents(args.latents) or ()),
-        llm=args.llm or "local",
-        llm_kwargs={"base_url": _base_urls(args.base_url)} if args.base_url else {},
-        explainer=args.explainer,
-        scorers=tuple(s for s in args.scorers.split(",") if s),
-        out_dir=args.out or "autointerp-out",
-        concurrency=args.concurrency or 4,
-        budget_tokens=args.budget_tokens,
-        budget_dollars=args.budget_dollars,
-        prices=_parse_prices(args.prices),
-        sampling=SamplingConfig(
-            n_explain=args.n_explain, n_test_pos=args.n_test, n_test_neg=args.n_test, seed=args.seed
-        ),
-        harvest=HarvestConfig(
-            n_tokens=args.n_tokens,
-            ctx_len=args.ctx_len,
-            batch_size=args.batch_size,
-            text_column=source["text_column"],
-            split=source["split"],
-        ),
-        seed=args.seed,
-        controls=args.controls,
-        executor="ray" if args.ray is not None else "local",
-        ray_address=args.ray,
-        workers=args.workers if args.ray is not None else None,
-    )
+    options = _shortcuts(args, given(args, RUN_FLAGS))
+    if not args.config:
+        cfg, _, _ = build_config(None, {**RUN_DEFAULTS, **options})
+        return cfg, {**SOURCE_DEFAULTS, **explicit}
+    cfg = RunConfig.from_json(args.config)
+    path = Path(args.config)
+    run_json = path / "run.json" if path.is_dir() else path
+    saved = json.loads(run_json.read_text()).get("source") or {}
+    source = {**SOURCE_DEFAULTS, **{k: v for k, v in saved.items() if k in SOURCE_DEFAULTS}, **explicit}
+    if "harvest" in options:
+        options["harvest"] = replace(cfg.harvest, **options["harvest"])
+    if "sampling" in options:
+        options["sampling"] = replace(cfg.sampling, **options["sampling"])
+    if "llm_kwargs" in options:
+        options["llm_kwargs"] = {**cfg.llm_kwargs, **options["llm_kwargs"]}
+    cfg, _, _ = build_config(cfg, options)
     return cfg, source
 
 
@@ -279,7 +249,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     preflight(sae, model, cfg)  # every other bad input, before the expensive harvest
     dataset = embedded.load_corpus() if source["dataset"] == "embedded" else source["dataset"]
-    store = sae.autointerp.harvest(model, dataset, **cfg.harvest.to_dict())
+    store = sae.autointerp.harvest(model, dataset, config=cfg.harvest)
     if cfg.latents is None:
         cfg = cfg.with_(latents=tuple(pick_latents(store, args.n_latents)))
     loader: dict[str, Any] = {}
@@ -303,12 +273,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     """The SAE against the papers' baselines (and, for the embedded SAE, the random-init control), one protocol."""
     from . import embedded
+    from .cliargs import COMPARE_FLAGS, given
     from .compare import BASELINES, baseline_saes, check_protocol, compare
     from .errors import ConfigError
     from .loading import load_model, load_sae
 
-    if args.latents:
-        raise ConfigError("compare draws --n-latents latents from each SAE the same way; --latents is not taken")
     wanted = [b for b in args.baselines.split(",") if b]
     unknown = [b for b in wanted if b not in (*BASELINES, "random-init")]
     if unknown:
@@ -319,6 +288,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             "--baselines random-init needs an SAE trained on a randomly initialised copy of the model; one ships "
             "only for the embedded SAE (drop random-init, or pass --sae embedded)"
         )
+    options = _shortcuts(args, given(args, COMPARE_FLAGS, COMPARE_DEFAULTS), n_test=20)
     sae = embedded.load_sae(device=args.device) if on_embedded else load_sae(args.sae, args.sae_id, device=args.device)
     model = (
         embedded.load_model(device=args.device)
@@ -326,31 +296,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         else load_model(args.model, sae=sae, kind=args.model_kind, device=args.device)
     )
     dataset = embedded.load_corpus() if args.dataset == "embedded" else args.dataset
-    protocol: dict[str, Any] = {
-        "llm": args.llm,
-        "explainer": args.explainer,
-        "scorers": [s for s in args.scorers.split(",") if s],
-        "controls": args.controls,
-    }
-    check_protocol({"sae": sae}, model, **protocol)  # bad names fail here, before the baselines are fitted
-    saes = {"sae": sae, **baseline_saes(sae, model, dataset, [b for b in wanted if b != "random-init"], seed=args.seed)}
+    check_protocol({"sae": sae}, model, **options)  # bad names fail here, before the baselines are fitted
+    seed = options.get("seed", 0)
+    saes = {"sae": sae, **baseline_saes(sae, model, dataset, [b for b in wanted if b != "random-init"], seed=seed)}
     models = {}
     if "random-init" in wanted:
         saes["random-init"] = embedded.load_sae(device=args.device, control="random-init")
         models["random-init"] = embedded.load_model(device=args.device, control="random-init")
-    out = Path(args.out)
-    comparison = compare(
-        saes,
-        model,
-        dataset,
-        n_latents=args.n_latents,
-        models=models,
-        harvest={"n_tokens": args.n_tokens, "ctx_len": args.ctx_len, "batch_size": args.batch_size},
-        sampling={"n_explain": args.n_explain, "n_test_pos": args.n_test, "n_test_neg": args.n_test},
-        out_dir=out,
-        seed=args.seed,
-        **protocol,
-    )
+    out = Path(options["out_dir"])
+    comparison = compare(saes, model, dataset, n_latents=args.n_latents, models=models, **options)
     print(comparison.text())
     for line in comparison.verdict():
         print(line)
@@ -454,12 +408,12 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_run_options(p: argparse.ArgumentParser, *, n_latents: int, n_test: int, scorers: str | None) -> None:
+def _add_demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latents", default=None, help="comma-separated indices or ranges, e.g. 0,5,10-12")
-    p.add_argument("--n-latents", type=int, default=n_latents, help="without --latents: how many to pick")
-    p.add_argument("--scorers", default=scorers, help="comma-separated scorer names")
+    p.add_argument("--n-latents", type=int, default=6, help="without --latents: how many to pick")
+    p.add_argument("--scorers", default=None, help="comma-separated scorer names")
     p.add_argument("--n-explain", type=int, default=40, help="examples shown to the explainer")
-    p.add_argument("--n-test", type=int, default=n_test, help="activating and non-activating test examples each")
+    p.add_argument("--n-test", type=int, default=20, help="activating and non-activating test examples each")
     p.add_argument(
         "--controls",
         type=_fraction,
@@ -469,8 +423,35 @@ def _add_run_options(p: argparse.ArgumentParser, *, n_latents: int, n_test: int,
     )
 
 
+def _add_shortcuts(p: argparse.ArgumentParser, *, n_latents: int, n_test: int) -> None:
+    """The flags that are short forms of config fields, or no config field."""
+    p.add_argument("--n-latents", type=int, default=n_latents, help="without --latents: how many latents to pick")
+    p.add_argument("--n-explain", type=int, default=None, help="sampling's n_explain: examples shown to the explainer")
+    p.add_argument(
+        "--n-test", type=int, default=None, help=f"sampling's n_test_pos and n_test_neg at once (default {n_test})"
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="llm_kwargs' base_url: an OpenAI-compatible endpoint (else OPENAI_BASE_URL); several, comma-separated: "
+        "a fleet",
+    )
+
+
+def _add_source(p: argparse.ArgumentParser, default: str | None) -> None:
+    """Where the SAE, model and data come from (``default``: the embedded offline default)."""
+    shown = " (default)" if default is None else ""
+    p.add_argument("--sae", default=default, help=f"SAELens release, local SAE folder, or 'embedded'{shown}")
+    p.add_argument("--sae-id", default=None, help="the SAE's id within the release")
+    p.add_argument("--model", default=default, help=f"model name or local HF folder, or 'embedded'{shown}")
+    p.add_argument("--model-kind", default=None if default is None else "auto", choices=list(MODEL_KINDS))
+    p.add_argument("--dataset", default=default, help=f"HF dataset name, local file/folder, or 'embedded'{shown}")
+    p.add_argument("--device", default="cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
+    from .cliargs import COMPARE_FLAGS, HARVEST_FLAGS, RUN_FLAGS, add_flags
 
     parser = argparse.ArgumentParser(prog="sae-autointerp", description="Explain and score SAELens SAE latents.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -490,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plugins)
 
     p = sub.add_parser("demo", help="explain and score a few latents of the embedded offline default, with controls")
-    _add_run_options(p, n_latents=6, n_test=20, scorers=None)
+    _add_demo_options(p)
     p.add_argument(
         "--explainers",
         default="default,top-tokens",
@@ -500,68 +481,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="autointerp-demo")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("run", help="explain and score latents of any SAELens SAE")
-    _add_run_options(p, n_latents=20, n_test=50, scorers="detection,fuzzing")
+    p = sub.add_parser("run", help="explain and score latents of any SAELens SAE", allow_abbrev=False)
     p.add_argument(
         "--config",
         default=None,
-        help="a RunConfig JSON or an earlier run's run.json (or its folder): reproduce that run",
+        help="a RunConfig JSON or an earlier run's run.json (or its folder): reproduce that run (the flags given "
+        "override its fields)",
     )
-    p.add_argument("--explainer", default="default")
-    p.add_argument("--sae", default=None, help="SAELens release, local SAE folder, or 'embedded' (default)")
-    p.add_argument("--sae-id", default=None)
-    p.add_argument("--model", default=None, help="model name or local HF folder, or 'embedded' (default)")
-    p.add_argument("--model-kind", default=None, choices=list(MODEL_KINDS))
-    p.add_argument("--dataset", default=None, help="HF dataset name, local file/folder, or 'embedded' (default)")
-    p.add_argument("--text-column", default=None)
-    p.add_argument("--split", default=None)
-    p.add_argument("--n-tokens", type=int, default=1_000_000)
-    p.add_argument("--ctx-len", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--llm", default=None, help="local (default), openai:MODEL, vllm:MODEL or a plugin's prefix:model")
-    p.add_argument(
-        "--base-url",
-        default=None,
-        help="OpenAI-compatible endpoint (else OPENAI_BASE_URL); several, comma-separated: a fleet",
-    )
-    p.add_argument("--concurrency", type=int, default=None, help="latents in flight (default 4)")
-    p.add_argument("--budget-tokens", type=int, default=None)
-    p.add_argument("--budget-dollars", type=float, default=None)
-    p.add_argument("--prices", default=None, help='JSON {"model": [input $/M tokens, output $/M tokens]}')
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="run folder (default autointerp-out)")
-    p.add_argument("--device", default="cpu")
+    _add_source(p, None)
+    _add_shortcuts(p, n_latents=20, n_test=50)
     p.add_argument(
         "--ray",
         default=None,
         metavar="ADDRESS",
-        help="explain and score on Ray actors: a cluster address ('auto', 'ray://head:10001') or 'local' (docs/scale.md)",
+        help="executor 'ray' at ray_address ADDRESS: a cluster address ('auto', 'ray://head:10001') or 'local' "
+        "(docs/scale.md)",
     )
-    p.add_argument("--workers", type=int, default=None, help="with --ray: actors (default one per GPU / CPU)")
+    add_flags(p.add_argument_group("run options (RunConfig)"), RUN_FLAGS, RUN_DEFAULTS, {"out_dir": ["--out"]})
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
-        "compare", help="an SAE against neurons, top-k neurons, PCA, ICA, random directions and a random-init model"
+        "compare",
+        help="an SAE against neurons, top-k neurons, PCA, ICA, random directions and a random-init model",
+        allow_abbrev=False,
     )
-    _add_run_options(p, n_latents=8, n_test=20, scorers="embedding,detection")
     p.add_argument(
         "--baselines",
         default="neurons,topk-neurons,pca,ica,random-directions,random-init",
         help="comma-separated: neurons, topk-neurons, pca, ica, random-directions, random-init (embedded SAE only)",
     )
-    p.add_argument("--explainer", default="default")
-    p.add_argument("--sae", default="embedded", help="SAELens release, local SAE folder, or 'embedded'")
-    p.add_argument("--sae-id", default=None)
-    p.add_argument("--model", default="embedded", help="model name or local HF folder, or 'embedded'")
-    p.add_argument("--model-kind", default="auto", choices=list(MODEL_KINDS))
-    p.add_argument("--dataset", default="embedded", help="HF dataset name, local file/folder, or 'embedded'")
-    p.add_argument("--n-tokens", type=int, default=60_000, help="tokens harvested for each SAE")
-    p.add_argument("--ctx-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--llm", default="local", help="the judge and explainer LLM: local, openai:MODEL, vllm:MODEL")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="autointerp-compare")
-    p.add_argument("--device", default="cpu")
+    _add_source(p, "embedded")
+    _add_shortcuts(p, n_latents=8, n_test=20)
+    options = p.add_argument_group("run options, the same for every SAE (RunConfig)")
+    add_flags(options, COMPARE_FLAGS, COMPARE_DEFAULTS, {"out_dir": ["--out"]})
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser(
@@ -587,19 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.complete = lambda parser: _add_export_formats(parser, formats)
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("harvest", help="harvest latent activations into an activation store")
-    p.add_argument("--sae", default="embedded", help="SAELens release, local SAE folder, or 'embedded'")
-    p.add_argument("--sae-id", default=None, help="SAE id within the release")
-    p.add_argument("--model", default="embedded", help="model name or local HF folder, or 'embedded'")
-    p.add_argument("--dataset", default="embedded", help="HF dataset name, local file/folder, or 'embedded'")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--split", default="train")
-    p.add_argument("--n-tokens", type=int, default=200_000)
-    p.add_argument("--ctx-len", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--store-dir", default=None)
-    p.add_argument("--model-kind", default="auto", choices=list(MODEL_KINDS))
-    p.add_argument("--device", default="cpu")
+    p = sub.add_parser("harvest", help="harvest latent activations into an activation store", allow_abbrev=False)
+    _add_source(p, "embedded")
+    add_flags(p.add_argument_group("harvest options (HarvestConfig)"), HARVEST_FLAGS, HARVEST_DEFAULTS)
     p.set_defaults(func=_cmd_harvest)
     return parser
 
@@ -633,7 +575,13 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        from .cliargs import unrecognized
+
+        print(f"sae-autointerp: error: {unrecognized(parser, args.command, extra)}", file=sys.stderr)
+        return 2
     from .errors import AutointerpError
 
     _configure_logging(args.verbose, args.quiet)

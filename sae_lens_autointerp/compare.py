@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,15 +31,22 @@ import pandas as pd
 
 from .controls import pooled_mean
 from .errors import ConfigError
+from .harvest.config import HarvestConfig, harvest_config
 from .metrics import Estimate, mover_sum
-from .pipeline import build_config, preflight, run
+from .pipeline import build_config, check_run_options, preflight, run, sampling_config
 from .results import SUMMARY_COLUMNS, ScoreResult
 from .sampling import SamplingConfig
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .config import CompareOptions
     from .harvest import LatentStore
 
 log = logging.getLogger("sae_lens_autointerp")
+
+#: compare()'s keyword arguments that are not run options.
+COMPARE_KEYWORDS = ("n_latents", "models", "stores", "progress")
 
 #: Columns of :attr:`Comparison.table`, one row per (SAE, scorer).
 COMPARE_COLUMNS = [
@@ -294,12 +302,8 @@ def compare(
     n_latents: int = 20,
     models: Mapping[str, Any] | None = None,
     stores: Mapping[str, LatentStore] | None = None,
-    harvest: Mapping[str, Any] | None = None,
-    sampling: SamplingConfig | Mapping[str, Any] | None = None,
-    out_dir: str | os.PathLike[str] | None = None,
-    seed: int = 0,
     progress: bool = True,
-    **run_options: Any,
+    **options: Unpack[CompareOptions],
 ) -> Comparison:
     """Explain and score ``n_latents`` latents of every SAE in ``saes`` (name -> ``sae_lens.SAE``, baselines
     included) with one protocol, and return a :class:`Comparison` (``.table``, ``.differences()``,
@@ -308,14 +312,16 @@ def compare(
     ``model``: the model every SAE reads; ``models={"random-init": other}`` overrides it per SAE (an SAE
     trained on a randomly initialised model is harvested on that model). ``dataset``: what to harvest (as
     for ``sae.autointerp.harvest``), with the same ``harvest`` settings for each SAE; ``stores`` gives
-    already harvested stores by name instead. ``run_options``: anything :func:`~sae_lens_autointerp.pipeline.run`
-    takes (``llm``, ``explainer``, ``scorers``, ``controls``, ``explainer_kwargs``, ...); ``latents`` is not
-    among them, since the latents are drawn here. Each SAE's run writes to ``out_dir/<name>``.
+    already harvested stores by name instead. ``options``: the options of
+    :func:`~sae_lens_autointerp.pipeline.run` (``llm``, ``explainer``, ``scorers``, ``controls``, ``harvest``,
+    ``sampling``, ``seed``, ...), the same for every SAE; ``latents`` is not among them, since the latents are
+    drawn here (``seed`` draws them). Each SAE's run writes to ``out_dir/<name>``.
     """
+    if "latents" in options:
+        raise ConfigError("compare() draws the latents itself (n_latents=, seed=); do not pass latents=")
+    opts = check_run_options(options, "compare", COMPARE_KEYWORDS)
     if not saes:
         raise ConfigError("compare() needs at least one SAE: compare({'sae': sae, 'neurons': ...}, model, data)")
-    if "latents" in run_options:
-        raise ConfigError("compare() draws the latents itself (n_latents=, seed=); do not pass latents=")
     names = list(saes)
     bad = [n for n in names if not n or "/" in n or "\\" in n or n.startswith(".")]
     if bad:
@@ -327,14 +333,12 @@ def compare(
         raise ConfigError(f"models= / stores= name SAEs that are not compared: {unknown}; compared: {names}")
     if dataset is None and any(n not in stores for n in names):
         raise ConfigError("compare() needs a dataset to harvest (or stores= for every SAE)")
-    if sampling is None:
-        sampling_cfg = SamplingConfig(seed=seed)
-    elif isinstance(sampling, SamplingConfig):
-        sampling_cfg = sampling
-    else:
-        sampling_cfg = SamplingConfig(**{"seed": seed, **dict(sampling)})
+    seed = opts.pop("seed", 0)
+    sampling_cfg = sampling_config(opts.pop("sampling", None), seed)
+    harvest_cfg, harvest_progress = _harvest_options(opts.pop("harvest", None), progress)
+    out_dir = opts.pop("out_dir", None)
     base = Path(out_dir) if out_dir is not None else None
-    check_protocol(saes, model, models, sampling_cfg, seed=seed, **run_options)
+    check_protocol(saes, model, models, sampling=sampling_cfg, seed=seed, **opts)
 
     results: dict[str, ScoreResult] = {}
     drawn: dict[str, list[int]] = {}
@@ -346,7 +350,7 @@ def compare(
         subject = models.get(name, model)
         store = stores.get(name)
         if store is None:
-            store = sae.autointerp.harvest(subject, dataset, **dict(harvest or {}))
+            store = sae.autointerp.harvest(subject, dataset, config=harvest_cfg, progress=harvest_progress)
         stores[name] = store
         pool = eligible_latents(store, sampling_cfg)
         latents = draw_latents(pool, n_latents, seed)
@@ -367,11 +371,27 @@ def compare(
             latents=latents,
             sampling=sampling_cfg,
             seed=seed,
+            harvest=harvest_cfg,
             out_dir=None if base is None else base / name,
             progress=progress,
-            **run_options,
+            **opts,
         )
     return Comparison(results, drawn, eligible, widths, stores=stores, seed=seed, out_dir=base, notes=notes)
+
+
+def _harvest_options(harvest: HarvestConfig | Mapping[str, Any] | None, progress: bool) -> tuple[HarvestConfig, bool]:
+    """compare()'s ``harvest`` as a HarvestConfig, and whether the harvests show a progress bar (``progress``;
+    the old ``harvest={"progress": ...}`` still works, with a FutureWarning)."""
+    if isinstance(harvest, Mapping) and "progress" in harvest:
+        warnings.warn(
+            "compare(harvest={'progress': ...}) is deprecated: progress is not a harvest setting; compare(progress=...) "
+            "covers the harvests too",
+            FutureWarning,
+            stacklevel=3,
+        )
+        harvest = dict(harvest)
+        progress = bool(harvest.pop("progress"))
+    return harvest_config(harvest, {}), progress
 
 
 def baseline_saes(
@@ -431,18 +451,10 @@ def baseline_saes(
 
 
 def check_protocol(
-    saes: Mapping[str, Any],
-    model: Any,
-    models: Mapping[str, Any] | None = None,
-    sampling: SamplingConfig | None = None,
-    *,
-    seed: int = 0,
-    **run_options: Any,
+    saes: Mapping[str, Any], model: Any, models: Mapping[str, Any] | None = None, **options: Unpack[CompareOptions]
 ) -> None:
     """Every check a run makes before its harvest (scorer, explainer and LLM names, options, the SAE against
     its model), for every SAE of a comparison: a bad input fails before the first harvest or baseline fit."""
-    options = {"latents": [0], "sampling": sampling or SamplingConfig(seed=seed), "seed": seed, **run_options}
-    options.pop("progress", None)
-    cfg, client, objects = build_config(None, options)
+    cfg, client, objects = build_config(None, {"latents": [0], **options})
     for name, sae in saes.items():
         preflight(sae, (models or {}).get(name, model), cfg, llm=client, explanations=objects)

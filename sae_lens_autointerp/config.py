@@ -15,35 +15,33 @@ from __future__ import annotations
 import json
 import numbers
 import os
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .controls import check_fraction
 from .errors import ConfigError
+from .harvest.config import EXECUTORS, HarvestConfig
+from .options import check_int, check_names, check_number, option
 from .sampling import SamplingConfig
 
+if TYPE_CHECKING:
+    from .llm.types import LLMSpec
+    from .records import Explanation
+
+__all__ = [
+    "CONFIG_FORMAT",
+    "EXECUTORS",
+    "CompareOptions",
+    "ExplainOptions",
+    "HarvestConfig",
+    "RunConfig",
+    "RunOptions",
+    "ScoreOptions",
+]
+
 CONFIG_FORMAT = "sae-lens-autointerp/RunConfig/1"
-#: Where a run explains and scores its latents (RunConfig.executor).
-EXECUTORS = ("local", "ray")
-
-
-def _int(value: Any, name: str, *, low: int | None = None, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    kind = "a positive integer" if low == 1 else "an integer" if low is None else f"an integer >= {low}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
-        raise ConfigError(f"{name} must be {kind}, got {value!r}")
-
-
-def _number(value: Any, name: str, *, low: float | None = None, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    if low is not None and value < low:
-        raise ConfigError(f"{name} must be >= {low}, got {value!r}")
 
 
 def _plain(value: Any) -> Any:
@@ -65,111 +63,76 @@ def _json_ready(value: Any, name: str) -> None:
 
 
 @dataclass(frozen=True)
-class HarvestConfig:
-    """What ``harvest()`` reads and keeps (see :func:`sae_lens_autointerp.harvest.harvest` for each field)."""
-
-    n_tokens: int = 1_000_000
-    ctx_len: int | None = None
-    batch_size: int = 16
-    example_len: int = 32
-    top_k: int = 50
-    n_stratified: int = 100
-    n_random_windows: int = 1000
-    threshold: float = 0.0
-    seed: int = 0
-    n_position_buckets: int = 64
-    n_token_slots: int = 64
-    text_column: str = "text"
-    split: str = "train"
-    streaming: bool = True
-    dataset_config: str | None = None
-    store_dir: str | None = None
-    checkpoint_every_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        _int(self.n_tokens, "harvest n_tokens", low=1)
-        _int(self.ctx_len, "harvest ctx_len", low=2, optional=True)
-        _int(self.batch_size, "harvest batch_size", low=1)
-        _int(self.example_len, "harvest example_len", low=1)
-        if self.ctx_len is not None and self.example_len > self.ctx_len:
-            raise ConfigError(f"harvest example_len={self.example_len} must be <= ctx_len={self.ctx_len}")
-        if self.ctx_len is not None and self.ctx_len % self.example_len:
-            raise ConfigError(
-                f"harvest ctx_len={self.ctx_len} must be a multiple of example_len={self.example_len}: each example "
-                "is shown as its fixed chunk of example_len tokens (a partial chunk would be shorter)"
-            )
-        _int(self.top_k, "harvest top_k", low=1)
-        _int(self.n_stratified, "harvest n_stratified", low=1)
-        _int(self.n_random_windows, "harvest n_random_windows", low=0)
-        _number(self.threshold, "harvest threshold")
-        _int(self.seed, "harvest seed")
-        _int(self.n_position_buckets, "harvest n_position_buckets", low=1)
-        _int(self.n_token_slots, "harvest n_token_slots", low=1)
-        _number(self.checkpoint_every_s, "harvest checkpoint_every_s", low=0)
-        if self.store_dir is not None and not isinstance(self.store_dir, str):
-            object.__setattr__(self, "store_dir", os.fspath(self.store_dir))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> HarvestConfig:
-        data = dict(data)
-        if data.pop("peak_offset", None) is not None:  # configs saved before windows became fixed chunks
-            raise ConfigError(
-                "harvest peak_offset was removed: a window with the peak always at one index lets a judge that never "
-                "reads the explanation score above chance, so every example is now shown as its fixed chunk of "
-                "example_len tokens; delete peak_offset from the config"
-            )
-        return cls(**_known(cls, data, "harvest"))
-
-
-@dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a run of ``sae.autointerp.run`` (the answers depend on nothing else but the SAE,
     the model, the data and the LLM client's identity, which run.json records beside it)."""
 
-    latents: tuple[int, ...] | None = None
-    llm: str | None = "local"
-    llm_kwargs: dict[str, Any] = field(default_factory=dict)
-    explainer: str | None = "default"
-    explainer_kwargs: dict[str, Any] = field(default_factory=dict)
-    scorers: tuple[str, ...] = ("detection", "fuzzing")
-    scorer_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    explanations: dict[int, str] | None = None
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    harvest: HarvestConfig = field(default_factory=HarvestConfig)
-    out_dir: str | None = None
-    concurrency: int = 4
-    budget_tokens: int | None = None
-    budget_dollars: float | None = None
-    prices: dict[str, Any] | None = None
-    seed: int = 0
-    controls: float | dict[str, float] = 0.2
-    max_consecutive_failures: int = 3
-    #: Known-heuristic filters (``heuristics.py``): True flags positional / unigram latents at the default
-    #: threshold (0.9 of the activation variance), a number in (0, 1] sets the threshold, False turns them off.
-    #: Reporting only (columns of ``result.table``); it changes no answer and is not part of the run key.
-    heuristics: bool | float = True
-    #: Flagged latents get the ``top-tokens`` explainer's explanation instead of the run's explainer (no LLM
-    #: call for them); part of the run key when on.
-    heuristic_explanations: bool = False
-    #: Where latents are explained and scored: ``"local"`` (this process) or ``"ray"`` (shards on Ray actors,
-    #: ``distributed/``). Neither these nor the three fields below change an answer or the run key.
-    executor: str = "local"
-    #: The Ray cluster to join (``"auto"``, ``"ray://host:10001"``); None: an initialised Ray, else a local one.
-    ray_address: str | None = None
-    #: Ray actors (each with its own LLM client); None: one per GPU for ``vllm:``, else one per CPU of the cluster.
-    workers: int | None = None
-    #: GPUs per actor; None: 1 for ``llm="vllm:..."`` (one engine per GPU), else 0.
-    worker_gpus: float | None = None
+    latents: tuple[int, ...] | None = option(None, doc="the latents to explain and score (None: all of the SAE's)")
+    llm: str | None = option(
+        "local", doc="the LLM: 'local', 'openai:MODEL', 'vllm:MODEL', a plugin's 'prefix:model', or None for none"
+    )
+    llm_kwargs: dict[str, Any] = option(
+        doc="options of the LLM client, e.g. {'base_url': ..., 'cache': ...} (docs/llm.md)", factory=dict
+    )
+    explainer: str | None = option("default", doc="the explainer (any registered one; sae-autointerp plugins)")
+    explainer_kwargs: dict[str, Any] = option(doc="options of the explainer", factory=dict)
+    scorers: tuple[str, ...] = option(("detection", "fuzzing"), doc="the scorers (any registered ones)")
+    scorer_kwargs: dict[str, dict[str, Any]] = option(
+        doc="options per scorer, e.g. {'detection': {'examples_per_prompt': 5}}", factory=dict
+    )
+    explanations: dict[int, str] | None = option(
+        None, doc="explanations to score, {latent: text}, instead of explaining the latents"
+    )
+    sampling: SamplingConfig = option(
+        doc="how each latent's examples are drawn: a SamplingConfig or a dict of its fields", factory=SamplingConfig
+    )
+    harvest: HarvestConfig = option(
+        doc="the harvest when no store is given: a HarvestConfig or a dict of its fields", factory=HarvestConfig
+    )
+    out_dir: str | None = option(None, doc="the run folder (default: a folder per run key under the cache)")
+    concurrency: int = option(4, doc="latents in flight at once")
+    budget_tokens: int | None = option(None, doc="stop the run after this many LLM tokens")
+    budget_dollars: float | None = option(None, doc="stop the run after this many dollars (needs prices)")
+    prices: dict[str, Any] | None = option(
+        None, doc="{MODEL: [input $ / M tokens, output $ / M tokens]} for the cost and the dollar budget"
+    )
+    seed: int = option(0, doc="the run's seed (and the sampling's, unless sampling gives its own)")
+    controls: float | dict[str, float] = option(
+        0.2,
+        doc="share of each latent's test examples also scored with another latent's explanation (the control "
+        "behind lift and the judge check); 0 or False: off; {scorer: share} per scorer, '*' for the rest",
+    )
+    max_consecutive_failures: int = option(
+        3, doc="latents in a row left incomplete by the LLM backend that stop the run"
+    )
+    heuristics: bool | float = option(
+        True,
+        doc="flag positional / unigram latents (heuristics.py): True at 0.9 of the activation variance, a number "
+        "in (0, 1] for that threshold, False: off; reporting only, not part of the run key",
+    )
+    heuristic_explanations: bool = option(
+        False,
+        doc="give flagged latents the top-tokens explanation instead of an LLM call; part of the run key when on",
+    )
+    executor: str = option(
+        "local",
+        doc="where latents are explained and scored: 'local' (this process) or 'ray' (Ray actors, docs/scale.md); "
+        "neither this nor the Ray options change an answer or the run key",
+    )
+    ray_address: str | None = option(
+        None, doc="the Ray cluster to join ('auto', 'ray://head:10001'); None: an initialised Ray, else a local one"
+    )
+    workers: int | None = option(
+        None, doc="Ray actors, each with its own LLM client; default one per GPU for vllm:, else one per CPU"
+    )
+    worker_gpus: float | None = option(None, doc="GPUs per Ray actor; default 1 for llm='vllm:...', else 0")
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
         if self.latents is not None:
             latents = [self.latents] if isinstance(self.latents, numbers.Integral) else list(self.latents)
             for latent in latents:
-                _int(latent, "latents[...]", low=0)
+                check_int(latent, "latents[...]", low=0)
             set_(self, "latents", tuple(int(x) for x in latents))
         if self.llm is not None and not isinstance(self.llm, str):
             raise ConfigError(
@@ -215,15 +178,15 @@ class RunConfig:
             raise ConfigError(f"harvest must be a HarvestConfig or a dict, got {type(self.harvest).__name__}")
         if self.out_dir is not None:
             set_(self, "out_dir", os.fspath(self.out_dir))
-        _int(self.concurrency, "concurrency", low=1)
-        _int(self.budget_tokens, "budget_tokens", low=0, optional=True)
-        _number(self.budget_dollars, "budget_dollars", low=0, optional=True)
+        check_int(self.concurrency, "concurrency", low=1)
+        check_int(self.budget_tokens, "budget_tokens", low=0, optional=True)
+        check_number(self.budget_dollars, "budget_dollars", low=0, optional=True)
         if self.prices is not None and not isinstance(self.prices, Mapping):
             raise ConfigError("prices must be a dict {MODEL: [input $/M tokens, output $/M tokens]}")
-        _int(self.seed, "seed")
+        check_int(self.seed, "seed")
         fractions = check_fraction(self.controls)
         set_(self, "controls", fractions["*"] if set(fractions) == {"*"} else fractions)
-        _int(self.max_consecutive_failures, "max_consecutive_failures", low=1)
+        check_int(self.max_consecutive_failures, "max_consecutive_failures", low=1)
         if not isinstance(self.heuristics, bool):
             if not isinstance(self.heuristics, numbers.Real) or not 0 < self.heuristics <= 1:
                 raise ConfigError(
@@ -240,8 +203,8 @@ class RunConfig:
             raise ConfigError(
                 f"ray_address must be a Ray address ('auto', 'ray://host:10001'), got {self.ray_address!r}"
             )
-        _int(self.workers, "workers", low=1, optional=True)
-        _number(self.worker_gpus, "worker_gpus", low=0, optional=True)
+        check_int(self.workers, "workers", low=1, optional=True)
+        check_number(self.worker_gpus, "worker_gpus", low=0, optional=True)
         if self.executor == "local":
             given = [n for n in ("ray_address", "workers", "worker_gpus") if getattr(self, n) is not None]
             if given:
@@ -289,14 +252,71 @@ class RunConfig:
         return replace(self, **changes)
 
 
+class _CommonOptions(TypedDict, total=False):
+    """The :class:`RunConfig` fields that every entry point takes as a keyword (see :class:`RunOptions`)."""
+
+    llm_kwargs: Mapping[str, Any] | None
+    explainer_kwargs: Mapping[str, Any] | None
+    scorer_kwargs: Mapping[str, Mapping[str, Any]] | None
+    sampling: SamplingConfig | Mapping[str, Any] | None
+    harvest: HarvestConfig | Mapping[str, Any] | None
+    out_dir: str | os.PathLike[str] | None
+    concurrency: int
+    budget_tokens: int | None
+    budget_dollars: float | None
+    prices: Mapping[str, Any] | None
+    seed: int
+    controls: float | bool | Mapping[str, float]
+    max_consecutive_failures: int
+    heuristics: bool | float
+    heuristic_explanations: bool
+    executor: str
+    ray_address: str | None
+    workers: int | None
+    worker_gpus: float | None
+
+
+class RunOptions(_CommonOptions, total=False):
+    """The keyword arguments of ``run()`` that are :class:`RunConfig` fields: every field, each typed as what
+    the keyword accepts (``llm`` also a client object, ``latents`` any iterable, a dict for a nested config).
+    ``tests/test_options.py`` checks that the keys are exactly the fields."""
+
+    latents: Iterable[int] | int | None
+    llm: LLMSpec
+    explainer: str | None
+    scorers: Iterable[str]
+    explanations: Mapping[int, str | Explanation] | None
+
+
+class ExplainOptions(_CommonOptions, total=False):
+    """The options of ``sae.explain`` / ``sae.autointerp.explain`` beyond its named parameters (``latents``,
+    ``llm``, ``explainer``): every :class:`RunConfig` field but ``scorers`` (it scores nothing)."""
+
+    explanations: Mapping[int, str | Explanation] | None
+
+
+class ScoreOptions(_CommonOptions, total=False):
+    """The options of ``sae.score`` / ``sae.autointerp.score`` beyond its named parameters (``explanations``,
+    ``scorers``, ``llm``): every other :class:`RunConfig` field."""
+
+    latents: Iterable[int] | int | None
+    explainer: str | None
+
+
+class CompareOptions(_CommonOptions, total=False):
+    """The options of ``sai.compare``: every :class:`RunConfig` field but ``latents`` (compare draws them)."""
+
+    llm: LLMSpec
+    explainer: str | None
+    scorers: Iterable[str]
+    explanations: Mapping[int, str | Explanation] | None
+
+
+def option_names(options: type) -> frozenset[str]:
+    """The keys of one of the ``TypedDict`` s above."""
+    return frozenset(options.__required_keys__ | options.__optional_keys__)  # type: ignore[attr-defined]
+
+
 def _known(cls: Any, data: Mapping[str, Any], what: str) -> dict[str, Any]:
-    names = [f.name for f in fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"unknown {what} option(s) {unknown}; valid: {', '.join(names)}")
+    check_names(data, [f.name for f in fields(cls)], what)
     return dict(data)
-
-
-#: The keyword arguments of ``run`` that are RunConfig fields (the rest: model, dataset, store, a client
-#: object, progress).
-RUN_FIELDS = tuple(f.name for f in fields(RunConfig))

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sae_lens import SAE
+    from typing_extensions import Unpack
 
-    from .config import HarvestConfig, RunConfig
-    from .harvest import LatentStore
+    from .config import ExplainOptions, HarvestConfig, RunConfig, RunOptions, ScoreOptions
+    from .harvest import HarvestOptions, LatentStore, ModuleReader
     from .harvest.corpus import CorpusLike
     from .harvest.model import SubjectModel
     from .llm.types import LLMSpec
     from .records import Explanation
     from .registry import PluginInfo
     from .results import ScoreResult
+
+
+#: The keyword arguments of ``run`` / ``explain`` / ``score`` that are not RunConfig fields.
+RUN_KEYWORDS = ("config", "store", "progress", "model_loader", "sae_loader")
+EXPLAIN_KEYWORDS = (*RUN_KEYWORDS, "model", "dataset")
+SCORE_KEYWORDS = (*RUN_KEYWORDS, "model", "dataset")
 
 
 class AutointerpNamespace:
@@ -41,24 +48,21 @@ class AutointerpNamespace:
         dataset: CorpusLike | None = None,
         *,
         config: HarvestConfig | None = None,
-        **kwargs: Any,
+        progress: bool = True,
+        hook_fn: ModuleReader | None = None,
+        **options: Unpack[HarvestOptions],
     ) -> LatentStore:
         """Stream ``dataset`` through ``model`` and this SAE; see :func:`sae_lens_autointerp.harvest.harvest`.
         ``config=HarvestConfig(...)`` gives the settings as one object (keywords override its fields).
         Omitted, ``dataset`` is the SAE's training dataset (``cfg.metadata.dataset_path``) and ``model`` the
         model it was trained on (``cfg.metadata.model_name``, loaded with ``model_from_pretrained_kwargs``)."""
-        from .harvest import harvest
+        from .harvest import harvest, harvest_config
         from .loading import default_dataset, default_model
 
+        cfg = harvest_config(config, options)  # a wrong option fails before any dataset or model is loaded
         dataset = default_dataset(self.sae) if dataset is None else dataset  # before any model is loaded
         model = default_model(self.sae) if model is None else model
-
-        if config is not None:
-            from dataclasses import replace
-
-            settings = {k: v for k, v in kwargs.items() if k in config.to_dict()}
-            kwargs = {**replace(config, **settings).to_dict(), **{k: v for k, v in kwargs.items() if k not in settings}}
-        return harvest(self.sae, model, dataset, **kwargs)
+        return harvest(self.sae, model, dataset, config=cfg, progress=progress, hook_fn=hook_fn)
 
     def results(self, path: str | os.PathLike[str] | None = None) -> ScoreResult:
         """Results of a run: from ``path`` (a results.jsonl or its folder), or the latest run of this SAE
@@ -95,18 +99,41 @@ class AutointerpNamespace:
         dataset: CorpusLike | None = None,
         *,
         config: RunConfig | None = None,
-        **kwargs: Any,
+        store: LatentStore | None = None,
+        progress: bool = True,
+        model_loader: Callable[[], Any] | None = None,
+        sae_loader: Callable[[], Any] | None = None,
+        **options: Unpack[RunOptions],
     ) -> ScoreResult:
-        """Explain and score latents; ``config=RunConfig(...)`` and/or keyword arguments (which override the
-        config's fields); see :func:`sae_lens_autointerp.pipeline.run` for the options. ``executor="ray"``
-        (or ``config.executor``) shards the latents over Ray actors (:mod:`sae_lens_autointerp.distributed`)."""
-        if kwargs.get("executor", getattr(config, "executor", "local")) == "ray":
+        """Explain and score latents; ``config=RunConfig(...)`` and / or keyword arguments, the fields of
+        :class:`~sae_lens_autointerp.config.RunConfig` (which override the config's); see
+        :func:`sae_lens_autointerp.pipeline.run`. ``executor="ray"`` (or ``config.executor``) shards the latents
+        over Ray actors (:mod:`sae_lens_autointerp.distributed`), whose ``model_loader`` / ``sae_loader`` load
+        a model or SAE that cannot be pickled in each actor."""
+        from .pipeline import check_run_options
+
+        opts: dict[str, Any] = check_run_options(options, "run", RUN_KEYWORDS)
+        if opts.get("executor", getattr(config, "executor", "local")) == "ray":
             from .distributed import run as run_on_ray
 
-            return run_on_ray(self.sae, model, dataset, config=config, **kwargs)
+            return run_on_ray(
+                self.sae,
+                model,
+                dataset,
+                config=config,
+                store=store,
+                progress=progress,
+                model_loader=model_loader,
+                sae_loader=sae_loader,
+                **opts,
+            )
+        if model_loader is not None or sae_loader is not None:
+            from .errors import ConfigError
+
+            raise ConfigError("model_loader / sae_loader apply to executor='ray' (each Ray actor loads its own)")
         from .pipeline import run
 
-        return run(self.sae, model, dataset, config=config, **kwargs)
+        return run(self.sae, model, dataset, config=config, store=store, progress=progress, **opts)
 
     def explain(
         self,
@@ -115,7 +142,13 @@ class AutointerpNamespace:
         latents: Iterable[int] | int | None = None,
         llm: LLMSpec = None,
         explainer: str | None = None,
-        **kwargs: Any,
+        *,
+        config: RunConfig | None = None,
+        store: LatentStore | None = None,
+        progress: bool = True,
+        model_loader: Callable[[], Any] | None = None,
+        sae_loader: Callable[[], Any] | None = None,
+        **options: Unpack[ExplainOptions],
     ) -> dict[int, Explanation]:
         """Explain ``latents`` of this SAE with ``llm``; returns ``{latent: Explanation}``.
 
@@ -123,13 +156,22 @@ class AutointerpNamespace:
         ``llm``: ``"local"`` (the default), ``"openai:MODEL"``, ``"vllm:MODEL"`` or a client object.
         ``explainer``: any registered explainer (default ``"default"``; ``sae-autointerp plugins``). Latents
         that are dead, too rare or too dense are left out (``sae.autointerp.run(...).skipped`` says why);
-        failed explanations have ``.failed`` and ``.error``. ``config=RunConfig(...)`` works here too.
+        failed explanations have ``.failed`` and ``.error``. The other options are :meth:`run`'s (all but
+        ``scorers``); ``config=RunConfig(...)`` works here too.
         """
+        from .pipeline import check_run_options
+
+        opts: dict[str, Any] = check_run_options(options, "explain", EXPLAIN_KEYWORDS)
+        if "scorers" in opts:
+            from .errors import ConfigError
+
+            raise ConfigError("explain() scores nothing; pass scorers= to sae.score() or sae.autointerp.run()")
         given: dict[str, Any] = {
             k: v for k, v in (("latents", latents), ("llm", llm), ("explainer", explainer)) if v is not None
         }
-        result = self.run(model, dataset, scorers=(), **given, **kwargs)
-        return result.explanations
+        keywords: dict[str, Any] = dict(config=config, store=store, progress=progress)
+        keywords.update(model_loader=model_loader, sae_loader=sae_loader)
+        return self.run(model, dataset, scorers=(), **keywords, **given, **opts).explanations
 
     def score(
         self,
@@ -138,17 +180,29 @@ class AutointerpNamespace:
         explanations: Mapping[int, str | Explanation] | None = None,
         scorers: Iterable[str] | None = None,
         llm: LLMSpec = None,
-        **kwargs: Any,
+        *,
+        config: RunConfig | None = None,
+        store: LatentStore | None = None,
+        progress: bool = True,
+        model_loader: Callable[[], Any] | None = None,
+        sae_loader: Callable[[], Any] | None = None,
+        **options: Unpack[ScoreOptions],
     ) -> ScoreResult:
         """Score ``explanations`` (``{latent: str | Explanation}``) with ``scorers`` (default detection and
         fuzzing); returns a :class:`ScoreResult` whose ``.table`` has one row per (latent, scorer) with its
         interval, chance level, control and lift. Without explanations, the latents are explained first
-        (``latents=``, ``explainer=``). ``llm`` defaults to ``"local"``; ``config=RunConfig(...)`` works too."""
+        (``latents=``, ``explainer=``). ``llm`` defaults to ``"local"``; the other options are :meth:`run`'s;
+        ``config=RunConfig(...)`` works too."""
+        from .pipeline import check_run_options
+
+        opts: dict[str, Any] = check_run_options(options, "score", SCORE_KEYWORDS)
         if explanations is not None:
-            kwargs.setdefault("latents", sorted(int(k) for k in explanations))
-            kwargs["explanations"] = explanations
+            opts.setdefault("latents", sorted(int(k) for k in explanations))
+            opts["explanations"] = explanations
         given: dict[str, Any] = {k: v for k, v in (("scorers", scorers), ("llm", llm)) if v is not None}
-        return self.run(model, dataset, **given, **kwargs)
+        keywords: dict[str, Any] = dict(config=config, store=store, progress=progress)
+        keywords.update(model_loader=model_loader, sae_loader=sae_loader)
+        return self.run(model, dataset, **keywords, **given, **opts)
 
 
 def for_sae(sae: SAE) -> AutointerpNamespace:

@@ -271,3 +271,36 @@ def test_sql_walker_finds_each_way_of_speaking_sql(tmp_path):
         },
     )
     assert set(sql_speakers(pkg)) == {"pkg.a", "pkg.b", "pkg.c", "pkg.d"}
+
+
+def private_imports(package_dir: Path, prefix: str) -> list[tuple[str, str, str]]:
+    """``(module, imported from, name)`` for every ``_``-prefixed name that a module under ``prefix`` imports
+    from another module of the package (top level, in functions, under ``TYPE_CHECKING``)."""
+    modules = package_modules(package_dir)
+    out = []
+    for name, (path, is_package) in modules.items():
+        if not name.startswith(prefix):
+            continue
+        package = name if is_package else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = node.module or ""
+            if not node.level and base.split(".")[0] != package_dir.name:
+                continue  # another distribution's name
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*parts, base] if base else parts)
+            out += [(name, base, a.name) for a in node.names if a.name.startswith("_") and base != name]
+    return out
+
+
+def test_the_ray_executor_uses_only_public_names_of_the_pipeline(tmp_path):
+    """distributed/ runs the pipeline through its public seams (``Runner``, ``Work``, ``LatentWork``): it imports
+    no ``_``-prefixed name from another module. The walker sees one where there is one."""
+    assert private_imports(PACKAGE_DIR, "sae_lens_autointerp.distributed") == []
+    pkg = _write(
+        tmp_path,
+        {"pkg/__init__.py": "", "pkg/a.py": "_X = 1\n", "pkg/d/__init__.py": "", "pkg/d/b.py": "from ..a import _X\n"},
+    )
+    assert private_imports(pkg, "pkg.d") == [("pkg.d.b", "pkg.a", "_X")]

@@ -84,7 +84,7 @@ def test_errors_are_one_clear_line(tmp_path):
 def test_bad_run_arguments_fail_in_one_line_before_any_harvest(tmp_path):
     cases = [
         (["--latents", "abc"], "--latents 'abc': expected comma-separated indices"),
-        (["--prices", "{oops"], "--prices is not JSON"),
+        (["--prices", "{oops"], "--prices '{oops': is not JSON"),
         (["--llm", "nosuch:model", "--latents", "1"], "unknown llm client 'nosuch'"),
         (["--scorers", "detecton", "--latents", "1"], "unknown scorer 'detecton'"),
         (["--budget-dollars", "1", "--llm", "openai:m", "--latents", "1"], "budget_dollars needs prices"),

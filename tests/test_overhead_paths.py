@@ -510,13 +510,13 @@ def test_classify_many_counts_cache_hits_usage_and_errors_per_request(tmp_path):
 
 
 def test_heuristic_flags_in_chunks_equal_all_at_once(planted_store, monkeypatch):
-    from sae_lens_autointerp import pipeline
     from sae_lens_autointerp.config import RunConfig
+    from sae_lens_autointerp.pipeline import flags
 
     latents = list(range(planted_store.d_sae))
-    whole, threshold = pipeline._heuristic_flags(planted_store, latents, RunConfig())
-    monkeypatch.setattr(pipeline, "HEURISTIC_CHUNK", 3)
-    chunked, threshold_c = pipeline._heuristic_flags(planted_store, latents, RunConfig())
+    whole, threshold = flags.latent_flags(planted_store, latents, RunConfig())
+    monkeypatch.setattr(flags, "HEURISTIC_CHUNK", 3)
+    chunked, threshold_c = flags.latent_flags(planted_store, latents, RunConfig())
     assert whole is not None and len(whole) == len(latents) and threshold == threshold_c
     assert json.dumps(chunked, sort_keys=True) == json.dumps(whole, sort_keys=True)
     assert any(f["flag"] is not None for f in whole.values()) or planted_store.d_sae < 3
@@ -577,7 +577,7 @@ def test_batched_classify_requests_equal_one_build_per_prompt():
 def test_a_record_is_encoded_once_and_unwritable_plugin_output_becomes_its_error(tmp_path):
     """The JSON check moved from every scorer output to the one encoding of the record: an entry (or a
     control) that cannot be written becomes an error naming the plugin; the other entries are kept as they are."""
-    from sae_lens_autointerp.pipeline import _quarantine
+    from sae_lens_autointerp.pipeline import quarantine
     from sae_lens_autointerp.results import ResultsFile, encode_record
 
     def entry(name: str, plugin: str, **metrics: Any) -> dict[str, Any]:
@@ -607,7 +607,7 @@ def test_a_record_is_encoded_once_and_unwritable_plugin_output_becomes_its_error
     kept = json.loads(encode_record({"s": good}))["s"]
     with pytest.raises((TypeError, ValueError)):
         encode_record(record)
-    _quarantine(record)
+    quarantine(record)
     line = encode_record(record)
     back = json.loads(line)
     assert back["scores"]["detection"] == kept and back["controls"]["detection"]["score"] == 0.5

@@ -139,7 +139,10 @@ BAD_INPUTS = {
     "negatives": ({"sampling": {"negatives": "hard"}}, "negatives must be 'random', 'similar' or 'neighbours'"),
     "seed": ({"seed": "1"}, "seed must be an integer"),
     "concurrency": ({"concurrency": 0}, "concurrency must be a positive integer"),
-    "sampling key": ({"sampling": {"n_tests": 5}}, r"unknown sampling option\(s\) \['n_tests'\]; valid: n_explain"),
+    "sampling key": (
+        {"sampling": {"n_tests": 5}},
+        r"unknown sampling option\(s\) \['n_tests'\]; did you mean 'n_test_pos'\? valid: n_explain",
+    ),
     "string number": ({"sampling": {"n_test_pos": "5"}}, "sampling n_test_pos must be an integer"),
     "huge n_test_pos": ({"sampling": {"n_test_pos": 10_000}}, "harvest keeps a sample of n_stratified=100"),
     "zero n_test_neg": ({"sampling": {"n_test_neg": 0}}, "n_test_pos and n_test_neg must be >= 1"),

@@ -1,11 +1,12 @@
 """Explain and score on Ray: latents sharded over actors, one results.jsonl written by the driver.
 
-The driver does everything a one-process run does before the LLM work (argument checks, harvest or reuse, the
-run key, run.json, the run views) and after it (usage.json, the ScoreResult), with the in-process runner's own
-block logic (``pipeline._Runner.run``: blocks of CONTROL_BLOCK latents, sampled and explained, then scored with
-their controls). Only the per-latent work goes to the actors: each owns its LLM client (an in-process vLLM
-engine on its GPU, or its share of a fleet of OpenAI-compatible servers), opens the store from its folder
-(a shared disk) and gets the model and SAE once from Ray's object store. An actor sends back what it would
+The driver runs ``pipeline.run`` itself: everything a one-process run does before the LLM work (argument checks,
+harvest or reuse, the run key, run.json, the run views), after it (usage.json, the ScoreResult), and the runner
+with its block logic (``pipeline.Runner``: blocks of CONTROL_BLOCK latents, sampled and explained, then scored
+with their controls), given this module's :class:`RayWork` as its work. Only the per-latent work goes to the
+actors, each running the in-process ``pipeline.LatentWork``: each owns its LLM client (an in-process vLLM engine
+on its GPU, or its share of a fleet of OpenAI-compatible servers), opens the store from its folder (a shared
+disk) and gets the model and SAE once from Ray's object store. An actor sends back what it would
 have written; the driver writes it (the one writer of results.jsonl), so records, resume, incomplete records,
 the breaker and the run key are those of the one-process run.
 
@@ -21,30 +22,39 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ..config import RunConfig
 from ..errors import ConfigError
+from ..harvest.store import LatentStore
 from ..pipeline import (
-    UNSET,
-    RunnerArgs,
-    _explanation_from,
-    _Incomplete,
-    _Prepared,
-    _Runner,
-    build_config,
-    make_runner,
+    Incomplete,
+    LatentWork,
+    Outcomes,
+    Prepared,
+    RunParts,
+    Tally,
+    backend_name,
+    check_run_options,
+    open_client,
     preflight,
 )
+from ..pipeline import build_config as build_run_config
 from ..pipeline import run as run_pipeline
 from ..results import ScoreResult
-from ..sampling import LatentSample
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..config import RunOptions
 
 log = logging.getLogger(__name__)
 
 #: Seconds the driver waits for the actors to start (model, SAE and LLM client loaded) before it gives up.
 START_TIMEOUT_S = 600.0
 ACTOR_PREFIX = "sae-autointerp-worker"
+#: The keyword arguments of :func:`run` that are not RunConfig fields.
+RAY_KEYWORDS = ("config", "store", "progress", "model_loader", "sae_loader")
 
 
 def run(
@@ -53,9 +63,11 @@ def run(
     dataset: Any = None,
     *,
     config: RunConfig | None = None,
+    store: LatentStore | None = None,
+    progress: bool = True,
     model_loader: Callable[[], Any] | None = None,
     sae_loader: Callable[[], Any] | None = None,
-    **kwargs: Any,
+    **options: Unpack[RunOptions],
 ) -> ScoreResult:
     """``sae.autointerp.run(...)`` with ``executor="ray"``: the same arguments, the same result and run folder.
 
@@ -66,11 +78,10 @@ def run(
     TransformerBridge) is loaded in each actor by ``model_loader`` / ``sae_loader`` instead: a function without
     arguments, e.g. ``model_loader=sai.embedded.load_model``.
     """
-    kwargs["executor"] = "ray"
-    options = {k: kwargs.get(k, UNSET) for k in kwargs if k not in ("store", "progress")}
-    cfg, client_object, _ = build_config(config, options)
+    opts = check_run_options({**options, "executor": "ray"}, "run", RAY_KEYWORDS)
+    cfg, client_object, _ = build_run_config(config, opts)
     ray = _import_ray()
-    _check_shippable(ray, client_object, kwargs.get("explanations"))
+    _check_shippable(ray, client_object, opts.get("explanations"))
     own = not ray.is_initialized()
     if own:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # read at init by Ray only; the caller's value wins
@@ -85,8 +96,10 @@ def run(
             model,
             dataset,
             config=config,
-            runner_factory=lambda args: _factory(args, size, gpus, subject),
-            **kwargs,
+            store=store,
+            progress=progress,
+            work=lambda parts: RayWork(parts, size, gpus, subject),
+            **opts,
         )
     finally:
         if own:
@@ -105,7 +118,7 @@ def _import_ray() -> Any:
 
 def _check_shippable(ray: Any, client: Any, explanations: Any) -> None:
     for what, obj in (("llm", client), ("explanations", explanations)):
-        if obj is None or obj is UNSET or isinstance(obj, str):
+        if obj is None or isinstance(obj, str):
             continue
         try:
             ray.cloudpickle.dumps(obj)
@@ -159,12 +172,6 @@ def _resources(ray: Any, cfg: RunConfig) -> tuple[int, float]:
     return size, gpus
 
 
-def _factory(args: RunnerArgs, size: int, gpus: float, subject: Mapping[str, Any]) -> _Runner:
-    runner = cast(_RayRunner, make_runner(args, cls=_RayRunner))
-    runner.configure(args, size, gpus, subject)
-    return runner
-
-
 def _actor_kwargs(llm_kwargs: Mapping[str, Any], index: int, size: int, namespace: str | None) -> dict[str, Any]:
     """The LLM options of actor ``index``: a fleet of base URLs is shared out (actor i gets every size-th
     server) when there are at least as many servers as actors; the cache identity stays the fleet's."""
@@ -205,82 +212,69 @@ def _delta(now: Mapping[str, Any], before: Mapping[str, Any] | None) -> dict[str
 # ---------------------------------------------------------------------------------------------------- the actor
 
 
-class _WorkerRunner(_Runner):
-    """The in-process runner inside an actor: what it would write is kept per latent for the driver."""
+class _Outbox:
+    """What an actor's work would have written, kept per latent for the driver (an :class:`Outcomes`)."""
 
-    outbox: dict[int, list[tuple[Any, ...]]]
+    def __init__(self) -> None:
+        self.events: dict[int | None, list[tuple[Any, ...]]] = {}  # None: not about one latent
 
-    def _write(self, record: dict[str, Any]) -> None:
-        self.outbox.setdefault(record["latent"], []).append(("write", record))
+    def write(self, record: dict[str, Any]) -> None:
+        self.events.setdefault(record["latent"], []).append(("write", record))
 
-    def _failed(self, latent: int, record: dict[str, Any], failure: _Incomplete) -> None:
-        self.outbox.setdefault(latent, []).append(("failed", record, failure.stage, failure.error))
+    def fail(self, latent: int, record: dict[str, Any], failure: Incomplete) -> None:
+        self.events.setdefault(latent, []).append(("failed", record, failure.stage, failure.error))
+
+    def stop(self, reason: str) -> None:
+        self.events.setdefault(None, []).append(("stop", reason))
+
+    def take(self, latent: int) -> list[tuple[Any, ...]]:
+        """The events of ``latent``, and any reason to stop, to send to the driver."""
+        return self.events.pop(latent, []) + self.events.pop(None, [])
 
 
 class Worker:
     """One Ray actor: its own LLM client, the store opened from its folder, the model and SAE from the driver."""
 
     def __init__(self, spec: Mapping[str, Any], llm_kwargs: Mapping[str, Any]) -> None:
-        from ..harvest.store import LatentStore
-        from ..registry import get_client
-
         sae = spec["sae_loader"]() if spec["sae_loader"] is not None else _get(spec["sae"])
         model = spec["model_loader"]() if spec["model_loader"] is not None else _get(spec["model"])
-        objects = spec["explanations"]
         cfg = RunConfig.from_dict(spec["config"])
         store = LatentStore(spec["store_path"])
         client_object = spec["client_object"]
-        plan = preflight(sae, model, cfg, store=store, llm=client_object, explanations=objects)
-        client = None
-        if plan.needs_llm:
-            client = get_client(plan.llm, usage=plan.usage, **llm_kwargs) if client_object is None else client_object
+        plan = preflight(sae, model, cfg, store=store, llm=client_object, explanations=spec["explanations"])
+        client = open_client(plan, llm_kwargs)
         self.client, self.own_client = client, client_object is None
-        args = RunnerArgs(
-            plan, sae, model, store, client, client_object, objects, None, spec["run_key"], spec["flags"], False
-        )
-        self.runner = cast(_WorkerRunner, make_runner(args, cls=_WorkerRunner))
-        self.runner.outbox = {}
-        self.runner._bar = _NoBar()
-        self.prepared: dict[int, _Prepared] = {}
+        self.work = LatentWork(RunParts(plan, sae, model, store, client, spec["run_key"], spec["flags"]))
+        self.outbox = _Outbox()
+        self.prepared: dict[int, Prepared] = {}
         self._reported: dict[str, Any] | None = None
 
     async def ready(self) -> int:
         return os.getpid()
 
-    def _report(self, latent: int, prepared: _Prepared | None = None) -> dict[str, Any]:
-        usage = self.runner.ctx.usage
+    def _report(self, latent: int, prepared: Prepared | None = None) -> dict[str, Any]:
+        usage = self.work.ctx.usage
         now = usage.export() if usage is not None else None
         delta = _delta(now, self._reported) if now is not None else None
         self._reported = now
-        state = None
-        if prepared is not None:
-            e = prepared.explanation
-            state = {
-                "explanation": e.to_dict() if e is not None else None,
-                "scores": prepared.scores,
-                "controls": prepared.controls,
-            }
         return {
-            "events": self.runner.outbox.pop(latent, []),
-            "prepared": state,
-            "heuristic": latent in self.runner.heuristic_explained,
+            "events": self.outbox.take(latent),
+            "prepared": prepared.state() if prepared is not None else None,
+            "heuristic": latent in self.work.tally.heuristic_explained,
             "usage": delta,
         }
 
     async def prepare(self, latent: int, partial: dict[str, Any] | None) -> dict[str, Any]:
         """Sample and explain one latent (the first half of a block)."""
-        item = await self.runner._prepare(latent, partial)
+        item = await self.work.prepare(latent, partial, self.outbox)
         if item is not None:
             self.prepared[latent] = item
         return self._report(latent, item)
 
     async def finish(self, latent: int, state: dict[str, Any], pool: dict[int, str]) -> dict[str, Any]:
         """Score one latent and its controls; a latent prepared by another (lost) actor is sampled again."""
-        item = self.prepared.pop(latent, None)
-        if item is None:
-            item = await self.runner._prepare(latent, state)
-        if item is not None:
-            await self.runner._finish(latent, item, pool)
+        item = self.prepared.pop(latent, None) or Prepared.from_state(state)
+        await self.work.finish(latent, item, pool, self.outbox)
         return self._report(latent)
 
     async def close(self) -> None:
@@ -292,14 +286,6 @@ def _get(ref: Any) -> Any:
     import ray
 
     return ray.get(ref) if ref is not None else None
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 # ---------------------------------------------------------------------------------------------------- the driver
@@ -402,13 +388,15 @@ async def _awaitable(ref: Any) -> Any:
     return await ref
 
 
-class _RayRunner(_Runner):
-    """The in-process runner's block logic, with each latent's work done by an actor."""
+class RayWork:
+    """The :class:`~sae_lens_autointerp.pipeline.Work` of a run on Ray: each latent's two halves go to an actor
+    (the least-loaded, the same one for both where it lives), and what the actor would have written is written
+    by the driver's runner, with the actor's usage added to the driver's tracker."""
 
-    def configure(self, args: RunnerArgs, size: int, gpus: float, subject: Mapping[str, Any]) -> None:
+    def __init__(self, parts: RunParts, size: int, gpus: float, subject: Mapping[str, Any]) -> None:
         import ray
 
-        cfg = args.plan.config
+        plan, cfg = parts.plan, parts.plan.config
         share: dict[str, Any] = {"executor": "local", "ray_address": None, "workers": None, "worker_gpus": None}
         if cfg.budget_tokens is not None:
             share["budget_tokens"] = cfg.budget_tokens // size
@@ -416,18 +404,18 @@ class _RayRunner(_Runner):
             share["budget_dollars"] = cfg.budget_dollars / size
         spec = {
             **subject,  # object refs (or loaders) of the model and SAE, put once
-            "store_path": str(args.store.path),
+            "store_path": str(parts.store.path),
             "config": cfg.with_(**share).to_dict(),
-            "client_object": args.client_object,
-            "explanations": args.explanations,
-            "run_key": args.run_key,
-            "flags": args.flags,
+            "client_object": plan.client_object,
+            "explanations": plan.given,
+            "run_key": parts.run_key,
+            "flags": parts.flags,
         }
         spec_ref = ray.put(spec)
-        namespace = getattr(args.client, "cache_namespace", None) if args.client_object is None else None
+        namespace = getattr(parts.client, "cache_namespace", None) if plan.client_object is None else None
         actor = ray.remote(Worker)
         options = {"num_cpus": 1, "num_gpus": gpus, "max_concurrency": max(2, cfg.concurrency + 1), "max_restarts": 0}
-        prefix = f"{ACTOR_PREFIX}-{args.run_key[:12]}-{os.getpid()}"
+        prefix = f"{ACTOR_PREFIX}-{parts.run_key[:12]}-{os.getpid()}"
 
         def make(i: int) -> Any:
             kwargs = _actor_kwargs(cfg.llm_kwargs, i % size, size, namespace)
@@ -435,75 +423,51 @@ class _RayRunner(_Runner):
 
         self.pool = _Pool(ray, make, size, restarts=size)
         self.where: dict[int, _Slot] = {}
+        self.parallel, self.backend, self.tally = size, backend_name(parts.client), Tally()
+        self.usage = parts.client.usage if parts.client is not None else plan.usage
 
-    async def run(self, latents: list[int], concurrency: int) -> str | None:
+    async def open(self) -> None:
         await self.pool.start()
-        try:
-            return await super().run(latents, concurrency * self.pool.size)
-        finally:
-            await self.pool.close()
 
-    def _gone(self) -> None:
-        self.stopped = self.stopped or (
+    async def close(self) -> None:
+        await self.pool.close()
+
+    def _gone(self) -> str:
+        return (
             f"every Ray actor died ({'; '.join(self.pool.lost[-3:])}); finished latents are kept, rerun to do the rest"
         )
 
-    def _replay(self, latent: int, out: Mapping[str, Any]) -> None:
-        """Write what the actor would have written, through the in-process runner's bookkeeping."""
-        if out["usage"] is not None and self.ctx.usage is not None:
-            self.ctx.usage.absorb(out["usage"])
-        if out["heuristic"]:
-            self.heuristic_explained.add(latent)
-        for event in out["events"]:
+    def _replay(self, latent: int, answer: Mapping[str, Any], out: Outcomes) -> None:
+        """Write what the actor would have written, through the runner's bookkeeping."""
+        if answer["usage"] is not None and self.usage is not None:
+            self.usage.absorb(answer["usage"])
+        if answer["heuristic"]:
+            self.tally.heuristic_explained.add(latent)
+        for event in answer["events"]:
             if event[0] == "write":
-                self._write(event[1])
-            else:
+                out.write(event[1])
+            elif event[0] == "failed":
                 _, record, stage, error = event
-                self._failed(latent, record, _Incomplete(stage, error))
+                out.fail(latent, record, Incomplete(stage, error))
+            else:
+                out.stop(event[1])
 
-    async def _prepare_block(
-        self, todo: list[int], partial: dict[int, dict[str, Any]], concurrency: int
-    ) -> dict[int, _Prepared]:
-        from ..pipeline import _bounded
+    async def prepare(self, latent: int, partial: dict[str, Any] | None, out: Outcomes) -> Prepared | None:
+        answer = await self.pool.call("prepare", latent, partial)
+        if answer is None:
+            out.stop(self._gone())
+            return None
+        reply, slot = answer
+        self._replay(latent, reply, out)
+        if reply["prepared"] is None:
+            return None
+        self.where[latent] = slot
+        # the driver needs only the explanation (the controls' pool); the sample stays on the actor
+        return Prepared.from_state(reply["prepared"])
 
-        prepared: dict[int, _Prepared] = {}
-
-        async def prepare(latent: int) -> None:
-            answer = await self.pool.call("prepare", latent, partial.get(latent))
-            if answer is None:
-                return self._gone()
-            out, slot = answer
-            self._replay(latent, out)
-            state = out["prepared"]
-            if state is not None:
-                e = state["explanation"]
-                # the driver needs only the explanation (the controls' pool); the sample stays on the actor
-                prepared[latent] = _Prepared(
-                    cast(LatentSample, None),
-                    _explanation_from(e) if e is not None else None,
-                    dict(state["scores"]),
-                    dict(state["controls"]),
-                )
-                self.where[latent] = slot
-
-        await _bounded(todo, prepare, concurrency, lambda: self.stopped is not None)
-        return prepared
-
-    async def _finish_block(
-        self, prepared: dict[int, _Prepared], latents: list[int], pool: dict[int, str], concurrency: int
-    ) -> None:
-        from ..pipeline import _bounded
-
-        async def finish(latent: int) -> None:
-            item = prepared[latent]
-            state = {
-                "explanation": item.explanation.to_dict() if item.explanation is not None else None,
-                "scores": item.scores,
-                "controls": item.controls,
-            }
-            answer = await self.pool.call("finish", latent, state, pool, prefer=self.where.pop(latent, None))
-            if answer is None:
-                return self._gone()
-            self._replay(latent, answer[0])
-
-        await _bounded(latents, finish, concurrency, lambda: self.stopped is not None)
+    async def finish(self, latent: int, item: Prepared, pool: dict[int, str], out: Outcomes) -> None:
+        answer = await self.pool.call("finish", latent, item.state(), pool, prefer=self.where.pop(latent, None))
+        if answer is None:
+            out.stop(self._gone())
+            return
+        self._replay(latent, answer[0], out)

@@ -2,16 +2,21 @@
 
 from typing import TYPE_CHECKING
 
+from .config import HarvestConfig, HarvestOptions, HarvestSettings, harvest_config
 from .run import harvest, harvest_many, pin_malloc_thresholds
-from .stats import HarvestSettings
 from .store import Example, LatentStore, RandomWindow, deprecated_store_alias
+from ..subjects import ModuleReader
 
 __all__ = [
     "Example",
+    "HarvestConfig",
+    "HarvestOptions",
     "HarvestSettings",
     "LatentStore",
+    "ModuleReader",
     "RandomWindow",
     "harvest",
+    "harvest_config",
     "harvest_many",
     "pin_malloc_thresholds",
 ]

@@ -30,9 +30,10 @@ import torch
 from ..errors import ConfigError
 from ..locks import folder_lock
 from ..paths import cache_dir
+from .config import HarvestSettings
 from .corpus import CorpusSpec, batched, iter_sequences
 from .model import ModelAdapter, capture_many
-from .stats import HarvestSettings, LatentStats
+from .stats import LatentStats
 from .store import (
     PAD_TOKEN,
     STORE_FORMAT_VERSION,

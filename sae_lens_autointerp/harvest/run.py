@@ -10,16 +10,19 @@ import logging
 import os
 from collections.abc import Mapping
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from ..subjects import ModuleReader, with_hook_module
+from .config import EXECUTORS, HarvestConfig, HarvestManyOptions, HarvestOptions, harvest_config
 from .corpus import resolve_corpus
 from .jobs import finish, open_jobs, prepare_jobs, run_local, sae_fingerprint
+from ..subjects import ModuleReader, with_hook_module
 from .store import LatentStore
 
 if TYPE_CHECKING:
     from sae_lens import SAE
+    from typing_extensions import Unpack
 
     from .corpus import CorpusLike
     from .model import SubjectModel
@@ -28,8 +31,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_N_TOKENS", "EXECUTORS", "harvest", "harvest_many", "pin_malloc_thresholds", "sae_fingerprint"]
 
-DEFAULT_N_TOKENS = 1_000_000
-EXECUTORS = ("local", "ray")
+DEFAULT_N_TOKENS = HarvestConfig().n_tokens
 #: ``SAE_AUTOINTERP_PIN_MALLOC=1`` makes every :func:`harvest` pin glibc's malloc thresholds (see
 #: :func:`pin_malloc_thresholds`) unless it is called with ``pin_malloc=False``.
 PIN_MALLOC_ENV_VAR = "SAE_AUTOINTERP_PIN_MALLOC"
@@ -78,31 +80,10 @@ def harvest(
     model: SubjectModel,
     dataset: CorpusLike,
     *,
-    n_tokens: int = DEFAULT_N_TOKENS,
-    ctx_len: int | None = None,
-    batch_size: int = 16,
-    example_len: int = 32,
-    top_k: int = 50,
-    n_stratified: int = 100,
-    n_random_windows: int = 1000,
-    threshold: float = 0.0,
-    seed: int = 0,
-    n_position_buckets: int = 64,
-    n_token_slots: int = 64,
-    shard_batches: int = 16,
-    text_column: str = "text",
-    split: str = "train",
-    streaming: bool = True,
-    dataset_config: str | None = None,
-    store_dir: str | os.PathLike[str] | None = None,
-    checkpoint_every_s: float = 30.0,
+    config: HarvestConfig | Mapping[str, Any] | None = None,
     progress: bool = True,
-    pin_malloc: bool | None = None,
-    executor: str = "local",
-    n_workers: int | None = None,
-    worker_options: dict[str, Any] | None = None,
-    hook_module: str | Mapping[str, str] | None = None,
     hook_fn: ModuleReader | None = None,
+    **options: Unpack[HarvestOptions],
 ) -> LatentStore:
     """Harvest latent statistics of ``sae`` on ``dataset`` through ``model``.
 
@@ -114,60 +95,28 @@ def harvest(
     ``dataset`` is any form of ``corpus.py``'s docstring: a Hugging Face name or object, local files, strings,
     a token tensor, or pre-tokenized rows (a ``tokens`` / ``input_ids`` column, read as SAELens reads them).
 
-    Args:
-        n_tokens: tokens to read (rounded up to whole sequences of ``ctx_len``).
-        ctx_len: sequence length; default ``sae.cfg.metadata.context_size`` (or 128), capped by the model.
-        batch_size: sequences per forward pass.
-        example_len: tokens per example (the unit of top-k / sampling) and per stored window: each example's
-            window is its fixed chunk of ``example_len`` tokens, so ``ctx_len`` must be a multiple of it (a default
-            ``ctx_len`` is rounded down to one).
-        top_k / n_stratified / n_random_windows: sizes of the kept samples (see ``stats.py``).
-        n_position_buckets / n_token_slots: resolution of the per-position sums and size of each latent's
-            per-token table, used by the known-heuristic filters (see ``stats.py`` and ``heuristics.py``).
-        shard_batches: batches per shard, the unit in which float sums are folded (so every executor gives
-            the same bits), of distributed work and of redoing a lost worker's work.
-        store_dir: folder of the store; default ``~/.cache/sae-lens-autointerp/stores/<key>``.
-        checkpoint_every_s: seconds between checkpoints (0 = after every batch).
-        pin_malloc: pin glibc's malloc thresholds for the whole process first (see
-            :func:`pin_malloc_thresholds`: ~8% lower peak RSS, 1.6-1.75x slower forward passes). Default None:
-            only when ``SAE_AUTOINTERP_PIN_MALLOC=1``.
-        executor: ``"local"`` (this process) or ``"ray"``: shards of sequences on Ray actors, each with its own
-            copy of the model, merged into the store the local executor would write (``ray_harvest.py``).
-        n_workers / worker_options: Ray only: the number of actors (default: one per GPU of the cluster, else
-            one per CPU) and their ``ray.remote`` options (default ``{"num_gpus": 1}`` or ``{"num_cpus": 1}``).
-        hook_module / hook_fn: Hugging Face and nnsight models only: read the SAE's input from this module
-            (a dotted path) instead of the mapped hook point, picked by ``hook_fn(module, args, output)``
-            (default: the module's output); see :class:`~sae_lens_autointerp.subjects.HFModel`.
+    The options are the fields of :class:`~.config.HarvestConfig` (each documented there), given as
+    ``config=`` and / or as keywords, which override its fields; a name that is no field is an error naming
+    the closest one. Among them: ``n_tokens`` (rounded up to whole sequences of ``ctx_len``), ``ctx_len``
+    (default ``sae.cfg.metadata.context_size`` or 128, capped by the model), ``example_len``, ``top_k`` /
+    ``n_stratified`` / ``n_random_windows`` (the kept samples, ``stats.py``), ``shard_batches`` (the unit in
+    which float sums are folded, so every executor gives the same bits), ``store_dir``, ``pin_malloc`` (see
+    :func:`pin_malloc_thresholds`), ``executor="ray"`` with ``n_workers`` / ``worker_options`` (shards on Ray
+    actors merged into the store the local executor would write, ``ray_harvest.py``), ``hook_module`` (Hugging
+    Face and nnsight models: read this module instead of the mapped hook point, see :class:`~.subjects.HFModel`).
+
+    ``progress``: a progress bar; ``hook_fn(module, args, output)``: with ``hook_module``, what of the module's
+    call the SAE reads (default: its output).
     """
-    if hook_module is not None or hook_fn is not None:
-        model = with_hook_module(model, hook_module, hook_fn)
+    cfg = harvest_config(config, options)
     stores = harvest_many(
         {"sae": sae},
         model,
         dataset,
-        n_tokens=n_tokens,
-        ctx_len=ctx_len,
-        batch_size=batch_size,
-        example_len=example_len,
-        top_k=top_k,
-        n_stratified=n_stratified,
-        n_random_windows=n_random_windows,
-        threshold=threshold,
-        seed=seed,
-        n_position_buckets=n_position_buckets,
-        n_token_slots=n_token_slots,
-        shard_batches=shard_batches,
-        text_column=text_column,
-        split=split,
-        streaming=streaming,
-        dataset_config=dataset_config,
-        store_dirs={"sae": store_dir},
-        checkpoint_every_s=checkpoint_every_s,
+        config=replace(cfg, store_dir=None),
+        store_dirs={"sae": cfg.store_dir},
         progress=progress,
-        pin_malloc=pin_malloc,
-        executor=executor,
-        n_workers=n_workers,
-        worker_options=worker_options,
+        hook_fn=hook_fn,
     )
     return stores["sae"]
 
@@ -177,29 +126,11 @@ def harvest_many(
     model: SubjectModel,
     dataset: CorpusLike,
     *,
-    n_tokens: int = DEFAULT_N_TOKENS,
-    ctx_len: int | None = None,
-    batch_size: int = 16,
-    example_len: int = 32,
-    top_k: int = 50,
-    n_stratified: int = 100,
-    n_random_windows: int = 1000,
-    threshold: float = 0.0,
-    seed: int = 0,
-    n_position_buckets: int = 64,
-    n_token_slots: int = 64,
-    shard_batches: int = 16,
-    text_column: str = "text",
-    split: str = "train",
-    streaming: bool = True,
-    dataset_config: str | None = None,
+    config: HarvestConfig | Mapping[str, Any] | None = None,
     store_dirs: Mapping[str, str | os.PathLike[str] | None] | None = None,
-    checkpoint_every_s: float = 30.0,
     progress: bool = True,
-    pin_malloc: bool | None = None,
-    executor: str = "local",
-    n_workers: int | None = None,
-    worker_options: dict[str, Any] | None = None,
+    hook_fn: ModuleReader | None = None,
+    **options: Unpack[HarvestManyOptions],
 ) -> dict[str, LatentStore]:
     """Harvest several SAEs of one model in one pass: every batch runs through the model once, hooked at
     every SAE's hook point and stopped after the deepest; each SAE gets its own store, equal value for value
@@ -211,64 +142,47 @@ def harvest_many(
     """
     if not isinstance(saes, Mapping) or not saes:
         raise ConfigError("harvest_many needs a non-empty mapping {name: sae}, e.g. {'l3': sae3, 'l4': sae4}")
-    if executor not in EXECUTORS:
-        raise ConfigError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    if "store_dir" in options or (config is not None and _field(config, "store_dir") is not None):
+        raise ConfigError("harvest_many writes one store per SAE: pass store_dirs={name: folder} instead of store_dir")
+    cfg = harvest_config(config, options)
     store_dirs = dict(store_dirs or {})
     unknown = sorted(set(store_dirs) - set(saes))
     if unknown:
         raise ConfigError(f"store_dirs names {unknown}, which are not SAEs of this call ({sorted(saes)})")
-    if not isinstance(n_tokens, int) or n_tokens < 1:
-        raise ConfigError(f"n_tokens must be a positive integer, got {n_tokens!r}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if not isinstance(shard_batches, int) or shard_batches < 1:
-        raise ConfigError(f"shard_batches must be a positive integer, got {shard_batches!r}")
-    if min(top_k, n_stratified) < 1 or n_random_windows < 0:
-        raise ConfigError("top_k and n_stratified must be >= 1 and n_random_windows >= 0")
-    if min(n_position_buckets, n_token_slots) < 1:
-        raise ConfigError("n_position_buckets and n_token_slots must be >= 1")
-    if executor == "local" and (n_workers is not None or worker_options is not None):
-        raise ConfigError("n_workers and worker_options are for executor='ray'; drop them or pass executor='ray'")
+    if cfg.hook_module is not None or hook_fn is not None:
+        model = with_hook_module(model, cfg.hook_module, hook_fn)
     corpus = resolve_corpus(
-        dataset, text_column=text_column, split=split, streaming=streaming, dataset_config=dataset_config
+        dataset,
+        text_column=cfg.text_column,
+        split=cfg.split,
+        streaming=cfg.streaming,
+        dataset_config=cfg.dataset_config,
     )
-    settings = {
-        "n_tokens": n_tokens,
-        "batch_size": batch_size,
-        "example_len": example_len,
-        "top_k": top_k,
-        "n_stratified": n_stratified,
-        "n_random_windows": n_random_windows,
-        "threshold": float(threshold),
-        "seed": seed,
-        "n_position_buckets": n_position_buckets,
-        "n_token_slots": n_token_slots,
-        "shard_batches": shard_batches,
-    }
-    jobs = prepare_jobs(saes, model, corpus, settings, ctx_len, store_dirs)
-    if executor == "ray":
+    settings = {k: v for k, v in cfg.store_settings().items() if k != "ctx_len"}
+    jobs = prepare_jobs(saes, model, corpus, settings, cfg.ctx_len, store_dirs)
+    if cfg.executor == "ray":
         from .ray_harvest import check_ray
 
-        check_ray(n_workers, worker_options)  # before any lock or forward pass
-    if _wants_pinned_malloc(pin_malloc):
+        check_ray(cfg.n_workers, cfg.worker_options)  # before any lock or forward pass
+    if _wants_pinned_malloc(cfg.pin_malloc):
         pin_malloc_thresholds()
     with ExitStack() as stack:
         todo = open_jobs(jobs, stack)
         if todo:
-            if executor == "ray":
+            if cfg.executor == "ray":
                 from .ray_harvest import run_on_ray
 
                 run_on_ray(
                     todo,
                     model,
                     corpus,
-                    n_workers=n_workers,
-                    worker_options=worker_options,
-                    checkpoint_every_s=checkpoint_every_s,
+                    n_workers=cfg.n_workers,
+                    worker_options=cfg.worker_options,
+                    checkpoint_every_s=cfg.checkpoint_every_s,
                     progress=progress,
                 )
             else:
-                run_local(todo, corpus, checkpoint_every_s=checkpoint_every_s, progress=progress)
+                run_local(todo, corpus, checkpoint_every_s=cfg.checkpoint_every_s, progress=progress)
             for job in todo:
                 finish(job)
     out = {}
@@ -276,3 +190,7 @@ def harvest_many(
         assert job.store is not None  # every job is finished or was found finished
         out[job.name] = job.store
     return out
+
+
+def _field(config: HarvestConfig | Mapping[str, Any], name: str) -> Any:
+    return config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)

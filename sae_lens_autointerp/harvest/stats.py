@@ -49,10 +49,11 @@ last bits). A finished harvest's slots are put in a canonical order (:meth:`Late
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+
+from .config import HarvestSettings
 
 _KEY_STRIDE = 1 << 32  # (latent, token) -> latent * _KEY_STRIDE + token; token ids are below 2**31
 _PAIR_CHUNK = 1 << 22  # activations scanned for non-zeros at a time (bounds the pair tensors)
@@ -109,36 +110,6 @@ def _chunk_start(peak_ids: torch.Tensor, ctx_len: int, example_len: int) -> torc
     """Global start token id of the chunk a peak id lies in (the chunk's identity)."""
     pos = peak_ids % ctx_len
     return peak_ids - pos + (pos // example_len) * example_len
-
-
-@dataclass(frozen=True)
-class HarvestSettings:
-    n_tokens: int
-    ctx_len: int
-    batch_size: int = 16
-    example_len: int = 32
-    #: stores of format 1-2 only: the fixed index of the peak inside its window (``[peak - peak_offset, ...)``);
-    #: None (format 3 on): a window is its fixed chunk of ``example_len`` tokens (``store.STORE_FORMAT_VERSION``)
-    peak_offset: int | None = None
-    top_k: int = 50
-    n_stratified: int = 100
-    n_random_windows: int = 1000
-    threshold: float = 0.0
-    seed: int = 0
-    n_position_buckets: int = 64
-    n_token_slots: int = 64
-    shard_batches: int = 16  # batches per shard: the unit of float folding, of distributed work and its redo
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def n_sequences(self) -> int:
-        return -(-self.n_tokens // self.ctx_len)
-
-    @property
-    def shard_sequences(self) -> int:
-        return self.shard_batches * self.batch_size
 
 
 class _Sums:
