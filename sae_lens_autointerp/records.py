@@ -102,12 +102,6 @@ class ScorerOutput:
     high: float | None = None
     chance: float | None = None
 
-    @classmethod
-    def failed(cls, scorer: str, error: str) -> ScorerOutput:
-        """The output of a scorer that could not score at all (it crashed, broke the plugin contract, had no
-        explanation to score): no score, no examples, and ``error`` saying why."""
-        return cls(scorer=scorer, score=None, n_examples=0, n_failed=0, error=error)
-
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (``metrics`` and each prediction copied one level deep, like ``asdict`` for
         these plain-data fields, without its recursive deep copy: a run writes millions of predictions)."""

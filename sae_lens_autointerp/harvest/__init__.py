@@ -2,10 +2,10 @@
 
 from typing import TYPE_CHECKING
 
+from ..subjects import ModuleReader
 from .config import HarvestConfig, HarvestOptions, HarvestSettings, harvest_config
 from .run import harvest, harvest_many, pin_malloc_thresholds
 from .store import Example, LatentStore, RandomWindow, deprecated_store_alias
-from ..subjects import ModuleReader
 
 __all__ = [
     "Example",

@@ -14,10 +14,10 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+from ..subjects import ModuleReader, with_hook_module
 from .config import EXECUTORS, HarvestConfig, HarvestManyOptions, HarvestOptions, harvest_config
 from .corpus import resolve_corpus
 from .jobs import finish, open_jobs, prepare_jobs, run_local, sae_fingerprint
-from ..subjects import ModuleReader, with_hook_module
 from .store import LatentStore
 
 if TYPE_CHECKING:

@@ -20,12 +20,12 @@ from ..config import RunConfig, RunOptions, option_names
 from ..controls import check_fraction
 from ..errors import ConfigError, PluginError
 from ..harvest.store import LatentStore
-from ..subjects import as_subject
 from ..llm import UsageTracker
 from ..options import check_names
 from ..records import Explanation
 from ..registry import get_registry
 from ..sampling import SamplingConfig
+from ..subjects import as_subject
 
 log = logging.getLogger("sae_lens_autointerp.pipeline")
 
