@@ -98,3 +98,25 @@ def embedded_store(bridge_model, embedded_sae, tmp_path_factory):
         store_dir=tmp_path_factory.mktemp("embedded"),
         progress=False,
     )
+
+
+@pytest.fixture(scope="session")
+def repeats_store(bridge_model, embedded_sae, tmp_path_factory):
+    """The shipped SAE on a token corpus with repeated passages (4 sequences tiled 6 times) and a short last
+    sequence (40 of 64 tokens): what the sampler leaves out (repeated texts, windows with padding) happens."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    block = rng.integers(100, 5000, size=(4, 64))
+    tokens = np.concatenate([np.tile(block.reshape(-1), 6), rng.integers(100, 5000, size=64 * 20 + 40)])
+    return embedded_sae.autointerp.harvest(
+        bridge_model,
+        torch.from_numpy(tokens),
+        n_tokens=len(tokens),
+        ctx_len=64,
+        example_len=16,
+        n_stratified=60,
+        store_dir=tmp_path_factory.mktemp("repeats"),
+        progress=False,
+    )

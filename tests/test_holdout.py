@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from sae_lens_autointerp.harvest.store import Example
 from sae_lens_autointerp.sampling import SamplingConfig, sample_latent
@@ -93,24 +92,12 @@ def test_no_shared_token_on_the_embedded_store(embedded_store, strategy, step):
     assert n_neg / n_sampled > 45
 
 
-def test_holdout_counts_what_it_excludes(bridge_model, embedded_sae, tmp_path):
+def test_holdout_counts_what_it_excludes(repeats_store):
     """A corpus with repeated passages and a short last sequence: windows that run into padding (``cut``) and
     repeats of a text already kept (``repeated``) are never sampled, and each is counted exactly."""
     from sae_lens_autointerp.harvest.store import PAD_TOKEN
 
-    rng = np.random.default_rng(0)
-    block = rng.integers(100, 5000, size=(4, 64))
-    tokens = np.concatenate([np.tile(block.reshape(-1), 6), rng.integers(100, 5000, size=64 * 20 + 40)])
-    store = embedded_sae.autointerp.harvest(
-        bridge_model,
-        torch.from_numpy(tokens),
-        n_tokens=len(tokens),
-        ctx_len=64,
-        example_len=16,
-        n_stratified=60,
-        store_dir=tmp_path / "store",
-        progress=False,
-    )
+    store = repeats_store
     assert (store.tokens[-1] == PAD_TOKEN).sum() == 24  # the last sequence holds 40 tokens
     checked = {"cut": 0, "repeated": 0}
     for latent in range(store.d_sae):

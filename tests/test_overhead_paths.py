@@ -33,9 +33,9 @@ from sae_lens_autointerp.text import RenderedExample, Renderer
 
 
 def reference_render(renderer: Renderer, example: Example) -> RenderedExample:
-    """The renderer as it was: token by token, nothing cached but the pieces."""
-    special = set(getattr(renderer.tokenizer, "all_special_ids", []) or [])
-    keep = [i for i, t in enumerate(example.tokens.tolist()) if t != PAD_TOKEN and t not in special]
+    """The renderer as it was: token by token, nothing cached but the pieces (padding dropped; special tokens
+    too where the renderer drops them)."""
+    keep = [i for i, t in enumerate(example.tokens.tolist()) if t != PAD_TOKEN and t not in renderer._special]
     return RenderedExample(
         tokens=tuple(renderer.tokenizer.decode([int(example.tokens[i])]) for i in keep),
         activations=tuple(float(example.activations[i]) for i in keep),
@@ -46,18 +46,19 @@ def reference_render(renderer: Renderer, example: Example) -> RenderedExample:
 
 
 def reference_examples(store, latent: int, prefix: str, source: str) -> list[Example]:
-    """``LatentStore._examples`` as it was: one window filled at a time."""
+    """``LatentStore._examples`` as it was: one window filled at a time (the peak's chunk)."""
     ids, vals = store.stats[f"{prefix}_ids"][latent], store.stats[f"{prefix}_vals"][latent]
     windows = store.stats[f"{prefix}_windows"][latent]
-    lead, ctx, w = store.settings.peak_offset, store.settings.ctx_len, store.settings.example_len
+    ctx, w = store.settings.ctx_len, store.settings.example_len
     out = []
     for i in range(ids.shape[0]):
         peak = int(ids[i])
         if peak < 0:
             continue
         seq, pos = divmod(peak, ctx)
-        tokens = store._fill(np.full(w, PAD_TOKEN, dtype=np.int32), seq, pos - lead)
-        out.append(Example(latent, tokens, windows[i].float().numpy(), float(vals[i]), peak, source, lead))
+        start = pos - pos % w
+        tokens = store._fill(np.full(w, PAD_TOKEN, dtype=np.int32), seq, start)
+        out.append(Example(latent, tokens, windows[i].float().numpy(), float(vals[i]), peak, source, pos - start))
     return out
 
 
@@ -108,10 +109,11 @@ def test_vectorised_examples_and_spans_equal_the_plain_loop(planted_store):
         assert lo.dtype == hi.dtype == np.int64
         assert list(zip(lo.tolist(), hi.tolist())) == [e.span(ctx) for e in examples]
     assert all(a.size == 0 for a in example_spans_of([], 8))
-    # windows that start before their sequence are padded, as before (peaks at position < peak_offset)
-    lead = store.settings.peak_offset
-    padded = [e for lat in latents for e in store.top_examples(lat) if e.token_id % store.settings.ctx_len < lead]
-    assert padded and all((e.tokens == PAD_TOKEN).any() for e in padded)
+    # every window is its peak's chunk, the peak anywhere in it
+    w = store.settings.example_len
+    shown = [e for lat in latents for e in store.top_examples(lat) + store.stratified_examples(lat)]
+    assert all(e.span(ctx)[0] % w == 0 and e.span(ctx)[0] == e.token_id - e.peak_index for e in shown)
+    assert len({e.peak_index for e in shown}) > w // 2
 
 
 def test_silent_windows_equal_the_one_by_one_filter(planted_store):
@@ -122,7 +124,10 @@ def test_silent_windows_equal_the_one_by_one_filter(planted_store):
     assert [(a, b) for a, b in zip(lo.tolist(), hi.tolist())] == [w.span(ctx) for w in windows]
     excluded_any = False
     for latent in latents_with_examples(store):
+        # chunk windows never overlap another chunk: spans across some pool windows exercise the overlap rule
         avoid = activating_spans(store, latent)
+        for w in windows[latent % 5 :: 7]:
+            avoid.add(w.start_id + 5, w.start_id + 9)
         kept, excluded = silent_windows(store, latent, avoid)
         ids, excluded_ids = silent_window_ids(store, latent, avoid)
         assert [windows[i] for i in ids.tolist()] == kept and excluded_ids == excluded
@@ -180,14 +185,31 @@ def reference_sample(store, latent: int, config: SamplingConfig):
     def tag(ex: Example, label: bool) -> Example:
         return ex.with_extra(label=label, quantile=quantile_of.get(chunk_key(ex, settings)) if label else None)
 
+    def usable(examples: list[Example]) -> tuple[list[bool], int, int]:
+        """Strongest first: full windows, each text once."""
+        seen: set[bytes] = set()
+        keep, cut, repeated = [], 0, 0
+        for e in examples:
+            first = e.tokens.tobytes() not in seen
+            seen.add(e.tokens.tobytes())
+            full = not (e.tokens == PAD_TOKEN).any()
+            cut, repeated = cut + (not full), repeated + (full and not first)
+            keep.append(full and first)
+        return keep, cut, repeated
+
+    ok, cut, repeated = usable(pool)
+    groups = [[i for i in idx if ok[i]] for idx in groups]
     per_explain, per_test = quantile_shares([len(g) for g in groups], config)  # the split is not what changed
     if config.explain_strategy == "top":
-        shown = store.top_examples(latent)[: config.n_explain]
+        top = store.top_examples(latent)
+        shown = [e for e, k in zip(top, usable(top)[0]) if k][: config.n_explain]
     elif config.explain_strategy == "random":
-        shown = [pool[i] for i in sorted(rng.permutation(len(pool))[: config.n_explain])]
+        candidates = np.array([i for i in range(len(pool)) if ok[i]], dtype=np.int64)
+        shown = [pool[i] for i in sorted(rng.permutation(candidates)[: config.n_explain])]
     else:
         shown = [pool[i] for q, idx in enumerate(groups) for i in sorted(rng.permutation(idx)[: per_explain[q]])]
     shown_ids = {e.token_id for e in shown}
+    shown_texts = {e.tokens.tobytes() for e in shown}
     shown_spans = SpanSet()
     for e in shown:
         shown_spans.add(*e.span(ctx_len))
@@ -197,7 +219,7 @@ def reference_sample(store, latent: int, config: SamplingConfig):
         for i in idx:
             if pool[i].token_id in shown_ids:
                 continue
-            if shown_spans.overlaps(*pool[i].span(ctx_len)):
+            if shown_spans.overlaps(*pool[i].span(ctx_len)) or pool[i].tokens.tobytes() in shown_texts:
                 excluded_pos += 1
                 continue
             free.append(i)
@@ -212,19 +234,20 @@ def reference_sample(store, latent: int, config: SamplingConfig):
         explain=tuple(tag(e, True) for e in shown),
         test_pos=tuple(tag(e, True) for e in test_pos),
         test_neg=tuple(tag(e, False) for e in test_neg),
-        holdout={"test_pos": excluded_pos, "test_neg": excluded_neg},
+        holdout={"test_pos": excluded_pos, "test_neg": excluded_neg, "cut": cut, "repeated": repeated},
     )
 
 
 @pytest.mark.parametrize("strategy", ["quantiles", "top", "random"])
-def test_sampling_on_arrays_equals_the_example_by_example_sampler(embedded_store, strategy):
+@pytest.mark.parametrize("which", ["embedded_store", "repeats_store"])
+def test_sampling_on_arrays_equals_the_example_by_example_sampler(request, which, strategy):
     from sae_lens_autointerp.sampling import sample_latent
 
-    store = embedded_store
+    store = request.getfixturevalue(which)
     counts = store.stats["n_fire_examples"].numpy()
     latents = [int(i) for i in np.flatnonzero(counts >= 10)[:40]]
     assert len(latents) >= 10
-    excluded = 0
+    excluded = {"test_pos": 0, "cut": 0, "repeated": 0}
     for config in (
         SamplingConfig(explain_strategy=strategy, min_activating=1, max_frequency=1.0),
         SamplingConfig(
@@ -244,8 +267,11 @@ def test_sampling_on_arrays_equals_the_example_by_example_sampler(embedded_store
             for part in ("explain", "test_pos", "test_neg"):
                 a, b = getattr(fast, part), getattr(slow, part)
                 assert len(a) == len(b) and all(same_example(x, y) for x, y in zip(a, b)), (latent, part)
-            excluded += fast.holdout["test_pos"]
-    assert excluded > 0  # the overlap hold-out was exercised
+            excluded = {k: v + fast.holdout[k] for k, v in excluded.items()}
+    if which == "repeats_store":  # the rules were exercised: padding, repeats, and (top list vs sample) a test
+        # window with a shown window's text (other strategies draw both from texts already made distinct)
+        assert excluded["cut"] > 0 and excluded["repeated"] > 0, excluded
+        assert strategy != "top" or excluded["test_pos"] > 0, excluded
 
 
 def test_new_example_equals_the_dataclass_init():
@@ -260,20 +286,24 @@ def test_new_example_equals_the_dataclass_init():
         fast.value = 2.0  # type: ignore[misc]
 
 
-def test_cached_rendering_equals_uncached(planted_store, bridge_model):
+@pytest.mark.parametrize("drop_special", [False, True])
+def test_cached_rendering_equals_uncached(planted_store, bridge_model, drop_special):
     store = planted_store
-    renderer = Renderer(bridge_model.tokenizer)
+    renderer = Renderer(bridge_model.tokenizer, drop_special=drop_special)
     examples = [e for lat in latents_with_examples(store) for e in store.top_examples(lat)]
     examples += [
         Example(None, w.tokens, w.activations_of(lat), 0.0, w.start_id, "random", extra={"label": False})
         for lat in latents_with_examples(store, 3)
         for w in store.random_windows()[:50]
     ]
-    special = sorted(renderer._special)
-    assert special, "the tokenizer has special tokens: the test must cover dropping them"
+    special = sorted(bridge_model.tokenizer.all_special_ids)
+    assert special, "the tokenizer has special tokens: the test must cover showing and dropping them"
     tokens = examples[0].tokens.copy()
     tokens[[1, 3]] = special[0]
     examples.append(dataclasses.replace(examples[0], tokens=tokens, extra={"label": True, "quantile": 3}))
+    padded = examples[1].tokens.copy()
+    padded[-5:] = PAD_TOKEN  # the end of a short sequence
+    examples.append(dataclasses.replace(examples[1], tokens=padded))
     for _ in range(2):  # the second pass is served from the window cache
         for e in examples:
             assert renderer.render(e) == reference_render(renderer, e)
@@ -292,23 +322,24 @@ def test_the_window_cache_starts_over_when_full(planted_store, bridge_model, mon
 
 
 @pytest.mark.parametrize("cache_size", [5, 16_384])
-def test_rendering_many_at_once_equals_one_by_one(planted_store, bridge_model, monkeypatch, cache_size):
+@pytest.mark.parametrize("drop_special", [False, True])
+def test_rendering_many_at_once_equals_one_by_one(planted_store, bridge_model, monkeypatch, cache_size, drop_special):
     import sae_lens_autointerp.text as text
 
     monkeypatch.setattr(text, "WINDOW_CACHE_SIZE", cache_size)
     examples = [e for lat in latents_with_examples(planted_store, 4) for e in planted_store.top_examples(lat)]
     tokens = examples[0].tokens.copy()
-    tokens[[0, 2]] = sorted(Renderer(bridge_model.tokenizer)._special)[0]
+    tokens[[0, 2]] = sorted(bridge_model.tokenizer.all_special_ids)[0]
     examples += [
-        dataclasses.replace(examples[0], tokens=tokens),  # special tokens dropped
+        dataclasses.replace(examples[0], tokens=tokens),  # special tokens shown or dropped
         dataclasses.replace(examples[1], tokens=examples[1].tokens.astype(np.int64)),  # another dtype, same ids
         dataclasses.replace(examples[2], tokens=examples[2].tokens[:7], activations=examples[2].activations[:7]),
         dataclasses.replace(examples[3], tokens=np.full(5, PAD_TOKEN, dtype=np.int32), activations=np.zeros(5)),
         examples[4],  # a repeat inside the batch
     ]
     assert any((e.tokens == PAD_TOKEN).any() for e in examples)
-    one_by_one = Renderer(bridge_model.tokenizer)
-    many = Renderer(bridge_model.tokenizer)
+    one_by_one = Renderer(bridge_model.tokenizer, drop_special=drop_special)
+    many = Renderer(bridge_model.tokenizer, drop_special=drop_special)
     many.render(examples[5])  # one window cached before the batch
     for _ in range(2):  # the second pass is served from the window cache
         assert many.render_many(examples) == [one_by_one.render(e) for e in examples]
