@@ -69,7 +69,6 @@ HARVEST_EXAMPLES = {
     "ctx_len": (64, ["--ctx-len", "64"]),
     "batch_size": (8, ["--batch-size", "8"]),
     "example_len": (16, ["--example-len", "16"]),
-    "peak_offset": (10, ["--peak-offset", "10"]),
     "top_k": (20, ["--top-k", "20"]),
     "n_stratified": (30, ["--n-stratified", "30"]),
     "n_random_windows": (40, ["--n-random-windows", "40"]),
@@ -279,16 +278,15 @@ def test_a_field_of_a_type_the_cli_cannot_read_is_refused_when_the_parser_is_bui
 
 
 def test_harvest_settings_are_the_store_settings_resolved():
-    """HarvestSettings is StoreSettings with ctx_len and peak_offset resolved; what it writes (the store's key
-    hashes it) is the dict it always wrote."""
-    assert [f.name for f in fields(HarvestSettings)] == [f.name for f in fields(StoreSettings)]
+    """HarvestSettings is StoreSettings with ctx_len resolved, plus the legacy ``peak_offset`` (None: windows are
+    fixed chunks; set only in stores of format 1-2); what it writes (the store's key hashes it) is this dict."""
+    assert [f.name for f in fields(HarvestSettings)] == [f.name for f in fields(StoreSettings)] + ["peak_offset"]
     settings = HarvestSettings(n_tokens=1000, ctx_len=64, threshold=0)
     assert settings.to_dict() == {
         "n_tokens": 1000,
         "ctx_len": 64,
         "batch_size": 16,
         "example_len": 32,
-        "peak_offset": 24,
         "top_k": 50,
         "n_stratified": 100,
         "n_random_windows": 1000,
@@ -297,10 +295,22 @@ def test_harvest_settings_are_the_store_settings_resolved():
         "n_position_buckets": 64,
         "n_token_slots": 64,
         "shard_batches": 16,
+        "peak_offset": None,
     }
     assert isinstance(settings.to_dict()["threshold"], float)
     with pytest.raises(TypeError):
         HarvestSettings(n_tokens=1000)  # ctx_len is resolved: no default
+
+
+def test_the_removed_peak_offset_is_refused_with_its_reason():
+    """peak_offset was an option until windows became fixed chunks: every way in names why it went."""
+    from sae_lens_autointerp.harvest import harvest_config
+
+    with pytest.raises(ConfigError, match="peak_offset was removed.*fixed chunk"):
+        harvest_config(None, {"peak_offset": 24})
+    with pytest.raises(ConfigError, match="peak_offset was removed"):
+        HarvestConfig.from_dict({"n_tokens": 100, "peak_offset": 24})
+    assert HarvestConfig.from_dict({"n_tokens": 100, "peak_offset": None}).n_tokens == 100  # an old run.json
 
 
 # ------------------------------------------------------------------------------------------- unknown names
