@@ -12,8 +12,9 @@ request, so runs are reproducible):
 - fuzzing (both variants): "1" when there are marks and every marked token fires the explanation's latent;
 - a content-free excerpt ("N/A"): P("1") = 0.5;
 - intruder: the excerpt that lacks the latent the other excerpts share;
-- simulation: the true activations of the explanation's latent, as integers 0-10 (a flipped excerpt gets
-  random integers).
+- simulation: the true activations of the explanation's latent, as integers 0-10; a flipped excerpt is
+  missed (all 0) when the latent fires in it, and gets one false spike (a 10 on a random token) when it does
+  not: errors per excerpt, as LLM simulators make them (REVIEW.md's model of a simulator).
 
 ``classify`` answers with graded probabilities (0.9 / 0.1, method "logits"); ``chat`` with text only.
 """
@@ -161,7 +162,10 @@ class AnswerKeyClient(BaseClient):
             top = float(self.key.table[:, self.key.latent_of(explanation)].max())
             values = np.clip(np.round(10 * acts / top), 0, 10).astype(int) if top > 0 else np.zeros(len(acts), int)
             if self._flip(rng):
-                values = rng.integers(0, 11, len(values))
+                fires = values.any()
+                values = np.zeros(len(values), dtype=int)
+                if not fires:
+                    values[rng.integers(len(values))] = 10
             text = "[" + ", ".join(str(int(v)) for v in values) + "]"
         elif "Excerpts:\n" in user and "Description: " in user:  # batched detection / fuzzing
             lines = [

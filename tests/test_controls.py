@@ -257,14 +257,15 @@ def test_control_sample_takes_a_fraction_of_what_the_score_judged():
     assert len(sub.test_pos) == len(sub.test_neg) == 10  # ceil(0.2 * 50) of each class
     assert [e.token_id for e in sub.test_pos] == sorted(e.token_id for e in sub.test_pos)  # original order
     assert control_sample(sample, 0.2, seed=0) == sub and control_sample(sample, 0.2, seed=1) != sub
-    # the score judged 10 + 10 of them (simulation subsamples): the control takes ceil(0.2 * 10) of those
+    # the score judged 10 + 10 of them (simulation subsamples): the control takes ceil(0.2 * 50) = 10 of each
+    # class from those, so all of them: the lift is paired on every example, and the control has an interval
     scored = set(range(0, 50, 5)) | set(range(100, 150, 5))
     sub = control_sample(sample, 0.2, 0, scored)
-    assert len(sub.test_pos) == len(sub.test_neg) == 2 and {e.token_id for e in sub.test} <= scored
-    every = control_sample(sample, 1.0, 0, scored)  # all of them when the fraction asks for more
-    assert {e.token_id for e in every.test} == scored
-    only_pos = control_sample(sample, 0.2, 0, set(range(10)))  # fuzzing-active judges positives only
-    assert len(only_pos.test_pos) == 2 and only_pos.test_neg == ()
+    assert {e.token_id for e in sub.test} == scored
+    some = control_sample(sample, 0.1, 0, scored)  # ceil(0.1 * 50) = 5 of the 10 judged, per class
+    assert len(some.test_pos) == len(some.test_neg) == 5 and {e.token_id for e in some.test} <= scored
+    only_pos = control_sample(sample, 0.1, 0, set(range(10)))  # fuzzing-active judges positives only
+    assert len(only_pos.test_pos) == 5 and only_pos.test_neg == ()
     assert control_sample(LatentSample(latent=1, test_pos=(example(1),)), 0.2, 0).test_pos == (example(1),)
 
 

@@ -59,20 +59,21 @@ def choose_control(latent: int, pool: Mapping[int, str], seed: int) -> int | Non
 def control_sample(
     sample: LatentSample, fraction: float, seed: int, scored: Collection[int] | None = None
 ) -> LatentSample:
-    """A seeded subset of the test examples: ``ceil(fraction * n)`` of each class (at least one when there are
-    any), in their original order. ``scored``: the token ids of the examples the main score judged
-    (:func:`scored_examples`); the subset is then drawn from those alone (all of them when fewer), so the
+    """A seeded subset of the test examples: ``ceil(fraction * n)`` of each class's ``n`` test examples (at least
+    one when there are any), in their original order. ``scored``: the token ids of the examples the main score
+    judged (:func:`scored_examples`); the subset is then drawn from those alone (all of them when fewer), so the
     control's examples are a subset of the score's and the lift can be paired. A scorer that subsamples
-    (simulation judges 10 + 10 of the test examples) would otherwise share only a few examples with its
-    control. The explainer examples are unchanged (scorers never score them)."""
+    (simulation judges 10 + 10 of 50 + 50) thus gets its control on all of its own 10 + 10: a fifth of those
+    (2 + 2) would leave the control, and so the lift, without a usable interval. The explainer examples are
+    unchanged (scorers never score them)."""
     rng = latent_rng(seed, sample.latent, "control-sample")
 
     def take(examples: tuple[Any, ...]) -> tuple[Any, ...]:
-        if scored is not None:
-            examples = tuple(e for e in examples if e.token_id in scored)
         if not examples:
             return ()
         k = max(1, math.ceil(fraction * len(examples) - 1e-9))
+        if scored is not None:
+            examples = tuple(e for e in examples if e.token_id in scored)
         return tuple(examples[i] for i in sorted(rng.permutation(len(examples))[:k]))
 
     return replace(sample, test_pos=take(sample.test_pos), test_neg=take(sample.test_neg))
