@@ -55,10 +55,10 @@ def main() -> None:
                     progress=False,
                     seed=seed,
                 )
-            for record in result.records:
-                for name, out in record["scores"].items():
-                    auc = (out.get("metrics") or {}).get("auc")
-                    scores[(kind, record["latent"], name)] = (out.get("score"), auc)
+                for record in result.records:  # read while the run folder exists (records stream from it)
+                    for name, entry in record["scores"].items():
+                        auc = (entry.get("metrics") or {}).get("auc")
+                        scores[(kind, record["latent"], name)] = (entry.get("score"), auc)
         for latent, name in enumerate(planted.names):
             for s in scorers:
                 t, t_auc = scores[("true", latent, s)]
