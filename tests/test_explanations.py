@@ -31,6 +31,9 @@ BAD = {
     "Explanation: commas, commas": "one phrase restated",
     "Explanation: month names month names month names": "one phrase restated",
     "Explanation: the word and the word and the word": "one phrase restated",
+    "Explanation: The neuron detects a change in the horizontal position of the view, which is a feature of the "
+    "neural network. "
+    "The neuron can detect changes in the horizontal position of the view, which": "repetition loop",
     "Explanation: names of months in dates, names of months in dates, names of months in dates": "restated",
     "Explanation: Python code, mostly digits in a list of digits in a list of digits in a list": "repetition loop",
 }
@@ -42,6 +45,7 @@ GOOD = {
     # repeats that belong to a description are kept
     "Explanation: the token 'the' after the word 'of the'.": "the token 'the' after the word 'of the'.",
     "Explanation: numbers in dates and numbers in prices": "numbers in dates and numbers in prices",
+    "Explanation: the end of the name of the file of the module": "the end of the name of the file of the module",
 }
 
 

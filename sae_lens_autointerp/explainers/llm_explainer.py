@@ -116,21 +116,28 @@ def check_explanation(answer: str, prompt: str = "") -> ParsedExplanation:
     return ParsedExplanation(candidate, None, how)
 
 
+#: Words whose repeats say nothing ("of the" three times is English, not a loop).
+_FUNCTION_WORDS = frozenset(
+    "a an the of in on at to for from by with and or is are was be that this which it its as".split()
+)
+
+
 def degenerate(text: str) -> str | None:
-    """Why ``text`` is a degenerate answer rather than a description, or None: a repetition loop (a phrase of
-    2-6 words three times or more, as small models loop: "a traceback of a traceback of a traceback of") or
-    the whole of it one phrase said again ("commas, commas"; "month names month names")."""
+    """Why ``text`` is a degenerate answer rather than a description, or None: the whole of it one phrase said
+    again ("commas, commas"; "month names month names"), or a repetition loop as small models write them: a
+    phrase of 4-8 words twice ("the horizontal position of the view, which ... the horizontal position of the
+    view") or of 2-3 words three times, unless those are function words alone ("of the")."""
     words = _words(text)
     n = len(words)
     for period in range(1, n // 2 + 1):
         if all(words[i] == words[i + period] for i in range(n - period)):
             return f"one phrase restated ({' '.join(words[:period])!r} {n // period} times), not a description"
-    for size in range(2, 7):
+    for size in range(8, 1, -1):  # the longest repeated phrase names the loop
         counts: dict[tuple[str, ...], int] = {}
         for i in range(n - size + 1):
             gram = tuple(words[i : i + size])
             counts[gram] = counts.get(gram, 0) + 1
-            if counts[gram] >= 3:
+            if counts[gram] >= (2 if size >= 4 else 3) and not set(gram) <= _FUNCTION_WORDS:
                 return f"a repetition loop ({' '.join(gram)!r} {counts[gram]} times or more)"
     return None
 
