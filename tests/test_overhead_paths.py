@@ -387,8 +387,8 @@ def test_cached_z_equals_scipy_and_bad_levels_still_raise():
     from scipy import stats
 
     for level in (0.5, 0.9, 0.95, 0.99):
-        assert metrics._z(level) == float(stats.norm.ppf(0.5 + level / 2))
-        assert metrics._z(level) == float(stats.norm.ppf(0.5 + level / 2))
+        assert metrics.z_quantile(level) == float(stats.norm.ppf(0.5 + level / 2))
+        assert metrics.z_quantile(level) == float(stats.norm.ppf(0.5 + level / 2))
     for bad in (0.0, 1.0, 1.5):
         for _ in range(2):
             with pytest.raises(ValueError):
