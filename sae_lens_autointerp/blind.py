@@ -53,8 +53,16 @@ def _p_constant(text: str) -> float:
     return 0.7
 
 
+#: How much shorter than the reference an excerpt must be for ``length`` to call it activating: more than
+#: re-tokenizing an excerpt's text moves its count (pieces merge or split at the window's edges, a property of the
+#: words), less than the windows cut at a sequence start once were (1-24 tokens short).
+LENGTH_MARGIN = 3
+
+
 def _p_length(length: float, reference: float) -> float:
-    return 1 / (1 + math.exp((length - reference) / (0.1 * max(reference, 1.0))))
+    """Above 0.5 for an excerpt more than :data:`LENGTH_MARGIN` tokens (or characters) shorter than
+    ``reference``, below it for one of about the reference length or longer."""
+    return 1 / (1 + math.exp((length - reference + LENGTH_MARGIN) / (0.1 * max(reference, 1.0))))
 
 
 def _p_position(text: str) -> float:
@@ -89,15 +97,24 @@ def _sim_ramp(n: int) -> list[int]:
     return [round(10 * i / max(n - 1, 1)) for i in range(n)]
 
 
-#: strategy -> (P("1") of a binary prompt's excerpt, predicted activations of an n-token excerpt)
-STRATEGIES: dict[str, tuple[Callable[[str], float], Callable[[int], list[int]]]] = {
-    "constant": (_p_constant, _sim_constant),
-    "length": (_p_constant, _sim_length),  # its binary answer is computed with the tokenizer, below
-    "chars": (_p_constant, _sim_length),
-    "position": (_p_position, _sim_position),
-    "ramp": (_p_ramp, _sim_ramp),
-    "marks": (_p_marks, _sim_constant),
+#: strategy -> P("1") of a binary prompt's excerpt, where it reads the excerpt's shape alone (``length`` and
+#: ``chars`` read its length: :meth:`BlindJudge._p`)
+_BINARY: dict[str, Callable[[str], float]] = {
+    "constant": _p_constant,
+    "position": _p_position,
+    "ramp": _p_ramp,
+    "marks": _p_marks,
 }
+#: strategy -> the predicted activations of an n-token excerpt
+_SIMULATE: dict[str, Callable[[int], list[int]]] = {
+    "constant": _sim_constant,
+    "length": _sim_length,
+    "chars": _sim_length,
+    "position": _sim_position,
+    "ramp": _sim_ramp,
+    "marks": _sim_constant,
+}
+STRATEGIES = tuple(_SIMULATE)
 
 
 class BlindJudge(BaseClient):
@@ -116,7 +133,7 @@ class BlindJudge(BaseClient):
         self.strategy = strategy
         self.reference = float(reference_length)
         self.tokenizer = tokenizer
-        self._p_shape, self._simulate = STRATEGIES[strategy]
+        self._simulate = _SIMULATE[strategy]
 
     def _p(self, excerpt: str) -> float:
         if self.strategy == "length":
@@ -124,7 +141,7 @@ class BlindJudge(BaseClient):
             return _p_length(len(self.tokenizer(text, add_special_tokens=False)["input_ids"]), self.reference)
         if self.strategy == "chars":
             return _p_length(len(_plain(excerpt)), self.reference)
-        return self._p_shape(excerpt)
+        return _BINARY[self.strategy](excerpt)
 
     async def _classify(self, request: ChatRequest, choices: tuple[str, ...]) -> ClassifyResult:
         user = request.messages[-1][1]

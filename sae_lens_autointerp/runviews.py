@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .harvest.store import PAD_TOKEN, LatentStore
 from .lens import DECODER_FILE, VOCAB_FILE, read_run_view
 from .paths import cache_dir
+from .sampling import first_of_text, text_keys
 
 N_TOP = 10  # top examples on a card
 PER_QUANTILE = 2  # examples shown from each quantile of the activation distribution
@@ -139,16 +140,11 @@ def _open_store(run: dict[str, Any], missing: list[str]) -> LatentStore | None:
 
 
 def _distinct(examples: list[Any]) -> list[Any]:
-    """``examples`` without repeats of a text shown before (the same passage at two places of the corpus shows
-    once on a page, the strongest copy)."""
-    seen: set[bytes] = set()
-    out = []
-    for e in examples:
-        key = np.asarray(e.tokens).tobytes()
-        if key not in seen:
-            seen.add(key)
-            out.append(e)
-    return out
+    """``examples`` (strongest first) without repeats of a text shown before, as the sampler keeps them."""
+    if not examples:
+        return []
+    first = first_of_text(text_keys(np.stack([np.asarray(e.tokens, dtype=np.int32) for e in examples])))
+    return [e for e, keep in zip(examples, first.tolist()) if keep]
 
 
 def _spread(indices: list[int], k: int) -> list[int]:

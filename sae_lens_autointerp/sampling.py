@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import ConfigError
-from .harvest.store import Example, LatentStore, spans_of
+from .harvest.store import Example, LatentStore
 from .spans import SpanSet
 
 ExplainStrategy = Literal["quantiles", "top", "random"]
@@ -147,7 +147,6 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
     # The uniform sample as arrays, strongest first (pool index i = rank i); examples are built only for
     # the ones chosen.
     rows, peaks, _ = store.ranked_rows(latent, "res")
-    ctx_len, width = settings.ctx_len, settings.example_len
     groups = np.array_split(np.arange(len(rows)), config.n_quantiles)
     rank_group = np.repeat(np.arange(config.n_quantiles), [len(g) for g in groups])
     # quantile of a chunk (sequence, position // example_len), as chunk_key gives it
@@ -195,7 +194,7 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
     # (built at once: the same merged set as activating_spans() plus one add() per chosen example)
     known_lo, known_hi = store.example_span_arrays(latent)
     chosen_peaks = np.concatenate([shown_peaks, peaks[test_idx]])
-    chosen_lo, chosen_hi = spans_of(chosen_peaks, store.window_starts(chosen_peaks), width, ctx_len)
+    chosen_lo, chosen_hi = store.window_spans(chosen_peaks)
     avoid = SpanSet.from_arrays(np.concatenate([known_lo, chosen_lo]), np.concatenate([known_hi, chosen_hi]))
     test_neg, excluded_neg = negatives.draw(store, latent, config.n_test_neg, rng, avoid)
 
@@ -212,19 +211,30 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
     )
 
 
+def text_keys(token_rows: np.ndarray) -> np.ndarray:
+    """One comparable value per row of token ids ``[n, window]``: its bytes (equal exactly when the texts are)."""
+    rows = np.ascontiguousarray(token_rows)
+    return rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).reshape(-1)
+
+
+def first_of_text(keys: np.ndarray) -> np.ndarray:
+    """Mask of the first of each text among :func:`text_keys` ``keys`` (the same passage at several places of
+    the corpus counts once: the strongest copy, when they are ranked strongest first)."""
+    first = np.zeros(len(keys), dtype=bool)
+    if len(keys):
+        first[np.unique(keys, return_index=True)[1]] = True
+    return first
+
+
 def _content_keys(store: LatentStore, peaks: np.ndarray) -> np.ndarray:
-    """One comparable value per window of ``peaks``: its tokens' bytes (equal exactly when the texts are)."""
-    tokens = np.ascontiguousarray(store.windows_tokens(store.window_starts(peaks)))
-    return tokens.view(np.dtype((np.void, tokens.shape[1] * tokens.itemsize))).reshape(-1)
+    return text_keys(store.windows_tokens(store.window_starts(peaks)))
 
 
 def _usable(store: LatentStore, peaks: np.ndarray, content: np.ndarray) -> tuple[np.ndarray, int, int]:
     """Mask of the windows of ``peaks`` (ranked strongest first) that may be shown: full (no padding) and the
     first of their text; and how many were left out for each reason."""
     full = store.full_windows(store.window_starts(peaks))
-    first = np.zeros(len(peaks), dtype=bool)
-    if len(peaks):
-        first[np.unique(content, return_index=True)[1]] = True
+    first = first_of_text(content)
     return full & first, int((~full).sum()), int((full & ~first).sum())
 
 

@@ -48,6 +48,40 @@ def test_examples_carry_no_structural_cue(embedded_store, bridge_model, latents)
     assert share.max() < 2.5 / w and (share > 0.4 / w).sum() >= w - 1, share  # spread over the window
 
 
+def test_each_blind_judge_reads_its_cue(bridge_model):
+    """A positive control: each judge answers from the cue it is named for, so a store that still carried the cue
+    would fail the chance test below (the old peak-aligned windows did: REVIEW.md, part 1)."""
+    import asyncio
+
+    from sae_lens_autointerp.scorers.classification import DetectionScorer, FuzzingScorer
+    from sae_lens_autointerp.scorers.simulation import SimulationScorer
+
+    def p1(judge: BlindJudge, scorer: object, text: str) -> float:
+        messages = scorer.messages("any explanation", [text])  # type: ignore[attr-defined]
+        return asyncio.run(judge.classify(messages)).prob("1")
+
+    def simulated(judge: BlindJudge, n: int) -> list[int]:
+        messages = SimulationScorer().messages("any explanation", tuple(f"t{i}" for i in range(n)))
+        return [int(v) for v in asyncio.run(judge.chat(messages)).text.strip("[]").split(", ")]
+
+    tok = bridge_model.tokenizer
+    detection, fuzzing = DetectionScorer(), FuzzingScorer()
+    length = BlindJudge("length", reference_length=32, tokenizer=tok)
+    full = " ".join(["word"] * 32)
+    assert p1(length, detection, " ".join(["word"] * 24)) > 0.5 > p1(length, detection, full)
+    assert p1(length, detection, " ".join(["word"] * 30)) < 0.5  # within re-tokenizing's noise
+    position = BlindJudge("position")
+    assert p1(position, fuzzing, "a b c d e f <<g>> h") > 0.5 > p1(position, fuzzing, "<<a>> b c d e f g h")
+    marks = BlindJudge("marks")
+    assert p1(marks, fuzzing, "a <<b c>> d e f") > 0.5 > p1(marks, fuzzing, "<<a>> b c <<d>> e <<f>>")
+    assert simulated(BlindJudge("constant"), 32) == [10 if i == 24 else 0 for i in range(32)]  # the old peak index
+    ramp = simulated(BlindJudge("ramp"), 32)
+    assert ramp == sorted(ramp) and ramp[0] < ramp[-1]
+    assert p1(BlindJudge("constant"), detection, full) == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="tokenizer"):
+        BlindJudge("length")
+
+
 @pytest.mark.parametrize("strategy", ["constant", "length", "position", "ramp", "marks"])
 def test_blind_judges_score_chance(embedded_store, embedded_sae, bridge_model, latents, strategy, tmp_path):
     judge = BlindJudge(strategy, reference_length=embedded_store.settings.example_len, tokenizer=bridge_model.tokenizer)

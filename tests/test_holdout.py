@@ -115,3 +115,25 @@ def test_holdout_counts_what_it_excludes(repeats_store):
         checked["cut"] += s.holdout["cut"]
         checked["repeated"] += s.holdout["repeated"]
     assert checked["cut"] > 0 and checked["repeated"] > 0, checked
+
+
+def test_pages_show_a_repeated_passage_once(repeats_store):
+    """A latent page's top examples: each text once (the strongest copy), where the store's top list repeats."""
+    from sae_lens_autointerp.runviews import RunViews
+
+    views = RunViews(folder=None, store=repeats_store)
+    checked = 0
+    for latent in range(repeats_store.d_sae):
+        top = repeats_store.top_examples(latent)
+        texts = [e.tokens.tobytes() for e in top]
+        if len(set(texts)) == len(texts):
+            continue
+        shown = views.examples(latent)["top"]
+        shown_texts = [e.tokens.tobytes() for e in shown]
+        assert len(shown_texts) == len(set(shown_texts)), latent
+        first = {}
+        for e in top:  # the strongest copy of each text, in the store's order
+            first.setdefault(e.tokens.tobytes(), e)
+        assert [e.token_id for e in shown] == [e.token_id for e in first.values()][: len(shown)], latent
+        checked += 1
+    assert checked > 0

@@ -49,11 +49,14 @@ last bits). A finished harvest's slots are put in a canonical order (:meth:`Late
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from .config import HarvestSettings
+
+T = TypeVar("T", torch.Tensor, np.ndarray)
 
 _KEY_STRIDE = 1 << 32  # (latent, token) -> latent * _KEY_STRIDE + token; token ids are below 2**31
 _PAIR_CHUNK = 1 << 22  # activations scanned for non-zeros at a time (bounds the pair tensors)
@@ -106,8 +109,9 @@ def _top_score(values: torch.Tensor, chunk_ids: torch.Tensor) -> torch.Tensor:
     return _ordered(values) * _HI + (_M32 - (chunk_ids & _M32))
 
 
-def _chunk_start(peak_ids: torch.Tensor, ctx_len: int, example_len: int) -> torch.Tensor:
-    """Global start token id of the chunk a peak id lies in (the chunk's identity)."""
+def chunk_start(peak_ids: T, ctx_len: int, example_len: int) -> T:
+    """Global start token id of the chunk a peak id lies in (the chunk's identity, and an example's window), for
+    a tensor or an array of ids."""
     pos = peak_ids % ctx_len
     return peak_ids - pos + (pos // example_len) * example_len
 
@@ -454,7 +458,7 @@ class LatentStats:
     def _top_scores(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """[d_sae or len(rows), top_k] the top-k slots' scores (int64 min = empty)."""
         vals, ids = (self.top_vals, self.top_ids) if rows is None else (self.top_vals[rows], self.top_ids[rows])
-        return torch.where(ids >= 0, _top_score(vals, _chunk_start(ids, self.s.ctx_len, self.s.example_len)), _I64_MIN)
+        return torch.where(ids >= 0, _top_score(vals, chunk_start(ids, self.s.ctx_len, self.s.example_len)), _I64_MIN)
 
     def _res_scores(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """[d_sae or len(rows), n_stratified] the sample slots' scores: larger for smaller keys (int64 min = empty)."""

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError
 from ..locks import fsync_dir
-from .stats import HarvestSettings, LatentStats
+from .stats import HarvestSettings, LatentStats, chunk_start
 
 #: 2: the sample, pool and token-table keys are seeded hashes of global ids (mergeable; ``stats.py``), and
 #: float sums fold per shard. Format 1 stores read the same (the keys are only used while harvesting).
@@ -122,12 +122,6 @@ def example_spans_of(examples: Sequence[Example], ctx_len: int) -> tuple[np.ndar
     start = anchor - np.array([e.peak_index or 0 for e in examples], dtype=np.int64)
     length = np.array([len(e.tokens) for e in examples], dtype=np.int64)
     return spans_of(anchor, start, length, ctx_len)
-
-
-def chunk_starts(peaks: np.ndarray, ctx_len: int, example_len: int) -> np.ndarray:
-    """Global start id of the chunk (``example_len`` tokens, aligned to its sequence's start) each peak lies in."""
-    pos = peaks % ctx_len
-    return peaks - pos + (pos // example_len) * example_len
 
 
 def spans_of(anchor: np.ndarray, start: np.ndarray, length: Any, ctx_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -332,7 +326,7 @@ class LatentStore:
         peaks = np.asarray(peaks, dtype=np.int64)
         if self.settings.peak_offset is not None:
             return peaks - self.settings.peak_offset
-        return chunk_starts(peaks, self.settings.ctx_len, self.settings.example_len)
+        return chunk_start(peaks, self.settings.ctx_len, self.settings.example_len)
 
     def window_spans(self, peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(lo, hi)``: :meth:`Example.span` of the windows of peaks ``peaks``, without building examples."""
@@ -352,35 +346,25 @@ class LatentStore:
             full[inside] = self.tokens[seq[inside], pos[inside] + w - 1] != PAD_TOKEN
         return full
 
-    def windows_tokens(self, starts: np.ndarray) -> np.ndarray:
-        """int32 ``[len(starts), example_len]``: the tokens of the windows starting at global ids ``starts`` (in
-        the sequence their start lies in, padding past its end), as :meth:`window_tokens` gives each."""
+    def windows_tokens(self, starts: np.ndarray, anchors: np.ndarray | None = None) -> np.ndarray:
+        """int32 ``[len(starts), example_len]``: the tokens of the windows starting at global ids ``starts``, each
+        inside the sequence of its anchor (a token of the window, default its start), padding outside it (a
+        legacy window may start before its peak's sequence)."""
         starts = np.asarray(starts, dtype=np.int64)
         ctx, w = self.settings.ctx_len, self.settings.example_len
         out = np.full((starts.size, w), PAD_TOKEN, dtype=np.int32)
         if starts.size == 0:
             return out
-        seq, pos = np.divmod(starts, ctx)
-        at = pos[:, None] + np.arange(w)[None, :]
-        inside = (at < ctx) & (starts >= 0)[:, None] & (seq < self.n_sequences)[:, None]
+        seq = (starts if anchors is None else np.asarray(anchors, dtype=np.int64)) // ctx
+        at = (starts - seq * ctx)[:, None] + np.arange(w)[None, :]  # positions in the sequence
+        inside = (at >= 0) & (at < ctx) & ((seq >= 0) & (seq < self.n_sequences))[:, None]
+        # (indexing the torch tensor with an index tensor is ~1,000x slower than numpy's take)
         out[inside] = self.tokens[np.broadcast_to(seq[:, None], at.shape)[inside], at[inside]]
         return out
 
     def window_tokens(self, start_id: int) -> np.ndarray:
-        """Tokens [window] starting at global token index ``start_id`` (may start before the sequence)."""
-        w, ctx = self.settings.example_len, self.settings.ctx_len
-        out = np.full(w, PAD_TOKEN, dtype=np.int32)
-        if start_id < 0:
-            return out
-        seq, pos = divmod(start_id, ctx)
-        return self._fill(out, seq, pos)
-
-    def _fill(self, out: np.ndarray, seq: int, start: int) -> np.ndarray:
-        ctx = self.settings.ctx_len
-        lo, hi = max(start, 0), min(start + len(out), ctx)
-        if hi > lo:
-            out[lo - start : hi - start] = self.tokens[seq, lo:hi]
-        return out
+        """Tokens [window] starting at global token index ``start_id`` (:meth:`windows_tokens` of one)."""
+        return self.windows_tokens(np.array([start_id], dtype=np.int64))[0]
 
     def ranked_rows(self, latent: int, prefix: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(rows, peaks, values)`` of ``latent``'s stored examples (``prefix`` "top": the exact top list,
@@ -398,20 +382,15 @@ class LatentStore:
     ) -> list[Example]:
         """The examples of :meth:`ranked_rows`'s ``rows``, in that order, each with its ``extras`` entry."""
         latent = self.check_latent(latent)
-        ctx, w = self.settings.ctx_len, self.settings.example_len
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             return []
         peaks = self.stats[f"{prefix}_ids"][latent].numpy().astype(np.int64)[rows]
         values = self.stats[f"{prefix}_vals"][latent].numpy()[rows].tolist()  # Python floats: no numpy scalars
         # every window in a few array operations, then one Example per row
-        seq, pos = np.divmod(peaks, ctx)
-        lead = peaks - self.window_starts(peaks)  # the peak's index in its window
-        at = (pos - lead)[:, None] + np.arange(w)[None, :]  # positions in the sequence (legacy: may fall outside)
-        inside = (at >= 0) & (at < ctx)
-        tokens = np.full((rows.size, w), PAD_TOKEN, dtype=np.int32)
-        tokens[inside] = self.tokens[np.broadcast_to(seq[:, None], at.shape)[inside], at[inside]]
-        # (indexing the torch tensor with an index tensor is ~1,000x slower than numpy's take)
+        starts = self.window_starts(peaks)
+        lead = peaks - starts  # the peak's index in its window
+        tokens = self.windows_tokens(starts, peaks)
         acts = self.stats[f"{prefix}_windows"][latent].numpy()[rows].astype(np.float32)
         source = _SOURCES[prefix]
         extras = extras if extras is not None else [{} for _ in range(rows.size)]
