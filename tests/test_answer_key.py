@@ -93,6 +93,7 @@ def test_classification_scorers_recover_one_minus_eps(
     # run-level check below pools them; planted months and digits share windows, so a control of 12 can score
     # 0.6 and a lift can be as small as 0.1)
     assert table["control"].notna().all() and (table["lift"] > (0.2 if eps == 0 else 0.0)).all()
+    assert table["lift_method"].str.startswith("paired: ").all()  # the control judged a subset of the score's
     if eps == 0:
         assert table["signal"].all()
     summary = result.summary().set_index("scorer")

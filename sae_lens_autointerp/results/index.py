@@ -22,7 +22,7 @@ from .tables import ROW_COLUMNS, record_rows
 
 #: The index beside results.jsonl (derived data: rebuilt from the JSONL when missing, stale or foreign).
 INDEX_SUFFIX = ".index.sqlite"
-INDEX_FORMAT = "2"  # 2: paired lifts, answer counts of every scorer
+INDEX_FORMAT = "3"  # 2: paired lifts, answer counts of every scorer; 3: how each lift's interval was made
 _ROW_SQL_TYPES = {
     "latent": "INTEGER",
     "n_examples": "INTEGER",
@@ -32,6 +32,7 @@ _ROW_SQL_TYPES = {
     "has_heuristic": "INTEGER",
     "scorer": "TEXT",
     "metric": "TEXT",
+    "lift_method": "TEXT",
     "explanation": "TEXT",
     "error": "TEXT",
     "provider": "TEXT",
