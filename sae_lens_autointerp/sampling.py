@@ -161,9 +161,11 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
     per_explain, per_test = quantile_shares([len(g) for g in groups], config)
     if config.explain_strategy == "top":
         top_rows, top_peaks, _ = store.ranked_rows(latent, "top")
-        top_usable, _, _ = _usable(store, top_peaks, _content_keys(store, top_peaks))
-        top_rows, top_peaks = top_rows[top_usable], top_peaks[top_usable]
+        top_content = _content_keys(store, top_peaks)
+        top_usable, _, _ = _usable(store, top_peaks, top_content)
+        top_rows, top_peaks, top_content = top_rows[top_usable], top_peaks[top_usable], top_content[top_usable]
         shown_prefix, shown_rows, shown_peaks = "top", top_rows[: config.n_explain], top_peaks[: config.n_explain]
+        shown_content = top_content[: config.n_explain]
         is_shown = np.isin(peaks, shown_peaks)  # the same peak in the top list and in the sample
     else:
         if config.explain_strategy == "random":
@@ -173,11 +175,12 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
             parts = [np.sort(rng.permutation(idx)[: per_explain[q]]) for q, idx in enumerate(groups)]
             picked = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
         shown_prefix, shown_rows, shown_peaks = "res", rows[picked], peaks[picked]
+        shown_content = content[picked]
         is_shown = np.zeros(len(rows), dtype=bool)
         is_shown[picked] = True  # (a latent's sampled peaks are distinct: one per chunk)
     shown_spans = SpanSet.from_arrays(*store.window_spans(shown_peaks))
     near_shown = shown_spans.overlaps_many(*store.window_spans(peaks))  # the pool at once
-    near_shown |= np.isin(content, _content_keys(store, shown_peaks))  # the same text as a shown window
+    near_shown |= np.isin(content, shown_content)  # the same text as a shown window
     excluded_pos = int((near_shown & ~is_shown & usable).sum())
     free = ~near_shown & ~is_shown & usable
     chosen: list[np.ndarray] = []
