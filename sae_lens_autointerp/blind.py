@@ -6,14 +6,15 @@ excerpt's length, where its marks sit, how many runs of marks it has, a position
 with a constant, and so measure what the examples and protocols give away without any explanation: run one
 through ``sae.score(..., llm=BlindJudge("position"))`` on a store and every scorer should score its chance
 (``tests/test_blind_judges.py`` does this on the embedded store; ``benchmarks/blind_judges.py`` prints it).
-They are reference instruments, not judges to publish with: the judge check names them as what they are.
+They are reference instruments, not judges to publish with (their client name, ``blind:<strategy>``, is what
+run.json and usage record).
 
 Strategies (:data:`STRATEGIES`):
 
 - ``constant``: the same answer to everything (P("1") = 0.7; intruder: the first excerpt; simulation: one
   bump 8 tokens before the end of every excerpt, where peak-aligned windows once put the peak);
-- ``length``: shorter excerpts are called activating (P("1") falls with the excerpt's length in tokens, counted
-  with ``tokenizer``, around ``reference_length``); simulation: a bump whose height grows as the excerpt gets
+- ``length``: an excerpt more than :data:`LENGTH_MARGIN` tokens (counted with ``tokenizer``) shorter than
+  ``reference_length`` is called activating, one of about that length not; simulation: a bump whose height grows as the excerpt gets
   shorter. (Windows cut at a sequence start once made activating excerpts shorter.)
 - ``chars``: the same with the length in characters. Unlike a token count, that is a property of the words
   themselves (code and numbers have short tokens), so a latent's examples can differ in it for real: the
