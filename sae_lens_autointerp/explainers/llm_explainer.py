@@ -4,7 +4,8 @@ Examples are shown with the tokens at or above ``highlight_threshold`` x the exa
 ``<<`` ``>>`` (Bills et al. / Paulo et al.), optionally followed by the marked tokens' activations as integers
 0-10 relative to the largest activation shown. The contrastive variant also shows non-activating examples.
 The answer's last ``Explanation:`` line is the explanation; an unparseable answer is retried once with a
-reminder, then recorded as a failed explanation (never scored).
+reminder, then recorded as a failed explanation (never scored). What is kept of an answer (``raw``, and the
+answer shown again in the retry prompt) is cut to :data:`RAW_KEEP_CHARS` characters.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ _LIST_MARKER_RE = re.compile(r"^\s*(\(?\d+[.)]|[-*\u2022]|\(?[a-z][.)])?\s*$", r
 #: Phrases of our own prompts; an "explanation" made of them echoes the prompt instead of describing the latent.
 _PROMPT_PHRASES = (SYSTEM, ANSWER_FORMAT, COT_FORMAT, CONTRAST_NOTE)
 MAX_WORDS, MAX_CHARS = 40, 300
+#: How much of an answer is kept in a record's ``raw`` and sent back in the retry prompt: a server that ignores
+#: max_tokens must not fill results.jsonl, nor the next prompt, with megabytes.
+RAW_KEEP_CHARS = 4000
+
+
+def clip_answer(text: str) -> str:
+    """``text``, cut to its first RAW_KEEP_CHARS characters, saying how many were cut."""
+    if len(text) <= RAW_KEEP_CHARS:
+        return text
+    return f"{text[:RAW_KEEP_CHARS]} [... {len(text) - RAW_KEEP_CHARS:,} more characters cut]"
 
 
 @dataclass(frozen=True)
@@ -260,20 +271,21 @@ async def ask_for_explanation(
             temperature=temperature if attempt == 0 else max(temperature, RETRY_TEMPERATURE),
             seed=None if attempt == 0 else attempt,
         )
-        raws.append(response.text)
+        kept = clip_answer(response.text)
+        raws.append(kept)
         if response.refused:
             reason = f"refused: {response.refusal or response.finish_reason}"
         else:
             parsed = check_explanation(response.text, prompt)
             if parsed.text is not None:
                 return Explanation(
-                    latent, parsed.text, explainer, prompt_id, shown, response.text, attempt + 1, parse=parsed.how
+                    latent, parsed.text, explainer, prompt_id, shown, kept, attempt + 1, parse=parsed.how
                 )
             reason = parsed.reason or "no explanation"
         reasons.append(reason)
         messages = [
             *messages,
-            {"role": "assistant", "content": response.text},
+            {"role": "assistant", "content": kept},
             {"role": "user", "content": REMINDER.format(reason=reason)},
         ]
     return Explanation(

@@ -183,7 +183,7 @@ class BaseClient:
                     except Exception as exc:  # as classify's caller would see it, once every request is settled
                         slots[i] = _Failed(exc)
             finally:
-                self.usage.record_many(self.name, stage, latent, tally.usages, tally.failures)
+                self.usage.record_many(self.name, stage, latent, tally.usages, tally.failures, tally.unanswered)
         for i in repeats:  # as one request after another would find them: in the cache, or sent again
             try:
                 slots[i] = await self._through_cache(
@@ -303,9 +303,10 @@ class BaseClient:
         failures are added to it, for the caller to record at once (a batch of requests of one stage / latent)."""
         if isinstance(outcome, LLMError):
             if tally is None:
-                self.usage.record_failure(self.name, request.stage, request.latent)
+                self.usage.record_failure(self.name, request.stage, request.latent, attempted=True)
             else:
                 tally.failures += 1
+                tally.unanswered += 1
             if isinstance(outcome, (LLMConnectionError, MalformedResponseError)) and not isinstance(
                 outcome, BudgetExceeded
             ):
@@ -378,11 +379,12 @@ def _with_messages(request: ChatRequest, messages: tuple[tuple[str, str], ...]) 
 class _Tally:
     """Usage and failures of a batch of requests (one stage, one latent), recorded in one call."""
 
-    __slots__ = ("usages", "failures")
+    __slots__ = ("usages", "failures", "unanswered")
 
     def __init__(self) -> None:
         self.usages: list[Usage] = []
         self.failures = 0
+        self.unanswered = 0  # failures that were errors, not answers (each one attempt)
 
 
 class _Failed:

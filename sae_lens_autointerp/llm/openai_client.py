@@ -17,8 +17,10 @@ it failed goes to another server at once (counted as a retry). See docs/scale.md
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -60,6 +62,10 @@ _CONTEXT_PHRASES = (
     "n_ctx",
 )
 _RETRY_STATUS = {408, 409, 425, 429}
+#: An answer longer than CHARS_PER_TOKEN_LIMIT characters per token of ``max_tokens`` (plus the slack) came from a
+#: server that ignores ``max_tokens``: it is malformed (retried, never cached or kept), not an answer.
+CHARS_PER_TOKEN_LIMIT = 16
+ANSWER_SLACK_CHARS = 4096
 #: A server of a fleet that fails this many requests in a row (after a 5xx or a malformed answer) is taken out.
 DEAD_AFTER = 3
 #: The window of the per-server rate limits (requests / tokens per minute).
@@ -210,6 +216,10 @@ class OpenAIClient(BaseClient):
             raise ConfigError("max_tokens_param must be 'max_tokens' or 'max_completion_tokens'")
         if isinstance(dead_for_s, bool) or not isinstance(dead_for_s, (int, float)) or dead_for_s < 0:
             raise ConfigError(f"dead_for_s must be a number of seconds >= 0, got {dead_for_s!r}")
+        for name, seconds in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            # a zero, negative or NaN timeout makes every request "time out" without asking the server
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
+                raise ConfigError(f"{name} must be a finite number of seconds > 0 (e.g. {name}=60), got {seconds!r}")
         self.model = model
         self.endpoints = _endpoints(
             base_url
@@ -237,20 +247,33 @@ class OpenAIClient(BaseClient):
         self.max_tokens_param = max_tokens_param
         self.extra_body = dict(extra_body or {})
         self._default_headers = dict(default_headers or {})
+        self._warned_usage = False  # the warning about unusable usage counts is given once
         self.logprobs_supported: bool | None = None  # learned from the first answer that should have them
         self._jitter = random.Random()  # jitter only; results never depend on it
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[asyncio.Condition, list[Any]]] = (
             weakref.WeakKeyDictionary()
         )
         self.requests_sent = 0  # HTTP attempts, retries included
-        served = ",".join(sorted(public_url(e.url) for e in self.endpoints))
-        namespace = base_kwargs.pop("cache_namespace", None) or f"openai:{model}@{served}"
-        if self.extra_body:  # provider routing etc. changes the answers: part of the cache and run identity
-            import hashlib
+        namespace = base_kwargs.pop("cache_namespace", None) or self._identity()
+        super().__init__(f"openai:{model}", cache_namespace=namespace, **base_kwargs)
 
+    def _identity(self) -> str:
+        """``openai:<model>@<servers without credentials>``, plus what else changes the answers: a hash of
+        ``extra_body`` (provider routing), a hash of ``default_headers`` (a proxy may route on them; their
+        values may be secrets, so only a salted digest is kept, never the text) and a ``max_tokens_param``
+        other than the default (a server may ignore one of the two)."""
+        served = ",".join(sorted(public_url(e.url) for e in self.endpoints))
+        namespace = f"openai:{self.model}@{served}"
+        if self.extra_body:
             blob = json.dumps(self.extra_body, sort_keys=True, default=str).encode()
             namespace += "#" + hashlib.sha256(blob).hexdigest()[:12]
-        super().__init__(f"openai:{model}", cache_namespace=namespace, **base_kwargs)
+        if self._default_headers:
+            items = sorted((str(k).lower(), str(v)) for k, v in self._default_headers.items())
+            blob = json.dumps(["sae-autointerp default_headers", items]).encode()
+            namespace += "#h" + hashlib.sha256(blob).hexdigest()[:12]
+        if self.max_tokens_param != "max_tokens":
+            namespace += f"#{self.max_tokens_param}"
+        return namespace
 
     def __repr__(self) -> str:
         urls = [public_url(e.url) for e in self.endpoints]
@@ -541,10 +564,21 @@ class OpenAIClient(BaseClient):
         message = choice.get("message")
         if not isinstance(message, dict):
             raise _Retryable("malformed", f"choice without a message: {text[:200]!r}")
-        content = message.get("content")
-        refusal = message.get("refusal") or None
-        if content is None and refusal is None and choice.get("finish_reason") != "content_filter":
+        content = _text(message.get("content"), "content", text)
+        refusal = _text(message.get("refusal"), "refusal", text) or None
+        finish_reason = choice.get("finish_reason")
+        if finish_reason is not None and not isinstance(finish_reason, str):
+            raise _Retryable("malformed", f"finish_reason is not a string: {text[:200]!r}")
+        if content is None and refusal is None and finish_reason != "content_filter":
             raise _Retryable("malformed", f"message without content: {text[:200]!r}")
+        limit = CHARS_PER_TOKEN_LIMIT * request.max_tokens + ANSWER_SLACK_CHARS
+        longest = max(len(content or ""), len(refusal or ""))
+        if longest > limit:
+            raise _Retryable(
+                "malformed",
+                f"an answer of {longest:,} characters for max_tokens={request.max_tokens} (more than {limit:,}): "
+                "the server ignores max_tokens",
+            )
         logprobs = None
         lp = choice.get("logprobs")
         if isinstance(lp, dict) and isinstance(lp.get("content"), list):
@@ -557,24 +591,74 @@ class OpenAIClient(BaseClient):
                     )
                     for t in lp["content"]
                 )
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, AttributeError):
                 logprobs = None
-        raw_usage = data.get("usage") or {}
-        details = raw_usage.get("prompt_tokens_details") or {}
-        usage = Usage(
-            prompt_tokens=int(raw_usage.get("prompt_tokens") or 0),
-            completion_tokens=int(raw_usage.get("completion_tokens") or 0),
-            cached_tokens=int((details.get("cached_tokens") if isinstance(details, dict) else 0) or 0),
-        )
+        usage = self._usage(data.get("usage"), request, content or "")
         return ChatResponse(
             text=content or "",
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=finish_reason,
             usage=usage,
             logprobs=logprobs if request.logprobs else None,
             model=str(data.get("model") or self.model),
             refusal=refusal,
             logprobs_unavailable=bool(request.logprobs and logprobs is None),
         )
+
+    def _usage(self, raw: Any, request: ChatRequest, content: str) -> Usage:
+        """The answer's token counts. Absent: zeros, as before (the server does not report them). Present but
+        unusable (not an object, a count that is not a finite number >= 0, e.g. ``"lots"`` or ``-10**9``): the
+        answer itself is kept (its text is fine) and its usage becomes our estimate (the prompt's as for budget
+        reservations, a token per 3 characters of the answer), with one warning per client, so a server that
+        reports nonsense never lowers the spend or switches a token / dollar budget off."""
+        if raw is None:
+            return Usage()
+        usage = _counts(raw)
+        if usage is not None:
+            return usage
+        if not self._warned_usage:
+            self._warned_usage = True
+            log.warning(
+                "%s reported unusable token usage (%s); counting an estimate from the text instead",
+                public_url(self.base_url),
+                self._redact(json.dumps(raw, default=str)[:120]),
+            )
+        return Usage(estimate_prompt_tokens(request.messages), len(content) // 3 + 1, 0)
+
+
+def _text(value: Any, field: str, body: str) -> str | None:
+    """A message's ``content`` / ``refusal``: a string, None, or a list of text parts (joined: some providers
+    send ``[{"type": "text", "text": ...}]``); anything else is a malformed answer (retried, never cached)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(
+        isinstance(p, dict) and isinstance(p.get("text"), str) and p.get("type", "text") in ("text", "output_text")
+        for p in value
+    ):
+        return "".join(p["text"] for p in value)
+    raise _Retryable("malformed", f"message {field} is a {type(value).__name__}, not text: {body[:200]!r}")
+
+
+def _count(value: Any) -> int | None:
+    """A token count: a finite number >= 0 (an int, or a float a server wrote as one), else None."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        return None
+    return int(value)
+
+
+def _counts(raw: Any) -> Usage | None:
+    """OpenAI's ``usage`` object as :class:`Usage`, or None where any count in it is unusable."""
+    if not isinstance(raw, dict):
+        return None
+    details = raw.get("prompt_tokens_details")
+    if details is not None and not isinstance(details, dict):
+        return None
+    prompt, completion = _count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens"))
+    cached = _count((details or {}).get("cached_tokens"))
+    if prompt is None or completion is None or cached is None:
+        return None
+    return Usage(prompt, completion, min(cached, prompt))
 
 
 def _top_dict(items: Any) -> dict[str, float]:

@@ -94,9 +94,15 @@ class PriceTable:
 
 @dataclass
 class UsageTotals:
-    """Sums over a set of requests. ``requests`` counts requests sent (a request retried three times counts
-    once, and ``retries`` three); ``cache_hits`` / ``cache_hit_tokens`` count answers taken from the response
-    cache (tokens not spent again); ``failures`` counts errors after retries and malformed / refused answers."""
+    """Sums over a set of requests.
+
+    ``requests`` counts requests the backend answered (a request answered after three retries counts once);
+    ``attempts`` counts every try sent to the backend, answered or not (each retry, and the last try of a
+    request that failed); ``retries`` the tries after a request's first; ``failures`` the requests that got
+    no usable answer (an error after the retries, a refusal, or one not sent because the backend was failing
+    fast). A hanging server's 5 requests tried twice each: ``requests 0, attempts 10, retries 5, failures 5``.
+    ``cache_hits`` / ``cache_hit_tokens`` count answers taken from the response cache (tokens not spent
+    again; never an attempt)."""
 
     requests: int = 0
     prompt_tokens: int = 0
@@ -107,6 +113,7 @@ class UsageTotals:
     retries: int = 0
     failures: int = 0
     cost: float = 0.0
+    attempts: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -263,6 +270,7 @@ class UsageTracker:
                     t.cache_hit_tokens += usage.total_tokens
                     continue
                 t.requests += 1
+                t.attempts += 1
                 t.prompt_tokens += usage.prompt_tokens
                 t.completion_tokens += usage.completion_tokens
                 t.cached_tokens += usage.cached_tokens
@@ -270,10 +278,17 @@ class UsageTracker:
                     t.cost += cost
 
     def record_many(
-        self, model: str, stage: str, latent: int | None, usages: Sequence[Usage], failures: int = 0
+        self,
+        model: str,
+        stage: str,
+        latent: int | None,
+        usages: Sequence[Usage],
+        failures: int = 0,
+        unanswered: int = 0,
     ) -> None:
-        """:meth:`record` of each of ``usages`` (in order) and :meth:`record_failure` ``failures`` times, under one
-        lock: the same totals as one call per request (each cost added one by one, so the float sums match)."""
+        """:meth:`record` of each of ``usages`` (in order) and :meth:`record_failure` ``failures`` times
+        (``unanswered`` of them with ``attempted=True``), under one lock: the same totals as one call per
+        request (each cost added one by one, so the float sums match)."""
         if not usages and not failures:
             return  # as no call at all: no row is created
         costs = [self.prices.cost(model, u) for u in usages] if self.prices else []
@@ -284,6 +299,7 @@ class UsageTracker:
         with self._lock:
             for t in self._rows(model, stage, latent):
                 t.requests += len(usages)
+                t.attempts += len(usages) + unanswered
                 t.prompt_tokens += prompt
                 t.completion_tokens += completion
                 t.cached_tokens += cached
@@ -292,14 +308,19 @@ class UsageTracker:
                     t.cost += c
 
     def record_retry(self, model: str, stage: str, latent: int | None) -> None:
+        """A try that failed and is tried again (one attempt)."""
         with self._lock:
             for t in self._rows(model, stage, latent):
                 t.retries += 1
+                t.attempts += 1
 
-    def record_failure(self, model: str, stage: str, latent: int | None) -> None:
+    def record_failure(self, model: str, stage: str, latent: int | None, *, attempted: bool = False) -> None:
+        """A request without a usable answer; ``attempted``: its last try was sent and got no answer (an
+        error), so it is counted as an attempt too (a refused answer was counted by :meth:`record`)."""
         with self._lock:
             for t in self._rows(model, stage, latent):
                 t.failures += 1
+                t.attempts += attempted
 
     # -- several processes ------------------------------------------------------------------------------
 
@@ -320,7 +341,7 @@ class UsageTracker:
 
         def add(into: UsageTotals, counts: Mapping[str, Any]) -> None:
             for name in asdict(into):
-                setattr(into, name, getattr(into, name) + counts[name])
+                setattr(into, name, getattr(into, name) + counts.get(name, 0))
 
         with self._lock:
             add(self._total, exported["total"])
@@ -400,14 +421,14 @@ class UsageTracker:
     def format(self) -> str:
         """A short human-readable report."""
         lines = [
-            f"{'stage':<16}{'requests':>9}{'prompt':>10}{'completion':>11}{'cached':>8}"
+            f"{'stage':<16}{'requests':>9}{'attempts':>9}{'prompt':>10}{'completion':>11}{'cached':>8}"
             f"{'hits':>6}{'retries':>8}{'fails':>6}{'cost $':>10}"
         ]
         items: Sequence[tuple[str, UsageTotals]] = [*sorted(self.by_stage().items()), ("TOTAL", self.total())]
         for name, t in items:
             cost = f"{t.cost:.4f}" if self.prices else "-"
             lines.append(
-                f"{name:<16}{t.requests:>9}{t.prompt_tokens:>10}{t.completion_tokens:>11}"
+                f"{name:<16}{t.requests:>9}{t.attempts:>9}{t.prompt_tokens:>10}{t.completion_tokens:>11}"
                 f"{t.cached_tokens:>8}{t.cache_hits:>6}{t.retries:>8}{t.failures:>6}{cost:>10}"
             )
         if self._budget.exhausted:
@@ -426,6 +447,7 @@ def _copy(t: UsageTotals) -> UsageTotals:
         t.retries,
         t.failures,
         t.cost,
+        t.attempts,
     )
 
 

@@ -5,7 +5,9 @@ latent of the block is prepared (sampled and explained), then finished (scored, 
 explanations come from the other latents of the block). What a latent takes is the :class:`Work`'s: in this
 process :class:`~.work.LatentWork`, on Ray the distributed executor's. The runner owns the bookkeeping: what
 is finished (resume), what is written, what is incomplete and why, and the circuit breaker that stops the run
-after ``max_failures`` latents in a row fail on the infrastructure.
+after ``max_failures`` latents in a row fail on the infrastructure, cancelling the latents then in flight (each
+would wait for its own timeouts against the failing backend; nothing of theirs is written, and what they were
+answered is in the response cache).
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ class Runner:
         self.written: set[int] = set()  # latents of the current block written as finished
         self._failures_in_a_row = 0
         self._bar: Any = None
+        self._in_flight: dict[int, asyncio.Task[Any]] = {}  # latent -> the task running it (the breaker cancels)
+        self._cancelled: set[int] = set()
 
     async def run(self, latents: list[int], concurrency: int) -> str | None:
         """Run every latent not finished yet; the records go to ``self.results`` (nothing is kept here).
@@ -148,7 +152,7 @@ class Runner:
             if item is not None:
                 prepared[latent] = item
 
-        await bounded(todo, prepare, concurrency, lambda: self.stopped is not None)
+        await bounded(todo, self._cancellable(prepare), concurrency, lambda: self.stopped is not None)
         texts: dict[int, str | None] = dict(self.results.explanation_texts(self.run_key, done))
         texts.update(
             {
@@ -162,12 +166,48 @@ class Runner:
         async def finish(latent: int) -> None:
             await self.work.finish(latent, prepared[latent], pool, self)
 
-        await bounded([lat for lat in todo if lat in prepared], finish, concurrency, lambda: self.stopped is not None)
+        await bounded(
+            [lat for lat in todo if lat in prepared],
+            self._cancellable(finish),
+            concurrency,
+            lambda: self.stopped is not None,
+        )
         for lat in todo:
             if lat not in self.written and lat not in self.incomplete:
                 self.incomplete[lat] = f"not started: {self.stopped}" if self.stopped else "not started"
         self.written.clear()
         self.results.sync()
+
+    def _cancellable(self, job: Callable[[int], Awaitable[None]]) -> Callable[[int], Awaitable[None]]:
+        """``job`` with its task registered while it runs, so that the breaker can cancel it: a latent the
+        breaker cancels ends here, unwritten (incomplete; its answers so far are in the response cache)."""
+
+        async def run(latent: int) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._in_flight[latent] = task
+            try:
+                await job(latent)
+            except asyncio.CancelledError:
+                if latent not in self._cancelled:
+                    raise  # cancelled from outside (Ctrl-C, the caller): not ours to swallow
+                if hasattr(task, "uncancel"):
+                    task.uncancel()
+                self.incomplete.setdefault(latent, f"cancelled in flight: {self.stopped}")
+            finally:
+                self._in_flight.pop(latent, None)
+
+        return run
+
+    def _cancel_in_flight(self) -> None:
+        """The breaker tripped: cancel the other latents in flight. Each would otherwise wait for its own
+        timeouts and retries against the failing backend (a hanging one: two read timeouts each), and a worker
+        freed by the failures just before the trip would already have started a new one."""
+        current = asyncio.current_task()
+        for latent, task in list(self._in_flight.items()):
+            if task is not current and not task.done():
+                self._cancelled.add(latent)
+                task.cancel()
 
     def append(self, record: dict[str, Any]) -> None:
         """Append ``record``, encoded once. Where a plugin's output cannot be written (not JSON, a NaN), that
@@ -206,6 +246,7 @@ class Runner:
                 f"{self.work.backend}: {failure}. Finished latents and every answer already received are kept; "
                 "rerun the same command once the backend works again and only the unfinished latents are redone."
             )
+            self._cancel_in_flight()
 
 
 async def bounded(

@@ -1,7 +1,10 @@
 """FAKE for fault injection only: a small misbehaving OpenAI-style HTTP server on 127.0.0.1.
 
-Each POST to /v1/chat/completions consumes the next scripted action (then "ok" forever):
+Each POST to /v1/chat/completions consumes the next scripted action (then ``default``, "ok" unless set, forever):
   ok | 500 | 503 | 429 | hang | drop | nonjson | empty | 404 | 400ctx | 401 | refusal | nologprobs
+  wrongly typed 200 answers: numcontent (content 1) | dictcontent | imagecontent (a non-text part) |
+  listcontent (a list of text parts, legitimate) | badusage ("lots") | listusage ([1, 2]) | negusage (-10**9)
+  huge (an answer of ``huge_chars`` characters, ignoring max_tokens)
 It never models a real LLM: the real-server tests use llama.cpp and vLLM.
 """
 
@@ -13,6 +16,35 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+def _set_content(value: Any) -> Any:
+    def apply(c: dict[str, Any], server: FaultServer) -> None:
+        c["choices"][0]["message"]["content"] = value(server) if callable(value) else value
+
+    return apply
+
+
+def _set_usage(value: Any) -> Any:
+    def apply(c: dict[str, Any], server: FaultServer) -> None:
+        c["usage"] = value
+
+    return apply
+
+
+#: 200 answers whose fields have the wrong types (or sizes): each edits a good completion.
+_TYPED = {
+    "numcontent": _set_content(1),
+    "dictcontent": _set_content({"text": "1"}),
+    "imagecontent": _set_content([{"type": "image_url", "image_url": {"url": "http://x"}}]),
+    "listcontent": _set_content(
+        lambda s: [{"type": "text", "text": s.reply[:1]}, {"type": "text", "text": s.reply[1:]}]
+    ),
+    "huge": _set_content(lambda s: s.reply + "x" * s.huge_chars),
+    "badusage": _set_usage({"prompt_tokens": "lots", "completion_tokens": 1}),
+    "listusage": _set_usage([1, 2]),
+    "negusage": _set_usage({"prompt_tokens": -(10**9), "completion_tokens": -(10**9), "total_tokens": -2 * 10**9}),
+}
 
 
 def free_port() -> int:
@@ -32,8 +64,12 @@ class FaultServer:
         prompt_tokens: int = 10,
         completion_tokens: int = 2,
         port: int = 0,
+        default: str = "ok",
+        huge_chars: int = 200_000,
     ) -> None:
         self.script = list(script or [])
+        self.default = default  # what every request gets once the script is used up (tests switch it)
+        self.huge_chars = huge_chars
         self.reply = reply
         self.delay = delay
         self.hang_s = hang_s
@@ -72,7 +108,7 @@ class FaultServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with outer._lock:
-                    action = outer.script.pop(0) if outer.script else "ok"
+                    action = outer.script.pop(0) if outer.script else outer.default
                     outer.requests.append(body)
                     outer.headers.append({k.lower(): v for k, v in self.headers.items()})
                     outer.in_flight += 1
@@ -144,6 +180,10 @@ class FaultServer:
                         "content": None,
                         "refusal": "I can't help with that.",
                     }
+                    self._json(200, c)
+                elif action in _TYPED:
+                    c = outer.completion(body, logprobs=True)
+                    _TYPED[action](c, outer)
                     self._json(200, c)
                 else:
                     raise AssertionError(f"unknown action {action}")

@@ -1,0 +1,131 @@
+"""A server that answers 200 with wrongly typed or oversized fields, reports nonsense usage, or is configured
+with nonsense timeouts: against the labelled FAKE fault server (llm_fakes.py), never a real LLM.
+
+A malformed answer is a backend failure (retried, counted, never cached), an unusable usage report never
+lowers the spend, an answer far beyond max_tokens is refused, and headers / max_tokens_param are part of the
+cache identity without their values ever being stored."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+
+from llm_fakes import FaultServer
+from sae_lens_autointerp.errors import ConfigError
+from sae_lens_autointerp.llm import BudgetExceeded, MalformedResponseError, UsageTracker, get_client
+from sae_lens_autointerp.llm.cache import ResponseCache
+from sae_lens_autointerp.llm.openai_client import ANSWER_SLACK_CHARS, CHARS_PER_TOKEN_LIMIT, OpenAIClient
+from sae_lens_autointerp.llm.usage import estimate_prompt_tokens
+
+MSG = [{"role": "user", "content": "Is this about months? Answer 0 or 1."}]
+KEY = "sk-test-SECRET-0123456789"
+_OPEN: list = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients():
+    yield
+    while _OPEN:
+        await _OPEN.pop().aclose()
+
+
+def client(server, **kw):
+    kw.setdefault("backoff_initial", 0.01)
+    kw.setdefault("backoff_max", 0.05)
+    kw.setdefault("timeout", 5.0)
+    c = get_client("openai:fake-model", base_url=server.base_url, api_key=KEY, **kw)
+    _OPEN.append(c)
+    return c
+
+
+@pytest.mark.parametrize("mode", ["numcontent", "dictcontent", "imagecontent"])
+async def test_content_that_is_not_text_is_a_malformed_answer_never_cached(mode, tmp_path):
+    with FaultServer(default=mode) as srv:
+        c = client(srv, cache=tmp_path / "c")
+        with pytest.raises(MalformedResponseError, match=f"content is a (int|dict|list), not text"):
+            await c.chat(MSG, max_tokens=2)
+        assert srv.count == 3  # the first try and two retries: a malformed answer is a backend failure
+    assert len(ResponseCache(tmp_path / "c")) == 0
+    t = c.usage.total()
+    assert (t.requests, t.attempts, t.retries, t.failures) == (0, 3, 2, 1)
+    assert c._transport_failures == 1  # what the fail-fast (and the run's breaker, through the error) count
+
+
+async def test_content_as_a_list_of_text_parts_is_joined(tmp_path):
+    with FaultServer(default="listcontent", reply="Explanation: months") as srv:
+        c = client(srv, cache=tmp_path / "c")
+        r = await c.chat(MSG, max_tokens=20)
+    assert r.text == "Explanation: months" and srv.count == 1
+    assert len(ResponseCache(tmp_path / "c")) == 1
+
+
+@pytest.mark.parametrize("mode", ["badusage", "listusage", "negusage"])
+async def test_unusable_usage_counts_the_estimate_with_one_warning(mode, tmp_path, caplog):
+    """The answer's text is fine: it is kept. Its usage ("lots", a list, -10**9 tokens) becomes the estimate."""
+    caplog.set_level(logging.WARNING)
+    with FaultServer(default=mode) as srv:
+        c = client(srv, cache=tmp_path / "c")
+        first = await c.chat(MSG, max_tokens=2)
+        await c.chat([{"role": "user", "content": "Another question? Answer 0 or 1."}], max_tokens=2)
+    expected = estimate_prompt_tokens([("user", MSG[0]["content"])])
+    assert first.text == "1" and (first.usage.prompt_tokens, first.usage.completion_tokens) == (expected, 1)
+    t = c.usage.total()
+    assert t.requests == 2 and t.prompt_tokens > 0 and t.completion_tokens == 2 and t.failures == 0
+    assert caplog.text.count("unusable token usage") == 1
+
+
+async def test_negative_usage_never_lowers_the_token_budget():
+    """R14: a server reporting -10**9 tokens per answer kept a 3,000-token budget from ever tripping."""
+    budget = 3000
+    usage = UsageTracker(budget_tokens=budget)
+    with FaultServer(default="negusage") as srv:
+        c = client(srv, cache=False, usage=usage)
+        with pytest.raises(BudgetExceeded, match="token budget 3,000 reached"):
+            for i in range(200):
+                await c.chat([{"role": "user", "content": f"question {i}: " + "x" * 300}], max_tokens=50)
+    t = usage.total()
+    assert 0 < t.total_tokens <= budget and t.requests < 40
+
+
+async def test_an_answer_far_beyond_max_tokens_is_malformed(tmp_path):
+    """R13: a server ignoring max_tokens (here 200 kB for max_tokens=60) gives no answer, and nothing is cached."""
+    limit = CHARS_PER_TOKEN_LIMIT * 60 + ANSWER_SLACK_CHARS
+    with FaultServer(default="huge", reply="Explanation: x", huge_chars=limit - len("Explanation: x")) as srv:
+        c = client(srv, cache=tmp_path / "c", max_retries=0)
+        at_the_limit = await c.chat(MSG, max_tokens=60)
+        assert len(at_the_limit.text) == limit
+        srv.huge_chars = 200_000
+        with pytest.raises(MalformedResponseError, match="the server ignores max_tokens"):
+            await c.chat([{"role": "user", "content": "again"}], max_tokens=60)
+    assert len(ResponseCache(tmp_path / "c")) == 1  # only the answer within the limit
+
+
+@pytest.mark.parametrize("value", [-1, 0, math.nan, math.inf, "60", True])
+@pytest.mark.parametrize("name", ["timeout", "connect_timeout"])
+def test_a_timeout_must_be_a_finite_positive_number(name, value):
+    with pytest.raises(ConfigError, match=f"{name} must be a finite number of seconds > 0"):
+        OpenAIClient("m", base_url="http://127.0.0.1:9/v1", cache=False, **{name: value})
+
+
+async def test_headers_and_max_tokens_param_are_part_of_the_cache_identity(tmp_path):
+    """D9 note: header B was served header A's answer. Their values may be secrets: stored nowhere in clear."""
+    cache = tmp_path / "c"
+    with FaultServer() as srv:
+        plain = client(srv, cache=cache)
+        a = client(srv, cache=cache, default_headers={"X-Api-Key": "HDR-SECRET-A"})
+        b = client(srv, cache=cache, default_headers={"X-Api-Key": "HDR-SECRET-B"})
+        a_again = client(srv, cache=cache, default_headers={"x-api-key": "HDR-SECRET-A"})
+        newer = client(srv, cache=cache, max_tokens_param="max_completion_tokens")
+        for c in (plain, a, b, a_again, newer):
+            await c.chat(MSG, max_tokens=2)
+        assert srv.count == 4  # a_again is a's identity (header names are case-insensitive): a cache hit
+        assert [h.get("x-api-key") for h in srv.headers] == [None, "HDR-SECRET-A", "HDR-SECRET-B", None]
+    names = [c.cache_namespace for c in (plain, a, b, newer)]
+    assert len(set(names)) == 4 and a.cache_namespace == a_again.cache_namespace
+    assert plain.cache_namespace == f"openai:fake-model@{srv.base_url}"  # unchanged without them
+    stored = "".join(p.read_text() for p in cache.rglob("*.json"))
+    for secret in ("HDR-SECRET", KEY):
+        assert secret not in stored and all(secret not in n for n in names)
+        assert secret not in repr(a) and secret not in str(a.usage.summary())
