@@ -44,7 +44,7 @@ def client(server, **kw):
 async def test_content_that_is_not_text_is_a_malformed_answer_never_cached(mode, tmp_path):
     with FaultServer(default=mode) as srv:
         c = client(srv, cache=tmp_path / "c")
-        with pytest.raises(MalformedResponseError, match=f"content is a (int|dict|list), not text"):
+        with pytest.raises(MalformedResponseError, match="content is a (int|dict|list), not text"):
             await c.chat(MSG, max_tokens=2)
         assert srv.count == 3  # the first try and two retries: a malformed answer is a backend failure
     assert len(ResponseCache(tmp_path / "c")) == 0
