@@ -17,6 +17,7 @@ it failed goes to another server at once (counted as a retry). See docs/scale.md
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from ..errors import ConfigError
 from .base import BaseClient
@@ -247,6 +248,16 @@ class OpenAIClient(BaseClient):
         self.max_tokens_param = max_tokens_param
         self.extra_body = dict(extra_body or {})
         self._default_headers = dict(default_headers or {})
+        # what an error body or a log line must never show: the key, header values, URL user info and query
+        secrets = [self._api_key, *(str(v) for v in self._default_headers.values())]
+        for e in self.endpoints:
+            parts = urlsplit(e.url)
+            secrets += [parts.username or "", parts.password or ""]
+            if parts.username:  # httpx sends URL user info as Basic auth, which an echoing server shows in base64
+                basic = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+                secrets.append(base64.b64encode(basic.encode()).decode())
+            secrets += [v for values in parse_qs(parts.query).values() for v in values]
+        self._secrets = sorted({x for x in secrets if x}, key=len, reverse=True)  # longest first: replaced whole
         self._warned_usage = False  # the warning about unusable usage counts is given once
         self.logprobs_supported: bool | None = None  # learned from the first answer that should have them
         self._jitter = random.Random()  # jitter only; results never depend on it
@@ -384,7 +395,7 @@ class OpenAIClient(BaseClient):
         return any(o is not e and o.dead_until <= now for o in self.endpoints)
 
     def _redact(self, text: str) -> str:
-        return redact(text, self._api_key)
+        return redact(text, *self._secrets)
 
     # -- the request -----------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ Each POST to /v1/chat/completions consumes the next scripted action (then ``defa
   ok | 500 | 503 | 429 | hang | drop | nonjson | empty | 404 | 400ctx | 401 | refusal | nologprobs
   wrongly typed 200 answers: numcontent (content 1) | dictcontent | imagecontent (a non-text part) |
   listcontent (a list of text parts, legitimate) | badusage ("lots") | listusage ([1, 2]) | negusage (-10**9)
-  huge (an answer of ``huge_chars`` characters, ignoring max_tokens)
+  huge (an answer of ``huge_chars`` characters, ignoring max_tokens) | echoall (a 500 echoing headers and path)
 It never models a real LLM: the real-server tests use llama.cpp and vLLM.
 """
 
@@ -181,6 +181,10 @@ class FaultServer:
                         "refusal": "I can't help with that.",
                     }
                     self._json(200, c)
+                elif action == "echoall":
+                    # a careless proxy echoing every header and the path: our errors must redact them
+                    echo = f"{self.path} {dict(self.headers.items())}"
+                    self._json(500, {"error": {"message": f"cannot serve {echo}"}})
                 elif action in _TYPED:
                     c = outer.completion(body, logprobs=True)
                     _TYPED[action](c, outer)

@@ -7,6 +7,7 @@ cache identity without their values ever being stored."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 
@@ -14,7 +15,13 @@ import pytest
 
 from llm_fakes import FaultServer
 from sae_lens_autointerp.errors import ConfigError
-from sae_lens_autointerp.llm import BudgetExceeded, MalformedResponseError, UsageTracker, get_client
+from sae_lens_autointerp.llm import (
+    BudgetExceeded,
+    LLMConnectionError,
+    MalformedResponseError,
+    UsageTracker,
+    get_client,
+)
 from sae_lens_autointerp.llm.cache import ResponseCache
 from sae_lens_autointerp.llm.openai_client import ANSWER_SLACK_CHARS, CHARS_PER_TOKEN_LIMIT, OpenAIClient
 from sae_lens_autointerp.llm.usage import estimate_prompt_tokens
@@ -129,3 +136,33 @@ async def test_headers_and_max_tokens_param_are_part_of_the_cache_identity(tmp_p
     for secret in ("HDR-SECRET", KEY):
         assert secret not in stored and all(secret not in n for n in names)
         assert secret not in repr(a) and secret not in str(a.usage.summary())
+
+
+async def test_no_secret_in_errors_logs_usage_or_cache(tmp_path, caplog):
+    """An error body echoing every header and the URL: the key, a header value, the URL's user info and its
+    query token are redacted from the error and from this package's logs, and are in no cache file or usage."""
+    caplog.set_level(logging.DEBUG, logger="sae_lens_autointerp")
+    basic = base64.b64encode(b"user:PASSW0RD-SECRET").decode()  # httpx sends URL user info as Basic auth
+    secrets = ("HDR-SECRET-9", "PASSW0RD-SECRET", "QTOKEN-SECRET", basic, KEY)
+    with FaultServer(default="echoall") as srv:
+        url = srv.base_url.replace("http://", "http://user:PASSW0RD-SECRET@") + "?token=QTOKEN-SECRET"
+        c = get_client(
+            "openai:fake-model",
+            base_url=url,
+            api_key=KEY,
+            default_headers={"X-Api-Key": "HDR-SECRET-9"},
+            backoff_initial=0.01,
+            max_retries=1,
+            cache=tmp_path / "c",
+        )
+        _OPEN.append(c)
+        with pytest.raises(LLMConnectionError) as err:
+            await c.chat(MSG, max_tokens=2)
+        assert srv.count == 2 and "HDR-SECRET-9" in str(srv.headers[0])  # sent to the server, and echoed back
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("sae_lens_autointerp"))
+    assert "cannot serve" in str(err.value) and "cannot serve" in ours
+    stored = "".join(p.read_text() for p in (tmp_path / "c").rglob("*.json"))
+    for secret in secrets:
+        assert secret not in str(err.value) and secret not in ours, secret
+        assert secret not in c.cache_namespace and secret not in repr(c) and secret not in str(c.usage.summary())
+        assert secret not in stored
