@@ -76,6 +76,7 @@ class FaultServer:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
         self.requests: list[dict[str, Any]] = []
+        self.times: list[float] = []  # time.monotonic() at each request's arrival
         self.headers: list[dict[str, str]] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -110,6 +111,7 @@ class FaultServer:
                 with outer._lock:
                     action = outer.script.pop(0) if outer.script else outer.default
                     outer.requests.append(body)
+                    outer.times.append(time.monotonic())
                     outer.headers.append({k.lower(): v for k, v in self.headers.items()})
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
