@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from ..errors import ConfigError
+from .answers import ANSWER_SLACK_CHARS, CHARS_PER_TOKEN_LIMIT, Malformed, counts, text_field, top_dict
 from .base import BaseClient
 from .errors import (
     AuthenticationError,
@@ -63,10 +64,6 @@ _CONTEXT_PHRASES = (
     "n_ctx",
 )
 _RETRY_STATUS = {408, 409, 425, 429}
-#: An answer longer than CHARS_PER_TOKEN_LIMIT characters per token of ``max_tokens`` (plus the slack) came from a
-#: server that ignores ``max_tokens``: it is malformed (retried, never cached or kept), not an answer.
-CHARS_PER_TOKEN_LIMIT = 16
-ANSWER_SLACK_CHARS = 4096
 #: A server of a fleet that fails this many requests in a row (after a 5xx or a malformed answer) is taken out.
 DEAD_AFTER = 3
 #: The window of the per-server rate limits (requests / tokens per minute).
@@ -144,7 +141,9 @@ def _endpoints(
     return out
 
 
-class _Retryable(Exception):
+class _Retryable(Malformed):
+    """A failure worth another try: the kind picks its retry budget."""
+
     def __init__(self, kind: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind  # "connection" | "timeout" | "status" | "malformed"
@@ -370,7 +369,7 @@ class OpenAIClient(BaseClient):
             e.in_flight -= 1
             cond.notify_all()
 
-    def _health(self, e: Endpoint, failure: _Retryable | None) -> bool:
+    def _health(self, e: Endpoint, failure: Malformed | None) -> bool:
         """Count a server's success or failure; True when the failure took it out of a fleet."""
         if failure is None:
             e.failures_in_a_row = 0
@@ -480,7 +479,7 @@ class OpenAIClient(BaseClient):
                 failure = _Retryable("connection", f"{type(cause).__name__}: {cause}")
             except openai.APIStatusError as exc:
                 failure = self._status_failure(exc, e.url)  # raises when not retryable
-            except _Retryable as exc:
+            except Malformed as exc:  # _Retryable, and the wrongly typed fields answers.py finds
                 failure = exc
             finally:
                 await self._release(cond, e)
@@ -545,7 +544,7 @@ class OpenAIClient(BaseClient):
             )
         raise LLMError(f"{url} rejected the request for {self.model!r} (HTTP {status}: {message})")
 
-    def _final_error(self, failure: _Retryable, attempts: int, base_url: str) -> LLMError:
+    def _final_error(self, failure: Malformed, attempts: int, base_url: str) -> LLMError:
         url = public_url(base_url)
         if len(self.endpoints) > 1:
             url += f" (last tried of {len(self.endpoints)} servers: {', '.join(public_url(e.url) for e in self.endpoints)})"
@@ -575,8 +574,8 @@ class OpenAIClient(BaseClient):
         message = choice.get("message")
         if not isinstance(message, dict):
             raise _Retryable("malformed", f"choice without a message: {text[:200]!r}")
-        content = _text(message.get("content"), "content", text)
-        refusal = _text(message.get("refusal"), "refusal", text) or None
+        content = text_field(message.get("content"), "content", text)
+        refusal = text_field(message.get("refusal"), "refusal", text) or None
         finish_reason = choice.get("finish_reason")
         if finish_reason is not None and not isinstance(finish_reason, str):
             raise _Retryable("malformed", f"finish_reason is not a string: {text[:200]!r}")
@@ -598,7 +597,7 @@ class OpenAIClient(BaseClient):
                     TokenLogprob(
                         token=str(t["token"]),
                         logprob=float(t["logprob"]),
-                        top_logprobs=_top_dict(t.get("top_logprobs")),
+                        top_logprobs=top_dict(t.get("top_logprobs")),
                     )
                     for t in lp["content"]
                 )
@@ -623,7 +622,7 @@ class OpenAIClient(BaseClient):
         reports nonsense never lowers the spend or switches a token / dollar budget off."""
         if raw is None:
             return Usage()
-        usage = _counts(raw)
+        usage = counts(raw)
         if usage is not None:
             return usage
         if not self._warned_usage:
@@ -634,52 +633,6 @@ class OpenAIClient(BaseClient):
                 self._redact(json.dumps(raw, default=str)[:120]),
             )
         return Usage(estimate_prompt_tokens(request.messages), len(content) // 3 + 1, 0)
-
-
-def _text(value: Any, field: str, body: str) -> str | None:
-    """A message's ``content`` / ``refusal``: a string, None, or a list of text parts (joined: some providers
-    send ``[{"type": "text", "text": ...}]``); anything else is a malformed answer (retried, never cached)."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(
-        isinstance(p, dict) and isinstance(p.get("text"), str) and p.get("type", "text") in ("text", "output_text")
-        for p in value
-    ):
-        return "".join(p["text"] for p in value)
-    raise _Retryable("malformed", f"message {field} is a {type(value).__name__}, not text: {body[:200]!r}")
-
-
-def _count(value: Any) -> int | None:
-    """A token count: a finite number >= 0 (an int, or a float a server wrote as one), else None."""
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        return None
-    return int(value)
-
-
-def _counts(raw: Any) -> Usage | None:
-    """OpenAI's ``usage`` object as :class:`Usage`, or None where any count in it is unusable."""
-    if not isinstance(raw, dict):
-        return None
-    details = raw.get("prompt_tokens_details")
-    if details is not None and not isinstance(details, dict):
-        return None
-    prompt, completion = _count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens"))
-    cached = _count((details or {}).get("cached_tokens"))
-    if prompt is None or completion is None or cached is None:
-        return None
-    return Usage(prompt, completion, min(cached, prompt))
-
-
-def _top_dict(items: Any) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for a in items or []:
-        tok = str(a["token"])
-        lp = float(a["logprob"])
-        if tok not in out or lp > out[tok]:
-            out[tok] = lp
-    return out
 
 
 def _error_message(exc: Any) -> str:
