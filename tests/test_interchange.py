@@ -600,3 +600,17 @@ def test_neuronpedia_export_refuses_a_link_out_of_its_folder(tmp_path):
         to_neuronpedia(result, out, explanation_model="m")
     assert not list((tmp_path / "elsewhere").rglob("*"))
     assert to_neuronpedia(result, tmp_path / "fine", explanation_model="m").written == 2
+
+
+def test_delphi_export_writes_null_for_a_probability_that_is_not_a_number(tmp_path):
+    """A record's probability "abc" stopped to_delphi (ValueError from float())."""
+    predictions = [{"prediction": True, "label": True, "probability": "abc", "token_id": 5}]
+    record = {
+        "run_key": "k",
+        "latent": 4,
+        "explanation": {"latent": 4, "text": "dates", "failed": False},
+        "scores": {"detection": {"score": 1.0, "predictions": predictions}},
+    }
+    to_delphi(ScoreResult(records=[record]), tmp_path, module="layers.3")
+    rows = json.loads((tmp_path / "scores" / "detection" / "layers.3_latent4.txt").read_text())
+    assert rows[0]["probability"] is None and rows[0]["prediction"] is True

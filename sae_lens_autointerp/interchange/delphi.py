@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..numeric import finite
 from ..results import ScoreResult
 from ..runviews import RunViews
 from .common import MAX_EXPLANATION_CHARS, MAX_LINE_BYTES, Export, _records, _sae_source, _usable
@@ -51,7 +52,7 @@ def _delphi_prediction(p: Mapping[str, Any], scorer: str, text: tuple[list[str],
         "distance": quantile if label and quantile is not None else -1.0,
         "activating": label,
         "prediction": None if prediction is None else bool(prediction),
-        "probability": None if p.get("probability") is None else float(p["probability"]),
+        "probability": finite(p.get("probability")),  # null (delphi's value when there is none) for a non-number
         "correct": None if prediction is None else bool(prediction) == label,
     }
 
