@@ -75,7 +75,8 @@ class RunViews:
         every_top = store.top_examples(latent)
         top = _distinct(every_top)
         strat = store.stratified_examples(latent)
-        n_q = int((self.run.get("sampling") or {}).get("n_quantiles") or 10)
+        sampling = self.run.get("sampling")
+        n_q = _whole(sampling.get("n_quantiles") if isinstance(sampling, dict) else None, 10)
         groups = [list(g) for g in np.array_split(np.arange(len(strat)), min(n_q, max(len(strat), 1)))] if strat else []
         quantiles = [[strat[i] for i in _spread(g, PER_QUANTILE)] for g in groups]
         cuts = sorted(float(strat[g[-1]].value) for g in groups[:-1] if g)
@@ -112,11 +113,17 @@ class RunViews:
         return [self.piece(int(tokens[i])) for i in keep], [float(acts[i]) for i in keep]
 
 
+def _whole(x: Any, default: int) -> int:
+    """A count from run.json (a file anyone can edit): a positive int, else ``default``."""
+    return x if isinstance(x, int) and not isinstance(x, bool) and x > 0 else default
+
+
 def _open_store(run: dict[str, Any], missing: list[str]) -> LatentStore | None:
     """The store a run read: its recorded folder, else the default cache folder of its key."""
-    key = str(run.get("store") or "")
-    candidates = [Path(run["store_path"])] if run.get("store_path") else []
-    if key:
+    key = run.get("store")
+    key = key if isinstance(key, str) else ""
+    candidates = [Path(run["store_path"])] if isinstance(run.get("store_path"), str) and run["store_path"] else []
+    if key.isalnum() and key.isascii():  # a store key is hex: a key like '../..' names no cache folder
         candidates.append(cache_dir("stores") / key[:24])
     for folder in candidates:
         if (folder / "meta.json").is_file():

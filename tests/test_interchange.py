@@ -19,6 +19,7 @@ from sae_lens_autointerp.errors import ConfigError
 from sae_lens_autointerp.interchange import (
     NEURONPEDIA_BATCH_SIZE,
     NEURONPEDIA_DEFAULT_AUTHOR_ID,
+    NeuronpediaFormatError,
     export,
     neuronpedia_rows,
     read_delphi_explanations,
@@ -461,3 +462,155 @@ def test_sae_source_is_recorded_and_carried_into_every_export(bridge_model, embe
     )
     with pytest.raises(ConfigError, match="records no neuronpedia_id"):
         to_neuronpedia(bare, tmp_path / "np-bare", explanation_model="fake-explainer")
+
+
+# ----------------------------------------------------------------------------- malformed and hostile inputs
+GOOD_ROW = {"modelId": "m", "layer": "s", "index": "5", "description": "dates", "typeName": "t"}
+
+
+def _np_file(tmp_path: Path, name: str, data: bytes | str) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def _row_line(**changes) -> str:
+    return json.dumps({**GOOD_ROW, **changes}) + "\n"
+
+
+_GZ = gzip.compress(_row_line().encode() * 1000)
+MALFORMED_NP = {
+    "deep.json": ("[" * 200_000 + "]" * 200_000, "not JSON"),
+    "deep.jsonl": ("[" * 200_000 + "]" * 200_000 + "\n", "nested too deep"),
+    "utf8.jsonl": (_row_line().encode() + b"\xff\xfe\n", "not UTF-8"),
+    "plain.jsonl.gz": ("hello, not gzip", "not a readable gzip file"),
+    "cut.jsonl.gz": (_GZ[: len(_GZ) // 2], "not a readable gzip file"),
+    "float.jsonl": (_row_line(index=1.9), "'index' must be a latent number"),
+    "bool.jsonl": (_row_line(index=True), "'index' must be a latent number"),
+    "negative.jsonl": (_row_line(index=-7), "'index' must be a latent number"),
+    "decimal.jsonl": (_row_line(index="1.5"), "'index' must be a latent number"),
+    "superscript.jsonl": (_row_line(index="²"), "'index' must be a latent number"),
+    "dict.jsonl": (_row_line(description={"x": 1}), "'description' must be a string, got dict"),
+    "null.jsonl": (_row_line(description=None), "'description' must be a string, got NoneType"),
+    "long.jsonl": (_row_line(description="a" * 9000), "a description of 9,000 characters"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED_NP))
+def test_read_neuronpedia_refuses_malformed_files_naming_them(tmp_path, name):
+    data, why = MALFORMED_NP[name]
+    path = _np_file(tmp_path, name, data)
+    with pytest.raises(NeuronpediaFormatError) as info:
+        read_neuronpedia(path)
+    message = str(info.value)
+    assert why in message and str(path) in message and "\n" not in message and len(message) < 400
+
+
+def test_read_neuronpedia_reads_integer_and_digit_indices(tmp_path):
+    path = _np_file(tmp_path, "ok.jsonl", _row_line(index=5) + _row_line(index="7", description="years"))
+    assert read_neuronpedia(path) == {5: "dates", 7: "years"}
+
+
+def test_read_neuronpedia_refuses_a_gzip_bomb_after_a_bounded_read(tmp_path):
+    """64 MB of one line from ~64 KB of gzip (gzip members concatenated): refused after reading about
+    MAX_LINE_BYTES of it, never decompressed whole (before: the whole line was read into one string)."""
+    import tracemalloc
+
+    from sae_lens_autointerp.interchange.common import MAX_LINE_BYTES
+
+    head = gzip.compress(b'{"modelId":"m","layer":"s","index":"1","description":"')
+    member = gzip.compress(b"A" * (1 << 20))
+    path = _np_file(tmp_path, "bomb.jsonl.gz", head + member * 64)
+    assert path.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(NeuronpediaFormatError, match=f"line longer than {MAX_LINE_BYTES:,} bytes"):
+            read_neuronpedia(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * MAX_LINE_BYTES, peak
+
+
+def test_read_delphi_refuses_deep_nesting_oversized_and_bad_files(tmp_path):
+    folder = tmp_path / "explanations"
+    folder.mkdir()
+    (folder / "layers.3_latent5.txt").write_text(json.dumps("dates"))
+    cases = {
+        "layers.3_latent6.txt": ("[" * 200_000 + "]" * 200_000, "RecursionError"),
+        "layers.3_latent7.txt": (b'"\xff"', "UnicodeDecodeError"),
+        "layers.3_latent8.txt": (json.dumps("x" * 9000), "an explanation of 9,000 characters"),
+        "layers.3_latent9.txt": (b'"' + b"x" * (2 << 20) + b'"', "over 1,048,576 bytes"),
+    }
+    for name, (data, why) in cases.items():
+        path = folder / name
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+        with pytest.raises(ConfigError) as info:
+            read_delphi_explanations(tmp_path)
+        assert why in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+        path.unlink()
+    assert read_delphi_explanations(tmp_path) == {5: "dates"}
+
+
+def _crafted_run(folder: Path, neuronpedia_id: str) -> ScoreResult:
+    """A run folder of two finished latents whose run.json names the SAE ``neuronpedia_id``."""
+    folder.mkdir(parents=True)
+    records = [
+        {"run_key": "k", "latent": i, "explanation": {"latent": i, "text": f"words {i}", "failed": False}}
+        for i in (1, 2)
+    ]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "run.json").write_text(json.dumps({"run_key": "k", "sae_source": {"neuronpedia_id": neuronpedia_id}}))
+    return ScoreResult(records=records, path=folder / "results.jsonl", run_key="k")
+
+
+@pytest.mark.parametrize("hostile", ["../..", "m/..", "./s", "m/.", "m/ ", "m\\..\\x/s", "m/s\x1b"])
+def test_neuronpedia_export_stays_inside_its_folder(tmp_path, hostile):
+    """A run.json's neuronpedia_id names folders under --out: '..' parts were joined and left it (and with
+    overwrite, batch files up there were deleted)."""
+    result = _crafted_run(tmp_path / "run", hostile)
+    out = tmp_path / "a" / "b"
+    out.mkdir(parents=True)
+    victim = tmp_path / "explanations" / "batch-0.jsonl.gz"  # where '../..' led
+    victim.parent.mkdir()
+    victim.write_bytes(b"someone else's")
+    with pytest.raises(ConfigError, match="is not a folder name") as info:
+        to_neuronpedia(result, out, explanation_model="m", overwrite=True)
+    assert "\n" not in str(info.value)
+    assert victim.read_bytes() == b"someone else's" and not list(out.rglob("*.gz"))
+    with pytest.raises(ConfigError, match="is not a folder name"):
+        to_neuronpedia(result, out, model_id="..", source="s", explanation_model="m")
+    rc = subprocess.run(
+        [sys.executable, "-m", "sae_lens_autointerp.cli", "export", str(tmp_path / "run"), "--format", "neuronpedia"]
+        + ["--out", str(out), "--explanation-model", "m", "--overwrite"],
+        capture_output=True,
+        text=True,
+    )
+    assert rc.returncode == 2 and "is not a folder name" in rc.stderr and "Traceback" not in rc.stderr, rc.stderr
+    assert victim.read_bytes() == b"someone else's"
+
+
+def test_neuronpedia_export_refuses_a_link_out_of_its_folder(tmp_path):
+    result = _crafted_run(tmp_path / "run", "m/s")
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "m").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match="leads outside"):
+        to_neuronpedia(result, out, explanation_model="m")
+    assert not list((tmp_path / "elsewhere").rglob("*"))
+    assert to_neuronpedia(result, tmp_path / "fine", explanation_model="m").written == 2
+
+
+def test_delphi_export_writes_null_for_a_probability_that_is_not_a_number(tmp_path):
+    """A record's probability "abc" stopped to_delphi (ValueError from float())."""
+    predictions = [{"prediction": True, "label": True, "probability": "abc", "token_id": 5}]
+    record = {
+        "run_key": "k",
+        "latent": 4,
+        "explanation": {"latent": 4, "text": "dates", "failed": False},
+        "scores": {"detection": {"score": 1.0, "predictions": predictions}},
+    }
+    to_delphi(ScoreResult(records=[record]), tmp_path, module="layers.3")
+    rows = json.loads((tmp_path / "scores" / "detection" / "layers.3_latent4.txt").read_text())
+    assert rows[0]["probability"] is None and rows[0]["prediction"] is True

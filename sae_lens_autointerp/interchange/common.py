@@ -13,6 +13,14 @@ from typing import Any
 from ..errors import ConfigError
 from ..results import ScoreResult
 
+#: Imported files (Neuronpedia, delphi) are read in pieces no longer than this (a JSONL line, a delphi
+#: explanation file): 1 MiB is far above a Neuronpedia row with its ``embedding`` column (256 floats, ~5 KB),
+#: and a gzip bomb or a file that is not an explanation file is refused after reading this much, not all of it.
+MAX_LINE_BYTES = 1 << 20
+#: The longest explanation an import takes (characters). Neuronpedia's and delphi's explanations are a phrase
+#: or a sentence; a longer "description" is a wrong or hostile file, refused with its file and line.
+MAX_EXPLANATION_CHARS = 8192
+
 
 @dataclass(frozen=True)
 class Export:

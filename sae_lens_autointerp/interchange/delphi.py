@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..numeric import finite
 from ..results import ScoreResult
 from ..runviews import RunViews
-from .common import Export, _records, _sae_source, _usable
+from .common import MAX_EXPLANATION_CHARS, MAX_LINE_BYTES, Export, _records, _sae_source, _usable
 
 log = logging.getLogger("sae_lens_autointerp")
 
@@ -51,7 +52,7 @@ def _delphi_prediction(p: Mapping[str, Any], scorer: str, text: tuple[list[str],
         "distance": quantile if label and quantile is not None else -1.0,
         "activating": label,
         "prediction": None if prediction is None else bool(prediction),
-        "probability": None if p.get("probability") is None else float(p["probability"]),
+        "probability": finite(p.get("probability")),  # null (delphi's value when there is none) for a non-number
         "correct": None if prediction is None else bool(prediction) == label,
     }
 
@@ -127,6 +128,34 @@ def to_delphi(
     return Export(paths=paths, written=written, skipped=skipped)
 
 
+def _read_explanation(path: Path) -> str:
+    """One delphi explanation file (a JSON string), read no further than :data:`MAX_LINE_BYTES`."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_LINE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc})") from None
+    if len(data) > MAX_LINE_BYTES:
+        raise ConfigError(
+            f"{path}: over {MAX_LINE_BYTES:,} bytes; a delphi explanation is one JSON string (is this delphi's "
+            "explanations folder?)"
+        )
+    try:
+        text = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError; RecursionError: deep nesting
+        raise ConfigError(
+            f"{path}: not a delphi explanation (a JSON string): {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
+    if not isinstance(text, str):
+        raise ConfigError(f"{path}: a delphi explanation is a JSON string, got {type(text).__name__}")
+    if len(text) > MAX_EXPLANATION_CHARS:
+        raise ConfigError(
+            f"{path}: an explanation of {len(text):,} characters (at most {MAX_EXPLANATION_CHARS:,} are read; "
+            "delphi's explanations are a sentence)"
+        )
+    return text
+
+
 def read_delphi_explanations(folder: str | os.PathLike[str], module: str | None = None) -> dict[int, str]:
     """``{latent: explanation}`` from delphi's explanation files (``<module>_latent<N>.txt``, a JSON string
     each), in ``folder`` or its ``explanations/``. ``module`` picks one hookpoint; several without a pick
@@ -145,12 +174,7 @@ def read_delphi_explanations(folder: str | os.PathLike[str], module: str | None 
             continue
         if module is not None and match["module"] != module:
             continue
-        try:
-            text = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ConfigError(f"{path}: not a delphi explanation (a JSON string): {exc}") from exc
-        if not isinstance(text, str):
-            raise ConfigError(f"{path}: a delphi explanation is a JSON string, got {type(text).__name__}")
+        text = _read_explanation(path)
         latents = found.setdefault(match["module"], {})
         if text.strip() in _DELPHI_PLACEHOLDERS or not text.strip():
             placeholders += 1

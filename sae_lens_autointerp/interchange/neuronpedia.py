@@ -8,13 +8,14 @@ import hashlib
 import json
 import os
 import re
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError
 from ..results import ScoreResult, explanation_model_of
-from .common import Export, _records, _run_info, _sae_source, _usable
+from .common import MAX_EXPLANATION_CHARS, MAX_LINE_BYTES, Export, _records, _run_info, _sae_source, _usable
 
 #: Rows per ``explanations/batch-N.jsonl.gz`` in Neuronpedia's bulk datasets
 #: (``FEATURES_EXPLANATIONS_BATCH_SIZE`` in its ``utils/neuronpedia-utils/neuronpedia_utils/export-data.py``).
@@ -39,7 +40,21 @@ def split_neuronpedia_id(neuronpedia_id: str) -> tuple[str, str]:
         raise ConfigError(
             f"a Neuronpedia id looks like 'MODEL/SOURCE' (e.g. 'gpt2-small/8-res-jb'), got {neuronpedia_id!r}"
         )
-    return model_id, source
+    return _id_part(model_id, "model id", neuronpedia_id), _id_part(source, "source", neuronpedia_id)
+
+
+# the two halves of an id name folders of the bulk layout: no separators, no control characters
+_UNSAFE_ID = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def _id_part(part: Any, what: str, whole: Any) -> str:
+    """``part`` when it can name a folder under the export's folder, else a ConfigError ('..' would climb out)."""
+    if not isinstance(part, str) or part.strip() in ("", ".", "..") or _UNSAFE_ID.search(part):
+        raise ConfigError(
+            f"the Neuronpedia {what} {part!r} (of {whole!r}) is not a folder name: it may not be empty, '.' or "
+            "'..', or hold '/', '\\' or control characters; pass the SAE's real id (e.g. 'gpt2-small/8-res-jb')"
+        )
+    return part
 
 
 def neuronpedia_cuid(*parts: str) -> str:
@@ -153,7 +168,7 @@ def _neuronpedia_ids(
             "pass neuronpedia_id='MODEL/SOURCE' (sae.cfg.metadata.neuronpedia_id, e.g. 'gpt2-small/8-res-jb') "
             "or both model_id= and source=; the run's SAE records no neuronpedia_id"
         )
-    return model_id, source
+    return _id_part(model_id, "model id", model_id), _id_part(source, "source", source)
 
 
 def to_neuronpedia(
@@ -188,6 +203,9 @@ def to_neuronpedia(
     if not rows:
         raise ConfigError(f"no latent of this run has an explanation to export ({len(skipped)} left out)")
     out = Path(folder) / model_id / source / "explanations"
+    # the ids are checked above; this also catches a link inside the folder that leads out of it
+    if not out.resolve().is_relative_to(Path(folder).resolve()):
+        raise ConfigError(f"{out} leads outside {folder}; pass --out a folder without links out of it")
     old = sorted(out.glob("batch-*.jsonl*")) if out.is_dir() else []
     if old and not overwrite:
         raise ConfigError(f"{out} already holds {len(old)} batch file(s); pass overwrite=True to replace them")
@@ -254,8 +272,8 @@ def iter_neuronpedia(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     if name.endswith(".json"):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise NeuronpediaFormatError(f"{path}: not JSON ({exc})") from exc
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser goes
+            raise NeuronpediaFormatError(f"{path}: not JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
         if isinstance(data, dict) and isinstance(data.get("explanations"), list):
             data = data["explanations"]
         if not isinstance(data, list):
@@ -263,15 +281,36 @@ def iter_neuronpedia(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         for i, item in enumerate(data):
             yield _check(item, path, i)
         return
-    opener: Any = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise NeuronpediaFormatError(f"{path}:{lineno}: not JSON ({exc.msg})") from exc
-                yield _check(item, path, lineno)
+    for lineno, line in _lines(path, gzipped=name.endswith(".gz")):
+        if line.strip():
+            try:
+                item = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise NeuronpediaFormatError(f"{path}:{lineno}: not UTF-8 text ({exc.reason})") from None
+            except json.JSONDecodeError as exc:
+                raise NeuronpediaFormatError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
+            except RecursionError:
+                raise NeuronpediaFormatError(f"{path}:{lineno}: not an explanation (JSON nested too deep)") from None
+            yield _check(item, path, lineno)
+
+
+def _lines(path: Path, *, gzipped: bool) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of a JSONL file, gzipped or not, read a bounded piece at a time: a line over
+    :data:`MAX_LINE_BYTES` (a gzip bomb's one endless line) is refused after reading that much of it."""
+    kind = "gzip " if gzipped else ""
+    try:
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as fh:
+            lineno = 0
+            while line := fh.readline(MAX_LINE_BYTES + 1):
+                lineno += 1
+                if len(line) > MAX_LINE_BYTES:
+                    raise NeuronpediaFormatError(
+                        f"{path}:{lineno}: a line longer than {MAX_LINE_BYTES:,} bytes; Neuronpedia's explanation "
+                        "rows are far shorter (is this an explanations file?)"
+                    )
+                yield lineno, line
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; a cut-off gzip an EOFError
+        raise NeuronpediaFormatError(f"{path}: not a readable {kind}file ({type(exc).__name__}: {exc})") from None
 
 
 def _natural_key(path: Path) -> tuple[Any, ...]:
@@ -280,15 +319,39 @@ def _natural_key(path: Path) -> tuple[Any, ...]:
 
 
 def _check(item: Any, path: Path, where: int) -> dict[str, Any]:
+    """``item`` when it is an explanation object: an ``index`` that is a latent number (an int or a string of
+    digits, as Neuronpedia writes it; never a float or a bool, which ``int()`` would quietly turn into one) and
+    a ``description`` that is a string of at most :data:`MAX_EXPLANATION_CHARS` characters."""
     if not isinstance(item, dict) or "index" not in item or "description" not in item:
         raise NeuronpediaFormatError(f"{path} (item {where}): an explanation object needs 'index' and 'description'")
-    try:
-        int(item["index"])
-    except (TypeError, ValueError):
+    index = item["index"]
+    if not (
+        (isinstance(index, int) and not isinstance(index, bool) and index >= 0)
+        or (isinstance(index, str) and _DIGITS.fullmatch(index))
+    ):
         raise NeuronpediaFormatError(
-            f"{path} (item {where}): 'index' must be a latent number, got {item['index']!r}"
-        ) from None
+            f"{path} (item {where}): 'index' must be a latent number (an integer >= 0 or a string of digits), "
+            f"got {_short(index)}"
+        )
+    text = item["description"]
+    if not isinstance(text, str):
+        raise NeuronpediaFormatError(
+            f"{path} (item {where}): 'description' must be a string, got {type(text).__name__} {_short(text)}"
+        )
+    if len(text) > MAX_EXPLANATION_CHARS:
+        raise NeuronpediaFormatError(
+            f"{path} (item {where}): a description of {len(text):,} characters (at most {MAX_EXPLANATION_CHARS:,} "
+            "are read; Neuronpedia's explanations are a phrase or a sentence)"
+        )
     return item
+
+
+_DIGITS = re.compile(r"[0-9]{1,30}")  # ASCII digits only: str.isdigit() also takes '²' and '٣'
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def read_neuronpedia(
@@ -317,7 +380,7 @@ def read_neuronpedia(
         kind = item.get("typeName")
         if type_name is not None and kind != type_name:
             continue
-        text = str(item.get("description") or "").strip()
+        text = item["description"].strip()  # a string: _check
         latents = by_sae.setdefault(sae_key, {})
         if text:
             latents.setdefault(int(item["index"]), {}).setdefault(kind, text)

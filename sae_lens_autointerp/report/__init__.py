@@ -7,7 +7,6 @@ import html
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from ..errors import ConfigError
 from ..results import SUMMARY_COLUMNS, ResultsFile, ScoreResult, install_presenter
 from .card import LatentCard
 from .site import write_site
+from .values import clean, clean_frame, fmt, fmt_count
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,7 @@ def load(path: str | Path) -> ScoreResult:
         path = path / "results.jsonl"
     if not path.is_file():
         raise ConfigError(f"no results at {path}; run `sae-autointerp run` or `demo` first")
-    usage_file = path.parent / "usage.json"
-    usage = json.loads(usage_file.read_text()) if usage_file.is_file() else {}
+    usage = _read_usage(path.parent / "usage.json")
     results = ResultsFile(path)
     run_key = None
     run_file = path.parent / "run.json"
@@ -46,7 +45,9 @@ def load(path: str | Path) -> ScoreResult:
         run_key = results.last_run_key()
     others = {k for k in keys if k != run_key}
     if others:
-        log.warning("%s holds records of %d other run(s); reading run %s only", path, len(others), str(run_key)[:12])
+        log.warning(
+            "%s holds records of %d other run(s); reading run %s only", path, len(others), clean(str(run_key)[:12])
+        )
     records = results.result_records(run_key) if run_key else []
     incomplete = {
         int(k): f"{r['incomplete'].get('stage')}: {r['incomplete'].get('error')}"
@@ -55,14 +56,26 @@ def load(path: str | Path) -> ScoreResult:
     return ScoreResult(records=records, path=path, usage=usage, incomplete=incomplete, run_key=run_key)
 
 
+def _read_usage(path: Path) -> dict[str, Any]:
+    """usage.json, or {} with a warning when it is unreadable (the report goes on without the usage line)."""
+    if not path.is_file():
+        return {}
+    try:
+        usage = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        log.warning("%s is unreadable (%s); the report leaves the LLM usage out", path, type(exc).__name__)
+        return {}
+    return usage if isinstance(usage, dict) else {}
+
+
 def text_table(result: ScoreResult) -> str:
     table = result.table
     if table.empty:
         return "no scored latents"
     wide = table.pivot_table(index="latent", columns="scorer", values="score", aggfunc="first")
-    failed = table.groupby("latent")["n_failed"].sum().rename("n_failed")
-    expl = table.groupby("latent")["explanation"].first().fillna("").map(_clean).str.slice(0, 60).rename("explanation")
-    out = pd.concat([wide, failed, expl], axis=1)
+    failed = pd.to_numeric(table["n_failed"], errors="coerce").groupby(table["latent"]).sum().rename("n_failed")
+    expl = table.groupby("latent")["explanation"].first().fillna("").map(clean).str.slice(0, 60).rename("explanation")
+    out = clean_frame(pd.concat([wide, failed, expl], axis=1))
     with pd.option_context("display.width", 200, "display.max_colwidth", 60, "display.float_format", "{:.3f}".format):
         return out.to_string()
 
@@ -76,22 +89,13 @@ def histogram(values: list[float], bins: int = 10, lo: float = 0.0, hi: float = 
     )
 
 
-def _clean(text: Any) -> str:
-    """Text from results data, safe for a terminal: ANSI escapes and other control characters removed."""
-    return _CONTROL_RE.sub("", _ANSI_RE.sub("", str(text)))
-
-
-_ANSI_RE = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
 def summary_text(result: ScoreResult) -> str:
     summary = result.summary()
     if summary.empty:
         return ""
     cols = SUMMARY_COLUMNS[: SUMMARY_COLUMNS.index("lift_high") + 1]  # the judge columns have their own lines
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200):
-        return summary[cols].to_string(index=False)
+        return clean_frame(summary[cols]).to_string(index=False)
 
 
 def text_report(result: ScoreResult) -> str:
@@ -106,28 +110,39 @@ def text_report(result: ScoreResult) -> str:
         ]
         for scorer, group in table.groupby("scorer"):
             lo = -1.0 if group["metric"].eq("pearson").any() else 0.0
-            parts += [f"{_clean(scorer)} scores:", histogram(group["score"].tolist(), lo=lo), ""]
+            parts += [f"{clean(scorer, one_line=True)} scores:", histogram(group["score"].tolist(), lo=lo), ""]
     verdict = result.verdict()
     if verdict:
-        parts += ["judge check:", *(f"  {_clean(line)}" for line in verdict), ""]
+        parts += ["judge check:", *(f"  {clean(line)}" for line in verdict), ""]
     if result.skipped:
         parts.append(
             f"skipped {len(result.skipped)} latents: "
-            + "; ".join(f"{k}: {_clean(v)}" for k, v in list(result.skipped.items())[:10])
+            + "; ".join(f"{clean(k)}: {clean(v)}" for k, v in list(result.skipped.items())[:10])
         )
     if result.incomplete:
         parts.append(
             f"INCOMPLETE: {len(result.incomplete)} latents did not finish (run the same command again to "
-            "finish them): " + "; ".join(f"{k}: {_clean(v)}" for k, v in list(result.incomplete.items())[:5])
+            "finish them): " + "; ".join(f"{clean(k)}: {clean(v)}" for k, v in list(result.incomplete.items())[:5])
         )
-    total = (result.usage or {}).get("total")
-    if total:
-        parts.append(
-            f"LLM usage: {total.get('requests')} requests, {total.get('prompt_tokens')} prompt + "
-            f"{total.get('completion_tokens')} completion tokens, {total.get('cache_hits')} cache hits, "
-            f"${total.get('cost', 0):.4f}"
-        )
+    line = usage_line(result.usage)
+    if line:
+        parts.append(line)
     return "\n".join(parts)
+
+
+def usage_line(usage: Any) -> str | None:
+    """One line of a run's LLM usage (usage.json's ``total``): answered requests, and the HTTP attempts,
+    retries and failures beside them, so a run whose every request failed does not read "0 requests" alone."""
+    total = usage.get("total") if isinstance(usage, dict) else None
+    if not isinstance(total, dict) or not total:
+        return None
+    tries = [f"{fmt_count(total.get(k))} {k}" for k in ("attempts", "retries", "failures") if k in total]
+    return (
+        f"LLM usage: {fmt_count(total.get('requests'))} requests"
+        + (f" ({', '.join(tries)})" if tries else "")
+        + f", {fmt_count(total.get('prompt_tokens'))} prompt + {fmt_count(total.get('completion_tokens'))} "
+        f"completion tokens, {fmt_count(total.get('cache_hits'))} cache hits, ${fmt(total.get('cost', 0), '.4f')}"
+    )
 
 
 def write_html(result: ScoreResult, path: str | Path, **options: Any) -> Path:
@@ -209,14 +224,14 @@ def comparison_text(results: dict[str, ScoreResult]) -> str:
         "judge_ok",
     ]
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200):
-        body = table[cols].to_string(index=False)
+        body = clean_frame(table[cols]).to_string(index=False)
     return "\n".join(
         [
             "explainers compared (mean score [95% CI]; control = another latent's explanation; "
             "lift = score - control):",
             body,
             "",
-            *conclusion(results),
+            *(clean(line) for line in conclusion(results)),
         ]
     )
 

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..harvest.store import PAD_TOKEN
 from ..results import ScoreResult, explanation_model_of, rows_of
 from ..runviews import RunViews
+from .values import count, fmt, fmt_count, number
 
 log = logging.getLogger(__name__)
 esc = html.escape
@@ -55,11 +56,7 @@ def _example_row(views: RunViews, ex: Any, scale: float, label: str = "") -> str
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "–"
-    return "–" if not np.isfinite(v) else f"{v:.{digits}f}"
+    return fmt(x, f".{digits}f")
 
 
 def _figure_html(fig: Any, div_id: str, include_plotlyjs: bool | str) -> str:
@@ -79,7 +76,8 @@ def latent_card(
     """The card of one latent as an HTML fragment. ``link(latent) -> href or None`` makes neighbours links."""
     from .plots import activation_histogram, score_bars
 
-    records = {int(r["latent"]): r for r in result.records}
+    # a latent that is not a number has no card (the results file's reader keeps no such record)
+    records = {k: r for r in result.records if (k := count(r.get("latent"))) is not None}
     if latent not in records:
         known = sorted(records)
         raise ConfigError(
@@ -89,7 +87,7 @@ def latent_card(
     stats = r.get("stats") or {}
     parts = [f'<section class="card" id="latent-{latent}"><h2>Latent {latent}</h2>']
     parts.append(
-        f'<p class="meta">frequency {float(stats.get("frequency") or 0):.4%} · max activation '
+        f'<p class="meta">frequency {fmt(stats.get("frequency") or 0, ".4%")} · max activation '
         f"{_fmt(stats.get('max_activation'))} · firing examples {esc(str(stats.get('n_firing_examples', '–')))}"
         + (
             f' · <b class="flag">heuristic: {esc(str((r.get("heuristic") or {}).get("flag")))}</b>'
@@ -131,14 +129,14 @@ def latent_card(
                 f"<td>{_fmt(row['score'])} [{_fmt(row['low'])}, {_fmt(row['high'])}]</td><td>{_fmt(row['chance'])}</td>"
                 f"<td>{_fmt(row['control'])} [{_fmt(row.get('control_low'))}, {_fmt(row.get('control_high'))}]</td>"
                 f"<td>{_fmt(row['lift'])} [{_fmt(row['lift_low'])}, {_fmt(row['lift_high'])}]</td>"
-                f"<td>{esc(str(row['n_examples']))}</td><td>{esc(str(row['n_failed']))}</td></tr>"
+                f"<td>{fmt_count(row['n_examples'])}</td><td>{fmt_count(row['n_failed'])}</td></tr>"
             )
             if row.get("error"):
                 parts.append(f"<tr><td colspan=8 class='warn'>{esc(str(row['error']))}</td></tr>")
         parts.append("</table>")
     # examples
     ex = views.examples(latent)
-    scale = float(stats.get("max_activation") or 0) or (max((e.value for e in ex["top"]), default=1.0))
+    scale = number(stats.get("max_activation")) or (max((e.value for e in ex["top"]), default=1.0))
     if len(ex["sample"]):
         parts.append("<h3>Activation distribution</h3>")
         parts.append(
@@ -170,8 +168,9 @@ def latent_card(
             ok = p.get("prediction") == p.get("label")
             answer = "failed" if p.get("prediction") is None else ("yes" if p.get("prediction") else "no")
             label = "activating" if p.get("label") else "not activating"
-            prob = f" · P={float(p['probability']):.2f}" if p.get("probability") is not None else ""
-            win = views.window(latent, int(p.get("token_id", -1)), ex["by_id"])
+            prob = f" · P={fmt(p['probability'], '.2f')}" if p.get("probability") is not None else ""
+            token_id = count(p.get("token_id"))
+            win = None if token_id is None else views.window(latent, token_id, ex["by_id"])
             body = (
                 tokens_html(views, win[0], win[1], win[2], scale)
                 if win is not None
@@ -199,19 +198,19 @@ def latent_card(
         parts.append("<h3>Output tokens (decoder through the unembedding)</h3><div class='logits'>")
         for title, key in (("promotes", "promoted"), ("suppresses", "suppressed")):
             cells = "".join(
-                f"<span class='tok'>{esc(views.piece(int(t)).replace(chr(10), '↵'))}</span> <small>{v:+.2f}</small> "
-                for t, v in dec.get(key, [])
+                f"<span class='tok'>{esc(views.piece(t).replace(chr(10), '↵'))}</span> <small>{fmt(v, '+.2f')}</small> "
+                for t, v in _pairs(dec.get(key))
             )
             parts.append(f"<p><b>{title}</b>: {cells}</p>")
         parts.append("</div>")
     if dec.get("neighbours"):
-        texts = {int(x["latent"]): (x.get("explanation") or {}).get("text") for x in result.records}
+        texts = {k: (x.get("explanation") or {}).get("text") for k, x in records.items()}
         items = []
-        for other, cos in dec["neighbours"]:
-            href = link(int(other)) if link is not None else None
-            name = f"<a href='{esc(href)}'>{int(other)}</a>" if href else str(int(other))
-            extra = f" – {esc(str(texts[int(other)]))[:80]}" if texts.get(int(other)) else ""
-            items.append(f"<li>{name} (cosine {cos:.2f}){extra}</li>")
+        for other, cos in _pairs(dec["neighbours"]):
+            href = link(other) if link is not None else None
+            name = f"<a href='{esc(href)}'>{other}</a>" if href else str(other)
+            extra = f" – {esc(str(texts[other]))[:80]}" if texts.get(other) else ""
+            items.append(f"<li>{name} (cosine {fmt(cos, '.2f')}){extra}</li>")
         parts.append("<h3>Neighbouring latents (decoder cosine)</h3><ul class='nb'>" + "".join(items) + "</ul>")
     # usage
     usage = r.get("usage") or {}
@@ -219,16 +218,27 @@ def latent_card(
         parts.append(
             "<h3>Usage</h3><table class='usage'><tr><th>stage</th><th>requests</th><th>tokens</th><th>cost</th></tr>"
         )
-        for stage, u in usage.items():
+        for stage, u in usage.items() if isinstance(usage, dict) else ():
+            if not isinstance(u, dict):
+                continue
             parts.append(
                 f"<tr><td>{esc(str(stage))}</td><td>{esc(str(u.get('requests', 0)))}</td>"
-                f"<td>{esc(str(u.get('total_tokens', 0)))}</td><td>${float(u.get('cost') or 0):.4f}</td></tr>"
+                f"<td>{esc(str(u.get('total_tokens', 0)))}</td><td>${fmt(u.get('cost') or 0, '.4f')}</td></tr>"
             )
         parts.append("</table>")
     for note in views.missing:
         parts.append(f"<p class='meta'>{esc(note)}</p>")
     parts.append("</section>")
     return "".join(parts)
+
+
+def _pairs(items: Any) -> list[tuple[int, Any]]:
+    """(token or latent, value) pairs of a decoder view, the malformed ones left out (decoder.json is a file)."""
+    pairs = []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, (list, tuple)) and len(item) == 2 and count(item[0]) is not None:
+            pairs.append((count(item[0]), item[1]))
+    return pairs
 
 
 def _score_rows(record: dict[str, Any]) -> list[dict[str, Any]]:

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .values import number
+
 SCORE_COLOUR = "#1f77b4"
 CONTROL_COLOUR = "#ff7f0e"
 
@@ -197,7 +199,6 @@ def activation_histogram(values: np.ndarray, cuts: list[float], max_activation: 
 
 
 def _num(x: Any) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return float("nan")
+    """A record's number for a figure, NaN (no bar) when it is not one."""
+    v = number(x)
+    return float("nan") if v is None else v

@@ -26,10 +26,11 @@ from typing import Any
 from .._version import __version__
 from ..errors import ConfigError
 from ..harvest.store import LatentStore
-from ..numeric import finite, json_default
+from ..numeric import json_default
 from ..results import ScoreResult
 from ..runviews import RunViews
 from .card import latent_card
+from .values import count, fmt, fmt_count, number
 
 esc = html.escape
 ASSETS = ("site.css", "index.js")
@@ -68,10 +69,12 @@ def index_rows(result: ScoreResult, pages: set[int] | None) -> list[dict[str, An
     # the lift's interval above 0: the explanation beats another latent's on the same examples
     signal: dict[int, list[str]] = {}
     for latent, scorer in table.loc[table["signal"] == True, ["latent", "scorer"]].itertuples(index=False):  # noqa: E712
-        signal.setdefault(int(latent), []).append(f"signal: {scorer}")
+        signal.setdefault(count(latent), []).append(f"signal: {scorer}")
     rows = []
     for r in result.records:
-        latent = int(r["latent"])
+        latent = count(r.get("latent"))
+        if latent is None:  # the results file's reader keeps no such record; a list passed in may hold one
+            continue
         stats = r.get("stats") or {}
         flags: list[str] = []
         scores: dict[str, float | None] = {}
@@ -86,10 +89,10 @@ def index_rows(result: ScoreResult, pages: set[int] | None) -> list[dict[str, An
             if expl.get("failed"):
                 flags.append("explanation failed")
             for name, out in (r.get("scores") or {}).items():
-                scores[str(name)] = finite(out.get("score"))
+                scores[str(name)] = number(out.get("score"))
                 ctl = (r.get("controls") or {}).get(name) or {}
-                controls[str(name)] = finite(ctl.get("score"))
-                n_failed += int(out.get("n_failed") or 0)
+                controls[str(name)] = number(ctl.get("score"))
+                n_failed += count(out.get("n_failed")) or 0
                 answers = {p.get("prediction") for p in out.get("predictions") or [] if "prediction" in p}
                 if len(out.get("predictions") or []) >= 4 and len(answers) == 1:
                     flags.append(f"same answer: {name}")
@@ -103,7 +106,7 @@ def index_rows(result: ScoreResult, pages: set[int] | None) -> list[dict[str, An
             {
                 "l": latent,
                 "e": text,
-                "f": finite(stats.get("frequency")),
+                "f": number(stats.get("frequency")),
                 "n": n_failed,
                 "s": scores,
                 "c": controls,
@@ -114,7 +117,7 @@ def index_rows(result: ScoreResult, pages: set[int] | None) -> list[dict[str, An
     for latent, why in sorted(result.incomplete.items()):
         rows.append(
             {
-                "l": int(latent),
+                "l": latent,
                 "e": f"(incomplete: {why})",
                 "f": None,
                 "n": 0,
@@ -155,9 +158,10 @@ def _settings(result: ScoreResult, views: RunViews) -> str:
         items.append(
             (
                 "cost",
-                f"{total.get('requests')} requests, {total.get('prompt_tokens')} prompt + "
-                f"{total.get('completion_tokens')} completion tokens, {total.get('cache_hits')} cache hits, "
-                f"${float(total.get('cost') or 0):.4f}",
+                f"{fmt_count(total.get('requests'))} requests"
+                + "".join(f", {fmt_count(total.get(k))} {k}" for k in ("attempts", "retries", "failures") if k in total)
+                + f", {fmt_count(total.get('prompt_tokens'))} prompt + {fmt_count(total.get('completion_tokens'))} "
+                f"completion tokens, {fmt_count(total.get('cache_hits'))} cache hits, ${fmt(total.get('cost') or 0, '.4f')}",
             )
         )
     body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in items if v not in (None, ""))
@@ -194,7 +198,7 @@ def write_site(
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     views = RunViews.of(result, store)
-    wanted = None if pages is None else {int(i) for i in pages}
+    wanted = None if pages is None else {int(i) for i in pages}  # the caller's latents (the CLI parsed them)
     assets = root / "assets"
     assets.mkdir(exist_ok=True)
     plotly_js = _plotly_js()
@@ -205,22 +209,21 @@ def write_site(
         shutil.copyfile(_static(name), assets / name)
 
     # latent pages, one at a time
-    records = [r for r in result.records if wanted is None or int(r["latent"]) in wanted]
-    by_latent = {int(x["latent"]) for x in result.records}
+    by_latent = {latent for r in result.records if (latent := count(r.get("latent"))) is not None}
+    paged = sorted(by_latent if wanted is None else by_latent & wanted)
 
     def link(other: int) -> str | None:
         known = other in by_latent and (wanted is None or other in wanted)
         return f"../../{latent_href(other)}" if known else None
 
-    for i, r in enumerate(records):
-        latent = int(r["latent"])
+    for i, latent in enumerate(paged):
         path = root / latent_href(latent)
         path.parent.mkdir(parents=True, exist_ok=True)
         card = latent_card(result, latent, views, link=link)
         nav = f"<nav><a href='../../{esc(index.name)}'>← all latents</a></nav>"
         path.write_text(_page(f"latent {latent}", "../../", nav + card), encoding="utf-8")
         if progress is not None:
-            progress(i + 1, len(records))
+            progress(i + 1, len(paged))
 
     table, summary = result.table, result.summary()
     verdict = "".join(f"<li>{esc(line)}</li>" for line in result.verdict())
