@@ -132,7 +132,7 @@ def read_run_view(folder: Path, name: str) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
+    except (ValueError, RecursionError, OSError):  # damaged, nested past the parser's depth, or unreadable
         log.warning("%s is unreadable; the pages leave it out", path)
         return None
     return data if isinstance(data, dict) else None

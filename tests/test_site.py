@@ -266,3 +266,13 @@ def test_in_chromium_hostile_text_stays_text(browser, tmp_path):
 
     # The table's rows are drawn by script after the load event: on a loaded machine that takes a while.
     WebDriverWait(browser, 20).until(evil_cell_shown)
+
+
+def test_a_run_view_nested_past_the_parsers_depth_is_left_out(tmp_path, caplog):
+    from sae_lens_autointerp.lens import read_run_view
+
+    (tmp_path / "run.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "vocab.json").write_bytes(b"\xff\xfe{")
+    assert read_run_view(tmp_path, "run.json") is None
+    assert read_run_view(tmp_path, "vocab.json") is None
+    assert "run.json is unreadable" in caplog.text
