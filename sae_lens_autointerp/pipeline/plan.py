@@ -104,7 +104,8 @@ def build_config(config: RunConfig | None, options: Mapping[str, Any]) -> tuple[
             opts["sampling"] = SamplingConfig(seed=seed)
     elif not isinstance(opts["sampling"], SamplingConfig):
         opts["sampling"] = sampling_config(opts["sampling"], seed)
-    if "latents" in opts and opts["latents"] is not None and not isinstance(opts["latents"], (int, numbers.Integral)):
+    latents = opts.get("latents")
+    if latents is not None and not isinstance(latents, (int, numbers.Integral, str, bytes, Mapping)):
         opts["latents"] = tuple(opts["latents"])
     try:
         return replace(base, **opts), client, objects
