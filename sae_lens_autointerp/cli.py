@@ -208,7 +208,7 @@ def _run_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
     from dataclasses import replace
 
     from .cliargs import RUN_FLAGS, given
-    from .config import RunConfig
+    from .config import RunConfig, read_config_file
     from .pipeline import build_config
 
     explicit = {k: getattr(args, k) for k in SOURCE_DEFAULTS if getattr(args, k) is not None}
@@ -216,11 +216,9 @@ def _run_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
     if not args.config:
         cfg, _, _ = build_config(None, {**RUN_DEFAULTS, **options})
         return cfg, {**SOURCE_DEFAULTS, **explicit}
-    cfg = RunConfig.from_json(args.config)
-    path = Path(args.config)
-    run_json = path / "run.json" if path.is_dir() else path
-    saved = json.loads(run_json.read_text()).get("source") or {}
-    source = {**SOURCE_DEFAULTS, **{k: v for k, v in saved.items() if k in SOURCE_DEFAULTS}, **explicit}
+    document = read_config_file(args.config)
+    cfg = _trusted(RunConfig.from_dict(document["config"]), args)
+    source = {**SOURCE_DEFAULTS, **_saved_source(document.get("source"), args.config), **explicit}
     if "harvest" in options:
         options["harvest"] = replace(cfg.harvest, **options["harvest"])
     if "sampling" in options:
@@ -229,6 +227,65 @@ def _run_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
         options["llm_kwargs"] = {**cfg.llm_kwargs, **options["llm_kwargs"]}
     cfg, _, _ = build_config(cfg, options)
     return cfg, source
+
+
+def _saved_source(saved: Any, path: str) -> dict[str, Any]:
+    """run.json's ``source`` (how the CLI loaded the SAE, model and data): names, checked before any loading."""
+    from .errors import ConfigError
+
+    if saved is None:
+        return {}
+    if not isinstance(saved, dict) or not all(
+        isinstance(saved.get(k), str) or saved.get(k) is None for k in SOURCE_DEFAULTS
+    ):
+        raise ConfigError(
+            f"{path}: 'source' must map sae / sae_id / model / model_kind / dataset to names, got {saved!r}; "
+            "fix it or drop it (the flags --sae, --model and --dataset say the same)"
+        )
+    return {k: v for k, v in saved.items() if k in SOURCE_DEFAULTS and v is not None}
+
+
+def _servers(base_url: Any) -> set[str]:
+    """The servers ``base_url`` names (one URL, a comma list, a list of URLs or of dicts), without credentials."""
+    from .llm.openai_client import public_url
+
+    if isinstance(base_url, str):
+        items: list[Any] = [u for u in base_url.split(",") if u.strip()]
+    elif isinstance(base_url, dict):
+        items = [base_url]
+    else:
+        items = list(base_url or [])
+    urls = [i.get("base_url") if isinstance(i, dict) else i for i in items]
+    return {public_url(u.strip()) if isinstance(u, str) else repr(u) for u in urls}
+
+
+def _trusted(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """A config file chooses what runs, never where your credentials go: the client sends ``OPENAI_API_KEY``
+    to its base URL, so a ``base_url`` from the file must be one you gave (``--base-url`` or ``OPENAI_BASE_URL``),
+    and the file's ``executor`` / ``ray_address`` (a cluster to join) apply only with ``--ray``."""
+    import logging
+    import os
+
+    from .errors import ConfigError
+
+    from_file = cfg.llm_kwargs.get("base_url")
+    if from_file and not getattr(args, "base_url", None):
+        env = os.environ.get("OPENAI_BASE_URL")
+        if not env or _servers(from_file) != _servers(env):
+            servers = ", ".join(sorted(_servers(from_file)))
+            raise ConfigError(
+                f"{args.config} sends the LLM requests (and your API key) to {servers}, a server the file names; "
+                f"pass --base-url URL to confirm it (or to choose another)"
+            )
+    if args.ray is None and (cfg.executor != "local" or cfg.ray_address is not None):
+        logging.getLogger("sae_lens_autointerp.cli").warning(
+            "%s asks for executor=%r at ray_address=%r; ignored (this run is local): pass --ray ADDRESS to run on Ray",
+            args.config,
+            cfg.executor,
+            cfg.ray_address,
+        )
+        cfg = cfg.with_(executor="local", ray_address=None, workers=None, worker_gpus=None)
+    return cfg
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -250,7 +307,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     preflight(sae, model, cfg)  # every other bad input, before the expensive harvest
     dataset = embedded.load_corpus() if source["dataset"] == "embedded" else source["dataset"]
     store = sae.autointerp.harvest(model, dataset, config=cfg.harvest)
-    if cfg.latents is None:
+    if cfg.latents is None and cfg.explanations is None:  # given explanations score their own latents
         cfg = cfg.with_(latents=tuple(pick_latents(store, args.n_latents)))
     loader: dict[str, Any] = {}
     if cfg.executor == "ray":  # each Ray actor loads the model itself (a TransformerBridge cannot be pickled)

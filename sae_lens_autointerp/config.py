@@ -13,12 +13,15 @@ beside the config, and ``run.json`` records the client's identity (backend, mode
 from __future__ import annotations
 
 import json
+import logging
+import math
 import numbers
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .controls import check_fraction
 from .errors import ConfigError
@@ -42,6 +45,19 @@ __all__ = [
 ]
 
 CONFIG_FORMAT = "sae-lens-autointerp/RunConfig/1"
+log = logging.getLogger(__name__)
+
+#: What a secret of ``llm_kwargs`` becomes when a config is written (run.json, ``to_json``): secrets never reach
+#: the disk. Reading a config back drops every marker (never sent as a key or a header); the key then comes from
+#: the environment (``OPENAI_API_KEY``).
+REDACTED_KEY = "<redacted: taken from OPENAI_API_KEY on reproduce>"
+REDACTED = "<redacted>"
+#: In a URL (userinfo, query values): a marker that survives URL parsing unchanged.
+REDACTED_URL_PART = "REDACTED"
+#: llm_kwargs whose whole value is a secret, and the endings of names that hold one (``hf_token``, ``x_api_key``).
+SECRET_KWARGS = ("api_key",)
+SECRET_ENDINGS = ("_key", "token", "secret", "password")
+HEADER_KWARGS = ("default_headers", "headers", "extra_headers")
 
 
 def _plain(value: Any) -> Any:
@@ -60,6 +76,130 @@ def _json_ready(value: Any, name: str) -> None:
         json.dumps(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name} must be JSON-serialisable (it is saved in run.json): {exc}") from None
+
+
+def _secret_name(name: str) -> bool:
+    low = str(name).lower()
+    return low in SECRET_KWARGS or low.endswith(SECRET_ENDINGS)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its userinfo and each query value replaced by :data:`REDACTED_URL_PART` (they may hold a
+    password or a token; scheme, host, port and path stay, so the served-by identity is unchanged)."""
+    parts = urlsplit(url)
+    if not parts.username and not parts.password and not parts.query:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    if parts.username or parts.password:
+        host = f"{REDACTED_URL_PART}@{host}"
+    query = urlencode([(k, REDACTED_URL_PART) for k, _ in parse_qsl(parts.query, keep_blank_values=True)])
+    return urlunsplit((parts.scheme, host, parts.path, query, ""))
+
+
+def _unredact_url(url: str) -> str:
+    """``url`` without the parts :func:`redact_url` replaced (never sent as credentials), with a warning."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in query if v != REDACTED_URL_PART]
+    if parts.username != REDACTED_URL_PART and len(kept) == len(query):
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    if parts.username not in (None, REDACTED_URL_PART):
+        host = f"{parts.netloc.rpartition('@')[0]}@{host}"
+    clean = urlunsplit((parts.scheme, host, parts.path, urlencode(kept), ""))
+    log.warning(
+        "llm_kwargs base_url %s had credentials, redacted when it was saved; pass the URL again with them "
+        "(--base-url URL) if the server needs them",
+        clean,
+    )
+    return clean
+
+
+def _map_urls(base_url: Any, fn: Any) -> Any:
+    """``fn`` applied to each URL of ``base_url`` (a URL, a list of URLs or of ``{"base_url": ...}`` dicts)."""
+    if isinstance(base_url, str):
+        return fn(base_url)
+    if isinstance(base_url, Mapping):
+        return {k: (_map_urls(v, fn) if k == "base_url" else v) for k, v in base_url.items()}
+    if isinstance(base_url, (list, tuple)):
+        return [_map_urls(u, fn) for u in base_url]
+    return base_url
+
+
+def redact_llm_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``llm_kwargs`` as a config file holds them: no API key (:data:`REDACTED_KEY`), no header value, no other
+    secret-named option (``*_key``, ``*token``, ``*secret``, ``*password``), no URL userinfo or query value."""
+    out: dict[str, Any] = {}
+    for name, value in kwargs.items():
+        if name in HEADER_KWARGS and isinstance(value, Mapping):
+            out[name] = {k: REDACTED for k in value}
+        elif name == "base_url":
+            out[name] = _map_urls(value, redact_url)
+        elif _secret_name(name) and value is not None and value != "":
+            out[name] = REDACTED_KEY if name == "api_key" else REDACTED
+        else:
+            out[name] = value
+    return out
+
+
+def _is_marker(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("<redacted")
+
+
+def unredact_llm_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``llm_kwargs`` read from a config file, without the markers :func:`redact_llm_kwargs` left: a redacted
+    key is dropped (the client then reads ``OPENAI_API_KEY``), a redacted header or option too, with a warning."""
+    out: dict[str, Any] = {}
+    for name, value in kwargs.items():
+        if name in HEADER_KWARGS and isinstance(value, Mapping):
+            lost = sorted(k for k, v in value.items() if _is_marker(v))
+            if lost:
+                log.warning("llm_kwargs %s %s were redacted when saved; pass them again in llm_kwargs", name, lost)
+            kept = {k: v for k, v in value.items() if not _is_marker(v)}
+            if kept:
+                out[name] = kept
+        elif name == "base_url":
+            out[name] = _map_urls(value, _unredact_url)
+        elif _is_marker(value):
+            if name != "api_key":
+                log.warning("llm_kwargs %s was redacted when saved; pass it again in llm_kwargs", name)
+        else:
+            out[name] = value
+    return out
+
+
+def _check_prices(prices: Any) -> None:
+    """The shapes the usage tracker's price table takes, per model: ``[input, output]`` or ``[input, output,
+    cached_input]`` ($ / M tokens), or a dict of those names; each a finite number >= 0 (cached_input may be
+    None), so a bad price fails here, not inside the first answer."""
+    if prices is None:
+        return
+    shape = "prices must be a dict {MODEL: [input $/M tokens, output $/M tokens]}"
+    if not isinstance(prices, Mapping):
+        raise ConfigError(f"{shape}, got {type(prices).__name__}")
+    names = ("input", "output", "cached_input")
+    for model, pair in prices.items():
+        if isinstance(pair, Mapping):
+            ok = set(pair) <= set(names) and {"input", "output"} <= set(pair)
+            values = dict(pair) if ok else {}
+        elif isinstance(pair, (list, tuple)) and len(pair) in (2, 3):
+            ok, values = True, dict(zip(names, pair))
+        else:
+            ok, values = False, {}
+        for name, v in values.items():
+            if name == "cached_input" and v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+                ok = False
+        if not ok:
+            raise ConfigError(
+                f"{shape} (or {{'input': .., 'output': .., 'cached_input': ..}}) of finite numbers >= 0; "
+                f"prices[{model!r}] is {pair!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -130,6 +270,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
         if self.latents is not None:
+            if isinstance(self.latents, (str, bytes, Mapping)):
+                raise ConfigError(f"latents must be a list of latent indices (or None for all), got {self.latents!r}")
             latents = [self.latents] if isinstance(self.latents, numbers.Integral) else list(self.latents)
             for latent in latents:
                 check_int(latent, "latents[...]", low=0)
@@ -153,6 +295,7 @@ class RunConfig:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{name} must be a dict, got {type(value).__name__}")
             set_(self, name, _plain(dict(value)))
+        set_(self, "llm_kwargs", unredact_llm_kwargs(self.llm_kwargs))  # a saved config's markers never go out
         for scorer, kwargs in self.scorer_kwargs.items():
             if not isinstance(kwargs, Mapping):
                 raise ConfigError(f"scorer_kwargs[{scorer!r}] must be a dict of that scorer's options, got {kwargs!r}")
@@ -180,10 +323,9 @@ class RunConfig:
             set_(self, "out_dir", os.fspath(self.out_dir))
         check_int(self.concurrency, "concurrency", low=1)
         check_int(self.budget_tokens, "budget_tokens", low=0, optional=True)
-        check_number(self.budget_dollars, "budget_dollars", low=0, optional=True)
-        if self.prices is not None and not isinstance(self.prices, Mapping):
-            raise ConfigError("prices must be a dict {MODEL: [input $/M tokens, output $/M tokens]}")
-        check_int(self.seed, "seed")
+        check_number(self.budget_dollars, "budget_dollars", low=0, optional=True, finite=True)
+        _check_prices(self.prices)
+        check_int(self.seed, "seed", low=0)
         fractions = check_fraction(self.controls)
         set_(self, "controls", fractions["*"] if set(fractions) == {"*"} else fractions)
         check_int(self.max_consecutive_failures, "max_consecutive_failures", low=1)
@@ -213,11 +355,13 @@ class RunConfig:
     # ------------------------------------------------------------------ conversion
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON values, secrets of ``llm_kwargs`` redacted (see :func:`redact_llm_kwargs`)."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["latents"] = None if self.latents is None else list(self.latents)
         d["scorers"] = list(self.scorers)
         d["sampling"] = asdict(self.sampling)
         d["harvest"] = self.harvest.to_dict()
+        d["llm_kwargs"] = redact_llm_kwargs(self.llm_kwargs)  # what is written never holds a secret
         if self.explanations is not None:
             d["explanations"] = {str(k): v for k, v in sorted(self.explanations.items())}
         return json.loads(json.dumps(d))
@@ -234,22 +378,30 @@ class RunConfig:
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> RunConfig:
         """A config file written by :meth:`to_json`, or a run folder's ``run.json`` (or the folder itself)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "run.json"
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"no config at {path}") from None
-        except ValueError as exc:
-            raise ConfigError(f"{path} is not JSON: {exc}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
-            raise ConfigError(f"{path} holds no RunConfig (no 'config' object); write one with RunConfig.to_json()")
-        return cls.from_dict(data["config"])
+        return cls.from_dict(read_config_file(path)["config"])
 
     def with_(self, **changes: Any) -> RunConfig:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON document of a config file or a run's ``run.json`` (or its folder), checked to hold a
+    ``config`` object; a file that is missing, not JSON or nested too deeply is one :class:`ConfigError`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "run.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no config at {path}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is not a config: its JSON is nested too deeply") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise ConfigError(f"{path} holds no RunConfig (no 'config' object); write one with RunConfig.to_json()")
+    return data
 
 
 class _CommonOptions(TypedDict, total=False):

@@ -10,6 +10,7 @@ naming the closest valid one (:func:`check_names`), never a keyword swallowed.
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import MISSING, Field, field
@@ -48,20 +49,30 @@ def check_names(given: Iterable[str], valid: Collection[str], what: str) -> None
     raise ConfigError(f"unknown {what} option(s) {unknown}; {guess}valid: {', '.join(valid)}")
 
 
-def check_int(value: Any, name: str, *, low: int | None = None, optional: bool = False) -> None:
-    """``value`` is an integer (not a bool), at least ``low``; None too where ``optional``."""
+def check_int(
+    value: Any, name: str, *, low: int | None = None, optional: bool = False, high: int | None = None
+) -> None:
+    """``value`` is an integer (not a bool), at least ``low`` and at most ``high``; None too where ``optional``."""
     if value is None and optional:
         return
     kind = "a positive integer" if low == 1 else "an integer" if low is None else f"an integer >= {low}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
         raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    if high is not None and value > high:
+        shown = f"{value:,}" if value < 10**15 else f"{float(value):.3g}"
+        raise ConfigError(f"{name} must be at most {high:,}, got {shown}")
 
 
-def check_number(value: Any, name: str, *, low: float | None = None, optional: bool = False) -> None:
-    """``value`` is a real number (not a bool), at least ``low``; None too where ``optional``."""
+def check_number(
+    value: Any, name: str, *, low: float | None = None, optional: bool = False, finite: bool = False
+) -> None:
+    """``value`` is a real number (not a bool), never NaN (every comparison with NaN is False, so a NaN limit
+    is no limit), at least ``low``; finite too where ``finite``; None too where ``optional``."""
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"{name} must be a number, got {value!r}")
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
     if low is not None and value < low:
         raise ConfigError(f"{name} must be >= {low}, got {value!r}")

@@ -153,3 +153,84 @@ def test_run_then_reproduce_from_its_run_json(tmp_path):
         return sorted((r["latent"], r["scores"]["embedding"]["score"]) for r in records)
 
     assert scores(tmp_path / "a") == scores(tmp_path / "b")
+
+
+class Tripwire(AssertionError):
+    """Raised where the harvest would start: everything before it was accepted."""
+
+
+def _in_process(monkeypatch, capsys, bridge_model, embedded_sae, *argv: str) -> tuple[int, str]:
+    """``sae-autointerp ARGV`` in this process, the session's SAE and model as the embedded ones and the harvest a
+    tripwire; (exit code, stderr)."""
+    import logging
+
+    import sae_lens_autointerp.harvest as harvest_pkg
+    from sae_lens_autointerp import cli as cli_module
+    from sae_lens_autointerp import embedded
+
+    def harvest(*args, **kwargs):
+        raise Tripwire("the harvest started")
+
+    monkeypatch.setattr(embedded, "load_model", lambda **kw: bridge_model)
+    monkeypatch.setattr(embedded, "load_sae", lambda **kw: embedded_sae)
+    monkeypatch.setattr(harvest_pkg, "harvest", harvest)
+    try:
+        code = cli_module.main(list(argv))
+    finally:
+        logger = logging.getLogger("sae_lens_autointerp")
+        for handler in [h for h in logger.handlers if h.get_name() == "sae-autointerp-cli"]:
+            logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    return code, capsys.readouterr().err
+
+
+def _config_file(tmp_path, **changes) -> str:
+    import sae_lens_autointerp as sai
+
+    config = {**sai.RunConfig(latents=[1], llm="openai:fake-model", scorers=["detection"]).to_dict(), **changes}
+    path = tmp_path / "shared-run.json"
+    path.write_text(json.dumps({"format": sai.config.CONFIG_FORMAT, "config": config}))
+    return str(path)
+
+
+def test_a_config_files_server_gets_no_key_unless_the_user_names_it(
+    monkeypatch, capsys, bridge_model, embedded_sae, tmp_path
+):
+    """R7: a run.json naming its own base_url is refused (the user's OPENAI_API_KEY would go there), naming the
+    server and --base-url; the same server given by --base-url or OPENAI_BASE_URL is accepted."""
+    import pytest
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "llm"))
+    from llm_fakes import FaultServer  # FAKE server: it only counts what reaches it
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-USER-KEY")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with FaultServer() as server:
+        foreign = _config_file(tmp_path, llm_kwargs={"base_url": server.base_url}, out_dir=str(tmp_path / "out"))
+        code, err = _in_process(monkeypatch, capsys, bridge_model, embedded_sae, "run", "--config", foreign)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"127.0.0.1:{server.port}/v1, a server the file names; pass --base-url URL to confirm it" in err
+        for confirm in (["--base-url", server.base_url], []):
+            if not confirm:
+                monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+            with pytest.raises(Tripwire):  # accepted: the run goes on to the harvest
+                _in_process(monkeypatch, capsys, bridge_model, embedded_sae, "run", "--config", foreign, *confirm)
+        assert server.count == 0
+
+
+def test_a_config_files_cluster_is_ignored_without_ray(monkeypatch, capsys, bridge_model, embedded_sae, tmp_path):
+    """R7: executor / ray_address from a file apply only with --ray; without it the run is local, with a warning
+    (kept, the ray:// address would be refused here: this venv has no Ray client)."""
+    import pytest
+
+    path = _config_file(
+        tmp_path, executor="ray", ray_address="ray://127.0.0.1:1", workers=1, out_dir=str(tmp_path / "out")
+    )
+    with pytest.raises(Tripwire):
+        _in_process(monkeypatch, capsys, bridge_model, embedded_sae, "run", "--config", path)
+    err = capsys.readouterr().err  # the tripwire left the captured stderr unread
+    assert "asks for executor='ray' at ray_address='ray://127.0.0.1:1'; ignored (this run is local)" in err
+    code, err = _in_process(
+        monkeypatch, capsys, bridge_model, embedded_sae, "run", "--config", path, "--ray", "ray://127.0.0.1:1"
+    )
+    assert code == 2 and "pip install 'ray[client]'" in err

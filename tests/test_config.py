@@ -38,7 +38,7 @@ def test_round_trip(tmp_path):
     "kwargs,message",
     [
         ({"concurrency": 0}, "concurrency must be a positive integer, got 0"),
-        ({"seed": 1.5}, "seed must be an integer, got 1.5"),
+        ({"seed": 1.5}, "seed must be an integer >= 0, got 1.5"),
         ({"scorers": "detection"}, "scorers must be a list of names"),
         ({"sampling": {"n_tests": 1}}, r"unknown sampling option\(s\) \['n_tests'\]"),
         ({"harvest": {"n_tokens": -1}}, "harvest n_tokens must be a positive integer, got -1"),
@@ -124,3 +124,47 @@ def test_keywords_and_config_build_the_same_run(planted, planted_store, bridge_m
     saved = sai.RunConfig.from_json(tmp_path / "o")
     assert saved.seed == 5 and saved.sampling.seed == 2 and saved.controls == 0.5 and saved.concurrency == 2
     assert saved.explainer == "top-tokens" and saved.scorers == ("embedding",) and saved.llm is None
+
+
+def test_a_written_config_holds_no_secret_and_reading_it_sends_no_marker(tmp_path):
+    """R1: to_dict / to_json (and so run.json) redact the key, header values, other secret-named options and a
+    URL's userinfo and query values; reading the file back drops every marker (the key then comes from
+    OPENAI_API_KEY), keeping what is no secret."""
+    secrets = ("sk-SECRET", "HDR-SECRET", "PW-SECRET", "Q-SECRET", "HF-SECRET")
+    cfg = sai.RunConfig(
+        llm="openai:m",
+        llm_kwargs={
+            "api_key": "sk-SECRET",
+            "default_headers": {"X-Api-Key": "HDR-SECRET"},
+            "base_url": [
+                "http://u:PW-SECRET@h:1/v1?token=Q-SECRET",
+                {"base_url": "http://h2/v1", "max_concurrency": 2},
+            ],
+            "hf_token": "HF-SECRET",
+            "timeout": 10,
+            "max_tokens_param": "max_completion_tokens",
+        },
+    )
+    text = cfg.to_json(tmp_path / "c.json").read_text()
+    assert not [s for s in secrets if s in text]
+    back = sai.RunConfig.from_json(tmp_path / "c.json")
+    assert back.llm_kwargs == {
+        "base_url": ["http://h:1/v1", {"base_url": "http://h2/v1", "max_concurrency": 2}],
+        "timeout": 10,
+        "max_tokens_param": "max_completion_tokens",
+    }
+    assert "redacted" not in json.dumps(back.llm_kwargs).lower()
+
+
+def test_prices_take_the_usage_trackers_shapes():
+    prices = {"a": [1, 2], "b": (1, 2, 0.5), "c": {"input": 1, "output": 2, "cached_input": None}, "*": [0, 0]}
+    assert sai.RunConfig(prices=prices).prices == prices
+    for bad in ({"m": [1]}, {"m": [1, -2]}, {"m": [1, float("inf")]}, {"m": {"input": 1}}, {"m": [True, 1]}):
+        with pytest.raises(ConfigError, match="finite numbers >= 0"):
+            sai.RunConfig(prices=bad)
+
+
+def test_deeply_nested_config_is_one_error(tmp_path):
+    (tmp_path / "deep.json").write_text('{"config": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        sai.RunConfig.from_json(tmp_path / "deep.json")

@@ -24,6 +24,9 @@ REMOVED_PEAK_OFFSET = (
     "the explanation score above chance, so every example is now shown as its fixed chunk of example_len tokens; "
     "drop peak_offset"
 )
+#: The most tokens a harvest may read: far beyond any corpus (4 bytes a token on disk: 4 TB); a larger value is a
+#: typo that would otherwise read the whole corpus before anything is said.
+MAX_N_TOKENS = 10**12
 #: Where a harvest (HarvestConfig.executor) or a run (RunConfig.executor) does its work.
 EXECUTORS = ("local", "ray")
 
@@ -62,14 +65,14 @@ class StoreSettings:
             value = getattr(self, f.name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 set_(self, f.name, int(value))
-        check_int(self.n_tokens, "harvest n_tokens", low=1)
+        check_int(self.n_tokens, "harvest n_tokens", low=1, high=MAX_N_TOKENS)
         check_int(self.ctx_len, "harvest ctx_len", low=2, optional=True)
         check_int(self.batch_size, "harvest batch_size", low=1)
         check_int(self.example_len, "harvest example_len", low=1)
         check_int(self.top_k, "harvest top_k", low=1)
         check_int(self.n_stratified, "harvest n_stratified", low=1)
         check_int(self.n_random_windows, "harvest n_random_windows", low=0)
-        check_number(self.threshold, "harvest threshold")
+        check_number(self.threshold, "harvest threshold", finite=True)  # NaN: nothing would ever fire
         set_(self, "threshold", float(self.threshold))
         check_int(self.seed, "harvest seed")
         check_int(self.n_position_buckets, "harvest n_position_buckets", low=1)

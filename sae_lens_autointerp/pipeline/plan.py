@@ -104,7 +104,8 @@ def build_config(config: RunConfig | None, options: Mapping[str, Any]) -> tuple[
             opts["sampling"] = SamplingConfig(seed=seed)
     elif not isinstance(opts["sampling"], SamplingConfig):
         opts["sampling"] = sampling_config(opts["sampling"], seed)
-    if "latents" in opts and opts["latents"] is not None and not isinstance(opts["latents"], (int, numbers.Integral)):
+    latents = opts.get("latents")
+    if latents is not None and not isinstance(latents, (int, numbers.Integral, str, bytes, Mapping)):
         opts["latents"] = tuple(opts["latents"])
     try:
         return replace(base, **opts), client, objects
@@ -234,6 +235,38 @@ def protocol_filters(sampling: SamplingConfig, objects: Mapping[Any, Any]) -> Sa
     return replace(sampling, **changes) if changes else sampling
 
 
+def check_llm_options(backend: str, llm_kwargs: Mapping[str, Any]) -> None:
+    """Build the client of ``backend`` with ``llm_kwargs`` once and drop it: every backend checks its options
+    in its constructor (a server listed twice, an unknown option, a bad timeout) and connects or loads its model
+    only on first use, so a bad option fails here, before the harvest, not after it."""
+    from ..registry import get_client
+
+    get_client(backend, usage=UsageTracker(), **dict(llm_kwargs))
+
+
+def check_out_dir(out_dir: str | None) -> None:
+    """``out_dir`` is a folder or can be made one: neither it nor any folder above it is a file."""
+    if out_dir is None:
+        return
+    path = Path(out_dir)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            where = "is a file" if part == path else f"is under {part}, which is a file"
+            raise ConfigError(f"out_dir {out_dir} {where}; pass a folder (it is created if missing)")
+
+
+def check_ray_address(cfg: RunConfig) -> None:
+    """A ``ray://`` address needs the Ray client (``ray[client]``, which brings grpc): say so before any work."""
+    import importlib.util
+
+    address = cfg.ray_address or ""
+    if cfg.executor == "ray" and address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise ConfigError(
+            f"ray_address {address!r} joins a cluster through the Ray client, which is not installed: "
+            "pip install 'ray[client]' (or run on the cluster's head with ray_address='auto')"
+        )
+
+
 def preflight(
     sae: Any,
     model: Any,
@@ -249,8 +282,9 @@ def preflight(
     that replace ``config.explanations`` (the texts)."""
     cfg = config
     d_sae = int(sae.cfg.d_sae)
-    latent_list = check_latents(cfg.latents, d_sae)
     given = coerce_explanations(explanations if explanations is not None else cfg.explanations, d_sae)
+    # explanations without latents score those latents (as sae.score does), not every latent of the SAE
+    latent_list = check_latents(sorted(given) if cfg.latents is None and given else cfg.latents, d_sae)
     scorer_names = list(cfg.scorers)
     explainer = None if given is not None else cfg.explainer
     control_fractions = check_fraction(cfg.controls)
@@ -298,8 +332,10 @@ def preflight(
         if not prefix:
             raise ConfigError(f"llm={backend!r}: expected 'local', 'openai:MODEL', 'vllm:MODEL' or 'prefix:model'")
         get_registry().get("llm_clients", prefix)
-    if cfg.out_dir is not None and Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
-        raise ConfigError(f"out_dir {cfg.out_dir} is a file; pass a folder (it is created if missing)")
+        if needs_llm:
+            check_llm_options(backend, cfg.llm_kwargs)
+    check_out_dir(cfg.out_dir)
+    check_ray_address(cfg)
     return Plan(
         config=cfg,
         d_sae=d_sae,
