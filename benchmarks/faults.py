@@ -3,8 +3,12 @@
 Each fault hits a real run (the embedded SAE and model, given explanations, detection through the OpenAI
 client) against the labelled FAKE fault server of tests/llm/llm_fakes.py on 127.0.0.1, which answers the
 first requests normally and then fails: every connection dropped (the server died), HTTP 500 forever, a
-hanging server, empty `choices`, a body that is not JSON; and a port where nothing listens from the start. Then the same run is repeated against a healthy
-server and we count what it redoes. The last row kills a run with SIGKILL halfway (a subprocess) and reruns.
+hanging server, empty `choices`, a body that is not JSON, a 200 answer whose fields have the wrong types
+(non-numeric usage, content as a number); and a port where nothing listens from the start. Then the same run is
+repeated against a healthy server and we count what it redoes. Further rows kill a run with SIGKILL halfway (a
+subprocess) and rerun; damage a page of the finished run's SQLite index and rerun; fill the disk under a run (a
+1 MB tmpfs in a user namespace, skipped where `unshare -rm` is not allowed) and rerun with space; and pass a NaN
+dollar budget (refused before any request, where it used to switch the budget off).
 
 Goal (issue 10): 0 latents lost, only unfinished latents redone, the outage stopped within 3 consecutive
 failures. The client's read timeout is 5 s here (default 60 s: a hanging server then takes 2 x 60 s per
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,6 +156,121 @@ def killed(sae, model, store, latents, root: Path):
     }
 
 
+def damaged_index(sae, model, store, latents, root: Path):
+    """A finished run whose SQLite index has a damaged page (2 KB of 0xA5 a third of the way in, as after a power
+    loss with ``synchronous=OFF``): the rerun must rebuild it from results.jsonl and redo nothing."""
+    out = root / "damaged index"
+    port = free_port()
+    with FaultServer(port=port) as server:
+        run_once(sae, model, store, latents, server.base_url, out)
+        done_before = finished(out)
+        index = out / "results.jsonl.index.sqlite"
+        data = bytearray(index.read_bytes())
+        at = len(data) // 3
+        data[at : at + 2048] = b"\xa5" * min(2048, len(data) - at)
+        index.write_bytes(bytes(data))
+        before_lines, before_requests = len(lines(out)), server.count
+        result, seconds, _ = run_once(sae, model, store, latents, server.base_url, out)
+        rerun_requests = server.count - before_requests
+    after = finished(out)
+    redone = {r["latent"] for r in lines(out)[before_lines:] if not r.get("incomplete")}
+    return {
+        "fault": "damaged index page",
+        "seconds to a clear failure": f"{seconds:.1f} (rebuilt, no failure)",
+        "stopped by the breaker": None,
+        "finished before": len(done_before),
+        "incomplete": len(result.incomplete),
+        "lost": len(done_before - after),
+        "redone on rerun": len(redone & done_before),
+        "finished on rerun": len(redone),
+        "rerun requests": rerun_requests,
+        "complete after rerun": after == set(latents),
+    }
+
+
+def full_disk(sae, model, store, latents, root: Path):
+    """The run folder and its response cache on a 1 MB tmpfs (mounted in a private user and mount namespace, so
+    no privilege is needed where user namespaces are allowed): the run must stop with one line naming the folder,
+    and a rerun with space (the folder copied out) must lose nothing and redo no finished latent."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        return None
+    mnt, saved = root / "full disk mount", root / "full disk"
+    mnt.mkdir()
+    port = free_port()
+    with FaultServer(delay=0.01, port=port) as server:
+        script = (
+            f'mount -t tmpfs -o size=1m tmpfs "{mnt}" && "{sys.executable}" -c "$0" "{store.path}" "{mnt}/run" '
+            f'"{",".join(map(str, latents))}" "{Path(__file__).parent}" "{server.base_url}"; rc=$?; '
+            f'cp -a "{mnt}/run" "{saved}"; exit $rc'
+        )
+        start = time.perf_counter()
+        proc = subprocess.run(["unshare", "-rm", "sh", "-c", script, KILLED], capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+    err = [x for x in proc.stderr.strip().splitlines() if x.strip()]
+    done_before = finished(saved)
+    with FaultServer(port=port) as healthy:
+        before_lines = len(lines(saved))
+        run_once(sae, model, store, latents, healthy.base_url, saved)
+        rerun_requests = healthy.count
+    after = finished(saved)
+    redone = {r["latent"] for r in lines(saved)[before_lines:] if not r.get("incomplete")}
+    return {
+        "fault": "full disk (1 MB tmpfs)",
+        "seconds to a clear failure": round(seconds, 1),
+        "stopped by the breaker": None,
+        "finished before": len(done_before),
+        "incomplete": len(latents) - len(done_before),
+        "lost": len(done_before - after),
+        "redone on rerun": len(redone & done_before),
+        "finished on rerun": len(redone),
+        "rerun requests": rerun_requests,
+        "complete after rerun": after == set(latents),
+        "exit code, stderr lines": f"{proc.returncode}, {len(err)}: {err[-1][:90] if err else ''}",
+    }
+
+
+def nan_budget(sae, model, store, latents, root: Path):
+    """``budget_dollars=NaN`` used to pass validation and switch the budget off ($16.80 spent where $0.05 stops):
+    it must now be refused before any request."""
+    from sae_lens_autointerp.errors import ConfigError
+
+    out = root / "nan budget"
+    with FaultServer() as server:
+        start = time.perf_counter()
+        try:
+            sae.autointerp.run(
+                model,
+                store=store,
+                latents=latents,
+                explanations={lat: f"explanation {lat}" for lat in latents},
+                scorers=["detection"],
+                llm="openai:fake-model",
+                llm_kwargs={"base_url": server.base_url, "cache": str(out / "cache")},
+                prices={"fake-model": [1000, 1000]},
+                budget_dollars=float("nan"),
+                out_dir=out,
+                progress=False,
+            )
+            refused = "no (ran)"
+        except ConfigError as exc:
+            refused = f"yes: {str(exc)[:70]}"
+        seconds = time.perf_counter() - start
+        requests = server.count
+    return {
+        "fault": "budget_dollars=NaN",
+        "seconds to a clear failure": round(seconds, 2),
+        "stopped by the breaker": None,
+        "finished before": 0,
+        "incomplete": None,
+        "lost": 0,
+        "redone on rerun": None,
+        "finished on rerun": None,
+        "rerun requests": None,
+        "complete after rerun": None,
+        "exit code, stderr lines": f"refused {refused}; {requests} requests",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n-latents", type=int, default=8)
@@ -172,9 +292,17 @@ def main() -> None:
             ("hanging server", "hang"),
             ("empty choices", "empty"),
             ("malformed JSON", "nonjson"),
+            ("200, content a number", "numcontent"),
         ):
             rows.append(outage(name, ["ok"] * N_OK + [action] * 100_000, sae, model, store, latents, root))
         rows.append(killed(sae, model, store, latents, root))
+        rows.append(damaged_index(sae, model, store, latents, root))
+        disk = full_disk(sae, model, store, latents, root)
+        if disk is None:
+            print("full disk: skipped (`unshare -rm` is not allowed here: no private tmpfs to fill)")
+        else:
+            rows.append(disk)
+        rows.append(nan_budget(sae, model, store, latents, root))
         port = free_port()
         result, seconds, _ = run_once(sae, model, store, latents, f"http://127.0.0.1:{port}/v1", root / "dead")
         rows.append(

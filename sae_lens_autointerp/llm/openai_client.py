@@ -208,10 +208,9 @@ class OpenAIClient(BaseClient):
     ) -> None:
         if not model:
             raise ConfigError("the openai backend needs a model name, e.g. llm='openai:gpt-4o-mini'")
-        if max_concurrency < 1:
-            raise ConfigError("max_concurrency must be >= 1")
-        if max_retries < 0:
-            raise ConfigError("max_retries must be >= 0")
+        for name, count, low in (("max_concurrency", max_concurrency, 1), ("max_retries", max_retries, 0)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < low:  # "4" from a JSON file too
+                raise ConfigError(f"{name} must be an integer >= {low}, got {count!r}")
         if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
             raise ConfigError("max_tokens_param must be 'max_tokens' or 'max_completion_tokens'")
         if isinstance(dead_for_s, bool) or not isinstance(dead_for_s, (int, float)) or dead_for_s < 0:
