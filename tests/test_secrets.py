@@ -65,10 +65,12 @@ def test_no_planted_secret_is_written_printed_or_sent_as_a_marker(
     monkeypatch.setattr(embedded, "load_model", lambda **kw: bridge_model)
     monkeypatch.setattr(embedded, "load_sae", lambda **kw: embedded_sae)
     monkeypatch.setattr(harvest_pkg, "harvest", lambda *a, **kw: small_store)
-    # the package's logs and the openai SDK's, at DEBUG (httpx's own INFO line "HTTP Request: POST <url>", off
-    # unless a program turns it on, shows the URL's userinfo and query: that is the transport's, not ours)
+    # the package's logs, the openai SDK's and the transport's at DEBUG (httpx logs every request's URL at INFO,
+    # a program may turn that on: its URL user info and query values are hidden by the client's log filter)
     caplog.set_level(logging.DEBUG, logger="sae_lens_autointerp")
     caplog.set_level(logging.DEBUG, logger="openai")
+    caplog.set_level(logging.DEBUG, logger="httpx")
+    caplog.set_level(logging.DEBUG, logger="httpcore")
     printed: list[str] = []
     latents = cli.pick_latents(small_store, 3, min_examples=12)
     explanations = {i: "words" for i in latents}
@@ -102,14 +104,17 @@ def test_no_planted_secret_is_written_printed_or_sent_as_a_marker(
         cli_args += ["--explanations", json.dumps(explanations), "--base-url", f"http://user:{CLI_PASSWORD}@{host}/v1"]
         assert run_cli(capsys, printed, "-vv", "run", *cli_args, "--out", str(tmp_path / "cli")) == 0, printed[-1]
 
-        # reproduce the API run from its run.json (a fresh response cache, so requests are sent)
+        # reproduce the API run from its run.json (a fresh response cache, so requests are sent); the header's
+        # value is not on disk, so it is given again (a header may route answers: it is part of the run's identity)
         before = server.count
         again = ["--config", str(tmp_path / "api"), "--base-url", f"http://{host}/v1", "--out", str(tmp_path / "again")]
-        again += ["--llm-kwargs", json.dumps({"cache": str(tmp_path / "llm-cache-2")})]
+        reproduce = {"cache": str(tmp_path / "llm-cache-2"), "default_headers": {"X-Api-Key": HEADER}}
+        again += ["--llm-kwargs", json.dumps(reproduce)]
         assert run_cli(capsys, printed, "run", *again) == 0, printed[-1]
         sent = server.headers[before:]
         assert sent and all(h["authorization"] == f"Bearer {ENV_KEY}" for h in sent)
         assert not any("redacted" in v.lower() for h in sent for v in h.values())
+        assert all(h["x-api-key"] == HEADER for h in sent)
         run_key = json.loads((tmp_path / "again" / "run.json").read_text())["run_key"]
         assert run_key == api.run_key  # the run's identity holds no secret, so the reproduction is the same run
 

@@ -5,6 +5,9 @@ Messages name the backend and base URL, never an API key.
 
 from __future__ import annotations
 
+import logging
+import re
+
 from ..errors import AutointerpError, ConfigError
 
 
@@ -54,3 +57,27 @@ def redact(text: str, *secrets: str | None) -> str:
         if s and len(s) >= 4:
             text = text.replace(s, "***")
     return text
+
+
+_URL_USERINFO = re.compile(r"(\w+://)[^/@\s]+@")
+_QUERY_VALUE = re.compile(r"([?&][^=\s&#]+=)[^&\s#\"']+")
+
+
+class URLSecretsFilter(logging.Filter):
+    """Hides a URL's user info and query values in another library's log lines (httpx logs every request's
+    URL at INFO: a password or token in ``base_url`` would reach any log a program turns on)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        clean = _QUERY_VALUE.sub(r"\1***", _URL_USERINFO.sub(r"\1***@", text))
+        if clean != text:
+            record.msg, record.args = clean, ()
+        return True
+
+
+def hide_url_secrets_in(*loggers: str) -> None:
+    """Install :class:`URLSecretsFilter` once on each named logger."""
+    for name in loggers:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, URLSecretsFilter) for f in target.filters):
+            target.addFilter(URLSecretsFilter())

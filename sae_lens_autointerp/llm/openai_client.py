@@ -43,6 +43,7 @@ from .errors import (
     LLMTimeoutError,
     MalformedResponseError,
     UnknownModelError,
+    hide_url_secrets_in,
     redact,
 )
 from .types import ChatRequest, ChatResponse, TokenLogprob, Usage
@@ -256,6 +257,7 @@ class OpenAIClient(BaseClient):
                 secrets.append(base64.b64encode(basic.encode()).decode())
             secrets += [v for values in parse_qs(parts.query).values() for v in values]
         self._secrets = sorted({x for x in secrets if x}, key=len, reverse=True)  # longest first: replaced whole
+        hide_url_secrets_in("httpx", "httpcore", "openai")  # their own log lines show request URLs
         self._warned_usage = False  # the warning about unusable usage counts is given once
         self.logprobs_supported: bool | None = None  # learned from the first answer that should have them
         self._jitter = random.Random()  # jitter only; results never depend on it

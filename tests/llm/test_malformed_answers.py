@@ -166,3 +166,18 @@ async def test_no_secret_in_errors_logs_usage_or_cache(tmp_path, caplog):
         assert secret not in str(err.value) and secret not in ours, secret
         assert secret not in c.cache_namespace and secret not in repr(c) and secret not in str(c.usage.summary())
         assert secret not in stored
+
+
+def test_the_transports_log_lines_hide_url_user_info_and_query_values(caplog):
+    """httpx logs every request's URL at INFO: once a client exists, a password or token in its base_url is
+    hidden there too (a program that turns that logger on must not print the secret)."""
+    import httpx
+
+    caplog.set_level(logging.INFO, logger="httpx")
+    with FaultServer() as server:
+        OpenAIClient("fake-model", base_url=f"http://user:PW-SECRET-1@127.0.0.1:{server.port}/v1?token=QT-SECRET-2")
+        httpx.get(f"http://user:PW-SECRET-1@127.0.0.1:{server.port}/v1/models?token=QT-SECRET-2&x=1")
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert lines and all("HTTP Request" in x for x in lines)
+    assert not any("PW-SECRET" in x or "QT-SECRET" in x for x in lines), lines
+    assert "http://***@127.0.0.1" in lines[0] and "token=***&x=***" in lines[0]
