@@ -209,12 +209,16 @@ class ResultsFile:
             self._sync()
 
     def close(self) -> None:
-        """Sync and close the file (a later append reopens it)."""
+        """Sync and close the file and its index (a later use reopens them; closing the index's last
+        connection checkpoints its WAL into it)."""
         with self._lock, writes_to(self.path):
             self._sync()
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            if self._index is not None:
+                self._index.close()
+                self._index = None
 
     def __del__(self) -> None:
         try:

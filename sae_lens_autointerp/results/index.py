@@ -338,6 +338,13 @@ class ResultsIndex:
             raise
         self.db.execute("COMMIT")
 
+    def close(self) -> None:
+        """Close the connection (the last one to close checkpoints the WAL into the index)."""
+        try:
+            self.db.close()
+        except sqlite3.Error:
+            pass
+
     def commit(self) -> None:
         """Nothing to do: every :meth:`add` commits (kept for the file's sync step)."""
 
@@ -385,7 +392,16 @@ class ResultsIndex:
     def rows(self, columns: Sequence[str]) -> pd.DataFrame:
         """Every compact row, with its line's offset ``off`` and its place ``k`` in the record, and ``columns``."""
         select = ", ".join(f'"{c}"' for c in ["off", "k", *columns])
-        return self._healing(lambda: pd.read_sql_query(f"SELECT {select} FROM rows", self.db))
+
+        def ask() -> pd.DataFrame:
+            try:
+                return pd.read_sql_query(f"SELECT {select} FROM rows", self.db)
+            except pd.errors.DatabaseError as exc:  # pandas wraps SQLite's error: a damaged index is seen by its cause
+                if isinstance(exc.__cause__, sqlite3.DatabaseError):
+                    raise exc.__cause__ from None
+                raise
+
+        return self._healing(ask)
 
 
 #: What one line puts in the index: its ``lines`` row, its ``latest`` row (None without a run key and a
