@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -70,7 +71,10 @@ def index_of(folder: Path) -> Path:
 
 def damage_a_page(index: Path) -> None:
     """2 KB of 0xA5 a third of the way into the index: the header is valid, a page is not (what a power loss
-    with synchronous=OFF may leave)."""
+    with synchronous=OFF may leave). Its WAL is checkpointed first, as when the run's process has ended."""
+    db = sqlite3.connect(index)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
     data = bytearray(index.read_bytes())
     third = len(data) // 3
     data[third : third + 2048] = b"\xa5" * 2048
@@ -142,8 +146,6 @@ def test_a_garbage_index_is_replaced_on_disk(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="sae_lens_autointerp"):
         assert len(load(tmp_path).records) == 20
     assert len([m for m in caplog.messages if "damaged" in m]) == 1
-    import sqlite3
-
     db = sqlite3.connect(index_of(tmp_path))  # a database again, holding the file's lines
     assert db.execute("SELECT count(*) FROM lines").fetchone()[0] == len(recs)
     db.close()
@@ -155,10 +157,13 @@ def test_an_edit_in_place_of_the_same_length_is_seen(tmp_path):
     assert scores_of(load(tmp_path))[5] == 0.45
     time.sleep(0.01)  # another mtime than at indexing, whatever the file system's clock tick
     text = path.read_text()
-    edited = text.replace('"latent": 5, "explanation": {"latent": 5, "text": "words 5"}, "scores": '
-                          '{"detection": {"scorer": "detection", "score": 0.45', '"latent": 5, "explanation": '
-                          '{"latent": 5, "text": "words 5"}, "scores": {"detection": {"scorer": "detection", '
-                          '"score": 0.95')
+    edited = text.replace(
+        '"latent": 5, "explanation": {"latent": 5, "text": "words 5"}, "scores": '
+        '{"detection": {"scorer": "detection", "score": 0.45',
+        '"latent": 5, "explanation": '
+        '{"latent": 5, "text": "words 5"}, "scores": {"detection": {"scorer": "detection", '
+        '"score": 0.95',
+    )
     assert len(edited) == len(text) and edited != text
     path.write_text(edited)
     result = load(tmp_path)
