@@ -109,7 +109,7 @@ def test_damage_found_by_a_later_query_rebuilds_the_index(tmp_path):
     """The index opens and catches up (its meta page is sound) and the damage shows only when the table is read."""
     recs = write_run(tmp_path)
     results = ResultsFile(tmp_path / "results.jsonl")
-    results.index  # opened and caught up before the damage
+    assert results.run_keys() == ["k"]  # the index opened and caught up before the damage
     damage_a_page(index_of(tmp_path))
     table = ScoreResult(records=results.result_records("k"), run_key="k").table
     assert table["score"].tolist() == [r["scores"]["detection"]["score"] for r in recs]

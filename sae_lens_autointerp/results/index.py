@@ -248,8 +248,9 @@ class ResultsIndex:
             st = os.stat(self.jsonl)
         except FileNotFoundError:
             return
-        if st.st_size == indexed:
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES('stamp', ?)", (f"{indexed}:{st.st_mtime_ns}",))
+        stamp = f"{indexed}:{st.st_mtime_ns}"
+        if st.st_size == indexed and self._meta("stamp") != stamp:  # (a reader writes nothing)
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES('stamp', ?)", (stamp,))
 
     def restamp(self) -> None:
         """The file was cut back to what is indexed (a torn tail moved aside): record its new mtime, so that the
@@ -320,8 +321,13 @@ class ResultsIndex:
             entries = _entries(record, off, length)
         except Exception:
             entries = None  # (never for records the pipeline writes) the next catch_up counts it unreadable
+        self._writing(lambda: self._add(entries, off + length, off == 0))
+
+    def _writing(self, write: Callable[[], None]) -> None:
+        """``write()`` healed like a question; a full disk or a read-only folder raised as the OSError that the
+        file's writer turns into one line."""
         try:
-            self._healing(lambda: self._add(entries, off + length, off == 0))
+            self._healing(write)
         except sqlite3.OperationalError as exc:
             raise _as_os_error(exc, self.path) from exc
 
@@ -332,7 +338,7 @@ class ResultsIndex:
                 self._write(entries)
                 if first:
                     self.db.execute("INSERT OR REPLACE INTO meta VALUES('head', ?)", (_head_hash(self.jsonl),))
-            self._mark(end)
+            self.db.execute("UPDATE meta SET v=? WHERE k='indexed' AND CAST(v AS INTEGER) < ?", (str(end), end))
         except BaseException:
             self._rollback()  # the line is in the file: the next catch_up indexes it
             raise
@@ -346,7 +352,9 @@ class ResultsIndex:
             pass
 
     def commit(self) -> None:
-        """Nothing to do: every :meth:`add` commits (kept for the file's sync step)."""
+        """Every :meth:`add` commits; at the file's sync step (every :data:`~.file.SYNC_EVERY_S` and at close) the
+        index records the file's size and mtime, which tell the next open that nothing changed since."""
+        self._writing(self._mark_stamp)
 
     # ------------------------------------------------------------------ questions
 
