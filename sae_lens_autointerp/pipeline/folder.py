@@ -3,15 +3,18 @@
 The run key hashes what changes a latent's answers: the RunConfig fields that do, the store, the LLM client's
 identity and the versions of the prompts and plugins (out_dir, latents, concurrency, budgets and harvest
 settings do not change a latent's answers; the store key covers the harvest). One folder holds one run: a
-folder holding another run's results is refused, naming what differs.
+folder holding another run's results is refused, naming what differs. The guard reads run.json and, where
+run.json does not name this run (deleted, corrupt, of an old format), the run keys in results.jsonl; a folder
+busy with another run is refused at once, without waiting for that run to end.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from ..loading import sae_provenance
 from ..locks import folder_lock
 from ..paths import cache_dir
 from ..records import PROMPT_VERSION
-from ..results import ResultsFile
+from ..results import ResultsFile, writes_to
 from .plan import Plan, client_identity
 
 
@@ -70,22 +73,46 @@ class RunFolder:
     @contextmanager
     def claimed(self) -> Iterator[None]:
         """Hold the folder for this run: a concurrent run of the same key waits here, then finds its latents
-        done; a folder that holds another run's results is refused."""
-        with folder_lock(self.path, "run"):
+        done; a folder that holds another run's results is refused (at once when that run is still going)."""
+        with ExitStack() as held:
+            try:
+                held.enter_context(folder_lock(self.path, "run", wait=False))
+            except BlockingIOError:
+                self._refuse_other(self._run_json())  # busy: never wait for a run that is not this one
+                held.enter_context(folder_lock(self.path, "run"))
             self._claim()
             yield
 
-    def _claim(self) -> None:
-        run_file = self.path / "run.json"
-        if not run_file.is_file():
-            return
+    def _run_json(self) -> dict[str, Any] | None:
+        """run.json as a dict, or None when it is missing, unreadable or not an object."""
         try:
-            previous = json.loads(run_file.read_text())
-        except ValueError:
+            previous = json.loads((self.path / "run.json").read_text())
+        except (OSError, ValueError, RecursionError):
+            return None
+        return previous if isinstance(previous, dict) else None
+
+    def _claim(self) -> None:
+        previous = self._run_json()
+        self._refuse_other(previous)
+        if previous is not None and previous.get("run_key") == self.run_key:
             return
-        other = previous.get("run_key")
-        if not other or other == self.run_key:
+        # run.json does not name this run (missing, corrupt, of an old format): the results file says whose it is
+        if not (self.path / "results.jsonl").is_file():
             return
+        others = sorted(k for k in ResultsFile(self.path / "results.jsonl").run_keys() if k != self.run_key)
+        if others:
+            raise ConfigError(
+                f"{self.path} holds the results of another run ({', '.join(k[:12] for k in others)}; its run.json "
+                f"is missing, unreadable or of an old format, so what differs is unknown); this run is "
+                f"{self.run_key[:12]}. Results of two runs are never mixed: pass another out_dir, or delete "
+                f"{self.path}"
+            )
+
+    def _refuse_other(self, previous: dict[str, Any] | None) -> None:
+        """Refuse the folder when run.json names another run, saying what differs."""
+        if previous is None or not previous.get("run_key") or previous["run_key"] == self.run_key:
+            return
+        other = str(previous["run_key"])
 
         def canonical(value: Any) -> str:  # as run.json holds it (JSON object keys are strings)
             return json.dumps(json.loads(json.dumps(value, default=str)), sort_keys=True)
@@ -93,10 +120,10 @@ class RunFolder:
         ident = self.identity
         differ = sorted(k for k in ident if canonical(previous.get(k)) != canonical(ident[k]))
         raise ConfigError(
-            f"{self.path} holds the results of another run ({other[:12]}, explainer {previous.get('explainer')!r}, "
-            f"scorers {previous.get('scorers')}); this run is {self.run_key[:12]} and differs in: "
-            f"{', '.join(differ) or 'its identity'}. Results of two runs are never mixed: pass another out_dir, or "
-            f"delete {self.path}"
+            f"{self.path} holds the results of another run ({other[:12]}, explainer "
+            f"{previous.get('explainer')!r}, scorers {previous.get('scorers')}); this run is {self.run_key[:12]} "
+            f"and differs in: {', '.join(differ) or 'its identity'}. Results of two runs are never mixed: pass "
+            f"another out_dir, or delete {self.path}"
         )
 
     def write_run_json(self, plan: Plan, client: Any, store: LatentStore, sae: Any) -> None:
@@ -113,10 +140,22 @@ class RunFolder:
             "config": plan.config.to_dict(),
             "format": CONFIG_FORMAT,
         }
-        (self.path / "run.json").write_text(json.dumps(record, indent=1, default=str))
+        _write_atomic(self.path / "run.json", json.dumps(record, indent=1, default=str))
 
     def write_usage(self, summary: dict[str, Any]) -> None:
-        (self.path / "usage.json").write_text(json.dumps(summary, indent=1, default=str))
+        _write_atomic(self.path / "usage.json", json.dumps(summary, indent=1, default=str))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (a temporary file renamed over it): the folder guard reads run.json,
+    and a run killed mid-write must not leave half of one. A full disk or a read-only folder is one line."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with writes_to(path):
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def versions() -> dict[str, str | None]:

@@ -11,8 +11,8 @@
 The names below are this package's public face (``from sae_lens_autointerp.results import ScoreResult``).
 """
 
-from .file import SYNC_EVERY_S, RecordSeq, ResultsFile, encode_record
-from .index import INDEX_FORMAT, INDEX_SUFFIX, ResultsIndex
+from .file import SYNC_EVERY_S, RecordSeq, ResultsFile, encode_record, write_error, writes_to
+from .index import DAMAGED_SUFFIX, INDEX_FORMAT, INDEX_SUFFIX, ResultsIndex
 from .provenance import explanation_model_of, llm_model_name
 from .result import Presenter, ScoreResult, install_presenter
 from .tables import (
@@ -32,6 +32,7 @@ from .tables import (
 )
 
 __all__ = [
+    "DAMAGED_SUFFIX",
     "INDEX_FORMAT",
     "INDEX_SUFFIX",
     "ROW_COLUMNS",
@@ -57,4 +58,6 @@ __all__ = [
     "summary_from_rows",
     "summary_table",
     "table_from_rows",
+    "write_error",
+    "writes_to",
 ]

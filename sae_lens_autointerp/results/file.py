@@ -12,18 +12,21 @@ index (:mod:`.index`) which line holds what; :class:`RecordSeq` reads the record
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
 import pandas as pd
 
+from ..errors import ConfigError
 from ..numeric import json_default
 from .index import ResultsIndex, Status
 from .tables import ROW_COLUMNS, rows_frame
@@ -136,7 +139,14 @@ class ResultsFile:
         if self._repaired or not self.path.is_file():
             return
         self._repaired = True
-        with self.path.open("rb+") as fh:
+        with self.path.open("rb") as fh:
+            if fh.seek(0, os.SEEK_END) == 0:
+                return
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":
+                return
+        index = self.index  # caught up before the cut (a torn tail is never indexed), restamped after it
+        with writes_to(self.path), self.path.open("rb+") as fh:
             size = fh.seek(0, os.SEEK_END)
             if size == 0:
                 return
@@ -151,6 +161,7 @@ class ResultsFile:
             fh.truncate(cut)
             fh.flush()
             os.fsync(fh.fileno())
+        index.restamp()
         log.warning(
             "%s ended in a torn line (%d bytes, moved to %s.corrupt); its latent runs again",
             self.path,
@@ -164,14 +175,19 @@ class ResultsFile:
         where the caller has it already."""
         line = encode_record(record) if line is None else line
         self.repair()
-        with self._lock:
+        with self._lock, writes_to(self.path):
             index = self.index
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 self._size = os.fstat(self._fd).st_size
             view = memoryview(line)
-            while view:  # a regular file takes it in one write; a short write is finished, never left torn
-                view = view[os.write(self._fd, view) :]
+            try:
+                while view:  # a regular file takes it in one write; a short write is finished, never left torn
+                    view = view[os.write(self._fd, view) :]
+            except OSError:  # (a full disk) part of the line may be written: the next append repairs first
+                os.close(self._fd)
+                self._fd, self._repaired = None, False
+                raise
             off, self._size = self._size, self._size + len(line)
             index.add(record, off, len(line))
             self._unsynced += 1
@@ -189,22 +205,56 @@ class ResultsFile:
 
     def sync(self) -> None:
         """Make every appended record durable (fsync) and commit the index."""
-        with self._lock:
+        with self._lock, writes_to(self.path):
             self._sync()
 
     def close(self) -> None:
-        """Sync and close the file (a later append reopens it)."""
-        with self._lock:
+        """Sync and close the file and its index (a later use reopens them; closing the index's last
+        connection checkpoints its WAL into it)."""
+        with self._lock, writes_to(self.path):
             self._sync()
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            if self._index is not None:
+                self._index.close()
+                self._index = None
 
     def __del__(self) -> None:
         try:
             self.close()
         except Exception:  # interpreter shutdown
             pass
+
+
+def write_error(path: str | os.PathLike[str], exc: OSError) -> ConfigError | None:
+    """A one-line error for a write that ``path``'s folder cannot take (a full disk or quota, a read-only file
+    system), naming the folder and the cure; None for any other OSError."""
+    path = Path(path)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ConfigError(
+            f"no space left to write {path.name} in {path.parent} ({exc.strerror}): free space there (or pass "
+            f"another out_dir) and run again; what was written is kept and the run resumes from it"
+        )
+    if exc.errno == errno.EROFS:
+        return ConfigError(
+            f"{path.parent} is on a read-only file system (writing {path.name}): pass an out_dir that can be "
+            f"written, or remount it read-write"
+        )
+    return None
+
+
+@contextmanager
+def writes_to(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Writes to ``path`` inside: a full disk or a read-only file system raises :func:`write_error`'s one line
+    (a ConfigError) instead of a raw OSError."""
+    try:
+        yield
+    except OSError as exc:
+        error = write_error(path, exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 class RecordSeq(Sequence[dict[str, Any]]):

@@ -17,6 +17,7 @@ judge check are computed from them alone, whether they come from the index or fr
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -97,8 +98,10 @@ def _headline(out: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
         return out["metric"], out.get("low"), out.get("high"), out.get("chance")
     m = out.get("metrics") or {}
     score = out.get("score")
+    score = _number(score)
     for key in ("balanced_accuracy", "accuracy", "pearson", "auc", "mean_diff"):
-        if score is not None and m.get(key) is not None and abs(float(m[key]) - float(score)) < 1e-12:
+        value = _number(m.get(key))
+        if score is not None and value is not None and abs(value - score) < 1e-12:
             return key, m.get(f"{key}_low"), m.get(f"{key}_high"), m.get(f"chance_{key}")
     return None, None, None, None
 
@@ -121,6 +124,25 @@ _FLOATS = (
 )
 
 
+def _number(value: Any) -> float | None:
+    """A record's number as a float; None for anything else ("abc", a list, an int past a float), so a crafted
+    line shows "–" instead of stopping the table."""
+    if not isinstance(value, numbers.Real):
+        return None
+    try:
+        return float(value)
+    except (OverflowError, ValueError, TypeError):
+        return None
+
+
+def _count(value: Any) -> int | None:
+    """A record's count as an int; None for anything else (the table shows 0 then)."""
+    number = _number(value)
+    if number is None or not abs(number) < 2**63 or number != int(number):
+        return None
+    return int(number)
+
+
 def record_rows(r: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One finished record's compact rows, one per scorer (:data:`ROW_COLUMNS`); none for an incomplete or
     skipped record. The table, the summary and the judge check are built from these alone."""
@@ -138,39 +160,41 @@ def record_rows(r: Mapping[str, Any]) -> list[dict[str, Any]]:
         est = paired_lift(out, ctl, metric, low, high)
         metrics = out.get("metrics") or {}
         counts = answer_counts(out)
-        rows.append(
-            {
-                "latent": r["latent"],
-                "scorer": name,
-                "metric": metric,
-                "score": out.get("score"),
-                "low": low,
-                "high": high,
-                "chance": chance,
-                "auc": metrics.get("auc"),
-                "calibrated": metrics.get("balanced_accuracy_calibrated"),
-                "control": ctl.get("score"),
-                "lift": None if est is None else est.value,
-                "lift_low": None if est is None else est.low,
-                "lift_high": None if est is None else est.high,
-                "signal": None if est is None or est.low != est.low else bool(est.low > 0),
-                "lift_method": None if est is None else est.method,
-                "n_examples": out.get("n_examples", 0),
-                "n_failed": out.get("n_failed", 0),
-                "explanation": explanation,
-                "error": out.get("error"),
-                "provider": _provider_text(out),
-                "heuristic": heuristic.get("flag"),
-                "positional_r2": heuristic.get("positional_r2"),
-                "unigram_r2": heuristic.get("unigram_r2"),
-                "control_low": ctl.get("low"),
-                "control_high": ctl.get("high"),
-                "judge_kind": out.get("judge_kind"),
-                "controlled": bool(out.get("needs_explanation", name in controls)),
-                "answers": json.dumps(counts) if counts else None,
-                "has_heuristic": "heuristic" in r,
-            }
-        )
+        row = {
+            "latent": r["latent"],
+            "scorer": name,
+            "metric": metric,
+            "score": out.get("score"),
+            "low": low,
+            "high": high,
+            "chance": chance,
+            "auc": metrics.get("auc"),
+            "calibrated": metrics.get("balanced_accuracy_calibrated"),
+            "control": ctl.get("score"),
+            "lift": None if est is None else est.value,
+            "lift_low": None if est is None else est.low,
+            "lift_high": None if est is None else est.high,
+            "signal": None if est is None or est.low != est.low else bool(est.low > 0),
+            "lift_method": None if est is None else est.method,
+            "n_examples": out.get("n_examples", 0),
+            "n_failed": out.get("n_failed", 0),
+            "explanation": explanation,
+            "error": out.get("error"),
+            "provider": _provider_text(out),
+            "heuristic": heuristic.get("flag"),
+            "positional_r2": heuristic.get("positional_r2"),
+            "unigram_r2": heuristic.get("unigram_r2"),
+            "control_low": ctl.get("low"),
+            "control_high": ctl.get("high"),
+            "judge_kind": out.get("judge_kind"),
+            "controlled": bool(out.get("needs_explanation", name in controls)),
+            "answers": json.dumps(counts) if counts else None,
+            "has_heuristic": "heuristic" in r,
+        }
+        for col in _FLOATS:
+            row[col] = _number(row[col])
+        row["n_examples"], row["n_failed"] = _count(row["n_examples"]), _count(row["n_failed"])
+        rows.append(row)
     return rows
 
 
@@ -185,8 +209,9 @@ def rows_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    floats = [c for c in _FLOATS if c in df.columns]
-    df = df.astype({c: float for c in floats})
+    for c in _FLOATS:  # numbers only ("abc" in an old record or index: NaN, shown as "–")
+        if c in df.columns:
+            df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     if "signal" in df.columns:
         df["signal"] = pd.Series(
             [None if v is None or v != v else bool(v) for v in df["signal"]], dtype=object, index=df.index
@@ -196,7 +221,7 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
             df[col] = df[col].astype(object).where(df[col].notna(), None)
     for col in ("n_examples", "n_failed"):
         if col in df.columns:
-            df[col] = df[col].fillna(0).astype(int)
+            df[col] = pd.to_numeric(df[col], errors="coerce").fillna(0).astype(int)
     return df
 
 
