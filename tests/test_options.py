@@ -11,7 +11,7 @@ from dataclasses import fields
 import pytest
 
 import sae_lens_autointerp as sai
-from sae_lens_autointerp import cli, cliargs
+from sae_lens_autointerp import cli, cliargs, cliconfig
 from sae_lens_autointerp.config import (
     CompareOptions,
     ExplainOptions,
@@ -207,7 +207,7 @@ def test_every_run_field_reaches_the_run_config_and_the_cli():
     argv = ["run"] + [a for _, args, _ in RUN_EXAMPLES.values() for a in args]
     for name, (_, args) in HARVEST_EXAMPLES.items():
         argv += [args[0].replace("--", "--harvest-", 1) if name in RUN_FIELDS else args[0], *args[1:]]
-    by_flags, _ = cli._run_config(cli.build_parser().parse_args(argv))
+    by_flags, _ = cliconfig.run_config(cli.build_parser().parse_args(argv))
     for name, (_, _, expected) in RUN_EXAMPLES.items():
         assert getattr(by_keywords, name) == expected, name
         assert getattr(by_flags, name) == expected, name
