@@ -370,3 +370,53 @@ def test_a_full_disk_at_a_checkpoint_names_the_folder(
     store = embedded_sae.autointerp.harvest(bridge_model, texts, store_dir=folder, checkpoint_every_s=0, **TINY)
     assert torch.equal(store.stats["n_fire_tokens"], tiny_store.stats["n_fire_tokens"])
     assert np.array_equal(np.asarray(store.tokens), np.asarray(tiny_store.tokens))
+
+
+REUSE_READ_ONLY = textwrap.dedent("""
+    import sys
+    import sae_lens_autointerp as sai
+    from pydoc_data.topics import topics
+    from sae_lens_autointerp.errors import ConfigError
+    folder = sys.argv[1]
+    try:
+        open(folder + "/probe", "w")
+    except OSError as err:
+        print("READ-ONLY", err.errno)
+    model, sae = sai.embedded.load_model(), sai.embedded.load_sae()
+    texts = [topics[k] for k in sorted(topics)][:20]
+    kwargs = dict(n_tokens=8 * 128, ctx_len=128, batch_size=4, progress=False)
+    print("KEY", sae.autointerp.harvest(model, texts, store_dir=folder, **kwargs).key)
+    try:
+        sae.autointerp.harvest(model, texts, store_dir=folder + "/other", **kwargs)
+    except ConfigError as err:
+        print("ERROR", err)
+""")
+
+
+def _read_only_mount(folder, *command):
+    """``command`` run with ``folder`` bind-mounted read-only in a private user and mount namespace."""
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, "sh", str(folder), *command],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_a_read_only_mount_serves_a_finished_store(tiny_store, tmp_path):
+    """The real thing, where user namespaces allow it: harvest() reuses a finished store on a read-only mount,
+    and a store it would have to write there is refused by name."""
+    import shutil
+
+    if shutil.which("unshare") is None or _read_only_mount(tmp_path, "true").returncode != 0:
+        pytest.skip("cannot bind-mount read-only here (no unshare, or user namespaces are disabled)")
+    folder = _copy(tiny_store, tmp_path)
+    (folder / ".lock").unlink()  # a store copied without its lock file
+    done = _read_only_mount(folder, sys.executable, "-c", REUSE_READ_ONLY, str(folder))
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert "READ-ONLY 30" in lines  # EROFS: the mount really is read-only
+    assert f"KEY {tiny_store.key}" in lines
+    error = next(line for line in lines if line.startswith("ERROR"))
+    assert f"cannot create the folder {folder}/other (Read-only file system)" in error
