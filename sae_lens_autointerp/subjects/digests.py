@@ -13,16 +13,16 @@ from .base import Subject
 
 _digests: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], str]] = weakref.WeakKeyDictionary()
 _WORD = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_COLUMNS = 1024
+_BLOCK = 64
 
 
 def weights_digest(subject: Subject) -> str:
     """blake2b of every parameter's name, shape and bytes (a fine-tune that changes one layer is another model).
 
-    Hashing streams every byte (0.66 s for SmolLM2-135M on 2 busy cores), so the digest is kept per model
+    Hashing streams every byte (0.66-1.5 s for SmolLM2-135M on 2 busy cores), so the digest is kept per model
     object under a stamp of each parameter (:func:`content_stamp`) that reads its contents, not only its
     address and version counter: an edit through ``.data`` (``p.data.mul_(-3)``, ``w.data += delta``) bumps
-    neither, yet must not reuse the old store. The stamp costs 0.04 s for the same model.
+    neither, yet must not reuse the old store.
 
     Parameters on the meta device (a remote nnsight model's: their weights are the checkpoint its name
     says) have no bytes here: their name, shape and dtype are hashed."""
@@ -55,10 +55,11 @@ def _hash_weights(params: list[tuple[str, torch.Tensor]]) -> str:
 
 
 def content_stamp(params: list[tuple[str, torch.Tensor]]) -> tuple[Any, ...]:
-    """What tells a parameter's bytes changed, at ~5% of hashing them: each tensor's bits summed as integers
-    (wrapping) per row and per column of a [n / 1024, 1024] view of its 8-byte words, on its own device. A
-    change to any one word changes its row's sum; two words swapped change the rows' sums (different rows)
-    or the columns' (one row), unless they are equal."""
+    """What tells a parameter's bytes changed, at ~6% of hashing them (0.09 s against 1.47 s for SmolLM2-135M,
+    one thread): each tensor's bits summed as wrapping integers per block of 64 words of 8 bytes, on its own
+    device, in one pass. A change to any one word changes its block's sum (scaling, a delta, a zeroed row);
+    words moved between blocks (swapped neurons) change two blocks' sums unless equal. Only a permutation
+    inside one 512-byte block goes unseen."""
     out: list[Any] = []
     for name, param in params:
         out.append((name, param.data_ptr(), param._version, tuple(param.shape), param.dtype))
@@ -68,14 +69,10 @@ def content_stamp(params: list[tuple[str, torch.Tensor]]) -> tuple[Any, ...]:
         if flat.element_size() not in _WORD or not flat.is_contiguous():
             flat = flat.contiguous().view(torch.uint8)
         flat = flat.view(_WORD[flat.element_size()])
-        size = flat.element_size()
-        if size < 8 and flat.numel() * size % 8 == 0:
-            flat = flat.view(
-                torch.int64
-            )  # the widest word: integer sums of int64 are vectorised, narrower ones are cast
-        cut = flat.numel() // _COLUMNS * _COLUMNS
-        grid, tail = flat[:cut].view(-1, _COLUMNS), flat[cut:]
-        sums = torch.cat([grid.sum(1, dtype=torch.int64), grid.sum(0, dtype=torch.int64), tail.to(torch.int64)])
+        if flat.element_size() < 8 and flat.numel() * flat.element_size() % 8 == 0:
+            flat = flat.view(torch.int64)  # the widest word: sums of int64 are vectorised, narrower ones are cast
+        cut = flat.numel() // _BLOCK * _BLOCK
+        sums = torch.cat([flat[:cut].view(-1, _BLOCK).sum(1, dtype=torch.int64), flat[cut:].to(torch.int64)])
         out.append(hashlib.blake2b(sums.cpu().numpy().tobytes(), digest_size=16).digest())
     return tuple(out)
 
