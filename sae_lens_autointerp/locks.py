@@ -5,9 +5,9 @@ kernel when the process dies (kill -9 included), so a crash never leaves a stale
 process waits for the first (saying so in the log), then sees what the first one finished.
 
 A folder this process cannot write (a read-only mount such as a team cache on read-only NFS, or no
-permission) cannot be written by it either, so there is nothing to guard against on its side: the lock is
-then shared (when a ``.lock`` file can be opened for reading) or not taken at all, and :func:`folder_lock`
-yields False, so that the caller reads only, or refuses with an error naming the folder.
+permission) cannot be written by it either, so there is nothing to guard against on its side: a caller that
+can do with reading (``read_only_ok``) gets a shared lock (when a ``.lock`` file can be opened for reading) or
+none, and False; any other caller a one-line error naming the folder.
 """
 
 from __future__ import annotations
@@ -30,13 +30,16 @@ NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike[str], what: str, *, wait: bool = True) -> Iterator[bool]:
+def folder_lock(
+    folder: str | os.PathLike[str], what: str, *, wait: bool = True, read_only_ok: bool = False
+) -> Iterator[bool]:
     """Hold the exclusive lock of ``folder`` (created if needed) and yield True. ``wait=False`` raises
     :class:`BlockingIOError` at once when another process holds it.
 
-    When the folder exists but cannot be written (:data:`NOT_WRITABLE`), yield False instead: a shared lock
-    when its ``.lock`` can be opened for reading (a writer elsewhere is waited for), else none. The caller
-    must then only read. A folder that does not exist and cannot be created is a :class:`ConfigError`."""
+    When the folder exists but its ``.lock`` cannot be opened for writing (:data:`NOT_WRITABLE`): with
+    ``read_only_ok``, yield False (a shared lock when the ``.lock`` can be opened for reading, so a writer
+    elsewhere is waited for; else none), and the caller must only read; without it, a :class:`ConfigError`
+    naming the folder. A folder that does not exist and cannot be created is a :class:`ConfigError`."""
     path = Path(folder)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -54,6 +57,10 @@ def folder_lock(folder: str | os.PathLike[str], what: str, *, wait: bool = True)
     except OSError as err:
         if err.errno not in NOT_WRITABLE:
             raise
+        if not read_only_ok:
+            raise ConfigError(
+                f"cannot write in the {what} folder {path} ({err.strerror}); pass a folder this process can write"
+            ) from None
         with _read_only_lock(path, what, wait, err) as shared:
             yield shared
         return

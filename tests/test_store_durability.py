@@ -330,7 +330,10 @@ def test_folder_lock_says_whether_it_holds_the_folder(tmp_path, monkeypatch):
     with folder_lock(tmp_path, "run") as held:
         assert held is True
     _fake_read_only_lock(monkeypatch)
-    with folder_lock(tmp_path, "run") as held:  # .lock exists: shared, read-only
+    with pytest.raises(ConfigError, match=rf"cannot write in the run folder {tmp_path} \(Read-only"):
+        with folder_lock(tmp_path, "run"):  # a caller that must write
+            pass
+    with folder_lock(tmp_path, "run", read_only_ok=True) as held:  # .lock exists: shared, read-only
         assert held is False
         with open(tmp_path / ".lock") as other:  # a writer elsewhere cannot take it while we read
             with pytest.raises(BlockingIOError):

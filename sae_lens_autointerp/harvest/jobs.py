@@ -199,7 +199,7 @@ def open_jobs(jobs: list[HarvestJob], stack: ExitStack) -> list[HarvestJob]:
     for job in sorted(jobs, key=lambda j: str(j.folder)):
         # One harvest per store at a time: a second process waits, then finds the finished store (or resumes).
         # A folder this process cannot write gives no lock (False): a finished store is read from it as it is.
-        writable = stack.enter_context(folder_lock(job.folder, "harvest"))
+        writable = stack.enter_context(folder_lock(job.folder, "harvest", read_only_ok=True))
         key = job.meta["key"]
         if (job.folder / "meta.json").is_file():
             previous = read_meta(job.folder)
