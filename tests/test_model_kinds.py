@@ -308,3 +308,45 @@ def test_nnsight_is_never_imported_behind_the_users_back():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines() == ["ConfigError", "False"]
+
+
+def test_a_lazy_nnsight_model_harvests_as_the_dispatched_one(hf_model, corpus, tmp_path, caplog):
+    """nnsight's documented form, ``TransformersModel(repo_id)`` without ``dispatch=True``, holds its weights on
+    the meta device until the first trace: it is dispatched once (logged) before its weights are hashed."""
+    pytest.importorskip("nnsight", reason="nnsight is not installed (pip install 'sae-lens-autointerp[nnsight]')")
+    from nnsight.modeling.transformers import TransformersModel
+    from transformers import AutoTokenizer
+
+    path = str(sai.embedded.model_dir())
+    # (the tokenizer is given: transformers' pipeline cannot infer it for a local folder offline)
+    lazy = TransformersModel(
+        path, task="text-generation", tokenizer=AutoTokenizer.from_pretrained(path), attn_implementation="eager"
+    )
+    assert next(lazy._module.parameters()).is_meta
+    sae = make_sae(576, 64, hook="blocks.3.hook_resid_post", seed=4)
+    with caplog.at_level("INFO", logger="sae_lens_autointerp"):
+        store = sae.autointerp.harvest(lazy, corpus, store_dir=tmp_path / "lazy", **SETTINGS)
+    assert "dispatching the lazy nnsight model" in caplog.text and lazy.dispatched
+    ref = sae.autointerp.harvest(hf_model, corpus, store_dir=tmp_path / "hf", **SETTINGS)
+    assert store.meta["model"]["weights_blake2b"] == ref.meta["model"]["weights_blake2b"]
+    assert_same_contents(store, ref)
+
+
+def test_the_attention_implementation_is_part_of_the_store_key(hf_model, bridge, corpus, tmp_path):
+    """SDPA and eager attention give activations that differ by float reassociation: a store harvested with
+    one is not the other's. TransformerLens computes attention itself: its keys carry no such field."""
+    from sae_lens_autointerp.subjects import as_subject
+
+    sae = make_sae(576, 64, hook="blocks.3.hook_resid_post", seed=4)
+    small = {**SETTINGS, "n_tokens": 4 * 64}
+    eager = sae.autointerp.harvest(hf_model, corpus, store_dir=tmp_path / "store", **small)
+    assert eager.meta["model"]["attn_implementation"] == "eager"
+    hf_model.set_attn_implementation("sdpa")
+    try:
+        with pytest.raises(ConfigError, match="holds a store for other inputs"):
+            sae.autointerp.harvest(hf_model, corpus, store_dir=tmp_path / "store", **small)
+        assert ModelAdapter(hf_model, sae).fingerprint()["weights_blake2b"] == eager.meta["model"]["weights_blake2b"]
+    finally:
+        hf_model.set_attn_implementation("eager")
+    assert sae.autointerp.harvest(hf_model, corpus, store_dir=tmp_path / "store", **small).key == eager.key
+    assert "attn_implementation" not in as_subject(bridge).describe()

@@ -38,7 +38,10 @@ from .store import (
     PAD_TOKEN,
     STORE_FORMAT_VERSION,
     LatentStore,
+    append,
     checkpoint_meta,
+    disk_errors,
+    read_meta,
     save_checkpoint,
     seal,
 )
@@ -194,12 +197,12 @@ def open_jobs(jobs: list[HarvestJob], stack: ExitStack) -> list[HarvestJob]:
     finished stores and resume the others from their checkpoints. Returns the jobs still to run."""
     todo = []
     for job in sorted(jobs, key=lambda j: str(j.folder)):
-        job.folder.mkdir(parents=True, exist_ok=True)
         # One harvest per store at a time: a second process waits, then finds the finished store (or resumes).
-        stack.enter_context(folder_lock(job.folder, "harvest"))
+        # A folder this process cannot write gives no lock (False): a finished store is read from it as it is.
+        writable = stack.enter_context(folder_lock(job.folder, "harvest", read_only_ok=True))
         key = job.meta["key"]
         if (job.folder / "meta.json").is_file():
-            previous = json.loads((job.folder / "meta.json").read_text())
+            previous = read_meta(job.folder)
             if previous.get("key") != key:
                 raise ConfigError(
                     f"{job.folder} holds a store for other inputs (key {str(previous.get('key'))[:12]}…); pass "
@@ -208,6 +211,11 @@ def open_jobs(jobs: list[HarvestJob], stack: ExitStack) -> list[HarvestJob]:
             if previous.get("complete"):
                 job.store = LatentStore(job.folder)
                 continue
+        if not writable:
+            raise ConfigError(
+                f"the store folder {job.folder} cannot be written (read-only file system or no permission) and "
+                "holds no finished store of these inputs to reuse; pass a store_dir this process can write"
+            )
         job.stats = job.fresh_stats()
         checkpoint = checkpoint_meta(job.folder)
         if checkpoint is not None and checkpoint.get("key") == key and not checkpoint.get("complete"):
@@ -402,9 +410,13 @@ def record_batch(job: HarvestJob, n_sequences: int, n_valid: int, n_batches: int
 
 
 def _checkpoint(job: HarvestJob, token_file: BinaryIO) -> None:
-    token_file.flush()
-    os.fsync(token_file.fileno())  # the tokens a checkpoint counts are on disk before it
+    _sync(job, token_file)  # the tokens a checkpoint counts are on disk before it
     save_checkpoint(job.folder, job.stats, job.meta)
+
+
+def _sync(job: HarvestJob, token_file: BinaryIO) -> None:
+    with disk_errors(job.folder, "tokens.bin"):
+        os.fsync(token_file.fileno())
 
 
 def run_local(
@@ -431,7 +443,8 @@ def run_local(
     worker = StatsWorker(background=overlap_stats(jobs[0].adapter.device))
     with ExitStack() as stack, torch.inference_mode():
         stack.callback(worker.abandon)  # on an error too: no fold left running on a store being closed
-        files = {id(j): stack.enter_context(open(j.folder / "tokens.bin", "ab")) for j in jobs}
+        # unbuffered: a full disk fails the write that hit it, never a flush hidden in close()
+        files = {id(j): stack.enter_context(open(j.folder / "tokens.bin", "ab", buffering=0)) for j in jobs}
         for batch in batched(sequences, s.batch_size):
             batch = batch[: stop - seq]
             if not batch:
@@ -439,7 +452,8 @@ def run_local(
             active = [j for j in jobs if j.done <= seq]
             results = harvest_batch(active, [j.stats for j in active], batch, seq, fold=worker.fold)
             for job, res in zip(active, results):
-                files[id(job)].write(res.tokens)
+                with disk_errors(job.folder, "tokens.bin"):
+                    append(files[id(job)], res.tokens)
                 record_batch(job, len(batch), res.n_valid)
                 if int(job.meta["n_batches_done"]) % s.shard_batches == 0:
                     worker.fold(job.stats.end_shard)
@@ -453,9 +467,8 @@ def run_local(
             if seq >= stop:
                 break
         worker.drain()
-        for handle in files.values():  # finish() saves the statistics; the tokens must be on disk first
-            handle.flush()
-            os.fsync(handle.fileno())
+        for job in jobs:  # finish() saves the statistics; the tokens must be on disk first
+            _sync(job, files[id(job)])
     bar.close()
 
 
@@ -470,6 +483,7 @@ def finish(job: HarvestJob) -> LatentStore:
     save_checkpoint(job.folder, job.stats, job.meta)
     from .store import write_json_atomic  # looked up at call time, like save_checkpoint's own
 
-    write_json_atomic(job.folder / "meta.json", seal(job.folder, job.meta))
+    with disk_errors(job.folder, "meta.json"):
+        write_json_atomic(job.folder / "meta.json", seal(job.folder, job.meta))
     job.store = LatentStore(job.folder)
     return job.store

@@ -32,7 +32,7 @@ from .corpus import CorpusSpec
 from .jobs import HarvestJob, StatsWorker, harvest_batch, record_batch, run_local, sequence_stream
 from .model import ModelAdapter
 from .stats import LatentStats
-from .store import save_checkpoint
+from .store import append, disk_errors, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +141,11 @@ def _save_shard(job: HarvestJob, first_seq: int, n_seqs: int, part: dict[str, An
     info = {"key": job.meta["key"], "first_seq": first_seq, "n_seqs": n_seqs}
     info.update(n_valid=part["n_valid"], n_batches=part["n_batches"])
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"shard": json.dumps(info)})
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with disk_errors(job.folder, f"the shard {path.name}"):
+        save_file(tensors, str(tmp), metadata={"shard": json.dumps(info)})
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
 
 
 def _load_shard(job: HarvestJob, first_seq: int, n_seqs: int) -> dict[str, Any] | None:
@@ -253,9 +254,8 @@ def run_on_ray(
         while next_fold < len(shards) and shards[next_fold][0] in results:
             first, seqs = shards[next_fold]
             for job, part in zip(jobs, results.pop(first)):
-                with open(job.folder / "tokens.bin", "ab") as fh:
-                    fh.write(part["tokens"])
-                    fh.flush()
+                with disk_errors(job.folder, "tokens.bin"), open(job.folder / "tokens.bin", "ab", buffering=0) as fh:
+                    append(fh, part["tokens"])
                     os.fsync(fh.fileno())
                 job.stats.merge(LatentStats.from_state_dict(part["state"], s, job.sae.device))
                 record_batch(job, len(seqs), part["n_valid"], part["n_batches"])

@@ -18,15 +18,17 @@ them and names the folder when they do not match.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
@@ -162,18 +164,63 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 def save_checkpoint(folder: Path, stats: LatentStats, meta: dict[str, Any]) -> None:
     """One atomic step: the statistics and ``meta`` (in the file's header) replace the last checkpoint
-    together; then ``meta.json``, a readable copy, follows (a kill in between loses nothing)."""
+    together; then ``meta.json``, a readable copy, follows (a kill in between loses nothing). A full disk
+    leaves the last checkpoint as it was and is a one-line error naming the folder (:func:`disk_errors`)."""
     tmp = folder / "stats.safetensors.tmp"
-    save_file(
-        {k: v.contiguous() for k, v in stats.state_dict().items()},
-        str(tmp),
-        metadata={"checkpoint": json.dumps(meta, sort_keys=True, default=str)},
-    )
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / "stats.safetensors")
-    fsync_dir(folder)
-    write_json_atomic(folder / "meta.json", meta)
+    with disk_errors(folder, "the harvest checkpoint"):
+        try:
+            save_file(
+                {k: v.contiguous() for k, v in stats.state_dict().items()},
+                str(tmp),
+                metadata={"checkpoint": json.dumps(meta, sort_keys=True, default=str)},
+            )
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a partial file only takes the space a retry needs
+            raise
+        os.replace(tmp, folder / "stats.safetensors")
+        fsync_dir(folder)
+        write_json_atomic(folder / "meta.json", meta)
+
+
+def append(fh: BinaryIO, data: bytes) -> None:
+    """Write all of ``data`` to an unbuffered file (a raw write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        written = fh.write(view)
+        if not written:  # a regular file takes some bytes or raises; never spin
+            raise OSError(errno.EIO, "the write took no bytes", getattr(fh, "name", None))
+        view = view[written:]
+
+
+#: What a failed write says when the disk is full or read-only: (errno, its words in Rust's I/O errors,
+#: which safetensors raises as SafetensorError with no errno).
+_DISK_PROBLEMS = (
+    (errno.ENOSPC, "os error 28", "no space is left on its device"),
+    (errno.EDQUOT, "os error 122", "the disk quota is exceeded"),
+    (errno.EROFS, "os error 30", "it is on a read-only file system"),
+)
+
+
+@contextmanager
+def disk_errors(folder: Path, what: str) -> Iterator[None]:
+    """Turn a full (or read-only) disk while writing ``what`` into ``folder`` into a one-line
+    :class:`ConfigError` naming the folder; any other error passes unchanged. The store's last checkpoint is
+    intact (every write before the rename is to a temporary file or past the checkpoint), so the harvest
+    resumes from it once there is room."""
+    try:
+        yield
+    except Exception as err:
+        code = getattr(err, "errno", None)
+        text = str(err)
+        for number, rust, words in _DISK_PROBLEMS:
+            if code == number or (code is None and rust in text):
+                raise ConfigError(
+                    f"could not write {what} in {folder}: {words}. Free some space (or pass another "
+                    "store_dir) and run the harvest again: it resumes from the last checkpoint"
+                ) from None
+        raise
 
 
 def checkpoint_meta(folder: Path) -> dict[str, Any] | None:
@@ -206,6 +253,40 @@ def seal(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
+def store_corrupt(path: Path, what: str) -> ConfigError:
+    """The error for a damaged store: what is wrong, in which folder, and the cure."""
+    return ConfigError(
+        f"the activation store {path} is corrupt: {what}. Delete the folder and run "
+        "sae.autointerp.harvest(...) (or `sae-autointerp harvest`) again to rebuild it"
+    )
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """A store's ``meta.json`` as a mapping, or :func:`store_corrupt`'s error (truncated, not JSON, not an object)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise store_corrupt(folder, f"meta.json is not readable JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(meta, dict):
+        raise store_corrupt(folder, f"meta.json holds a {type(meta).__name__}, not an object")
+    return meta
+
+
+def _all_zero(path: Path, size: int) -> bool:
+    """Whether the first ``size`` bytes of ``path`` are all zero: read in blocks, stopping at the first
+    non-zero one (the first block, for any real store: padding is -1 and token ids vary)."""
+    with open(path, "rb") as fh:
+        left = size
+        while left > 0:
+            block = fh.read(min(left, 1 << 20))
+            if not block:
+                break
+            if block.count(0) != len(block):
+                return False
+            left -= len(block)
+    return True
+
+
 class LatentStore:
     """Read access to a finished (or checkpointed) harvest: per-latent statistics, top and sampled examples,
     the shared pool of random windows, and the corpus tokens they come from.
@@ -219,36 +300,45 @@ class LatentStore:
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
             raise ConfigError(f"{self.path} is not an activation store (no meta.json); run sae.autointerp.harvest()")
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        self.meta: dict[str, Any] = read_meta(self.path)
         if self.meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
             raise ConfigError(
                 f"{self.path} was written by store format {self.meta.get('format_version')}, this version reads "
                 f"{STORE_FORMAT_VERSION}; delete the folder to harvest again"
             )
-        self.settings = HarvestSettings(**self.meta["settings"])
+        try:
+            self.settings = HarvestSettings(**self.meta["settings"])
+        except (KeyError, TypeError, ValueError, ConfigError) as err:
+            raise store_corrupt(self.path, f"meta.json holds no valid settings ({type(err).__name__}: {err})") from None
         self._verify()
 
     def _verify(self) -> None:
-        """Sizes always; the checksums recorded when the store was finished (about 1 s per 400 MB)."""
-
-        def corrupt(what: str) -> ConfigError:
-            return ConfigError(
-                f"the activation store {self.path} is corrupt: {what}. Delete the folder and run "
-                "sae.autointerp.harvest(...) (or `sae-autointerp harvest`) again to rebuild it"
-            )
-
-        ctx = self.settings.ctx_len
+        """Sizes always; the checksums recorded when the store was finished (about 1 s per 400 MB); for a
+        store without checksums (older ones), that ``tokens.bin`` is not all zeros."""
+        try:
+            want = int(self.meta["n_sequences_done"]) * self.settings.ctx_len * 4
+            int(self.meta["d_sae"]), int(self.meta["n_valid_tokens"]), str(self.meta["key"])  # read by the properties
+            files = {
+                name: (int(rec["size"]), str(rec["sha256"])) for name, rec in (self.meta.get("files") or {}).items()
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise store_corrupt(
+                self.path, f"meta.json's counts or checksums are unreadable ({type(err).__name__}: {err})"
+            ) from None
         tokens = self.path / "tokens.bin"
         if not tokens.is_file() or not (self.path / "stats.safetensors").is_file():
-            raise corrupt("tokens.bin or stats.safetensors is missing")
-        want = int(self.meta.get("n_sequences_done", 0)) * ctx * 4
+            raise store_corrupt(self.path, "tokens.bin or stats.safetensors is missing")
         have = tokens.stat().st_size
         if have < want or (self.complete and have != want):
-            raise corrupt(f"tokens.bin holds {have} bytes, the metadata says {want}")
-        for name, rec in (self.meta.get("files") or {}).items():
+            raise store_corrupt(self.path, f"tokens.bin holds {have} bytes, the metadata says {want}")
+        for name, (size, sha256) in files.items():
             path = self.path / name
-            if path.stat().st_size != rec["size"] or file_sha256(path) != rec["sha256"]:
-                raise corrupt(f"{name} does not match the checksum recorded when the store was finished")
+            if not path.is_file() or path.stat().st_size != size or file_sha256(path) != sha256:
+                raise store_corrupt(
+                    self.path, f"{name} does not match the checksum recorded when the store was finished"
+                )
+        if not files and want and _all_zero(tokens, want):
+            raise store_corrupt(self.path, "tokens.bin is all zeros (no checksums recorded to tell more)")
 
     def __repr__(self) -> str:
         return (

@@ -267,13 +267,19 @@ class HFModel(Subject):
         return None
 
     def describe(self) -> dict[str, Any]:
+        """Also the attention implementation (``eager``, ``sdpa``, ...): the same weights give activations that
+        differ by float reassociation (up to ~2e-4 on SmolLM2's residuals), so each has its own store."""
         cfg = text_config(self.config)
-        return {
+        out = {
             "class": type(self.model).__name__,
             "name": self.name,
             "n_layers": n_layers_of(self.config),
             "d_model": int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0) or 0),
         }
+        attn = getattr(self.config, "_attn_implementation", None)
+        if attn is not None:
+            out["attn_implementation"] = str(attn)
+        return out
 
 
 def _layers_path(model: torch.nn.Module) -> str:

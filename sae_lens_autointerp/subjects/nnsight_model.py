@@ -3,6 +3,7 @@ nnsight's own ``trace`` (locally, or remotely through NDIF: reading only)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -12,6 +13,8 @@ from ..errors import ConfigError
 from .base import HookFn, StopForward, Subject
 from .hf import HFModel
 
+log = logging.getLogger(__name__)
+
 
 class NNsightModel(Subject):
     """An nnsight model (``LanguageModel`` / ``TransformersModel`` / ``NNsight`` around a Hugging Face model):
@@ -20,11 +23,21 @@ class NNsightModel(Subject):
     ``remote=True`` (NDIF; not tested here, nothing can reach NDIF from the test machines) runs each trace
     remotely: the trace only saves the hook's tensor and stops, and everything else (encoding, statistics)
     runs here on the saved tensor. Reading only: steering needs our Python code between two layers, which a
-    remote trace cannot run, so it is refused before any request."""
+    remote trace cannot run, so it is refused before any request.
+
+    A local model created lazily (``TransformersModel(repo_id)`` / ``LanguageModel(repo_id)`` without
+    ``dispatch=True``: its weights on the meta device until the first trace) is dispatched here, once: its
+    weights are hashed for the store key and its modules hooked, and nnsight replaces the wrapped module when
+    it dispatches."""
 
     kind = "nnsight"
 
     def __init__(self, model: Any, tokenizer: Any = None, *, remote: bool = False, **hf_kwargs: Any) -> None:
+        if not remote and getattr(model, "dispatched", True) is False and callable(getattr(model, "dispatch", None)):
+            log.info(
+                "dispatching the lazy nnsight model %s (loading its weights) before using it", type(model).__name__
+            )
+            model.dispatch()
         inner = getattr(model, "_module", None)
         if not isinstance(inner, torch.nn.Module):
             raise ConfigError(f"{type(model).__name__} does not wrap a torch module (no ._module)")
