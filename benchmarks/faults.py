@@ -39,8 +39,15 @@ N_OK = 30  # requests answered normally before the fault starts
 
 
 def lines(folder: Path) -> list[dict]:
+    """The readable records of ``folder``'s results.jsonl (a torn last line, as a full disk leaves, is not one)."""
     path = folder / "results.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+    out = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
 
 
 def finished(folder: Path) -> set[int]:
@@ -176,7 +183,7 @@ def damaged_index(sae, model, store, latents, root: Path):
     redone = {r["latent"] for r in lines(out)[before_lines:] if not r.get("incomplete")}
     return {
         "fault": "damaged index page",
-        "seconds to a clear failure": f"{seconds:.1f} (rebuilt, no failure)",
+        "seconds to a clear failure": round(seconds, 1),
         "stopped by the breaker": None,
         "finished before": len(done_before),
         "incomplete": len(result.incomplete),
@@ -185,6 +192,7 @@ def damaged_index(sae, model, store, latents, root: Path):
         "finished on rerun": len(redone),
         "rerun requests": rerun_requests,
         "complete after rerun": after == set(latents),
+        "note": "rerun: the index moved aside and rebuilt from results.jsonl, no failure",
     }
 
 
@@ -225,7 +233,7 @@ def full_disk(sae, model, store, latents, root: Path):
         "finished on rerun": len(redone),
         "rerun requests": rerun_requests,
         "complete after rerun": after == set(latents),
-        "exit code, stderr lines": f"{proc.returncode}, {len(err)}: {err[-1][:90] if err else ''}",
+        "note": f"exit {proc.returncode}: {err[-1].split(': ', 1)[-1][:80] if err else ''}",
     }
 
 
@@ -267,7 +275,7 @@ def nan_budget(sae, model, store, latents, root: Path):
         "finished on rerun": None,
         "rerun requests": None,
         "complete after rerun": None,
-        "exit code, stderr lines": f"refused {refused}; {requests} requests",
+        "note": f"refused {refused}; {requests} requests",
     }
 
 
@@ -319,12 +327,12 @@ def main() -> None:
                 "complete after rerun": None,
             }
         )
-    with pd.option_context("display.width", 250, "display.max_columns", 20):
+    with pd.option_context("display.width", 300, "display.max_columns", 20, "display.max_colwidth", 90):
         print(
             f"{len(latents)} latents, detection on 5 + 5 examples each (+ controls), concurrency 2, "
             f"first {N_OK} requests answered, read timeout 5 s"
         )
-        print(pd.DataFrame(rows).to_string(index=False))
+        print(pd.DataFrame(rows, dtype=object).fillna("—").to_string(index=False))
 
 
 if __name__ == "__main__":
