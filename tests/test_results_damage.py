@@ -20,37 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from given_runs import record, score_given
 from sae_lens_autointerp.errors import ConfigError
 from sae_lens_autointerp.locks import folder_lock
 from sae_lens_autointerp.report import load
 from sae_lens_autointerp.results import DAMAGED_SUFFIX, INDEX_SUFFIX, ResultsFile, ScoreResult
-from sae_lens_autointerp.sampling import SamplingConfig
-
-SMALL = SamplingConfig(n_explain=8, n_test_pos=4, n_test_neg=4)
-
-
-def record(latent: int, run_key: str = "k", score: float = 0.75) -> dict:
-    preds = [{"token_id": i, "label": i % 2 == 0, "prediction": i % 3 == 0} for i in range(10)]
-    return {
-        "run_key": run_key,
-        "latent": latent,
-        "explanation": {"latent": latent, "text": f"words {latent}"},
-        "scores": {
-            "detection": {
-                "scorer": "detection",
-                "score": score,
-                "metric": "balanced_accuracy",
-                "low": score - 0.1,
-                "high": score + 0.1,
-                "chance": 0.5,
-                "n_examples": 10,
-                "n_failed": 1,
-                "predictions": preds,
-                "judge_kind": "llm",
-                "needs_explanation": True,
-            }
-        },
-    }
 
 
 def write_run(folder: Path, n: int = 200) -> list[dict]:
@@ -117,16 +91,7 @@ def test_damage_found_by_a_later_query_rebuilds_the_index(tmp_path):
 
 def test_a_run_resumes_in_a_folder_with_a_damaged_index(planted, planted_store, bridge_model, tmp_path):
     def run():
-        return planted.sae.score(
-            bridge_model,
-            store=planted_store,
-            explanations=planted.explanations,
-            scorers=["embedding"],
-            llm=None,
-            sampling=SMALL,
-            out_dir=tmp_path,
-            progress=False,
-        )
+        return score_given(planted, planted_store, bridge_model, tmp_path)
 
     first = run()
     damage_a_page(index_of(tmp_path))
@@ -269,16 +234,7 @@ def test_crafted_numbers_are_shown_as_missing(tmp_path):
 @pytest.mark.parametrize("kind", ["deep", "latent 10**30"])
 def test_a_rerun_skips_a_crafted_line(planted, planted_store, bridge_model, tmp_path, kind):
     def run():
-        return planted.sae.score(
-            bridge_model,
-            store=planted_store,
-            explanations=planted.explanations,
-            scorers=["embedding"],
-            llm=None,
-            sampling=SMALL,
-            out_dir=tmp_path,
-            progress=False,
-        )
+        return score_given(planted, planted_store, bridge_model, tmp_path)
 
     first = run()
     line = crafted(kind).replace('"run_key": "k"', f'"run_key": "{first.run_key}"')
@@ -292,38 +248,24 @@ def test_a_rerun_skips_a_crafted_line(planted, planted_store, bridge_model, tmp_
 # ---------------------------------------------------------------- R15: the one-run-per-folder guard
 
 
-def _score(planted, planted_store, bridge_model, out, **kw):
-    return planted.sae.score(
-        bridge_model,
-        store=planted_store,
-        explanations=planted.explanations,
-        scorers=["embedding"],
-        llm=None,
-        sampling=SMALL,
-        out_dir=out,
-        progress=False,
-        **kw,
-    )
-
-
 @pytest.mark.parametrize("damage", ["deleted", "corrupt", "old format"])
 def test_another_run_is_refused_without_run_json(planted, planted_store, bridge_model, tmp_path, damage):
-    first = _score(planted, planted_store, bridge_model, tmp_path)
+    first = score_given(planted, planted_store, bridge_model, tmp_path)
     run_json = tmp_path / "run.json"
     if damage == "deleted":
         run_json.unlink()
     else:
         run_json.write_text("{" if damage == "corrupt" else '{"x": 1}')
     with pytest.raises(ConfigError, match=rf"holds the results of another run \({first.run_key[:12]}; its run.json"):
-        _score(planted, planted_store, bridge_model, tmp_path, seed=7)
+        score_given(planted, planted_store, bridge_model, tmp_path, seed=7)
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3  # nothing of the second run
-    again = _score(planted, planted_store, bridge_model, tmp_path)  # the same run still resumes
+    again = score_given(planted, planted_store, bridge_model, tmp_path)  # the same run still resumes
     assert again.run_key == first.run_key and len(again.records) == 3
     assert json.loads(run_json.read_text())["run_key"] == first.run_key
 
 
 def test_another_run_on_a_busy_folder_is_refused_at_once(planted, planted_store, bridge_model, tmp_path):
-    _score(planted, planted_store, bridge_model, tmp_path)
+    score_given(planted, planted_store, bridge_model, tmp_path)
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:  # a run of the folder's own key, still going
@@ -337,7 +279,7 @@ def test_another_run_on_a_busy_folder_is_refused_at_once(planted, planted_store,
         held.wait(10)
         start = time.perf_counter()
         with pytest.raises(ConfigError, match="holds the results of another run .* differs in: seed"):
-            _score(planted, planted_store, bridge_model, tmp_path, seed=7)
+            score_given(planted, planted_store, bridge_model, tmp_path, seed=7)
         assert time.perf_counter() - start < 20  # refused without waiting for the holder (60 s)
         assert holder.is_alive()
     finally:

@@ -15,36 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from given_runs import record
 from sae_lens_autointerp.llm import UsageTracker
 from sae_lens_autointerp.llm.usage import Usage
 from sae_lens_autointerp.report import load
 from sae_lens_autointerp.results import INDEX_SUFFIX, RecordSeq, ResultsFile, ScoreResult
-
-
-def record(latent: int, run_key: str = "k", score: float = 0.75, **extra: object) -> dict:
-    preds = [{"token_id": i, "label": i % 2 == 0, "prediction": i % 3 == 0} for i in range(10)]
-    return {
-        "run_key": run_key,
-        "latent": latent,
-        "explanation": {"latent": latent, "text": f"words {latent}"},
-        "scores": {
-            "detection": {
-                "scorer": "detection",
-                "score": score,
-                "metric": "balanced_accuracy",
-                "low": score - 0.1,
-                "high": score + 0.1,
-                "chance": 0.5,
-                "n_examples": 10,
-                "n_failed": 1,
-                "predictions": preds,
-                "judge_kind": "llm",
-                "needs_explanation": True,
-            }
-        },
-        "controls": {"detection": {"score": 0.5, "low": 0.4, "high": 0.6}},
-        **extra,
-    }
 
 
 def test_table_and_summary_from_the_index_equal_those_from_the_records(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit, urlunsplit
 
 from ..errors import ConfigError
 from .answers import ANSWER_SLACK_CHARS, CHARS_PER_TOKEN_LIMIT, Malformed, counts, text_field, top_dict
@@ -218,7 +218,10 @@ class OpenAIClient(BaseClient):
             clients = [
                 openai.AsyncOpenAI(
                     api_key=self._api_key,
-                    base_url=e.url,
+                    # a query in base_url (a proxy's token, an api-version) goes with every request: the SDK
+                    # appends its paths to base_url, so the query is passed apart
+                    base_url=urlunsplit(urlsplit(e.url)._replace(query="", fragment="")),
+                    default_query=dict(parse_qsl(urlsplit(e.url).query)) or None,
                     max_retries=0,
                     # the SDK's own Timeout class (httpx's in openai 1.x, httpx2's in 3.x)
                     timeout=openai.Timeout(self.timeout, connect=self.connect_timeout),

@@ -78,6 +78,7 @@ class FaultServer:
         self.requests: list[dict[str, Any]] = []
         self.times: list[float] = []  # time.monotonic() at each request's arrival
         self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []  # each POST's path and query
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -113,6 +114,7 @@ class FaultServer:
                     outer.requests.append(body)
                     outer.times.append(time.monotonic())
                     outer.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    outer.paths.append(self.path)
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                 try:

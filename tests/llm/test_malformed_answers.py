@@ -181,3 +181,14 @@ def test_the_transports_log_lines_hide_url_user_info_and_query_values(caplog):
     assert lines and all("HTTP Request" in x for x in lines)
     assert not any("PW-SECRET" in x or "QT-SECRET" in x for x in lines), lines
     assert "http://***@127.0.0.1" in lines[0] and "token=***&x=***" in lines[0]
+
+
+async def test_a_query_in_base_url_goes_with_every_request():
+    """A proxy's token or an api-version in base_url's query reaches the server on the request's own path (the
+    SDK appends its paths to base_url, which once put the path after the query)."""
+    with FaultServer() as srv:
+        c = get_client("openai:fake-model", base_url=f"{srv.base_url}?token=QT-1&api-version=2", api_key=KEY)
+        _OPEN.append(c)
+        await c.chat(MSG, max_tokens=2)
+    path, _, query = srv.paths[0].partition("?")
+    assert path == "/v1/chat/completions" and sorted(query.split("&")) == ["api-version=2", "token=QT-1"]
