@@ -56,10 +56,10 @@ def check_int(
     if value is None and optional:
         return
     kind = "a positive integer" if low == 1 else "an integer" if low is None else f"an integer >= {low}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and int(value) < low):
         raise ConfigError(f"{name} must be {kind}, got {value!r}")
-    if high is not None and value > high:
-        shown = f"{value:,}" if value < 10**15 else f"{float(value):.3g}"
+    if high is not None and int(value) > high:
+        shown = f"{int(value):,}" if int(value) < 10**15 else f"{float(value):.3g}"
         raise ConfigError(f"{name} must be at most {high:,}, got {shown}")
 
 

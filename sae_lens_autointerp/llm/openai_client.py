@@ -374,6 +374,7 @@ class OpenAIClient(BaseClient):
         tries: dict[str, int] = {}
         tokens = estimate_prompt_tokens(request.messages) + request.max_tokens
         avoid: Endpoint | None = None
+        failure: Malformed
         while True:
             cond, clients = self._state()
             index, entry = await self._acquire(cond, tokens, avoid)

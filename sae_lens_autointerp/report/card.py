@@ -236,8 +236,9 @@ def _pairs(items: Any) -> list[tuple[int, Any]]:
     """(token or latent, value) pairs of a decoder view, the malformed ones left out (decoder.json is a file)."""
     pairs = []
     for item in items if isinstance(items, list) else []:
-        if isinstance(item, (list, tuple)) and len(item) == 2 and count(item[0]) is not None:
-            pairs.append((count(item[0]), item[1]))
+        key = count(item[0]) if isinstance(item, (list, tuple)) and len(item) == 2 else None
+        if key is not None:
+            pairs.append((key, item[1]))
     return pairs
 
 

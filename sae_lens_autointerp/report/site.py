@@ -69,7 +69,9 @@ def index_rows(result: ScoreResult, pages: set[int] | None) -> list[dict[str, An
     # the lift's interval above 0: the explanation beats another latent's on the same examples
     signal: dict[int, list[str]] = {}
     for latent, scorer in table.loc[table["signal"] == True, ["latent", "scorer"]].itertuples(index=False):  # noqa: E712
-        signal.setdefault(count(latent), []).append(f"signal: {scorer}")
+        key = count(latent)
+        if key is not None:
+            signal.setdefault(key, []).append(f"signal: {scorer}")
     rows = []
     for r in result.records:
         latent = count(r.get("latent"))
