@@ -27,7 +27,7 @@ from ..controls import (
 from ..harvest.store import LatentStore
 from ..llm import BudgetExceeded, LLMError
 from ..records import Context, Explanation
-from ..sampling import HeldOut, LatentSample, holdout_status, sample_latent, shown_peaks, shown_windows
+from ..sampling import UNKNOWN, HeldOut, LatentSample, holdout_status, sample_latent, shown_peaks, shown_windows
 from ..text import Renderer
 from .contract import check_output, explanation_from, failed_entry, guess_headline
 from .flags import HEURISTIC_EXPLAINER, Tally, heuristic_substitute
@@ -153,7 +153,7 @@ class LatentWork:
         record["holdout"] = holdout_status(explanation.shown_spans, self.ctx.store) if explanation is not None else None
         record["examples"] = {
             # a given explanation's explainer never saw this run's explainer windows (its own are in shown_spans)
-            "explain": [] if given else [e.token_id for e in sample.explain],
+            "explain": [] if given or record["holdout"] == UNKNOWN else [e.token_id for e in sample.explain],
             "test_pos": [e.token_id for e in sample.test_pos],
             "test_neg": [e.token_id for e in sample.test_neg],
             "excluded_overlap": dict(sample.holdout),
@@ -208,7 +208,9 @@ class LatentWork:
             error = f"crashed: {type(exc).__name__}: {exc}"
         else:
             if isinstance(out, Explanation):
-                if out.shown_spans is None:  # named examples, else every one it was given (it could read them all)
+                # named examples, else every one it was given (it could read them all); an explainer that
+                # declares sees_examples = False (a lookup: Neuronpedia) wrote elsewhere: unknown, never held out
+                if out.shown_spans is None and getattr(explainer, "sees_examples", True):
                     shown = out.examples_shown
                     store = self.ctx.store
                     spans = shown_peaks(store, shown) if shown else shown_windows(store, sample.explain)
