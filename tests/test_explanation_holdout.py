@@ -191,3 +191,13 @@ def test_mixed_summary_counts_each_status(planted, explained, planted_store, bri
     result = _score(planted, bridge_model, planted_store, mixed, tmp_path / "mixed")
     n = sum(1 for r in result.records if not r.get("skipped")) - 1
     assert list(result.summary()["holdout"]) == [f"held out {n}, unknown 1"]
+
+
+def test_the_site_says_unknown(planted, planted_store, bridge_model, tmp_path):
+    result = _score(planted, bridge_model, planted_store, planted.explanations, tmp_path / "given")
+    index = result.to_html(tmp_path / "site").read_text()
+    n = len(set(result.table["latent"]))
+    assert f"not held out: {n} unknown" in index and "<th>holdout</th>" in index
+    latent = int(result.table["latent"].iloc[0])
+    page = next((tmp_path / "site").rglob(f"*{latent}.html")).read_text()
+    assert "hold-out unknown" in page
