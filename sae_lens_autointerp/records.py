@@ -66,6 +66,10 @@ class Explanation:
     parse: str | None = None
     #: which plugin distribution made it: ``{"plugin", "distribution", "version"}`` (set by the pipeline)
     provider: dict[str, str] | None = None
+    #: the windows its explainer was shown, as corpus spans (``sampling.shown_windows``: ``{"corpus", "spans":
+    #: [[start, length], ...], "texts"}``), so a later ``score()`` on a store of the same corpus keeps them out of
+    #: its test; None: not recorded (a plain string, Neuronpedia, delphi), scored with ``holdout="unknown"``
+    shown_spans: dict[str, Any] | None = None
 
     def __str__(self) -> str:
         return self.text

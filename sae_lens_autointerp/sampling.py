@@ -15,11 +15,19 @@ the corpus with an explainer example's window is excluded (adjacent chunks' wind
 top and sampled firing examples) nor another chosen example. How many candidates each rule excluded is
 recorded in ``LatentSample.holdout``.
 
+An explanation written elsewhere (an earlier ``explain()``, another store) carries the windows its explainer was
+shown (:func:`shown_windows`: the corpus's identity, token spans and text hashes). On a store of the same corpus,
+:class:`HeldOut` excludes them, windows overlapping them and windows of the same text from the test and the
+negatives (``sample_latent(..., held_out=...)``); :func:`holdout_status` says what the record can claim.
+
 Non-activating examples: see ``negatives.py`` ("random", "similar", "neighbours").
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -111,8 +119,12 @@ def chunk_key(example: Example, settings: Any) -> tuple[int, int]:
     return seq, pos // settings.example_len
 
 
-def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negatives: Any = None) -> LatentSample:
-    """``negatives``: a :class:`~sae_lens_autointerp.negatives.NegativeSource` (default: random pool windows)."""
+def sample_latent(
+    store: LatentStore, latent: int, config: SamplingConfig, negatives: Any = None, held_out: HeldOut | None = None
+) -> LatentSample:
+    """``negatives``: a :class:`~sae_lens_autointerp.negatives.NegativeSource` (default: random pool windows);
+    ``held_out``: windows an explanation's explainer was shown elsewhere, kept out of the test and negatives
+    (counted in ``holdout["shown_pos"]`` / ``["shown_neg"]``)."""
     latent = store.check_latent(latent)
     settings = store.settings
     n_fire_examples = int(store.stats["n_fire_examples"][latent])
@@ -183,6 +195,11 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
     near_shown |= np.isin(content, shown_content)  # the same text as a shown window
     excluded_pos = int((near_shown & ~is_shown & usable).sum())
     free = ~near_shown & ~is_shown & usable
+    counts: dict[str, int] = {}
+    if held_out is not None:  # what the explanation's own explainer read, in another call or store
+        seen = held_out.hits(store, peaks, content)
+        counts["shown_pos"] = int((seen & free).sum())
+        free &= ~seen
     chosen: list[np.ndarray] = []
     for q, idx in enumerate(groups):
         candidates = idx[free[idx]]
@@ -198,6 +215,10 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
     known_lo, known_hi = store.example_span_arrays(latent)
     chosen_peaks = np.concatenate([shown_peaks, peaks[test_idx]])
     chosen_lo, chosen_hi = store.window_spans(chosen_peaks)
+    if held_out is not None:
+        pool_lo, pool_hi = store.random_window_spans()
+        counts["shown_neg"] = int(held_out.spans.overlaps_many(pool_lo, pool_hi).sum())
+        known_lo, known_hi = np.concatenate([known_lo, held_out.lo]), np.concatenate([known_hi, held_out.hi])
     avoid = SpanSet.from_arrays(np.concatenate([known_lo, chosen_lo]), np.concatenate([known_hi, chosen_hi]))
     test_neg, excluded_neg = negatives.draw(store, latent, config.n_test_neg, rng, avoid)
 
@@ -210,8 +231,98 @@ def sample_latent(store: LatentStore, latent: int, config: SamplingConfig, negat
         test_pos=tuple(store.examples_at(latent, "res", rows[test_idx], labelled(peaks[test_idx]))),
         test_neg=tuple(e.with_extra(label=False, quantile=None) for e in test_neg),
         stats=stats,
-        holdout={"test_pos": excluded_pos, "test_neg": excluded_neg, "cut": cut, "repeated": repeated},
+        holdout={"test_pos": excluded_pos, "test_neg": excluded_neg, "cut": cut, "repeated": repeated, **counts},
     )
+
+
+# ---------------------------------------------------------------------- what an explainer was shown
+
+#: ``holdout`` of a record: the explanation's shown windows are kept out of its test and negatives ("held out"),
+#: they index another corpus so nothing could be checked ("other corpus"), or nobody recorded them ("unknown").
+HELD_OUT, OTHER_CORPUS, UNKNOWN = "held out", "other corpus", "unknown"
+
+
+def corpus_key(store: LatentStore) -> str:
+    """Which token sequence a store's global token ids index: the corpus, the tokenizer, ``ctx_len`` and BOS.
+    Two stores of one corpus harvested with other ``n_tokens``, SAEs or sampling settings share it (one is a
+    prefix of the other), so their spans compare."""
+    meta = store.meta
+    identity = {
+        "corpus": meta.get("corpus"),
+        "tokenizer": (meta.get("model") or {}).get("tokenizer_sha256"),
+        "ctx_len": store.settings.ctx_len,
+        "prepend_bos": (meta.get("hook") or {}).get("prepend_bos"),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def text_hash(tokens: np.ndarray) -> str:
+    """A short hash of a window's token ids (int32): equal windows hash equal, in any store."""
+    return hashlib.blake2b(np.ascontiguousarray(tokens, dtype=np.int32).tobytes(), digest_size=8).hexdigest()
+
+
+def shown_windows(store: LatentStore, windows: Iterable[Any]) -> dict[str, Any]:
+    """What :attr:`~sae_lens_autointerp.records.Explanation.shown_spans` records of the windows an explainer
+    was shown (examples, or pool windows: anything with ``.tokens`` and ``.span(ctx_len)``):
+    ``{"corpus": corpus_key, "spans": [[start, length], ...], "texts": [text_hash, ...]}``."""
+    ctx_len = store.settings.ctx_len
+    spans, texts = [], []
+    for w in windows:
+        lo, hi = w.span(ctx_len)
+        spans.append([int(lo), int(hi - lo)])
+        texts.append(text_hash(w.tokens))
+    return {"corpus": corpus_key(store), "spans": spans, "texts": texts}
+
+
+def shown_peaks(store: LatentStore, peaks: Iterable[int]) -> dict[str, Any]:
+    """:func:`shown_windows` of the firing windows at global peak ids ``peaks`` (``Explanation.examples_shown``)."""
+    peaks = np.asarray(list(peaks), dtype=np.int64)
+    lo, hi = store.window_spans(peaks)
+    tokens = store.windows_tokens(store.window_starts(peaks), peaks)
+    return {
+        "corpus": corpus_key(store),
+        "spans": [[int(a), int(b - a)] for a, b in zip(lo.tolist(), hi.tolist())],
+        "texts": [text_hash(t) for t in tokens],
+    }
+
+
+def holdout_status(shown: Mapping[str, Any] | None, store: LatentStore) -> str:
+    """:data:`HELD_OUT`, :data:`OTHER_CORPUS` or :data:`UNKNOWN`: what may be said of an explanation whose
+    explainer was shown ``shown`` (``Explanation.shown_spans``; None: nobody recorded it) when scored on
+    ``store``."""
+    if not isinstance(shown, Mapping) or "corpus" not in shown:
+        return UNKNOWN
+    return HELD_OUT if shown["corpus"] == corpus_key(store) else OTHER_CORPUS
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The windows an explainer was shown, as spans of this store's corpus and hashes of their texts."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    texts: frozenset[str]
+    spans: SpanSet
+
+    @classmethod
+    def of(cls, shown: Mapping[str, Any] | None, store: LatentStore) -> HeldOut | None:
+        """The hold-out of ``shown`` on ``store``; None unless ``shown`` indexes this store's corpus."""
+        if holdout_status(shown, store) != HELD_OUT:
+            return None
+        assert shown is not None
+        pairs = np.asarray(shown.get("spans") or [], dtype=np.int64).reshape(-1, 2)
+        lo, hi = pairs[:, 0], pairs[:, 0] + pairs[:, 1]
+        return cls(lo, hi, frozenset(str(t) for t in shown.get("texts") or ()), SpanSet.from_arrays(lo, hi))
+
+    def hits(self, store: LatentStore, peaks: np.ndarray, content: np.ndarray) -> np.ndarray:
+        """Mask of the firing windows at ``peaks`` (their texts' :func:`text_keys` ``content``) that share a
+        token with a shown window or have a shown window's text."""
+        hit = self.spans.overlaps_many(*store.window_spans(peaks))
+        if self.texts and len(content):
+            width = content.dtype.itemsize // 4  # int32 tokens per window
+            rows = np.frombuffer(content.tobytes(), dtype=np.int32).reshape(len(content), width)
+            hit |= np.array([text_hash(r) in self.texts for r in rows], dtype=bool)
+        return hit
 
 
 def text_keys(token_rows: np.ndarray) -> np.ndarray:

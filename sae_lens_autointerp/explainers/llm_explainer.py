@@ -11,13 +11,14 @@ answer shown again in the retry prompt) is cut to :data:`RAW_KEEP_CHARS` charact
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from ..negatives import silent_windows
 from ..records import Context, Explanation, template_id
-from ..sampling import LatentSample, activating_spans, latent_rng
+from ..sampling import LatentSample, activating_spans, latent_rng, shown_windows
 from ..text import RenderedExample, active_mask, discretize, highlight
 
 SYSTEM = (
@@ -199,21 +200,26 @@ class LLMExplainer:
         lines = [self._format(i + 1, r, max_act) for i, r in enumerate(shown)]
         parts = ["Examples where the neuron fires:", *lines]
         if self.style == "contrastive":
-            # Silent pool windows that touch neither an activating window nor any test example (the scored
-            # negatives stay unseen), drawn like the random negatives.
-            rng = latent_rng(ctx.seed, sample.latent, "contrast")
-            ctx_len = ctx.store.settings.ctx_len
-            avoid = activating_spans(ctx.store, sample.latent)
-            for e in sample.explain + sample.test:
-                avoid.add(*e.span(ctx_len))
-            pool, _ = silent_windows(ctx.store, sample.latent, avoid)
-            pick = rng.permutation(len(pool))[: self.n_contrast]
             parts += ["", CONTRAST_NOTE, "Examples where it does not fire:"]
-            for j, i in enumerate(sorted(pick)):
-                toks = [ctx.renderer.piece(int(t)) for t in pool[i].tokens if t >= 0]
+            for j, window in enumerate(self.contrast_windows(sample, ctx)):
+                toks = [ctx.renderer.piece(int(t)) for t in window.tokens if t >= 0]
                 parts.append(f"{j + 1}. " + "".join(toks).replace("\n", "\\n"))
         parts += ["", COT_FORMAT if self.style == "cot" else ANSWER_FORMAT]
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(parts)}]
+
+    def contrast_windows(self, sample: LatentSample, ctx: Context) -> list[Any]:
+        """The contrastive style's silent pool windows, the same on every call: they touch neither an activating
+        window nor any test example (the scored negatives stay unseen), drawn like the random negatives."""
+        if self.style != "contrastive":
+            return []
+        rng = latent_rng(ctx.seed, sample.latent, "contrast")
+        ctx_len = ctx.store.settings.ctx_len
+        avoid = activating_spans(ctx.store, sample.latent)
+        for e in sample.explain + sample.test:
+            avoid.add(*e.span(ctx_len))
+        pool, _ = silent_windows(ctx.store, sample.latent, avoid)
+        pick = rng.permutation(len(pool))[: self.n_contrast]
+        return [pool[i] for i in sorted(pick)]
 
     def _format(self, index: int, example: RenderedExample, max_act: float) -> str:
         marked = active_mask(example, self.highlight_threshold)
@@ -231,7 +237,7 @@ class LLMExplainer:
             raise ValueError(f"the {self.name} explainer needs an LLM (llm=...)")
         messages = self.build_messages(sample, ctx)
         shown = tuple(e.token_id for e in sample.explain)
-        return await ask_for_explanation(
+        out = await ask_for_explanation(
             ctx,
             messages,
             sample.latent,
@@ -241,6 +247,9 @@ class LLMExplainer:
             max_tokens=self.max_tokens,
             temperature=self.temperature,
         )
+        # the silent windows were shown too: a later score() on this corpus keeps them out of its negatives
+        windows = [*sample.explain, *self.contrast_windows(sample, ctx)]
+        return replace(out, shown_spans=shown_windows(ctx.store, windows))
 
 
 async def ask_for_explanation(

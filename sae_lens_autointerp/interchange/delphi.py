@@ -160,7 +160,8 @@ def read_delphi_explanations(folder: str | os.PathLike[str], module: str | None 
     """``{latent: explanation}`` from delphi's explanation files (``<module>_latent<N>.txt``, a JSON string
     each), in ``folder`` or its ``explanations/``. ``module`` picks one hookpoint; several without a pick
     raise. delphi's placeholders for a missing explanation ("Explanation could not be parsed.") are left out
-    with a warning, never scored as explanations."""
+    with a warning, never scored as explanations. Plain texts: which examples delphi's explainer read is not
+    in these files, so their scores say ``holdout="unknown"``."""
     folder = Path(folder)
     if (folder / "explanations").is_dir():
         folder = folder / "explanations"

@@ -368,7 +368,8 @@ def read_neuronpedia(
     and no pick raises. When a latent has explanations of several ``typeName`` s, ``type_name=`` picks one
     (only that type's rows are read); with none given this raises, naming the types found. Otherwise the
     first explanation in file order wins (rows without a ``typeName`` included); empty descriptions are left
-    out.
+    out. Plain texts: which examples Neuronpedia's explainer read is not in the export, so their scores say
+    ``holdout="unknown"``.
     """
     if neuronpedia_id:
         model_id, source = split_neuronpedia_id(neuronpedia_id)

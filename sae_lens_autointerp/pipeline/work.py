@@ -27,7 +27,7 @@ from ..controls import (
 from ..harvest.store import LatentStore
 from ..llm import BudgetExceeded, LLMError
 from ..records import Context, Explanation
-from ..sampling import LatentSample, sample_latent
+from ..sampling import UNKNOWN, HeldOut, LatentSample, holdout_status, sample_latent, shown_peaks, shown_windows
 from ..text import Renderer
 from .contract import check_output, explanation_from, failed_entry, guess_headline
 from .flags import HEURISTIC_EXPLAINER, Tally, heuristic_substitute
@@ -95,7 +95,14 @@ class LatentWork:
     async def prepare(self, latent: int, partial: dict[str, Any] | None, out: Outcomes) -> Prepared | None:
         """Sample and explain ``latent`` (what an earlier attempt finished, in ``partial``, is reused); None
         when it was written as skipped or failed."""
-        args = (self.ctx.store, latent, self.plan.sampling, self.negatives)
+        resumed = explanation_from(partial["explanation"]) if partial and partial.get("explanation") else None
+        given = resumed if resumed is not None or self.plan.given is None else self.plan.given.get(latent)
+        # an explanation this run did not write: the windows its explainer was shown (in another call, on another
+        # store of the corpus) stay out of the test (this run's own explainer windows do already)
+        held_out = (
+            HeldOut.of(given.shown_spans, self.ctx.store) if self.plan.given is not None and given is not None else None
+        )
+        args = (self.ctx.store, latent, self.plan.sampling, self.negatives, held_out)
         if getattr(self.negatives, "inline", False):
             sample = sample_latent(*args)
         else:
@@ -103,16 +110,16 @@ class LatentWork:
         if sample.skipped:
             out.write({**self._base(latent, sample), "skipped": sample.skipped})
             return None
-        if partial is not None and partial.get("explanation") is not None:
+        if resumed is not None:
             return Prepared(
                 sample,
-                explanation_from(partial["explanation"]),
+                resumed,
                 dict(partial.get("scores") or {}),
                 dict(partial.get("controls") or {}),
             )
         explanation: Explanation | None = None
         if self.plan.given is not None:
-            explanation = self.plan.given.get(latent)
+            explanation = given
             if explanation is None:
                 out.write({**self._base(latent, sample), "skipped": "no explanation given for this latent"})
                 return None
@@ -141,8 +148,12 @@ class LatentWork:
         start = time.perf_counter()
         record = self._base(latent, sample)
         record["explanation"] = explanation.to_dict() if explanation is not None else None
+        given = self.plan.given is not None
+        # what may be claimed of the test: held out from what the explainer saw, another corpus, or unknown
+        record["holdout"] = holdout_status(explanation.shown_spans, self.ctx.store) if explanation is not None else None
         record["examples"] = {
-            "explain": [e.token_id for e in sample.explain],
+            # a given explanation's explainer never saw this run's explainer windows (its own are in shown_spans)
+            "explain": [] if given or record["holdout"] == UNKNOWN else [e.token_id for e in sample.explain],
             "test_pos": [e.token_id for e in sample.test_pos],
             "test_neg": [e.token_id for e in sample.test_neg],
             "excluded_overlap": dict(sample.holdout),
@@ -197,6 +208,13 @@ class LatentWork:
             error = f"crashed: {type(exc).__name__}: {exc}"
         else:
             if isinstance(out, Explanation):
+                # named examples, else every one it was given (it could read them all); an explainer that
+                # declares sees_examples = False (a lookup: Neuronpedia) wrote elsewhere: unknown, never held out
+                if out.shown_spans is None and getattr(explainer, "sees_examples", True):
+                    shown = out.examples_shown
+                    store = self.ctx.store
+                    spans = shown_peaks(store, shown) if shown else shown_windows(store, sample.explain)
+                    out = replace(out, shown_spans=spans)
                 return replace(out, provider=provider)
             error = f"returned {type(out).__name__}, not an Explanation"
         who = f"plugin {provider['plugin']!r}, " if provider else ""

@@ -111,7 +111,8 @@ def latent_card(
     parts.append(
         f'</blockquote><p class="meta">explainer {esc(str(expl.get("explainer")))} '
         f"({esc(' '.join(str(provider.get(k, '')) for k in ('distribution', 'version')).strip())}) · model "
-        f"{esc(str(writer))} · prompt {esc(str(expl.get('prompt_id')))} · attempts {esc(str(expl.get('n_attempts', '–')))}</p>"
+        f"{esc(str(writer))} · prompt {esc(str(expl.get('prompt_id')))} · attempts {esc(str(expl.get('n_attempts', '–')))}"
+        f" · hold-out {esc(str(r.get('holdout') or '–'))}</p>"
     )
     # scores with interval, chance and control
     rows = [row for row in _score_rows(r)]

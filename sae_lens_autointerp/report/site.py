@@ -257,6 +257,14 @@ def write_site(
         else ""
     )
     missing = "".join(f"<p class='meta'>{esc(note)}</p>" for note in views.missing)
+    # never presented as held out: explanations whose explainer's examples are unknown or of another corpus
+    loose = table.drop_duplicates("latent")["holdout"].dropna().value_counts().drop("held out", errors="ignore")
+    if len(loose):
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(loose.items()))
+        incomplete += (
+            f"<p class='warn'>not held out: {esc(counts)} (what their explainer was shown was not recorded or is of "
+            "another corpus, so their test may include it)</p>"
+        )
     rows = index_rows(result, wanted)
     scorers = sorted({s for row in rows for s in row["s"]})
     body = (

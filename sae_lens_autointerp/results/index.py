@@ -38,8 +38,8 @@ INDEX_SUFFIX = ".index.sqlite"
 #: Where a damaged index is moved (one copy, the last one) before it is rebuilt.
 DAMAGED_SUFFIX = ".damaged"
 # 2: paired lifts, answer counts of every scorer; 3: how each lift's interval was made; 4: the file's stamp and
-# first-line hash (staleness), numbers coerced
-INDEX_FORMAT = "4"
+# first-line hash (staleness), numbers coerced; 5: each row's hold-out status
+INDEX_FORMAT = "5"
 _INT64 = 2**63
 # SQLITE_CORRUPT, SQLITE_NOTADB (primary codes): the file is damaged or not a database. Not SQLITE_BUSY / FULL /
 # READONLY (OperationalError), which say nothing about the index's content.
@@ -58,6 +58,7 @@ _ROW_SQL_TYPES = {
     "explanation": "TEXT",
     "error": "TEXT",
     "provider": "TEXT",
+    "holdout": "TEXT",
     "heuristic": "TEXT",
     "judge_kind": "TEXT",
     "answers": "TEXT",

@@ -6,9 +6,13 @@ its 95% interval (``low``, ``high``) and ``chance``, the ``auc`` where graded pr
 explanation on a subset of the same examples), ``lift`` = score - control with ``lift_low`` / ``lift_high``,
 ``signal`` (the lift's interval lies above 0), ``n_examples``, ``n_failed``, the explanation and any error, and
 from the known-heuristic filters (``heuristics.py``; None when they were off) the latent's ``heuristic`` flag
-("positional" / "unigram" / None) with ``positional_r2`` and ``unigram_r2``.
+("positional" / "unigram" / None) with ``positional_r2`` and ``unigram_r2``, and ``holdout``: "held out" (the test
+shares no token or text with what the explanation's explainer was shown), "other corpus" (it was shown windows of
+another corpus: nothing could be checked) or "unknown" (nobody recorded what it was shown: a plain string,
+Neuronpedia, delphi).
 ``result.summary()``: per scorer the counts (``n_latents``, ``n_scored``, ``n_undefined``, ``n_failed``), the
-mean score with its interval, the chance level, the mean control and lift, and the judge check.
+mean score with its interval, the chance level, the mean control and lift, the judge check, and ``holdout``
+(one of the above when all its latents share it, else each with its count: "held out 8, unknown 2").
 
 The rows are plain data (:func:`record_rows`): the index (:mod:`.index`) stores them, and the table, summary and
 judge check are computed from them alone, whether they come from the index or from records in memory.
@@ -48,6 +52,7 @@ TABLE_COLUMNS = [
     "heuristic",
     "positional_r2",
     "unigram_r2",
+    "holdout",
 ]
 SUMMARY_COLUMNS = [
     "scorer",
@@ -68,6 +73,7 @@ SUMMARY_COLUMNS = [
     "identical_answers",
     "judge_ok",
     "judge_check",
+    "holdout",
 ]
 
 
@@ -184,6 +190,7 @@ def record_rows(r: Mapping[str, Any]) -> list[dict[str, Any]]:
             "heuristic": heuristic.get("flag"),
             "positional_r2": heuristic.get("positional_r2"),
             "unigram_r2": heuristic.get("unigram_r2"),
+            "holdout": r.get("holdout"),
             "control_low": ctl.get("low"),
             "control_high": ctl.get("high"),
             "judge_kind": out.get("judge_kind"),
@@ -216,7 +223,7 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
         df["signal"] = pd.Series(
             [None if v is None or v != v else bool(v) for v in df["signal"]], dtype=object, index=df.index
         )
-    for col in ("heuristic", "metric", "explanation", "error", "provider"):
+    for col in ("heuristic", "metric", "explanation", "error", "provider", "holdout"):
         if col in df.columns:
             df[col] = df[col].astype(object).where(df[col].notna(), None)
     for col in ("n_examples", "n_failed"):
@@ -280,7 +287,16 @@ SUMMARY_INPUTS = [
     "judge_kind",
     "controlled",
     "answers",
+    "holdout",
 ]
+
+
+def _holdout_text(values: pd.Series) -> str | None:
+    """The summary's ``holdout``: the one status of a scorer's latents, else each status with its count."""
+    counts = values.dropna().value_counts()
+    if len(counts) <= 1:
+        return str(counts.index[0]) if len(counts) else None
+    return ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
 
 
 def summary_from_rows(rows: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
@@ -329,6 +345,7 @@ def summary_from_rows(rows: pd.DataFrame, confidence: float = 0.95) -> pd.DataFr
                 "identical_answers": None if check is None else check.identical_answers,
                 "judge_ok": None if check is None else check.can_tell,
                 "judge_check": None if check is None else judge_sentence(check, kinds.get(str(name), "llm")),
+                "holdout": _holdout_text(group["holdout"]) if "holdout" in group.columns else None,
             }
         )
     return pd.DataFrame(out, columns=SUMMARY_COLUMNS)

@@ -1,7 +1,9 @@
 """The "neuronpedia" explainer: explanations already on Neuronpedia, looked up from a downloaded export.
 
 No LLM is called: it turns Neuronpedia explanation files (a bulk dataset's ``explanations/`` folder) into :class:`Explanation` objects, so that
-Neuronpedia's explanations go through the same scorers, on the same examples, as your own explainers'::
+Neuronpedia's explanations go through the same scorers, on the same test examples, as your own explainers'
+(recorded with ``holdout="unknown"``: which examples Neuronpedia's explainer read is not known, so the test may
+include them)::
 
     sae.autointerp.run(model, data, latents=range(100), explainer="neuronpedia",
                        explainer_kwargs={"path": "explanations/", "neuronpedia_id": "gpt2-small/8-res-jb",
@@ -24,6 +26,9 @@ from .formats import iter_neuronpedia, split_neuronpedia_id
 class NeuronpediaExplainer:
     name = "neuronpedia"
     needs_llm = False  # a lookup: no LLM client is created for it
+    #: written on Neuronpedia from its own examples: what they were is unknown, so the run records
+    #: holdout="unknown" (never presented as held out from this run's test)
+    sees_examples = False
 
     def __init__(
         self,

@@ -64,6 +64,10 @@ def test_score_neuronpedia_explanations_then_export(model, sae, store, latents, 
     assert by_latent[latents[0]]["explanation"]["text"] == "Python keywords"
     assert by_latent[latents[0]]["explanation"]["raw"] == "oai_token-act-pair by gpt-4o-mini"
     assert by_latent[latents[0]]["scores"]["detection"]["n_examples"] == 8
+    # Neuronpedia's explainer read examples nobody recorded: never presented as held out
+    assert by_latent[latents[0]]["holdout"] == "unknown" and by_latent[latents[0]]["examples"]["explain"] == []
+    assert by_latent[latents[0]]["explanation"]["shown_spans"] is None
+    assert set(result.table["holdout"]) == {"unknown"}
     missing = by_latent[latents[2]]  # only the other SAE explains it
     assert missing["explanation"]["failed"] and "no Neuronpedia explanation" in missing["explanation"]["error"]
     assert (
