@@ -219,6 +219,38 @@ def fake_mark_count(positive_activations: Sequence[Sequence[float]]) -> int:
     return math.ceil(sum(counts) / len(counts))
 
 
+def fake_marks(
+    activations: Sequence[float],
+    n_marks: int,
+    rng: np.random.Generator,
+    *,
+    compat: bool,
+    threshold: float = 0.3,
+) -> np.ndarray | None:
+    """``n_marks`` scattered fake marks (a mask) on tokens at or below ``threshold`` x the example's maximum: at
+    random (``rng``), or, with ``compat``, where delphi 0.1.3 puts them (seed 22, the fixed position; see the
+    module docstring; None where delphi shows its ``DEFAULT_MESSAGE`` instead of the example)."""
+    acts = np.asarray(activations, dtype=np.float32)
+    below = np.flatnonzero(acts <= _threshold(acts, threshold)) if acts.size else np.zeros(0, dtype=np.int64)
+    n = min(n_marks, below.size)
+    mask = np.zeros(acts.size, dtype=bool)
+    if not compat:
+        mask[rng.choice(below, size=n, replace=False) if n else []] = True
+        return mask
+    if below.size == 1:  # delphi squeezes the index tensor to 0-d and takes that for "no token below"
+        return None
+    draw = random.Random(COMPAT_SEED)  # the positions of delphi's random.seed(22), without the global reseed
+    candidates = below.tolist()
+    fixed = acts.size - acts.size // 4  # delphi's "# TODO: This is wrong": always one mark there
+    if fixed in candidates:
+        candidates.remove(fixed)
+        picked = [fixed, *(draw.sample(candidates, n - 1) if n > 1 else [])]
+    else:
+        picked = draw.sample(candidates, n)
+    mask[picked] = True
+    return mask
+
+
 def fake_text(
     tokens: Sequence[str],
     activations: Sequence[float],
@@ -228,29 +260,9 @@ def fake_text(
     compat: bool,
     threshold: float = 0.3,
 ) -> str:
-    """A non-activating example with ``n_marks`` scattered fake marks on tokens at or below ``threshold`` x its
-    maximum: at random (``rng``), or, with ``compat``, where delphi 0.1.3 puts them (seed 22, the fixed
-    position; see the module docstring)."""
-    acts = np.asarray(activations, dtype=np.float32)
-    below = np.flatnonzero(acts <= _threshold(acts, threshold)) if acts.size else np.zeros(0, dtype=np.int64)
-    n = min(n_marks, below.size)
-    if not compat:
-        chosen = rng.choice(below, size=n, replace=False) if n else np.zeros(0, dtype=np.int64)
-        mask = np.zeros(len(tokens), dtype=bool)
-        mask[chosen] = True
-        return marked_text(tokens, mask)
-    if below.size == 1:  # delphi squeezes the index tensor to 0-d and takes that for "no token below"
-        return DEFAULT_MESSAGE
-    draw = random.Random(COMPAT_SEED)  # the positions of delphi's random.seed(22), without the global reseed
-    candidates = below.tolist()
-    fixed = len(tokens) - len(tokens) // 4  # delphi's "# TODO: This is wrong": always one mark there
-    if fixed in candidates:
-        candidates.remove(fixed)
-        picked = [fixed, *(draw.sample(candidates, n - 1) if n > 1 else [])]
-    else:
-        picked = draw.sample(candidates, n)
-    chosen_set = set(picked)
-    return marked_text(tokens, [i in chosen_set for i in range(len(tokens))])
+    """A non-activating example shown with its :func:`fake_marks`."""
+    mask = fake_marks(activations, n_marks, rng, compat=compat, threshold=threshold)
+    return DEFAULT_MESSAGE if mask is None else marked_text(tokens, mask)
 
 
 def parse_answer(text: str | None, n: int, *, compat: bool) -> list[bool] | None:
@@ -285,4 +297,3 @@ def answer_probabilities(logprobs: Sequence[TokenLogprob] | None, n: int) -> lis
         p1 = sum(math.exp(lp) for t, lp in tok.top_logprobs.items() if "0" not in t and "1" in t)
         probs.append(p1 / (p0 + p1) if p0 + p1 > 0 else 0.0)
     return probs if len(probs) == n else None
-
