@@ -35,6 +35,10 @@ et al. 2021): one extra request per latent asks about a content-free excerpt ("N
 explanation; dividing both classes' probabilities by the content-free ones means answering 1 exactly when
 P("1") >= P_cf("1"). ``balanced_accuracy_calibrated`` (with its interval) is reported next to the raw
 ``balanced_accuracy``, which stays the headline.
+
+``protocol="delphi"`` (detection and fuzzing): delphi's prompts, 5 examples per prompt, its answer reading
+and its fake-mark count, so the number compares with delphi's; ``protocol="delphi-compat"`` also reproduces
+delphi 0.1.3's known bugs. What each does and does not match is in :mod:`.delphi_protocol`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..llm.base import classify_all
 from ..llm.types import ClassifyResult
 from ..metrics import binary_metrics
@@ -51,6 +56,7 @@ from ..numeric import finite
 from ..records import Context, Explanation, ScorerOutput, template_id
 from ..sampling import LatentSample, latent_rng
 from ..text import active_mask, highlight
+from . import delphi_protocol
 from .common import digit_probabilities, map_bounded, parse_binary_list
 
 SYSTEM = "Judge excerpts against a neuron description."  # short: it is sent with every example
@@ -79,14 +85,24 @@ class ClassificationScorer:
     needs_explanation = True
     question_one = ""
     question_many = ""
+    #: which of delphi's prompts this scorer sends under ``protocol="delphi"`` (None: no delphi protocol)
+    delphi_kind: delphi_protocol.Kind | None = None
 
     def __init__(
         self,
-        examples_per_prompt: int = 1,
+        examples_per_prompt: int | None = None,
         highlight_threshold: float = 0.3,
         concurrency: int = 8,
         calibrate: bool = True,
+        protocol: str = "ours",
     ) -> None:
+        self.protocol = delphi_protocol.check_protocol(protocol, self.name)
+        if self.protocol != "ours" and self.delphi_kind is None:
+            raise ConfigError(
+                f"{self.name}: protocol={protocol!r} exists for detection and fuzzing only; drop protocol"
+            )
+        if examples_per_prompt is None:  # one per prompt is ours; delphi sends 5
+            examples_per_prompt = 1 if self.protocol == "ours" else delphi_protocol.EXAMPLES_PER_PROMPT
         if not isinstance(examples_per_prompt, int) or examples_per_prompt < 1:
             raise ValueError("examples_per_prompt must be an integer >= 1")
         self.examples_per_prompt = examples_per_prompt
@@ -100,12 +116,15 @@ class ClassificationScorer:
             self.question_many,
             str(examples_per_prompt),
             CONTENT_FREE if calibrate else "",
+            *([] if self.protocol == "ours" else [self.protocol, str(self.messages("{explanation}", ["{example}"]))]),
         )
 
     def items(self, sample: LatentSample, ctx: Context, rng: np.random.Generator) -> list[Item]:
         raise NotImplementedError
 
     def messages(self, explanation: str, texts: list[str]) -> list[dict[str, str]]:
+        if self.delphi_kind is not None and self.protocol != "ours":
+            return delphi_protocol.messages(self.delphi_kind, explanation, texts)
         if len(texts) == 1:
             body = f"Description: {explanation}\n\nExcerpt: {texts[0]}\n\n{self.question_one}"
         else:
@@ -120,6 +139,8 @@ class ClassificationScorer:
         source = None
         error = None
         assert ctx.llm is not None
+        if self.protocol != "ours":
+            return await self._judge_delphi(ctx, latent, messages, batch)
         if len(batch) == 1:
             res = await ctx.llm.classify(messages, choices=("0", "1"), stage=self.name, latent=latent)
             return [_one_prediction(batch[0], res)]
@@ -154,18 +175,32 @@ class ClassificationScorer:
                     ),
                 },
             ]
-        return [
-            {
-                "token_id": it.token_id,
-                "label": it.label,
-                "quantile": it.quantile,
-                "prediction": None if preds is None else bool(preds[i]),
-                "probability": None if preds is None or probs[i] is None else float(probs[i]),  # type: ignore[arg-type]
-                "prob_source": None if preds is None else source,
-                "error": None if preds is not None else error,
-            }
-            for i, it in enumerate(batch)
-        ]
+        return _batch_predictions(batch, preds, probs, source, error)
+
+    async def _judge_delphi(
+        self, ctx: Context, latent: int, messages: list[dict[str, str]], batch: list[Item]
+    ) -> list[dict[str, Any]]:
+        """One request per batch, read as delphi reads it; an unreadable answer fails the batch, no retry."""
+        assert ctx.llm is not None
+        compat = self.protocol == "delphi-compat"
+        n = self.examples_per_prompt if compat else len(batch)  # delphi wants a full list even for a short batch
+        resp = await ctx.llm.chat(
+            messages,
+            max_tokens=delphi_protocol.ANSWER_MAX_TOKENS,
+            logprobs=True,
+            top_logprobs=5,
+            stage=self.name,
+            latent=latent,
+            temperature=0.0,
+        )
+        if resp.refused:
+            return _batch_predictions(batch, None, [], None, f"refused: {resp.refusal or resp.finish_reason}")
+        preds = delphi_protocol.parse_answer(resp.text, n, compat=compat)
+        if preds is None:
+            return _batch_predictions(batch, None, [], None, f"unparseable answer: {resp.text[:80]!r}")
+        graded = delphi_protocol.answer_probabilities(resp.logprobs, n)
+        probs: list[float | None] = list(graded) if graded is not None else [None] * n
+        return _batch_predictions(batch, preds, probs, "one-hot" if graded is None else "top_logprobs", None)
 
     async def _content_free(self, ctx: Context, latent: int, explanation: str) -> tuple[float | None, str | None]:
         """P_cf("1") for a content-free excerpt under this explanation, or (None, why not)."""
@@ -195,7 +230,9 @@ class ClassificationScorer:
         # Transport errors (and the budget) propagate once every request has finished: what was answered is
         # in the response cache, and the latent is redone, not scored from a partial set of answers.
         predictions: list[dict[str, Any]]
-        if k == 1:  # one classification per example: all of them at once, for backends that take a batch
+        if (
+            k == 1 and self.protocol == "ours"
+        ):  # one classification per example: all of them at once, for backends that take a batch
             prompts = [self.messages(explanation.text, [it.text]) for it in items]
             answers = await classify_all(
                 ctx.llm, prompts, ("0", "1"), stage=self.name, latent=sample.latent, concurrency=self.concurrency
@@ -209,7 +246,9 @@ class ClassificationScorer:
         answered = [p["prediction"] for p in predictions]
         graded = [p["probability"] for p in predictions]
         content_free = None
-        if self.calibrate and k == 1 and any(g is not None for g in graded):  # no use for one-hot answers
+        if (
+            self.calibrate and k == 1 and self.protocol == "ours" and any(g is not None for g in graded)
+        ):  # no use for one-hot answers
             content_free = await self._content_free(ctx, sample.latent, explanation.text)
         metrics_obj = binary_metrics(
             labels, answered, graded, rng=latent_rng(ctx.seed, sample.latent, self.name + "/ci")
@@ -217,6 +256,7 @@ class ClassificationScorer:
         metrics = metrics_obj.to_dict()
         sources = sorted({p["prob_source"] for p in predictions if p["prob_source"]})
         metrics["prob_sources"] = sources
+        metrics["protocol"] = self.protocol
         if metrics_obj.n_answered and metrics_obj.n_auc == 0:
             metrics["notes"] = "; ".join(
                 filter(
@@ -247,7 +287,9 @@ class ClassificationScorer:
     ) -> dict[str, Any]:
         if content_free is None:
             why = (
-                "needs one example per prompt"
+                f"protocol={self.protocol!r} asks for a list, not one next token"
+                if self.protocol != "ours"
+                else "needs one example per prompt"
                 if self.examples_per_prompt > 1
                 else "calibrate=False"
                 if not self.calibrate
@@ -267,6 +309,24 @@ class ClassificationScorer:
             "calibration_threshold": float(threshold),
             "calibration": f"contextual: answer 1 when P('1') >= P('1' | excerpt {CONTENT_FREE!r})",
         }
+
+
+def _batch_predictions(
+    batch: list[Item], preds: list[bool] | None, probs: list[float | None], source: str | None, error: str | None
+) -> list[dict[str, Any]]:
+    """The predictions of a batch from its answer's predictions (None: the batch failed, with ``error``)."""
+    return [
+        {
+            "token_id": it.token_id,
+            "label": it.label,
+            "quantile": it.quantile,
+            "prediction": None if preds is None else bool(preds[i]),
+            "probability": None if preds is None or probs[i] is None else float(probs[i]),  # type: ignore[arg-type]
+            "prob_source": None if preds is None else source,
+            "error": None if preds is not None else error,
+        }
+        for i, it in enumerate(batch)
+    ]
 
 
 def _one_prediction(it: Item, res: ClassifyResult) -> dict[str, Any]:
@@ -290,6 +350,7 @@ def _one_prediction(it: Item, res: ClassifyResult) -> dict[str, Any]:
 
 class DetectionScorer(ClassificationScorer):
     name = "detection"
+    delphi_kind = "detection"
     question_one = "Does the neuron fire in this excerpt? Answer 1 for yes or 0 for no.\nAnswer:"
     question_many = (
         "For each excerpt, does the neuron fire somewhere in it? Reply with only a list of {n} digits, "
@@ -299,8 +360,10 @@ class DetectionScorer(ClassificationScorer):
     def items(self, sample: LatentSample, ctx: Context, rng: np.random.Generator) -> list[Item]:
         examples = sample.test
         texts = ctx.renderer.texts(examples)  # render(ex).text: only the tokens are shown here, never the activations
+        if self.protocol == "ours":  # delphi shows newlines as they are
+            texts = [text.replace("\n", "\\n") for text in texts]
         return [
-            Item(text.replace("\n", "\\n"), bool(ex.extra.get("label")), ex.token_id, ex.extra.get("quantile"))
+            Item(text, bool(ex.extra.get("label")), ex.token_id, ex.extra.get("quantile"))
             for ex, text in zip(examples, texts)
         ]
 
@@ -319,10 +382,13 @@ class FuzzingScorer(ClassificationScorer):
     """The paper's fuzzing: true marks on activating examples vs random marks on non-activating ones."""
 
     name = "fuzzing"
+    delphi_kind = "fuzzing"
     question_one = FUZZ_QUESTION_ONE
     question_many = FUZZ_QUESTION_MANY
 
     def items(self, sample: LatentSample, ctx: Context, rng: np.random.Generator) -> list[Item]:
+        if self.protocol != "ours":
+            return self._delphi_items(sample, ctx, rng)
         out, shapes = [], []
         for ex, r in zip(sample.test_pos, ctx.renderer.render_many(sample.test_pos)):
             marked = active_mask(r, self.highlight_threshold)
@@ -332,6 +398,26 @@ class FuzzingScorer(ClassificationScorer):
             shape = shapes[rng.integers(len(shapes))] if shapes else np.zeros(1, dtype=np.int64)
             fake = moved_marks(shape, np.ones(len(r.tokens), dtype=bool), rng)
             out.append(Item(highlight(r.tokens, fake), False, ex.token_id, r.quantile))
+        return out
+
+    def _delphi_items(self, sample: LatentSample, ctx: Context, rng: np.random.Generator) -> list[Item]:
+        """delphi's fuzzing examples: true marks, and ceil(mean non-zero count) scattered fake marks."""
+        thr = self.highlight_threshold
+        positives = ctx.renderer.render_many(sample.test_pos)
+        n_marks = delphi_protocol.fake_mark_count([r.activations for r in positives])
+        out = [
+            Item(
+                delphi_protocol.marked_text(r.tokens, delphi_protocol.true_marks(r.activations, thr)),
+                True,
+                ex.token_id,
+                r.quantile,
+            )
+            for ex, r in zip(sample.test_pos, positives)
+        ]
+        compat = self.protocol == "delphi-compat"
+        for ex, r in zip(sample.test_neg, ctx.renderer.render_many(sample.test_neg)):
+            text = delphi_protocol.fake_text(r.tokens, r.activations, n_marks, rng, compat=compat, threshold=thr)
+            out.append(Item(text, False, ex.token_id, r.quantile))
         return out
 
 
