@@ -9,7 +9,8 @@ similarity of the three embedded SAEs on neighbouring layers.
    same number of latents drawn uniformly among each basis's eligible latents. Scorers: ``embedding`` (no LLM
    judge) and ``detection`` with the embedded 135M judge, whose judge check says whether it can tell.
 2. ``sai.similarity``: the SAEs at blocks 2, 3 and 4 matched pairwise (Hungarian algorithm) by decoder cosine
-   and by activation correlation on shared tokens, each against random pairs; then the matched latents'
+   (against its matched null: the same matching against random directions) and by activation correlation on
+   shared tokens, each also against random pairs; then the matched latents'
    ``top-tokens`` explanations compared by embedding cosine against random pairs (Paulo et al. 2024 report
    adjacent residual layers as highly similar).
 
@@ -106,7 +107,12 @@ def part_similarity(args: argparse.Namespace) -> None:
             rand = matrix({p: float(m.baseline.mean()) for p, m in found.items()}, float("nan"))
             print(f"\n== latent similarity by {method} (matched pairs, mean) [{time.perf_counter() - t:.0f} s] ==")
             print(matched.to_string())
-            print(f"-- random pairs, same latents --\n{rand.to_string()}")
+            if method == "decoder":  # the null of a maximising matching: the same matching against random directions
+                null = matrix({p: m.null_mean for p, m in found.items()}, float("nan"))
+                print(f"-- matched null (A against Gaussian random directions) --\n{null.to_string()}")
+            else:
+                print("-- no matched null for activations (match against a random SAE's activations for one) --")
+            print(f"-- random pairs, same latents (not the null of a matching) --\n{rand.to_string()}")
             similarity.heatmap(matched).write_html(out / f"similarity-{method}.html", include_plotlyjs=True)
         # explanations of every latent that can be sampled, by the LLM-free top-tokens explainer
         explanations = {}

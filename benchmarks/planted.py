@@ -5,6 +5,9 @@ Planted SAE (sae_lens_autointerp.planted): latents that fire exactly on month na
 latent's; a scorer "wins" on a latent when the true explanation scores higher.
 
 Run:  python benchmarks/planted.py [--llm local] [--scorers detection,fuzzing,simulation] [--n-test 10]
+      python benchmarks/planted.py --scorers embedding,surprisal     # the LLM-free scorers README quotes
+Prints one JSON row per feature and scorer, then per scorer the wins and each feature's true score against the
+range of the mismatched scores.
 """
 
 from __future__ import annotations
@@ -90,6 +93,15 @@ def main() -> None:
         if s in ("detection", "fuzzing"):
             line += f", {auc_wins[s]}/{trials[s]} by AUC of P('1')"
         print(line)
+        # the numbers README quotes: each feature's true score against the mismatched ones' range
+        mine = [r for r in rows if r["scorer"] == s]
+        true = " / ".join(f"{r['feature']} {_fmt(r['true'])}" for r in mine)
+        other = [r["mismatched"] for r in mine if r["mismatched"] is not None]
+        print(f"{'':>14}true {true}; mismatched {_fmt(min(other, default=None))}-{_fmt(max(other, default=None))}")
+
+
+def _fmt(x) -> str:  # type: ignore[no-untyped-def]
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def _gt(a, b) -> bool:  # type: ignore[no-untyped-def]

@@ -12,6 +12,10 @@ hook (``hook_name_out``). By default the latent is removed at every position of 
 tokens (BOS; where the harvest never looked), so attention from later tokens no longer sees it either;
 ``positions="peak"`` removes it at the peak only.
 
+Contexts that share a token with a held-out window (``avoid``: the output explainer passes its sample's test
+windows) are skipped, and the next ones taken, so the evidence an explainer reads never came from the text the
+scorers test it on; how many were skipped is ``n_excluded``.
+
 The *effect* on token ``t`` is ``clean - ablated`` of its next-token log-probability (``measure="logprob"``, the
 default; or its logit, ``"logit"``) at the peak position, averaged over the contexts. A positive effect means
 the latent raises the token: ``promoted`` lists the largest, ``suppressed`` the most negative. Next to it,
@@ -22,7 +26,7 @@ every downstream layer and only the contexts the latent actually fires in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +34,7 @@ import torch
 
 from .errors import ConfigError
 from .harvest.store import LatentStore
+from .spans import SpanSet
 from .steering import Steerer, promoted_tokens
 from .subjects import as_subject
 from .text import Renderer
@@ -59,6 +64,7 @@ class AblationEffects:
     context_ids: list[int] = field(default_factory=list)  # global token id of each context's peak
     tokens_processed: int = 0
     direct_error: str | None = None
+    n_excluded: int = 0  # contexts skipped for sharing a token with a held-out window
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +80,7 @@ class AblationEffects:
             "context_ids": list(self.context_ids),
             "tokens_processed": self.tokens_processed,
             "direct_error": self.direct_error,
+            "n_excluded": self.n_excluded,
         }
 
 
@@ -185,25 +192,39 @@ class Ablator:
 
 
 def contexts_of(
-    store: LatentStore, latent: int, n: int, source: str = "top"
+    store: LatentStore, latent: int, n: int, source: str = "top", avoid: Iterable[tuple[int, int]] = ()
 ) -> tuple[list[list[int]], list[int], list[int]]:
     """Up to ``n`` activating contexts of ``latent`` from the store: (token rows from the sequence start to the
     peak inclusive, the peak's index in each row, the peak's global token id). ``source``: ``"top"`` (the most
-    activating examples) or ``"stratified"`` (the uniform sample over the activation distribution)."""
+    activating examples) or ``"stratified"`` (the uniform sample over the activation distribution). A context
+    sharing a token with a span of ``avoid`` (global token ids ``[start, end)``) is skipped."""
+    return _contexts(store, latent, n, source, avoid)[:3]
+
+
+def _contexts(
+    store: LatentStore, latent: int, n: int, source: str, avoid: Iterable[tuple[int, int]]
+) -> tuple[list[list[int]], list[int], list[int], int]:
+    """:func:`contexts_of` and how many contexts ``avoid`` excluded."""
     if source not in ("top", "stratified"):
         raise ConfigError(f"source must be 'top' or 'stratified', got {source!r}")
     examples = store.top_examples(latent) if source == "top" else store.stratified_examples(latent)
     ctx = store.settings.ctx_len
-    rows, peaks, ids = [], [], []
-    for example in examples[:n]:
+    held_out = SpanSet(avoid)
+    rows, peaks, ids, excluded = [], [], [], 0
+    for example in examples:
+        if len(rows) == n:
+            break
         seq, pos = divmod(example.token_id, ctx)
+        if held_out.overlaps(seq * ctx, seq * ctx + pos + 1):  # the context runs from the sequence start
+            excluded += 1
+            continue
         row = [int(t) for t in store.tokens[seq, : pos + 1]]
         if any(t < 0 for t in row):
             continue  # never for a harvested peak: padding only follows a sequence's real tokens
         rows.append(row)
         peaks.append(pos)
         ids.append(example.token_id)
-    return rows, peaks, ids
+    return rows, peaks, ids, excluded
 
 
 def ablation_effects(
@@ -218,9 +239,11 @@ def ablation_effects(
     measure: Measure = "logprob",
     positions: Positions = "all",
     batch_size: int = 8,
+    avoid: Iterable[tuple[int, int]] = (),
 ) -> AblationEffects:
     """The ``k`` tokens ``latent`` promotes and suppresses most at its peaks, by ablation on up to ``n_contexts``
-    of its activating contexts in ``store`` (see the module docstring), with the unembedding view beside it."""
+    of its activating contexts in ``store`` that share no token with a span of ``avoid`` (see the module
+    docstring), with the unembedding view beside it."""
     latent = store.check_latent(latent)
     if store.d_sae != int(sae.cfg.d_sae):
         raise ConfigError(f"the store has d_sae={store.d_sae} but the SAE has {sae.cfg.d_sae}")
@@ -233,9 +256,11 @@ def ablation_effects(
         direct = [(t, piece(t), s) for t, s in promoted_tokens(model, sae, latent, k)]
     except ConfigError as exc:  # no direct path to the logits (a per-head SAE, an SAE not on the residual)
         direct_error = str(exc)
-    rows, peaks, ids = contexts_of(store, latent, n_contexts, source)
+    rows, peaks, ids, excluded = _contexts(store, latent, n_contexts, source, avoid)
     if not rows:
-        return AblationEffects(latent, measure, positions, [], [], direct, 0, direct_error=direct_error)
+        return AblationEffects(
+            latent, measure, positions, [], [], direct, 0, direct_error=direct_error, n_excluded=excluded
+        )
     ablator = Ablator(model, sae)
     effects, acts, kls = ablator.run(rows, peaks, latent, measure=measure, positions=positions, batch_size=batch_size)
     mean = effects.mean(0)
@@ -253,4 +278,5 @@ def ablation_effects(
         context_ids=ids,
         tokens_processed=ablator.tokens_processed,
         direct_error=direct_error,
+        n_excluded=excluded,
     )

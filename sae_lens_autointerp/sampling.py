@@ -366,9 +366,13 @@ def activating_spans(store: LatentStore, latent: int) -> SpanSet:
 def quantile_shares(sizes: list[int], config: SamplingConfig) -> tuple[list[int], list[int]]:
     """How many examples of each quantile (of ``sizes``) the explainer and the test take. A small quantile
     cannot give both sides their share: it is split in proportion, so that rare latents still get test
-    examples (and the explainer never takes all of them)."""
-    per_explain = _spread(config.n_explain, config.n_quantiles)
+    examples (and the explainer never takes all of them). When the explainer does not draw from the
+    quantiles ("top", "random") it takes no share here, and the test may take a whole quantile."""
     per_test = _spread(config.n_test_pos, config.n_quantiles)
+    if config.explain_strategy != "quantiles":
+        # the explainer's windows come from elsewhere; the hold-out removes any that overlap afterwards
+        return [0] * config.n_quantiles, [min(want, size) for want, size in zip(per_test, sizes)]
+    per_explain = _spread(config.n_explain, config.n_quantiles)
     for q, size in enumerate(sizes):
         want = per_explain[q] + per_test[q]
         if size < want and want > 0:

@@ -5,6 +5,8 @@ explainer shows the ablated tokens."""
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import copy
 
 import pytest
@@ -18,6 +20,7 @@ from sae_lens_autointerp.explainers.output_side import ABLATION_PROMOTED, Output
 from sae_lens_autointerp.harvest.model import ModelAdapter, model_lock
 from sae_lens_autointerp.records import Context
 from sae_lens_autointerp.sampling import SamplingConfig, sample_latent
+from sae_lens_autointerp.spans import SpanSet
 from sae_lens_autointerp.subjects import as_subject
 from sae_lens_autointerp.text import Renderer
 
@@ -157,3 +160,42 @@ def test_output_explainer_shows_ablation_evidence(bridge_model, embedded_sae, st
     assert ABLATION_PROMOTED in user and repr(evidence["ablation_promoted"][0][1]) in user
     no_direct = {**evidence, "promoted": []}
     assert evidence["ablation_promoted"][0][1].strip() in OutputExplainer.template(no_direct)
+
+
+def test_ablation_contexts_skip_the_test_windows(bridge_model, embedded_sae, store, latent):
+    """A context runs from its sequence's start to the peak; one that shares a token with a test window (positive
+    or negative) is skipped and counted, and the next one taken."""
+    ctx_len = store.settings.ctx_len
+    sample = sample_latent(store, latent, SamplingConfig(n_explain=4, n_test_pos=2, n_test_neg=2, n_quantiles=2))
+    spans = [e.span(ctx_len) for e in sample.test]
+    held_out = SpanSet(spans)
+
+    def touches(token_id: int) -> bool:
+        start = token_id // ctx_len * ctx_len
+        return held_out.overlaps(start, token_id + 1)
+
+    unrestricted = contexts_of(store, latent, 4)[2]
+    assert sum(map(touches, unrestricted)) >= 1  # without the rule, a test window's text feeds the evidence
+    ids = contexts_of(store, latent, 4, avoid=spans)[2]
+    assert len(ids) == 4 and not any(map(touches, ids))
+    result = ablation_effects(embedded_sae, bridge_model, store, latent, k=4, n_contexts=4, avoid=spans)
+    assert result.context_ids == ids and result.n_excluded == sum(map(touches, unrestricted + ids))
+
+
+def test_output_explainer_evidence_excludes_its_test_windows(bridge_model, embedded_sae, store, latent):
+    """Through ``explain()``: the ablation evidence (recorded in the template explanation's ``raw``) is the one
+    computed without the sample's test windows, not the one on the top contexts as they come."""
+    explainer = OutputExplainer(steer=False, ablation=True, n_ablation_contexts=4, n_tokens=4, use_llm=False)
+    ctx = Context(
+        llm=None, renderer=Renderer(bridge_model.tokenizer), store=store, seed=0, sae=embedded_sae, model=bridge_model
+    )
+    sample = sample_latent(store, latent, SamplingConfig(n_explain=4, n_test_pos=2, n_test_neg=2, n_quantiles=2))
+    spans = [e.span(store.settings.ctx_len) for e in sample.test]
+    explanation = asyncio.run(explainer.explain(sample, ctx))
+    shown = ast.literal_eval(explanation.raw)["ablation_promoted"]
+    held = ablation_effects(embedded_sae, bridge_model, store, latent, k=4, n_contexts=4, avoid=spans)
+    every = ablation_effects(embedded_sae, bridge_model, store, latent, k=4, n_contexts=4)
+    assert held.n_excluded >= 1 and held.context_ids != every.context_ids
+    assert shown == held.promoted != every.promoted
+    evidence = explainer.evidence(latent, ctx, spans)
+    assert evidence["ablation_excluded"] == held.n_excluded and evidence["ablation_context_ids"] == held.context_ids

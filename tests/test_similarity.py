@@ -167,6 +167,24 @@ def test_decoder_self_similarity_is_one_and_random_directions_are_near_chance(em
     assert rnd.mean < 0.2 < 0.99 < own.mean
 
 
+def test_the_matched_null_is_a_matching_against_random_directions(embedded_sae, shuffled_sae) -> None:
+    """Between unrelated SAEs the Hungarian mean sits at the matched null (measured 0.137), far above random pairs
+    (0.001): the null of a matched mean is a matching, and the reported difference is to it."""
+    unrelated = match_latents(embedded_sae, random_directions(seed=3))
+    assert len(unrelated.null) == D_SAE and 0.1 < unrelated.null_mean < 0.2
+    assert abs(unrelated.mean - unrelated.null_mean) < 0.01 < unrelated.mean - unrelated.baseline_mean - 0.1
+    summary = match_latents(embedded_sae, shuffled_sae).summary()
+    assert summary["null_mean"] == pytest.approx(unrelated.null_mean) and summary["mean"] > 0.99
+    assert "matched null 0.1" in repr(unrelated)
+    assert match_latents(embedded_sae, shuffled_sae, matched_null=False).null.size == 0
+    small = subset_copy(embedded_sae, torch.arange(256))
+    saes = [small, random_directions(seed=4, d_sae=256)]
+    difference = similarity_matrix(saes, statistic="difference").iloc[0, 1]
+    assert abs(difference) < 0.02  # matched minus random pairs would read the whole selection effect
+    with pytest.raises(ConfigError, match="matched null"):
+        similarity_matrix(saes, method="activations", statistic="difference")
+
+
 def test_decoder_matching_is_rectangular(embedded_sae) -> None:
     chosen = torch.randperm(D_SAE, generator=torch.Generator().manual_seed(1))[:300]
     small = subset_copy(embedded_sae, chosen)
@@ -410,7 +428,7 @@ def test_similarity_matrix_and_heatmap(embedded_sae) -> None:
     assert values[0, 1] == pytest.approx(1.0, abs=1e-9) and values[0, 2] < 0.2 and values[1, 2] < 0.2
     adjacent = similarity_matrix(list(saes.values()), adjacent_only=True, statistic="difference")
     assert list(adjacent.index) == ["0", "1", "2"]  # the hook names coincide: positions
-    assert np.isnan(adjacent.iloc[0, 2]) and adjacent.iloc[0, 1] > 0.9
+    assert np.isnan(adjacent.iloc[0, 2]) and adjacent.iloc[0, 1] > 0.8  # 1 minus the matched null
     fig = heatmap(frame)
     np.testing.assert_allclose(np.asarray(fig.data[0].z, dtype=float), values)
     assert "latent similarity" in fig.layout.title.text

@@ -12,7 +12,8 @@ Two kinds of evidence, both computed from the model and the SAE (no activating e
 - *ablated tokens* (``ablation=True``): on up to ``n_ablation_contexts`` of the latent's top activating contexts
   from the store, the tokens whose next-token log-probability at the peak falls most when the latent is
   removed from the SAE reconstruction (error term kept), and those that rise most (see ``ablation.py``). This is
-  what the latent does where it actually fires.
+  what the latent does where it actually fires. Contexts that share a token with the sample's test windows are
+  skipped (the next ones are taken), so the scorers never test on text the evidence came from.
 
 ``"output"`` shows only these to the LLM; ``"output+examples"`` also shows the activating examples (marked
 ``<<like this>>``, as the default explainer does). The answer is parsed like the LLM explainers' (last
@@ -25,6 +26,7 @@ usage under stage ``"explain"`` (model = the subject model).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 from ..ablation import ablation_effects
@@ -79,13 +81,14 @@ class OutputExplainer:
         self.ablation, self.n_ablation_contexts = ablation, n_ablation_contexts
         parts = [SYSTEM, SYSTEM_EXAMPLES, ANSWER_FORMAT, self.name, str(n_tokens), str(steer)]
         if ablation:  # prompts without ablation keep their ids
-            parts += [ABLATION_PROMOTED, ABLATION_SUPPRESSED, f"ablation:{n_ablation_contexts}"]
+            parts += [ABLATION_PROMOTED, ABLATION_SUPPRESSED, f"ablation:{n_ablation_contexts}:held-out"]
         self.prompt_id = template_id(*parts)
 
     # ------------------------------------------------------------------ evidence
 
-    def evidence(self, latent: int, ctx: Context) -> dict[str, Any]:
-        """Promoted and steered tokens (ids, strings, scores), the calibration, and the tokens processed."""
+    def evidence(self, latent: int, ctx: Context, avoid: Iterable[tuple[int, int]] = ()) -> dict[str, Any]:
+        """Promoted and steered tokens (ids, strings, scores), the calibration, and the tokens processed;
+        ablation contexts share no token with a span of ``avoid`` (the test windows)."""
         if ctx.model is None or ctx.sae is None:
             raise ValueError(f"the {self.name} explainer needs the model and the SAE (pass model= to explain/run)")
         piece = ctx.renderer.piece
@@ -113,11 +116,13 @@ class OutputExplainer:
             if ctx.store is None:
                 raise ValueError(f"the {self.name} explainer with ablation=True needs the store (its contexts)")
             effects = ablation_effects(
-                ctx.sae, ctx.model, ctx.store, latent, self.n_tokens, n_contexts=self.n_ablation_contexts
+                ctx.sae, ctx.model, ctx.store, latent, self.n_tokens, n_contexts=self.n_ablation_contexts, avoid=avoid
             )
             out["ablation_promoted"] = effects.promoted if effects.n_contexts else []
             out["ablation_suppressed"] = effects.suppressed if effects.n_contexts else []
             out["ablation_contexts"] = effects.n_contexts
+            out["ablation_context_ids"] = effects.context_ids
+            out["ablation_excluded"] = effects.n_excluded
             out["tokens_processed"] += effects.tokens_processed
         return out
 
@@ -160,7 +165,8 @@ class OutputExplainer:
     # ------------------------------------------------------------------ explainer protocol
 
     async def explain(self, sample: LatentSample, ctx: Context) -> Explanation:
-        evidence = await asyncio.to_thread(self.evidence, sample.latent, ctx)
+        test_spans = [e.span(ctx.store.settings.ctx_len) for e in sample.test] if ctx.store is not None else []
+        evidence = await asyncio.to_thread(self.evidence, sample.latent, ctx, test_spans)
         record_usage(ctx, model_name(ctx.model), "explain", sample.latent, evidence["tokens_processed"])
         shown = tuple(e.token_id for e in sample.explain[: self.n_examples]) if self.with_examples else ()
         if not evidence["promoted"] and not evidence["steered"] and not evidence.get("ablation_promoted"):

@@ -111,7 +111,9 @@ def similarity_matrix(
     """A square DataFrame over ``saes`` (a list, e.g. adjacent layers, or ``{name: sae}``).
 
     Without ``explanations`` an entry is the latent similarity of the matching (``statistic="matched"``: mean
-    over matched pairs; ``"random"``: the random-pair level; ``"difference"``: their difference); with
+    over matched pairs; ``"random"``: the random-pair level; ``"difference"``: matched minus the matched null, a
+    matching against random directions, since a maximising matching beats random pairs between unrelated SAEs;
+    decoder method only); with
     ``explanations`` (one set per SAE, aligned with ``saes``) it is the explanation similarity of
     :func:`explanation_similarity` (the same three statistics). Both are symmetric, so each pair is computed
     once; the diagonal is 1 for ``"matched"`` (a latent matches itself with similarity 1, and its explanation
@@ -122,6 +124,12 @@ def similarity_matrix(
     """
     if statistic not in ("matched", "random", "difference"):
         raise ConfigError(f"statistic must be 'matched', 'random' or 'difference', got {statistic!r}")
+    if statistic == "difference" and explanations is None and method != "decoder":
+        raise ConfigError(
+            "statistic='difference' of latents is matched minus the matched null (a matching against random "
+            "directions), which only method='decoder' computes; use statistic='matched' and compare with a "
+            "matching against a random SAE (sai.baselines.random_directions)"
+        )
     labels, values = _labelled(saes, "saes")
     if len(values) < 2:
         raise ConfigError("similarity_matrix needs at least two SAEs")
@@ -140,8 +148,9 @@ def similarity_matrix(
                 kwargs.update(store_a=store_list[i], store_b=store_list[j])
             matching = match_latents(values[i], values[j], method=method, seed=seed, **kwargs)
             if explanations is None:
+                # a maximising matching beats random pairs between unrelated SAEs: the difference is to its null
                 stats = {"matched": matching.mean, "random": matching.baseline_mean}
-                stats["difference"] = stats["matched"] - stats["random"]
+                stats["difference"] = stats["matched"] - matching.null_mean
                 value = stats[statistic]
             else:
                 result = explanation_similarity(matching, expl[i], expl[j], embedder=embedder, seed=seed)
