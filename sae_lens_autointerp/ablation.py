@@ -210,7 +210,10 @@ def _contexts(
     examples = store.top_examples(latent) if source == "top" else store.stratified_examples(latent)
     ctx = store.settings.ctx_len
     held_out = SpanSet(avoid)
-    rows, peaks, ids, excluded = [], [], [], 0
+    rows: list[list[int]] = []
+    peaks: list[int] = []
+    ids: list[int] = []
+    excluded = 0
     for example in examples:
         if len(rows) == n:
             break

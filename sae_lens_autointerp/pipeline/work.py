@@ -110,7 +110,7 @@ class LatentWork:
         if sample.skipped:
             out.write({**self._base(latent, sample), "skipped": sample.skipped})
             return None
-        if resumed is not None:
+        if resumed is not None and partial is not None:  # (resumed comes from partial)
             return Prepared(
                 sample,
                 resumed,
