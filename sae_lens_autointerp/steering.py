@@ -35,6 +35,10 @@ from .errors import ConfigError
 from .harvest.model import ModelAdapter, model_lock
 from .subjects import HookFn, StopForward, as_subject
 
+#: Where steering starts in each prompt: ``None`` (every position after BOS), ``"last"`` (the prompt's last
+#: token on, as the paper steers) or one position per prompt (:meth:`Steerer.starts_of`).
+Starts = Sequence[int] | str | None
+
 #: Generic sentence beginnings the steered model continues (intervention scoring, output-side explainers).
 NEUTRAL_PROMPTS: tuple[str, ...] = (
     "The weather today is",
@@ -130,26 +134,45 @@ class Steerer:
             out.append(([bos] if bos is not None else []) + ids)
         return out
 
-    def _add(self, act: torch.Tensor, delta: torch.Tensor, start: int) -> torch.Tensor:
-        act = act.clone()
+    def _add(self, act: torch.Tensor, delta: torch.Tensor, start: int, row: slice | int = slice(None)) -> torch.Tensor:
         delta = delta.to(device=act.device, dtype=act.dtype)
         if self.head_index is not None:
-            act[:, start:, self.head_index, :] += delta
+            act[row, start:, self.head_index, :] += delta
         elif act.ndim == 4:  # a whole-layer SAE reading a per-head hook: heads concatenated
-            act[:, start:] += delta.view(act.shape[-2:])
+            act[row, start:] += delta.view(act.shape[-2:])
         else:
-            act[:, start:] += delta
+            act[row, start:] += delta
         return act
 
-    def hooks(self, latent: int | None, alpha: float) -> list[tuple[str, HookFn]]:
-        """The hooks (``Subject.run``'s) that steer ``latent`` by ``alpha`` (none when not steering)."""
+    def starts_of(self, rows: Sequence[Sequence[int]], starts: Starts) -> list[int]:
+        """Each row's first steered position: ``None`` -> every position after BOS; ``"last"`` -> the row's
+        last token (Paulo et al. 2024, App. G.1: "all token positions after and including the final prompt
+        token"); or one position per row."""
+        if starts is None:
+            return [self.start] * len(rows)
+        if starts == "last":
+            return [max(len(r) - 1, self.start) for r in rows]
+        out = [int(s) for s in starts]
+        if len(out) != len(rows):
+            raise ConfigError(f"starts has {len(out)} positions for {len(rows)} prompts")
+        return out
+
+    def hooks(self, latent: int | None, alpha: float, starts: Sequence[int] | None = None) -> list[tuple[str, HookFn]]:
+        """The hooks (``Subject.run``'s) that steer ``latent`` by ``alpha`` (none when not steering), from
+        position ``starts[i]`` on in batch row ``i`` (default: every position after BOS in every row)."""
         if latent is None or alpha == 0:
             return []
         delta = float(alpha) * self.direction(latent)
         start = self.start
+        row_starts = None if starts is None else list(starts)
 
         def steer(act: torch.Tensor) -> torch.Tensor:
-            return self._add(act, delta, start)
+            act = act.clone()
+            if row_starts is None:
+                return self._add(act, delta, start)
+            for i, s in enumerate(row_starts[: act.shape[0]]):
+                self._add(act, delta, s, i)
+            return act
 
         return [(self.hook_point, steer)]
 
@@ -165,7 +188,7 @@ class Steerer:
 
     @torch.no_grad()
     def log_probs(
-        self, rows: Sequence[Sequence[int]], latent: int | None = None, alpha: float = 0.0
+        self, rows: Sequence[Sequence[int]], latent: int | None = None, alpha: float = 0.0, starts: Starts = None
     ) -> list[torch.Tensor]:
         """Next-token log-probabilities, one float32 ``[len(row), vocab]`` tensor per row.
 
@@ -173,7 +196,7 @@ class Steerer:
         attention it never changes a real position's output."""
         ids, lengths = self._batch(rows)
         with self.lock:
-            logits = self.subject.run(ids, self.hooks(latent, alpha), logits=True)
+            logits = self.subject.run(ids, self.hooks(latent, alpha, self.starts_of(rows, starts)), logits=True)
         assert logits is not None  # a logits pass is never stopped early
         self.n_forward += 1
         self.tokens_processed += sum(lengths)
@@ -181,7 +204,33 @@ class Steerer:
         return [logp[i, :n] for i, n in enumerate(lengths)]
 
     @torch.no_grad()
-    def activations(self, rows: Sequence[Sequence[int]], latent: int | None = None, alpha: float = 0.0) -> torch.Tensor:
+    def token_logprobs(
+        self, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], batch_size: int = 4
+    ) -> list[list[float]]:
+        """``log P(token | context, earlier tokens)`` of each continuation token, under the clean subject model
+        (the subject as its own scorer LM). Only the continuation's logits are normalised, so a long shared
+        context costs no ``[length, vocab]`` float32 copy."""
+        out: list[list[float]] = []
+        with self.lock:
+            for i in range(0, len(contexts), batch_size):
+                rows = [
+                    list(c) + list(x) for c, x in zip(contexts[i : i + batch_size], continuations[i : i + batch_size])
+                ]
+                ids, lengths = self._batch(rows)
+                logits = self.subject.run(ids, [], logits=True)
+                assert logits is not None
+                self.n_forward += 1
+                self.tokens_processed += sum(lengths)
+                for j, (c, x) in enumerate(zip(contexts[i : i + batch_size], continuations[i : i + batch_size])):
+                    span = logits[j, len(c) - 1 : len(c) + len(x) - 1].float()
+                    target = torch.tensor(list(x), device=span.device).unsqueeze(-1)
+                    out.append((span.gather(-1, target).squeeze(-1) - torch.logsumexp(span, -1)).tolist())
+        return out
+
+    @torch.no_grad()
+    def activations(
+        self, rows: Sequence[Sequence[int]], latent: int | None = None, alpha: float = 0.0, starts: Starts = None
+    ) -> torch.Tensor:
         """The activation at the hook *after* steering, ``[batch, seq, ...]`` (forward stopped there)."""
         ids, _ = self._batch(rows)
         captured: list[torch.Tensor] = []
@@ -191,14 +240,16 @@ class Steerer:
             raise StopForward
 
         with self.lock:
-            self.subject.run(ids, [*self.hooks(latent, alpha), (self.hook_point, capture)], logits=False)
+            hooks = self.hooks(latent, alpha, self.starts_of(rows, starts))
+            self.subject.run(ids, [*hooks, (self.hook_point, capture)], logits=False)
         return captured[0]
 
-    def mean_kl(self, clean: Sequence[torch.Tensor], steered: Sequence[torch.Tensor]) -> float:
-        """``KL(clean || steered)`` of the next-token distribution, averaged over steered positions."""
+    def mean_kl(self, clean: Sequence[torch.Tensor], steered: Sequence[torch.Tensor], starts: Starts = None) -> float:
+        """``KL(clean || steered)`` of the next-token distribution, averaged over steered positions (with
+        ``starts="last"``: the next-token distribution at each prompt's end, as in the paper)."""
         total, count = 0.0, 0
-        for p, q in zip(clean, steered):
-            p, q = p[self.start :], q[self.start :]
+        for p, q, s in zip(clean, steered, self.starts_of([range(len(c)) for c in clean], starts)):
+            p, q = p[s:], q[s:]
             if len(p) == 0:
                 continue
             kl = (p.exp() * (p - q)).sum(-1)
@@ -208,12 +259,12 @@ class Steerer:
             raise ConfigError("the prompts have no position after BOS to steer")
         return total / count
 
-    def activation_scale(self, rows: Sequence[Sequence[int]]) -> float:
+    def activation_scale(self, rows: Sequence[Sequence[int]], starts: Starts = None) -> float:
         """Mean norm of the clean activation at the hook over the steered positions."""
         act = self.activations(rows).float()
         norms = []
-        for i, r in enumerate(rows):
-            a = act[i, self.start : len(r)]
+        for i, (r, s) in enumerate(zip(rows, self.starts_of(rows, starts))):
+            a = act[i, s : len(r)]
             if self.head_index is not None:
                 a = a[:, self.head_index]
             norms.append(a.reshape(a.shape[0], -1).norm(dim=-1))
@@ -231,6 +282,7 @@ class Steerer:
         max_evals: int = 24,
         alpha_max: float | None = None,
         clean: Sequence[torch.Tensor] | None = None,
+        starts: Starts = None,
     ) -> Calibration:
         """The ``alpha`` whose mean KL on ``rows`` is within ``tolerance`` of ``target_kl`` (see module doc)."""
         if target_kl <= 0 or tolerance <= 0:
@@ -241,13 +293,13 @@ class Steerer:
             norm = float(self.direction(latent).norm())
             if norm == 0:
                 return Calibration(latent, 0.0, 0.0, target_kl, tolerance, False, 0)
-            alpha0 = max(self.activation_scale(rows), 1e-6) / norm
+            alpha0 = max(self.activation_scale(rows, starts), 1e-6) / norm
             if alpha_max is None:
                 alpha_max = 64 * alpha0
             history: list[tuple[float, float]] = []
 
             def kl_at(alpha: float) -> float:
-                kl = self.mean_kl(clean, self.log_probs(rows, latent, alpha))
+                kl = self.mean_kl(clean, self.log_probs(rows, latent, alpha, starts), starts)
                 history.append((alpha, kl))
                 return kl
 
@@ -277,21 +329,27 @@ class Steerer:
 
     @torch.no_grad()
     def generate(
-        self, rows: Sequence[Sequence[int]], latent: int | None = None, alpha: float = 0.0, max_new_tokens: int = 12
+        self,
+        rows: Sequence[Sequence[int]],
+        latent: int | None = None,
+        alpha: float = 0.0,
+        max_new_tokens: int = 12,
+        starts: Starts = None,
     ) -> list[list[int]]:
-        """Greedy continuations (new token ids only; a row stops after EOS), steered throughout."""
+        """Greedy continuations (new token ids only; a row stops after EOS), steered from each row's start
+        (``starts``) on, generated tokens included."""
         seqs = [list(r) for r in rows]
         new: list[list[int]] = [[] for _ in rows]
         done = [False] * len(rows)
         eos = getattr(self.tokenizer, "eos_token_id", None)
-        hooks = self.hooks(latent, alpha)
+        first = self.starts_of(rows, starts)
         with self.lock:
             for _ in range(max_new_tokens):
                 active = [i for i in range(len(seqs)) if not done[i]]
                 if not active:
                     break
                 ids, lengths = self._batch([seqs[i] for i in active])
-                logits = self.subject.run(ids, hooks, logits=True)
+                logits = self.subject.run(ids, self.hooks(latent, alpha, [first[i] for i in active]), logits=True)
                 assert logits is not None
                 self.n_forward += 1
                 self.tokens_processed += sum(lengths)
