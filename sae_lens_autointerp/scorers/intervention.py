@@ -148,8 +148,11 @@ class InterventionScorer:
             return steerer.encode(self.prompts), [None] * len(self.prompts)
         bos = steerer.encode([""])[0]
         ctx_len = int(ctx.store.settings.ctx_len)
-        cut = [(first_activation_prompt(e, ctx_len), e.token_id) for e in sample.test_pos]
-        cut = [(ids, t) for ids, t in cut if ids]
+        cut: list[tuple[list[int], int]] = []
+        for e in sample.test_pos:
+            ids = first_activation_prompt(e, ctx_len)
+            if ids:  # None: the latent fires nowhere in the window but at a sequence start
+                cut.append((ids, e.token_id))
         if len(cut) > self.n_prompts:  # a seeded subset, in the sample's order
             keep = latent_rng(ctx.seed, sample.latent, "intervention").permutation(len(cut))[: self.n_prompts]
             cut = [cut[i] for i in sorted(keep)]
