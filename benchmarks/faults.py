@@ -77,29 +77,43 @@ def run_once(sae, model, store, latents, base_url, out, **kw):
     return result, time.perf_counter() - start, client
 
 
+def rerun(sae, model, store, latents, out: Path, port: int):
+    """Rerun into ``out`` against a healthy server at ``port`` (the run key includes the address; the same cache
+    folder, so answers paid for are reused): the rerun's result and seconds, and the columns every row shares
+    (what was finished before, lost, redone, finished by the rerun, its requests)."""
+    done_before = finished(out)
+    with FaultServer(port=port) as healthy:
+        before_lines = len(lines(out))
+        result, seconds, _ = run_once(sae, model, store, latents, healthy.base_url, out)
+        requests = healthy.count
+    after = finished(out)
+    redone = {r["latent"] for r in lines(out)[before_lines:] if not r.get("incomplete")}
+    return (
+        result,
+        seconds,
+        {
+            "finished before": len(done_before),
+            "lost": len(done_before - after),
+            "redone on rerun": len(redone & done_before),
+            "finished on rerun": len(redone),
+            "rerun requests": requests,
+            "complete after rerun": after == set(latents),
+        },
+    )
+
+
 def outage(name, script, sae, model, store, latents, root: Path):
     out = root / name
     port = free_port()  # the healthy server comes back at the same address (the run key includes it)
     with FaultServer(script=script, hang_s=120, port=port) as server:  # a hang outlasts the 5 s read timeout
         result, seconds, _ = run_once(sae, model, store, latents, server.base_url, out)
-    done_before = finished(out)
-    with FaultServer(port=port) as healthy:  # same cache folder: answers paid for are reused
-        before_lines = len(lines(out))
-        _, _, client = run_once(sae, model, store, latents, healthy.base_url, out)
-        rerun_requests = healthy.count
-    after = finished(out)
-    redone = {r["latent"] for r in lines(out)[before_lines:] if not r.get("incomplete")}
+    _, _, shared = rerun(sae, model, store, latents, out, port)
     return {
         "fault": name,
         "seconds to a clear failure": round(seconds, 1),
         "stopped by the breaker": bool(result.stopped and "in a row" in result.stopped),
-        "finished before": len(done_before),
         "incomplete": len(result.incomplete),
-        "lost": len(done_before - after),
-        "redone on rerun": len(redone & done_before),
-        "finished on rerun": len(redone),
-        "rerun requests": rerun_requests,
-        "complete after rerun": after == set(latents),
+        **shared,
     }
 
 
@@ -142,24 +156,14 @@ def killed(sae, model, store, latents, root: Path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         seconds = time.perf_counter() - start
-    done_before = finished(out)
-    with FaultServer(port=port) as healthy:
-        before_lines = len(lines(out))
-        run_once(sae, model, store, latents, healthy.base_url, out)
-        rerun_requests = healthy.count
-    after = finished(out)
-    redone = {r["latent"] for r in lines(out)[before_lines:] if not r.get("incomplete")}
+    incomplete = len(latents) - len(finished(out))
+    _, _, shared = rerun(sae, model, store, latents, out, port)
     return {
         "fault": "kill -9 mid-run",
         "seconds to a clear failure": round(seconds, 1),
         "stopped by the breaker": None,
-        "finished before": len(done_before),
-        "incomplete": len(latents) - len(done_before),
-        "lost": len(done_before - after),
-        "redone on rerun": len(redone & done_before),
-        "finished on rerun": len(redone),
-        "rerun requests": rerun_requests,
-        "complete after rerun": after == set(latents),
+        "incomplete": incomplete,
+        **shared,
     }
 
 
@@ -170,28 +174,18 @@ def damaged_index(sae, model, store, latents, root: Path):
     port = free_port()
     with FaultServer(port=port) as server:
         run_once(sae, model, store, latents, server.base_url, out)
-        done_before = finished(out)
-        index = out / "results.jsonl.index.sqlite"
-        data = bytearray(index.read_bytes())
-        at = len(data) // 3
-        data[at : at + 2048] = b"\xa5" * min(2048, len(data) - at)
-        index.write_bytes(bytes(data))
-        before_lines, before_requests = len(lines(out)), server.count
-        result, seconds, _ = run_once(sae, model, store, latents, server.base_url, out)
-        rerun_requests = server.count - before_requests
-    after = finished(out)
-    redone = {r["latent"] for r in lines(out)[before_lines:] if not r.get("incomplete")}
+    index = out / "results.jsonl.index.sqlite"
+    data = bytearray(index.read_bytes())
+    at = len(data) // 3
+    data[at : at + 2048] = b"\xa5" * min(2048, len(data) - at)
+    index.write_bytes(bytes(data))
+    result, seconds, shared = rerun(sae, model, store, latents, out, port)
     return {
         "fault": "damaged index page",
         "seconds to a clear failure": round(seconds, 1),
         "stopped by the breaker": None,
-        "finished before": len(done_before),
         "incomplete": len(result.incomplete),
-        "lost": len(done_before - after),
-        "redone on rerun": len(redone & done_before),
-        "finished on rerun": len(redone),
-        "rerun requests": rerun_requests,
-        "complete after rerun": after == set(latents),
+        **shared,
         "note": "rerun: the index moved aside and rebuilt from results.jsonl, no failure",
     }
 
@@ -215,24 +209,14 @@ def full_disk(sae, model, store, latents, root: Path):
         proc = subprocess.run(["unshare", "-rm", "sh", "-c", script, KILLED], capture_output=True, text=True)
         seconds = time.perf_counter() - start
     err = [x for x in proc.stderr.strip().splitlines() if x.strip()]
-    done_before = finished(saved)
-    with FaultServer(port=port) as healthy:
-        before_lines = len(lines(saved))
-        run_once(sae, model, store, latents, healthy.base_url, saved)
-        rerun_requests = healthy.count
-    after = finished(saved)
-    redone = {r["latent"] for r in lines(saved)[before_lines:] if not r.get("incomplete")}
+    incomplete = len(latents) - len(finished(saved))
+    _, _, shared = rerun(sae, model, store, latents, saved, port)
     return {
         "fault": "full disk (1 MB tmpfs)",
         "seconds to a clear failure": round(seconds, 1),
         "stopped by the breaker": None,
-        "finished before": len(done_before),
-        "incomplete": len(latents) - len(done_before),
-        "lost": len(done_before - after),
-        "redone on rerun": len(redone & done_before),
-        "finished on rerun": len(redone),
-        "rerun requests": rerun_requests,
-        "complete after rerun": after == set(latents),
+        "incomplete": incomplete,
+        **shared,
         "note": f"exit {proc.returncode}: {err[-1].split(': ', 1)[-1][:80] if err else ''}",
     }
 
