@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_fakes import free_port
+from llm_fakes import OPEN_CLIENTS, free_port
 from llm_servers import (
     INSTALL_HINT,
     VLLM_ENV,
@@ -15,6 +15,14 @@ from llm_servers import (
     stop_server,
     vllm_available,
 )
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients():
+    """The clients a test opened through ``llm_fakes.open_client`` are closed after it (no unclosed pools)."""
+    yield
+    while OPEN_CLIENTS:
+        await OPEN_CLIENTS.pop().aclose()
 
 
 @pytest.fixture(autouse=True)

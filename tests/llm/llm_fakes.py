@@ -47,6 +47,26 @@ _TYPED = {
 }
 
 
+#: A judge prompt and an API key the tests plant (it must never show in an error, a log or a file).
+MSG = [{"role": "user", "content": "Is this about months? Answer 0 or 1."}]
+KEY = "sk-test-SECRET-0123456789"
+#: The clients a test opened; tests/llm/conftest.py closes them after each test.
+OPEN_CLIENTS: list[Any] = []
+
+
+def open_client(base_url: Any, **kw: Any) -> Any:
+    """An OpenAI client of ``base_url`` (a FaultServer, a URL or a fleet's list) with fast backoff and the planted
+    key unless told otherwise, closed after the test."""
+    from sae_lens_autointerp.llm import get_client
+
+    url = base_url.base_url if isinstance(base_url, FaultServer) else base_url
+    kw.setdefault("backoff_initial", 0.01)
+    kw.setdefault("backoff_max", 0.05)
+    client = get_client("openai:fake-model", base_url=url, **kw)
+    OPEN_CLIENTS.append(client)
+    return client
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 (nothing listens there once this returns)."""
     with socket.socket() as s:

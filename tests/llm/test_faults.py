@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from llm_fakes import FaultServer, free_port
+from llm_fakes import KEY, MSG, FaultServer, free_port, open_client
 from sae_lens_autointerp.llm import (
     AuthenticationError,
     BudgetExceeded,
@@ -22,27 +22,11 @@ from sae_lens_autointerp.llm import (
     get_client,
 )
 
-MSG = [{"role": "user", "content": "Is this about months? Answer 0 or 1."}]
-KEY = "sk-test-SECRET-0123456789"
-_OPEN: list = []
-
-
-@pytest.fixture(autouse=True)
-async def _close_clients():
-    yield
-    while _OPEN:
-        await _OPEN.pop().aclose()
-
 
 def client(server_or_url, **kw):
-    url = server_or_url if isinstance(server_or_url, str) else server_or_url.base_url
-    kw.setdefault("backoff_initial", 0.01)
-    kw.setdefault("backoff_max", 0.05)
     kw.setdefault("timeout", 2.0)
     kw.setdefault("cache", False)
-    c = get_client("openai:fake-model", base_url=url, api_key=KEY, **kw)
-    _OPEN.append(c)
-    return c
+    return open_client(server_or_url, api_key=KEY, **kw)
 
 
 @pytest.mark.parametrize(

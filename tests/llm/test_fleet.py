@@ -8,31 +8,17 @@ import asyncio
 
 import pytest
 
-from llm_fakes import FaultServer, free_port
+from llm_fakes import MSG, FaultServer, free_port, open_client
 from sae_lens_autointerp.errors import ConfigError
 from sae_lens_autointerp.llm import LLMConnectionError, get_client
 from sae_lens_autointerp.llm.openai_client import DEAD_AFTER
 from sae_lens_autointerp.llm.usage import estimate_prompt_tokens
 
-MSG = [{"role": "user", "content": "Is this about months? Answer 0 or 1."}]
-_OPEN: list = []
-
-
-@pytest.fixture(autouse=True)
-async def _close_clients():
-    yield
-    while _OPEN:
-        await _OPEN.pop().aclose()
-
 
 def fleet(urls, **kw):
-    kw.setdefault("backoff_initial", 0.01)
-    kw.setdefault("backoff_max", 0.05)
     kw.setdefault("timeout", 2.0)
     kw.setdefault("cache", False)
-    c = get_client("openai:fake-model", base_url=urls, **kw)
-    _OPEN.append(c)
-    return c
+    return open_client(urls, **kw)
 
 
 async def test_requests_go_to_the_least_loaded_server_within_its_concurrency():

@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from llm_fakes import FaultServer
+from llm_fakes import KEY, MSG, OPEN_CLIENTS, FaultServer, open_client
 from sae_lens_autointerp.errors import ConfigError
 from sae_lens_autointerp.llm import (
     BudgetExceeded,
@@ -26,25 +26,10 @@ from sae_lens_autointerp.llm.cache import ResponseCache
 from sae_lens_autointerp.llm.openai_client import ANSWER_SLACK_CHARS, CHARS_PER_TOKEN_LIMIT, OpenAIClient
 from sae_lens_autointerp.llm.usage import estimate_prompt_tokens
 
-MSG = [{"role": "user", "content": "Is this about months? Answer 0 or 1."}]
-KEY = "sk-test-SECRET-0123456789"
-_OPEN: list = []
-
-
-@pytest.fixture(autouse=True)
-async def _close_clients():
-    yield
-    while _OPEN:
-        await _OPEN.pop().aclose()
-
 
 def client(server, **kw):
-    kw.setdefault("backoff_initial", 0.01)
-    kw.setdefault("backoff_max", 0.05)
     kw.setdefault("timeout", 5.0)
-    c = get_client("openai:fake-model", base_url=server.base_url, api_key=KEY, **kw)
-    _OPEN.append(c)
-    return c
+    return open_client(server, api_key=KEY, **kw)
 
 
 @pytest.mark.parametrize("mode", ["numcontent", "dictcontent", "imagecontent"])
@@ -155,7 +140,7 @@ async def test_no_secret_in_errors_logs_usage_or_cache(tmp_path, caplog):
             max_retries=1,
             cache=tmp_path / "c",
         )
-        _OPEN.append(c)
+        OPEN_CLIENTS.append(c)
         with pytest.raises(LLMConnectionError) as err:
             await c.chat(MSG, max_tokens=2)
         assert srv.count == 2 and "HDR-SECRET-9" in str(srv.headers[0])  # sent to the server, and echoed back
@@ -188,7 +173,7 @@ async def test_a_query_in_base_url_goes_with_every_request():
     SDK appends its paths to base_url, which once put the path after the query)."""
     with FaultServer() as srv:
         c = get_client("openai:fake-model", base_url=f"{srv.base_url}?token=QT-1&api-version=2", api_key=KEY)
-        _OPEN.append(c)
+        OPEN_CLIENTS.append(c)
         await c.chat(MSG, max_tokens=2)
     path, _, query = srv.paths[0].partition("?")
     assert path == "/v1/chat/completions" and sorted(query.split("&")) == ["api-version=2", "token=QT-1"]
