@@ -192,7 +192,7 @@ def crafted(kind: str) -> str:
 CRAFTED = {
     "deep": None,  # RecursionError while decoding
     "latent 10**30": None,  # past SQLite's INTEGER
-    "huge numbers": None,  # a score past a float: its lift cannot be computed
+    "huge numbers": (None, 1),  # a score and a count past a float: shown as missing, like "abc"
     "n_failed many": (0.75, 0),
     "score abc": (None, 1),
     "probability abc": (0.75, 1),
@@ -374,3 +374,30 @@ def test_a_real_full_disk_is_one_line(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "REFUSED" in out.stdout and "no space left to write" in out.stdout, out.stdout + out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+
+
+def test_a_records_numbers_never_raise():
+    """One reader of a record's numbers for the table and the reports: anything that is not a finite number is
+    missing (an int past a float's range included), a count stays exact however large."""
+    from sae_lens_autointerp.numeric import finite, whole
+
+    assert [finite(x) for x in (0.5, "0.5", True, 10**400, float("nan"), float("inf"), "abc", [1], None)] == [
+        0.5,
+        0.5,
+        1.0,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
+    assert [whole(x) for x in (3, 10**30, 3.0, 3.5, "7", "x", None)] == [
+        3,
+        10**30,
+        3,
+        None,
+        7,
+        None,
+        None,
+    ]

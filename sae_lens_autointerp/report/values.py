@@ -8,12 +8,14 @@ never stops a report.
 
 from __future__ import annotations
 
-import math
 import numbers
 import re
 from typing import Any
 
 import pandas as pd
+
+from ..numeric import finite as number
+from ..numeric import whole as count
 
 #: what a report shows where a number was expected and the record holds something else
 MISSING = "–"
@@ -32,26 +34,6 @@ def clean(text: Any, *, one_line: bool = False) -> str:
     bidi controls removed. ``one_line``: newlines and tabs become spaces too (names, table cells)."""
     out = _CONTROL_RE.sub("", _ANSI_RE.sub("", str(text)))
     return " ".join(out.split("\n")).replace("\t", " ") if one_line else out
-
-
-def number(x: Any) -> float | None:
-    """``x`` as a finite float, else None: never raises (a string, a dict, NaN, infinity, an int too large
-    for a float)."""
-    if isinstance(x, bool):
-        return float(x)
-    try:
-        v = float(x)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def count(x: Any) -> int | None:
-    """``x`` as a whole number (a count, a latent, a token id), else None."""
-    if isinstance(x, int) and not isinstance(x, bool):
-        return x  # exact, however large (through a float 10**30 would come back as another number)
-    v = number(x)
-    return int(v) if v is not None and v.is_integer() else None
 
 
 def fmt(x: Any, spec: str = ".3f") -> str:

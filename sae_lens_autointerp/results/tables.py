@@ -21,12 +21,13 @@ judge check are computed from them alone, whether they come from the index or fr
 from __future__ import annotations
 
 import json
-import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from ..numeric import finite, whole
 
 TABLE_COLUMNS = [
     "latent",
@@ -103,10 +104,9 @@ def _headline(out: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     if out.get("metric"):
         return out["metric"], out.get("low"), out.get("high"), out.get("chance")
     m = out.get("metrics") or {}
-    score = out.get("score")
-    score = _number(score)
+    score = finite(out.get("score"))
     for key in ("balanced_accuracy", "accuracy", "pearson", "auc", "mean_diff"):
-        value = _number(m.get(key))
+        value = finite(m.get(key))
         if score is not None and value is not None and abs(value - score) < 1e-12:
             return key, m.get(f"{key}_low"), m.get(f"{key}_high"), m.get(f"chance_{key}")
     return None, None, None, None
@@ -130,23 +130,10 @@ _FLOATS = (
 )
 
 
-def _number(value: Any) -> float | None:
-    """A record's number as a float; None for anything else ("abc", a list, an int past a float), so a crafted
-    line shows "–" instead of stopping the table."""
-    if not isinstance(value, numbers.Real):
-        return None
-    try:
-        return float(value)
-    except (OverflowError, ValueError, TypeError):
-        return None
-
-
 def _count(value: Any) -> int | None:
-    """A record's count as an int; None for anything else (the table shows 0 then)."""
-    number = _number(value)
-    if number is None or not abs(number) < 2**63 or number != int(number):
-        return None
-    return int(number)
+    """A record's count as an int the table's integer columns hold; None for anything else (shown as 0)."""
+    n = whole(value)
+    return n if n is not None and abs(n) < 2**63 else None
 
 
 def record_rows(r: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -199,7 +186,7 @@ def record_rows(r: Mapping[str, Any]) -> list[dict[str, Any]]:
             "has_heuristic": "heuristic" in r,
         }
         for col in _FLOATS:
-            row[col] = _number(row[col])
+            row[col] = finite(row[col])
         row["n_examples"], row["n_failed"] = _count(row["n_examples"]), _count(row["n_failed"])
         rows.append(row)
     return rows
